@@ -1,0 +1,156 @@
+"""Colouring: zero is always the neutral colour, normalisation is by one maximum, NaN is clear."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from xplain.errors import UsageError
+from xplain.images import Geometry
+from xplain.render import (
+    SIGNED_CMAP,
+    UNSIGNED_CMAP,
+    colorize,
+    is_signed,
+    save_heatmap,
+    save_overlay,
+)
+
+
+def div(t: float) -> list[int]:
+    return list(matplotlib.colormaps[SIGNED_CMAP](t, bytes=True))
+
+
+def seq(t: float) -> list[int]:
+    return list(matplotlib.colormaps[UNSIGNED_CMAP](t, bytes=True))
+
+
+def test_is_signed():
+    assert is_signed(np.array([[-1.0, 1.0]]))
+    assert is_signed(np.array([[-1e-3, 1.0]]))
+    assert not is_signed(np.array([[-1e-15, 1.0]]))  # round-off, not evidence
+    assert not is_signed(np.array([[0.0, 2.0]]))
+    assert not is_signed(np.zeros((2, 2)))
+    assert not is_signed(np.array([[np.nan, -np.inf]]))
+
+
+def test_signed_hand_case():
+    out = colorize(np.array([[-1.0, 0.0], [0.5, 1.0]]))
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 4)
+    # v -> 0.5 + 0.5 * v / max|v| with max|v| = 1
+    assert out[0, 0].tolist() == div(0.0)
+    assert out[0, 1].tolist() == div(0.5)
+    assert out[1, 0].tolist() == div(0.75)
+    assert out[1, 1].tolist() == div(1.0)
+    assert div(0.0) != div(0.5) != div(1.0)  # the three really are different colours
+
+
+def test_signed_centre_is_zero_not_midrange():
+    # min-max normalisation would put 0 at t = 1/3 here; ours keeps 0 at the centre.
+    out = colorize(np.array([[-1.0, 0.0, 2.0]]))
+    assert out[0].tolist() == [div(0.25), div(0.5), div(1.0)]
+
+
+def test_unsigned_hand_case_and_scale_invariance():
+    m = np.array([[0.0, 1.0], [2.0, 4.0]])
+    out = colorize(m)
+    assert [out[0, 0].tolist(), out[0, 1].tolist(), out[1, 0].tolist(), out[1, 1].tolist()] == \
+        [seq(0.0), seq(0.25), seq(0.5), seq(1.0)]
+    np.testing.assert_array_equal(colorize(m * 7.0), out)
+
+
+def test_forced_modes():
+    m = np.array([[0.0, 1.0]])
+    assert colorize(m, signed=True)[0].tolist() == [div(0.5), div(1.0)]
+    # Negative values on a forced sequential map are clipped to the zero colour.
+    assert colorize(np.array([[-1.0, 2.0]]), signed=False)[0].tolist() == [seq(0.0), seq(1.0)]
+
+
+def test_all_zero_map_no_division():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = colorize(np.zeros((2, 3)))
+        signed = colorize(np.zeros((2, 3)), signed=True)
+    assert (out.reshape(-1, 4) == seq(0.0)).all()
+    assert (signed.reshape(-1, 4) == div(0.5)).all()
+
+
+def test_non_finite_transparent_and_ignored_for_scale():
+    out = colorize(np.array([[np.nan, 1.0], [np.inf, 0.5], [-np.inf, 0.0]]))
+    assert out[0, 0].tolist() == [0, 0, 0, 0]
+    assert out[1, 0].tolist() == [0, 0, 0, 0]
+    assert out[2, 0].tolist() == [0, 0, 0, 0]
+    assert out[0, 1].tolist() == seq(1.0)
+    assert out[1, 1].tolist() == seq(0.5)
+    assert out[2, 1].tolist() == seq(0.0)
+
+
+def test_colorize_rejects_non_2d():
+    with pytest.raises(ValueError):
+        colorize(np.zeros((1, 2, 2)))
+
+
+def test_save_heatmap(tmp_path):
+    m = np.array([[-2.0, 0.0, np.nan], [1.0, 2.0, 0.5]], dtype=np.float32)
+    path = tmp_path / "out" / "h.png"
+    save_heatmap(path, m)
+    img = Image.open(path)
+    assert img.format == "PNG" and img.mode == "RGBA" and img.size == (3, 2)
+    np.testing.assert_array_equal(np.asarray(img), colorize(m))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["h.png"]
+
+
+def _blend(base, colour, alpha):
+    return [int(np.rint(b * (1 - alpha) + c * alpha)) for b, c in zip(base, colour)]
+
+
+def test_overlay_inside_and_outside_crop(tmp_path):
+    base = (100, 150, 200)
+    image = Image.new("RGB", (4, 2), base)
+    g = Geometry(original_size=(4, 2), resized_size=(4, 2), crop_box=(1, 0, 3, 2))
+    m = np.array([[-1.0, 1.0], [0.0, 0.0]])
+    path = tmp_path / "o.png"
+    save_overlay(path, image, m, g, alpha=0.5)
+    out = np.asarray(Image.open(path))
+    assert out.shape == (2, 4, 3)
+    assert out[:, 0].tolist() == [list(base)] * 2  # outside the crop: the plain image
+    assert out[:, 3].tolist() == [list(base)] * 2
+    assert out[0, 1].tolist() == _blend(base, div(0.0)[:3], 0.5)
+    assert out[0, 2].tolist() == _blend(base, div(1.0)[:3], 0.5)
+    assert out[1, 1].tolist() == _blend(base, div(0.5)[:3], 0.5)
+
+
+def test_overlay_alpha_extremes(tmp_path):
+    image = Image.new("L", (2, 1), 90)  # grayscale images are shown in RGB
+    g = Geometry((2, 1), (2, 1), (0, 0, 2, 1))
+    m = np.array([[0.0, 3.0]])
+    save_overlay(tmp_path / "a0.png", image, m, g, alpha=0.0)
+    assert np.asarray(Image.open(tmp_path / "a0.png")).tolist() == [[[90, 90, 90]] * 2]
+    save_overlay(tmp_path / "a1.png", image, m, g, alpha=1.0)
+    assert np.asarray(Image.open(tmp_path / "a1.png")).tolist() == [[seq(0.0)[:3], seq(1.0)[:3]]]
+
+
+def test_overlay_uses_model_map_normalisation(tmp_path):
+    # Original 2 px, resized 4 px, map [0, 0, 0, 4].  Shrinking x2 with Pillow's bilinear
+    # (triangle of half-width 2): the right pixel = (0.25*0 + 0.75*0 + 0.75*4) / 1.75 = 12/7.
+    # Normalised by the model map's max (4) that is t = 3/7, not 1 (the resampled map's max).
+    image = Image.new("RGB", (2, 1), (0, 0, 0))
+    g = Geometry((2, 1), (4, 1), (0, 0, 4, 1))
+    save_overlay(tmp_path / "o.png", image, np.array([[0.0, 0.0, 0.0, 4.0]]), g, alpha=1.0)
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out[0].tolist() == [seq(0.0)[:3], seq(3 / 7)[:3]]
+    assert seq(3 / 7) != seq(1.0)
+
+
+def test_overlay_errors(tmp_path):
+    image = Image.new("RGB", (4, 2))
+    g = Geometry((4, 2), (4, 2), (0, 0, 4, 2))
+    with pytest.raises(UsageError):
+        save_overlay(tmp_path / "x.png", image, np.zeros((2, 4)), g, alpha=1.5)
+    with pytest.raises(ValueError):
+        save_overlay(tmp_path / "x.png", Image.new("RGB", (5, 2)), np.zeros((2, 4)), g)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,403 @@
+"""The ``xplain`` command line: a thin shell over the Python API.
+
+Importing this module must not import torch: ``xplain --help``, ``xplain methods`` and
+``xplain plugins`` stay fast. Commands that need torch import it inside their bodies.
+Every expected error becomes one line on stderr and an :class:`ExitCode`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ExitCode, UsageError, XplainError
+
+app = typer.Typer(
+    name="xplain",
+    help="Explain the decisions of ONNX image classifiers (MIP-IN, InputIBA, TR-GBP and baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+methods_app = typer.Typer(help="List attribution methods, or show one.", invoke_without_command=True)
+metrics_app = typer.Typer(help="List evaluation metrics, or show one.", invoke_without_command=True)
+app.add_typer(methods_app, name="methods")
+app.add_typer(metrics_app, name="metrics")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_options = {"strict": False, "blocked": ()}
+
+
+def _registry():
+    from .registry import get_registry
+
+    registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
+    for info in registry.broken():
+        err.print(f"[yellow]warning:[/] plugin {info.name!r} skipped: {info.error}", highlight=False)
+    return registry
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
+    no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+):
+    """Explain the decisions of ONNX image classifiers."""
+    if version:
+        from . import __version__
+
+        out.print(f"xplain {__version__}")
+        raise typer.Exit()
+    _options["strict"] = strict_plugins
+    _options["blocked"] = tuple(no_plugin)
+
+
+# ---------------------------------------------------------------------------- catalogue
+def _params_table(params) -> Table:
+    table = Table(box=None, pad_edge=False, show_header=True)
+    for col in ("parameter", "type", "default", "description"):
+        table.add_column(col)
+    for p in params:
+        desc = p.help + (f" (one of: {', '.join(map(str, p.choices))})" if p.choices else "")
+        table.add_row(p.name, p.type, repr(p.default), desc)
+    return table
+
+
+def _list(kind: str, as_json: bool) -> None:
+    registry = _registry()
+    items = registry.methods if kind == "method" else registry.metrics
+    if as_json:
+        out.print_json(data=[{"name": n, "summary": m.summary, "plugin": m.plugin} for n, m in sorted(items.items())])
+        return
+    table = Table(title=f"{kind}s", box=None)
+    table.add_column("name", style="bold")
+    table.add_column("summary")
+    table.add_column("plugin", style="dim")
+    for name, item in sorted(items.items()):
+        table.add_row(name, item.summary, item.plugin)
+    out.print(table)
+    if not items:
+        out.print(f"(no {kind}s installed)")
+
+
+def _show(kind: str, name: str, as_json: bool) -> None:
+    registry = _registry()
+    item = registry.method(name) if kind == "method" else registry.metric(name)
+    params = [{"name": p.name, "type": p.type, "default": p.default, "help": p.help,
+               "choices": list(p.choices) if p.choices else None} for p in item.params]
+    if as_json:
+        data = {"name": item.name, "summary": item.summary, "description": item.description,
+                "plugin": item.plugin, "params": params}
+        if kind == "method":
+            import dataclasses
+
+            data["capabilities"] = dataclasses.asdict(item.capabilities)
+        else:
+            data["higher_is_better"] = item.higher_is_better
+        out.print_json(data=data)
+        return
+    out.print(f"[bold]{item.name}[/] — {item.summary}  [dim](plugin {item.plugin})[/]")
+    if item.description:
+        out.print(f"\n{item.description}\n", highlight=False)
+    if kind == "method":
+        caps = item.capabilities
+        flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),
+                                 ("stochastic", caps.stochastic), ("multi-class", caps.multi_class)) if on]
+        out.print(f"capabilities: {', '.join(flags) or 'none'}")
+    else:
+        out.print(f"direction: {'higher' if item.higher_is_better else 'lower'} is better")
+    if item.params:
+        out.print(_params_table(item.params))
+    else:
+        out.print("parameters: none")
+
+
+@methods_app.callback()
+def methods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List attribution methods."""
+    if ctx.invoked_subcommand is None:
+        _list("method", as_json)
+
+
+@methods_app.command("show")
+def methods_show(name: str, as_json: bool = typer.Option(False, "--json")):
+    """Show a method's algorithm, parameters and defaults."""
+    _show("method", name, as_json)
+
+
+@metrics_app.callback()
+def metrics(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List evaluation metrics."""
+    if ctx.invoked_subcommand is None:
+        _list("metric", as_json)
+
+
+@metrics_app.command("show")
+def metrics_show(name: str, as_json: bool = typer.Option(False, "--json")):
+    """Show a metric's definition, direction and parameters."""
+    _show("metric", name, as_json)
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List installed plugins, what they provide, and any that failed to load."""
+    registry = _registry()
+    rows = sorted(registry.plugins.values(), key=lambda p: p.name)
+    if as_json:
+        import dataclasses
+
+        out.print_json(data=[dataclasses.asdict(p) for p in rows])
+        return
+    table = Table(box=None)
+    for col in ("plugin", "distribution", "methods", "metrics", "status"):
+        table.add_column(col)
+    for p in rows:
+        status = "blocked" if p.blocked else (f"[red]error: {p.error}[/]" if p.error else "ok")
+        table.add_row(p.name, f"{p.distribution} {p.version}", ", ".join(p.methods), ", ".join(p.metrics), status)
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------- model commands
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r} is not key=value")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: bool = True):
+    from .api import load_model
+
+    with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
+        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry())
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@app.command()
+def inspect(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+):
+    """Show what xplain sees in a model: interface, ops, activations, bias and feature layers."""
+    model = _load(model_path, device)
+    report = model.report
+    default = model.default_feature_layer()
+    data = {
+        "model": str(model_path),
+        "digest": model.digest,
+        "producer": report.producer,
+        "ir_version": report.ir_version,
+        "opset": report.opset,
+        "opset_used": report.opset_used,
+        "input": {"name": report.input_name, "shape": report.input_shape},
+        "output": {"name": report.output_name, "shape": report.output_shape, "all": report.outputs},
+        "num_classes": model.num_classes,
+        "fixed_batch": model.spec.fixed_batch,
+        "op_counts": report.op_counts,
+        "activations": [{"layer": a.name, "kind": a.kind} for a in model.activations()],
+        "bias_layers": [{"layer": b.layer, "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
+                        for b in model.bias_layers()],
+        "feature_layers": [{"layer": f.name, "shape": list(f.shape)} for f in model.feature_layers()],
+        "default_feature_layer": default.name if default else None,
+        "softmax_stripped": report.softmax_stripped,
+        "verified": report.verified,
+        "max_abs_diff": report.max_abs_diff,
+        "batch_checked": report.batch_checked,
+        "notes": [n for n in report.notes if n],
+        "labels": bool(model.labels),
+    }
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    kinds: dict[str, int] = {}
+    for a in model.activations():
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    shape = lambda s: "×".join("?" if d is None else str(d) for d in s)  # noqa: E731
+    out.print(f"[bold]{model_path}[/]  sha256 {model.digest[:16]}…", highlight=False)
+    out.print(f"producer     {report.producer or '?'}   IR {report.ir_version}   opset {report.opset}"
+              + (f" (converted to {report.opset_used})" if report.opset_used != report.opset else ""), highlight=False)
+    out.print(f"input        {report.input_name!r} {shape(report.input_shape)}"
+              + ("  (fixed batch 1: run one sample at a time)" if model.spec.fixed_batch else ""), highlight=False)
+    out.print(f"output       {report.output_name!r} {shape(report.output_shape)}   classes {model.num_classes}",
+              highlight=False)
+    out.print(f"softmax      {'stripped (' + report.softmax_stripped + ')' if report.softmax_stripped else 'none'}")
+    verdict = (f"[green]verified[/] against onnxruntime (max |diff| {report.max_abs_diff:.2g}"
+               f"{', batch 1 vs 2 checked' if report.batch_checked else ''})") if report.verified else "[yellow]not verified[/]"
+    out.print(f"conversion   {verdict}")
+    out.print("ops          " + ", ".join(f"{k} {v}" for k, v in report.op_counts.items()), highlight=False)
+    out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
+    out.print(f"bias layers  {len(data['bias_layers'])}  ("
+              + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
+    table = Table(title="feature layers", box=None)
+    table.add_column("layer")
+    table.add_column("C×H×W")
+    table.add_column("")
+    for f in data["feature_layers"]:
+        table.add_row(f["layer"], shape(f["shape"]), "default" if f["layer"] == data["default_feature_layer"] else "")
+    out.print(table)
+    for note in data["notes"]:
+        out.print(f"[dim]note: {note}[/]", highlight=False)
+
+
+@app.command()
+def explain(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (JPEG, PNG, BMP, WebP, TIFF)."),
+    method: str = typer.Option("saliency", "--method", "-m", help="Attribution method (see `xplain methods`)."),
+    target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
+    out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Seed for stochastic methods."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Method parameter (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+):
+    """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
+    registry = _registry()
+    registry.method(method)  # fail fast on an unknown method, before loading the model
+    params = _parse_params(param)
+    from .registry import validate_params
+
+    validate_params(registry.method(method).params, params, f"method {method!r}")
+    for image in images:
+        if not image.exists():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            raise XplainErrorInput(image, "is a directory, not an image")
+    model = _load(model_path, device, labels)
+    from .explaining import explain_files
+    from .images import Preprocess
+
+    preprocess = Preprocess.from_options(
+        (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
+        resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    progress_cb, progress = None, None
+    if len(images) > 1 and not as_json or len(images) > 1 and err.is_terminal:
+        from rich.progress import Progress
+
+        progress = Progress(console=err, transient=True)
+        task = progress.add_task(f"{method}", total=len(images))
+        progress.start()
+        progress_cb = lambda n: progress.advance(task, n)  # noqa: E731
+    try:
+        records = explain_files(model, images, method, registry=registry, out_dir=out_dir, preprocess=preprocess,
+                                target=target, params=params, seed=seed, batch_size=batch_size,
+                                progress=progress_cb)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if as_json:
+        print(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            label = f" ({r['target_label']})" if r["target_label"] else ""
+            out.print(f"{r['image']}: class {r['target']}{label} p={r['probability']:.3f} -> {r['files']['heatmap']}",
+                      highlight=False)
+
+
+def _floats(text: Optional[str], flag: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it builds
+    from .errors import InputDataError
+
+    return InputDataError(message, path=path)
+
+
+@app.command()
+def fit(
+    method: str = typer.Argument(..., help="A method that learns from data (see `xplain methods`)."),
+    model_path: Path = typer.Argument(..., metavar="MODEL"),
+    data: Path = typer.Argument(..., metavar="DATA", help="A folder of images (or class sub-folders)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
+    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset (see explain)."),
+):
+    """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
+    registry = _registry()
+    m = registry.method(method)
+    if m.fit is None:
+        raise UsageError(f"method {method!r} does not learn from data; nothing to fit")
+    from .fitting import fit_method
+
+    params = _parse_params(param)
+    model = _load(model_path, device)
+    path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
+                      console=err)
+    out.print(f"saved {path}")
+
+
+# ---------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected errors print one line and return their exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
+        return int(code or 0) if isinstance(code, int) else 0
+    except click.exceptions.Abort:
+        err.print("xplain: interrupted", highlight=False)
+        return ExitCode.INTERRUPTED
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show(file=sys.stderr)
+        return ExitCode.USAGE
+    except XplainError as exc:
+        if debug:
+            raise
+        err.print(f"xplain: error: {exc}", highlight=False, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("xplain: interrupted", highlight=False)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"xplain: internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+                  highlight=False, markup=False)
+        return ExitCode.FAILURE
+
+
+def run() -> None:
+    sys.exit(main())
