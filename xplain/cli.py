@@ -13,8 +13,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+
+try:  # typer ≥ 0.20 vendors click; older typer uses the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +28,7 @@ app = typer.Typer(
     name="xplain",
     help="Explain the decisions of ONNX image classifiers (MIP-IN, InputIBA, TR-GBP and baselines).",
     no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -49,6 +54,7 @@ def _registry():
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
     no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
@@ -60,6 +66,9 @@ def _main(
 
         out.print(f"xplain {__version__}")
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
+        raise typer.Exit(ExitCode.USAGE)
     _options["strict"] = strict_plugins
     _options["blocked"] = tuple(no_plugin)
 
@@ -372,12 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
         return int(code or 0) if isinstance(code, int) else 0
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("xplain: interrupted", highlight=False)
         return ExitCode.INTERRUPTED
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click_exc.ClickException as exc:
         if debug:
             raise
         exc.show(file=sys.stderr)

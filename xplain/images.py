@@ -579,9 +579,9 @@ def resolve_target(spec: str, labels: list[str] | None, num_classes: int) -> lis
     m = _TOPK.fullmatch(text)
     if m:
         k = int(m.group(1))
-        if not 1 <= k <= num_classes:
-            raise UsageError(f"target {text!r}: k must be between 1 and {num_classes}")
-        return f"top{k}"
+        if k < 1:
+            raise UsageError(f"target {text!r}: k must be at least 1")
+        return f"top{min(k, num_classes)}"  # top5 of a 4-class model is every class
     single = _resolve_one(text, labels, num_classes, raise_error=False)
     if single is not None:
         return [single]

@@ -45,7 +45,11 @@ class Registry:
 
     # ------------------------------------------------------------------ discovery
     def discover(self) -> Registry:
-        for ep in importlib.metadata.entry_points(group=PROJECT):
+        def builtin_first(ep):  # a third party can add names, never shadow a built-in
+            dist = getattr(ep, "dist", None)
+            return (getattr(dist, "name", "") != PROJECT, ep.name)
+
+        for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=builtin_first):
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
             if ep.name in self.plugins:  # the same entry point seen twice (e.g. editable + wheel)

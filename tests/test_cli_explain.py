@@ -1,0 +1,120 @@
+"""``xplain explain`` and ``xplain inspect`` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import xplain
+from xplain.cli import main
+from xplain.images import Preprocess, load_image
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_explain_writes_outputs_and_json(tiny_cnn_path, rgb_image, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["explain", str(tiny_cnn_path), str(rgb_image), "--method", "saliency", "--out", str(out),
+                 "--device", "cpu", "--json", "--preset", "unit"])
+    assert code == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 1
+    rec = records[0]
+    for key in ("image", "method", "target", "target_label", "probability", "seconds", "files"):
+        assert key in rec
+    for kind in ("heatmap", "overlay", "npy", "json"):
+        assert (out / rec["files"][kind].split("/")[-1]).exists()
+    saved = np.load(rec["files"]["npy"])
+    assert saved.shape == (16, 16) and saved.dtype == np.float32
+    assert json.loads(open(rec["files"]["json"]).read())["target"] == rec["target"]
+    # the saved map is the saliency of the preprocessed image for the top-1 class
+    model = xplain.load_model(tiny_cnn_path)
+    array, _ = Preprocess.from_options((3, 16, 16), preset="unit")(load_image(rgb_image))
+    x = torch.from_numpy(array)[None]
+    top = int(model(x).argmax())
+    assert rec["target"] == top
+    np.testing.assert_allclose(saved, xplain.explain(model, x, [top], "saliency").maps[0].numpy(), rtol=1e-5)
+    assert Image.open(rec["files"]["overlay"]).size == (30, 40)  # the original image size
+    assert Image.open(rec["files"]["heatmap"]).size == (16, 16)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_explain_top5_and_several_images(tiny_cnn_path, rgb_image, tmp_path, capsys):
+    other = tmp_path / "b.png"
+    Image.open(rgb_image).rotate(90).save(other)
+    code = main(["explain", str(tiny_cnn_path), str(rgb_image), str(other), "--target", "top5", "--out",
+                 str(tmp_path / "o"), "--device", "cpu", "--json", "--batch-size", "3"])
+    assert code == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 8  # 4 classes: top5 is every class, for two images
+    for image in (str(rgb_image), str(other)):
+        probs = [r["probability"] for r in records if r["image"] == image]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+
+
+def test_explain_target_by_index_and_label(tiny_cnn_path, rgb_image, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("ant\nbee\ncat\ndog\n")
+    assert main(["explain", str(tiny_cnn_path), str(rgb_image), "--target", "cat", "--labels", str(labels),
+                 "--out", str(tmp_path), "--device", "cpu", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)[0]
+    assert rec["target"] == 2 and rec["target_label"] == "cat"
+    assert main(["explain", str(tiny_cnn_path), str(rgb_image), "--target", "7", "--out", str(tmp_path),
+                 "--device", "cpu"]) == xplain.ExitCode.USAGE
+    assert "7" in _one_line_error(capsys)
+
+
+def test_interrupted_explain_leaves_only_whole_files(tiny_cnn_path, rgb_image, tmp_path, monkeypatch, capsys):
+    import xplain.explaining as explaining
+
+    real = explaining.save_overlay
+    calls = {"n": 0}
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explaining, "save_overlay", interrupt)
+    second = tmp_path / "second.png"
+    Image.open(rgb_image).save(second)
+    out = tmp_path / "out"
+    code = main(["explain", str(tiny_cnn_path), str(rgb_image), str(second), "--out", str(out), "--device", "cpu",
+                 "--batch-size", "1"])
+    assert code == xplain.ExitCode.INTERRUPTED
+    names = sorted(p.name for p in out.iterdir())
+    assert all(not n.startswith(".") and not n.endswith(".tmp") for n in names)
+    assert any(n.startswith("photo.") and n.endswith(".json") for n in names)  # the first image is complete
+    assert not any(n.startswith("second.") and n.endswith(".json") for n in names)
+
+
+def test_inspect_json(tiny_cnn_path, capsys):
+    assert main(["inspect", str(tiny_cnn_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["num_classes"] == 4 and data["verified"] is True and data["softmax_stripped"] is None
+    assert data["input"]["shape"] == [None, 3, 16, 16]
+    kinds = [a["kind"] for a in data["activations"]]
+    assert kinds.count("relu") == 2 and kinds.count("relu6") == 1
+    assert data["default_feature_layer"] == data["feature_layers"][-1]["layer"]
+    assert data["feature_layers"][-1]["shape"] == [8, 8, 8]
+    assert {b["kind"] for b in data["bias_layers"]} == {"conv", "linear"}
+    assert main(["inspect", str(tiny_cnn_path)]) == 0
+    assert "verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["explain"], 2),
+    (["bogus-command"], 2),
+    (["inspect", "--no-such-flag", "x"], 2),
+])
+def test_usage_errors_exit_2(argv, code):
+    assert main(argv) == code

@@ -1,0 +1,5 @@
+"""``python -m xplain``: the same as the ``xplain`` command."""
+
+from .cli import run
+
+run()
