@@ -51,6 +51,10 @@ def _interface(model, path):
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}; not an image classifier "
                          "(expected B×C×H×W with fixed C, H, W)", path=path)
+    if shape[1] not in (1, 3):
+        layout = " (it looks channels-last, B×H×W×C; export the model with NCHW input)" if shape[3] in (1, 3) else ""
+        raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}: {shape[1]} channels; xplain explains "
+                         f"1- or 3-channel images{layout}", path=path)
     if isinstance(shape[0], int) and shape[0] > 1:
         raise ModelError(f"input {inp.name!r} has a batch fixed at {shape[0]}; only dynamic or 1 is supported",
                          path=path)
