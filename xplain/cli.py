@@ -288,6 +288,7 @@ def explain(
     mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
     std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
     labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
 ):
     """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
     registry = _registry()
@@ -302,6 +303,7 @@ def explain(
         if image.is_dir():
             raise XplainErrorInput(image, "is a directory, not an image")
     model = _load(model_path, device, labels)
+    model.state_dir = state_dir
     from .explaining import explain_files
     from .images import Preprocess
 
@@ -367,6 +369,7 @@ def fit(
 
     params = _parse_params(param)
     model = _load(model_path, device)
+    model.state_dir = state_dir
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       console=err)
     out.print(f"saved {path}")

@@ -140,6 +140,7 @@ class Model:
         self.labels = labels
         self.sidecar = sidecar or {}
         self._insert_ids = itertools.count()
+        self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
 
     # ---------------------------------------------------------------- running
     @property
@@ -175,6 +176,20 @@ class Model:
         if self.labels and 0 <= index < len(self.labels):
             return self.labels[index]
         return None
+
+    def fitted_state(self, method: str) -> tuple[dict, dict]:
+        """The state ``xplain fit METHOD`` saved for this model: ``(tensors, meta)``.
+
+        Raises an error that tells the user the fit command when there is none."""
+        from .errors import InputDataError
+        from .state import load_state
+
+        found = load_state(self.digest, method, root=self.state_dir, device=self.device)
+        if found is None:
+            raise InputDataError(f"no fitted state for method {method!r} and this model",
+                                 path=self.report.path,
+                                 hint=f"run `xplain fit {method} {self.report.path} DATA` first")
+        return found
 
     # ---------------------------------------------------------------- graph knowledge
     def node(self, name: str) -> fx.Node:
