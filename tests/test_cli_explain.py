@@ -118,3 +118,24 @@ def test_inspect_json(tiny_cnn_path, capsys):
 ])
 def test_usage_errors_exit_2(argv, code):
     assert main(argv) == code
+
+
+def test_out_of_memory_halves_the_batch(tiny_model, monkeypatch):
+    """A CUDA OOM on a batch is retried on halves (simulated: no GPU needed)."""
+    import xplain.explaining as explaining
+
+    real = explaining.run_method
+    sizes = []
+
+    def flaky(model, method, x, targets, values, seed):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(model, method, x, targets, values, seed)
+
+    monkeypatch.setattr(explaining, "run_method", flaky)
+    method = xplain.get_registry().method("saliency")
+    x = tiny_model.example_input(3)
+    out = explaining._run_halving(tiny_model, method, x, torch.tensor([0, 1, 2]), {}, 0)
+    assert sizes == [3, 1, 2, 1, 1]
+    torch.testing.assert_close(out.maps, xplain.explain(tiny_model, x, [0, 1, 2], "saliency").maps)

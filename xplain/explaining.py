@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from .api import run_method
-from .errors import UsageError
+from .errors import PluginError, UsageError
 from .fileio import save_npy, write_json
 from .images import Preprocess, load_image, resolve_target
 from .model import Model
+from .plugin_api import Attribution
 from .registry import Registry, validate_params
 from .render import save_heatmap, save_overlay
 
@@ -93,7 +94,7 @@ def explain_files(model: Model, images: list[Path], method_name: str, *, registr
             rows = torch.tensor([it.index - start for it in group], device=device)
             targets = torch.tensor([it.target for it in group], device=device)
             began = time.perf_counter()
-            attribution = run_method(model, method, x[rows], targets, values, seed)
+            attribution = _run_halving(model, method, x[rows], targets, values, seed)
             seconds = (time.perf_counter() - began) / len(group)
             maps = attribution.maps.cpu().numpy()
             for j, item in enumerate(group):
@@ -106,6 +107,23 @@ def explain_files(model: Model, images: list[Path], method_name: str, *, registr
         if progress is not None:
             progress(len(chunk))
     return records
+
+
+def _run_halving(model, method, x, targets, values, seed):
+    """Run a method; on CUDA out-of-memory, split the batch in halves and retry.
+
+    Valid because maps are per-sample (batch consistency, invariant 4)."""
+    try:
+        return run_method(model, method, x, targets, values, seed)
+    except torch.cuda.OutOfMemoryError:
+        if x.shape[0] == 1:
+            raise PluginError(f"method {method.name!r} ran out of GPU memory even for one image") from None
+        torch.cuda.empty_cache()
+        half = x.shape[0] // 2
+        first = _run_halving(model, method, x[:half], targets[:half], values, seed)
+        second = _run_halving(model, method, x[half:], targets[half:], values, seed)
+        extras = {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()}
+        return Attribution(torch.cat([first.maps, second.maps]), extras, {**first.info, **second.info})
 
 
 def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, original, geometry, out_dir, method):
