@@ -466,6 +466,7 @@ def test_resolve_target():
     assert resolve_target("top1", labels, 1000) == "top1"
     assert resolve_target("TOP5", labels, 1000) == "top5"
     assert resolve_target("top3", None, 10) == "top3"
+    assert resolve_target("top5", None, 4) == "top4"  # clamped: every class of a 4-class model
     assert resolve_target("3", None, 10) == [3]
     assert resolve_target("tabby", labels, 1000) == [281]
     assert resolve_target("Tabby", labels, 1000) == [281]  # case-insensitive fallback
@@ -482,8 +483,7 @@ def test_resolve_target_exact_beats_case_insensitive():
 @pytest.mark.parametrize("spec,labels,n,match", [
     ("10", None, 10, "out of range"),
     ("-1", None, 10, "out of range"),
-    ("top0", None, 10, "between 1 and 10"),
-    ("top11", None, 10, "between 1 and 10"),
+    ("top0", None, 10, "at least 1"),
     ("cat", None, 10, "no class labels"),
     ("top1,3", None, 10, "cannot be combined"),
     ("tabb", "imagenet", 1000, "did you mean: 'tabby'"),

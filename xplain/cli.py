@@ -311,7 +311,7 @@ def explain(
         (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
         resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     progress_cb, progress = None, None
-    if len(images) > 1 and not as_json or len(images) > 1 and err.is_terminal:
+    if len(images) > 1:
         from rich.progress import Progress
 
         progress = Progress(console=err, transient=True)
