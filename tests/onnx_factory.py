@@ -113,18 +113,32 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------ bad models
-def unsupported_ops_model() -> onnx.ModelProto:
-    """A classifier-shaped graph using ops onnx2torch has no converter for.
+#: shape-safe ops (N×C×H×W in, N×C×h×w out, default attributes valid at opset 13) that a
+#: converter may or may not exist for; tests pick the ones ``unsupported_ops`` reports missing
+UNSUPPORTED_CANDIDATES = ("GlobalMaxPool", "ThresholdedRelu", "Shrink", "GlobalLpPool", "Hardmax",
+                          "LpNormalization", "MeanVarianceNormalization")
 
-    Two ``GlobalMaxPool`` (opset 1), one ``ThresholdedRelu`` (opset 10) and one custom
-    ``com.example.Foo``; the convertible ops around them are fine."""
+
+def single_op_model(op: str, domain: str = "") -> onnx.ModelProto:
+    """A one-node model (not necessarily a valid classifier) for probing converter coverage."""
+    extra = [(domain, 1)] if domain else []
+    return make_model([helper.make_node(op, ["x"], ["y"], domain=domain)], [tensor_info("x", ["N", C, H, W])],
+                      [tensor_info("y", None)], extra_opsets=extra)
+
+
+def unsupported_ops_model(twice: str = "GlobalMaxPool", once: str = "ThresholdedRelu") -> onnx.ModelProto:
+    """A classifier-shaped graph with ops onnx2torch may lack: ``twice`` two times, ``once``
+    once, and a custom ``com.example.Foo`` once; the ops around them are convertible::
+
+        Conv -> twice -> twice -> once -> GlobalAveragePool -> com.example.Foo -> Flatten -> Gemm
+    """
     w = weights()
     nodes = [
         helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("ThresholdedRelu", ["c"], ["r"], name="trelu", alpha=0.1),
-        helper.make_node("GlobalMaxPool", ["r"], ["g1"], name="gmp1"),
-        helper.make_node("GlobalMaxPool", ["c"], ["g2"], name="gmp2"),
-        helper.make_node("Add", ["g1", "g2"], ["g"], name="add"),
+        helper.make_node(twice, ["c"], ["a1"], name="twice_1"),
+        helper.make_node(twice, ["a1"], ["a2"], name="twice_2"),
+        helper.make_node(once, ["a2"], ["b"], name="once"),
+        helper.make_node("GlobalAveragePool", ["b"], ["g"], name="gap"),
         helper.make_node("Foo", ["g"], ["gf"], name="foo", domain="com.example"),
         helper.make_node("Flatten", ["gf"], ["f"], name="flatten", axis=1),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
@@ -221,3 +235,58 @@ def external_classifier(location: str = "weights.bin", offset=None, length=None,
 def conv_w_bytes(seed: int = 0) -> bytes:
     """The raw little-endian bytes of ``conv_w`` (what an external file must contain)."""
     return weights(seed)["conv_w"].astype("<f4").tobytes()
+
+
+# ------------------------------------------------------------------------------ CLI checking
+def cli_error(capsys, argv: list[str], code: int, *fragments: str) -> str:
+    """Run ``xplain.cli.main(argv)`` and check the one-line error contract; returns the line.
+
+    The return value must be ``code``; stderr must hold exactly one non-empty line, starting
+    with ``xplain: error:``, with no traceback, containing every fragment (the file's path
+    is passed as a fragment by callers)."""
+    from xplain.cli import main
+
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got {lines!r}"
+    line = lines[0]
+    assert line.startswith("xplain: error: "), line
+    for fragment in fragments:
+        assert str(fragment) in line, f"{fragment!r} not in {line!r}"
+    assert rc == code, f"exit code {rc}, expected {code}: {line}"
+    assert "\n" not in line and "\r" not in line
+    return line
+
+
+def external_constant_classifier(location: str, **kw) -> onnx.ModelProto:
+    """The classifier with ``fc_b`` held by a ``Constant`` node whose tensor is external data."""
+    model = classifier()
+    fc_b = next(t for t in model.graph.initializer if t.name == "fc_b")
+    value = onnx.TensorProto()
+    value.CopyFrom(fc_b)
+    value.name = ""
+    model.graph.initializer.remove(fc_b)
+    externalize(value, location, **kw)
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["fc_b"], name="const", value=value))
+    return model
+
+
+def external_subgraph_classifier(location: str) -> onnx.ModelProto:
+    """The classifier plus an ``If`` whose branches hold an external-data ``Constant``.
+
+    The If's output is unused; only the loader's walk into subgraphs is being tested."""
+    model = classifier()
+
+    def branch(tag: str) -> onnx.GraphProto:
+        t = numpy_helper.from_array(np.zeros(K, np.float32), "")
+        externalize(t, location)
+        const = helper.make_node("Constant", [], [f"b_{tag}"], value=t)
+        return helper.make_graph([const], f"branch_{tag}", [], [tensor_info(f"b_{tag}", [K])])
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], name="if",
+                                             then_branch=branch("then"), else_branch=branch("else")))
+    return model

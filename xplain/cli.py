@@ -20,6 +20,7 @@ try:  # typer ≥ 0.20 vendors click; older typer uses the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ExitCode, UsageError, XplainError
@@ -38,8 +39,9 @@ metrics_app = typer.Typer(help="List evaluation metrics, or show one.", invoke_w
 app.add_typer(methods_app, name="methods")
 app.add_typer(metrics_app, name="metrics")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# emoji off and markup escaped: model names, paths and plugin errors are untrusted text
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 _options = {"strict": False, "blocked": ()}
 
 
@@ -48,7 +50,7 @@ def _registry():
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
-        err.print(f"[yellow]warning:[/] plugin {info.name!r} skipped: {info.error}", highlight=False)
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error)}", highlight=False)
     return registry
 
 
@@ -173,7 +175,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
     for col in ("plugin", "distribution", "methods", "metrics", "status"):
         table.add_column(col)
     for p in rows:
-        status = "blocked" if p.blocked else (f"[red]error: {p.error}[/]" if p.error else "ok")
+        status = "blocked" if p.blocked else (f"[red]error: {escape(p.error)}[/]" if p.error else "ok")
         table.add_row(p.name, f"{p.distribution} {p.version}", ", ".join(p.methods), ", ".join(p.metrics), status)
     out.print(table)
 
@@ -245,12 +247,12 @@ def inspect(
     for a in model.activations():
         kinds[a.kind] = kinds.get(a.kind, 0) + 1
     shape = lambda s: "×".join("?" if d is None else str(d) for d in s)  # noqa: E731
-    out.print(f"[bold]{model_path}[/]  sha256 {model.digest[:16]}…", highlight=False)
-    out.print(f"producer     {report.producer or '?'}   IR {report.ir_version}   opset {report.opset}"
+    out.print(f"[bold]{escape(str(model_path))}[/]  sha256 {model.digest[:16]}…", highlight=False)
+    out.print(f"producer     {escape(report.producer or '?')}   IR {report.ir_version}   opset {report.opset}"
               + (f" (converted to {report.opset_used})" if report.opset_used != report.opset else ""), highlight=False)
-    out.print(f"input        {report.input_name!r} {shape(report.input_shape)}"
+    out.print(f"input        {escape(repr(report.input_name))} {shape(report.input_shape)}"
               + ("  (fixed batch 1: run one sample at a time)" if model.spec.fixed_batch else ""), highlight=False)
-    out.print(f"output       {report.output_name!r} {shape(report.output_shape)}   classes {model.num_classes}",
+    out.print(f"output       {escape(repr(report.output_name))} {shape(report.output_shape)}   classes {model.num_classes}",
               highlight=False)
     out.print(f"softmax      {'stripped (' + report.softmax_stripped + ')' if report.softmax_stripped else 'none'}")
     verdict = (f"[green]verified[/] against onnxruntime (max |diff| {report.max_abs_diff:.2g}"
@@ -268,7 +270,7 @@ def inspect(
         table.add_row(f["layer"], shape(f["shape"]), "default" if f["layer"] == data["default_feature_layer"] else "")
     out.print(table)
     for note in data["notes"]:
-        out.print(f"[dim]note: {note}[/]", highlight=False)
+        out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
 
 
 @app.command()
@@ -331,7 +333,7 @@ def explain(
         for r in records:
             label = f" ({r['target_label']})" if r["target_label"] else ""
             out.print(f"{r['image']}: class {r['target']}{label} p={r['probability']:.3f} -> {r['files']['heatmap']}",
-                      highlight=False)
+                      highlight=False, markup=False)
 
 
 def _floats(text: Optional[str], flag: str):
@@ -372,7 +374,7 @@ def fit(
     model.state_dir = state_dir
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       console=err)
-    out.print(f"saved {path}")
+    out.print(f"saved {path}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------- entry point

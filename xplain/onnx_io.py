@@ -96,7 +96,10 @@ def _load_external(model, model_path: Path, digest) -> None:
                 length = int(info["length"]) if "length" in info else size - offset
             except ValueError:
                 raise ModelError(f"tensor {tensor.name!r} has a non-numeric external offset/length", path=model_path) from None
-            if offset < 0 or length < 0 or offset + length > size:
+            if offset < 0 or offset > size:
+                raise ModelError(f"tensor {tensor.name!r}: external offset {offset} exceeds the size of {file.name} "
+                                 f"({size} bytes)", path=model_path)
+            if length < 0 or offset + length > size:
                 raise ModelError(
                     f"tensor {tensor.name!r}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
                     path=model_path,
@@ -139,8 +142,27 @@ def read_model(path: str | os.PathLike):
         raise ModelError("not an ONNX model, or the file is truncated (protobuf parse failed)", path=path) from None
     if not model.HasField("graph") or not model.graph.node or model.ir_version <= 0:
         raise ModelError("not an ONNX model, or the file is truncated (no graph or IR version)", path=path)
+    if _has_sparse(model.graph):
+        raise ModelError("sparse initializers are not supported", path=path)
     _load_external(model, path, digest)
     return model, digest.hexdigest()
+
+
+def _has_sparse(graph) -> bool:
+    """Sparse tensors anywhere (their external data would escape our path checks)."""
+    import onnx
+
+    if graph.sparse_initializer:
+        return True
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS):
+                return True
+            if attr.type == onnx.AttributeProto.GRAPH and _has_sparse(attr.g):
+                return True
+            if attr.type == onnx.AttributeProto.GRAPHS and any(_has_sparse(g) for g in attr.graphs):
+                return True
+    return False
 
 
 def check_model(model, path) -> None:
@@ -150,5 +172,6 @@ def check_model(model, path) -> None:
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        first = " ".join(lines[:2]) if lines else type(err).__name__
         raise ModelError(f"ONNX checker failed: {first}", path=path) from None

@@ -53,6 +53,8 @@ def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict,
         tensors = load(tensor_path.read_bytes())
     except (OSError, ValueError, SafetensorError) as err:
         raise InputDataError(f"fitted state is unreadable: {err}", path=tensor_path) from None
+    if not isinstance(meta, dict):
+        raise InputDataError("fitted state metadata is not a JSON object", path=meta_path)
     if meta.get("model_digest") != digest:
         raise InputDataError("fitted state belongs to another model", path=meta_path)
     return {k: v.to(device) for k, v in tensors.items()}, meta
