@@ -29,12 +29,34 @@ _ALIASES: dict[str, tuple[int, tuple[int, ...]]] = {
 _registered = False
 
 
+def _register_global_max_pool(registry) -> None:
+    """GlobalMaxPool, which onnx2torch lacks (Keras/MXNet/Paddle exports of global max pooling).
+
+    The max over every spatial axis, keeping them as size 1 — the op's definition; without it
+    such models were refused by the pre-flight check."""
+    import torch
+    from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+
+    class OnnxGlobalMaxPool(torch.nn.Module, OnnxToTorchModule):
+        def forward(self, input_tensor):
+            return torch.amax(input_tensor, dim=tuple(range(2, input_tensor.dim())), keepdim=True)
+
+    def convert(node, graph):  # noqa: ARG001 - the registry's signature
+        return OperationConverterResult(torch_module=OnnxGlobalMaxPool(), onnx_mapping=onnx_mapping_from_node(node))
+
+    for version in (1, 22):
+        if registry.OperationDescription("", "GlobalMaxPool", version) not in registry._CONVERTER_REGISTRY:
+            registry.add_converter(operation_type="GlobalMaxPool", version=version)(convert)
+
+
 def register_aliases() -> None:
-    """Idempotently add the alias converters to onnx2torch's registry."""
+    """Idempotently add the alias converters (and the few missing ones) to onnx2torch's registry."""
     global _registered
     if _registered:
         return
     from onnx2torch.node_converters import registry
+
+    _register_global_max_pool(registry)
 
     for op, spec in _ALIASES.items():
         base, newer = spec

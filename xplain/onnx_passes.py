@@ -59,7 +59,26 @@ def sanitize_names(model) -> tuple[dict[str, str], str]:
     for imp in model.opset_import:
         if imp.domain == "ai.onnx":
             imp.domain = ""
-    return originals, "renamed all nodes and values to safe identifiers"
+    note = "renamed all nodes and values to safe identifiers"
+    if dropped := drop_omitted_trailing_inputs(model):
+        note += "; " + dropped
+    return originals, note
+
+
+def drop_omitted_trailing_inputs(model) -> str:
+    """Remove trailing empty input names (``Clip(x, min, "")``).
+
+    ONNX spells an omitted optional input as ``""`` or leaves a trailing one out; the two are
+    the same graph. onnx2torch counts ``""`` as a given input and looks it up as a constant:
+    torch's classic exporter writes ``x.clamp(min=0)`` as ``Clip(x, min, "")``, which then
+    fails with "Dynamic value of min/max is not implemented". Called by
+    :func:`sanitize_names`, which already walks every input name."""
+    count = 0
+    for node in model.graph.node:
+        while len(node.input) and node.input[-1] == "":
+            del node.input[-1]
+            count += 1
+    return f"dropped {count} omitted trailing inputs" if count else ""
 
 
 def fold_constants(model) -> str:
@@ -156,11 +175,55 @@ def normalize_opset(model):
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model, ""
     target = MAX_OPSET if opset > MAX_OPSET else 13
+    hidden = _hide_unadapted_ops(model) if opset > MAX_OPSET else 0
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as err:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        _unhide_ops(model)
         return model, f"opset {opset} kept (version converter failed: {str(err).splitlines()[0][:120]})"
-    return converted, f"converted opset {opset} -> {target}"
+    _unhide_ops(model)
+    _unhide_ops(converted)
+    extra = f" ({hidden} Pad nodes carried over unchanged)" if hidden else ""
+    return converted, f"converted opset {opset} -> {target}{extra}"
+
+
+_HIDDEN_DOMAIN = "xplain.unchanged"
+
+
+def _hide_unadapted_ops(model) -> int:
+    """Park ``Pad`` nodes in a private domain while the version converter runs.
+
+    onnx has no Pad 18 -> 17 adapter, so any model with a Pad (torch's dynamo exporter writes
+    one for every ``F.pad`` it cannot fold into a conv) at opset >= 18 failed to convert as a
+    whole. Pad-18+ without the new ``axes`` input and without mode ``wrap`` (Pad-19) means
+    exactly what Pad-13 means, so such nodes are moved out of the converter's sight and moved
+    back by :func:`_unhide_ops`. Returns how many were hidden."""
+    from onnx import helper
+
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.input) > 3 and node.input[3] != "":
+            continue  # axes given: leave it to the converter (and its error)
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        if mode not in (b"constant", b"reflect", b"edge"):
+            continue
+        node.domain = _HIDDEN_DOMAIN
+        count += 1
+    if count:
+        model.opset_import.append(helper.make_opsetid(_HIDDEN_DOMAIN, 1))
+    return count
+
+
+def _unhide_ops(model) -> None:
+    for node in model.graph.node:
+        if node.domain == _HIDDEN_DOMAIN:
+            node.domain = ""
+    keep = [imp for imp in model.opset_import if imp.domain != _HIDDEN_DOMAIN]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
 
 
 def rewrite_reshape_allowzero(model) -> str:
