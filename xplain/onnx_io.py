@@ -76,10 +76,12 @@ def resolve_external_location(model_path: Path, location: str) -> Path:
     return candidate
 
 
-def _load_external(model, model_path: Path, digest) -> None:
+def _load_external(model, model_path: Path, digest) -> int:
+    """Materialise external tensors in place; returns how many there were."""
     import onnx
 
     total = 0
+    count = 0
     handles: dict[Path, object] = {}
     try:
         for tensor in _all_tensors(model.graph):
@@ -116,13 +118,17 @@ def _load_external(model, model_path: Path, digest) -> None:
             tensor.raw_data = data
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
+            count += 1
     finally:
         for fh in handles.values():
             fh.close()
+    return count
 
 
 def read_model(path: str | os.PathLike):
-    """Parse ``path`` into a fully materialised ``onnx.ModelProto`` and its sha256 digest.
+    """Parse ``path`` into a fully materialised ``onnx.ModelProto``, its sha256 digest, and the
+    file's bytes when they are the whole model (no external data) — onnxruntime can take those
+    as they are instead of a re-serialised copy.
 
     Raises :class:`ModelError` with one line for every way a file can be unusable."""
     import onnx
@@ -144,8 +150,8 @@ def read_model(path: str | os.PathLike):
         raise ModelError("not an ONNX model, or the file is truncated (no graph or IR version)", path=path)
     if _has_sparse(model.graph):
         raise ModelError("sparse initializers are not supported", path=path)
-    _load_external(model, path, digest)
-    return model, digest.hexdigest()
+    external = _load_external(model, path, digest)
+    return model, digest.hexdigest(), (None if external else data)
 
 
 def _has_sparse(graph) -> bool:

@@ -188,6 +188,7 @@ def normalize_opset(model):
 
 
 _HIDDEN_DOMAIN = "xplain.unchanged"
+_HIDDEN_MARK = "xplain: parked during version conversion"
 
 
 def _hide_unadapted_ops(model) -> int:
@@ -200,6 +201,8 @@ def _hide_unadapted_ops(model) -> int:
     back by :func:`_unhide_ops`. Returns how many were hidden."""
     from onnx import helper
 
+    if any(node.domain == _HIDDEN_DOMAIN for node in model.graph.node):
+        return 0  # the model uses our private domain itself: park nothing
     count = 0
     for node in model.graph.node:
         if node.op_type != "Pad" or node.domain not in ("", "ai.onnx"):
@@ -210,6 +213,7 @@ def _hide_unadapted_ops(model) -> int:
         if mode not in (b"constant", b"reflect", b"edge"):
             continue
         node.domain = _HIDDEN_DOMAIN
+        node.doc_string = _HIDDEN_MARK  # only nodes we parked go back, never a model's own
         count += 1
     if count:
         model.opset_import.append(helper.make_opsetid(_HIDDEN_DOMAIN, 1))
@@ -218,8 +222,9 @@ def _hide_unadapted_ops(model) -> int:
 
 def _unhide_ops(model) -> None:
     for node in model.graph.node:
-        if node.domain == _HIDDEN_DOMAIN:
+        if node.domain == _HIDDEN_DOMAIN and node.doc_string == _HIDDEN_MARK:
             node.domain = ""
+            node.doc_string = ""
     keep = [imp for imp in model.opset_import if imp.domain != _HIDDEN_DOMAIN]
     if len(keep) != len(model.opset_import):
         del model.opset_import[:]
