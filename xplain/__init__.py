@@ -22,6 +22,9 @@ _LAZY = {
     "InputSpec": ("xplain.model", "InputSpec"),
     "RECTIFIERS": ("xplain.model", "RECTIFIERS"),
     "load_state": ("xplain.state", "load_state"),
+    "apply_rules": ("xplain.rules", "apply_rules"),
+    "rectifier_rules": ("xplain.rules", "rectifier_rules"),
+    "RectifierRule": ("xplain.rules", "RectifierRule"),
 }
 
 __all__ = [

@@ -1,0 +1,65 @@
+"""``guided-backprop`` and ``deconvnet``: modified backward passes through every rectifier."""
+
+import xplain
+
+_REDUCE = xplain.Param("reduce", "str", "sum", "how the C input channels become one map",
+                       choices=("sum", "mean", "max-abs"))
+
+
+def _make_explain(mode):
+    def explain(model, x, targets, params, seed):
+        import torch
+
+        with xplain.apply_rules(model, xplain.rectifier_rules(mode)) as swapped, torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            logits = model(xg)
+            (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xg)
+        if params["reduce"] == "sum":
+            maps = grad.sum(dim=1)
+        elif params["reduce"] == "mean":
+            maps = grad.mean(dim=1)
+        else:
+            idx = grad.abs().argmax(dim=1, keepdim=True)
+            maps = grad.gather(1, idx)[:, 0]
+        return xplain.Attribution(maps, info={"rectifiers": len(swapped)})
+
+    return explain
+
+
+_RECTIFIERS = "ReLU, ReLU6, Clip, Hardtanh, LeakyReLU and PReLU"
+
+
+@xplain.hookimpl
+def register_methods(register):
+    register(xplain.Method(
+        name="guided-backprop",
+        summary="guided backpropagation through every rectifier (Springenberg et al. 2015)",
+        description=(
+            "One forward and one backward pass of the target logit in which every rectifier "
+            f"({_RECTIFIERS}) passes back only the positive part of the incoming gradient, masked by "
+            "its own forward pass region: g_in = relu(g_out) * f'(x), where f'(x) is 1 where the "
+            "rectifier passes its input (0 < x < 6 for ReLU6, lo < x < hi for Clip/Hardtanh) and the "
+            "negative slope for LeakyReLU/PReLU. Signed map at input resolution, channels reduced by "
+            "`reduce` (sum by default; Captum returns per-channel values, whose channel sum equals "
+            "ours on ReLU networks). Deviation from Captum: Captum hooks only nn.ReLU and returns the "
+            "plain gradient through ReLU6/Clip/LeakyReLU; xplain applies the rule to all of them. "
+            "Networks without rectifiers (e.g. SiLU) give the plain gradient; info.rectifiers says "
+            "how many modules the rule changed."
+        ),
+        explain=_make_explain("guided"),
+        params=[_REDUCE],
+    ))
+    register(xplain.Method(
+        name="deconvnet",
+        summary="deconvnet backward through every rectifier (Zeiler & Fergus 2014)",
+        description=(
+            "One forward and one backward pass of the target logit in which every rectifier "
+            f"({_RECTIFIERS}) ignores its forward activation and rectifies the backward signal "
+            "instead: g_in = relu(g_out) (LeakyReLU/PReLU: their own negative slope applied to "
+            "g_out). Linear layers and pooling pass the gradient as usual (max-pooling through its "
+            "switches). Signed map, channels reduced by `reduce` (sum by default). Deviation from "
+            "Captum: Captum's Deconvolution hooks only nn.ReLU; xplain covers every rectifier kind."
+        ),
+        explain=_make_explain("deconvnet"),
+        params=[_REDUCE],
+    ))

@@ -1,0 +1,136 @@
+"""Modified back-propagation as graph rules.
+
+Guided backprop, Deconvnet, TR-GBP, LRP and MIP-IN's gating all change how the gradient flows
+through some modules while leaving the forward pass alone. A *rule* chooses, per module of
+the converted graph, a replacement with the same forward and a custom backward
+(``torch.autograd.Function``); :func:`apply_rules` swaps them in through
+``Model.swap_modules``, which restores the graph on exit — also after an exception.
+
+Every rectifier kind the loader reports gets the rectifier rules: ReLU, ReLU6, Clip,
+Hardtanh, LeakyReLU and PReLU. (Captum's guided backprop hooks only ``nn.ReLU`` and silently
+returns the plain gradient through a ReLU6; these rules do not.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .model import Activation, Model
+
+GUIDED = "guided"
+DECONVNET = "deconvnet"
+PLAIN = "plain"
+MODES = (GUIDED, DECONVNET, PLAIN)
+
+Chooser = Callable[[Model, str, nn.Module], "nn.Module | None"]
+
+
+@contextlib.contextmanager
+def apply_rules(model: Model, choose: Chooser) -> Iterator[dict[str, nn.Module]]:
+    """Swap in ``choose(model, node_name, module)`` for every module it returns one for.
+
+    Yields the replacements by node name; the original modules are back on exit."""
+    replacements = {}
+    for node in model.graph.graph.nodes:
+        if node.op != "call_module":
+            continue
+        new = choose(model, node.name, model.graph.get_submodule(node.target))
+        if new is not None:
+            replacements[node.name] = new
+    with model.swap_modules(replacements):
+        yield replacements
+
+
+def _pass_region(act: Activation, x: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor:
+    """The rectifier's local derivative at ``x`` (1 where it passes the signal)."""
+    if act.kind in ("relu", "relu6", "clip", "hardtanh"):
+        lo, hi = act.bounds if act.bounds is not None else (0.0, None)
+        mask = torch.ones_like(x, dtype=torch.bool)
+        if lo is not None:
+            mask &= x > lo
+        if hi is not None:
+            mask &= x < hi
+        return mask.to(x.dtype)
+    if act.kind == "leaky_relu":
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, act.module.negative_slope))
+    if act.kind == "prelu":
+        return torch.where(x > 0, torch.ones_like(x), _broadcast_slope(slope, x))
+    raise ValueError(f"no rectifier rule for activation kind {act.kind!r}")
+
+
+def _negative_slope(act: Activation, g: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor | float:
+    if act.kind == "leaky_relu":
+        return act.module.negative_slope
+    if act.kind == "prelu":
+        return _broadcast_slope(slope, g)
+    return 0.0
+
+
+def _broadcast_slope(slope: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if slope is None:
+        return torch.full_like(like, 0.25)
+    if slope.numel() == 1:
+        return slope.reshape(()).expand_as(like)
+    shape = [1] * like.dim()
+    shape[1] = slope.numel()
+    return slope.reshape(shape).expand_as(like)
+
+
+class _RectifierFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rule, *rest):
+        ctx.rule = rule
+        ctx.save_for_backward(x, *[r for r in rest if isinstance(r, torch.Tensor)])
+        return rule.original(x, *rest)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, *rest = ctx.saved_tensors
+        rule = ctx.rule
+        slope = rest[0] if rest else None
+        if rule.mode == GUIDED:  # Springenberg et al.: the forward mask times the positive part of g
+            grad = g.clamp(min=0) * _pass_region(rule.activation, x, slope)
+        elif rule.mode == DECONVNET:  # Zeiler & Fergus: rectify the backward signal, ignore the forward
+            neg = _negative_slope(rule.activation, g, slope)
+            grad = torch.where(g > 0, g, g * neg)
+        else:
+            grad = g * _pass_region(rule.activation, x, slope)
+        return (grad, None, *([None] * (len(ctx.needs_input_grad) - 2)))
+
+
+class RectifierRule(nn.Module):
+    """A rectifier with an unchanged forward and a guided / deconvnet / plain backward."""
+
+    def __init__(self, original: nn.Module, activation: Activation, mode: str):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.original = original
+        self.activation = activation
+        self.mode = mode
+
+    def forward(self, x, *rest):
+        return _RectifierFn.apply(x, self, *rest)
+
+
+def rectifier_rules(mode: str) -> Chooser:
+    """A chooser giving every rectifier the ``mode`` backward (guided, deconvnet or plain)."""
+
+    def choose(model: Model, name: str, module: nn.Module):
+        act = _activation_of(model, name)
+        if act is None or not act.rectifier:
+            return None
+        return RectifierRule(module, act, mode)
+
+    return choose
+
+
+def _activation_of(model: Model, name: str) -> Activation | None:
+    for act in model.activations():
+        if act.name == name:
+            return act
+    return None
