@@ -25,6 +25,9 @@ _LAZY = {
     "apply_rules": ("xplain.rules", "apply_rules"),
     "rectifier_rules": ("xplain.rules", "rectifier_rules"),
     "RectifierRule": ("xplain.rules", "RectifierRule"),
+    "lrp_rules": ("xplain.lrp", "lrp_rules"),
+    "zbox_relevance": ("xplain.lrp", "zbox_relevance"),
+    "first_weight_layer": ("xplain.lrp", "first_weight_layer"),
 }
 
 __all__ = [

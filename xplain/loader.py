@@ -103,6 +103,38 @@ def _strip_softmax(gm) -> str | None:
     return None
 
 
+def _matmul_to_linear(gm) -> int:
+    """``MatMul(x, constant 2-D W)`` becomes ``nn.Linear(bias=False)`` with weight Wᵀ.
+
+    Bias-free dense layers (and tf2onnx's MatMul+Add heads) then look like every other
+    linear layer to methods that need weights (LRP z⁺, MIP-IN, bias discovery)."""
+    import torch
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+    from torch import nn
+
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 2 or not isinstance(gm.get_submodule(node.target), OnnxMatMul):
+            continue
+        const = node.args[1]
+        if getattr(const, "op", None) != "get_attr":
+            continue
+        weight = gm
+        for part in const.target.split("."):
+            weight = getattr(weight, part)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            continue
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
+        linear.weight = nn.Parameter(weight.detach().T.clone(), requires_grad=False)
+        setattr(gm, node.target, linear)
+        node.args = (node.args[0],)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return count
+
+
 def _select_output(gm, index: int, count: int) -> None:
     """Keep only the class-score output of a multi-output graph."""
     if count == 1:
@@ -238,6 +270,8 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     gm.requires_grad_(False)
     _select_output(gm, output_index, output_count)
     report.softmax_stripped = _strip_softmax(gm)
+    if converted := _matmul_to_linear(gm):
+        report.notes.append(f"turned {converted} MatMul nodes with constant weights into Linear layers")
 
     num_classes = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
     spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], fixed_batch=in_shape[0] == 1,
