@@ -235,9 +235,8 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     report.original_names, note = passes.sanitize_names(work)
     report.notes.append(note)
     passes.drop_initializer_inputs(work)
-    for step in (passes.fold_constants,):
-        if note := step(work):
-            report.notes.append(note)
+    if note := passes.fold_constants(work):
+        report.notes.append(note)
     stash = passes.detach_weights(work)
     work, note = passes.normalize_opset(work)
     if note:
@@ -278,8 +277,11 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
                      num_classes=num_classes or 0)
     model = Model(gm, spec, report, labels=labels, sidecar=sidecar).to(torch.device(device))
     if not num_classes:  # output size not declared: find it with one forward pass
-        with torch.no_grad():
-            logits = model(model.example_input(1))
+        try:
+            with torch.no_grad():
+                logits = model(model.example_input(1))
+        except Exception as err:  # noqa: BLE001 - a converted graph can fail anywhere
+            raise ModelError(f"converted model fails to run: {type(err).__name__}", path=path) from None
         if logits.dim() != 2:
             raise ModelError(f"output has shape {list(logits.shape)}; not a classifier (expected B×K)", path=path)
         model.spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], in_shape[0] == 1, logits.shape[1])
