@@ -377,6 +377,107 @@ def fit(
     out.print(f"saved {path}", markup=False, highlight=False)
 
 
+@app.command()
+def bench(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
+    images: Optional[list[Path]] = typer.Argument(None, metavar="[IMAGE...]",
+                                                  help="Images to explain (default: random inputs)."),
+    methods: str = typer.Option(..., "--methods", "-m",
+                                help="Comma-separated methods to measure (see `xplain methods`)."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="Batch size (default 8; with images: their number, cycled to fill)."),
+    repeats: int = typer.Option(5, min=1, help="Timed runs per method; the median is reported."),
+    warmup: int = typer.Option(1, min=0, help="Untimed runs before timing."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE",
+                                    help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
+    preset: Optional[str] = typer.Option(None,
+                                         help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
+    seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
+    captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
+    registry = _registry()
+    names = [n.strip() for n in methods.split(",") if n.strip()]
+    from .bench import resolve_methods
+
+    chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
+    params: dict[str, dict[str, str]] = {}
+    for key, value in _parse_params(param).items():
+        name, dot, sub = key.partition(".")  # method names never contain a dot
+        if not dot:
+            if len(chosen) != 1:
+                raise UsageError(f"--param {key}={value}: say which method, as METHOD.{key}={value}")
+            name, sub = chosen[0], key
+        if name not in chosen:
+            raise UsageError(f"--param {key}={value}: method {name!r} is not in --methods")
+        params.setdefault(name, {})[sub] = value
+    from .registry import validate_params
+
+    for name in chosen:
+        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    images = list(images or [])
+    for image in images:
+        if not image.exists():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            raise XplainErrorInput(image, "is a directory, not an image")
+    model = _load(model_path, device)
+    import torch
+
+    from .bench import bench as run_bench
+
+    if images:
+        from .images import Preprocess, load_image
+
+        preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
+                                             preset=preset, sidecar=model.sidecar)
+        arrays = [torch.from_numpy(preprocess(load_image(image))[0]) for image in images]
+        n = batch_size or len(arrays)
+        x = torch.stack([arrays[i % len(arrays)] for i in range(n)])
+    else:
+        x = model.example_input(batch_size or 8, seed=seed)
+    status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
+    with status:
+        report = run_bench(model, x, chosen, registry=registry, params=params, repeats=repeats, warmup=warmup,
+                           seed=seed, captum=captum,
+                           progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
+                           if err.is_terminal else None)
+    report["model"] = str(model_path)
+    report["images"] = [str(p) for p in images] or None
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    per_image = report["forward_seconds_per_image"]
+    out.print(f"[bold]{escape(str(model_path))}[/]  device {escape(report['device'])}  batch {report['batch_size']}"
+              f"  forward {per_image:.3g} s/image", highlight=False)
+    table = Table(box=None)
+    for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method",
+                         overflow="fold")
+    notes = []
+    for row in report["methods"]:
+        status_ = row["captum_status"]
+        if row["captum_seconds_per_image"] is not None:
+            cap, ratio = f"{row['captum_seconds_per_image']:.3g}", f"{row['ratio_to_captum']:.2f}"
+        elif status_ == "none":
+            cap = ratio = "—"
+        elif status_ in ("not installed", "skipped"):
+            cap = ratio = status_
+        else:
+            cap = ratio = "failed"
+            notes.append(f"{row['name']}: Captum {row['captum']} {status_}")
+        fwd = "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}"
+        table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", fwd,
+                      "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}",
+                      cap, ratio)
+    out.print(table)
+    out.print(f"[dim]peak mem: {escape(report['memory'])}[/]", highlight=False)
+    for line in notes:
+        out.print(f"[dim]note: {escape(line)}[/]", highlight=False)
+
+
 # ---------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""

@@ -1,0 +1,230 @@
+"""``grad-cam`` and ``fullgrad``: maps built from gradients at inner layers of the graph.
+
+Both tap inner nodes through :meth:`xplain.Model.tap` (which restores the graph on exit) and
+take the gradients they need with one ``torch.autograd.grad`` call: one forward and one
+backward pass for the whole batch (a graph fixed at batch 1 runs sample by sample).
+"""
+
+import xplain
+
+
+# ----------------------------------------------------------------------------- helpers
+def _per_sample(model, x, targets, run):
+    """``run(x, targets) -> (maps, info)`` for the batch, or per sample on a fixed-batch-1 graph
+    (a tap records one activation per node, so each graph call must see the whole batch)."""
+    import torch
+
+    if not model.spec.fixed_batch or x.shape[0] == 1:
+        return run(x, targets)
+    parts = [run(x[i:i + 1], targets[i:i + 1]) for i in range(x.shape[0])]
+    maps = torch.cat([m for m, _ in parts])
+    info = dict(parts[0][1])
+    for key, value in info.items():  # per-sample lists are concatenated, the rest kept
+        if isinstance(value, list):
+            info[key] = [v for _, i in parts for v in i[key]]
+        elif isinstance(value, dict):
+            info[key] = {k: [v for _, i in parts for v in i[key][k]] for k in value}
+    return maps, info
+
+
+def _layer_shape(model, name):
+    try:
+        return tuple(model.shape(name))
+    except KeyError:
+        raise xplain.UsageError(f"layer {name!r} does not carry a tensor",
+                                hint="see `xplain inspect MODEL` for layer names") from None
+
+
+# ----------------------------------------------------------------------------- grad-cam
+def _gradcam_layer(model, requested):
+    if requested:
+        node = model.node(requested)  # UsageError for an unknown name
+        name = node.name
+    else:
+        default = model.default_feature_layer()
+        if default is None:
+            raise xplain.UsageError("grad-cam needs a spatial feature map, and this model has none "
+                                    "(no layer with a B×C×H×W output)",
+                                    hint="use a gradient method for fully connected models")
+        name = default.name
+    shape = _layer_shape(model, name)
+    if len(shape) != 4 or shape[2] * shape[3] < 2:
+        raise xplain.UsageError(
+            f"grad-cam layer {name!r} is not a spatial feature map: its output is "
+            f"{'×'.join(map(str, shape)) or 'a scalar'}, grad-cam needs B×C×H×W with H×W > 1",
+            hint="see `xplain inspect MODEL` for the feature layers")
+    return name, shape
+
+
+def _explain_gradcam(model, x, targets, params, seed):
+    import torch
+    import torch.nn.functional as F
+
+    name, shape = _gradcam_layer(model, params["layer"])
+    size = (model.spec.height, model.spec.width)
+
+    def run(x, targets):
+        with model.tap([name], gradients=False) as tap, torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)  # so the graph above the layer is recorded
+            logits = model(xg)
+            acts = tap.activations[name]
+            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and acts.requires_grad):
+                raise xplain.UsageError(f"grad-cam layer {name!r} carries no signal from the input")
+            (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True)
+        if grads is None:
+            raise xplain.UsageError(f"grad-cam layer {name!r} does not reach the model's output")
+        weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: spatial mean of d logit / d A_k
+        cam = (weights * acts.detach()).sum(dim=1, keepdim=True)
+        if params["relu"]:
+            cam = F.relu(cam)
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+        return cam[:, 0], {}
+
+    maps, _ = _per_sample(model, x, targets, run)
+    return xplain.Attribution(maps, info={"layer": name, "layer_shape": list(shape[1:])})
+
+
+# ----------------------------------------------------------------------------- fullgrad
+def _postprocess(t, eps=1e-6):
+    """FullGrad's post-processing of one term: |t|, then min-max over C×H×W per sample."""
+    t = t.abs()
+    flat = t.flatten(1)
+    low = flat.min(dim=1).values.reshape(-1, 1, 1, 1)
+    t = t - low
+    high = t.flatten(1).max(dim=1).values.reshape(-1, 1, 1, 1)
+    return t / (high + eps)
+
+
+def _bias_parts(model, layer):
+    """``[(label, bias)]`` for one bias layer, as the reference counts them.
+
+    A conv with its own bias followed by BatchNorm is one bias layer in ``model.bias_layers()``
+    (the BN folded into an effective bias at the BN output). The reference hooks the conv and
+    the BN separately, so it has two maps there; splitting the folded bias b = s·b_conv + shift
+    into s·b_conv (= the conv's own term, since d/d conv-out = s · d/d BN-out) and shift
+    reproduces both exactly. The sum, and so completeness, is unchanged."""
+    import torch
+
+    bias = layer.bias
+    conv_bias = getattr(layer.module, "bias", None) if layer.kind == "conv" else None
+    if conv_bias is None or layer.node == layer.layer:
+        return [(layer.node, bias)]
+    bn = model.module(layer.node)
+    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+        return [(layer.node, bias)]
+    var = bn.running_var.detach()
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
+    scale = (gamma / torch.sqrt(var + bn.eps)).reshape(bias.shape)
+    own = conv_bias.detach().reshape(bias.shape) * scale
+    return [(layer.layer, own), (layer.node, bias - own)]
+
+
+def _explain_fullgrad(model, x, targets, params, seed):
+    import torch
+    import torch.nn.functional as F
+
+    layers = model.bias_layers()
+    nodes = list(dict.fromkeys(b.node for b in layers))  # unique, in graph order
+    size = (model.spec.height, model.spec.width)
+
+    def run(x, targets):
+        with model.tap(nodes, gradients=False) as tap, torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            logits = model(xg)
+            score = logits.gather(1, targets[:, None])
+            acts = [tap.activations[n] for n in nodes]
+            live = [i for i, a in enumerate(acts) if isinstance(a, torch.Tensor) and a.requires_grad]
+            grads = torch.autograd.grad(score.sum(), [xg, *(acts[i] for i in live)], allow_unused=True)
+        score = score[:, 0].detach()
+        input_grad = grads[0] if grads[0] is not None else torch.zeros_like(xg)
+        node_grad = {nodes[i]: g for i, g in zip(live, grads[1:])}
+        input_term = input_grad * x
+        maps = _postprocess(input_term).sum(dim=1)
+        totals = input_term.flatten(1).sum(dim=1)
+        input_total = totals.clone()
+        terms = {}
+        for layer in layers:
+            g = node_grad.get(layer.node)
+            for label, bias in _bias_parts(model, layer):
+                if g is None:  # the layer does not reach the logit: its term is zero
+                    terms[label] = [0.0] * x.shape[0]
+                    continue
+                term = g * bias.to(g)
+                per_sample = term.flatten(1).sum(dim=1)
+                terms[label] = per_sample.tolist()
+                totals = totals + per_sample
+                if term.dim() == 4:
+                    # resizing is linear per channel, so summing the channels first is the same
+                    # map as the reference's resize-then-sum, at 1/C of the cost
+                    summed = _postprocess(term).sum(dim=1, keepdim=True)
+                    maps = maps + F.interpolate(summed, size=size, mode="bilinear", align_corners=True)[:, 0]
+        return maps, {
+            "logit": score.tolist(),
+            "input_term": input_total.tolist(),
+            "bias_terms": terms,
+            "completeness_gap": (totals - score).abs().tolist(),
+        }
+
+    maps, info = _per_sample(model, x, targets, run)
+    labels = [(label, len(layer.shape)) for layer in layers for label, _ in _bias_parts(model, layer)]
+    info["spatial_bias_terms"] = [label for label, rank in labels if rank == 4]
+    info["scalar_bias_terms"] = [label for label, rank in labels if rank != 4]
+    return xplain.Attribution(maps, info=info)
+
+
+@xplain.hookimpl
+def register_methods(register):
+    register(xplain.Method(
+        name="grad-cam",
+        summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
+        description=(
+            "One forward and one backward pass of the target logit (never the softmax), the backward "
+            "stopping at the feature layer. At the layer's output A (K channels) the weights are the "
+            "spatial means of the gradient, w_k = mean_ij d logit / d A_k[i,j]; the map is "
+            "ReLU(sum_k w_k A_k) (`relu`, default true; false keeps the signed map), upsampled "
+            "bilinearly to the input size with align_corners=False — what Captum's LayerGradCam "
+            "followed by LayerAttribution.interpolate(..., 'bilinear') computes. `layer` (default: "
+            "the model's default feature layer, the last spatial map all information passes "
+            "through, e.g. the post-add ReLU of a ResNet's last block; `xplain inspect` lists the "
+            "layers) may name any node with a B×C×H×W output; an unknown or non-spatial layer is a "
+            "usage error. Not normalised (rendering decides colours). info records the layer and "
+            "its C×H×W shape. A graph fixed at batch 1 runs one forward/backward per sample."
+        ),
+        explain=_explain_gradcam,
+        params=[
+            xplain.Param("layer", "str", "", "feature layer (fx node name); empty = the model's default"),
+            xplain.Param("relu", "bool", True, "apply ReLU to the weighted sum (positive evidence only)"),
+        ],
+        capabilities=xplain.Capabilities(needs_gradients=True),
+    ))
+    register(xplain.Method(
+        name="fullgrad",
+        summary="FullGrad: input-gradient and bias-gradients of every layer (Srinivas & Fleuret 2019)",
+        description=(
+            "One forward and one backward pass of the target logit. The full-gradient "
+            "decomposition: the input term x * df/dx and, for every bias source the loader finds "
+            "(conv/linear biases, BatchNorm's effective bias beta - gamma*mu/sqrt(var+eps), folded "
+            "after its conv, Gemm C, constant adds such as in-graph mean subtraction), the "
+            "bias-gradient term b * df/dz at the node z where the bias has been added. On ReLU "
+            "networks (max-pooling, residual adds included) the input term plus all bias terms "
+            "equals the logit; info.completeness_gap = |input + sum of bias terms - logit| per "
+            "sample (info.logit, info.input_term, info.bias_terms hold the terms; a gap on "
+            "ReLU6/Clip/sigmoid networks is their activations' implicit biases, which FullGrad "
+            "does not count; info's per-sample lists are in batch order). The map follows the "
+            "reference post-processing (idiap/fullgrad-saliency): each term is taken in absolute "
+            "value, min-max normalised per sample over C×H×W ((t - min) / (max + 1e-6), the "
+            "reference's absolute eps), resized bilinearly to the input size with "
+            "align_corners=True (the input term is already at input size), summed over channels "
+            "(xplain sums before resizing: the same map, as resizing is linear, at 1/C of the "
+            "cost), and all terms are summed — a "
+            "non-negative map, not rescaled to [0, 1]. Only terms with a spatial (B×C×H×W) output enter the map; "
+            "linear/Gemm bias terms are scalars that count for completeness only, as in the "
+            "reference (info.scalar_bias_terms lists them). A conv with its own bias followed by "
+            "BatchNorm contributes two maps (conv bias, BN shift), as the reference's separate "
+            "hooks do. Deviation: constant adds on spatial maps (which the reference's module "
+            "hooks cannot see) are bias terms and enter the map too. A graph fixed at batch 1 "
+            "runs one forward/backward per sample. No parameters."
+        ),
+        explain=_explain_fullgrad,
+        capabilities=xplain.Capabilities(needs_gradients=True),
+    ))

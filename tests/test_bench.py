@@ -1,0 +1,133 @@
+"""``xplain bench`` and ``xplain.bench``: output shape, errors, and the Captum mapping.
+
+No timing assertions here: speed goals are measured with ``xplain bench`` (bench/README.md),
+never asserted in timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import xplain
+from xplain.bench import CAPTUM_COUNTERPARTS, bench, captum_counterpart
+from xplain.cli import main
+
+from .conftest import REPO, export_classic
+
+#: the methods bench/README.md and issue 3 name as having a Captum counterpart
+DOCUMENTED = {"saliency", "gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop",
+              "deconvnet", "grad-cam", "occlusion", "lrp-epsilon"}
+
+FAST = ["--repeats", "1", "--warmup", "0", "--device", "cpu"]
+
+
+def _one_line_error(capsys):
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: plugin")]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_bench_json(tiny_cnn_path, capsys):
+    code = main(["bench", str(tiny_cnn_path), "--methods", "saliency,random", "--batch-size", "2", "--json", *FAST])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    for key in ("model", "device", "batch_size", "forward_seconds", "methods"):
+        assert key in data
+    assert data["device"] == "cpu" and data["batch_size"] == 2 and data["forward_seconds"] > 0
+    rows = {row["name"]: row for row in data["methods"]}
+    assert list(rows) == ["saliency", "random"]
+    for row in rows.values():
+        for key in ("name", "seconds_per_image", "ratio_to_forward", "peak_memory_mb", "captum_seconds_per_image",
+                    "ratio_to_captum"):
+            assert key in row
+        assert row["seconds_per_image"] > 0 and row["ratio_to_forward"] > 0 and (row["peak_memory_mb"] or 0) >= 0
+    assert rows["saliency"]["captum_status"] == "ok"
+    assert rows["saliency"]["captum_seconds_per_image"] > 0 and rows["saliency"]["ratio_to_captum"] > 0
+    assert rows["random"]["captum_seconds_per_image"] is None and rows["random"]["ratio_to_captum"] is None
+    assert rows["random"]["captum"] is None
+
+
+def test_bench_table_and_images(tiny_cnn_path, rgb_image, capsys):
+    code = main(["bench", str(tiny_cnn_path), str(rgb_image), "--methods", "saliency", "--batch-size", "3",
+                 "--no-captum", "--preset", "unit", *FAST])
+    assert code == 0
+    out = capsys.readouterr().out
+    for column in ("method", "s/image", "×forward", "peak mem", "ours/captum"):
+        assert column in out
+    assert "saliency" in out and "skipped" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["--methods", "saliency,no-such-method"],
+    ["--methods", ","],
+    ["--methods", "saliency,random", "--param", "steps=3"],  # which method?
+    ["--methods", "saliency", "--param", "random.x=1"],  # not benchmarked
+    ["--methods", "saliency", "--param", "saliency.nope=1"],  # not a parameter of saliency
+])
+def test_bench_usage_errors(tiny_cnn_path, capsys, args):
+    assert main(["bench", str(tiny_cnn_path), *args, *FAST]) == 2
+    line = _one_line_error(capsys)
+    if "no-such-method" in args[1]:
+        assert "no-such-method" in line and "saliency" in line  # the installed methods are listed
+
+
+def test_bench_python_api_leaves_graph_untouched(tiny_model):
+    """Captum's LRP refuses onnx2torch modules: reported, not fatal, and no rules or hooks stay behind."""
+    registry = xplain.get_registry()
+    names = [n for n in ("saliency", "guided-backprop", "lrp-epsilon", "grad-cam") if n in registry.methods]
+    before = [(type(m), sorted(vars(m))) for m in tiny_model.graph.modules()]
+    code = tiny_model.graph.code
+    result = bench(tiny_model, tiny_model.example_input(2), names, registry, repeats=1, warmup=0)
+    assert [row["name"] for row in result["methods"]] == names
+    for row in result["methods"]:
+        assert row["captum_status"] == "ok" or row["captum_status"].startswith("failed"), row
+    assert [(type(m), sorted(vars(m))) for m in tiny_model.graph.modules()] == before
+    assert tiny_model.graph.code == code
+    for m in tiny_model.graph.modules():
+        assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+
+
+def test_captum_mapping_covers_the_documented_methods():
+    assert set(CAPTUM_COUNTERPARTS) == DOCUMENTED
+    readme = (REPO / "bench" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Captum counterparts", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M))
+    assert listed == DOCUMENTED
+
+
+def _relu_cnn():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+
+
+@pytest.fixture(scope="module")
+def relu_model(tmp_path_factory):
+    return xplain.load_model(export_classic(_relu_cnn(), tmp_path_factory.mktemp("b") / "relu.onnx", (1, 3, 16, 16)))
+
+
+# deterministic methods whose Captum counterpart runs on converted ReLU graphs
+@pytest.mark.parametrize("name, params", [
+    ("saliency", {}), ("gradient", {}), ("input-x-gradient", {}), ("integrated-gradients", {"steps": 8}),
+    ("guided-backprop", {}), ("deconvnet", {}), ("grad-cam", {}), ("occlusion", {"patch": 4, "stride": 2}),
+])
+def test_captum_counterpart_computes_our_map(relu_model, name, params):
+    """The mapping runs the same algorithm: Captum's map equals ours on a ReLU network."""
+    pytest.importorskip("captum")
+    registry = xplain.get_registry()
+    if name not in registry.methods:
+        pytest.skip(f"method {name} is not installed")
+    method = registry.method(name)
+    values = xplain.validate_params(method.params, params, name)
+    x = relu_model.example_input(3, seed=4)
+    targets = torch.tensor([0, 4, 2])
+    ours = xplain.explain(relu_model, x, targets, name, params=params).maps
+    with captum_counterpart(name, relu_model, values, x) as captum_fn:
+        ref = captum_fn(x.clone(), targets).detach()
+    assert ref.shape == ours.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
