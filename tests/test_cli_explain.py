@@ -139,3 +139,21 @@ def test_out_of_memory_halves_the_batch(tiny_model, monkeypatch):
     out = explaining._run_halving(tiny_model, method, x, torch.tensor([0, 1, 2]), {}, 0)
     assert sizes == [3, 1, 2, 1, 1]
     torch.testing.assert_close(out.maps, xplain.explain(tiny_model, x, [0, 1, 2], "saliency").maps)
+
+
+def test_each_record_carries_its_own_samples_facts(tiny_cnn_path, rgb_image, tmp_path, capsys):
+    """Per-sample facts (FullGrad's completeness terms) are split per record, not copied whole."""
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(other)
+    assert main(["explain", str(tiny_cnn_path), str(rgb_image), str(other), "--method", "fullgrad", "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--json", "--preset", "unit"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    model = xplain.load_model(tiny_cnn_path)
+    pre = Preprocess.from_options((3, 16, 16), preset="unit")
+    for rec in records:
+        x = torch.from_numpy(pre(load_image(rec["image"]))[0])[None]
+        logit = float(model(x)[0, rec["target"]])
+        assert isinstance(rec["info"]["logit"], float)
+        assert rec["info"]["logit"] == pytest.approx(logit, rel=1e-4, abs=1e-5)
+        assert all(isinstance(v, float) for v in rec["info"]["bias_terms"].values())
+    assert records[0]["info"]["logit"] != records[1]["info"]["logit"]

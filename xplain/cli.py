@@ -82,7 +82,7 @@ def _params_table(params) -> Table:
         table.add_column(col)
     for p in params:
         desc = p.help + (f" (one of: {', '.join(map(str, p.choices))})" if p.choices else "")
-        table.add_row(p.name, p.type, repr(p.default), desc)
+        table.add_row(escape(p.name), p.type, escape(repr(p.default)), escape(desc))
     return table
 
 
@@ -97,7 +97,7 @@ def _list(kind: str, as_json: bool) -> None:
     table.add_column("summary")
     table.add_column("plugin", style="dim")
     for name, item in sorted(items.items()):
-        table.add_row(name, item.summary, item.plugin)
+        table.add_row(escape(name), escape(item.summary), escape(item.plugin))
     out.print(table)
     if not items:
         out.print(f"(no {kind}s installed)")
@@ -119,9 +119,9 @@ def _show(kind: str, name: str, as_json: bool) -> None:
             data["higher_is_better"] = item.higher_is_better
         out.print_json(data=data)
         return
-    out.print(f"[bold]{item.name}[/] — {item.summary}  [dim](plugin {item.plugin})[/]")
+    out.print(f"[bold]{escape(item.name)}[/] — {escape(item.summary)}  [dim](plugin {escape(item.plugin)})[/]")
     if item.description:
-        out.print(f"\n{item.description}\n", highlight=False)
+        out.print(f"\n{escape(item.description)}\n", highlight=False)
     if kind == "method":
         caps = item.capabilities
         flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),

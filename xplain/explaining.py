@@ -123,7 +123,9 @@ def _run_halving(model, method, x, targets, values, seed):
         first = _run_halving(model, method, x[:half], targets[:half], values, seed)
         second = _run_halving(model, method, x[half:], targets[half:], values, seed)
         extras = {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()}
-        return Attribution(torch.cat([first.maps, second.maps]), extras, {**first.info, **second.info})
+        per_sample = [first.record_info(i) for i in range(half)] + \
+                     [second.record_info(i) for i in range(x.shape[0] - half)]
+        return Attribution(torch.cat([first.maps, second.maps]), extras, {}, per_sample)
 
 
 def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, original, geometry, out_dir, method):
@@ -148,5 +150,5 @@ def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, origi
         "probability": round(item.probability, 6),
         "files": files,
         "geometry": geometry.to_dict(),
-        "info": attribution.info,
+        "info": attribution.record_info(j),
     }

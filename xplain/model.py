@@ -401,12 +401,36 @@ class Model:
 
 
 class Tap:
-    """What :meth:`Model.tap` collected: ``activations[name]`` and ``gradients[name]``."""
+    """What :meth:`Model.tap` collected: ``activations[name]`` and ``gradients[name]``.
+
+    A graph fixed at batch 1 runs once per sample, so a tap sees one slice per call; the
+    dicts concatenate the slices in call order, so they always cover the whole batch. A
+    concatenation is not a node of the autograd graph: to differentiate *with respect to* a
+    tapped activation, run a fixed-batch graph one sample at a time."""
 
     def __init__(self, gradients: bool):
         self.want_gradients = gradients
-        self.activations: dict[str, torch.Tensor] = {}
-        self.gradients: dict[str, torch.Tensor] = {}
+        self._activations: dict[str, list[torch.Tensor]] = {}
+        self._gradients: dict[str, dict[int, torch.Tensor]] = {}
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        calls = self._activations.setdefault(name, [])
+        index = len(calls)
+        calls.append(x)
+        if self.want_gradients and x.requires_grad:
+            x.register_hook(lambda g: self._gradients.setdefault(name, {}).__setitem__(index, g))
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        return {name: calls[0] if len(calls) == 1 else torch.cat(calls) for name, calls in self._activations.items()}
+
+    @property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, by_call in self._gradients.items():
+            parts = [by_call[i] for i in sorted(by_call)]
+            out[name] = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out
 
 
 class _TapModule(nn.Module):
@@ -415,9 +439,8 @@ class _TapModule(nn.Module):
         self._tap, self._name = tap, name
 
     def forward(self, x):
-        self._tap.activations[self._name] = x
-        if self._tap.want_gradients and isinstance(x, torch.Tensor) and x.requires_grad:
-            x.register_hook(lambda g: self._tap.gradients.__setitem__(self._name, g))
+        if isinstance(x, torch.Tensor):
+            self._tap.record(self._name, x)
         return x
 
 

@@ -105,11 +105,19 @@ class Attribution:
     """A method's output: signed float32 maps ``B×H×W`` at the model's input resolution.
 
     ``extras`` holds named per-sample tensors (``B×…``) a method wants saved beside the map
-    (e.g. MIP-IN's source signal); ``info`` holds JSON-serialisable facts for the record."""
+    (e.g. MIP-IN's source signal); ``info`` holds JSON-serialisable facts about the whole batch,
+    and ``sample_info`` (one dict per sample, or empty) facts about each sample; each record gets
+    ``info`` merged with its own sample's entry."""
 
     maps: Any
     extras: dict = dataclasses.field(default_factory=dict)
     info: dict = dataclasses.field(default_factory=dict)
+    sample_info: list = dataclasses.field(default_factory=list)
+
+    def record_info(self, index: int) -> dict:
+        """What the JSON record of sample ``index`` carries: batch facts plus its own."""
+        own = self.sample_info[index] if index < len(self.sample_info) else {}
+        return {**self.info, **own}
 
 
 @dataclasses.dataclass

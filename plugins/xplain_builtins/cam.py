@@ -169,7 +169,10 @@ def _explain_fullgrad(model, x, targets, params, seed):
     labels = [(label, len(layer.shape)) for layer in layers for label, _ in _bias_parts(model, layer)]
     info["spatial_bias_terms"] = [label for label, rank in labels if rank == 4]
     info["scalar_bias_terms"] = [label for label, rank in labels if rank != 4]
-    return xplain.Attribution(maps, info=info)
+    per_sample = [{"logit": info["logit"][i], "input_term": info["input_term"][i],
+                   "completeness_gap": info["completeness_gap"][i],
+                   "bias_terms": {k: v[i] for k, v in info["bias_terms"].items()}} for i in range(x.shape[0])]
+    return xplain.Attribution(maps, info=info, sample_info=per_sample)
 
 
 @xplain.hookimpl

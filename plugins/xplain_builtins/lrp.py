@@ -11,11 +11,18 @@ def _explain_epsilon(model, x, targets, params, seed):
         logits = model(xg)
         (c,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xg)
     relevance = xg.detach() * c
-    return xplain.Attribution(relevance.sum(dim=1), info={"relevance_sum": relevance.flatten(1).sum(1).tolist()})
+    return xplain.Attribution(relevance.sum(dim=1), info={"relevance_sum": relevance.flatten(1).sum(1).tolist()},
+                              sample_info=[{"relevance_sum": v} for v in relevance.flatten(1).sum(1).tolist()])
 
 
 def _explain_zplus(model, x, targets, params, seed):
     import torch
+
+    if model.spec.fixed_batch and x.shape[0] > 1:  # taps below must see each graph call's whole batch
+        parts = [_explain_zplus(model, x[i:i + 1], targets[i:i + 1], params, seed) for i in range(x.shape[0])]
+        return xplain.Attribution(torch.cat([p.maps for p in parts]),
+                                  info={"relevance_sum": [v for p in parts for v in p.info["relevance_sum"]]},
+                                  sample_info=[i for p in parts for i in p.sample_info])
 
     first = xplain.first_weight_layer(model)
     if first is None:
@@ -35,7 +42,8 @@ def _explain_zplus(model, x, targets, params, seed):
         relevance = xplain.zbox_relevance(model.module(first), a_in.detach(), z1 * c1, low, high)
         if a_in is not xg:  # route relevance back through flatten/reshape to the pixels
             (relevance,) = torch.autograd.grad(a_in, xg, relevance)
-    return xplain.Attribution(relevance.sum(dim=1), info={"relevance_sum": relevance.flatten(1).sum(1).tolist()})
+    return xplain.Attribution(relevance.sum(dim=1), info={"relevance_sum": relevance.flatten(1).sum(1).tolist()},
+                              sample_info=[{"relevance_sum": v} for v in relevance.flatten(1).sum(1).tolist()])
 
 
 _EPS = xplain.Param("epsilon", "float", 1e-6, "stabiliser ε added to denominators (sign-matched)", min=0.0)
