@@ -62,6 +62,12 @@ def _pass_region(act: Activation, x: torch.Tensor, slope: torch.Tensor | None) -
     raise ValueError(f"no rectifier rule for activation kind {act.kind!r}")
 
 
+def _plain_relu(act: Activation) -> bool:
+    """A rectifier that passes exactly where its input is positive (ReLU, Clip(0, None))."""
+    bounds = None if act.bounds is None else tuple(act.bounds)
+    return (act.kind == "relu" and bounds in (None, (0.0, None))) or (act.kind == "clip" and bounds == (0.0, None))
+
+
 def _negative_slope(act: Activation, g: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor | float:
     if act.kind == "leaky_relu":
         return act.module.negative_slope
@@ -92,11 +98,15 @@ class _RectifierFn(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         rule = ctx.rule
         slope = rest[0] if rest else None
-        if rule.mode == GUIDED:  # Springenberg et al.: the forward mask times the positive part of g
+        if rule.mode == GUIDED and _plain_relu(rule.activation):  # the common case, in two fused kernels
+            grad = torch.ops.aten.threshold_backward(g.clamp(min=0), x, 0)
+        elif rule.mode == GUIDED:  # Springenberg et al.: the forward mask times the positive part of g
             grad = g.clamp(min=0) * _pass_region(rule.activation, x, slope)
+        elif rule.mode == PLAIN and _plain_relu(rule.activation):
+            grad = torch.ops.aten.threshold_backward(g, x, 0)
         elif rule.mode == DECONVNET:  # Zeiler & Fergus: rectify the backward signal, ignore the forward
             neg = _negative_slope(rule.activation, g, slope)
-            grad = torch.where(g > 0, g, g * neg)
+            grad = g.clamp(min=0) if isinstance(neg, float) and neg == 0.0 else torch.where(g > 0, g, g * neg)
         else:
             grad = g * _pass_region(rule.activation, x, slope)
         return (grad, None, *([None] * (len(ctx.needs_input_grad) - 2)))
