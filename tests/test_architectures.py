@@ -852,3 +852,20 @@ def test_swap_modules_restores_graph(resnet):
     assert resnet.graph.code == code
     with torch.no_grad():
         assert torch.equal(resnet(x), before)
+
+
+def test_bias_layers_follow_weights_edited_in_place(tiny_cnn_path):
+    """Randomisation tests edit weights in place; the effective biases must not be stale."""
+    model = xplain.load_model(tiny_cnn_path, device="cpu")
+    before = {b.node: b.bias.clone() for b in model.bias_layers()}
+    bn = next(m for m in model.graph.modules() if isinstance(m, torch.nn.BatchNorm2d)) \
+        if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.graph.modules()) else None
+    with torch.no_grad():
+        for p in model.graph.parameters():
+            p.add_(1.0)
+        if bn is not None:
+            bn.running_mean.add_(1.0)
+    after = {b.node: b.bias for b in model.bias_layers()}
+    assert before.keys() == after.keys()
+    for node in before:
+        assert not torch.allclose(before[node], after[node]), node

@@ -257,8 +257,7 @@ class Model:
         """Every activation module and its kind, in graph order."""
         return list(self._activations)
 
-    @cached_property
-    def _bias_layers(self) -> list[BiasLayer]:
+    def _find_bias_layers(self) -> list[BiasLayer]:
         from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
         from onnx2torch.node_converters.gemm import OnnxGemm
 
@@ -324,8 +323,11 @@ class Model:
         return None
 
     def bias_layers(self) -> list[BiasLayer]:
-        """Every bias source (conv/linear with BatchNorm folded in, lone BN, Gemm C, constant adds)."""
-        return list(self._bias_layers)
+        """Every bias source (conv/linear with BatchNorm folded in, lone BN, Gemm C, constant adds).
+
+        Found afresh on each call (a walk over the graph, cheap next to a backward pass), so the
+        effective biases follow weights edited in place, e.g. by a randomisation test."""
+        return self._find_bias_layers()
 
     @cached_property
     def _feature_layers(self) -> list[FeatureLayer]:
