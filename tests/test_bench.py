@@ -131,3 +131,13 @@ def test_captum_counterpart_computes_our_map(relu_model, name, params):
         ref = captum_fn(x.clone(), targets).detach()
     assert ref.shape == ours.shape
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_stage_split_per_image_and_per_forward():
+    from xplain.bench import _stages
+    from xplain.plugin_api import Attribution
+
+    got = _stages(Attribution(maps=None, info={"stage_seconds": {"feature": 0.4, "gan": 2.0}}), batch=4, forward_s=0.1)
+    assert got == {"feature": {"seconds_per_image": 0.1, "ratio_to_forward": pytest.approx(4.0)},
+                   "gan": {"seconds_per_image": 0.5, "ratio_to_forward": pytest.approx(20.0)}}
+    assert _stages(Attribution(maps=None), batch=4, forward_s=0.1) is None

@@ -406,8 +406,11 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
     for method in chosen:
         v = values[method.name]
 
-        def ours(method=method, v=v):
-            return run_method(model, method, x, targets, v, seed)
+        last: dict = {}
+
+        def ours(method=method, v=v, last=last):
+            last["attribution"] = run_method(model, method, x, targets, v, seed)
+            return last["attribution"]
 
         row = {"name": method.name, "params": v, "seconds_per_image": None, "ratio_to_forward": None,
                "peak_memory_mb": None, "captum": None, "captum_status": "none",
@@ -439,6 +442,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
             row["ratio_to_captum"] = ours_s / captum_s if captum_s > 0 else None
         with _oom_as_error(method.name, batch):
             row["peak_memory_mb"] = peak_memory_mb(ours, device)
+        row["stages"] = _stages(last.get("attribution"), batch, forward_s)
         rows.append(row)
 
     forward_s = statistics.median(forward_all)
@@ -455,6 +459,17 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
         "captum_version": captum_version,
         "methods": rows,
     }
+
+
+def _stages(attribution, batch: int, forward_s: float) -> dict | None:
+    """A multi-stage method's own split (``info["stage_seconds"]``: stage -> seconds for the
+    batch, e.g. InputIBA's feature / GAN / input stages), per image and × one forward pass."""
+    stages = getattr(attribution, "info", {}).get("stage_seconds") if attribution is not None else None
+    if not isinstance(stages, dict):
+        return None
+    return {name: {"seconds_per_image": float(sec) / batch,
+                   "ratio_to_forward": float(sec) / forward_s if forward_s > 0 else None}
+            for name, sec in stages.items() if isinstance(sec, (int, float))}
 
 
 def _quiet(fn: CaptumFn) -> CaptumFn:

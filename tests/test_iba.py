@@ -1,0 +1,366 @@
+"""``iba`` and ``input-iba``: formulas against independent computations, statistics, the graph split,
+localisation on the shapes model (known object boxes), the input bottleneck's β limits,
+parameter randomisation, determinism and fitted state round trips."""
+
+from __future__ import annotations
+
+import math
+import warnings
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+import xplain
+from xplain.api import sample_generators
+from xplain.fitting import fit_method
+from xplain.images import Preprocess, load_image
+from xplain.registry import get_registry
+from xplain_builtins import iba, iba_input
+
+from .conftest import SAMPLES
+
+SHAPES = SAMPLES / "shapes_cnn.onnx"
+IMAGES = SAMPLES / "images"
+#: reduced InputIBA work for tests (paper: 20 epochs over 200 targets); stage 1 and 3 at paper defaults
+FAST_GAN = {"gan_epochs": 2, "gan_dataset": 64}
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return xplain.load_model(SHAPES, device="cpu")
+
+
+def _image(model, name):
+    pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
+    return torch.from_numpy(pre(load_image(IMAGES / f"{name}.png"))[0])[None]
+
+
+def _box_mask(name):
+    root = ET.parse(IMAGES / f"{name}.xml").getroot()
+    box = root.find("object").find("bndbox")
+    x0, y0, x1, y1 = (int(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+    mask = torch.zeros(64, 64)
+    mask[y0:y1, x0:x1] = 1
+    return mask.bool()
+
+
+def _density_ratio(heat, mask):
+    """Mean map value inside the box over the mean outside it (1 = no localisation)."""
+    heat = heat.clamp_min(0)
+    return float(heat[mask].mean() / heat[~mask].mean())
+
+
+def _quiet_explain(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xplain.explain(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- formulas
+def test_iba_capacity_matches_hand_computed_gaussian_kl():
+    # KL[N(m1, s1²) || N(0, 1)] = ½(s1² + m1² − 1) − log s1, with m1 = λ(r−μ)/σ, s1 = 1−λ
+    r = torch.tensor([2.0, -1.0, 0.5])
+    mean = torch.tensor([1.0, 0.0, 0.5])
+    std = torch.tensor([2.0, 0.5, 1.0])
+    lam = torch.tensor([0.5, 0.9, 0.2])
+    expected = []
+    for ri, mi, si, li in zip(r.tolist(), mean.tolist(), std.tolist(), lam.tolist()):
+        m1, s1 = li * (ri - mi) / si, 1 - li
+        expected.append(0.5 * (s1 ** 2 + m1 ** 2 - 1) - math.log(s1))
+    # first element by hand: m1 = 0.25, s1 = 0.5 → ½(0.25 + 0.0625 − 1) + ln 2 = 0.3494...
+    assert expected[0] == pytest.approx(0.5 * (0.25 + 0.0625 - 1) + math.log(2))
+    torch.testing.assert_close(iba.iba_capacity(r, mean, std, lam), torch.tensor(expected))
+    # λ = 0: nothing passes, no information
+    assert float(iba.iba_capacity(r, mean, std, torch.zeros(3)).abs().max()) < 1e-7
+
+
+def _numerical_kl(m1, s1, m2, s2):
+    """∫ p log(p/q) for two 1-D Gaussians by quadrature on a fine grid."""
+    grid = torch.linspace(m1 - 12 * s1, m1 + 12 * s1, 200001, dtype=torch.float64)
+    logp = -0.5 * ((grid - m1) / s1) ** 2 - math.log(s1 * math.sqrt(2 * math.pi))
+    logq = -0.5 * ((grid - m2) / s2) ** 2 - math.log(s2 * math.sqrt(2 * math.pi))
+    return float(torch.trapezoid(logp.exp() * (logp - logq), grid))
+
+
+@pytest.mark.parametrize("x,mu,sigma,lam,prior", [
+    (1.5, 0.2, 0.7, 0.6, 0.3), (-0.4, 0.5, 1.3, 0.95, 0.8), (0.0, 0.0, 1.0, 0.3, 0.0), (2.0, -1.0, 0.5, 0.1, 0.99)])
+def test_proposition3_matches_numerical_kl(x, mu, sigma, lam, prior):
+    # Remark 2: P(Z_I|I) = N(Λx + (1−Λ)μ, (1−Λ)²σ²)
+    # Remark 1: P(Z_I) = N(λ_GΛx + (1−λ_GΛ)μ, (1−λ_GΛ)²σ²)
+    numeric = _numerical_kl(lam * x + (1 - lam) * mu, (1 - lam) * sigma,
+                            prior * lam * x + (1 - prior * lam) * mu, (1 - prior * lam) * sigma)
+    closed = iba.input_kl(*(torch.tensor([v], dtype=torch.float64) for v in (x, mu, sigma, lam, prior)))
+    assert float(closed) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_proposition3_limits():
+    x, mu, sigma = torch.tensor([1.3, -0.2]), torch.tensor([0.1, 0.4]), torch.tensor([0.8, 1.1])
+    lam = torch.tensor([0.7, 0.4])
+    # λ_G = 1: the prior already passes everything the mask passes → no information
+    assert float(iba.input_kl(x, mu, sigma, lam, torch.ones(2)).abs().max()) < 1e-6
+    # λ_G = 0: the prior is N(μ, σ²) → IBA's capacity with r̃ = (x − μ)/σ
+    torch.testing.assert_close(iba.input_kl(x, mu, sigma, lam, torch.zeros(2)), iba.iba_capacity(x, mu, sigma, lam))
+
+
+def test_welford_matches_batch_statistics():
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(37, 3, 4, generator=gen) * 3 + 1
+    data[data < 0.5] = 0
+    acc = iba.Welford()
+    for chunk in data.split(10):
+        acc.update(chunk)
+    out = acc.result()
+    torch.testing.assert_close(out["mean"], data.mean(0))
+    torch.testing.assert_close(out["std"], data.std(0, unbiased=True))
+    torch.testing.assert_close(out["active_fraction"], (data != 0).float().mean(0))
+
+
+def test_gaussian_smoothing_keeps_constants_and_total():
+    t = torch.full((1, 2, 6, 6), 0.3)
+    torch.testing.assert_close(iba.gaussian_smooth(t, 1.0), t)
+    delta = torch.zeros(1, 1, 9, 9)
+    delta[0, 0, 4, 4] = 1
+    blurred = iba.gaussian_smooth(delta, 1.0)
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-6)  # kernel 5×5 fits inside: mass kept
+    assert float(blurred[0, 0, 4, 4]) == pytest.approx(max(blurred.flatten().tolist()))
+
+
+# ----------------------------------------------------------------------------- graph split, critic
+@pytest.mark.parametrize("path", [SHAPES, SAMPLES / "shapes_cnn.dynamo.onnx"])
+def test_split_prefix_then_suffix_is_the_model(path):
+    model = xplain.load_model(path, device="cpu", verify=False)
+    x = model.example_input(3, seed=4)
+    for layer in model.feature_layers():
+        split = iba.Split(model, layer.name)
+        with torch.no_grad():
+            values = split.prefix(x)
+            torch.testing.assert_close(split.suffix(values[0], values[1:]), model(x))
+            assert values[0].shape[1:] == layer.shape
+
+
+def test_grouped_critic_scores_each_image_with_its_own_critic():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 5, 4, 8, 8, generator=gen)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    kw = {"device": x.device, "dtype": x.dtype}
+    both = iba_input.GroupedCritic(2, 4, 8, 8, sample_generators(x, 0), **kw)(feats)
+    for i in range(2):
+        one = iba_input.GroupedCritic(1, 4, 8, 8, sample_generators(x[i:i + 1], 0), **kw)(feats[i:i + 1])
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shapes model
+@pytest.mark.parametrize("name,target", [("shapes_circle", 0), ("shapes_triangle", 2)])
+def test_iba_localises_the_object(shapes, name, target):
+    x = _image(shapes, name)
+    a = _quiet_explain(shapes, x, targets=[target], method="iba")
+    assert "not fitted" in a.info["stats"]
+    heat = a.maps[0]
+    assert float(heat.min()) >= 0
+    # the map's total is the bottleneck's information in bits (area scaling)
+    assert float(heat.sum()) == pytest.approx(a.sample_info[0]["total_bits"], rel=1e-3)
+    assert _density_ratio(heat, _box_mask(name)) > 2.0  # measured: circle 2.45, triangle 2.86
+
+
+def test_input_iba_localises_the_circle(shapes):
+    x = _image(shapes, "shapes_circle")
+    a = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=FAST_GAN)
+    heat = a.maps[0]
+    assert 0 <= float(heat.min()) and float(heat.max()) <= 1
+    mask = _box_mask("shapes_circle")
+    # measured 5.0 (seed 0) and 3.1 (seed 1); the triangle is not localised by input-iba on this
+    # model, which calls pure noise a triangle (docs/input-iba.md)
+    assert _density_ratio(heat, mask) > 2.5
+    assert set(a.info["stage_seconds"]) == {"feature", "gan", "input"}
+    assert a.extras["feature_map"].shape == a.extras["gan_mask"].shape == (1, 64, 64)
+    feature_only = _quiet_explain(shapes, x, targets=[0], method="input-iba", params={"return": "feature"})
+    torch.testing.assert_close(feature_only.maps, a.extras["feature_map"])
+
+
+@pytest.mark.parametrize("beta,low,high", [(0.0, 0.95, 1.0), (1000.0, 0.0, 0.05)])
+def test_input_bottleneck_beta_limits(shapes, beta, low, high):
+    x = _image(shapes, "shapes_circle")
+    prior = torch.full_like(x, 0.5)
+    mask, _, _ = iba_input.input_bottleneck(
+        shapes, x, torch.tensor([0]), prior, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1),
+        sample_generators(x, 0), beta=beta, steps=60, lr=1.0, copies=4, initial_alpha=5.0, sigma=1.0)
+    assert low <= float(mask.mean()) <= high
+
+
+def test_input_iba_is_sensitive_to_cascading_randomisation(shapes):
+    """Section 4.3: randomising the weights from the top down moves the map away from the original."""
+    x = _image(shapes, "shapes_circle")
+    params = {**FAST_GAN, "input_steps": 30}
+    original = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=params, seed=0).maps[0]
+    rerun = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=params, seed=1).maps[0]
+    model = xplain.load_model(SHAPES, device="cpu", verify=False)
+    layers = [m for m in model.graph.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][::-1]
+    gen = torch.Generator().manual_seed(0)
+
+    def corr(a, b):  # on 8×8 blocks: pixel-level masks are noisy from run to run, the layout is not
+        a, b = (torch.nn.functional.avg_pool2d(t[None, None], 8).flatten() for t in (a, b))
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    similarity = []
+    for layer in layers[:2]:  # the linear head, then the last convolution
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * layer.weight.std())
+        randomised = _quiet_explain(model, x, targets=[0], method="input-iba", params=params, seed=0).maps[0]
+        similarity.append(corr(original, randomised))
+    same = corr(original, rerun)  # measured: 0.81 (seed 0 vs 1); after two layers: -0.55
+    assert same > 0.6
+    assert similarity[-1] < 0.2
+
+
+# ----------------------------------------------------------------------------- determinism, fitted state
+def test_iba_deterministic_under_seed(shapes):
+    x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle")])
+    a = _quiet_explain(shapes, x, method="iba", seed=3).maps
+    b = _quiet_explain(shapes, x, method="iba", seed=3).maps
+    c = _quiet_explain(shapes, x, method="iba", seed=4).maps
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+
+
+def test_fitted_statistics_saved_and_reloaded_give_identical_maps(shapes, tmp_path, recwarn):
+    method = get_registry().method("iba")
+    data = SAMPLES / "shapes_eval" / "images"
+    params = xplain.validate_params(method.params, {}, "iba")
+    fit_method(shapes, method, data, params={}, state_dir=tmp_path, batch_size=16)
+    saved, meta = xplain.load_state(shapes.digest, "iba", root=tmp_path)
+    assert meta["layer"] == shapes.default_feature_layer().name and meta["n"] == 40
+    # the statistics are those of the bottleneck layer over the data (forward stopped there)
+    pre = Preprocess.from_options((3, 64, 64), sidecar=shapes.sidecar)
+    xs = torch.stack([torch.from_numpy(pre(load_image(p))[0]) for p in sorted(data.glob("*.png"))])
+    with shapes.tap([meta["layer"]], gradients=False) as tap, torch.no_grad():
+        shapes(xs)
+    feats = tap.activations[meta["layer"]]
+    torch.testing.assert_close(saved["mean"], feats.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(saved["std"], feats.std(0), rtol=1e-4, atol=1e-5)
+
+    x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle")])
+    targets = torch.tensor([0, 2])
+    # in memory, straight from the fit (no file) …
+    split = iba.Split(shapes, meta["layer"])
+    active = (saved["active_fraction"] > 0.01).float().expand(2, *saved["mean"].shape)
+    cap, *_ = iba.feature_bottleneck(split, x, targets, saved["mean"].expand(2, -1, -1, -1),
+                                     saved["std"].clamp_min(0.01).expand(2, -1, -1, -1), active,
+                                     sample_generators(x, 5), beta=10.0, steps=10, lr=1.0, copies=10,
+                                     initial_alpha=5.0, sigma=1.0)
+    direct = iba.saliency_bits(cap, (64, 64))
+    # … and through the saved file
+    shapes.state_dir = tmp_path
+    try:
+        recwarn.clear()
+        a = xplain.explain(shapes, x, targets=targets, method="iba", seed=5)
+        b = xplain.explain(shapes, x, targets=targets, method="iba", seed=5)
+    finally:
+        shapes.state_dir = None
+    assert not [w for w in recwarn if "no fitted statistics" in str(w.message)]
+    assert a.info["stats"] == "fitted (40 images)"
+    torch.testing.assert_close(a.maps, b.maps, rtol=0, atol=0)
+    torch.testing.assert_close(a.maps, direct, rtol=0, atol=0)
+    # another layer than the fitted one: not used, the fallback says so
+    shapes.state_dir = tmp_path
+    try:
+        with pytest.warns(UserWarning, match="no fitted statistics"):
+            c = xplain.explain(shapes, x, targets=targets, method="iba", params={"layer": "n00009_relu"}, seed=5)
+    finally:
+        shapes.state_dir = None
+    assert "n00013_clip" in c.info["stats_note"]
+
+
+def test_fallback_warns_and_records(shapes):
+    x = _image(shapes, "shapes_circle")
+    with pytest.warns(UserWarning, match="xplain fit iba"):
+        a = xplain.explain(shapes, x, method="input-iba", params={"return": "feature"})
+    assert "not fitted" in a.info["stats"]
+
+
+def test_unknown_layer_is_a_usage_error(shapes):
+    with pytest.raises(xplain.UsageError):
+        xplain.explain(shapes, _image(shapes, "shapes_circle"), method="iba", params={"layer": "nope"})
+
+
+@pytest.mark.parametrize("method,params", [("iba", {}), ("input-iba", {"gan_epochs": 1, "gan_dataset": 8,
+                                                                       "input_steps": 5})])
+def test_graph_fixed_at_batch_one_gives_the_same_maps(tmp_path, tiny_model, method, params):
+    """A batch-1 graph runs the split prefix/suffix row by row; the maps must not change."""
+    from .conftest import export_classic, tiny_cnn
+
+    fixed = xplain.load_model(export_classic(tiny_cnn(), tmp_path / "fixed.onnx", (1, 3, 16, 16), dynamic=False))
+    assert fixed.spec.fixed_batch
+    x = tiny_model.example_input(2, seed=3)
+    targets = torch.tensor([1, 2])
+    a = _quiet_explain(tiny_model, x, targets=targets, method=method, params=params, seed=2).maps
+    b = _quiet_explain(fixed, x, targets=targets, method=method, params=params, seed=2).maps
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_and_gan_stage_stop_at_the_bottleneck(shapes, tmp_path):
+    """Layers after the bottleneck never run while fitting statistics or training the GAN."""
+    shapes.feature_layers()  # shape propagation (runs the whole model once) before counting
+    head = [m for m in shapes.graph.modules() if isinstance(m, torch.nn.Linear)][-1]
+    batches = []
+    handle = head.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        fit_method(shapes, get_registry().method("iba"), SAMPLES / "shapes_eval" / "images", params={},
+                   state_dir=tmp_path, batch_size=20)
+        assert batches == []
+        x = _image(shapes, "shapes_circle")
+        _quiet_explain(shapes, x, targets=[0], method="input-iba",
+                       params={**FAST_GAN, "gan_batch": 7, "return": "gan"})
+        assert batches == [10] * 10  # only stage 1's 10 steps × 10 noise copies reach the head
+    finally:
+        handle.remove()
+
+
+def test_cli_fit_then_explain_records_stats_stages_and_extras(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from xplain.cli import main
+
+    state = tmp_path / "state"
+    assert main(["fit", "iba", str(SHAPES), str(SAMPLES / "shapes_eval" / "images"), "--state-dir", str(state),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(SHAPES), str(IMAGES / "shapes_circle.png"), "--method", "input-iba",
+                 "--state-dir", str(state), "--device", "cpu", "--out", str(tmp_path / "out"), "--json",
+                 "--param", "gan_epochs=1", "--param", "gan_dataset=32", "--param", "input_steps=5"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["info"]["stats"] == "fitted (40 images)"
+    assert record["info"]["input_noise"] == "fitted per-channel mean/std"
+    assert set(record["info"]["stage_seconds"]) == {"feature", "gan", "input"}
+    assert record["info"]["stage1_bits"] > 0
+    feature = np.load(record["files"]["feature_map"])
+    assert feature.shape == (64, 64) and feature.min() >= 0
+    assert np.load(record["files"]["gan_mask"]).shape == (64, 64)
+
+
+def test_gan_target_samples_follow_the_chosen_distribution():
+    gen_x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    gens = sample_generators(gen_x, 0)
+    r = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(3))
+    mean, std = torch.full_like(r, 0.7), torch.full_like(r, 2.0)
+    active = torch.ones_like(r)
+    base = {"gan_dataset": 400, "gan_subset": 400}
+    idx = torch.arange(400).expand(2, 400)
+    # paper: Z* = λR + (1−λ)ε — λ = 1 gives R, λ = 0 gives ε ~ N(μ, σ²)
+    keep = iba_input._target_sampler(r, torch.ones_like(r), None, mean, std, active, gens,
+                                     {**base, "gan_target": "paper"})(idx)
+    torch.testing.assert_close(keep, r[:, None].expand_as(keep))
+    noise = iba_input._target_sampler(r, torch.zeros_like(r), None, mean, std, active, gens,
+                                      {**base, "gan_target": "paper"})(idx)
+    assert float(noise.mean()) == pytest.approx(0.7, abs=0.05)
+    assert float(noise.std()) == pytest.approx(2.0, rel=0.05)
+    # reference: C⊙R + (1−C)⊙(s·N(0,1) + m), one (s, m) per sub-data set, s ~ U(0,5), m ~ U(−2,2)
+    ref = iba_input._target_sampler(r, None, torch.zeros_like(r), mean, std, active, gens,
+                                    {**base, "gan_target": "reference"})(idx)
+    for i in range(2):
+        assert -2 <= float(ref[i].mean()) <= 2 and 0 < float(ref[i].std()) <= 5.2
+    same = iba_input._target_sampler(r, None, torch.ones_like(r), mean, std, active, gens,
+                                     {**base, "gan_target": "reference"})(idx)
+    torch.testing.assert_close(same, r[:, None].expand_as(same))
