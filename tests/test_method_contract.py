@@ -16,9 +16,41 @@ def _method(name):
     return Registry().discover().method(name)
 
 
-def _skip_if_unfitted(method):
-    if method.capabilities.needs_fitting:
-        pytest.skip(f"{method.name} needs fitted state; its own tests fit it")
+_FITTED: dict = {}
+
+
+@pytest.fixture()
+def prepared(tiny_model, tmp_path_factory):
+    """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting.
+
+    Such a method is fitted once per session on 16 random example inputs whose labels cycle
+    over the classes (two batches, through the same ``fit(model, batches, params, console)``
+    contract as ``xplain fit``), saved to a temporary state dir that the model then uses."""
+    from xplain.fitting import FitConsole
+    from xplain.state import save_state
+
+    saved = tiny_model.state_dir
+
+    def prepare(method):
+        if method.capabilities.needs_fitting:
+            if method.name not in _FITTED:
+                x = tiny_model.example_input(16, seed=11)
+                ys = torch.arange(16) % tiny_model.num_classes
+
+                def batches(labels=False):
+                    for i in range(0, 16, 8):
+                        yield (x[i:i + 8], ys[i:i + 8]) if labels else x[i:i + 8]
+
+                params = xplain.validate_params(method.params, {}, method.name)
+                tensors, meta = method.fit(tiny_model, batches, params, FitConsole())
+                root = tmp_path_factory.mktemp("state")
+                save_state(tiny_model.digest, method.name, tensors, meta, root=root)
+                _FITTED[method.name] = root
+            tiny_model.state_dir = _FITTED[method.name]
+        return tiny_model
+
+    yield prepare
+    tiny_model.state_dir = saved
 
 
 def _state(model):
@@ -28,9 +60,9 @@ def _state(model):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_shapes_finite_deterministic(name, tiny_model):
+def test_contract_shapes_finite_deterministic(name, prepared):
     method = _method(name)
-    _skip_if_unfitted(method)
+    tiny_model = prepared(method)
     x = tiny_model.example_input(3, seed=1)
     targets = torch.tensor([0, 3, 1])
     params = xplain.validate_params(method.params, {}, name)
@@ -42,9 +74,9 @@ def test_contract_shapes_finite_deterministic(name, tiny_model):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_batch_consistency(name, tiny_model):
+def test_contract_batch_consistency(name, prepared):
     method = _method(name)
-    _skip_if_unfitted(method)
+    tiny_model = prepared(method)
     x = tiny_model.example_input(2, seed=2)
     targets = torch.tensor([2, 1])
     params = xplain.validate_params(method.params, {}, name)
@@ -54,9 +86,9 @@ def test_contract_batch_consistency(name, tiny_model):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_model_restored_also_after_error(name, tiny_model, monkeypatch):
+def test_contract_model_restored_also_after_error(name, prepared, monkeypatch):
     method = _method(name)
-    _skip_if_unfitted(method)
+    tiny_model = prepared(method)
     before = _state(tiny_model)
     x = tiny_model.example_input(2)
     params = xplain.validate_params(method.params, {}, name)

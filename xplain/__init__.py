@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("xplain.api", "load_model"),
     "explain": ("xplain.api", "explain"),
+    "evaluate": ("xplain.evaluation", "evaluate"),
     "get_registry": ("xplain.registry", "get_registry"),
     "validate_params": ("xplain.registry", "validate_params"),
     "sample_generators": ("xplain.api", "sample_generators"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -355,25 +356,36 @@ def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it
 def fit(
     method: str = typer.Argument(..., help="A method that learns from data (see `xplain methods`)."),
     model_path: Path = typer.Argument(..., metavar="MODEL"),
-    data: Path = typer.Argument(..., metavar="DATA", help="A folder of images (or class sub-folders)."),
+    data: Path = typer.Argument(..., metavar="DATA",
+                                help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing preset (see explain)."),
+    classes: Optional[str] = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
+    samples: Optional[int] = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
+    layer: Optional[str] = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    class_names: Optional[str] = typer.Option(None, "--class-names",
+                                              help="Class names: a text/JSON file, or 'imagenet' (default: sidecar)."),
 ):
     """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
     registry = _registry()
     m = registry.method(method)
     if m.fit is None:
         raise UsageError(f"method {method!r} does not learn from data; nothing to fit")
-    from .fitting import fit_method
+    from .fitting import FitConsole, fit_method
 
     params = _parse_params(param)
-    model = _load(model_path, device)
+    model = _load(model_path, device, class_names)
     model.state_dir = state_dir
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
-                      console=err)
+                      resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
+                      samples=samples, layer=layer, labels=labels, console=FitConsole(err))
     out.print(f"saved {path}", markup=False, highlight=False)
 
 
@@ -395,6 +407,7 @@ def bench(
                                          help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
     seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
@@ -424,6 +437,7 @@ def bench(
         if image.is_dir():
             raise XplainErrorInput(image, "is a directory, not an image")
     model = _load(model_path, device)
+    model.state_dir = state_dir
     import torch
 
     from .bench import bench as run_bench
@@ -469,6 +483,10 @@ def bench(
             cap = ratio = "failed"
             notes.append(f"{row['name']}: Captum {row['captum']} {status_}")
         fwd = "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}"
+        if row.get("stages"):
+            split = ", ".join(f"{name} {st['ratio_to_forward']:.3g}×" for name, st in row["stages"].items()
+                              if st["ratio_to_forward"] is not None)
+            notes.append(f"{row['name']} stages (× forward): {split}")
         table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", fwd,
                       "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}",
                       cap, ratio)
@@ -478,14 +496,169 @@ def bench(
         out.print(f"[dim]note: {escape(line)}[/]", highlight=False)
 
 
+# ---------------------------------------------------------------------------- eval
+def _names(text: str, available: dict, kind: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return sorted(available)
+    if not names:
+        raise UsageError(f"no {kind}s given (a comma-separated list, or 'all')")
+    return names
+
+
+def _scoped_params(items: list[str], chosen: list[str], flag: str) -> dict[str, dict[str, str]]:
+    """``NAME.KEY=VALUE`` (or ``KEY=VALUE`` when only one NAME is chosen) -> {NAME: {KEY: VALUE}}."""
+    params: dict[str, dict[str, str]] = {}
+    for key, value in _parse_params(items).items():
+        name, dot, sub = key.partition(".")
+        if not dot:
+            if len(chosen) != 1:
+                raise UsageError(f"{flag} {key}={value}: say which one, as NAME.{key}={value}")
+            name, sub = chosen[0], key
+        if name not in chosen:
+            raise UsageError(f"{flag} {key}={value}: {name!r} is not being evaluated")
+        params.setdefault(name, {})[sub] = value
+    return params
+
+
+@app.command("eval")
+def eval_command(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
+    data: Path = typer.Argument(..., metavar="DATA",
+                                help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes])."),
+    methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
+    metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
+    out_dir: Path = typer.Option(Path("xplain-eval"), "--out", "-o", help="Output folder."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
+    device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Seed for stochastic methods and metrics."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip work already in OUT/results.jsonl."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
+    metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
+                                           help="Metric parameter (repeatable)."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
+    class_names: Optional[str] = typer.Option(None, "--class-names",
+                                              help="The model's class names: a text/JSON file, or 'imagenet'."),
+    montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
+):
+    """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table and plots."""
+    registry = _registry()
+    method_names = _names(methods, registry.methods, "method")
+    metric_names = _names(metrics, registry.metrics, "metric")
+    for n in method_names:
+        registry.method(n)
+    for n in metric_names:
+        registry.metric(n)
+    method_params = _scoped_params(param, method_names, "--param")
+    metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
+    from .registry import validate_params
+
+    for n in method_names:
+        validate_params(registry.method(n).params, method_params.get(n, {}), f"method {n!r}")
+    for n in metric_names:
+        validate_params(registry.metric(n).params, metric_params.get(n, {}), f"metric {n!r}")
+    if not data.exists():
+        raise XplainErrorInput(data, "no such file or folder")
+    model = _load(model_path, device, class_names)
+    model.state_dir = state_dir
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from .evaluation import evaluate
+    from .images import Preprocess
+
+    class _Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.2f} images/s" if task.speed else "… images/s")
+
+    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
+                                         preset=preset, sidecar=model.sidecar)
+    progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), _Rate(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
+    task = progress.add_task("eval", total=None)
+    with progress:
+        summary = evaluate(model, data, methods=method_names, metrics=metric_names, out_dir=out_dir, labels=labels,
+                           boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
+                           preprocess=preprocess, method_params=method_params, metric_params=metric_params,
+                           registry=registry, montage=montage, plots=plots,
+                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    matrix = summary_table(summary)
+    width = 22 + sum(max(len(k) + 2, 7) + 1 for k in summary["scores"])
+    out.print(matrix if width <= out.width else ranking_table(summary))
+    failed = {m: n for m, n in summary["errors"].items() if n}
+    for name, n in failed.items():
+        out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
+                  highlight=False)
+    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv"
+              + (", plots/" if plots else ""), highlight=False)
+
+
+def summary_table(summary: dict) -> Table:
+    """Methods × scores (means; standard errors are in summary.csv/json); the best per score has a *."""
+    table = Table(title=f"{summary['images']} images: mean per method (* best; ↑ higher / ↓ lower is better)",
+                  box=None, pad_edge=False)
+    table.add_column("method", style="bold", no_wrap=True)
+    keys = summary["scores"]
+    for k in keys:
+        table.add_column(f"{k} {'↑' if summary['higher_is_better'][k] else '↓'}", justify="right", overflow="fold")
+    table.add_column("errors", justify="right")
+    for name, per in summary["table"].items():
+        cells = []
+        for k in keys:
+            cell = per.get(k)
+            if not cell or cell["mean"] is None:
+                cells.append("n/a")
+                continue
+            text = f"{cell['mean']:.3g}"
+            cells.append(f"[bold green]*{text}[/]" if summary["best"].get(k) == name else text)
+        table.add_row(escape(name), *cells, str(summary["errors"].get(name, 0)))
+    return table
+
+
+def ranking_table(summary: dict) -> Table:
+    """The narrow form for many scores: per score the best, runner-up and worst method."""
+    table = Table(title=f"{summary['images']} images: best / runner-up / worst method per score "
+                        "(full table: summary.csv)", box=None, pad_edge=False)
+    for col in ("score", "", "best", "runner-up", "worst"):
+        table.add_column(col, no_wrap=col in ("score", ""))
+    for k in summary["scores"]:
+        ranked = sorted(((per[k]["mean"], name) for name, per in summary["table"].items()
+                         if k in per and per[k]["mean"] is not None),
+                        reverse=summary["higher_is_better"][k])
+        cells = [f"{escape(n)} {v:.3g}" for v, n in ranked]
+        if not cells:
+            table.add_row(escape(k), "", "n/a", "", "")
+            continue
+        table.add_row(escape(k), "↑" if summary["higher_is_better"][k] else "↓", f"[bold green]{cells[0]}[/]",
+                      cells[1] if len(cells) > 2 else "", cells[-1] if len(cells) > 1 else "")
+    return table
+
+
 # ---------------------------------------------------------------------------- entry point
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning is one line on stderr, like an error, not Python's two with the source line."""
+    err.print(f"xplain: warning: {message}", highlight=False, markup=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
         return int(code or 0) if isinstance(code, int) else 0
     except typer.Abort:
         err.print("xplain: interrupted", highlight=False)

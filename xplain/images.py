@@ -208,6 +208,26 @@ class Geometry:
         out[inside] = total[inside] / weight[inside]
         return out.astype(np.float32)
 
+    def box_to_input(self, xmin: float, ymin: float, xmax: float, ymax: float,
+                     voc: bool = True) -> tuple[float, float, float, float]:
+        """Map a box on the original image to continuous model-input coordinates.
+
+        With ``voc`` the box is Pascal VOC (1-based, inclusive: pixels ``xmin..xmax``), i.e. the
+        continuous interval ``[xmin-1, xmax)``; otherwise it is already continuous 0-based.
+        The resize scales coordinates linearly (Pillow maps pixel edges to edges), then the crop
+        shifts them; the result is clipped to the crop, so a box outside it becomes empty.
+        """
+        if voc:
+            xmin, ymin = xmin - 1.0, ymin - 1.0
+        (w0, h0), (rw, rh) = self.original_size, self.resized_size
+        left, top, right, bottom = self.crop_box
+        sx, sy = rw / w0, rh / h0
+        x0 = min(max(xmin * sx - left, 0.0), float(right - left))
+        x1 = min(max(xmax * sx - left, 0.0), float(right - left))
+        y0 = min(max(ymin * sy - top, 0.0), float(bottom - top))
+        y1 = min(max(ymax * sy - top, 0.0), float(bottom - top))
+        return x0, y0, x1, y1
+
     def to_dict(self) -> dict[str, list[int]]:
         return {"original_size": list(self.original_size), "resized_size": list(self.resized_size),
                 "crop_box": list(self.crop_box)}

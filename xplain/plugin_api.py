@@ -146,7 +146,20 @@ class Method:
 @dataclasses.dataclass
 class Metric:
     """An evaluation metric. ``score(model, x, targets, attribution, context)`` returns a dict
-    ``name -> tensor (B,)`` of per-sample scores. ``higher_is_better`` gives the direction."""
+    ``name -> tensor (B,)`` of per-sample scores. ``higher_is_better`` gives the direction.
+
+    ``context`` is a dict: ``params`` (the metric's validated parameters), ``boxes`` (per sample
+    a K×4 tensor ``x0, y0, x1, y1`` in model-input pixels, continuous coordinates, or None),
+    ``box_labels`` (per sample K class indices, -1 when unknown, or None), ``method``,
+    ``method_params``, ``seed`` and ``explain(x, targets) -> Attribution`` (re-runs the method, for
+    metrics that need more maps), ``batch_size`` (images per batch), ``forward_batch`` (perturbed
+    images per forward pass) and ``cache`` (a dict shared by all methods on the same batch, for
+    method-independent work). Keys may be missing when a metric is called outside ``eval``.
+
+    A metric may also return curves: a tensor ``B×T`` under a key listed in ``curves`` (key ->
+    x-axis label); the x values are ``linspace(0, 1, T)`` unless the dict also holds a ``T``
+    tensor under ``key + "@x"``. ``directions`` overrides ``higher_is_better`` for single keys
+    (a metric returning MoRF and LeRF needs both directions)."""
 
     name: str
     summary: str
@@ -156,3 +169,8 @@ class Metric:
     description: str = ""
     needs: tuple[str, ...] = ()  #: e.g. ("boxes",) or ("method",)
     plugin: str = ""
+    curves: dict = dataclasses.field(default_factory=dict)  #: curve key -> x-axis label
+    directions: dict = dataclasses.field(default_factory=dict)  #: score key -> higher_is_better
+
+    def higher_is_better_for(self, key: str) -> bool:
+        return bool(self.directions.get(key, self.higher_is_better))

@@ -1,0 +1,239 @@
+"""Method-property metrics: re-run the method (or use its extras) and compare.
+
+``class-sensitivity`` (MIP-IN section 6.4), ``sanity`` (cascading parameter randomisation,
+Adebayo et al. 2018) and ``completeness`` (APC / positive APC of a source signal, MIP-IN
+eq. 10-11). They reach the method through ``context["explain"]``, which re-runs it with the
+same parameters and seed.
+"""
+
+import xplain
+
+
+# ----------------------------------------------------------------------------- helpers
+def ssim(a, b, window=11, sigma=1.5, data_range=1.0):
+    """Mean SSIM (Wang et al. 2004) of B×H×W images with a Gaussian window, valid positions only.
+
+    K1 = 0.01, K2 = 0.03 and the 11-tap sigma-1.5 window are the paper's; local statistics use
+    the biased (1/N) variance; the window shrinks (odd) for maps smaller than it."""
+    import torch
+    import torch.nn.functional as F
+
+    a = a[:, None].double()
+    b = b[:, None].double()
+    win = min(window, a.shape[-1], a.shape[-2])
+    win -= 1 - win % 2
+    r = torch.arange(win, dtype=torch.float64, device=a.device) - (win - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :])[None, None]
+
+    def filt(t):
+        return F.conv2d(t, k)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = filt(a), filt(b)
+    saa = filt(a * a) - mu_a ** 2
+    sbb = filt(b * b) - mu_b ** 2
+    sab = filt(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def _average_ranks(v):
+    """Ranks 1..N of a 1-D tensor with ties given their average rank (as scipy's rankdata)."""
+    import torch
+
+    sorted_v, order = torch.sort(v, stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    avg = ends - (counts.double() - 1) / 2  # mean of the 1-based ranks a tie group occupies
+    ranks = torch.empty_like(v, dtype=torch.float64)
+    ranks[order] = avg[inverse]
+    return ranks
+
+
+def spearman(a, b):
+    """Spearman rank correlation per sample of B×... tensors (ties averaged; 0 if a map is constant)."""
+    import torch
+
+    out = []
+    for x, y in zip(a.flatten(1), b.flatten(1)):
+        rx, ry = _average_ranks(x), _average_ranks(y)
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        d = rx.norm() * ry.norm()
+        out.append((rx @ ry / d) if d > 0 else torch.zeros((), dtype=torch.float64, device=a.device))
+    return torch.stack(out).float()
+
+
+def _unit(maps):
+    """Min-max to [0, 1] per map (a constant map becomes zeros)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-30)).view_as(maps)
+
+
+# ----------------------------------------------------------------------------- class sensitivity
+def _class_sensitivity(model, x, targets, attribution, context):
+    import torch
+
+    params = context["params"]
+    if model.num_classes < 2:
+        return {"class-sensitivity": torch.full((x.shape[0],), float("nan"), device=x.device)}
+    with torch.no_grad():
+        logits = model(x).float()
+    masked = logits.scatter(1, targets[:, None], float("-inf"))
+    if params["other"] == "second":
+        other = masked.argmax(1)
+    elif params["other"] == "last":
+        other = logits.scatter(1, targets[:, None], float("inf")).argmin(1)
+    else:  # random class != target, drawn per sample (seed + image) so batching never changes it
+        shift = torch.stack([torch.randint(1, model.num_classes, (), generator=g, device=x.device)
+                             for g in xplain.sample_generators(x, int(context.get("seed", 0)))])
+        other = (targets + shift.to(targets.device)) % model.num_classes
+    a = attribution.maps.to(x.device).float()
+    b = context["explain"](x, other).maps.to(x.device).float()
+    norm = params["normalise"]
+    if norm == "l2":
+        a = a / a.flatten(1).norm(dim=1).clamp_min(1e-30)[:, None, None]
+        b = b / b.flatten(1).norm(dim=1).clamp_min(1e-30)[:, None, None]
+    elif norm == "maxabs":
+        a = a / a.flatten(1).abs().amax(1).clamp_min(1e-30)[:, None, None]
+        b = b / b.flatten(1).abs().amax(1).clamp_min(1e-30)[:, None, None]
+    return {"class-sensitivity": (a - b).flatten(1).norm(dim=1)}
+
+
+# ----------------------------------------------------------------------------- sanity
+def weight_layers(model):
+    """fx node names of modules with parameters, input to output (the graph's order)."""
+    names = []
+    for node in model.graph.graph.nodes:
+        if node.op == "call_module":
+            module = model.graph.get_submodule(node.target)
+            if any(p.is_floating_point() for p in module.parameters()):
+                names.append(node.name)
+    return names
+
+
+def _randomised_copy(model, name, seed):
+    """A deep copy of the node's module with every parameter redrawn from N(0, std(original))."""
+    import copy
+
+    import torch
+
+    module = copy.deepcopy(model.graph.get_submodule(model.node(name).target))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.is_floating_point():
+                continue
+            std = float(p.float().std()) if p.numel() > 1 else abs(float(p.float().mean()))
+            if not std > 0:
+                std = 0.01
+            p.copy_((torch.randn(p.shape, generator=gen) * std).to(p.device, p.dtype))
+    return module
+
+
+def _sanity(model, x, targets, attribution, context):
+    import torch
+
+    params = context["params"]
+    layers = list(reversed(weight_layers(model)))  # cascading: from the top (the logits) down
+    if params["layers"] > 0:
+        layers = layers[:params["layers"]]
+    seed = int(context.get("seed", 0))
+    prep = (lambda m: m.abs()) if params["absolute"] else (lambda m: m)
+    ref = prep(attribution.maps.to(x.device).float())
+    ssims = [torch.ones(x.shape[0], device=x.device)]
+    ranks = [torch.ones(x.shape[0], device=x.device)]
+    swapped = {}
+    for k, name in enumerate(layers):
+        swapped[name] = _randomised_copy(model, name, seed * 1000 + k)
+        with model.swap_modules(dict(swapped)):  # restored on exit, also after an error
+            maps = prep(context["explain"](x, targets).maps.to(x.device).float())
+        ssims.append(ssim(_unit(ref), _unit(maps)).to(x.device))
+        ranks.append(spearman(ref, maps).to(x.device))
+    s, r = torch.stack(ssims, 1), torch.stack(ranks, 1)
+    steps = torch.arange(len(layers) + 1, dtype=torch.float32, device=x.device)
+    if not layers:
+        nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+        return {"sanity": nan, "sanity-spearman": nan}
+    return {"sanity": s[:, 1:].mean(1), "sanity-spearman": r[:, 1:].mean(1),
+            "sanity-ssim-curve": s, "sanity-ssim-curve@x": steps,
+            "sanity-spearman-curve": r, "sanity-spearman-curve@x": steps}
+
+
+# ----------------------------------------------------------------------------- completeness
+def _completeness(model, x, targets, attribution, context):
+    import torch
+
+    extras = attribution.extras or {}
+    source = extras.get("source", extras.get("source_signal"))  # MIP-IN names it source_signal
+    nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+    given = [info.get("source_logit") for info in (attribution.sample_info or [])]
+    if len(given) == x.shape[0] and all(isinstance(v, (int, float)) for v in given):
+        zs = torch.tensor(given, device=x.device, dtype=torch.float32)  # Φ(S₀) fed in at an inner layer
+    elif source is None or tuple(source.shape) != tuple(x.shape):
+        return {"completeness": nan, "completeness-positive": nan}
+    else:
+        with torch.no_grad():
+            zs = model(source.to(x.device, x.dtype)).float().gather(1, targets[:, None])[:, 0]
+    with torch.no_grad():
+        zx = model(x).float().gather(1, targets[:, None])[:, 0]
+    denom = zx.abs().clamp_min(1e-12)
+    return {"completeness": 100 * (zx - zs).abs() / denom,
+            "completeness-positive": 100 * (zx - zs).clamp_min(0) / denom}
+
+
+@xplain.hookimpl
+def register_metrics(register):
+    register(xplain.Metric(
+        name="class-sensitivity",
+        summary="l2 distance between the maps of the target and another class (MIP-IN 6.4)",
+        description="MIP-IN section 6.4.2: the method is re-run for a second class and the l2 "
+                    "distance between the two maps is the score (higher = more class-sensitive). "
+                    "The second class is the highest-scoring other class (other=second, default), the "
+                    "lowest (last) or a seeded random one (MIP-IN used two fixed ImageNet classes, "
+                    "981 and 589, which do not transfer to other models). Maps are divided by their "
+                    "l2 norm first (normalise=l2, default; distance in [0, 2]); MIP-IN does not say "
+                    "how it scales maps, so maxabs and none are offered. A method that ignores the "
+                    "class (random, guided backprop on many nets) scores near 0.",
+        score=_class_sensitivity, higher_is_better=True, needs=("method",),
+        params=[xplain.Param("other", "str", "second", "which other class", choices=("second", "last", "random")),
+                xplain.Param("normalise", "str", "l2", "map scaling before the distance",
+                             choices=("l2", "maxabs", "none"))],
+    ))
+    register(xplain.Metric(
+        name="sanity",
+        summary="cascading randomisation (Adebayo et al.): mean SSIM to the original map (lower is better)",
+        description="Adebayo et al. 2018, cascading parameter randomisation: the modules with "
+                    "parameters (conv, linear; BatchNorm folded by the exporter) are randomised one by "
+                    "one from the top (logits) down, cumulatively, each parameter redrawn from N(0, "
+                    "std of the original) (Adebayo re-initialise with the layer's initialiser); after "
+                    "each step the method is re-run and compared with the original map: SSIM "
+                    "(11-tap Gaussian window, sigma 1.5, maps min-max scaled to [0, 1]) and Spearman "
+                    "rank correlation (ties averaged), on |map| (absolute=true, default, Adebayo's "
+                    "visualisation variant) or the signed map. `sanity` = mean SSIM over the steps and "
+                    "`sanity-spearman` = mean rank correlation (both lower is better: a faithful map "
+                    "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
+                    "how many layers are randomised (0 = all). The model is restored afterwards.",
+        score=_sanity, higher_is_better=False, needs=("method",),
+        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0),
+                xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
+        curves={"sanity-ssim-curve": "layers randomised from the top",
+                "sanity-spearman-curve": "layers randomised from the top"},
+    ))
+    register(xplain.Metric(
+        name="completeness",
+        summary="APC of the source signal's target logit, percent (MIP-IN eq. 10; lower is better)",
+        description="MIP-IN eq. 10-11 for methods that return a source signal in "
+                    "Attribution.extras['source'] or ['source_signal'] (B×C×H×W in model-input space), or "
+                    "that report Φ(S₀) as sample_info['source_logit'] (MIP-IN's head mode, whose source "
+                    "signal lives at a feature layer): APC = "
+                    "100 |z_t(X) - z_t(S)| / |z_t(X)| and positive APC = 100 relu(z_t(X) - z_t(S)) / "
+                    "|z_t(X)|, with z_t the target logit (the paper writes Phi(X), the logits; xplain "
+                    "reads it as the target's logit). The paper averages per class, then over classes; "
+                    "eval's summary averages over images (the same on a class-balanced set). Methods "
+                    "without a source signal get NaN (not applicable) and are counted as such.",
+        score=_completeness, higher_is_better=False, needs=("method",),
+        directions={"completeness-positive": False},
+    ))
