@@ -783,17 +783,26 @@ def test_tap_restores_graph(resnet):
     code, x = resnet.graph.code, resnet.example_input(2)
     with torch.no_grad():
         before = resnet(x)
+    def hooks():
+        return sum(len(m._forward_hooks) for m in resnet.graph.modules())
+
     names = [b.node for b in resnet.bias_layers()]
-    with resnet.tap(names, gradients=False) as tap:
+    placeholder = next(n.name for n in resnet.graph.graph.nodes if n.op == "placeholder")
+    with resnet.tap(names + [placeholder], gradients=False) as tap:
+        assert hooks() == len(names)  # module nodes: forward hooks; the input: an inserted pass-through
         assert resnet.graph.code != code
         with torch.no_grad():
             assert torch.equal(resnet(x), before)
-        assert set(tap.activations) == set(names)
-    assert resnet.graph.code == code
+        assert set(tap.activations) == set(names) | {placeholder}
+        torch.testing.assert_close(tap.activations[placeholder], x)
+        with pytest.raises(RuntimeError, match="tapped"):  # a swap would silently bypass the hook
+            with resnet.swap_modules({names[0]: torch.nn.Identity()}):
+                pass
+    assert resnet.graph.code == code and hooks() == 0
     with pytest.raises(Boom):
         with resnet.tap(names):
             raise Boom
-    assert resnet.graph.code == code
+    assert resnet.graph.code == code and hooks() == 0 and not resnet._tapped
     with torch.no_grad():
         assert torch.equal(resnet(x), before)
     assert not any(n.startswith("xplain_inserted") for n, _ in resnet.graph.named_children())

@@ -140,6 +140,7 @@ class Model:
         self.labels = labels
         self.sidecar = sidecar or {}
         self._insert_ids = itertools.count()
+        self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
         self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
 
     # ---------------------------------------------------------------- running
@@ -363,6 +364,9 @@ class Model:
         try:
             for name, new in replacements.items():
                 target = self.node(name).target
+                if target in self._tapped:
+                    raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
+                                       "so the tap's hook sits on the module that runs")
                 saved[target] = self.graph.get_submodule(target)
                 _set_submodule(self.graph, target, new.to(self.device))
             yield
@@ -396,10 +400,31 @@ class Model:
 
     @contextlib.contextmanager
     def tap(self, names: list[str], gradients: bool = True) -> Iterator[Tap]:
-        """Record the outputs (and, after backward, the gradients) at the named nodes."""
+        """Record the outputs (and, after backward, the gradients) at the named nodes.
+
+        A node computed by a module is tapped by a forward hook on that module (no change to the
+        graph's code, so entering and leaving costs nothing next to a forward pass); any other
+        node by a pass-through module inserted after it. Hooks are removed on exit."""
         tap = Tap(gradients)
-        with self.insert_after({name: _TapModule(tap, name) for name in names}):
-            yield tap
+        handles, targets, others = [], [], {}
+        try:
+            for name in names:
+                node = self.node(name)
+                if node.op == "call_module" and node.target not in self._tapped:
+                    module = self.graph.get_submodule(node.target)
+                    handles.append(module.register_forward_hook(
+                        lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
+                        else None))
+                    self._tapped.add(node.target)
+                    targets.append(node.target)
+                else:
+                    others[name] = _TapModule(tap, name)
+            with self.insert_after(others) if others else contextlib.nullcontext():
+                yield tap
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._tapped.difference_update(targets)
 
 
 class Tap:
