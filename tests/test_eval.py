@@ -163,3 +163,17 @@ def test_example_plugin_metric_runs_in_eval(data, tmp_path):
                               limit=3, registry=registry, plots=False)
     assert summary["table"]["random"]["map-mean"]["count"] == 3
     assert 0.4 < summary["table"]["random"]["map-mean"]["mean"] < 0.6  # U[0, 1) noise
+
+
+def test_eval_where_every_image_fails_exits_5(tmp_path, capsys):
+    """Bad images are skipped, but a run that evaluated nothing must not look like a success."""
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nmissing.png,circle\nbroken.png,square\n")
+    code = main(["eval", MODEL, str(manifest), "--methods", "saliency", "--metrics", "ebpg", "--device", "cpu",
+                 "--out", str(tmp_path / "out"), "--no-plots"])
+    assert code == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"xplain: error: {manifest}: nothing could be evaluated: 2 error(s)")
+    lines = _lines(tmp_path / "out" / "results.jsonl")
+    assert len(lines) == 2 and all("error" in line for line in lines)  # the errors are still recorded

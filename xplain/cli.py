@@ -590,6 +590,7 @@ def eval_command(
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(summary, indent=2))
+        _fail_if_nothing_evaluated(summary, data)
         return
     matrix = summary_table(summary)
     width = 22 + sum(max(len(k) + 2, 7) + 1 for k in summary["scores"])
@@ -600,6 +601,17 @@ def eval_command(
                   highlight=False)
     out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv"
               + (", plots/" if plots else ""), highlight=False)
+    _fail_if_nothing_evaluated(summary, data)
+
+
+def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
+    """Failed images are skipped, but a run in which every one failed is an input error (exit 5)."""
+    errors = sum(summary["errors"].values())
+    if errors and not summary["scores"]:
+        example = next((e for e in summary["error_examples"].values() if e), "")
+        from .errors import InputDataError
+
+        raise InputDataError(f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data)
 
 
 def summary_table(summary: dict) -> Table:
