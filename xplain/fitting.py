@@ -92,7 +92,8 @@ class FitConsole:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=self.console, transient=False, disable=self.console is None)
+                            console=self.console, transient=False,
+                            disable=self.console is None or not getattr(self.console, "is_terminal", False))
         task_id = progress.add_task(description, total=total)
         progress.start()
         return _Task(progress, task_id)
