@@ -36,12 +36,13 @@ def _image(model, name):
     return torch.from_numpy(pre(load_image(IMAGES / f"{name}.png"))[0])[None]
 
 
-def _box_mask(name):
-    root = ET.parse(IMAGES / f"{name}.xml").getroot()
+def _box_mask(name, folder=IMAGES):
+    """The first object's VOC box (inclusive pixel coordinates) as a 64×64 boolean mask."""
+    root = ET.parse(folder / f"{name}.xml").getroot()
     box = root.find("object").find("bndbox")
     x0, y0, x1, y1 = (int(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
     mask = torch.zeros(64, 64)
-    mask[y0:y1, x0:x1] = 1
+    mask[y0:y1 + 1, x0:x1 + 1] = 1
     return mask.bool()
 
 
@@ -49,6 +50,12 @@ def _density_ratio(heat, mask):
     """Mean map value inside the box over the mean outside it (1 = no localisation)."""
     heat = heat.clamp_min(0)
     return float(heat[mask].mean() / heat[~mask].mean())
+
+
+def _mass_inside(heat, mask):
+    """Share of the map's positive mass inside the box ("most of the mass" = more than 0.5)."""
+    heat = heat.clamp_min(0)
+    return float(heat[mask].sum() / heat.sum())
 
 
 def _quiet_explain(*args, **kwargs):
@@ -160,7 +167,73 @@ def test_iba_localises_the_object(shapes, name, target):
     assert float(heat.min()) >= 0
     # the map's total is the bottleneck's information in bits (area scaling)
     assert float(heat.sum()) == pytest.approx(a.sample_info[0]["total_bits"], rel=1e-3)
-    assert _density_ratio(heat, _box_mask(name)) > 2.0  # measured: circle 2.45, triangle 2.86
+    assert _density_ratio(heat, _box_mask(name)) > 2.0  # measured: circle 2.47, triangle 2.93
+
+
+@pytest.fixture(scope="module")
+def shapes_train_stats(shapes, tmp_path_factory):
+    """``iba`` statistics fitted on 500 training-like images (the first 500 of the seeded
+    training set of ``sample_models/make_samples.py``; generated here, never shipped)."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    make_samples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_samples)
+    images, _ = make_samples.make_shapes_set(make_samples.SEED + 10, 500, p_two=0.5)
+    data = tmp_path_factory.mktemp("shapes_train")
+    for i, img in enumerate(images):
+        Image.fromarray(img, "RGB").save(data / f"train_{i:03d}.png")
+    state = tmp_path_factory.mktemp("state")
+    fit_method(shapes, get_registry().method("iba"), data, params={}, state_dir=state, batch_size=100)
+    return state
+
+
+def _one_object_eval_images(model):
+    """The 20 one-object images of ``shapes_eval`` with their class index and box mask."""
+    import csv
+
+    root = SAMPLES / "shapes_eval"
+    pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
+    classes = (SAMPLES / "shapes.labels.txt").read_text().split()
+    xs, targets, masks = [], [], []
+    with open(root / "manifest.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            xml = root / row["boxes"]
+            if len(ET.parse(xml).getroot().findall("object")) != 1:
+                continue
+            xs.append(torch.from_numpy(pre(load_image(root / row["path"]))[0]))
+            targets.append(classes.index(row["label"]))
+            masks.append(_box_mask(xml.stem, xml.parent))
+    return torch.stack(xs), torch.tensor(targets), masks
+
+
+def test_iba_with_fitted_statistics_and_converged_steps_puts_most_mass_in_the_box(shapes, shapes_train_stats):
+    """The issue's claim "most of the mass inside the object's box" for `iba` holds on shapes_cnn
+    with data-set statistics once the optimisation has converged (steps=60). At the paper's 10
+    steps the mask has not left its uniform descent yet (docs/input-iba.md): in-box share 0.16."""
+    xs, targets, masks = _one_object_eval_images(shapes)
+    assert len(masks) == 20
+    x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle"), xs])
+    targets = torch.cat([torch.tensor([0, 2]), targets])
+    masks = [_box_mask("shapes_circle"), _box_mask("shapes_triangle")] + masks
+    shapes.state_dir = shapes_train_stats
+    try:
+        a = xplain.explain(shapes, x, targets=targets, method="iba", params={"steps": 60}, seed=0)
+    finally:
+        shapes.state_dir = None
+    assert a.info["stats"] == "fitted (500 images)"
+    inside = [_mass_inside(a.maps[i], m) for i, m in enumerate(masks)]
+    # measured with seeds 0, 1, 2: circle 0.63, 0.63, 0.63; triangle 0.41–0.42 (box area 0.06)
+    assert inside[0] > 0.5
+    assert inside[1] > 0.3
+    # the 20 one-object shapes_eval images: mean 0.56 (each seed), 14 of 20 above 0.5, the lowest 0.25
+    assert sum(inside[2:]) / 20 > 0.5
+    assert sum(v > 0.5 for v in inside[2:]) >= 12
+    assert min(inside[2:]) > 0.15
+    # density inside vs outside the box: circle 12.6–12.9, triangle 11.0–11.6 (fallback, 10 steps: 2.5 / 2.9)
+    assert _density_ratio(a.maps[0], masks[0]) > 6 and _density_ratio(a.maps[1], masks[1]) > 6
 
 
 def test_input_iba_localises_the_circle(shapes):
@@ -169,13 +242,23 @@ def test_input_iba_localises_the_circle(shapes):
     heat = a.maps[0]
     assert 0 <= float(heat.min()) and float(heat.max()) <= 1
     mask = _box_mask("shapes_circle")
-    # measured 5.0 (seed 0) and 3.1 (seed 1); the triangle is not localised by input-iba on this
-    # model, which calls pure noise a triangle (docs/input-iba.md)
+    # measured 5.4, 3.6, 7.5 (seeds 0, 1, 2); the triangle is not localised by input-iba on this
+    # model (0.5–0.6): noise with the image's own statistics is a triangle to it (docs/input-iba.md)
     assert _density_ratio(heat, mask) > 2.5
     assert set(a.info["stage_seconds"]) == {"feature", "gan", "input"}
     assert a.extras["feature_map"].shape == a.extras["gan_mask"].shape == (1, 64, 64)
     feature_only = _quiet_explain(shapes, x, targets=[0], method="input-iba", params={"return": "feature"})
     torch.testing.assert_close(feature_only.maps, a.extras["feature_map"])
+
+
+def test_input_iba_puts_most_of_the_circle_mask_in_the_box_with_a_converged_stage_1(shapes):
+    """With 30 stage-1 steps (paper: 10) the stage-1 map, and so the λ_G prior, concentrates on the
+    circle, and stage 3 keeps it: most of the input mask lies inside the box."""
+    x = _image(shapes, "shapes_circle")
+    mask = _box_mask("shapes_circle")
+    heat = _quiet_explain(shapes, x, targets=[0], method="input-iba", params={**FAST_GAN, "steps": 30}).maps[0]
+    # measured: 0.76, 0.71, 0.78 (seeds 0, 1, 2); at the paper's 10 steps 0.42, 0.32, 0.50; box area 0.12
+    assert _mass_inside(heat, mask) > 0.5
 
 
 @pytest.mark.parametrize("beta,low,high", [(0.0, 0.95, 1.0), (1000.0, 0.0, 0.05)])

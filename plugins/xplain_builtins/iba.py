@@ -381,7 +381,8 @@ def common_params(beta=10.0, steps=10):
         P("layer", "str", "", "bottleneck layer (fx node name, see `xplain inspect`); empty = the model's "
           "default feature layer"),
         P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
-        P("steps", "int", steps, "Adam steps optimising the bottleneck mask", min=1),
+        P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
+          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1),
         P("lr", "float", 1.0, "Adam learning rate for the mask logits α", min=0),
         P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1),
         P("initial_alpha", "float", 5.0, "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)"),
