@@ -76,3 +76,26 @@ def rgb_image(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("img") / "photo.png"
     Image.fromarray((rng.random((40, 30, 3)) * 255).astype("uint8")).save(path)
     return path
+
+
+def fit_for_tests(model, method, root) -> None:
+    """Fit ``method`` on 16 example inputs whose labels cycle over the classes (two batches,
+    through the same ``fit(model, batches, params, console)`` contract as ``xplain fit``), save
+    the state under ``root`` and point the model at it."""
+    import torch
+
+    import xplain
+    from xplain.fitting import FitConsole
+    from xplain.state import save_state
+
+    x = model.example_input(16, seed=11)
+    ys = torch.arange(16) % model.num_classes
+
+    def batches(labels=False):
+        for i in range(0, 16, 8):
+            yield (x[i:i + 8], ys[i:i + 8]) if labels else x[i:i + 8]
+
+    params = xplain.validate_params(method.params, {}, method.name)
+    tensors, meta = method.fit(model, batches, params, FitConsole())
+    save_state(model.digest, method.name, tensors, meta, root=root)
+    model.state_dir = root

@@ -19,6 +19,8 @@ import xplain
 from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from xplain.cli import main
 
+from .test_architectures import Block
+
 UNFOLDED = {
     "preserve": {"training": torch.onnx.TrainingMode.PRESERVE},
     "no_folding": {"do_constant_folding": False},
@@ -46,20 +48,6 @@ def randomize_bn(module: nn.Module, seed: int) -> nn.Module:
                 bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
                 bn.bias.copy_(torch.randn(n, generator=gen) * 0.5)
     return module
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + (x if self.down is None else self.down(x)))
 
 
 class ResNetLike(nn.Module):

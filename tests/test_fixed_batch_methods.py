@@ -11,7 +11,7 @@ import xplain
 from xplain.api import run_method
 from xplain.registry import Registry
 
-from .conftest import export_classic, tiny_cnn
+from .conftest import export_classic, fit_for_tests, tiny_cnn
 
 METHODS = sorted(Registry().discover().methods)
 
@@ -24,32 +24,14 @@ def twin_models(tmp_path_factory):
     return xplain.load_model(dynamic, device="cpu"), xplain.load_model(fixed, device="cpu")
 
 
-def _fit(model, method, root):
-    """Fit ``method`` on 16 example inputs with cycling labels (as the contract test does)."""
-    from xplain.fitting import FitConsole
-    from xplain.state import save_state
-
-    x = model.example_input(16, seed=11)
-    ys = torch.arange(16) % model.num_classes
-
-    def batches(labels=False):
-        for i in range(0, 16, 8):
-            yield (x[i:i + 8], ys[i:i + 8]) if labels else x[i:i + 8]
-
-    params = xplain.validate_params(method.params, {}, method.name)
-    tensors, meta = method.fit(model, batches, params, FitConsole())
-    save_state(model.digest, method.name, tensors, meta, root=root)
-    model.state_dir = root
-
-
 @pytest.mark.parametrize("name", METHODS)
 def test_fixed_batch_graph_gives_the_dynamic_graphs_maps(name, twin_models, tmp_path):
     dynamic, fixed = twin_models
     assert fixed.spec.fixed_batch and not dynamic.spec.fixed_batch
     method = Registry().discover().method(name)
     if method.capabilities.needs_fitting:  # fitted on each graph from the same data
-        _fit(dynamic, method, tmp_path / "dynamic")
-        _fit(fixed, method, tmp_path / "fixed")
+        fit_for_tests(dynamic, method, tmp_path / "dynamic")
+        fit_for_tests(fixed, method, tmp_path / "fixed")
     x = dynamic.example_input(3, seed=5)
     targets = torch.tensor([1, 0, 3])
     params = xplain.validate_params(method.params, {}, name)

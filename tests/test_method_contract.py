@@ -9,6 +9,8 @@ import xplain
 from xplain.api import run_method
 from xplain.registry import Registry
 
+from .conftest import fit_for_tests
+
 METHODS = sorted(Registry().discover().methods)
 
 
@@ -21,31 +23,15 @@ _FITTED: dict = {}
 
 @pytest.fixture()
 def prepared(tiny_model, tmp_path_factory):
-    """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting.
-
-    Such a method is fitted once per session on 16 random example inputs whose labels cycle
-    over the classes (two batches, through the same ``fit(model, batches, params, console)``
-    contract as ``xplain fit``), saved to a temporary state dir that the model then uses."""
-    from xplain.fitting import FitConsole
-    from xplain.state import save_state
-
+    """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting
+    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir)."""
     saved = tiny_model.state_dir
 
     def prepare(method):
         if method.capabilities.needs_fitting:
             if method.name not in _FITTED:
-                x = tiny_model.example_input(16, seed=11)
-                ys = torch.arange(16) % tiny_model.num_classes
-
-                def batches(labels=False):
-                    for i in range(0, 16, 8):
-                        yield (x[i:i + 8], ys[i:i + 8]) if labels else x[i:i + 8]
-
-                params = xplain.validate_params(method.params, {}, method.name)
-                tensors, meta = method.fit(tiny_model, batches, params, FitConsole())
-                root = tmp_path_factory.mktemp("state")
-                save_state(tiny_model.digest, method.name, tensors, meta, root=root)
-                _FITTED[method.name] = root
+                _FITTED[method.name] = tmp_path_factory.mktemp("state")
+                fit_for_tests(tiny_model, method, _FITTED[method.name])
             tiny_model.state_dir = _FITTED[method.name]
         return tiny_model
 

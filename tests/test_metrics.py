@@ -8,7 +8,6 @@ them oracle > random > anti-oracle in its own direction.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,10 @@ import torch
 
 import xplain
 from xplain.api import run_method
-from xplain.datasets import class_names_of, read_dataset
-from xplain.images import Preprocess, load_image
 from xplain.registry import Registry
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+from .shapes_batch import shapes_eval_batch
+
 REG = Registry().discover()
 METRICS = sorted(REG.metrics)
 
@@ -244,22 +242,7 @@ def test_sanity_restores_the_model_and_separates_model_dependent_maps(tiny_model
 # ----------------------------------------------------------------------------- direction on shapes_eval
 @pytest.fixture(scope="module")
 def shapes():
-    model = xplain.load_model(SAMPLES / "shapes_cnn.onnx", device="cpu")
-    samples = read_dataset(SAMPLES / "shapes_eval" / "manifest.csv", class_names=class_names_of(model), limit=16)
-    pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
-    xs, boxes, labels = [], [], []
-    for s in samples:
-        arr, geo = pre(load_image(s.path))
-        xs.append(torch.from_numpy(arr))
-        boxes.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes]))
-        labels.append(torch.tensor([b.label for b in s.boxes]))
-    x = torch.stack(xs)
-    t = torch.tensor([s.label for s in samples])
-    from xplain_builtins.metrics_localisation import box_masks
-
-    ctx = {"boxes": boxes, "box_labels": labels}
-    roi, valid = box_masks(ctx, t, 64, 64, "cpu")
-    assert valid.all()
+    model, x, t, ctx, roi = shapes_eval_batch(16)
     oracle = roi.float() + 0.01 * torch.rand(roi.shape, generator=torch.Generator().manual_seed(0))
     anti = (~roi).float() + 0.01 * torch.rand(roi.shape, generator=torch.Generator().manual_seed(1))
     rand = torch.rand(roi.shape, generator=torch.Generator().manual_seed(2))

@@ -22,9 +22,10 @@ import torch
 quantus = pytest.importorskip("quantus")
 
 import xplain  # noqa: E402
-from xplain.datasets import class_names_of, read_dataset  # noqa: E402
 from xplain.images import Preprocess, load_image  # noqa: E402
 from xplain.registry import Registry  # noqa: E402
+
+from .shapes_batch import shapes_eval_batch  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 REG = Registry().discover()
@@ -83,22 +84,7 @@ class Wrapped:
 @pytest.fixture(scope="module")
 def shapes():
     """shapes_cnn (3×64×64) on four shapes_eval images with their boxes, as xplain eval builds them."""
-    from xplain_builtins.metrics_localisation import box_masks
-
-    model = xplain.load_model(SAMPLES / "shapes_cnn.onnx", device="cpu")
-    samples = read_dataset(SAMPLES / "shapes_eval" / "manifest.csv", class_names=class_names_of(model), limit=4)
-    pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
-    xs, boxes, labels = [], [], []
-    for s in samples:
-        arr, geo = pre(load_image(s.path))
-        xs.append(torch.from_numpy(arr))
-        boxes.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes]))
-        labels.append(torch.tensor([b.label for b in s.boxes]))
-    x = torch.stack(xs)
-    t = torch.tensor([s.label for s in samples])
-    ctx = {"boxes": boxes, "box_labels": labels}
-    roi, valid = box_masks(ctx, t, 64, 64, "cpu")
-    assert valid.all()
+    model, x, t, ctx, roi = shapes_eval_batch(4)
     maps = {"saliency": _untie(_saliency(model.graph, x, t)), "gradient": _untie(_gradient(model.graph, x, t))}
     assert (maps["gradient"] < 0).any() and (maps["saliency"] >= 0).all()
     # Quantus takes the same region as a binary mask B×1×H×W
