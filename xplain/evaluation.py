@@ -21,6 +21,7 @@ and is skipped; the summary counts errors per method.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -279,7 +280,7 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     metric_errors: dict[str, str] = {}
     for metric, params in chosen_metrics:
         try:
-            with torch.no_grad() if not metric.needs else _nullcontext():
+            with torch.no_grad() if not metric.needs else contextlib.nullcontext():
                 res = metric.score(model, x, targets, attribution, {**context, "params": params})
             for name, value in dict(res).items():
                 value = torch.as_tensor(value).detach().float().cpu()
@@ -312,14 +313,6 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         if index < montage:
             save_npy(out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
     return lines
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- summary
