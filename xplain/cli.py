@@ -306,6 +306,7 @@ def explain(
         if image.is_dir():
             raise XplainErrorInput(image, "is a directory, not an image")
     model = _load(model_path, device, labels)
+    _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from .explaining import explain_files
     from .images import Preprocess
@@ -352,6 +353,18 @@ def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it
     return InputDataError(message, path=path)
 
 
+def _check_out_dir(folder: Path, flag: str) -> None:
+    """Create the output folder, or fail with one line (exit 2) before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} is a file, not a folder", path=folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot create the folder ({e.strerror or e})", path=folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} is not writable", path=folder)
+
+
 @app.command()
 def fit(
     method: str = typer.Argument(..., help="A method that learns from data (see `xplain methods`)."),
@@ -382,6 +395,10 @@ def fit(
 
     params = _parse_params(param)
     model = _load(model_path, device, class_names)
+    from .state import state_dir as resolve_state_dir
+
+    _check_out_dir(resolve_state_dir(state_dir), "--state-dir" if state_dir else
+                   "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder")
     model.state_dir = state_dir
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
@@ -566,6 +583,7 @@ def eval_command(
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
     model = _load(model_path, device, class_names)
+    _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
@@ -656,9 +674,16 @@ def ranking_table(summary: dict) -> Table:
 
 
 # ---------------------------------------------------------------------------- entry point
+_warned: set[str] = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """A warning is one line on stderr, like an error, not Python's two with the source line."""
-    err.print(f"xplain: warning: {message}", highlight=False, markup=False)
+    """A warning is one line on stderr, like an error, not Python's two with the source line;
+    each text once per run (a method warns per batch, the user needs it once)."""
+    text = str(message)
+    if text not in _warned:
+        _warned.add(text)
+        err.print(f"xplain: warning: {text}", highlight=False, markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -667,10 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:
+        _warned.clear()
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
             code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
+        if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) without a word
+            err.print("xplain: interrupted", highlight=False)
         return int(code or 0) if isinstance(code, int) else 0
     except typer.Abort:
         err.print("xplain: interrupted", highlight=False)

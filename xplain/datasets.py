@@ -271,6 +271,8 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
             errors = []
             if not rel:
                 errors.append(f"line {line_no}: empty path")
+            elif path.is_dir():
+                errors.append(f"line {line_no}: a folder, not an image: {rel}")
             elif not path.is_file():
                 errors.append(f"line {line_no}: image not found: {rel}")
             if cell("label"):

@@ -135,7 +135,9 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if wanted is not None and "classes" in names:
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
-    found = [s for s in read_dataset(Path(data), class_names=class_names, labels=labels) if s.error is None]
+    rows = read_dataset(Path(data), class_names=class_names, labels=labels)
+    found = [s for s in rows if s.error is None]
+    bad = [s.error for s in rows if s.error is not None]
     labelled = any(s.label is not None for s in found)
     if wanted is not None and labelled:
         found = [s for s in found if s.label in wanted]
@@ -153,7 +155,12 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
         else:
             found = found[:samples]
     if not found:
-        raise InputDataError("no usable images" + (" of the chosen classes" if wanted else ""), path=data)
+        raise InputDataError("no usable images" + (" of the chosen classes" if wanted else "")
+                             + (f" ({len(bad)} unusable row(s), e.g. {bad[0]})" if bad else ""), path=data)
+    if bad:
+        import warnings
+
+        warnings.warn(f"{data}: skipped {len(bad)} unusable row(s), e.g. {bad[0]}", stacklevel=2)
     paths = [s.path for s in found]
     labels_ = [-1 if s.label is None else int(s.label) for s in found]
     preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
@@ -163,6 +170,11 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
         return iter_batches(model, paths, preprocess, batch_size, labels=labels_ if labels else None)
 
     fit_console = console if isinstance(console, FitConsole) else FitConsole(console)
-    tensors, meta = method.fit(model, batches, values, fit_console)
+    try:
+        tensors, meta = method.fit(model, batches, values, fit_console)
+    except InputDataError as e:  # a method's complaint about the data names DATA
+        if e.path is None:
+            e.path = str(data)
+        raise
     meta = {**meta, "params": values, "samples": len(paths), "data": str(data), "preprocess": preprocess.to_dict()}
     return save_state(model.digest, method.name, tensors, meta, root=state_dir)

@@ -97,7 +97,7 @@ def load(model, params):
         tensors, meta = model.fitted_state(NAME)
         model._mip_in_state = (_cache_key(model), (tensors, meta))
     if meta.get("state_version") != STATE_VERSION or "steps" not in meta:
-        raise xplain.InputDataError("mip-in state was written by another version",
+        raise xplain.InputDataError("mip-in state was written by another version", path=model.report.path,
                                     hint=f"refit: `xplain fit mip-in {model.report.path} DATA`")
     start = None if meta["start"] == "input" else meta["start"]
     if params.get("layer") and params["layer"] != meta["start"]:
