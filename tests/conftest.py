@@ -99,3 +99,17 @@ def fit_for_tests(model, method, root) -> None:
     tensors, meta = method.fit(model, batches, params, FitConsole())
     save_state(model.digest, method.name, tensors, meta, root=root)
     model.state_dir = root
+
+
+def interrupt_on_call(monkeypatch, module, name: str, n: int = 2) -> None:
+    """Make ``module.name`` raise KeyboardInterrupt on its ``n``-th call (Ctrl-C mid-run)."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupt)

@@ -12,6 +12,8 @@ import pytest
 import xplain
 from xplain.cli import main
 
+from .conftest import interrupt_on_call
+
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SHAPES = str(SAMPLES / "shapes_cnn.onnx")
 MLP = str(SAMPLES / "digits_mlp.onnx")
@@ -116,15 +118,7 @@ def test_eval_ctrl_c_exits_130_with_results_intact(tmp_path, capsys, monkeypatch
     for k in range(4):
         shutil.copy(IMAGE, data / f"{k}.png")
     real = evaluation._score_method
-    calls = {"n": 0}
-
-    def interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "_score_method", interrupt)
+    interrupt_on_call(monkeypatch, evaluation, "_score_method")
     out = tmp_path / "out"
     assert _eval(data, out, "--batch-size", "2") == xplain.ExitCode.INTERRUPTED
     assert capsys.readouterr().err.strip().splitlines() == ["xplain: interrupted"]

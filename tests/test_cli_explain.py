@@ -11,6 +11,8 @@ from PIL import Image
 
 import xplain
 from xplain.cli import main
+
+from .conftest import interrupt_on_call
 from xplain.images import Preprocess, load_image
 
 
@@ -75,16 +77,7 @@ def test_explain_target_by_index_and_label(tiny_cnn_path, rgb_image, tmp_path, c
 def test_interrupted_explain_leaves_only_whole_files(tiny_cnn_path, rgb_image, tmp_path, monkeypatch, capsys):
     import xplain.explaining as explaining
 
-    real = explaining.save_overlay
-    calls = {"n": 0}
-
-    def interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(explaining, "save_overlay", interrupt)
+    interrupt_on_call(monkeypatch, explaining, "save_overlay")
     second = tmp_path / "second.png"
     Image.open(rgb_image).save(second)
     out = tmp_path / "out"

@@ -308,3 +308,12 @@ def test_occlusion_refuses_impossible_windows(tiny_model):
         xplain.explain(tiny_model, x, [0], "occlusion", {"patch": 4, "stride": 5})
     with pytest.raises(xplain.UsageError, match="larger than the 16×16"):
         xplain.explain(tiny_model, x, [0], "occlusion", {"patch": 17})
+
+
+def test_reduce_channels_hand_case():
+    attr = torch.tensor([[[[1.0]], [[-3.0]], [[2.0]]]])  # B=1, C=3, 1×1
+    assert xplain.reduce_channels(attr, "sum").item() == 0.0
+    assert xplain.reduce_channels(attr, "mean").item() == 0.0
+    assert xplain.reduce_channels(attr, "max-abs").item() == -3.0  # signed value of the largest magnitude
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        xplain.reduce_channels(attr, "median")

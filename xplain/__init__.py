@@ -29,6 +29,8 @@ _LAZY = {
     "lrp_rules": ("xplain.lrp", "lrp_rules"),
     "zbox_relevance": ("xplain.lrp", "zbox_relevance"),
     "first_weight_layer": ("xplain.lrp", "first_weight_layer"),
+    "reduce_channels": ("xplain.maps", "reduce_channels"),
+    "reduce_param": ("xplain.maps", "reduce_param"),
 }
 
 __all__ = [

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .api import run_method
+from .maps import reduce_channels
 from .errors import PluginError, UsageError
 from .model import Model
 from .plugin_api import Method
@@ -148,15 +149,6 @@ def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
     return default
 
 
-def _reduce(attr: torch.Tensor, how: str) -> torch.Tensor:
-    """Channels of a B×C×H×W Captum attribution → B×H×W, as our ``reduce`` parameters do."""
-    if how == "mean":
-        return attr.mean(dim=1)
-    if how == "max-abs":  # the signed value of the channel with the largest magnitude
-        return attr.gather(1, attr.abs().argmax(dim=1, keepdim=True))[:, 0]
-    return attr.sum(dim=1)
-
-
 @contextlib.contextmanager
 def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
     sal = ca.Saliency(net)
@@ -166,13 +158,13 @@ def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
 @contextlib.contextmanager
 def _gradient(ca, net, model, params, x) -> Iterator[CaptumFn]:
     sal = ca.Saliency(net)
-    yield lambda x, t: _reduce(sal.attribute(x, target=t, abs=False), params.get("reduce", "sum"))
+    yield lambda x, t: reduce_channels(sal.attribute(x, target=t, abs=False), params.get("reduce", "sum"))
 
 
 @contextlib.contextmanager
 def _input_x_gradient(ca, net, model, params, x) -> Iterator[CaptumFn]:
     ixg = ca.InputXGradient(net)
-    yield lambda x, t: _reduce(ixg.attribute(x, target=t), params.get("reduce", "sum"))
+    yield lambda x, t: reduce_channels(ixg.attribute(x, target=t), params.get("reduce", "sum"))
 
 
 @contextlib.contextmanager
@@ -186,7 +178,8 @@ def _integrated_gradients(ca, net, model, params, x) -> Iterator[CaptumFn]:
     if internal:  # both count images (interpolation points of all batch images) per pass
         kwargs["internal_batch_size"] = int(internal)
     # baseline zeros, our default; a blur/uniform baseline costs ours one blur or draw, Captum nothing
-    yield lambda x, t: _reduce(ig.attribute(x, baselines=0.0, target=t, **kwargs), params.get("reduce", "sum"))
+    yield lambda x, t: reduce_channels(ig.attribute(x, baselines=0.0, target=t, **kwargs),
+                                       params.get("reduce", "sum"))
 
 
 @contextlib.contextmanager
@@ -203,7 +196,7 @@ def _smoothgrad(ca, net, model, params, x) -> Iterator[CaptumFn]:
         stdev = sigma * float(x.max() - x.min())  # xplain: σ per image; Captum: one σ for the batch
         attr = nt.attribute(x, nt_type=nt_type, nt_samples=samples, stdevs=stdev, nt_samples_batch_size=chunk,
                             target=t, abs=False)
-        return _reduce(attr, params.get("reduce", "sum"))
+        return reduce_channels(attr, params.get("reduce", "sum"))
 
     yield run
 
@@ -212,7 +205,7 @@ def _modified_relu(cls_name):
     @contextlib.contextmanager
     def build(ca, net, model, params, x) -> Iterator[CaptumFn]:
         algo = getattr(ca, cls_name)(net)
-        yield lambda x, t: _reduce(algo.attribute(x, target=t), params.get("reduce", "sum"))
+        yield lambda x, t: reduce_channels(algo.attribute(x, target=t), params.get("reduce", "sum"))
 
     return build
 

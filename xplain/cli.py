@@ -433,16 +433,7 @@ def bench(
     from .bench import resolve_methods
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
-    params: dict[str, dict[str, str]] = {}
-    for key, value in _parse_params(param).items():
-        name, dot, sub = key.partition(".")  # method names never contain a dot
-        if not dot:
-            if len(chosen) != 1:
-                raise UsageError(f"--param {key}={value}: say which method, as METHOD.{key}={value}")
-            name, sub = chosen[0], key
-        if name not in chosen:
-            raise UsageError(f"--param {key}={value}: method {name!r} is not in --methods")
-        params.setdefault(name, {})[sub] = value
+    params = _scoped_params(param, chosen, "--param")
     from .registry import validate_params
 
     for name in chosen:
@@ -524,7 +515,9 @@ def _names(text: str, available: dict, kind: str) -> list[str]:
 
 
 def _scoped_params(items: list[str], chosen: list[str], flag: str) -> dict[str, dict[str, str]]:
-    """``NAME.KEY=VALUE`` (or ``KEY=VALUE`` when only one NAME is chosen) -> {NAME: {KEY: VALUE}}."""
+    """``NAME.KEY=VALUE`` (or ``KEY=VALUE`` when only one NAME is chosen) -> {NAME: {KEY: VALUE}}.
+
+    Method and metric names never contain a dot, so the first dot separates NAME from KEY."""
     params: dict[str, dict[str, str]] = {}
     for key, value in _parse_params(items).items():
         name, dot, sub = key.partition(".")
@@ -533,7 +526,7 @@ def _scoped_params(items: list[str], chosen: list[str], flag: str) -> dict[str, 
                 raise UsageError(f"{flag} {key}={value}: say which one, as NAME.{key}={value}")
             name, sub = chosen[0], key
         if name not in chosen:
-            raise UsageError(f"{flag} {key}={value}: {name!r} is not being evaluated")
+            raise UsageError(f"{flag} {key}={value}: {name!r} is not among the chosen ones")
         params.setdefault(name, {})[sub] = value
     return params
 

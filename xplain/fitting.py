@@ -30,20 +30,6 @@ from .plugin_api import Method
 from .registry import validate_params
 from .state import save_state
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def list_images(data: Path) -> list[Path]:
-    """Images in a folder, or in its class sub-folders (sorted, so runs are repeatable)."""
-    if not data.exists():
-        raise InputDataError("no such file or folder", path=data)
-    if data.is_file():
-        return [data]
-    found = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not found:
-        raise InputDataError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")", path=data)
-    return found
-
 
 def iter_batches(model: Model, paths: list[Path], preprocess: Preprocess, batch_size: int,
                  labels: list[int] | None = None) -> Iterator:
@@ -83,10 +69,6 @@ class FitConsole:
         if self.console is None:
             return lambda *args, **kwargs: None
         return getattr(self.console, name)
-
-    def print(self, *args, **kwargs) -> None:
-        if self.console is not None:
-            self.console.print(*args, **kwargs)
 
     def task(self, description: str, total: float | None = None) -> _Task:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

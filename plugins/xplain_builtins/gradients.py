@@ -13,31 +13,11 @@ methods use, so tests can rebuild a reference (e.g. Captum) under the same noise
 
 import xplain
 
-_REDUCTIONS = ("sum", "mean", "max-abs")
-
-
-def _reduce_param(default="sum"):
-    return xplain.Param(
-        "reduce", "str", default,
-        "how the C input channels become one map: sum, mean, or max-abs (the signed value of the "
-        "channel with the largest magnitude)", choices=_REDUCTIONS)
-
-
 def _internal_batch_param(what):
     return xplain.Param(
         "internal_batch", "int", 64,
         f"images per forward/backward pass ({what} of all batch images together; at least one "
         "per image): bounds memory, never changes the result", min=1)
-
-
-def _reduce(attr, how):
-    """B×C×H×W → B×H×W."""
-    if how == "sum":
-        return attr.sum(dim=1)
-    if how == "mean":
-        return attr.mean(dim=1)
-    idx = attr.abs().argmax(dim=1, keepdim=True)
-    return attr.gather(1, idx)[:, 0]
 
 
 def _target_gradient(model, x, targets, fresh=False):
@@ -54,11 +34,11 @@ def _target_gradient(model, x, targets, fresh=False):
 
 # ----------------------------------------------------------------------------- gradient, x * gradient
 def _explain_gradient(model, x, targets, params, seed):
-    return _reduce(_target_gradient(model, x, targets), params["reduce"])
+    return xplain.reduce_channels(_target_gradient(model, x, targets), params["reduce"])
 
 
 def _explain_input_x_gradient(model, x, targets, params, seed):
-    return _reduce(x * _target_gradient(model, x, targets), params["reduce"])
+    return xplain.reduce_channels(x * _target_gradient(model, x, targets), params["reduce"])
 
 
 # ----------------------------------------------------------------------------- integrated gradients
@@ -153,7 +133,7 @@ def _explain_integrated_gradients(model, x, targets, params, seed):
         points = (baseline[None] + a.view(k, 1, 1, 1, 1) * delta[None]).reshape(k * batch, *x.shape[1:])
         grads = _target_gradient(model, points, targets.repeat(k), fresh=True).view(k, *x.shape)
         total += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
-    return xplain.Attribution(_reduce(total * delta, params["reduce"]),
+    return xplain.Attribution(xplain.reduce_channels(total * delta, params["reduce"]),
                               info={"steps": steps, "method": params["method"], "baseline": params["baseline"]})
 
 
@@ -204,7 +184,7 @@ def _explain_smoothgrad(model, x, targets, params, seed):
             flush()
     if pending:
         flush()
-    return xplain.Attribution(_reduce(total / samples, params["reduce"]),
+    return xplain.Attribution(xplain.reduce_channels(total / samples, params["reduce"]),
                               info={"samples": samples, "noise": params["noise"], "square": params["square"]})
 
 
@@ -221,7 +201,7 @@ def register_methods(register):
             "over channels. `saliency` is its absolute value with a channel max."
         ),
         explain=_explain_gradient,
-        params=[_reduce_param()],
+        params=[xplain.reduce_param()],
         capabilities=xplain.Capabilities(needs_gradients=True),
     ))
     register(xplain.Method(
@@ -236,7 +216,7 @@ def register_methods(register):
             "normalisation)."
         ),
         explain=_explain_input_x_gradient,
-        params=[_reduce_param()],
+        params=[xplain.reduce_param()],
         capabilities=xplain.Capabilities(needs_gradients=True),
     ))
     register(xplain.Method(
@@ -269,7 +249,7 @@ def register_methods(register):
             xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
                          choices=_IG_RULES),
             _internal_batch_param("interpolation points"),
-            _reduce_param(),
+            xplain.reduce_param(),
         ],
         capabilities=xplain.Capabilities(needs_gradients=True),
     ))
@@ -294,7 +274,7 @@ def register_methods(register):
             xplain.Param("noise", "float", 0.15, "noise σ as a fraction of each image's value range", min=0.0),
             xplain.Param("square", "bool", False, "average squared gradients (SmoothGrad-Squared)"),
             _internal_batch_param("noisy copies"),
-            _reduce_param(),
+            xplain.reduce_param(),
         ],
         capabilities=xplain.Capabilities(needs_gradients=True, stochastic=True),
     ))

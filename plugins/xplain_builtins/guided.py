@@ -2,8 +2,7 @@
 
 import xplain
 
-_REDUCE = xplain.Param("reduce", "str", "sum", "how the C input channels become one map",
-                       choices=("sum", "mean", "max-abs"))
+_REDUCE = xplain.reduce_param()
 
 
 def _make_explain(mode):
@@ -14,13 +13,7 @@ def _make_explain(mode):
             xg = x.detach().clone().requires_grad_(True)
             logits = model(xg)
             (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xg)
-        if params["reduce"] == "sum":
-            maps = grad.sum(dim=1)
-        elif params["reduce"] == "mean":
-            maps = grad.mean(dim=1)
-        else:
-            idx = grad.abs().argmax(dim=1, keepdim=True)
-            maps = grad.gather(1, idx)[:, 0]
+        maps = xplain.reduce_channels(grad, params["reduce"])
         return xplain.Attribution(maps, info={"rectifiers": len(swapped)})
 
     return explain

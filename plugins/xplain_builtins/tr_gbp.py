@@ -131,15 +131,6 @@ def ones_map_gradient(weighted, conv, in_hw, pad_tl):
 
 
 # ----------------------------------------------------------------------------- the passes
-def _reduce(t, how):
-    if how == "sum":
-        return t.sum(dim=1)
-    if how == "mean":
-        return t.mean(dim=1)
-    idx = t.abs().argmax(dim=1, keepdim=True)
-    return t.gather(1, idx)[:, 0]
-
-
 class _NotBatchable(Exception):
     """The graph's backward cannot run under vmap: use copies instead."""
 
@@ -217,7 +208,7 @@ def _core(model, images, pick, copies, terms, reduce, rule):
         batched = False
         classes, input_grad, grads = _gradients(model, images, pick, copies, nodes, rule, False)
     shape = classes.shape
-    input_map = _reduce(input_grad.flatten(0, 1), reduce)
+    input_map = xplain.reduce_channels(input_grad.flatten(0, 1), reduce)
     maps, natives = {}, {}
     for term in terms:
         g = grads.get(term.node)
@@ -371,8 +362,7 @@ def register_methods(register):
                          "eq. 9 map, an ablation)"),
             xplain.Param("layers", "str", _ALL, "bias layers: all, conv, or comma-separated layer names "
                          "(see `xplain inspect`)"),
-            xplain.Param("reduce", "str", "sum", "how the C input channels of the input term become one "
-                         "map", choices=("sum", "mean", "max-abs")),
+            xplain.reduce_param(help="how the C input channels of the input term become one map"),
         ],
         capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True),
     ))
