@@ -354,15 +354,21 @@ def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it
 
 
 def _check_out_dir(folder: Path, flag: str) -> None:
-    """Create the output folder, or fail with one line (exit 2) before any work is done."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} is a file, not a folder", path=folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{flag}: cannot create the folder ({e.strerror or e})", path=folder) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} is not writable", path=folder)
+    """Fail with one line (exit 2) before any work if the output folder cannot be used.
+
+    The folder itself is created by the first file written, so a run that fails on its input
+    leaves nothing behind, not even an empty folder."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"{flag} is a file, not a folder", path=folder)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} is not writable", path=folder)
+        return
+    parent = next(p for p in folder.absolute().parents if p.exists())  # "/" always exists
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: cannot create the folder ({parent} is a file)", path=folder)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create the folder ({parent} is not writable)", path=folder)
 
 
 @app.command()
