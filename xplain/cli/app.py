@@ -12,14 +12,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 try:  # typer ≥ 0.20 vendors click; older typer uses the click package
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc
+    from click import exceptions as click_exc  # type: ignore[no-redef]
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -43,7 +43,7 @@ app.add_typer(metrics_app, name="metrics")
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
 out = Console(soft_wrap=True, emoji=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False)
-_options = {"strict": False, "blocked": ()}
+_options: dict[str, Any] = {"strict": False, "blocked": ()}
 
 
 def _registry():
@@ -51,7 +51,7 @@ def _registry():
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error)}", highlight=False)
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error or '')}", highlight=False)
     return registry
 
 
@@ -192,7 +192,7 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
-def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: bool = True):
+def _load(model_path: Path, device: str, labels: str | None = None, verify: bool = True):
     from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
@@ -205,6 +205,9 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+    def update(self, *args, **kwargs) -> None:  # the status API, for a console that is no terminal
+        pass
 
 
 @app.command()
@@ -286,12 +289,12 @@ def explain(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Method parameter (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: str | None = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
 ):
     """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
     registry = _registry()
@@ -308,12 +311,11 @@ def explain(
     model = _load(model_path, device, labels)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
-    from ..run.explaining import explain_files
     from ..data.images import Preprocess
+    from ..run.explaining import explain_files
 
-    preprocess = Preprocess.from_options(
-        (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
-        resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=_floats(mean, "--mean"),
+                                      std=_floats(std, "--std"))
     progress_cb, progress = None, None
     if len(images) > 1:
         from rich.progress import Progress
@@ -338,7 +340,7 @@ def explain(
                       highlight=False, markup=False)
 
 
-def _floats(text: Optional[str], flag: str):
+def _floats(text: str | None, flag: str):
     if text is None:
         return None
     try:
@@ -379,17 +381,17 @@ def fit(
                                 help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    classes: Optional[str] = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
-    samples: Optional[int] = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
-    layer: Optional[str] = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    classes: str | None = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
+    samples: int | None = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
+    layer: str | None = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="Class names: a text/JSON file, or 'imagenet' (default: sidecar)."),
 ):
     """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
@@ -415,22 +417,22 @@ def fit(
 @app.command()
 def bench(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: Optional[list[Path]] = typer.Argument(None, metavar="[IMAGE...]",
+    images: list[Path] | None = typer.Argument(None, metavar="[IMAGE...]",
                                                   help="Images to explain (default: random inputs)."),
     methods: str = typer.Option(..., "--methods", "-m",
                                 help="Comma-separated methods to measure (see `xplain methods`)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                              help="Batch size (default 8; with images: their number, cycled to fill)."),
     repeats: int = typer.Option(5, min=1, help="Timed runs per method; the median is reported."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs before timing."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE",
                                     help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
-    preset: Optional[str] = typer.Option(None,
+    preset: str | None = typer.Option(None,
                                          help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
     seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
@@ -440,10 +442,7 @@ def bench(
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
-    from ..plugins.registry import validate_params
-
-    for name in chosen:
-        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    registry.resolve("method", chosen, params)
     images = list(images or [])
     for image in images:
         if not image.exists():
@@ -459,8 +458,7 @@ def bench(
     if images:
         from ..data.images import Preprocess, load_image
 
-        preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                             preset=preset, sidecar=model.sidecar)
+        preprocess = Preprocess.for_model(model, preset=preset)
         arrays = [torch.from_numpy(preprocess(load_image(image))[0]) for image in images]
         n = batch_size or len(arrays)
         x = torch.stack([arrays[i % len(arrays)] for i in range(n)])
@@ -544,10 +542,10 @@ def eval_command(
                                 help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes])."),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
     metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
     out_dir: Path = typer.Option(Path("xplain-eval"), "--out", "-o", help="Output folder."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Seed for stochastic methods and metrics."),
@@ -555,47 +553,47 @@ def eval_command(
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
     metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
                                            help="Metric parameter (repeatable)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
     montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table and plots."""
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
-    for n in method_names:
-        registry.method(n)
-    for n in metric_names:
-        registry.metric(n)
+    registry.resolve("method", method_names)  # fail fast on a bad name, then on bad parameters
+    registry.resolve("metric", metric_names)
     method_params = _scoped_params(param, method_names, "--param")
     metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
-    from ..plugins.registry import validate_params
-
-    for n in method_names:
-        validate_params(registry.method(n).params, method_params.get(n, {}), f"method {n!r}")
-    for n in metric_names:
-        validate_params(registry.metric(n).params, metric_params.get(n, {}), f"metric {n!r}")
+    registry.resolve("method", method_names, method_params)
+    registry.resolve("metric", metric_names, metric_params)
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
     model = _load(model_path, device, class_names)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
-    from ..run.evaluation import evaluate
     from ..data.images import Preprocess
+    from ..run.evaluation import evaluate
 
     class _Rate(ProgressColumn):
         def render(self, task):
             return Text(f"{task.speed:.2f} images/s" if task.speed else "… images/s")
 
-    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                         preset=preset, sidecar=model.sidecar)
+    preprocess = Preprocess.for_model(model, preset=preset)
     progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), _Rate(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
     task = progress.add_task("eval", total=None)

@@ -97,12 +97,14 @@ def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
     clone = copy.deepcopy(module)
     layer = clone[-1] if isinstance(clone, nn.Sequential) else clone
     layer.weight = nn.Parameter(weight, requires_grad=False)
-    layer.bias = None
+    layer.register_parameter("bias", None)
     return clone
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    return (module[-1] if isinstance(module, nn.Sequential) else module).weight
+    weight = (module[-1] if isinstance(module, nn.Sequential) else module).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 class _ZPlusFn(torch.autograd.Function):
@@ -145,8 +147,10 @@ def _is_weight_layer(module: nn.Module) -> bool:
 def _is_linear_op(module: nn.Module) -> bool:
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.gemm import OnnxGemm
-    from onnx2torch.node_converters.global_average_pool import (OnnxGlobalAveragePool,
-                                                                 OnnxGlobalAveragePoolWithKnownInputShape)
+    from onnx2torch.node_converters.global_average_pool import (
+        OnnxGlobalAveragePool,
+        OnnxGlobalAveragePoolWithKnownInputShape,
+    )
     from onnx2torch.node_converters.matmul import OnnxMatMul
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
 

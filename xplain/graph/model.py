@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Iterator
-from functools import cached_property
+import operator
+from collections.abc import Iterator, Sequence
+from functools import cached_property, partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,7 +143,7 @@ class Model:
         self.sidecar = sidecar or {}
         self._insert_ids = itertools.count()
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
-        self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
+        self.state_dir: str | Path | None = None  #: where fitted state is looked up (None: the default state dir)
 
     # ---------------------------------------------------------------- running
     @property
@@ -205,7 +207,7 @@ class Model:
         node = self.node(name)
         if node.op != "call_module":
             raise KeyError(f"{name} is not a module")
-        return self.graph.get_submodule(node.target)
+        return self.graph.get_submodule(str(node.target))
 
     @cached_property
     def _shapes(self) -> dict[str, tuple]:
@@ -229,9 +231,7 @@ class Model:
         reached: set[fx.Node] = set()
         out = []
         for node in self.graph.graph.nodes:
-            if node.op == "placeholder":
-                reached.add(node)
-            elif node.op in ("call_module", "call_function", "call_method") and any(
+            if node.op == "placeholder" or node.op in ("call_module", "call_function", "call_method") and any(
                 a in reached for a in node.all_input_nodes
             ):
                 reached.add(node)
@@ -303,6 +303,7 @@ class Model:
                 if (ca is None) == (cb is None):
                     continue  # residual add (two signals) or constant arithmetic
                 const = cb if cb is not None else ca
+                assert const is not None  # exactly one side is a constant
                 if module.math_op_function is torch.sub and cb is not None:
                     const = -const
                 found.append(BiasLayer(node.name, node.name, "add", const.detach(), None, self.shape(node.name)))
@@ -313,13 +314,12 @@ class Model:
         if not isinstance(arg, fx.Node):
             return None
         if arg.op == "get_attr":
-            value = self.graph
-            for part in arg.target.split("."):
+            value: Any = self.graph
+            for part in str(arg.target).split("."):
                 value = getattr(value, part)
             return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
         if arg.op == "call_module" and not arg.all_input_nodes:
-            module = self.graph.get_submodule(arg.target)
-            value = getattr(module, "value", None)
+            value = getattr(self.graph.get_submodule(str(arg.target)), "value", None)
             return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
         return None
 
@@ -363,7 +363,7 @@ class Model:
         saved: dict[str, nn.Module] = {}
         try:
             for name, new in replacements.items():
-                target = self.node(name).target
+                target = str(self.node(name).target)
                 if target in self._tapped:
                     raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
                                        "so the tap's hook sits on the module that runs")
@@ -386,7 +386,7 @@ class Model:
                 self.graph.add_submodule(target, module.to(self.device))
                 with graph.inserting_after(site):
                     new = graph.call_module(target, (site,))
-                site.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+                site.replace_all_uses_with(new, delete_user_cb=partial(operator.is_not, new))
                 inserted.append((site, new, target))
             self.graph.recompile()
             yield
@@ -398,6 +398,13 @@ class Model:
             if inserted:
                 self.graph.recompile()
 
+    def split_at(self, layer: str) -> GraphSplit:
+        """The graph cut after node ``layer`` into a prefix (input → that layer's output) and a
+        suffix (→ logits): two new fx graphs sharing this model's modules, so a method that
+        optimises at a layer (IBA) runs only the suffix per step. The model's own graph is not
+        changed. See :class:`GraphSplit`."""
+        return GraphSplit(self, layer)
+
     @contextlib.contextmanager
     def tap(self, names: list[str], gradients: bool = True) -> Iterator[Tap]:
         """Record the outputs (and, after backward, the gradients) at the named nodes.
@@ -406,17 +413,20 @@ class Model:
         graph's code, so entering and leaving costs nothing next to a forward pass); any other
         node by a pass-through module inserted after it. Hooks are removed on exit."""
         tap = Tap(gradients)
-        handles, targets, others = [], [], {}
+        handles: list[Any] = []
+        targets: list[str] = []
+        others: dict[str, nn.Module] = {}
         try:
             for name in names:
                 node = self.node(name)
-                if node.op == "call_module" and node.target not in self._tapped:
-                    module = self.graph.get_submodule(node.target)
+                target = str(node.target)
+                if node.op == "call_module" and target not in self._tapped:
+                    module = self.graph.get_submodule(target)
                     handles.append(module.register_forward_hook(
                         lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
                         else None))
-                    self._tapped.add(node.target)
-                    targets.append(node.target)
+                    self._tapped.add(target)
+                    targets.append(target)
                 else:
                     others[name] = _TapModule(tap, name)
             with self.insert_after(others) if others else contextlib.nullcontext():
@@ -425,6 +435,74 @@ class Model:
             for handle in handles:
                 handle.remove()
             self._tapped.difference_update(targets)
+
+
+class GraphSplit:
+    """A model cut after fx node ``layer``: ``prefix(x) -> [R, *rest]`` and
+    ``suffix(R, rest) -> logits`` (made by :meth:`Model.split_at`).
+
+    ``rest`` are the other prefix values the suffix reads (usually none; e.g. a dynamic
+    Reshape's shape). Both halves are fresh ``GraphModule``s that share the model's submodules;
+    on a graph fixed at batch 1 they run row by row."""
+
+    def __init__(self, model: Model, layer: str):
+        self.model = model
+        graph = model.graph.graph
+        target = model.node(layer)
+        nodes = list(graph.nodes)
+        cut = nodes.index(target)
+        before, after = nodes[:cut + 1], nodes[cut + 1:]
+        later = set(after)
+        boundary = [target] + [n for n in before if n is not target and n.op != "get_attr"
+                               and any(u in later for u in n.users)]
+        self.layer = target.name
+        self.fixed_batch = model.spec.fixed_batch
+
+        pre = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in before:
+            env[node] = pre.node_copy(node, lambda n: env[n])
+        pre.output(tuple(env[n] for n in boundary))
+        self._prefix = self._module(pre)
+
+        post = fx.Graph()
+        env = {n: post.placeholder(f"cut_{i}") for i, n in enumerate(boundary)}
+        for node in after:
+            for arg in node.all_input_nodes:  # constants the suffix reads are copied over
+                if arg not in env and arg.op == "get_attr":
+                    env[arg] = post.node_copy(arg, lambda n: env[n])
+            env[node] = post.node_copy(node, lambda n: env[n])
+        self._suffix = self._module(post)
+        self.extra = len(boundary) - 1
+
+    def _module(self, graph: fx.Graph) -> fx.GraphModule:
+        module = fx.GraphModule(self.model.graph, graph)
+        module.graph.eliminate_dead_code()
+        module.recompile()
+        return module
+
+    def prefix(self, x: torch.Tensor) -> list[Any]:
+        """``[R, *rest]`` for a batch (row by row on a graph fixed at batch 1)."""
+        if not self.fixed_batch or x.shape[0] == 1:
+            return list(self._prefix(x))
+        rows = [self._prefix(xi) for xi in x.split(1)]
+        return [torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
+                for i in range(len(rows[0]))]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output R for a batch."""
+        return self.prefix(x)[0]
+
+    def suffix(self, z: torch.Tensor, rest: Sequence[Any] = ()) -> torch.Tensor:
+        """Logits from the layer's (possibly modified) output ``z``."""
+        if not self.fixed_batch or z.shape[0] == 1:
+            return self._suffix(z, *rest)
+        n = z.shape[0]
+
+        def row(i: int) -> list[Any]:
+            return [v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for v in rest]
+
+        return torch.cat([self._suffix(z[i:i + 1], *row(i)) for i in range(n)])
 
 
 class Tap:
@@ -473,6 +551,7 @@ class _TapModule(nn.Module):
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm in eval mode is ``x * scale + shift``."""
+    assert bn.running_var is not None and bn.running_mean is not None  # onnx2torch BN: eval-mode stats
     var, mean = bn.running_var.detach(), bn.running_mean.detach()
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)

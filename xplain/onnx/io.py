@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ModelError
 
@@ -82,7 +83,7 @@ def _load_external(model, model_path: Path, digest) -> int:
 
     total = 0
     count = 0
-    handles: dict[Path, object] = {}
+    handles: dict[Path, BinaryIO] = {}
     try:
         for tensor in _all_tensors(model.graph):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:

@@ -8,15 +8,15 @@ strip a trailing softmax -> verify against onnxruntime (and batch 1 vs 2).
 
 from __future__ import annotations
 
-from unittest import mock
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
+from ..errors import ModelError, UnsupportedOpsError
 from . import passes
 from .converters import register_aliases, unsupported_ops
-from ..errors import ModelError, UnsupportedOpsError
 from .io import check_model, read_model
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)

@@ -59,7 +59,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
     tmp = _temp_path(target)
-    f = open(tmp, mode.replace("w", "x"), **kwargs)  # "x": never clobber another writer's temp file
+    # "x": never clobber another writer's temp file; closed by the ``with`` below
+    f = open(tmp, mode.replace("w", "x"), **kwargs)  # noqa: SIM115
     try:
         with f:
             yield f

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ModelError, PluginError, UsageError, XplainError
 from ..graph.model import Model
-from ..plugins.plugin_api import Attribution, Method
+from ..plugins.plugin_api import Attribution, ExplainRequest, Method
 from ..plugins.registry import Registry, get_registry, validate_params
 
 
@@ -55,6 +55,9 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
         raise PluginError(f"a model-loader plugin failed: {type(err).__name__}: {err}", path=path) from None
     if model is None:  # every registry holds the ONNX loader (trylast), which never passes
         raise PluginError("no model loader answered", path=path)
+    if not isinstance(model, Model):
+        raise PluginError(f"a model-loader plugin returned {type(model).__name__}, not an xplain.Model",
+                          path=path)
     sidecar = read_sidecar(path)
     model.sidecar = sidecar
     spec = labels if labels is not None else sidecar.get("labels")
@@ -84,7 +87,7 @@ def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Ten
     """Call a method under the output contract: float32 maps B×H×W, finite, same device."""
     torch.manual_seed(seed)
     try:
-        result = method.explain(model, x, targets, params, seed)
+        result = method.run(ExplainRequest(model, x, targets, params, seed))
     except XplainError:
         raise
     except torch.cuda.OutOfMemoryError:

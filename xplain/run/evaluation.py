@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import run_method
 from ..data.datasets import Sample, class_names_of, read_dataset
-from ..errors import UsageError, XplainError
-from ..output.fileio import atomic_write, save_npy
 from ..data.images import Preprocess, load_image
+from ..errors import UsageError, XplainError
 from ..graph.model import Model
-from ..plugins.plugin_api import Method
-from ..plugins.registry import Registry, get_registry, validate_params
+from ..output.fileio import atomic_write, save_npy
+from ..plugins.plugin_api import Method, MetricContext
+from ..plugins.registry import Registry, get_registry
+from .api import run_method
 
 RESULTS = "results.jsonl"
 
@@ -110,18 +111,7 @@ def _finite(v: float) -> float | None:
 
 # ----------------------------------------------------------------------------- the run
 def _resolve(items, kind: str, registry: Registry, given: dict | None) -> list[tuple[Any, dict]]:
-    out = []
-    given = given or {}
-    names = [i if isinstance(i, str) else i.name for i in items]
-    unknown = set(given) - set(names)
-    if unknown:
-        raise UsageError(f"parameters given for {kind} {', '.join(sorted(unknown))} which is not evaluated")
-    for item in items:
-        obj = (registry.method(item) if kind == "method" else registry.metric(item)) if isinstance(item, str) else item
-        out.append((obj, validate_params(obj.params, given.get(obj.name, {}), f"{kind} {obj.name!r}")))
-    if len({o.name for o, _ in out}) != len(out):
-        raise UsageError(f"a {kind} is listed twice")
-    return out
+    return registry.resolve(kind, items, given)
 
 
 def _digest(obj: Any) -> str:
@@ -147,8 +137,7 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     chosen_metrics = _resolve(metrics, "metric", registry, metric_params)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    preprocess = preprocess or Preprocess.from_options(
-        (model.spec.channels, model.spec.height, model.spec.width), sidecar=getattr(model, "sidecar", None))
+    preprocess = preprocess or Preprocess.for_model(model)
     samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +221,8 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
-    box_all, box_labels_all = [], []
+    box_all: list[torch.Tensor | None] = []
+    box_labels_all: list[torch.Tensor | None] = []
     for i in order:
         s, geo = by_index[i], loaded[i][1]
         if s.boxes is None:
@@ -268,12 +258,13 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     except XplainError as e:
         return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
     seconds = (time.perf_counter() - started) / len(rows)
-    context = {
-        "boxes": [box_all[r] for r in rows], "box_labels": [box_labels_all[r] for r in rows],
-        "method": method, "method_params": mparams, "seed": seed, "batch_size": batch_size,
-        "forward_batch": max(64, 8 * batch_size), "cache": cache,
-        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
-    }
+    context = MetricContext(
+        model=model, x=x, targets=targets, attribution=attribution,
+        boxes=[box_all[r] for r in rows], box_labels=[box_labels_all[r] for r in rows],
+        method=method, method_params=mparams, seed=seed, batch_size=batch_size,
+        forward_batch=max(64, 8 * batch_size), cache=cache,
+        explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
+    )
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
     curve_x: dict[str, list] = {}
@@ -281,7 +272,7 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     for metric, params in chosen_metrics:
         try:
             with torch.no_grad() if not metric.needs else contextlib.nullcontext():
-                res = metric.score(model, x, targets, attribution, {**context, "params": params})
+                res = metric.run(dataclasses.replace(context, params=params))
             for name, value in dict(res).items():
                 value = torch.as_tensor(value).detach().float().cpu()
                 if name.endswith("@x"):
@@ -300,7 +291,7 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         t = int(targets[j])
         record = {
             "key": key(s, method.name), "image": str(s.path), "method": method.name, "params": mparams, "seed": seed,
-            "target": t, "target_label": model.label(t) if hasattr(model, "label") else None, "label": s.label,
+            "target": t, "target_label": model.label(t), "label": s.label,
             "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
@@ -326,8 +317,8 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         curve_labels.update(metric.curves)
     values: dict[str, dict[str, list]] = {m.name: {} for m, _ in chosen_methods}
     nans: dict[str, dict[str, int]] = {m.name: {} for m, _ in chosen_methods}
-    curve_sum: dict[str, dict[str, list]] = {}
-    curve_n: dict[str, dict[str, list]] = {}
+    curve_sum: dict[str, dict[str, np.ndarray]] = {}
+    curve_n: dict[str, dict[str, np.ndarray]] = {}
     curve_xs: dict[str, list] = {}
     errors = {m.name: 0 for m, _ in chosen_methods}
     error_examples: dict[str, str] = {}
@@ -350,11 +341,11 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         for k, c in record.get("curves", {}).items():
             arr = np.array([np.nan if v is None else v for v in c], dtype=np.float64)
             s = curve_sum.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
-            n = curve_n.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
+            cnt = curve_n.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
             if s.shape == arr.shape:
                 ok = np.isfinite(arr)
                 s[ok] += arr[ok]
-                n[ok] += 1
+                cnt[ok] += 1
         for k, xs in record.get("curve_x", {}).items():
             curve_xs.setdefault(k, xs)
     metric_of = {}
@@ -386,13 +377,13 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         cands = [(v[k]["mean"], name) for name, v in table.items() if k in v and v[k]["mean"] is not None]
         if len(cands) > 1:
             best[k] = (max if direction[k] else min)(cands)[1]
-    curves = {}
-    for k, per in curve_sum.items():
+    curves: dict[str, dict[str, Any]] = {}
+    for k, sums in curve_sum.items():
         curves[k] = {"xlabel": curve_labels.get(k, ""), "methods": {}}
-        for name, s in per.items():
-            n = curve_n[k][name]
-            mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
-            curves[k]["methods"][name] = [_finite(float(v)) for v in mean]
+        for name, s in sums.items():
+            cnt = curve_n[k][name]
+            avg = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+            curves[k]["methods"][name] = [_finite(float(v)) for v in avg]
         length = len(next(iter(curves[k]["methods"].values())))
         curves[k]["x"] = curve_xs.get(k) or np.linspace(0, 1, length).tolist()
     return {"methods": {m.name: p for m, p in chosen_methods}, "metrics": {m.name: p for m, p in chosen_metrics},
@@ -438,7 +429,7 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         ax = fig.add_subplot()
         import matplotlib
 
-        colours = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: methods stay apart
+        colours = matplotlib.colormaps["tab20"].colors  # type: ignore[attr-defined] # 20 distinct colours: methods stay apart
         ax.set_prop_cycle(color=colours[0::2] + colours[1::2])
         for name, ys in curve["methods"].items():
             ys = [np.nan if v is None else v for v in ys]
@@ -453,9 +444,9 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         path = out / "plots" / f"{k}.png"
         atomic_write(path, _png(fig))
         written.append(path)
-    path = _montage(out, samples[:montage], methods, preprocess)
-    if path is not None:
-        written.append(path)
+    montage_path = _montage(out, samples[:montage], methods, preprocess)
+    if montage_path is not None:
+        written.append(montage_path)
     return written
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from .api import run_method
-from ..errors import PluginError, UsageError
-from ..output.fileio import save_npy, write_json
 from ..data.images import Preprocess, load_image, resolve_target
+from ..errors import PluginError, UsageError
 from ..graph.model import Model
+from ..output.fileio import save_npy, write_json
+from ..output.render import save_heatmap, save_overlay
 from ..plugins.plugin_api import Attribution
 from ..plugins.registry import Registry, validate_params
-from ..output.render import save_heatmap, save_overlay
+from .api import run_method
 
 
 def versions() -> dict[str, str]:
@@ -85,10 +85,10 @@ def explain_files(model: Model, images: list[Path], method_name: str, *, registr
         for row, i in enumerate(chunk):
             if isinstance(resolved, str):  # "top1", "top5", …
                 k = min(int(resolved[3:]), model.num_classes)
-                targets = probs[row].topk(k).indices.tolist()
+                picked = probs[row].topk(k).indices.tolist()
             else:
-                targets = resolved
-            items += [_Item(i, t, float(probs[row, t]), stems[i]) for t in targets]
+                picked = resolved
+            items += [_Item(i, t, float(probs[row, t]), stems[i]) for t in picked]
         for offset in range(0, len(items), batch_size):
             group = items[offset:offset + batch_size]
             rows = torch.tensor([it.index - start for it in group], device=device)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputDataError, UsageError
 from ..data.images import Preprocess, load_image
+from ..errors import InputDataError, UsageError
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
@@ -71,7 +71,13 @@ class FitConsole:
         return getattr(self.console, name)
 
     def task(self, description: str, total: float | None = None) -> _Task:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=self.console, transient=False,
@@ -145,15 +151,17 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
         warnings.warn(f"{data}: skipped {len(bad)} unusable row(s), e.g. {bad[0]}", stacklevel=2)
     paths = [s.path for s in found]
     labels_ = [-1 if s.label is None else int(s.label) for s in found]
-    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                         preset=preset, sidecar=model.sidecar, resize=resize, mean=mean, std=std)
+    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=mean, std=std)
 
     def batches(labels: bool = False) -> Iterator:  # a fresh stream for each epoch a method needs
         return iter_batches(model, paths, preprocess, batch_size, labels=labels_ if labels else None)
 
     fit_console = console if isinstance(console, FitConsole) else FitConsole(console)
+    fit = method.fit_fn()
+    if fit is None:
+        raise UsageError(f"method {method.name!r} learns nothing from data (it has no fit step)")
     try:
-        tensors, meta = method.fit(model, batches, values, fit_console)
+        tensors, meta = fit(model, batches, values, fit_console)
     except InputDataError as e:  # a method's complaint about the data names DATA
         if e.path is None:
             e.path = str(data)

@@ -56,7 +56,8 @@ def _gradcam_layer(model, requested):
     return name, shape
 
 
-def _explain_gradcam(model, x, targets, params, seed):
+def _explain_gradcam(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
     import torch.nn.functional as F
 
@@ -119,7 +120,8 @@ def _bias_parts(model, layer):
     return [(layer.layer, own), (layer.node, bias - own)]
 
 
-def _explain_fullgrad(model, x, targets, params, seed):
+def _explain_fullgrad(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
     import torch
     import torch.nn.functional as F
 
@@ -179,6 +181,7 @@ def _explain_fullgrad(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="grad-cam",
+        reference="captum.attr.LayerGradCam",
         summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
         description=(
             "One forward and one backward pass of the target logit (never the softmax), the backward "
