@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,27 @@ def _load(model_path: Path, device: str, labels: str | None = None, verify: bool
         return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry())
 
 
+def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs: Sequence[Path] = (),
+            data: Path | None = None, out_dir: Path | None = None, out_flag: str = "--out",
+            state_dir: Path | None = None):
+    """The one set-up of explain / eval / fit / bench, after their names and parameters were
+    resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs
+    exist → the model loads → the output folder is usable → fitted state is looked up in
+    ``state_dir``. Returns the model."""
+    for image in inputs:
+        if not image.exists():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            raise XplainErrorInput(image, "is a directory, not an image")
+    if data is not None and not data.exists():
+        raise XplainErrorInput(data, "no such file or folder")
+    model = _load(model_path, device, labels)
+    if out_dir is not None:
+        _check_out_dir(out_dir, out_flag)
+    model.state_dir = state_dir
+    return model
+
+
 class _null:
     def __enter__(self):
         return self
@@ -298,19 +320,9 @@ def explain(
 ):
     """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
     registry = _registry()
-    registry.method(method)  # fail fast on an unknown method, before loading the model
     params = _parse_params(param)
-    from ..plugins.registry import validate_params
-
-    validate_params(registry.method(method).params, params, f"method {method!r}")
-    for image in images:
-        if not image.exists():
-            raise XplainErrorInput(image, "no such file")
-        if image.is_dir():
-            raise XplainErrorInput(image, "is a directory, not an image")
-    model = _load(model_path, device, labels)
-    _check_out_dir(out_dir, "--out")
-    model.state_dir = state_dir
+    registry.resolve("method", [method], {method: params})  # fail fast, before loading the model
+    model = _set_up(model_path, device, labels, inputs=images, out_dir=out_dir, state_dir=state_dir)
     from ..data.images import Preprocess
     from ..run.explaining import explain_files
 
@@ -402,12 +414,12 @@ def fit(
     from ..run.fitting import FitConsole, fit_method
 
     params = _parse_params(param)
-    model = _load(model_path, device, class_names)
     from ..run.state import state_dir as resolve_state_dir
 
-    _check_out_dir(resolve_state_dir(state_dir), "--state-dir" if state_dir else
-                   "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder")
-    model.state_dir = state_dir
+    model = _set_up(model_path, device, class_names, out_dir=resolve_state_dir(state_dir),
+                    out_flag="--state-dir" if state_dir else
+                    "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder",
+                    state_dir=state_dir)
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
                       samples=samples, layer=layer, labels=labels, console=FitConsole(err))
@@ -444,24 +456,19 @@ def bench(
     params = _scoped_params(param, chosen, "--param")
     registry.resolve("method", chosen, params)
     images = list(images or [])
-    for image in images:
-        if not image.exists():
-            raise XplainErrorInput(image, "no such file")
-        if image.is_dir():
-            raise XplainErrorInput(image, "is a directory, not an image")
-    model = _load(model_path, device)
-    model.state_dir = state_dir
+    model = _set_up(model_path, device, inputs=images, state_dir=state_dir)
     import torch
 
     from ..run.bench import bench as run_bench
 
     if images:
-        from ..data.images import Preprocess, load_image
+        from ..data.images import Preprocess
+        from ..run.batching import load_batch
 
-        preprocess = Preprocess.for_model(model, preset=preset)
-        arrays = [torch.from_numpy(preprocess(load_image(image))[0]) for image in images]
-        n = batch_size or len(arrays)
-        x = torch.stack([arrays[i % len(arrays)] for i in range(n)])
+        loaded = load_batch(images, Preprocess.for_model(model, preset=preset), model.device).x
+        assert loaded is not None  # every image loaded (or load_batch raised)
+        n = batch_size or len(loaded)
+        x = loaded[torch.arange(n, device=loaded.device) % len(loaded)]
     else:
         x = model.example_input(batch_size or 8, seed=seed)
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
@@ -571,11 +578,7 @@ def eval_command(
     metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
     registry.resolve("method", method_names, method_params)
     registry.resolve("metric", metric_names, metric_params)
-    if not data.exists():
-        raise XplainErrorInput(data, "no such file or folder")
-    model = _load(model_path, device, class_names)
-    _check_out_dir(out_dir, "--out")
-    model.state_dir = state_dir
+    model = _set_up(model_path, device, class_names, data=data, out_dir=out_dir, state_dir=state_dir)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

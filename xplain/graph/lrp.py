@@ -24,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from .kinds import BATCHNORM, is_weight_layer, unwrap
 from .model import Model
 from .rules import Chooser, _activation_of
 
@@ -95,14 +96,14 @@ class PassRule(nn.Module):
 def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A copy of a conv/linear (or Sequential(pad, conv)) with another weight and no bias."""
     clone = copy.deepcopy(module)
-    layer = clone[-1] if isinstance(clone, nn.Sequential) else clone
+    layer = unwrap(clone)
     layer.weight = nn.Parameter(weight, requires_grad=False)
     layer.register_parameter("bias", None)
     return clone
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    weight = (module[-1] if isinstance(module, nn.Sequential) else module).weight
+    weight = unwrap(module).weight
     assert isinstance(weight, torch.Tensor)
     return weight
 
@@ -139,11 +140,6 @@ class ZPlusRule(nn.Module):
         return _ZPlusFn.apply(x, self)
 
 
-def _is_weight_layer(module: nn.Module) -> bool:
-    layer = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
-    return isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-
-
 def _is_linear_op(module: nn.Module) -> bool:
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.gemm import OnnxGemm
@@ -154,9 +150,9 @@ def _is_linear_op(module: nn.Module) -> bool:
     from onnx2torch.node_converters.matmul import OnnxMatMul
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
 
-    if _is_weight_layer(module):
+    if is_weight_layer(module):
         return True
-    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    if isinstance(module, (BATCHNORM, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                            nn.AdaptiveAvgPool2d, OnnxGemm, OnnxMatMul, OnnxGlobalAveragePool,
                            OnnxGlobalAveragePoolWithKnownInputShape, OnnxReduceSumStaticAxes)):
         return True
@@ -170,7 +166,7 @@ def _is_linear_op(module: nn.Module) -> bool:
 def first_weight_layer(model: Model) -> str | None:
     """The first conv/linear node the input reaches (the zᴮ-rule's layer)."""
     for node in model.graph.graph.nodes:
-        if node.op == "call_module" and _is_weight_layer(model.graph.get_submodule(node.target)):
+        if node.op == "call_module" and is_weight_layer(model.graph.get_submodule(node.target)):
             return node.name
     return None
 
@@ -184,7 +180,7 @@ def lrp_rules(mode: str = EPSILON, eps: float = 1e-6, skip: tuple[str, ...] = ()
         act = _activation_of(model, name)
         if act is not None:
             return PassRule(module) if act.rectifier else None
-        if mode == ZPLUS and _is_weight_layer(module):
+        if mode == ZPLUS and is_weight_layer(module):
             return ZPlusRule(module, eps)
         if _is_linear_op(module):
             return EpsilonRule(module, eps)

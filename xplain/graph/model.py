@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .kinds import BATCHNORM, weight_layer
+
 #: activation kinds that rectify (piecewise-linear with a zero/clamped region)
 RECTIFIERS = frozenset({"relu", "relu6", "hardtanh", "clip", "leaky_relu", "prelu"})
 
@@ -270,15 +272,15 @@ class Model:
             if node.op != "call_module" or node not in flowing:
                 continue
             module = self.graph.get_submodule(node.target)
-            weight = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
-            if isinstance(weight, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+            weight = weight_layer(module)
+            if weight is not None:
                 kind = "linear" if isinstance(weight, nn.Linear) else "conv"
-                bias = weight.bias.detach() if weight.bias is not None else None
+                bias = weight.bias.detach() if isinstance(weight.bias, torch.Tensor) else None
                 out_node = node
                 users = list(node.users)
                 if len(users) == 1 and users[0].op == "call_module":
                     bn = self.graph.get_submodule(users[0].target)
-                    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(bn, BATCHNORM):
                         scale, shift = _bn_affine(bn)
                         base = bias if bias is not None else torch.zeros_like(shift)
                         bias = base * scale + shift
@@ -288,7 +290,7 @@ class Model:
                     continue
                 found.append(BiasLayer(out_node.name, node.name, kind, _per_channel(bias, kind, self.shape(out_node.name)),
                                        weight, self.shape(out_node.name)))
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm) and node.name not in consumed_bn:
+            elif isinstance(module, BATCHNORM) and node.name not in consumed_bn:
                 scale, shift = _bn_affine(module)
                 found.append(BiasLayer(node.name, node.name, "batchnorm", _per_channel(shift, "conv", self.shape(node.name)),
                                        None, self.shape(node.name)))

@@ -42,9 +42,10 @@ from ..data.images import Preprocess, load_image
 from ..errors import UsageError, XplainError
 from ..graph.model import Model
 from ..output.fileio import atomic_write, save_npy
-from ..plugins.plugin_api import Method, MetricContext
+from ..plugins.plugin_api import Attribution, Method, MetricContext
 from ..plugins.registry import Registry, get_registry
 from .api import run_method
+from .batching import load_batch
 
 RESULTS = "results.jsonl"
 
@@ -185,31 +186,26 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
     if not any(pending.values()):
         return
     errors: list[dict] = []
-    loaded: dict[int, tuple[np.ndarray, Any]] = {}
-    for i, s in batch:
-        if not any(key(s, m) not in done for m in pending):
-            continue
-        message = s.error
-        if message is None:
-            try:
-                arr, geo = preprocess(load_image(s.path))
-                loaded[i] = (arr, geo)
-            except XplainError as e:
-                message = str(e)
-            except Exception as e:  # noqa: BLE001 - one broken image must not end the run
-                message = f"{s.path}: cannot load: {type(e).__name__}: {e}"
-        if message is not None:
+    wanted = [(i, s) for i, s in batch if any(key(s, m) not in done for m in pending)]
+    usable = [(i, s) for i, s in wanted if s.error is None]
+    # one broken image must not end the run: it becomes an error record
+    images = load_batch([s.path for _, s in usable], preprocess, model.device, keep_going=True)
+    failed = {i: s.error for i, s in wanted if s.error is not None}
+    failed.update({usable[j][0]: message for j, message in images.errors.items()})
+    for i, s in wanted:
+        if i in failed:
             for m, p in chosen_methods:
                 k = key(s, m.name)
                 if k not in done:
-                    errors.append(_error_record(k, s, m.name, p, seed, message))
+                    errors.append(_error_record(k, s, m.name, p, seed, str(failed[i])))
                     done.add(k)
     _append(results, errors)
-    if not loaded:
+    if images.x is None:
         return
-    order = sorted(loaded)
+    order = [usable[j][0] for j in images.indices]
+    geometry = {usable[j][0]: g for j, g in zip(images.indices, images.geometries)}
     by_index = dict(batch)
-    x_all = torch.from_numpy(np.stack([loaded[i][0] for i in order])).to(model.device, torch.float32)
+    x_all = images.x
     with torch.no_grad():
         logits = model(x_all).float()
     probs = torch.softmax(logits, dim=1)
@@ -224,7 +220,7 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
     box_all: list[torch.Tensor | None] = []
     box_labels_all: list[torch.Tensor | None] = []
     for i in order:
-        s, geo = by_index[i], loaded[i][1]
+        s, geo = by_index[i], geometry[i]
         if s.boxes is None:
             box_all.append(None)
             box_labels_all.append(None)
@@ -232,7 +228,14 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
         box_all.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes],
                                     dtype=torch.float32).reshape(-1, 4))
         box_labels_all.append(torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long))
-    cache: dict = {}  # method-independent work shared by every method on this batch
+    shared = _Batch(
+        # the whole batch as metrics will see it; each method's rows are a replace() of it. The
+        # cache holds method-independent work shared by every method on this batch.
+        context=MetricContext(model=model, x=x_all, targets=t_all, attribution=Attribution(maps=None),
+                              boxes=box_all, box_labels=box_labels_all, seed=seed, batch_size=batch_size,
+                              forward_batch=max(64, 8 * batch_size), cache={}),
+        samples=[by_index[i] for i in order], indices=order, probs=probs, preds=preds)
+    run = _Run(key, out, montage)
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if key(by_index[i], method.name) not in done]
         lines = []
@@ -241,28 +244,53 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             lines.append(_error_record(key(s, method.name), s, method.name, mparams, seed, bad[order[row]]))
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            lines += _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs,
-                                   preds, box_all, box_labels_all, key, seed, batch_size, cache, out, montage)
+            lines += _score_method(shared, run, method, mparams, chosen_metrics, rows)
         _append(results, lines)
         done.update(r["key"] for r in lines)
 
 
-def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, key, seed, batch_size, cache, out, montage) -> list[dict]:
-    sel = torch.tensor(rows, device=x_all.device)
-    x, targets = x_all[sel], t_all[sel]
-    samples = [by_index[order[r]] for r in rows]
+@dataclasses.dataclass
+class _Batch:
+    """One loaded batch, shared by every method scored on it: the metric context of all its
+    rows, and per row the sample, its index in the data set and the model's prediction."""
+
+    context: MetricContext
+    samples: list[Sample]
+    indices: list[int]
+    probs: torch.Tensor
+    preds: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every record of the run needs: the resume key, the output folder, the montage size."""
+
+    key: Callable[[Sample, str], str]
+    out: Path
+    montage: int
+
+
+def _score_method(batch: _Batch, run: _Run, method: Method, mparams: dict, chosen_metrics: list,
+                  rows: list[int]) -> list[dict]:
+    """Explain ``rows`` of ``batch`` with ``method``, score them with every metric, and return
+    one record per row (an error record per row when the method fails)."""
+    base = batch.context
+    model, seed, key = base.model, base.seed, run.key
+    sel = torch.tensor(rows, device=base.x.device)
+    x, targets = base.x[sel], base.targets[sel]
+    samples = [batch.samples[r] for r in rows]
+    boxes = base.boxes or [None] * len(batch.samples)
+    box_labels = base.box_labels or [None] * len(batch.samples)
     started = time.perf_counter()
     try:
         attribution = run_method(model, method, x, targets, mparams, seed)
     except XplainError as e:
         return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
     seconds = (time.perf_counter() - started) / len(rows)
-    context = MetricContext(
-        model=model, x=x, targets=targets, attribution=attribution,
-        boxes=[box_all[r] for r in rows], box_labels=[box_labels_all[r] for r in rows],
-        method=method, method_params=mparams, seed=seed, batch_size=batch_size,
-        forward_batch=max(64, 8 * batch_size), cache=cache,
+    context = dataclasses.replace(
+        base, x=x, targets=targets, attribution=attribution,
+        boxes=[boxes[r] for r in rows], box_labels=[box_labels[r] for r in rows],
+        method=method, method_params=mparams,
         explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
     )
     scores: dict[str, torch.Tensor] = {}
@@ -287,12 +315,12 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     maps = attribution.maps.detach().float().cpu()
     lines = []
     for j, (r, s) in enumerate(zip(rows, samples)):
-        index = order[r]
+        index = batch.indices[r]
         t = int(targets[j])
         record = {
             "key": key(s, method.name), "image": str(s.path), "method": method.name, "params": mparams, "seed": seed,
             "target": t, "target_label": model.label(t), "label": s.label,
-            "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
+            "prediction": int(batch.preds[r]), "probability": float(batch.probs[r, t]), "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
         }
@@ -301,8 +329,8 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         if metric_errors:
             record["metric_errors"] = metric_errors
         lines.append(record)
-        if index < montage:
-            save_npy(out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
+        if index < run.montage:
+            save_npy(run.out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
     return lines
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import Preprocess, load_image, resolve_target
+from ..data.images import Preprocess, resolve_target
 from ..errors import PluginError, UsageError
 from ..graph.model import Model
 from ..output.fileio import save_npy, write_json
@@ -17,6 +17,7 @@ from ..output.render import save_heatmap, save_overlay
 from ..plugins.plugin_api import Attribution
 from ..plugins.registry import Registry, validate_params
 from .api import run_method
+from .batching import load_batch
 
 
 def versions() -> dict[str, str]:
@@ -71,14 +72,9 @@ def explain_files(model: Model, images: list[Path], method_name: str, *, registr
     }
     for start in range(0, len(images), batch_size):
         chunk = list(range(start, min(start + batch_size, len(images))))
-        originals, geometries, arrays = [], [], []
-        for i in chunk:
-            image = load_image(images[i])
-            array, geometry = preprocess(image)
-            originals.append(image)
-            geometries.append(geometry)
-            arrays.append(torch.from_numpy(array))
-        x = torch.stack(arrays).to(device)
+        batch = load_batch(images[start:start + batch_size], preprocess, device, start=start)
+        originals, geometries, x = batch.images, batch.geometries, batch.x
+        assert x is not None  # without keep_going every image loaded or raised
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)
         items: list[_Item] = []

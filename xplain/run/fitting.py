@@ -23,24 +23,24 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import Preprocess, load_image
+from ..data.images import Preprocess
 from ..errors import InputDataError, UsageError
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
+from .batching import iter_batches as load_batches
 from .state import save_state
 
 
 def iter_batches(model: Model, paths: list[Path], preprocess: Preprocess, batch_size: int,
                  labels: list[int] | None = None) -> Iterator:
     """Preprocessed batches of ``paths``; ``(x, labels)`` pairs when ``labels`` is given."""
-    for start in range(0, len(paths), batch_size):
-        arrays = [torch.from_numpy(preprocess(load_image(p))[0]) for p in paths[start:start + batch_size]]
-        x = torch.stack(arrays).to(model.device)
+    for batch in load_batches(paths, preprocess, batch_size, model.device):
+        start = batch.start
         if labels is None:
-            yield x
+            yield batch.x
         else:
-            yield x, torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=model.device)
+            yield batch.x, torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=model.device)
 
 
 class _Task:
