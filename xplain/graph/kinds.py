@@ -3,11 +3,12 @@
 onnx2torch converts a convolution with asymmetric padding into ``Sequential(OnnxPadStatic,
 Conv)``; everything that asks "is this a weight layer, and which module holds the weight?" goes
 through :func:`weight_layer` so the answer never differs between the bias inventory
-(:meth:`Model.bias_layers`), LRP and TR-GBP.
+(:meth:`Model.bias_layers`) and LRP.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 #: Layers with a weight (and optional bias) that act linearly on their input.
@@ -32,3 +33,13 @@ def weight_layer(module: nn.Module) -> nn.Module | None:
 
 def is_weight_layer(module: nn.Module) -> bool:
     return weight_layer(module) is not None
+
+
+def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval mode is ``x * scale + shift``: (scale, shift), per channel."""
+    assert bn.running_var is not None and bn.running_mean is not None  # onnx2torch BN: eval-mode stats
+    var, mean = bn.running_var.detach(), bn.running_mean.detach()
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale

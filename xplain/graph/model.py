@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from .kinds import BATCHNORM, weight_layer
+from .kinds import batchnorm_affine as _bn_affine
 
 #: activation kinds that rectify (piecewise-linear with a zero/clamped region)
 RECTIFIERS = frozenset({"relu", "relu6", "hardtanh", "clip", "leaky_relu", "prelu"})
@@ -400,6 +401,16 @@ class Model:
             if inserted:
                 self.graph.recompile()
 
+    def batchnorm_affine(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The BatchNorm at node ``name`` as its eval-mode affine map ``x * scale + shift``
+        (per-channel tensors), or None when the node is not a BatchNorm. The one place BN is
+        canonicalised: the bias inventory folds with it, methods that split a folded bias use it."""
+        node = self.node(name)
+        if node.op != "call_module":
+            return None
+        module = self.graph.get_submodule(str(node.target))
+        return _bn_affine(module) if isinstance(module, BATCHNORM) else None
+
     def split_at(self, layer: str) -> GraphSplit:
         """The graph cut after node ``layer`` into a prefix (input → that layer's output) and a
         suffix (→ logits): two new fx graphs sharing this model's modules, so a method that
@@ -549,16 +560,6 @@ class _TapModule(nn.Module):
         if isinstance(x, torch.Tensor):
             self._tap.record(self._name, x)
         return x
-
-
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm in eval mode is ``x * scale + shift``."""
-    assert bn.running_var is not None and bn.running_mean is not None  # onnx2torch BN: eval-mode stats
-    var, mean = bn.running_var.detach(), bn.running_mean.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    return scale, beta - mean * scale
 
 
 def _per_channel(bias: torch.Tensor, kind: str, shape: tuple) -> torch.Tensor:

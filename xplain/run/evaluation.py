@@ -167,7 +167,7 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
             progress(handled, len(samples))
 
     summary = summarise(results, wanted, chosen_methods, chosen_metrics)
-    summary.update({"model": str(getattr(model.report, "path", "")), "digest": model.digest, "data": str(data),
+    summary.update({"model": str(model.report.path), "digest": model.digest, "data": str(data),
                     "images": len(samples), "seed": int(seed), "out": str(out)})
     write_summary(out, summary)
     if plots:

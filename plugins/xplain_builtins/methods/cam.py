@@ -104,18 +104,15 @@ def _bias_parts(model, layer):
     the BN separately, so it has two maps there; splitting the folded bias b = s·b_conv + shift
     into s·b_conv (= the conv's own term, since d/d conv-out = s · d/d BN-out) and shift
     reproduces both exactly. The sum, and so completeness, is unchanged."""
-    import torch
 
     bias = layer.bias
     conv_bias = getattr(layer.module, "bias", None) if layer.kind == "conv" else None
     if conv_bias is None or layer.node == layer.layer:
         return [(layer.node, bias)]
-    bn = model.module(layer.node)
-    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+    affine = model.batchnorm_affine(layer.node)  # the core's one BatchNorm canonicalisation
+    if affine is None:
         return [(layer.node, bias)]
-    var = bn.running_var.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    scale = (gamma / torch.sqrt(var + bn.eps)).reshape(bias.shape)
+    scale = affine[0].reshape(bias.shape)
     own = conv_bias.detach().reshape(bias.shape) * scale
     return [(layer.layer, own), (layer.node, bias - own)]
 
