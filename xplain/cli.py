@@ -588,11 +588,14 @@ def eval_command(
     class_names: Optional[str] = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
     montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
+    report_images: int = typer.Option(8, "--report-images", min=0,
+                                      help="Images shown one by one, with every method's map, in DIR/report.html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
 ):
-    """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table and plots."""
+    """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
+    report.html."""
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
@@ -632,7 +635,7 @@ def eval_command(
         summary = evaluate(model, data, methods=method_names, metrics=metric_names, out_dir=out_dir, labels=labels,
                            boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
                            preprocess=preprocess, method_params=method_params, metric_params=metric_params,
-                           registry=registry, montage=montage, plots=plots,
+                           registry=registry, montage=montage, plots=plots, report_images=report_images,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -645,7 +648,7 @@ def eval_command(
     for name, n in failed.items():
         out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
                   highlight=False)
-    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv"
+    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
               + (", plots/" if plots else ""), highlight=False)
     _fail_if_nothing_evaluated(summary, data)
 
