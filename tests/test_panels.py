@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 import xplain
-from xplain.cli import main
-from xplain.explaining import _unique_stems, expand_images
-from xplain.images import Geometry
-from xplain.panel import DPI, PanelRow, panel_figure
+from xplain.cli.app import main
+from xplain.run.explaining import _unique_stems, expand_images
+from xplain.data.images import Geometry
+from xplain.output.panel import DPI, PanelRow, panel_figure
 
 
 def _grid(fig):
@@ -54,11 +54,11 @@ def _run(argv, capsys):
 
 def test_several_methods_write_each_methods_files_and_one_panel(tiny_cnn_path, rgb_image, tmp_path, capsys,
                                                                 monkeypatch):
-    import xplain.api
+    import xplain.run.api
 
     loads = []
-    real = xplain.api.load_model
-    monkeypatch.setattr(xplain.api, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    real = xplain.run.api.load_model
+    monkeypatch.setattr(xplain.run.api, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
     out = tmp_path / "out"
     records = _run(["explain", str(tiny_cnn_path), str(rgb_image), "--method", "saliency,gradient",
                     "-m", "random", "--target", "top5", "--out", str(out), "--device", "cpu", "--json",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from xplain.cli import main
+from xplain.cli.app import main
 from xplain.errors import InputDataError
-from xplain.report import CSP, write_report
+from xplain.output.report import CSP, write_report
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MODEL = str(SAMPLES / "shapes_cnn.onnx")
