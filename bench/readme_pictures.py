@@ -26,9 +26,15 @@ IMG = REPO / "docs" / "img"
 XPLAIN = [sys.executable, "-m", "xplain"]
 
 
-def run(args: list[str]) -> None:
-    print("+ xplain", " ".join(str(a) for a in args), flush=True)
-    subprocess.run([*XPLAIN, *map(str, args)], check=True)
+def _rel(a) -> str:
+    """Paths relative to the repository, so no machine's folders show in the pictures."""
+    return str(a.relative_to(REPO)) if isinstance(a, Path) and a.is_relative_to(REPO) else str(a)
+
+
+def run(args: list) -> None:
+    args = [_rel(a) for a in args]
+    print("+ xplain", " ".join(args), flush=True)
+    subprocess.run([*XPLAIN, *args], check=True, cwd=REPO)
 
 
 def export_model() -> Path:
@@ -110,12 +116,12 @@ def report() -> None:
     chromium = next(p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p)
     shot = CACHE / "report-full.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={CACHE / 'chromium'}", "--window-size=1100,1500",
+                    f"--user-data-dir={CACHE / 'chromium'}", "--window-size=1100,2600",
                     f"--screenshot={shot}", (out / "report.html").as_uri()], check=True, capture_output=True)
     from PIL import Image
 
     img = Image.open(shot).convert("RGB")
-    img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.LANCZOS)
+    img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS)
     IMG.mkdir(parents=True, exist_ok=True)
     img.quantize(colors=128).save(IMG / "report.png", optimize=True)
 

@@ -46,7 +46,7 @@ text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:lef
 .se{color:#888;font-size:.85em}.scroll{overflow-x:auto}
 figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;text-align:center}
 .cell img{width:160px;height:auto;image-rendering:pixelated}.cell figcaption{max-width:160px}
-.curves img{max-width:600px}.montage img{max-width:100%}.error{color:#b00}
+.curves img{width:440px;max-width:100%}.montage img{max-width:100%}.error{color:#b00}
 .scores{font-size:.75em;color:#444;text-align:left;white-space:normal}
 """
 
