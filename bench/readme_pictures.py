@@ -47,8 +47,9 @@ def export_model() -> Path:
     from efficientnet_lite_pytorch import EfficientNet
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    base = EfficientNet.from_pretrained("efficientnet-lite0",
-                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    base = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
 
     class Lite0(torch.nn.Module):
         """The package's forward with ``flatten`` instead of ``view(batch, -1)``: the classic
@@ -66,11 +67,22 @@ def export_model() -> Path:
     net = Lite0().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    sidecar = {"preset": "imagenet", "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502],
-               "labels": "imagenet"}
+        torch.onnx.export(
+            net,
+            (torch.randn(1, 3, 224, 224),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    sidecar = {
+        "preset": "imagenet",
+        "mean": [0.498, 0.498, 0.498],
+        "std": [0.502, 0.502, 0.502],
+        "labels": "imagenet",
+    }
     path.with_name(path.name + ".json").write_text(json.dumps(sidecar))
     return path
 
@@ -87,8 +99,15 @@ def photos() -> Path:
     fit = CACHE / "fit"
     fit.mkdir(exist_ok=True)
     w, h = cat.size
-    for i, box in enumerate([(0, 0, w, h), (0, 0, int(w * .85), h), (int(w * .15), 0, w, h),
-                             (0, 0, w, int(h * .85)), (0, int(h * .15), w, h)]):
+    for i, box in enumerate(
+        [
+            (0, 0, w, h),
+            (0, 0, int(w * 0.85), h),
+            (int(w * 0.15), 0, w, h),
+            (0, 0, w, int(h * 0.85)),
+            (0, int(h * 0.15), w, h),
+        ]
+    ):
         crop = cat.crop(box)
         crop.save(fit / f"crop{i}.png")
         ImageOps.mirror(crop).save(fit / f"crop{i}-flip.png")
@@ -101,8 +120,25 @@ def panel() -> None:
     state = CACHE / "state"
     run(["fit", "mip-in", model, CACHE / "fit", "--state-dir", state, "--device", "cpu"])
     out = CACHE / "panel"
-    run(["explain", model, photo, "--method", "tr-gbp,input-iba,mip-in,saliency", "--target", "top1",
-         "-p", "input-iba.gan_epochs=2", "--state-dir", state, "--out", out, "--device", "cpu"])
+    run(
+        [
+            "explain",
+            model,
+            photo,
+            "--method",
+            "tr-gbp,input-iba,mip-in,saliency",
+            "--target",
+            "top1",
+            "-p",
+            "input-iba.gan_epochs=2",
+            "--state-dir",
+            state,
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        ]
+    )
     IMG.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "chelsea.panel.png", IMG / "panel-research-methods.png")
 
@@ -110,14 +146,46 @@ def panel() -> None:
 def report() -> None:
     out = CACHE / "eval"
     samples = REPO / "sample_models"
-    run(["eval", samples / "shapes_cnn.onnx", samples / "shapes_eval" / "manifest.csv", "--methods",
-         "grad-cam,tr-gbp,lrp-zplus,saliency,random", "--metrics", "ebpg,bbox-accuracy,insertion,deletion",
-         "--limit", "16", "--report-images", "4", "--montage", "3", "--out", out, "--device", "cpu"])
-    chromium = next(p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p)
+    run(
+        [
+            "eval",
+            samples / "shapes_cnn.onnx",
+            samples / "shapes_eval" / "manifest.csv",
+            "--methods",
+            "grad-cam,tr-gbp,lrp-zplus,saliency,random",
+            "--metrics",
+            "ebpg,bbox-accuracy,insertion,deletion",
+            "--limit",
+            "16",
+            "--report-images",
+            "4",
+            "--montage",
+            "3",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        ]
+    )
+    chromium = next(
+        p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p
+    )
     shot = CACHE / "report-full.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={CACHE / 'chromium'}", "--window-size=1100,2600",
-                    f"--screenshot={shot}", (out / "report.html").as_uri()], check=True, capture_output=True)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={CACHE / 'chromium'}",
+            "--window-size=1100,2600",
+            f"--screenshot={shot}",
+            (out / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+    )
     from PIL import Image
 
     img = Image.open(shot).convert("RGB")

@@ -1,4 +1,4 @@
-"""``DIR/report.html``: self-contained, escaped, built from DIR alone, and it renders in Chromium."""
+"""``DIR/report.html``: self-contained, escaped, built from DIR alone; it renders in Chromium."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ from xplain.output.report import CSP, write_report
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MODEL = str(SAMPLES / "shapes_cnn.onnx")
-HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", 'a&b "q"', "</td><script>alert(3)</script>"]
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(2)>",
+    'a&b "q"',
+    "</td><script>alert(3)</script>",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +33,43 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     data = root / "data"
     data.mkdir()
-    for src, name in (("shapes_000.png", "<img src=y onerror=alert(4)>.png"), ("shapes_001.png", "b&c.png"),
-                      ("shapes_002.png", "plain.png")):
+    for src, name in (
+        ("shapes_000.png", "<img src=y onerror=alert(4)>.png"),
+        ("shapes_001.png", "b&c.png"),
+        ("shapes_002.png", "plain.png"),
+    ):
         shutil.copy(SAMPLES / "shapes_eval" / "images" / src, data / name)
     classes = root / "classes.txt"
     classes.write_text("\n".join(HOSTILE) + "\n")
     out = root / "run"
-    assert main(["eval", MODEL, str(data), "--methods", "saliency,random", "--metrics", "deletion",
-                 "--metric-param", "deletion.step=512", "--class-names", str(classes), "--out", str(out),
-                 "--device", "cpu", "--batch-size", "3", "--montage", "2", "--report-images", "3"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                MODEL,
+                str(data),
+                "--methods",
+                "saliency,random",
+                "--metrics",
+                "deletion",
+                "--metric-param",
+                "deletion.step=512",
+                "--class-names",
+                str(classes),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "3",
+                "--montage",
+                "2",
+                "--report-images",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -78,11 +111,16 @@ def test_report_is_escaped_embedded_and_built_from_dir_alone(run_dir, tmp_path):
 
 _CHECK = """
 window.__errors = [];
-window.addEventListener('error', function (e) { window.__errors.push('error: ' + (e.message || e.target.tagName)); }, true);
-document.addEventListener('securitypolicyviolation', function (e) { window.__errors.push('csp: ' + e.blockedURI); });
+window.addEventListener('error', function (e) {
+  window.__errors.push('error: ' + (e.message || e.target.tagName));
+}, true);
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__errors.push('csp: ' + e.blockedURI);
+});
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
-  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; });
+  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                .map(function (i) { return i.alt; });
   var pre = document.createElement('pre');
   pre.id = 'xplain-check';
   pre.textContent = JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors});
@@ -92,7 +130,9 @@ window.addEventListener('load', function () {
 
 
 def _chromium() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    return next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium binary (apt-get install chromium)")
@@ -105,8 +145,18 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     page = page.replace("<head>", f"<head><script>{_CHECK}</script>", 1)
     check = run_dir / "check.html"
     check.write_text(page, encoding="utf-8")
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", check.as_uri()]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        check.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     found = re.search(r'<pre id="xplain-check">(.*?)</pre>', dom, re.S)
     assert found, dom[-2000:]

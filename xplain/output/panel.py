@@ -15,8 +15,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from .fileio import atomic_write
 from ..data.images import Geometry
+from .fileio import atomic_write
 from .render import DEFAULT_PERCENTILE, OVERLAY_ALPHA, bounded_size, overlay_image
 
 __all__ = ["PanelRow", "panel_figure", "save_panel", "plain_text"]
@@ -52,9 +52,17 @@ def _cell_inches(n_cols: int, aspect: float) -> tuple[float, float]:
     return (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
 
 
-def panel_figure(image: Image.Image, geometry: Geometry, rows: list[PanelRow], methods: list[str], *,
-                 title: str | None = None, percentile: float = DEFAULT_PERCENTILE, grey: bool = False,
-                 alpha: float = OVERLAY_ALPHA):
+def panel_figure(
+    image: Image.Image,
+    geometry: Geometry,
+    rows: list[PanelRow],
+    methods: list[str],
+    *,
+    title: str | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    grey: bool = False,
+    alpha: float = OVERLAY_ALPHA,
+):
     """A ``Figure`` with ``len(rows)`` rows and ``1 + len(methods)`` columns of axes.
 
     Column 0 shows the photo, titled with the row's class label and probability; column ``j``
@@ -73,7 +81,9 @@ def panel_figure(image: Image.Image, geometry: Geometry, rows: list[PanelRow], m
     if title:
         fig.suptitle(plain_text(title), fontsize=9, y=1 - 0.1 / fig_h, va="top")
     side = max(64, round(max(cell_w, cell_h) * DPI * 1.5))
-    thumb = image.convert("RGB").resize(bounded_size(image.size, side), Image.BILINEAR, reducing_gap=3.0)
+    thumb = image.convert("RGB").resize(
+        bounded_size(image.size, side), Image.BILINEAR, reducing_gap=3.0
+    )
     for r, row in enumerate(rows):
         y0 = fig_h - top - (r + 1) * (cell_h + title_h + pad) + pad
         for c in range(n_cols):
@@ -89,14 +99,31 @@ def panel_figure(image: Image.Image, geometry: Geometry, rows: list[PanelRow], m
             if m is None:
                 ax.set_title(plain_text(f"{method}\n(no map)"), fontsize=7)
                 continue
-            ax.imshow(np.asarray(overlay_image(image, m, geometry, alpha=alpha, percentile=percentile,
-                                               grey=grey, max_side=side)))
+            ax.imshow(
+                np.asarray(
+                    overlay_image(
+                        image,
+                        m,
+                        geometry,
+                        alpha=alpha,
+                        percentile=percentile,
+                        grey=grey,
+                        max_side=side,
+                    )
+                )
+            )
             ax.set_title(plain_text(method), fontsize=8)
     return fig
 
 
-def save_panel(path: str | os.PathLike[str], image: Image.Image, geometry: Geometry, rows: list[PanelRow],
-               methods: list[str], **kwargs) -> None:
+def save_panel(
+    path: str | os.PathLike[str],
+    image: Image.Image,
+    geometry: Geometry,
+    rows: list[PanelRow],
+    methods: list[str],
+    **kwargs,
+) -> None:
     """Write :func:`panel_figure` as a PNG, atomically."""
     from .render import figure_png
 

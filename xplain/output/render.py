@@ -29,14 +29,29 @@ import os
 import numpy as np
 from PIL import Image
 
+from ..data.images import Geometry
 from ..errors import UsageError
 from .fileio import atomic_write
-from ..data.images import Geometry
 
-__all__ = ["SIGNED_CMAP", "UNSIGNED_CMAP", "DEFAULT_PERCENTILE", "OVERLAY_ALPHA", "OVERLAY_MAX_SIDE",
-           "is_signed", "display_scale", "colorize", "heatmap_image", "heatmap_figure", "overlay_image",
-           "save_heatmap", "save_overlay", "png_bytes", "bounded_size",
-           "figure_png", "RenderOptions"]
+__all__ = [
+    "SIGNED_CMAP",
+    "UNSIGNED_CMAP",
+    "DEFAULT_PERCENTILE",
+    "OVERLAY_ALPHA",
+    "OVERLAY_MAX_SIDE",
+    "is_signed",
+    "display_scale",
+    "colorize",
+    "heatmap_image",
+    "heatmap_figure",
+    "overlay_image",
+    "save_heatmap",
+    "save_overlay",
+    "png_bytes",
+    "bounded_size",
+    "figure_png",
+    "RenderOptions",
+]
 
 SIGNED_CMAP = "RdBu_r"  #: diverging; negative blue, zero near-white, positive red
 UNSIGNED_CMAP = "inferno"  #: sequential; zero black, maximum pale yellow
@@ -89,14 +104,17 @@ def _check_percentile(percentile: float) -> float:
     try:
         p = float(percentile)
     except (TypeError, ValueError):
-        raise UsageError(f"display percentile must be a number in (0, 100], got {percentile!r}") from None
+        raise UsageError(
+            f"display percentile must be a number in (0, 100], got {percentile!r}"
+        ) from None
     if not (0.0 < p <= 100.0):
         raise UsageError(f"display percentile must be in (0, 100], got {percentile}")
     return p
 
 
-def display_scale(map_hw: np.ndarray, signed: bool | None = None,
-                  percentile: float = DEFAULT_PERCENTILE) -> float:
+def display_scale(
+    map_hw: np.ndarray, signed: bool | None = None, percentile: float = DEFAULT_PERCENTILE
+) -> float:
     """The value shown at full colour: the ``percentile`` of |map| (signed maps) or of the
     map's non-negative part (non-negative maps), over finite pixels; the maximum when that
     percentile is 0; 0.0 for a map without a non-zero finite value.
@@ -134,8 +152,12 @@ def _rgba(t: np.ndarray, signed: bool) -> np.ndarray:
     return out
 
 
-def colorize(map_hw: np.ndarray, signed: bool | None = None, percentile: float = DEFAULT_PERCENTILE,
-             scale: float | None = None) -> np.ndarray:
+def colorize(
+    map_hw: np.ndarray,
+    signed: bool | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    scale: float | None = None,
+) -> np.ndarray:
     """RGBA uint8 (H×W×4) colours for a map; ``signed=None`` decides with :func:`is_signed`.
 
     Signed: value v → ``cmap(0.5 + 0.5 · clip(v / s, −1, 1))`` on a diverging map, so 0 is the
@@ -158,14 +180,19 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_image(map_hw: np.ndarray, signed: bool | None = None,
-                  percentile: float = DEFAULT_PERCENTILE) -> Image.Image:
+def heatmap_image(
+    map_hw: np.ndarray, signed: bool | None = None, percentile: float = DEFAULT_PERCENTILE
+) -> Image.Image:
     """The colorized map as an RGBA image at the map's own resolution."""
     return Image.fromarray(colorize(map_hw, signed, percentile), "RGBA")
 
 
-def heatmap_figure(map_hw: np.ndarray, signed: bool | None = None, percentile: float = DEFAULT_PERCENTILE,
-                   title: str | None = None):
+def heatmap_figure(
+    map_hw: np.ndarray,
+    signed: bool | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    title: str | None = None,
+):
     """A matplotlib ``Figure`` (no pyplot state) of the heatmap with a colour bar labelled with
     the display scale: ``−s, 0, +s`` for signed maps, ``0, s`` otherwise (``≥`` marks that
     larger values saturate)."""
@@ -188,8 +215,10 @@ def heatmap_figure(map_hw: np.ndarray, signed: bool | None = None, percentile: f
         ax.set_title(title, fontsize=8)
     cax = fig.add_axes((0.8, 0.1, 0.05, 0.78))
     lo = -s if signed else 0.0
-    mappable = ScalarMappable(Normalize(lo, s if s > 0 else 1.0),
-                              matplotlib.colormaps[SIGNED_CMAP if signed else UNSIGNED_CMAP])
+    mappable = ScalarMappable(
+        Normalize(lo, s if s > 0 else 1.0),
+        matplotlib.colormaps[SIGNED_CMAP if signed else UNSIGNED_CMAP],
+    )
     bar = fig.colorbar(mappable, cax=cax)
     ticks = [lo, 0.0, s] if signed else [0.0, s]
     bar.set_ticks(ticks)
@@ -214,8 +243,13 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def save_heatmap(path: PathLike, map_hw: np.ndarray, signed: bool | None = None,
-                 percentile: float = DEFAULT_PERCENTILE, colorbar: bool = False) -> None:
+def save_heatmap(
+    path: PathLike,
+    map_hw: np.ndarray,
+    signed: bool | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    colorbar: bool = False,
+) -> None:
     """Write the heatmap PNG atomically: RGBA at the map's resolution, or with ``colorbar`` a
     small figure of the map with its colour bar and scale."""
     if colorbar:
@@ -251,9 +285,16 @@ def _base(image: Image.Image, size: tuple[int, int], grey: bool) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def overlay_image(image: Image.Image, map_hw: np.ndarray, geometry: Geometry, signed: bool | None = None,
-                  alpha: float = OVERLAY_ALPHA, percentile: float = DEFAULT_PERCENTILE, grey: bool = False,
-                  max_side: int = OVERLAY_MAX_SIDE) -> Image.Image:
+def overlay_image(
+    image: Image.Image,
+    map_hw: np.ndarray,
+    geometry: Geometry,
+    signed: bool | None = None,
+    alpha: float = OVERLAY_ALPHA,
+    percentile: float = DEFAULT_PERCENTILE,
+    grey: bool = False,
+    max_side: int = OVERLAY_MAX_SIDE,
+) -> Image.Image:
     """The map, drawn back through the resize and crop, blended onto the photo (RGB image).
 
     A pixel's colour opacity is ``alpha · clip(|v| / s, 0, 1)`` (``s`` the display scale of the
@@ -263,8 +304,10 @@ def overlay_image(image: Image.Image, map_hw: np.ndarray, geometry: Geometry, si
     """
     alpha = _check_alpha(alpha)
     if tuple(image.size) != tuple(geometry.original_size):
-        raise ValueError(f"image size {image.size} does not match the geometry's original size "
-                         f"{geometry.original_size}")
+        raise ValueError(
+            f"image size {image.size} does not match the geometry's original size "
+            f"{geometry.original_size}"
+        )
     m = _as_map(map_hw)
     if signed is None:
         signed = is_signed(m)
@@ -280,10 +323,17 @@ def overlay_image(image: Image.Image, map_hw: np.ndarray, geometry: Geometry, si
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
-def save_overlay(path: PathLike, image: Image.Image, map_hw: np.ndarray, geometry: Geometry,
-                 signed: bool | None = None, alpha: float = OVERLAY_ALPHA,
-                 percentile: float = DEFAULT_PERCENTILE, grey: bool = False,
-                 max_side: int = OVERLAY_MAX_SIDE) -> None:
+def save_overlay(
+    path: PathLike,
+    image: Image.Image,
+    map_hw: np.ndarray,
+    geometry: Geometry,
+    signed: bool | None = None,
+    alpha: float = OVERLAY_ALPHA,
+    percentile: float = DEFAULT_PERCENTILE,
+    grey: bool = False,
+    max_side: int = OVERLAY_MAX_SIDE,
+) -> None:
     """Write :func:`overlay_image` as a PNG, atomically."""
     img = overlay_image(image, map_hw, geometry, signed, alpha, percentile, grey, max_side)
     atomic_write(path, png_bytes(img))

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.images import Geometry
 from ..errors import InputDataError
 from .fileio import atomic_write
-from ..data.images import Geometry
 from .render import overlay_image, png_bytes
 
 __all__ = ["write_report", "report_html", "REPORT", "CSP"]
@@ -37,11 +37,12 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 THUMB = 160  #: display size of a per-image cell, CSS pixels
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;
-padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1400px;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em}td,th{padding:.25em .6em;border-bottom:1px solid #eee;
-text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}
+table{border-collapse:collapse;font-size:.85em}
+td,th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
 .settings td{text-align:left;white-space:normal}.best{font-weight:bold;color:#0a6b2d}
 .se{color:#888;font-size:.85em}.scroll{overflow-x:auto}
 figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;text-align:center}
@@ -55,8 +56,9 @@ figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:
 def _read_summary(out: Path) -> dict:
     path = out / "summary.json"
     if not path.is_file():
-        raise InputDataError("no summary.json here: run `xplain eval` (or `xplain eval summarize`) first",
-                             path=out)
+        raise InputDataError(
+            "no summary.json here: run `xplain eval` (or `xplain eval summarize`) first", path=out
+        )
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -76,7 +78,11 @@ def _records(out: Path, summary: dict) -> dict[tuple[str, str], dict]:
     for path in sorted(out.glob("results*.jsonl")):
         for r in read_results(path):
             name = r.get("method")
-            if name not in methods or r.get("params") != methods[name] or r.get("seed") != summary.get("seed"):
+            if (
+                name not in methods
+                or r.get("params") != methods[name]
+                or r.get("seed") != summary.get("seed")
+            ):
                 continue
             key = (str(r.get("image")), name)
             if "error" not in r or "error" in chosen.get(key, {"error": 1}):
@@ -121,9 +127,14 @@ def _params(p: dict) -> str:
 
 
 def _settings(summary: dict, written: str) -> str:
-    rows = [("model", summary.get("model", "")), ("digest", summary.get("digest", "")),
-            ("data", summary.get("data", "")), ("images", summary.get("images", "")),
-            ("seed", summary.get("seed", "")), ("written", written)]
+    rows = [
+        ("model", summary.get("model", "")),
+        ("digest", summary.get("digest", "")),
+        ("data", summary.get("data", "")),
+        ("images", summary.get("images", "")),
+        ("seed", summary.get("seed", "")),
+        ("written", written),
+    ]
     rows += [(f"method {n}", _params(p)) for n, p in (summary.get("methods") or {}).items()]
     rows += [(f"metric {n}", _params(p)) for n, p in (summary.get("metrics") or {}).items()]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
@@ -149,29 +160,34 @@ def _summary_table(summary: dict) -> str:
                 cells.append(f"<td>{text}{extra}</td>")
         errors = (summary.get("errors") or {}).get(name, 0)
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}<td>{_e(errors)}</td></tr>")
-    return ("<h2>Summary</h2><p>Mean ± standard error over images; ★ marks the best method per score "
-            "(↑ higher / ↓ lower is better).</p>"
-            f'<div class="scroll"><table><tr><th>method</th>{head}<th>errors</th></tr>{"".join(rows)}'
-            "</table></div>")
+    return (
+        "<h2>Summary</h2><p>Mean ± standard error over images; ★ marks the best method per score "
+        "(↑ higher / ↓ lower is better).</p>"
+        f'<div class="scroll"><table><tr><th>method</th>{head}<th>errors</th></tr>{"".join(rows)}'
+        "</table></div>"
+    )
 
 
 def _plots(out: Path) -> str:
     plots = sorted(p for p in (out / "plots").glob("*.png") if p.name != "montage.png")
     parts = []
     if plots:
-        figs = "".join(f"<figure>{_img(p.read_bytes(), p.stem)}<figcaption>{_e(p.stem)}</figcaption></figure>"
-                       for p in plots)
+        figs = "".join(
+            f"<figure>{_img(p.read_bytes(), p.stem)}<figcaption>{_e(p.stem)}</figcaption></figure>"
+            for p in plots
+        )
         parts.append(f'<h2>Curves</h2><div class="curves">{figs}</div>')
     montage = out / "plots" / "montage.png"
     if montage.is_file():
-        parts.append(f'<h2>Montage</h2><div class="montage">{_img(montage.read_bytes(), "montage")}</div>')
+        parts.append(
+            f'<h2>Montage</h2><div class="montage">{_img(montage.read_bytes(), "montage")}</div>'
+        )
     return "".join(parts)
 
 
 def _cell(png: bytes | None, caption: str, scores: str = "") -> str:
     picture = _img(png, caption) if png is not None else ""
-    return (f'<figure class="cell">{picture}<figcaption>{_e(caption)}'
-            f'{scores}</figcaption></figure>')
+    return f'<figure class="cell">{picture}<figcaption>{_e(caption)}{scores}</figcaption></figure>'
 
 
 def _score_text(record: dict | None) -> str:
@@ -208,8 +224,13 @@ def _image_row(out: Path, index: int, facts: dict, methods: list[str], records: 
         caption += f" · p = {first['probability']:.3f}"
     cells = [_cell(png_bytes(photo), caption)]
     for m in methods:
-        cells.append(_cell(_overlay_png(photo, out / "maps" / f"{index:05d}.{m}.npy"), m,
-                           _score_text(records.get((image, m)))))
+        cells.append(
+            _cell(
+                _overlay_png(photo, out / "maps" / f"{index:05d}.{m}.npy"),
+                m,
+                _score_text(records.get((image, m))),
+            )
+        )
     return f'<div class="row">{"".join(cells)}</div>'
 
 
@@ -219,22 +240,33 @@ def _images(out: Path, summary: dict, records: dict) -> str:
     rows = [r for r in rows if r]
     if not rows:
         return ""
-    return (f"<h2>Images</h2><p>The first {len(rows)} images: the model's input, then each method's map "
-            "over it (opacity ∝ |map|), with the image's scores.</p>" + "".join(rows))
+    return (
+        f"<h2>Images</h2><p>The first {len(rows)} images: the model's input, then each method's "
+        "map over it (opacity ∝ |map|), with the image's scores.</p>" + "".join(rows)
+    )
 
 
 def report_html(out_dir: str | Path) -> str:
     """The report page for the eval run in ``out_dir``, as a string (see :func:`write_report`)."""
     out = Path(out_dir)
     summary = _read_summary(out)
-    written = datetime.datetime.fromtimestamp((out / "summary.json").stat().st_mtime,
-                                              datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"xplain eval: {Path(str(summary.get('model', ''))).name} on {summary.get('images', '?')} images"
-    body = (f"<h1>{_e(title)}</h1>" + _settings(summary, written) + _summary_table(summary) + _plots(out)
-            + _images(out, summary, _records(out, summary)))
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    written = datetime.datetime.fromtimestamp(
+        (out / "summary.json").stat().st_mtime, datetime.timezone.utc
+    ).strftime("%Y-%m-%d %H:%M UTC")
+    model = Path(str(summary.get("model", ""))).name
+    title = f"xplain eval: {model} on {summary.get('images', '?')} images"
+    body = (
+        f"<h1>{_e(title)}</h1>"
+        + _settings(summary, written)
+        + _summary_table(summary)
+        + _plots(out)
+        + _images(out, summary, _records(out, summary))
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_report(out_dir: str | Path) -> Path:
