@@ -101,21 +101,47 @@ def _method_values(registry: Registry, names: list[str], params: dict | None,
     scoped = dict(method_params or {})
     unknown = set(scoped) - set(names)
     if unknown:
-        raise UsageError(f"parameters given for method {', '.join(sorted(unknown))} which is not run")
+        raise UsageError(f"parameters given for method {', '.join(sorted(unknown))}, "
+                         "which is not run")
     if params:
         scoped[names[0]] = {**scoped.get(names[0], {}), **params}
     out = []
     for name in names:
         method = registry.method(name)
-        out.append((method, validate_params(method.params, scoped.get(name, {}), f"method {method.name!r}")))
+        values = validate_params(method.params, scoped.get(name, {}), f"method {method.name!r}")
+        out.append((method, values))
     return out
 
 
-def explain_files(model: Model, images: list[Path], methods: str | list[str], *, registry: Registry,
-                  out_dir: Path, preprocess: Preprocess, target: str = "top1", params: dict | None = None,
-                  method_params: dict | None = None, seed: int = 0, batch_size: int = 16, progress=None,
-                  render: RenderOptions | None = None, panel: bool | None = None,
-                  stems: list[str] | None = None) -> list[dict]:
+@dataclasses.dataclass
+class _Job:
+    """What every batch of one ``explain_files`` call shares."""
+
+    model: Model
+    images: list[Path]
+    stems: list[str]
+    out_dir: Path
+    render: RenderOptions
+    seed: int
+    batch_size: int
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One batch of images: the originals, their geometry, the model input and probabilities."""
+
+    start: int  #: position of the first image
+    originals: list
+    geometries: list
+    x: torch.Tensor
+    probs: torch.Tensor
+
+
+def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
+                  registry: Registry, out_dir: Path, preprocess: Preprocess, target: str = "top1",
+                  params: dict | None = None, method_params: dict | None = None, seed: int = 0,
+                  batch_size: int = 16, progress=None, render: RenderOptions | None = None,
+                  panel: bool | None = None, stems: list[str] | None = None) -> list[dict]:
     """Explain every image for its target(s) with every method and write the outputs; returns
     the JSON records (one per image, method and target).
 
@@ -135,97 +161,91 @@ def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
     panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
     stems = _unique_stems([p.stem for p in images]) if stems is None else stems
+    job = _Job(model, images, stems, out_dir, render, seed, batch_size)
     records: list[dict] = []
     common = {
         "model": {"path": model.report.path, "digest": model.digest}, "seed": seed,
-        "device": str(model.device), "preprocess": preprocess.to_dict(), "render": render.to_dict(),
-        "versions": versions(),
+        "device": str(model.device), "preprocess": preprocess.to_dict(),
+        "render": render.to_dict(), "versions": versions(),
     }
     for start in range(0, len(images), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(images))))
-        batch = _load_batch(model, images, chunk, preprocess)
-        items = _items(model, batch, chunk, resolved, stems)
+        batch = _load_batch(job, start, preprocess)
+        items = _items(job, batch, resolved)
         pending: list[dict] = []
         maps: dict[tuple[int, int, str], np.ndarray] = {}
         for method, values in chosen:
-            for record, m in _explain_items(model, method, values, items, batch, start, images, out_dir,
-                                            seed, batch_size, render):
+            for record, m in _explain_items(job, method, values, items, batch):
                 record.update(common, method=method.name, params=values)
                 pending.append(record)
                 maps[(record["_index"], record["target"], method.name)] = m
         if panel:
-            _write_panels(model, chosen, items, batch, start, maps, stems, images, out_dir, render, pending)
+            _write_panels(job, [m.name for m, _ in chosen], items, batch, maps, pending)
         for record in pending:
             del record["_index"]
             write_json(record["files"]["json"], record)
             records.append(record)
         if progress is not None:
-            progress(len(chunk))
+            progress(len(batch.originals))
     return records
 
 
-@dataclasses.dataclass
-class _Batch:
-    originals: list
-    geometries: list
-    x: torch.Tensor
-    probs: torch.Tensor
-
-
-def _load_batch(model: Model, images: list[Path], chunk: list[int], preprocess: Preprocess) -> _Batch:
+def _load_batch(job: _Job, start: int, preprocess: Preprocess) -> _Batch:
     originals, geometries, arrays = [], [], []
-    for i in chunk:
-        image = load_image(images[i])
+    for path in job.images[start:start + job.batch_size]:
+        image = load_image(path)
         array, geometry = preprocess(image)
         originals.append(image)
         geometries.append(geometry)
         arrays.append(torch.from_numpy(array))
-    x = torch.stack(arrays).to(model.device)
+    x = torch.stack(arrays).to(job.model.device)
     with torch.no_grad():
-        probs = torch.softmax(model(x), dim=1)
-    return _Batch(originals, geometries, x, probs)
+        probs = torch.softmax(job.model(x), dim=1)
+    return _Batch(start, originals, geometries, x, probs)
 
 
-def _items(model: Model, batch: _Batch, chunk: list[int], resolved, stems: list[str]) -> list[_Item]:
+def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:
+    """The (image, target) pairs of a batch: the top-k classes, or the given targets."""
     items: list[_Item] = []
-    for row, i in enumerate(chunk):
+    for row in range(len(batch.originals)):
+        i = batch.start + row
         if isinstance(resolved, str):  # "top1", "top5", …
-            k = min(int(resolved[3:]), model.num_classes)
+            k = min(int(resolved[3:]), job.model.num_classes)
             targets = batch.probs[row].topk(k).indices.tolist()
         else:
             targets = resolved
-        items += [_Item(i, t, float(batch.probs[row, t]), stems[i]) for t in targets]
+        items += [_Item(i, t, float(batch.probs[row, t]), job.stems[i]) for t in targets]
     return items
 
 
-def _explain_items(model, method, values, items, batch, start, images, out_dir, seed, batch_size, render):
+def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], batch: _Batch):
     """Yield (record, map) for every item, running ``method`` on groups of ``batch_size``."""
-    device = model.device
-    for offset in range(0, len(items), batch_size):
-        group = items[offset:offset + batch_size]
-        rows = torch.tensor([it.index - start for it in group], device=device)
+    device = job.model.device
+    for offset in range(0, len(items), job.batch_size):
+        group = items[offset:offset + job.batch_size]
+        rows = torch.tensor([it.index - batch.start for it in group], device=device)
         targets = torch.tensor([it.target for it in group], device=device)
         began = time.perf_counter()
-        attribution = _run_halving(model, method, batch.x[rows], targets, values, seed)
+        attribution = _run_halving(job.model, method, batch.x[rows], targets, values, job.seed)
         seconds = (time.perf_counter() - began) / len(group)
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
-            k = item.index - start
-            record = _write_outputs(model, item, maps[j], attribution, j, images[item.index],
-                                    batch.originals[k], batch.geometries[k], out_dir, method.name, render)
+            record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name)
             record.update(seconds=round(seconds, 6), _index=item.index)
             yield record, maps[j]
 
 
-def _write_panels(model, chosen, items, batch, start, maps, stems, images, out_dir, render, pending) -> None:
-    names = [m.name for m, _ in chosen]
+def _write_panels(job: _Job, names: list[str], items: list[_Item], batch: _Batch,
+                  maps: dict, pending: list[dict]) -> None:
+    """``STEM.panel.png`` for every image of the batch; its path goes into the records."""
     for i in sorted({it.index for it in items}):
-        rows = [PanelRow(it.target, model.label(it.target), it.probability,
+        rows = [PanelRow(it.target, job.model.label(it.target), it.probability,
                          {n: maps[(i, it.target, n)] for n in names if (i, it.target, n) in maps})
                 for it in items if it.index == i]
-        path = out_dir / f"{stems[i]}.panel.png"
-        save_panel(path, batch.originals[i - start], batch.geometries[i - start], rows, names,
-                   title=images[i].name, percentile=render.percentile, grey=render.grey, alpha=render.alpha)
+        path = job.out_dir / f"{job.stems[i]}.panel.png"
+        k = i - batch.start
+        save_panel(path, batch.originals[k], batch.geometries[k], rows, names,
+                   title=job.images[i].name, percentile=job.render.percentile,
+                   grey=job.render.grey, alpha=job.render.alpha)
         for record in pending:
             if record["_index"] == i:
                 record["files"]["panel"] = str(path)
@@ -250,10 +270,14 @@ def _run_halving(model, method, x, targets, values, seed):
         return Attribution(torch.cat([first.maps, second.maps]), extras, {}, per_sample)
 
 
-def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, original, geometry, out_dir, method,
-                   render: RenderOptions):
-    label = model.label(item.target)
-    base = out_dir / f"{item.stem}.{method}.{item.target}"
+def _write_outputs(job: _Job, item: _Item, map_hw, attribution, j: int, batch: _Batch,
+                   method: str) -> dict:
+    """Write one map's .npy, heatmap and overlay (and the method's extras); the record."""
+    label = job.model.label(item.target)
+    k = item.index - batch.start
+    original, geometry = batch.originals[k], batch.geometries[k]
+    render = job.render
+    base = job.out_dir / f"{item.stem}.{method}.{item.target}"
     files = {
         "heatmap": str(base) + ".heatmap.png",
         "overlay": str(base) + ".overlay.png",
@@ -262,13 +286,13 @@ def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, origi
     }
     save_npy(files["npy"], map_hw)
     save_heatmap(files["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
-    save_overlay(files["overlay"], original, map_hw, geometry, alpha=render.alpha, percentile=render.percentile,
-                 grey=render.grey)
+    save_overlay(files["overlay"], original, map_hw, geometry, alpha=render.alpha,
+                 percentile=render.percentile, grey=render.grey)
     for name, tensor in attribution.extras.items():
         files[name] = str(base) + f".{name}.npy"
         save_npy(files[name], tensor[j].detach().cpu().numpy())
     return {
-        "image": str(image_path),
+        "image": str(job.images[item.index]),
         "target": item.target,
         "target_label": label,
         "probability": round(item.probability, 6),
