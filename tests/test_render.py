@@ -234,6 +234,7 @@ def test_colorbar_shows_the_display_scale(tmp_path):
     assert [t.get_text() for t in bar.get_yticklabels()] == ["≤-4", "0", "≥4"]
     fig = heatmap_figure(np.abs(m), percentile=MAX)
     assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["0", "≥4"]
+    assert [t.get_text() for t in heatmap_figure(np.zeros((2, 2))).axes[1].get_yticklabels()] == ["0"]
     save_heatmap(tmp_path / "h.png", m, colorbar=True)
     img = Image.open(tmp_path / "h.png")
     assert img.width > img.height > 100  # a figure with a bar, not the 2x2 map

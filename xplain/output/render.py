@@ -220,7 +220,7 @@ def heatmap_figure(
         matplotlib.colormaps[SIGNED_CMAP if signed else UNSIGNED_CMAP],
     )
     bar = fig.colorbar(mappable, cax=cax)
-    ticks = [lo, 0.0, s] if signed else [0.0, s]
+    ticks = ([lo, 0.0, s] if signed else [0.0, s]) if s > 0 else [0.0]  # all-zero map: just 0
     bar.set_ticks(ticks)
     bar.set_ticklabels([_tick(v, s) for v in ticks])
     bar.ax.tick_params(labelsize=7)
