@@ -279,7 +279,7 @@ def explain(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
     images: list[Path] = typer.Argument(..., metavar="IMAGE...",
                                         help="Image files (JPEG, PNG, BMP, WebP, TIFF) or folders of them (recursive)."),
-    method: list[str] = typer.Option(["saliency"], "--method", "-m",
+    method: list[str] = typer.Option(["saliency"], "--method", "-m", metavar="NAME[,NAME...]",
                                      help="Attribution method(s): a,b,c or repeated (see `xplain methods`)."),
     target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
     out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
