@@ -24,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from .generic import GenericRule
 from .kinds import BATCHNORM, is_weight_layer, unwrap
 from .model import Model
 from .rules import Chooser, _activation_of
@@ -42,30 +43,16 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den != 0, num / safe, torch.zeros_like(num))
 
 
-class _EpsilonScale(torch.autograd.Function):
-    """Identity forward; backward multiplies by z / (z + ε sign z)."""
-
-    @staticmethod
-    def forward(ctx, z, eps):
-        ctx.save_for_backward(z)
-        ctx.eps = eps
-        return z.view_as(z)
-
-    @staticmethod
-    def backward(ctx, g):
-        (z,) = ctx.saved_tensors
-        return _divide(g * z, _stabilise(z, ctx.eps)), None
-
-
-class EpsilonRule(nn.Module):
-    """A linear operation whose backward applies the ε-rule."""
+class EpsilonRule(GenericRule):
+    """A linear operation whose backward applies the ε-rule: ``c`` scaled by z / (z + ε sign z)
+    before the operation's own backward (any number of inputs, e.g. a residual add)."""
 
     def __init__(self, original: nn.Module, eps: float):
-        super().__init__()
-        self.original, self.eps = original, eps
+        super().__init__(original)
+        self.eps = eps
 
-    def forward(self, *args):
-        return _EpsilonScale.apply(self.original(*args), self.eps)
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, _stabilise(z, self.eps))
 
 
 class _PassFn(torch.autograd.Function):
@@ -108,36 +95,20 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-class _ZPlusFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rule):
-        z = rule.original(x)
-        ctx.save_for_backward(x, z)
-        ctx.rule = rule
-        return z
-
-    @staticmethod
-    def backward(ctx, g):
-        x, z = ctx.saved_tensors
-        rule = ctx.rule
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(True)
-            zp = rule.positive(xd)
-            s = _divide(g * z, zp + rule.eps)
-            (c,) = torch.autograd.grad(zp, xd, s)
-        return c, None
+def _positive_weights(module: nn.Module) -> nn.Module:
+    return _with_weight(module, _weight(module).detach().clamp(min=0))
 
 
-class ZPlusRule(nn.Module):
-    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative)."""
+class ZPlusRule(GenericRule):
+    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative):
+    ``c_in = W⁺ᵀ (c · z / (W⁺x + ε))``."""
 
     def __init__(self, original: nn.Module, eps: float):
-        super().__init__()
-        self.original, self.eps = original, eps
-        self.positive = _with_weight(original, _weight(original).detach().clamp(min=0))
+        super().__init__(original, param_modifier=_positive_weights)
+        self.eps = eps
 
-    def forward(self, x):
-        return _ZPlusFn.apply(x, self)
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, z_mod + self.eps)
 
 
 def _is_linear_op(module: nn.Module) -> bool:
