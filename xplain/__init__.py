@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("xplain.api", "load_model"),
     "explain": ("xplain.api", "explain"),
+    "check_requirements": ("xplain.api", "check_requirements"),
+    "Layout": ("xplain.model", "Layout"),
+    "FeatureLayer": ("xplain.model", "FeatureLayer"),
+    "Attention": ("xplain.model", "Attention"),
     "evaluate": ("xplain.evaluation", "evaluate"),
     "get_registry": ("xplain.registry", "get_registry"),
     "validate_params": ("xplain.registry", "validate_params"),

@@ -81,9 +81,27 @@ def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
     return gens
 
 
+def check_requirements(model: Model, method: Method) -> None:
+    """Refuse, before anything runs, a method whose declared requirements the model does not
+    meet: a UsageError (exit 2) of one line, e.g. "guided-backprop needs rectifier activations;
+    this model uses GELU (12), LayerNormalization (25) (try gradient, …)"."""
+    for requirement in getattr(method.capabilities, "requires", ()):
+        problem = model.requirement_problem(requirement)
+        if problem is None:
+            continue
+        alternatives = list(getattr(method.capabilities, "alternatives", ()))
+        if requirement != "attention" and model.attention() and not all(a.windowed for a in model.attention()):
+            alternatives.append("attention-rollout")
+        hint = "try " + ", ".join(dict.fromkeys(alternatives)) if alternatives else None
+        raise UsageError(f"{method.name} {problem}", hint=hint)
+
+
 def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Tensor,
                params: dict, seed: int = 0) -> Attribution:
-    """Call a method under the output contract: float32 maps B×H×W, finite, same device."""
+    """Call a method under the output contract: float32 maps B×H×W, finite, same device.
+
+    A model that does not meet the method's requirements is refused first (exit 2)."""
+    check_requirements(model, method)
     torch.manual_seed(seed)
     try:
         result = method.explain(model, x, targets, params, seed)

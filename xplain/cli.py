@@ -128,6 +128,12 @@ def _show(kind: str, name: str, as_json: bool) -> None:
         flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),
                                  ("stochastic", caps.stochastic), ("multi-class", caps.multi_class)) if on]
         out.print(f"capabilities: {', '.join(flags) or 'none'}")
+        requires = getattr(caps, "requires", ())
+        if requires:
+            from .model import REQUIREMENTS
+
+            out.print("requires: " + "; ".join(f"{r} ({REQUIREMENTS.get(r, '?')})" for r in requires)
+                      + " — other models are refused before running (exit 2)", highlight=False)
     else:
         out.print(f"direction: {'higher' if item.higher_is_better else 'lower'} is better")
     if item.params:

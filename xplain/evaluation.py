@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import run_method
+from .api import check_requirements, run_method
 from .datasets import Sample, class_names_of, read_dataset
 from .errors import UsageError, XplainError
 from .fileio import atomic_write, save_npy
@@ -144,6 +144,8 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     if not methods:
         raise UsageError("no methods to evaluate")
     chosen_methods = _resolve(methods, "method", registry, method_params)
+    for method, _ in chosen_methods:  # refuse before any work: one line, exit 2
+        check_requirements(model, method)
     chosen_metrics = _resolve(metrics, "metric", registry, metric_params)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .api import run_method
+from .api import check_requirements, run_method
 from .errors import PluginError, UsageError
 from .fileio import save_npy, write_json
 from .images import Preprocess, load_image, resolve_target
@@ -58,6 +58,7 @@ def explain_files(model: Model, images: list[Path], method_name: str, *, registr
     of a batch are explained together. Each output file is written atomically."""
     method = registry.method(method_name)
     values = validate_params(method.params, params or {}, f"method {method.name!r}")
+    check_requirements(model, method)  # refuse before reading any image
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     resolved = resolve_target(target, model.labels, model.num_classes)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .api import check_requirements
 from .errors import InputDataError, UsageError
 from .images import Preprocess, load_image
 from .model import Model
@@ -117,6 +118,7 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if wanted is not None and "classes" in names:
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
+    check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]

@@ -98,6 +98,12 @@ class Capabilities:
     needs_fitting: bool = False
     stochastic: bool = False
     multi_class: bool = False  #: explains several targets of one image in one pass
+    #: what the model must have for the method to be meaningful (``xplain.model.REQUIREMENTS``:
+    #: "rectifiers", "lrp-rules", "attention"); a model without it is refused with exit 2
+    #: before the method runs, in one line that names what the model has or lacks
+    requires: tuple[str, ...] = ()
+    #: methods worth trying instead, named in that refusal
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

@@ -98,7 +98,16 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
     kw = {"device": x.device, "dtype": x.dtype}
     with torch.no_grad():
         probe = split.features(x[:1])
-    critic = GroupedCritic(b, probe.shape[1], *(probe.shape[2:] if probe.dim() == 4 else (1, 1)), gens, **kw)
+    layout = split.feature.layout if split.feature is not None else None
+
+    def feats(t):  # critic input: B×n×C×h×w (tokens/channels-last on their grid, prefix tokens left out)
+        if layout is not None and layout.kind != "nchw":
+            flat = split.feature.to_spatial(t.flatten(0, 1))
+            return flat.reshape(*t.shape[:2], *flat.shape[1:])
+        return t if t.dim() == 5 else t.reshape(*t.shape[:2], -1, 1, 1)
+
+    shape = feats(probe[None]).shape
+    critic = GroupedCritic(b, shape[2], *shape[3:], gens, **kw)
     mask_logit = feat_map[:, None].expand(b, cin, *feat_map.shape[1:]).clone().requires_grad_(True)
     noise_mean = torch.zeros((b, cin, 1, 1), **kw).requires_grad_(True)
     noise_scale = torch.ones((b, cin, 1, 1), **kw).requires_grad_(True)
@@ -113,9 +122,6 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
         noisy = m * x[:, None] + (1 - m) * (noise_scale[:, None] * z + noise_mean[:, None])
         f = split.features(noisy.flatten(0, 1))
         return f.reshape(b, z.shape[1], *f.shape[1:])
-
-    def feats(t):  # critic input: B×n×C×h×w
-        return t if t.dim() == 5 else t.reshape(*t.shape[:2], -1, 1, 1)
 
     critic_steps = gen_steps = 0
     with torch.enable_grad():
@@ -250,7 +256,7 @@ def _explain_input_iba(model, x, targets, params, seed):
     capacity, lam, r, _ = _iba.feature_bottleneck(
         split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
         copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["feat_sigma"])
-    feat_map = _iba.saliency_bits(capacity, size)
+    feat_map = _iba.saliency_bits(_iba.spatial(split.feature, capacity), size)
     times["feature"] = time.perf_counter() - t0
     extras = {"feature_map": feat_map}
     info.update(layer=layer, layer_shape=list(shape[1:]))

@@ -133,7 +133,9 @@ _DESCRIPTION = (
     "paper's ImageNet maps keep only A > 0: `relu`=true); input channels are summed. extras: "
     "`source_signal` S_0 (with biases) and `attribution` A, both at the start layer. `gating`=false "
     "gives the global inverse of Figure 3. Without fitted state explain stops with the `xplain fit` "
-    "command to run."
+    "command to run. Rectifier networks only (the inverse is gated by the forward ReLU pattern, eq. 9): "
+    "models with GELU/SiLU/Hardswish, LayerNorm or attention are refused by fit and explain before "
+    "running (exit 2, one line naming what the model has)."
 )
 
 
@@ -146,5 +148,6 @@ def register_methods(register):
         explain=_explain,
         fit=fit,
         params=_PARAMS,
-        capabilities=xplain.Capabilities(needs_gradients=False, needs_fitting=True),
+        capabilities=xplain.Capabilities(needs_gradients=False, needs_fitting=True, requires=("rectifiers",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
     ))

@@ -1,0 +1,58 @@
+"""``transformer-attribution``: gradient-weighted attention relevance (Chefer, Gur & Wolf).
+
+The ICCV 2021 form ("Generic Attention-model Explainability…"): Ā_l = E_h[(∇A_l ⊙ A_l)⁺],
+R ← R + Ā_l·R from R = I, block by block from the input side.
+"""
+
+import xplain
+
+from .attention_maps import capture, global_attention, identity_like, token_map
+
+
+def relevance(mats, grads):
+    """R after all blocks: R = I, then R ← R + Ā_l R with Ā_l = mean over heads of (∇A_l ⊙ A_l)⁺."""
+    import torch
+
+    result = identity_like(mats[0][:, 0])
+    for a, g in zip(mats, grads):
+        weighted = (g * a).clamp(min=0).mean(dim=1)
+        result = result + torch.bmm(weighted, result)
+    return result
+
+
+def _explain(model, x, targets, params, seed):
+    attention = global_attention(model, "transformer-attribution")
+    mats, grads = capture(model, x, attention, targets)
+    layout = attention[-1].layout
+    maps = token_map(model, relevance(mats, grads), layout)
+    return xplain.Attribution(maps, info={"blocks": len(mats), "heads": int(mats[0].shape[1]),
+                                          "prefix_tokens": layout.prefix, "grid": list(layout.grid),
+                                          "form": "Chefer et al. ICCV 2021 (gradient x attention)"})
+
+
+_DESCRIPTION = (
+    "Class-specific relevance through the attention layers, Chefer, Gur & Wolf — the ICCV 2021 form "
+    "('Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder "
+    "Transformers'), which most tools ship: no LRP, only attention and its gradient. One forward and "
+    "one backward pass of the target logit (never the softmax). For every block l, A_l = the "
+    "attention probabilities (found in the graph as for attention-rollout) and ∇A_l = d logit / d A_l; "
+    "Ā_l = mean over heads of (∇A_l ⊙ A_l)⁺ (clamped before the mean); from R = I, "
+    "R ← R + Ā_l · R, input side first. The map is the class token's (token 0's) row of R without "
+    "the prefix columns (class/distillation/register tokens, counted from the graph), reshaped to "
+    "the patch grid and upsampled bilinearly (align_corners=False). Not the CVPR 2021 variant, "
+    "which weights the LRP relevance of A_l instead of A_l itself. Models without attention and "
+    "windowed attention (Swin) are refused before running (exit 2, one line): R over windows that "
+    "shift between blocks has no token-to-token form. info: blocks, heads, prefix_tokens, grid."
+)
+
+
+@xplain.hookimpl
+def register_methods(register):
+    register(xplain.Method(
+        name="transformer-attribution",
+        summary="gradient-weighted attention relevance (Chefer et al., ICCV 2021 form), ViT/DeiT",
+        description=_DESCRIPTION,
+        explain=_explain,
+        capabilities=xplain.Capabilities(needs_gradients=True, requires=("attention",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
+    ))
