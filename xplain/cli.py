@@ -213,6 +213,15 @@ class _null:
         return False
 
 
+def _attention_summary(model) -> dict:
+    found = model.attention()
+    first = found[0] if found else None
+    return {"layers": len(found), "tokens": first.tokens if first else None,
+            "windowed": any(a.windowed for a in found),
+            "prefix_tokens": first.layout.prefix if first and first.layout else None,
+            "softmax": [a.node for a in found]}
+
+
 @app.command()
 def inspect(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
@@ -238,8 +247,13 @@ def inspect(
         "activations": [{"layer": a.name, "kind": a.kind} for a in model.activations()],
         "bias_layers": [{"layer": b.layer, "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
                         for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "shape": list(f.shape)} for f in model.feature_layers()],
+        "feature_layers": [{"layer": f.name, "shape": list(f.shape), "layout": f.layout.kind,
+                            "grid": list(f.layout.grid), "channels": f.layout.channels,
+                            "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
+        "default_layout": default.layout.describe() if default else None,
+        "nonlinearities": {k: len(v) for k, v in model.nonlinearities().items()},
+        "attention": _attention_summary(model),
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
         "max_abs_diff": report.max_abs_diff,
@@ -269,12 +283,22 @@ def inspect(
     out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
     out.print(f"bias layers  {len(data['bias_layers'])}  ("
               + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
+    census = ", ".join(f"{k} {v}" for k, v in data["nonlinearities"].items())
+    out.print("non-linear   " + (census or "none"), highlight=False)
+    att = data["attention"]
+    if att["layers"]:
+        out.print(f"attention    {att['layers']} softmax layers, {att['tokens']} tokens"
+                  + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
+    if default is not None:
+        out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
     table = Table(title="feature layers", box=None)
     table.add_column("layer")
-    table.add_column("C×H×W")
+    table.add_column("shape")
+    table.add_column("layout")
     table.add_column("")
-    for f in data["feature_layers"]:
-        table.add_row(f["layer"], shape(f["shape"]), "default" if f["layer"] == data["default_feature_layer"] else "")
+    for f in model.feature_layers():
+        table.add_row(escape(f.name), shape(f.shape), escape(f.layout.describe()),
+                      "default" if f.name == data["default_feature_layer"] else "")
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)

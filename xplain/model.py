@@ -626,7 +626,7 @@ class Model:
             if node.op not in ("call_module", "call_function", "call_method"):
                 continue
             module = self.graph.get_submodule(node.target) if node.op == "call_module" else None
-            if "Shape" in type(module).__name__ or node.target in ("size", "dim"):
+            if type(module).__name__ in ("OnnxShape", "OnnxSize") or node.target in ("size", "dim"):
                 continue
             if any(a in values for a in node.all_input_nodes):
                 values.add(node)
@@ -756,6 +756,18 @@ class Model:
         out: dict[str, list[str]] = {}
         for name, kind in self._nonlinear.items():
             out.setdefault(kind, []).append(name)
+        return out
+
+    def attention_products(self) -> list[str]:
+        """Products of two signals that belong to attention: Q·Kᵀ (feeds a softmax) and A·V
+        (one factor is a softmax output), in graph order."""
+        out = []
+        for node in self._flowing():
+            if self._kind_of(node) not in ("matmul", "mul"):
+                continue
+            if self._feeds_softmax(node) or any(
+                    self._kind_of(n) == "softmax" for f in self._signal_inputs(node) for n in self._chain_up(f)):
+                out.append(node.name)
         return out
 
     def product_gate(self, name: str) -> int | None:
