@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import xplain
-from xplain.cli import main
+from xplain.cli.app import main
 
 from .conftest import export_classic
 from .tiny_transformers import TinyDeiT, TinyEffNetLike, TinySwinLike, tiny_vit

@@ -306,8 +306,8 @@ class Model:
         """The state ``xplain fit METHOD`` saved for this model: ``(tensors, meta)``.
 
         Raises an error that tells the user the fit command when there is none."""
-        from .errors import InputDataError
-        from .state import load_state
+        from ..errors import InputDataError
+        from ..run.state import load_state
 
         found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
@@ -321,7 +321,7 @@ class Model:
         for node in self.graph.graph.nodes:
             if node.name == name:
                 return node
-        from .errors import UsageError
+        from ..errors import UsageError
 
         raise UsageError(f"no layer named {name!r}", hint="see `xplain inspect MODEL` for layer names")
 
