@@ -155,6 +155,64 @@ def test_transformer_attribution_equals_autograd(built):
     assert not torch.allclose(again, got.maps)  # class-specific
 
 
+def _swin_cells(block):
+    """TinySwinLike's geometry: window w = (wy, wx), token i = (iy, ix) -> grid cell, with the
+    second block's cyclic shift by 2."""
+    cells = torch.empty(4, 16, dtype=torch.long)
+    for w in range(4):
+        for i in range(16):
+            y, x = (w // 2) * 4 + i // 4, (w % 2) * 4 + i % 4
+            if block % 2:
+                y, x = (y + 2) % 8, (x + 2) % 8
+            cells[w, i] = y * 8 + x
+    return cells
+
+
+def _swin_full(a, block):
+    """(B·4)×heads×16×16 window attention -> B×64×64 head-mean matrix on the 8×8 grid."""
+    a = a.reshape(-1, 4, a.shape[1], 16, 16).mean(2)
+    cells = _swin_cells(block)
+    full = torch.zeros(a.shape[0], 64, 64)
+    for w in range(4):
+        full[:, cells[w][:, None], cells[w][None, :]] = a[:, w]
+    return full
+
+
+def test_windowed_attention_methods_equal_hand_computation(built):
+    """Swin-like windows (shifted in the second block): the window cells found by probing the
+    graph are the model's geometry, and rollout / transformer-attribution equal hand
+    computations on the full 64×64 matrices (no prefix tokens: the mean row of R)."""
+    from xplain_builtins.methods import attention_maps
+
+    module, _, model = built["swin"]
+    attention = model.attention()
+    assert [a.windowed for a in attention] == [True, True]
+    for block, att in enumerate(attention):
+        got = attention_maps.positions(model, att)
+        assert got.shape == (8, 16)  # 4 windows × 2 heads
+        torch.testing.assert_close(got.reshape(4, 2, 16), _swin_cells(block)[:, None].expand(4, 2, 16))
+    x, targets = _x(7), torch.tensor([4, 1])
+    with torch.enable_grad():
+        module(x).gather(1, targets[:, None]).sum().backward()
+    eye = torch.eye(64)
+    r_roll = eye
+    r_attr = eye.expand(2, 64, 64)
+    for block, a in enumerate(module.attn):
+        full = _swin_full(a.detach(), block)
+        step = 0.5 * full + 0.5 * eye
+        r_roll = (step / step.sum(-1, keepdim=True)) @ r_roll
+        r_attr = r_attr + _swin_full((a.grad * a.detach()).clamp(min=0), block) @ r_attr
+
+    def to_map(r):
+        return F.interpolate(r.mean(1).reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+
+    rollout = xplain.explain(model, x, targets=targets, method="attention-rollout")
+    torch.testing.assert_close(rollout.maps, to_map(r_roll), rtol=1e-4, atol=1e-6)
+    assert rollout.info["windowed"] == 2
+    attribution = xplain.explain(model, x, targets=targets, method="transformer-attribution")
+    torch.testing.assert_close(attribution.maps, to_map(r_attr), rtol=1e-4, atol=1e-6)
+
+
 def test_gradcam_on_vit_tokens_equals_manual(built):
     module, _, model = built["vit"]
     x, targets = _x(3), torch.tensor([2, 0])
@@ -268,11 +326,9 @@ def test_rectifier_methods_refuse_transformers_and_silu_nets(built, image, tmp_p
     assert not (tmp_path / "o").exists()
 
 
-def test_attention_methods_refuse_without_global_attention(built, tiny_cnn_path, image, capsys):
+def test_attention_methods_refuse_without_attention(tiny_cnn_path, image, capsys):
     for method in ("attention-rollout", "transformer-attribution"):
         assert "needs attention layers; this model has none" in _explain_refused(capsys, tiny_cnn_path, method, image)
-        line = _explain_refused(capsys, built["swin"][1], method, image)
-        assert "windowed" in line and "16-token windows" in line
 
 
 def test_refusal_before_eval_and_fit(built, tmp_path, capsys):
@@ -284,7 +340,6 @@ def test_refusal_before_eval_and_fit(built, tmp_path, capsys):
     with pytest.raises(xplain.UsageError, match="mip-in needs rectifier activations"):
         xplain.check_requirements(built["vit"][2], xplain.get_registry().method("mip-in"))
     assert "needs rectifier activations" in _refused(capsys, "fit", "mip-in", built["vit"][1], tmp_path / "data")
-    line = _refused(capsys, "eval", built["swin"][1], tmp_path / "data", "--methods", "attention-rollout", "--metrics",
-                    "deletion",
-                    "--out", tmp_path / "ev")
-    assert "windowed" in line
+    line = _refused(capsys, "eval", built["effnet"][1], tmp_path / "data", "--methods", "attention-rollout",
+                    "--metrics", "deletion", "--out", tmp_path / "ev")
+    assert "attention-rollout needs attention layers" in line and not (tmp_path / "ev").exists()

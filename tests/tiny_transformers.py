@@ -90,11 +90,12 @@ class TinySwinLike(nn.Module):
     """Patch embedding to B×8×8×C (channels last), two blocks of attention within 4×4 windows
     (the second on windows shifted by 2, as Swin), LayerNorm, mean pooling, a linear head."""
 
-    def __init__(self, dim: int = 16, classes: int = 5, window: int = 4, seed: int = 0):
+    def __init__(self, dim: int = 16, classes: int = 5, window: int = 4, heads: int = 2, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
         self.embed = nn.Conv2d(3, dim, 4, 4)
-        self.window = window
+        self.window, self.heads = window, heads
+        self.attn: list[torch.Tensor] = []
         self.blocks = nn.ModuleList(nn.ModuleDict(dict(
             n1=nn.LayerNorm(dim), qkv=nn.Linear(dim, 3 * dim), proj=nn.Linear(dim, dim), n2=nn.LayerNorm(dim),
             fc1=nn.Linear(dim, 2 * dim), fc2=nn.Linear(2 * dim, dim))) for _ in range(2))
@@ -105,14 +106,19 @@ class TinySwinLike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.embed(x).permute(0, 2, 3, 1)  # B×H×W×C
         b, h, w, c = t.shape
-        ws = self.window
+        ws, nh = self.window, self.heads
+        self.attn = []
         for i, blk in enumerate(self.blocks):
             shifted = torch.roll(t, (-2, -2), (1, 2)) if i % 2 else t
             u = blk["n1"](shifted).reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
             u = u.reshape(-1, ws * ws, c)
-            q, k, v = blk["qkv"](u).chunk(3, dim=-1)
-            a = (q @ k.transpose(-2, -1) / math.sqrt(c)).softmax(-1)
-            u = blk["proj"](a @ v).reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+            q, k, v = blk["qkv"](u).reshape(u.shape[0], ws * ws, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+            a = (q @ k.transpose(-2, -1) / math.sqrt(c // nh)).softmax(-1)  # (B·windows)×heads×n×n
+            if a.requires_grad:
+                a.retain_grad()
+            self.attn.append(a)
+            u = (a @ v).transpose(1, 2).reshape(u.shape[0], ws * ws, c)
+            u = blk["proj"](u).reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
             u = u.reshape(b, h, w, c)
             u = torch.roll(u, (2, 2), (1, 2)) if i % 2 else u
             t = t + u

@@ -251,6 +251,10 @@ class Attention:
     maps: int  #: attention maps per image at batch 1 (heads; windows × heads when windowed)
     layout: Layout | None  #: the token layout (prefix, grid); None for windowed attention
     windowed: bool
+    #: the feature layer (a cut vertex) that feeds the block: its tokens are the block's tokens;
+    #: windowed attention (Swin) attends within windows of this layer's grid
+    stream: str | None = None
+    stream_layout: Layout | None = None
 
 
 class Model:
@@ -823,6 +827,7 @@ class Model:
                 layers = [f for f in self._feature_layers_cuts() if f.layout is not None]
             before = [f for f in layers if order[self.node(f.name)] < order[node]]
             stream = before[-1].layout if before else None
+            stream_name = before[-1].name if before else None
             if stream is not None and stream.kind == TOKENS:
                 windowed = tokens != stream.prefix + stream.grid[0] * stream.grid[1]
                 layout = stream
@@ -832,7 +837,8 @@ class Model:
             else:
                 layout = self._token_layout(tokens, 0)
                 windowed = layout is None
-            found.append(Attention(node.name, tokens, lead, None if windowed else layout, windowed))
+            found.append(Attention(node.name, tokens, lead, None if windowed else layout, windowed, stream_name,
+                                   stream))
         return found
 
     def _feature_layers_cuts(self) -> list[FeatureLayer]:
@@ -864,10 +870,10 @@ class Model:
             found = self.attention()
             if not found:
                 return "needs attention layers; this model has none (no Softmax between a Q·Kᵀ and a ·V product)"
-            if any(a.windowed for a in found):
-                return (f"needs global attention over all tokens; this model's attention is windowed "
-                        f"({found[0].tokens}-token windows, e.g. Swin), where rollout across shifted windows "
-                        "is not defined")
+            lost = [a for a in found if a.windowed and a.stream_layout is None]
+            if lost:
+                return (f"needs attention it can place on the image grid; attention {lost[0].node!r} "
+                        f"({lost[0].tokens} tokens) follows no spatial feature layer")
             return None
         raise ValueError(f"unknown requirement {requirement!r}")
 

@@ -88,7 +88,7 @@ def check_requirements(model: Model, method: Method) -> None:
         if problem is None:
             continue
         alternatives = list(getattr(method.capabilities, "alternatives", ()))
-        if requirement != "attention" and model.attention() and not all(a.windowed for a in model.attention()):
+        if requirement != "attention" and model.attention() and model.requirement_problem("attention") is None:
             alternatives.append("attention-rollout")
         hint = "try " + ", ".join(dict.fromkeys(alternatives)) if alternatives else None
         raise UsageError(f"{method.name} {problem}", hint=hint)

@@ -2,43 +2,47 @@
 
 import xplain
 
-from .attention_maps import capture, global_attention, identity_like, token_map
+from .attention_maps import WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map
+
+_REDUCE = {"mean": "mean", "max": "amax", "min": "amin"}
 
 
-def rollout(mats, fusion="mean", discard_ratio=0.0):
-    """R = Â_L ⋯ Â_1 with Â_l = rows normalised (½·A_l + ½·I), A_l the head-fused attention.
+def rollout(model, attention, mats, fusion="mean", discard_ratio=0.0):
+    """R = Â_L ⋯ Â_1 with Â_l = rows normalised (½·A_l + ½·I), A_l the head-fused attention of
+    block l on its token space (relevance carried between spaces, see attention_maps).
 
-    ``mats``: per block B×heads×N×N probabilities. ``discard_ratio`` zeroes that fraction of
+    ``mats``: per block B×maps×n×n probabilities. ``discard_ratio`` zeroes that fraction of
     each image's lowest fused weights (the class token's attention to itself is kept)."""
     import torch
 
-    result = None
-    for a in mats:
-        fused = {"mean": a.mean(dim=1), "max": a.amax(dim=1), "min": a.amin(dim=1)}[fusion]
+    result, previous = None, None
+    for att, a in zip(attention, mats):
+        fused = full_matrix(model, att, a, _REDUCE[fusion])
         if discard_ratio > 0:
             flat = fused.flatten(1).clone()
             k = int(flat.shape[1] * discard_ratio)
             if k:
                 low = flat.topk(k, dim=1, largest=False).indices
-                keep_cls = flat[:, 0].clone()
+                keep = flat[:, 0].clone()
                 flat.scatter_(1, low, 0.0)
-                flat[:, 0] = keep_cls
+                flat[:, 0] = keep
             fused = flat.view_as(fused)
-        eye = identity_like(fused)
-        step = 0.5 * fused + 0.5 * eye
+        step = 0.5 * fused + 0.5 * identity(att, fused)
         step = step / step.sum(dim=-1, keepdim=True)
-        result = step if result is None else torch.bmm(step, result)
+        result = step if result is None else torch.bmm(step, carry(previous, att, result))
+        previous = att
     return result
 
 
 def _explain(model, x, targets, params, seed):
-    attention = global_attention(model, "attention-rollout")
+    attention = attention_layers(model, "attention-rollout")
     mats, _ = capture(model, x, attention)
-    relevance = rollout(mats, params["head_fusion"], params["discard_ratio"])
-    layout = attention[-1].layout
-    maps = token_map(model, relevance, layout)
-    return xplain.Attribution(maps, info={"blocks": len(mats), "heads": int(mats[0].shape[1]),
-                                          "tokens": int(mats[0].shape[-1]), "prefix_tokens": layout.prefix,
+    relevance = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])
+    maps = token_map(model, relevance, attention[0], attention[-1])
+    first = attention[0]
+    layout = first.layout or first.stream_layout
+    return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
+                                          "prefix_tokens": layout.prefix if not first.windowed else 0,
                                           "grid": list(layout.grid)})
 
 
@@ -54,10 +58,7 @@ _DESCRIPTION = (
     "columns (class, distillation, register tokens: their count is read from the graph as tokens "
     "minus grid cells, e.g. 2 for distilled DeiT), reshaped to the patch grid and upsampled "
     "bilinearly (align_corners=False) to the input size: non-negative, rows of R sum to 1. "
-    "Models without attention, and windowed attention (Swin: each block attends within windows "
-    "that shift between blocks, so there is no token-to-token matrix over the whole image to "
-    "multiply), are refused before running (exit 2, one line); use grad-cam or a gradient method "
-    "there. info: blocks, heads, tokens, prefix_tokens, grid."
+    + WINDOWED + " info: blocks, windowed (how many blocks), prefix_tokens, grid."
 )
 
 
@@ -65,7 +66,7 @@ _DESCRIPTION = (
 def register_methods(register):
     register(xplain.Method(
         name="attention-rollout",
-        summary="attention rollout through all blocks (Abnar & Zuidema 2020), ViT/DeiT",
+        summary="attention rollout through all blocks (Abnar & Zuidema 2020): ViT, DeiT, Swin",
         description=_DESCRIPTION,
         explain=_explain,
         params=[

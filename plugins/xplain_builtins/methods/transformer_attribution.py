@@ -6,27 +6,32 @@ R ← R + Ā_l·R from R = I, block by block from the input side.
 
 import xplain
 
-from .attention_maps import capture, global_attention, identity_like, token_map
+from .attention_maps import WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map
 
 
-def relevance(mats, grads):
-    """R after all blocks: R = I, then R ← R + Ā_l R with Ā_l = mean over heads of (∇A_l ⊙ A_l)⁺."""
+def relevance(model, attention, mats, grads):
+    """R after all blocks: R = I, then R ← R + Ā_l R with Ā_l = mean over heads of (∇A_l ⊙ A_l)⁺
+    (on each block's token space; relevance carried between spaces, see attention_maps)."""
     import torch
 
-    result = identity_like(mats[0][:, 0])
-    for a, g in zip(mats, grads):
-        weighted = (g * a).clamp(min=0).mean(dim=1)
+    result, previous = identity(attention[0], mats[0]), attention[0]
+    for att, a, g in zip(attention, mats, grads):
+        result = carry(previous, att, result)
+        weighted = full_matrix(model, att, (g * a).clamp(min=0), "mean")
         result = result + torch.bmm(weighted, result)
+        previous = att
     return result
 
 
 def _explain(model, x, targets, params, seed):
-    attention = global_attention(model, "transformer-attribution")
+    attention = attention_layers(model, "transformer-attribution")
     mats, grads = capture(model, x, attention, targets)
-    layout = attention[-1].layout
-    maps = token_map(model, relevance(mats, grads), layout)
-    return xplain.Attribution(maps, info={"blocks": len(mats), "heads": int(mats[0].shape[1]),
-                                          "prefix_tokens": layout.prefix, "grid": list(layout.grid),
+    maps = token_map(model, relevance(model, attention, mats, grads), attention[0], attention[-1])
+    first = attention[0]
+    layout = first.layout or first.stream_layout
+    return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
+                                          "prefix_tokens": layout.prefix if not first.windowed else 0,
+                                          "grid": list(layout.grid),
                                           "form": "Chefer et al. ICCV 2021 (gradient x attention)"})
 
 
@@ -40,9 +45,8 @@ _DESCRIPTION = (
     "R ← R + Ā_l · R, input side first. The map is the class token's (token 0's) row of R without "
     "the prefix columns (class/distillation/register tokens, counted from the graph), reshaped to "
     "the patch grid and upsampled bilinearly (align_corners=False). Not the CVPR 2021 variant, "
-    "which weights the LRP relevance of A_l instead of A_l itself. Models without attention and "
-    "windowed attention (Swin) are refused before running (exit 2, one line): R over windows that "
-    "shift between blocks has no token-to-token form. info: blocks, heads, prefix_tokens, grid."
+    "which weights the LRP relevance of A_l instead of A_l itself. " + WINDOWED
+    + " info: blocks, windowed, prefix_tokens, grid."
 )
 
 
@@ -50,7 +54,7 @@ _DESCRIPTION = (
 def register_methods(register):
     register(xplain.Method(
         name="transformer-attribution",
-        summary="gradient-weighted attention relevance (Chefer et al., ICCV 2021 form), ViT/DeiT",
+        summary="gradient-weighted attention relevance (Chefer et al., ICCV 2021 form): ViT, DeiT, Swin",
         description=_DESCRIPTION,
         explain=_explain,
         capabilities=xplain.Capabilities(needs_gradients=True, requires=("attention",),
