@@ -196,6 +196,7 @@ def _activation_kind(module: nn.Module) -> tuple[str, tuple | None] | None:
         (nn.CELU, "celu"),
         (nn.SELU, "selu"),
         (nn.Softplus, "softplus"),
+        (nn.Mish, "mish"),
         (nn.Tanh, "tanh"),
     ):
         if isinstance(module, cls):
@@ -228,7 +229,7 @@ def _census(kinds: dict[str, list[str]]) -> str:
 
 
 def _is_layer_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm) or type(module).__name__ == "OnnxLayerNorm"
+    return isinstance(module, nn.LayerNorm) or type(module).__name__ in ("OnnxLayerNorm", "OnnxLayerNormalization")
 
 
 def _product_kind(module: nn.Module) -> str | None:
