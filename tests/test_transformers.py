@@ -45,6 +45,10 @@ def test_layouts_found_from_the_graph(built, tiny_model):
     assert order.index(d.name) < order.index(vit.attention()[-1].node)
     assert order.index(d.name) > order.index(vit.attention()[0].node)
     assert deit.default_feature_layer().layout == xplain.Layout("tokens", 16, (4, 4), 2)
+    # patch embedding B×C×h×w, then (flatten: B×C×N with C = N = 16, not tokens) transposed tokens
+    first = deit.feature_layers()[:2]
+    assert [f.layout for f in first] == [xplain.Layout("nchw", 16, (4, 4)), xplain.Layout("tokens", 16, (4, 4), 0)]
+    assert type(deit.graph.get_submodule(deit.node(first[1].name).target)).__name__ == "OnnxTranspose"
     kinds = {f.layout.kind for f in swin.feature_layers()}
     assert "nhwc" in kinds
     last = [f for f in swin.feature_layers() if f.layout.kind == "nhwc"][-1]

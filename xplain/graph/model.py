@@ -523,6 +523,15 @@ class Model:
                 best = (extra, (h, w))
         return None if best is None else Layout(TOKENS, channels, best[1], best[0])
 
+    def _flattened_channels_first(self, node: fx.Node, known: dict[str, Layout]) -> bool:
+        """B×C×(h·w): a B×C×h×w map with its grid flattened (before the transpose to tokens);
+        told apart from tokens B×N×C when C = N by where it comes from."""
+        source = node.all_input_nodes[0] if node.all_input_nodes else None
+        layout = known.get(source.name) if source is not None else None
+        shape = self.shape(node.name)
+        return (layout is not None and layout.kind == NCHW and layout.channels == shape[1]
+                and layout.grid[0] * layout.grid[1] == shape[2])
+
     @cached_property
     def _layouts(self) -> dict[str, Layout]:
         out = {}
@@ -538,7 +547,7 @@ class Model:
                     out[node.name] = Layout(NCHW, shape[1], (shape[2], shape[3]))
             elif len(shape) == 3:
                 layout = self._token_layout(shape[1], shape[2])
-                if layout is not None:
+                if layout is not None and not self._flattened_channels_first(node, out):
                     out[node.name] = layout
         return out
 
