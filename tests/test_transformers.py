@@ -15,7 +15,7 @@ import xplain
 from xplain.cli.app import main
 
 from .conftest import export_classic
-from .tiny_transformers import TinyDeiT, TinyEffNetLike, TinySwinLike, tiny_vit
+from .tiny_transformers import TinyDeiT, TinyEffNetLike, TinySwinLike, tiny_convnext, tiny_vit
 
 
 @pytest.fixture(scope="module")
@@ -277,15 +277,20 @@ def _zero_biases(module):
     return module
 
 
-@pytest.mark.parametrize("name", ["vit", "effnet"])
+@pytest.mark.parametrize("name", ["vit", "effnet", "convnext"])
 def test_lrp_conserves_relevance_without_biases(name, tmp_path):
     """Bias-free, the input relevance sums to the target logit (conservation) through
-    attention, LayerNorm, GELU (ViT) and SiLU, an SE gate and Hardswish (EfficientNet-like)."""
-    module = _zero_biases(tiny_vit() if name == "vit" else TinyEffNetLike())
+    attention, LayerNorm, GELU (ViT), SiLU, an SE gate and Hardswish (EfficientNet-like) and
+    channels-last LayerNorm/GELU blocks (ConvNeXt)."""
+    module = _zero_biases({"vit": tiny_vit, "effnet": TinyEffNetLike, "convnext": tiny_convnext}[name]())
     if name == "effnet":
         module.stem[1].running_mean.zero_()
-    size = 32 if name == "vit" else 16
+    size = 16 if name == "effnet" else 32
     model = xplain.load_model(export_classic(module, tmp_path / "m.onnx", (1, 3, size, size)), device="cpu")
+    if name == "convnext":  # channels-last inside the blocks; the pooled B×1×1×C head is no map
+        kinds = [f.layout.kind for f in model.feature_layers()]
+        assert "nhwc" in kinds and kinds[-1] == "nchw"
+        assert model.default_feature_layer().spatial_shape == (32, 4, 4)
     x = _x(6, size=size)
     targets = torch.tensor([1, 2])
     result = xplain.explain(model, x, targets=targets, method="lrp-epsilon", params={"epsilon": 1e-12})

@@ -33,6 +33,15 @@ def tiny_vit(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def tiny_convnext(seed: int = 0) -> nn.Module:
+    """torchvision's ConvNeXt, two stages (16 and 32 channels, one block each): channels-last
+    LayerNorm/Linear/GELU inside the blocks, a pooled B×1×1×C LayerNorm in the head."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(seed)
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=5).eval()
+
+
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm, lrp: bool) -> torch.Tensor:
     if not lrp:
         return ln(x)

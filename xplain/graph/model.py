@@ -489,7 +489,7 @@ class Model:
         """+1 per neighbour that works on the last axis (LayerNorm, Linear), −1 per one that
         works on axis 1 (conv, BatchNorm, pooling): breaks ties for square maps with C = H."""
         score = 0
-        for other in [*node.users, *node.all_input_nodes]:
+        for other in [node, *node.users, *node.all_input_nodes]:
             if other.op != "call_module":
                 continue
             module = self.graph.get_submodule(other.target)
@@ -543,7 +543,10 @@ class Model:
                 first, last = self._is_grid(shape[2], shape[3]), self._is_grid(shape[1], shape[2])
                 if last and (not first or self._channels_last_evidence(node) > 0):
                     out[node.name] = Layout(NHWC, shape[3], (shape[1], shape[2]))
-                elif shape[2] * shape[3] > 1:  # as before layouts: any rank-4 map with h·w > 1 is B×C×H×W
+                elif first or (min(shape[2], shape[3]) > 1 and self._channels_last_evidence(node) <= 0):
+                    # as before layouts: a rank-4 map with h, w > 1 is B×C×H×W (odd sizes such as
+                    # Inception's 147×147 are not a clean downsampling); a 1×W "grid" that is not
+                    # one is a pooled channels-last tensor (ConvNeXt's head: B×1×1×C)
                     out[node.name] = Layout(NCHW, shape[1], (shape[2], shape[3]))
             elif len(shape) == 3:
                 layout = self._token_layout(shape[1], shape[2])
