@@ -76,11 +76,11 @@ def capture(model, x, attention, targets=None):
 
 
 # ----------------------------------------------------------------------------- token spaces
-def token_space(att):
+def token_space(model, att):
     """(prefix, (h, w)) of the tokens a block's attention maps live in."""
     if not att.windowed:
         return att.layout.prefix, tuple(att.layout.grid)
-    return 0, tuple(att.stream_layout.grid)
+    return 0, tuple(_geometry(model, att)[1].layout.grid)
 
 
 def positions(model, att):
@@ -89,13 +89,32 @@ def positions(model, att):
 
     if not att.windowed:
         return torch.arange(att.tokens).expand(att.maps, att.tokens)
+    return _geometry(model, att)[0]
+
+
+def _geometry(model, att):
+    """(window positions, the feature layer they index) of windowed attention, found once.
+
+    The block's input is the last spatial cut before the softmax (``Attention.stream``); when a
+    window-partitioned tensor looks like a map there (MaxViT's B×windows×tokens×C can read as
+    B×C×H×W), the probe fails on it and the cut before it is tried (up to four)."""
     key = (model.digest, att.node)
     if key not in _WINDOWS:
-        _WINDOWS[key] = _probe_windows(model, att)
+        order = {n.name: i for i, n in enumerate(model.graph.graph.nodes)}
+        before = [f for f in model.feature_layers() if f.cut and order[f.name] < order[att.node]]
+        failure = None
+        for layer in reversed(before[-4:]):
+            try:
+                _WINDOWS[key] = (_probe_windows(model, att, layer), layer)
+                break
+            except xplain.UsageError as err:
+                failure = failure or err
+        else:
+            raise failure or xplain.UsageError(f"attention {att.node!r} follows no spatial feature layer")
     return _WINDOWS[key]
 
 
-def _probe_windows(model, att):
+def _probe_windows(model, att, stream):
     """Which grid cell each window token is, read off the graph by perturbation.
 
     The diagonal of the attention logits, q_i·k_i, depends on token i's own input only (LayerNorm
@@ -108,9 +127,8 @@ def _probe_windows(model, att):
     import torch
     from torch import nn
 
-    stream = model.feature_layer(att.stream)
     logits_node = model.node(att.node).all_input_nodes[0].name
-    _, (h, w) = token_space(att)
+    h, w = stream.layout.grid
     cells = h * w
     bits = max(1, (cells - 1).bit_length())
     gen = torch.Generator().manual_seed(0)
@@ -125,7 +143,7 @@ def _probe_windows(model, att):
             if self.mask is None:
                 return t
             s = stream.to_spatial(t)
-            scale = s.detach().std().clamp_min(1e-3)
+            scale = 4 * s.detach().std().clamp_min(1e-3)  # large: a real change must stand out
             s = s + scale * direction.to(s)[None, :, None, None] * self.mask.to(s)[None, None]
             return stream.from_spatial(s, like=t)
 
@@ -142,7 +160,7 @@ def _probe_windows(model, att):
 
     with model.insert_after({stream.name: perturb}):
         base = diagonal(None)
-        tol = 1e-4 * (1 + base.abs())
+        tol = 1e-6 * (1 + base.abs())  # entries of untouched tokens are recomputed identically
         changed = lambda mask: (diagonal(mask) - base).abs() > tol  # noqa: E731
         real = changed(torch.ones(h, w, device=model.device))
         found = torch.zeros_like(base, dtype=torch.long)
@@ -156,7 +174,7 @@ def _probe_windows(model, att):
     per_window_unique = all(len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in found)
     if (found >= cells).any() or not covered.all() or not per_window_unique:
         raise xplain.UsageError(f"cannot place the windows of attention {att.node!r} on the {h}×{w} grid of "
-                                f"layer {att.stream!r} (the graph does not move tokens as windowed attention does)")
+                                f"layer {stream.name!r} (the graph does not move tokens as windowed attention does)")
     return found
 
 
@@ -165,7 +183,7 @@ def full_matrix(model, att, mats, reduce="mean"):
     and the windows' blocks) with ``reduce`` (mean, amax or amin) where they overlap."""
     import torch
 
-    prefix, (h, w) = token_space(att)
+    prefix, (h, w) = token_space(model, att)
     size = prefix + h * w
     pos = positions(model, att).to(mats.device)
     b, k, n, _ = mats.shape
@@ -185,14 +203,14 @@ def full_matrix(model, att, mats, reduce="mean"):
     return out.reshape(b, size, size)
 
 
-def carry(att_from, att_to, relevance):
+def carry(model, att_from, att_to, relevance):
     """Relevance rows (B×T_from×S) carried to the next block's token space (B×T_to×S): the same
     rows when the spaces match, else each coarser cell the mean of the finer cells it covers
     (Swin's patch merging), prefix tokens kept."""
     import torch
 
-    p0, (h0, w0) = token_space(att_from)
-    p1, (h1, w1) = token_space(att_to)
+    p0, (h0, w0) = token_space(model, att_from)
+    p1, (h1, w1) = token_space(model, att_to)
     if (p0, h0, w0) == (p1, h1, w1):
         return relevance
     if p0 != p1:
@@ -217,17 +235,17 @@ def token_map(model, relevance, first, last):
     bilinearly (align_corners=False) to the input size."""
     import torch.nn.functional as F
 
-    prefix, _ = token_space(last)
-    first_prefix, (h, w) = token_space(first)
+    prefix, _ = token_space(model, last)
+    first_prefix, (h, w) = token_space(model, first)
     row = relevance[:, 0] if prefix else relevance.mean(dim=1)
     row = row[:, first_prefix:].reshape(-1, 1, h, w)
     size = (model.spec.height, model.spec.width)
     return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def identity(att, like):
+def identity(model, att, like):
     import torch
 
-    prefix, (h, w) = token_space(att)
+    prefix, (h, w) = token_space(model, att)
     size = prefix + h * w
     return torch.eye(size, device=like.device, dtype=like.dtype).expand(like.shape[0], size, size)

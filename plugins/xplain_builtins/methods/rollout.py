@@ -2,7 +2,8 @@
 
 import xplain
 
-from .attention_maps import WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map
+from .attention_maps import (WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map,
+                             token_space)
 
 _REDUCE = {"mean": "mean", "max": "amax", "min": "amin"}
 
@@ -27,9 +28,9 @@ def rollout(model, attention, mats, fusion="mean", discard_ratio=0.0):
                 flat.scatter_(1, low, 0.0)
                 flat[:, 0] = keep
             fused = flat.view_as(fused)
-        step = 0.5 * fused + 0.5 * identity(att, fused)
+        step = 0.5 * fused + 0.5 * identity(model, att, fused)
         step = step / step.sum(dim=-1, keepdim=True)
-        result = step if result is None else torch.bmm(step, carry(previous, att, result))
+        result = step if result is None else torch.bmm(step, carry(model, previous, att, result))
         previous = att
     return result
 
@@ -39,11 +40,9 @@ def _explain(model, x, targets, params, seed):
     mats, _ = capture(model, x, attention)
     relevance = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])
     maps = token_map(model, relevance, attention[0], attention[-1])
-    first = attention[0]
-    layout = first.layout or first.stream_layout
+    prefix, grid = token_space(model, attention[0])
     return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
-                                          "prefix_tokens": layout.prefix if not first.windowed else 0,
-                                          "grid": list(layout.grid)})
+                                          "prefix_tokens": prefix, "grid": list(grid)})
 
 
 _DESCRIPTION = (

@@ -6,7 +6,8 @@ R ← R + Ā_l·R from R = I, block by block from the input side.
 
 import xplain
 
-from .attention_maps import WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map
+from .attention_maps import (WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map,
+                             token_space)
 
 
 def relevance(model, attention, mats, grads):
@@ -14,9 +15,9 @@ def relevance(model, attention, mats, grads):
     (on each block's token space; relevance carried between spaces, see attention_maps)."""
     import torch
 
-    result, previous = identity(attention[0], mats[0]), attention[0]
+    result, previous = identity(model, attention[0], mats[0]), attention[0]
     for att, a, g in zip(attention, mats, grads):
-        result = carry(previous, att, result)
+        result = carry(model, previous, att, result)
         weighted = full_matrix(model, att, (g * a).clamp(min=0), "mean")
         result = result + torch.bmm(weighted, result)
         previous = att
@@ -27,11 +28,9 @@ def _explain(model, x, targets, params, seed):
     attention = attention_layers(model, "transformer-attribution")
     mats, grads = capture(model, x, attention, targets)
     maps = token_map(model, relevance(model, attention, mats, grads), attention[0], attention[-1])
-    first = attention[0]
-    layout = first.layout or first.stream_layout
+    prefix, grid = token_space(model, attention[0])
     return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
-                                          "prefix_tokens": layout.prefix if not first.windowed else 0,
-                                          "grid": list(layout.grid),
+                                          "prefix_tokens": prefix, "grid": list(grid),
                                           "form": "Chefer et al. ICCV 2021 (gradient x attention)"})
 
 
