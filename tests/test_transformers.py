@@ -374,16 +374,24 @@ def _export_dynamo(module, path, dynamic_batch):
     return path
 
 
-@pytest.mark.parametrize("case", ["swin-classic", "swin-dynamo", "vit-dynamo"])
+def _torchvision_maxvit():
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
+                  head_dim=8, stochastic_depth_prob=0.0, num_classes=5).eval()
+
+
+@pytest.mark.parametrize("case", ["swin-classic", "swin-dynamo", "vit-dynamo", "maxvit-classic"])
 def test_torchvision_transformers_run_every_attention_method(case, tmp_path):
-    """torchvision's Swin (static batch, as its export needs) and ViT from both exporters: the
-    layouts are found, the attention methods run and are batch-consistent, the rectifier
-    methods refuse. (Swin's classic export and the dynamo exporter's op versions need the
+    """torchvision's Swin (static batch, as its export needs) and ViT from both exporters, and
+    MaxViT (block + grid attention): the layouts are found, the attention methods run and are
+    batch-consistent, the rectifier methods refuse. (Swin's classic export and the dynamo exporter's op versions need the
     issue-11 front door; until it is on the branch these cases skip with the loader's reason.)"""
     name, exporter = case.split("-")
-    module = _torchvision_swin() if name == "swin" else tiny_vit()
+    module = {"swin": _torchvision_swin, "vit": tiny_vit, "maxvit": _torchvision_maxvit}[name]()
     path = tmp_path / "m.onnx"
-    if exporter == "classic":
+    if exporter == "classic":  # static batch: Swin's and MaxViT's window reshapes fix it
         export_classic(module, path, (1, 3, 32, 32), dynamic=False)
     else:
         _export_dynamo(module, path, dynamic_batch=name == "vit")
@@ -395,6 +403,8 @@ def test_torchvision_transformers_run_every_attention_method(case, tmp_path):
     if name == "swin":
         assert [a.windowed for a in attention] == [True, True, False, False]  # stage 2: one window
         assert any(f.layout.kind == "nhwc" for f in model.feature_layers())
+    elif name == "maxvit":  # block and grid attention (2×2 windows, 2×2 dilated grids) per stage
+        assert [(a.tokens, a.windowed) for a in attention] == [(4, True)] * 4
     else:
         assert model.default_feature_layer().layout == xplain.Layout("tokens", 16, (4, 4), 1)
     x, targets = _x(8), torch.tensor([1, 3])
