@@ -23,8 +23,12 @@ def built(tmp_path_factory):
     """name -> (torch module, path, xplain model), exported and loaded once."""
     root = tmp_path_factory.mktemp("transformers")
     out = {}
-    for name, module, size in (("vit", tiny_vit(), 32), ("deit", TinyDeiT(), 32), ("swin", TinySwinLike(), 32),
-                               ("effnet", TinyEffNetLike(), 16)):
+    for name, module, size in (
+        ("vit", tiny_vit(), 32),
+        ("deit", TinyDeiT(), 32),
+        ("swin", TinySwinLike(), 32),
+        ("effnet", TinyEffNetLike(), 16),
+    ):
         path = export_classic(module, root / f"{name}.onnx", (1, 3, size, size))
         out[name] = (module, path, xplain.load_model(path, device="cpu"))
     return out
@@ -47,14 +51,21 @@ def test_layouts_found_from_the_graph(built, tiny_model):
     assert deit.default_feature_layer().layout == xplain.Layout("tokens", 16, (4, 4), 2)
     # patch embedding B×C×h×w, then (flatten: B×C×N with C = N = 16, not tokens) transposed tokens
     first = deit.feature_layers()[:2]
-    assert [f.layout for f in first] == [xplain.Layout("nchw", 16, (4, 4)), xplain.Layout("tokens", 16, (4, 4), 0)]
-    assert type(deit.graph.get_submodule(deit.node(first[1].name).target)).__name__ == "OnnxTranspose"
+    assert [f.layout for f in first] == [
+        xplain.Layout("nchw", 16, (4, 4)),
+        xplain.Layout("tokens", 16, (4, 4), 0),
+    ]
+    assert (
+        type(deit.graph.get_submodule(deit.node(first[1].name).target)).__name__ == "OnnxTranspose"
+    )
     kinds = {f.layout.kind for f in swin.feature_layers()}
     assert "nhwc" in kinds
     last = [f for f in swin.feature_layers() if f.layout.kind == "nhwc"][-1]
     assert last.layout == xplain.Layout("nhwc", 16, (8, 8)) and last.shape == (8, 8, 16)
     assert all(f.layout.kind == "nchw" for f in tiny_model.feature_layers())
-    assert tiny_model.default_feature_layer().spatial_shape == tiny_model.default_feature_layer().shape
+    assert (
+        tiny_model.default_feature_layer().spatial_shape == tiny_model.default_feature_layer().shape
+    )
 
 
 def test_layout_reshapes_invert_each_other():
@@ -87,7 +98,11 @@ def test_inspect_shows_default_layer_and_layout(built, capsys):
     assert main(["inspect", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     default = [f for f in data["feature_layers"] if f["layer"] == data["default_feature_layer"]][0]
-    assert default["layout"] == "tokens" and default["prefix_tokens"] == 2 and default["grid"] == [4, 4]
+    assert (
+        default["layout"] == "tokens"
+        and default["prefix_tokens"] == 2
+        and default["grid"] == [4, 4]
+    )
     assert data["attention"]["layers"] == 2 and data["attention"]["prefix_tokens"] == 2
     assert main(["inspect", str(path)]) == 0
     assert "tokens B×(2+4×4)×16" in capsys.readouterr().out
@@ -136,7 +151,9 @@ def test_rollout_equals_hand_computation(built, name, prefix):
     assert got.info["prefix_tokens"] == prefix
     other = xplain.explain(model, x, targets=[2, 1], method="attention-rollout").maps
     torch.testing.assert_close(other, got.maps)  # class-agnostic
-    fused_max = xplain.explain(model, x, method="attention-rollout", params={"head_fusion": "max"}).maps
+    fused_max = xplain.explain(
+        model, x, method="attention-rollout", params={"head_fusion": "max"}
+    ).maps
     assert not torch.allclose(fused_max, got.maps)
 
 
@@ -146,16 +163,20 @@ def test_transformer_attribution_equals_autograd(built):
     expected = []
     for i in range(2):  # one image at a time: the gradient of its own target logit
         with torch.enable_grad():
-            module(x[i:i + 1])[0, targets[i]].backward()
+            module(x[i : i + 1])[0, targets[i]].backward()
         r = torch.eye(18)
         for a in module.attn:
             cam = (a.grad[0] * a[0].detach()).clamp(min=0).mean(0)
             r = r + cam @ r
         row = r[0, 2:].reshape(1, 1, 4, 4)
-        expected.append(F.interpolate(row, size=(32, 32), mode="bilinear", align_corners=False)[0, 0])
+        expected.append(
+            F.interpolate(row, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        )
     got = xplain.explain(model, x, targets=targets, method="transformer-attribution")
     torch.testing.assert_close(got.maps, torch.stack(expected), rtol=1e-4, atol=1e-5)
-    again = xplain.explain(model, x, targets=torch.tensor([0, 0]), method="transformer-attribution").maps
+    again = xplain.explain(
+        model, x, targets=torch.tensor([0, 0]), method="transformer-attribution"
+    ).maps
     assert not torch.allclose(again, got.maps)  # class-specific
 
 
@@ -194,7 +215,9 @@ def test_windowed_attention_methods_equal_hand_computation(built):
     for block, att in enumerate(attention):
         got = attention_maps.positions(model, att)
         assert got.shape == (8, 16)  # 4 windows × 2 heads
-        torch.testing.assert_close(got.reshape(4, 2, 16), _swin_cells(block)[:, None].expand(4, 2, 16))
+        torch.testing.assert_close(
+            got.reshape(4, 2, 16), _swin_cells(block)[:, None].expand(4, 2, 16)
+        )
     x, targets = _x(7), torch.tensor([4, 1])
     with torch.enable_grad():
         module(x).gather(1, targets[:, None]).sum().backward()
@@ -208,7 +231,9 @@ def test_windowed_attention_methods_equal_hand_computation(built):
         r_attr = r_attr + _swin_full((a.grad * a.detach()).clamp(min=0), block) @ r_attr
 
     def to_map(r):
-        return F.interpolate(r.mean(1).reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+        return F.interpolate(
+            r.mean(1).reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear", align_corners=False
+        )[:, 0]
 
     rollout = xplain.explain(model, x, targets=targets, method="attention-rollout")
     torch.testing.assert_close(rollout.maps, to_map(r_roll), rtol=1e-4, atol=1e-6)
@@ -263,7 +288,9 @@ def test_lrp_on_deit_equals_detached_reference(built):
     finally:
         module.lrp = False
     expected = (x * g).sum(1)
-    got = xplain.explain(model, x, targets=targets, method="lrp-epsilon", params={"epsilon": 1e-12}).maps
+    got = xplain.explain(
+        model, x, targets=targets, method="lrp-epsilon", params={"epsilon": 1e-12}
+    ).maps
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
     plain = xplain.explain(model, x, targets=targets, method="input-x-gradient").maps
     assert not torch.allclose(plain, got, atol=1e-3)  # the rules change the map
@@ -282,18 +309,24 @@ def test_lrp_conserves_relevance_without_biases(name, tmp_path):
     """Bias-free, the input relevance sums to the target logit (conservation) through
     attention, LayerNorm, GELU (ViT), SiLU, an SE gate and Hardswish (EfficientNet-like) and
     channels-last LayerNorm/GELU blocks (ConvNeXt)."""
-    module = _zero_biases({"vit": tiny_vit, "effnet": TinyEffNetLike, "convnext": tiny_convnext}[name]())
+    module = _zero_biases(
+        {"vit": tiny_vit, "effnet": TinyEffNetLike, "convnext": tiny_convnext}[name]()
+    )
     if name == "effnet":
         module.stem[1].running_mean.zero_()
     size = 16 if name == "effnet" else 32
-    model = xplain.load_model(export_classic(module, tmp_path / "m.onnx", (1, 3, size, size)), device="cpu")
+    model = xplain.load_model(
+        export_classic(module, tmp_path / "m.onnx", (1, 3, size, size)), device="cpu"
+    )
     if name == "convnext":  # channels-last inside the blocks; the pooled B×1×1×C head is no map
         kinds = [f.layout.kind for f in model.feature_layers()]
         assert "nhwc" in kinds and kinds[-1] == "nchw"
         assert model.default_feature_layer().spatial_shape == (32, 4, 4)
     x = _x(6, size=size)
     targets = torch.tensor([1, 2])
-    result = xplain.explain(model, x, targets=targets, method="lrp-epsilon", params={"epsilon": 1e-12})
+    result = xplain.explain(
+        model, x, targets=targets, method="lrp-epsilon", params={"epsilon": 1e-12}
+    )
     with torch.no_grad():
         logits = module(x).gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(result.maps.flatten(1).sum(1), logits, rtol=1e-4, atol=1e-4)
@@ -306,7 +339,9 @@ def _refused(capsys, *args):
     (onnx2torch's own deprecation warnings from converting Slice may precede it as warnings.)"""
     code = main(list(map(str, args)))
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.strip().splitlines() if line.strip() and "warning" not in line]
+    lines = [
+        line for line in captured.err.strip().splitlines() if line.strip() and "warning" not in line
+    ]
     assert code == 2 and len(lines) == 1 and not captured.out.strip(), (code, captured)
     return lines[0]
 
@@ -325,11 +360,15 @@ def image(tmp_path_factory):
 
 
 def test_rectifier_methods_refuse_transformers_and_silu_nets(built, image, tmp_path, capsys):
-    line = _explain_refused(capsys, built["vit"][1], "guided-backprop", image, "--out", tmp_path / "o")
+    line = _explain_refused(
+        capsys, built["vit"][1], "guided-backprop", image, "--out", tmp_path / "o"
+    )
     assert "guided-backprop needs rectifier activations" in line
     assert "GELU (2)" in line and "LayerNormalization (5)" in line and "attention-rollout" in line
     for method in ("deconvnet", "tr-gbp", "lrp-zplus", "mip-in"):
-        assert "needs rectifier activations" in _explain_refused(capsys, built["deit"][1], method, image)
+        assert "needs rectifier activations" in _explain_refused(
+            capsys, built["deit"][1], method, image
+        )
     line = _explain_refused(capsys, built["effnet"][1], "guided-backprop", image)
     assert "SiLU (2)" in line and "Hardswish (1)" in line and "attention-rollout" not in line
     assert not (tmp_path / "o").exists()
@@ -337,7 +376,9 @@ def test_rectifier_methods_refuse_transformers_and_silu_nets(built, image, tmp_p
 
 def test_attention_methods_refuse_without_attention(tiny_cnn_path, image, capsys):
     for method in ("attention-rollout", "transformer-attribution"):
-        assert "needs attention layers; this model has none" in _explain_refused(capsys, tiny_cnn_path, method, image)
+        assert "needs attention layers; this model has none" in _explain_refused(
+            capsys, tiny_cnn_path, method, image
+        )
 
 
 def test_refusal_before_eval_and_fit(built, tmp_path, capsys):
@@ -348,9 +389,21 @@ def test_refusal_before_eval_and_fit(built, tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(data / "a.png")
     with pytest.raises(xplain.UsageError, match="mip-in needs rectifier activations"):
         xplain.check_requirements(built["vit"][2], xplain.get_registry().method("mip-in"))
-    assert "needs rectifier activations" in _refused(capsys, "fit", "mip-in", built["vit"][1], tmp_path / "data")
-    line = _refused(capsys, "eval", built["effnet"][1], tmp_path / "data", "--methods", "attention-rollout",
-                    "--metrics", "deletion", "--out", tmp_path / "ev")
+    assert "needs rectifier activations" in _refused(
+        capsys, "fit", "mip-in", built["vit"][1], tmp_path / "data"
+    )
+    line = _refused(
+        capsys,
+        "eval",
+        built["effnet"][1],
+        tmp_path / "data",
+        "--methods",
+        "attention-rollout",
+        "--metrics",
+        "deletion",
+        "--out",
+        tmp_path / "ev",
+    )
     assert "attention-rollout needs attention layers" in line and not (tmp_path / "ev").exists()
 
 
@@ -359,8 +412,14 @@ def _torchvision_swin():
     from torchvision.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(0)
-    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
-                           num_classes=5).eval()
+    return SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=[4, 4],
+        num_classes=5,
+    ).eval()
 
 
 def _export_dynamo(module, path, dynamic_batch):
@@ -369,8 +428,16 @@ def _export_dynamo(module, path, dynamic_batch):
     shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(1, 3, 32, 32),), str(path), dynamo=True, input_names=["x"],
-                          output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+        torch.onnx.export(
+            module,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
     return path
 
 
@@ -378,8 +445,16 @@ def _torchvision_maxvit():
     from torchvision.models.maxvit import MaxVit
 
     torch.manual_seed(0)
-    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
-                  head_dim=8, stochastic_depth_prob=0.0, num_classes=5).eval()
+    return MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[16, 32],
+        block_layers=[1, 1],
+        head_dim=8,
+        stochastic_depth_prob=0.0,
+        num_classes=5,
+    ).eval()
 
 
 @pytest.mark.parametrize("case", ["swin-classic", "swin-dynamo", "vit-dynamo", "maxvit-classic"])
@@ -410,8 +485,12 @@ def test_torchvision_transformers_run_every_attention_method(case, tmp_path):
     x, targets = _x(8), torch.tensor([1, 3])
     for method in ("attention-rollout", "transformer-attribution", "grad-cam", "lrp-epsilon"):
         both = xplain.explain(model, x, targets=targets, method=method).maps
-        one = torch.cat([xplain.explain(model, x[i:i + 1], targets=targets[i:i + 1], method=method).maps
-                         for i in range(2)])
+        one = torch.cat(
+            [
+                xplain.explain(model, x[i : i + 1], targets=targets[i : i + 1], method=method).maps
+                for i in range(2)
+            ]
+        )
         torch.testing.assert_close(both, one, rtol=1e-4, atol=1e-6)
         assert float(both.abs().max()) > 0
     with pytest.raises(xplain.UsageError, match="needs rectifier activations"):

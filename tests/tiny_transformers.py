@@ -24,8 +24,15 @@ def tiny_vit(seed: int = 0) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                              num_classes=5)
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=5,
+    )
     with torch.no_grad():
         model.heads.head.weight.normal_(0, 0.5)
         model.heads.head.bias.normal_(0, 0.1)
@@ -57,8 +64,17 @@ def _gelu(x: torch.Tensor, lrp: bool) -> torch.Tensor:
 
 
 class TinyDeiT(nn.Module):
-    def __init__(self, size: int = 32, patch: int = 8, dim: int = 16, heads: int = 2, depth: int = 2,
-                 classes: int = 5, prefix: int = 2, seed: int = 0):
+    def __init__(
+        self,
+        size: int = 32,
+        patch: int = 8,
+        dim: int = 16,
+        heads: int = 2,
+        depth: int = 2,
+        classes: int = 5,
+        prefix: int = 2,
+        seed: int = 0,
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.patch = nn.Conv2d(3, dim, patch, patch)
@@ -66,9 +82,19 @@ class TinyDeiT(nn.Module):
         self.prefix = nn.Parameter(torch.randn(1, prefix, dim) * 0.5)
         self.pos = nn.Parameter(torch.randn(1, n + prefix, dim) * 0.5)
         self.heads = heads
-        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
-            n1=nn.LayerNorm(dim), qkv=nn.Linear(dim, 3 * dim), proj=nn.Linear(dim, dim), n2=nn.LayerNorm(dim),
-            fc1=nn.Linear(dim, 2 * dim), fc2=nn.Linear(2 * dim, dim))) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                dict(
+                    n1=nn.LayerNorm(dim),
+                    qkv=nn.Linear(dim, 3 * dim),
+                    proj=nn.Linear(dim, dim),
+                    n2=nn.LayerNorm(dim),
+                    fc1=nn.Linear(dim, 2 * dim),
+                    fc2=nn.Linear(2 * dim, dim),
+                )
+            )
+            for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
         self.head_dist = nn.Linear(dim, classes)
@@ -84,7 +110,9 @@ class TinyDeiT(nn.Module):
         for blk in self.blocks:
             h = _layer_norm(t, blk["n1"], lrp)
             n, c = h.shape[1], h.shape[2]
-            q, k, v = blk["qkv"](h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                blk["qkv"](h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            )
             a = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
             if a.requires_grad:
                 a.retain_grad()
@@ -99,15 +127,27 @@ class TinySwinLike(nn.Module):
     """Patch embedding to B×8×8×C (channels last), two blocks of attention within 4×4 windows
     (the second on windows shifted by 2, as Swin), LayerNorm, mean pooling, a linear head."""
 
-    def __init__(self, dim: int = 16, classes: int = 5, window: int = 4, heads: int = 2, seed: int = 0):
+    def __init__(
+        self, dim: int = 16, classes: int = 5, window: int = 4, heads: int = 2, seed: int = 0
+    ):
         super().__init__()
         torch.manual_seed(seed)
         self.embed = nn.Conv2d(3, dim, 4, 4)
         self.window, self.heads = window, heads
         self.attn: list[torch.Tensor] = []
-        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
-            n1=nn.LayerNorm(dim), qkv=nn.Linear(dim, 3 * dim), proj=nn.Linear(dim, dim), n2=nn.LayerNorm(dim),
-            fc1=nn.Linear(dim, 2 * dim), fc2=nn.Linear(2 * dim, dim))) for _ in range(2))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                dict(
+                    n1=nn.LayerNorm(dim),
+                    qkv=nn.Linear(dim, 3 * dim),
+                    proj=nn.Linear(dim, dim),
+                    n2=nn.LayerNorm(dim),
+                    fc1=nn.Linear(dim, 2 * dim),
+                    fc2=nn.Linear(2 * dim, dim),
+                )
+            )
+            for _ in range(2)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
         self.eval()
@@ -121,7 +161,9 @@ class TinySwinLike(nn.Module):
             shifted = torch.roll(t, (-2, -2), (1, 2)) if i % 2 else t
             u = blk["n1"](shifted).reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
             u = u.reshape(-1, ws * ws, c)
-            q, k, v = blk["qkv"](u).reshape(u.shape[0], ws * ws, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                blk["qkv"](u).reshape(u.shape[0], ws * ws, 3, nh, c // nh).permute(2, 0, 3, 1, 4)
+            )
             a = (q @ k.transpose(-2, -1) / math.sqrt(c // nh)).softmax(-1)  # (B·windows)×heads×n×n
             if a.requires_grad:
                 a.retain_grad()
@@ -142,7 +184,9 @@ class TinyEffNetLike(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.SiLU(), nn.Conv2d(4, 8, 1), nn.Sigmoid())
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.SiLU(), nn.Conv2d(4, 8, 1), nn.Sigmoid()
+        )
         self.conv = nn.Conv2d(8, 8, 3, padding=1)
         self.act = nn.Hardswish()
         self.head = nn.Linear(8, classes)

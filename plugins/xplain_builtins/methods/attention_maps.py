@@ -43,8 +43,10 @@ def attention_layers(model, method):
     found = model.attention()
     problem = model.requirement_problem("attention")
     if problem is not None or not found:
-        raise xplain.UsageError(f"{method} {problem or 'needs attention layers'}",
-                                hint="try gradient, integrated-gradients, grad-cam")
+        raise xplain.UsageError(
+            f"{method} {problem or 'needs attention layers'}",
+            hint="try gradient, integrated-gradients, grad-cam",
+        )
     return found
 
 
@@ -110,7 +112,9 @@ def _geometry(model, att):
             except xplain.UsageError as err:
                 failure = failure or err
         else:
-            raise failure or xplain.UsageError(f"attention {att.node!r} follows no spatial feature layer")
+            raise failure or xplain.UsageError(
+                f"attention {att.node!r} follows no spatial feature layer"
+            )
     return _WINDOWS[key]
 
 
@@ -171,18 +175,20 @@ def _probe_windows(model, att, stream):
     valid = found[found >= 0]
     if valid.numel():
         covered[valid.clamp(max=cells - 1)] = True
-    per_window_unique = all(len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in found)
+    per_window_unique = all(
+        len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in found
+    )
     if (found >= cells).any() or not covered.all() or not per_window_unique:
-        raise xplain.UsageError(f"cannot place the windows of attention {att.node!r} on the {h}×{w} grid of "
-                                f"layer {stream.name!r} (the graph does not move tokens as windowed attention does)")
+        raise xplain.UsageError(
+            f"cannot place the windows of attention {att.node!r} on the {h}×{w} grid of "
+            f"layer {stream.name!r} (the graph does not move tokens as windowed attention does)"
+        )
     return found
 
 
 def full_matrix(model, att, mats, reduce="mean"):
     """B×T×T token-to-token matrix of one block (T = its token space), fusing the maps (heads,
     and the windows' blocks) with ``reduce`` (mean, amax or amin) where they overlap."""
-    import torch
-
     prefix, (h, w) = token_space(model, att)
     size = prefix + h * w
     pos = positions(model, att).to(mats.device)
@@ -198,8 +204,7 @@ def full_matrix(model, att, mats, reduce="mean"):
     out = mats.new_zeros(b, size * size)
     index = flat.expand(b, -1)
     out = out.scatter_reduce(1, index, values, reduce=reduce, include_self=False)
-    if reduce == "mean":
-        pass  # scatter_reduce's mean already divides by the number of maps at each pair
+    # (scatter_reduce's mean divides by the number of maps at each pair: the heads)
     return out.reshape(b, size, size)
 
 
@@ -214,8 +219,10 @@ def carry(model, att_from, att_to, relevance):
     if (p0, h0, w0) == (p1, h1, w1):
         return relevance
     if p0 != p1:
-        raise xplain.UsageError(f"attention blocks {att_from.node!r} and {att_to.node!r} have different "
-                                "prefix tokens; their relevance cannot be chained")
+        raise xplain.UsageError(
+            f"attention blocks {att_from.node!r} and {att_to.node!r} have different "
+            "prefix tokens; their relevance cannot be chained"
+        )
     ys = (torch.arange(h0, device=relevance.device) * h1) // h0
     xs = (torch.arange(w0, device=relevance.device) * w1) // w0
     target = (ys[:, None] * w1 + xs[None, :]).flatten() + p1

@@ -2,8 +2,16 @@
 
 import xplain
 
-from .attention_maps import (WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map,
-                             token_space)
+from .attention_maps import (
+    WINDOWED,
+    attention_layers,
+    capture,
+    carry,
+    full_matrix,
+    identity,
+    token_map,
+    token_space,
+)
 
 _REDUCE = {"mean": "mean", "max": "amax", "min": "amin"}
 
@@ -41,8 +49,15 @@ def _explain(model, x, targets, params, seed):
     relevance = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])
     maps = token_map(model, relevance, attention[0], attention[-1])
     prefix, grid = token_space(model, attention[0])
-    return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
-                                          "prefix_tokens": prefix, "grid": list(grid)})
+    return xplain.Attribution(
+        maps,
+        info={
+            "blocks": len(mats),
+            "windowed": sum(a.windowed for a in attention),
+            "prefix_tokens": prefix,
+            "grid": list(grid),
+        },
+    )
 
 
 _DESCRIPTION = (
@@ -57,22 +72,41 @@ _DESCRIPTION = (
     "columns (class, distillation, register tokens: their count is read from the graph as tokens "
     "minus grid cells, e.g. 2 for distilled DeiT), reshaped to the patch grid and upsampled "
     "bilinearly (align_corners=False) to the input size: non-negative, rows of R sum to 1. "
-    + WINDOWED + " info: blocks, windowed (how many blocks), prefix_tokens, grid."
+    + WINDOWED
+    + " info: blocks, windowed (how many blocks), prefix_tokens, grid."
 )
 
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="attention-rollout",
-        summary="attention rollout through all blocks (Abnar & Zuidema 2020): ViT, DeiT, Swin",
-        description=_DESCRIPTION,
-        explain=_explain,
-        params=[
-            xplain.Param("head_fusion", "str", "mean", "how heads are fused per block", choices=("mean", "max", "min")),
-            xplain.Param("discard_ratio", "float", 0.0, "fraction of each fused attention map's lowest weights "
-                         "set to zero before rollout", min=0.0, max=0.99),
-        ],
-        capabilities=xplain.Capabilities(needs_gradients=False, requires=("attention",),
-                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
-    ))
+    register(
+        xplain.Method(
+            name="attention-rollout",
+            summary="attention rollout through all blocks (Abnar & Zuidema 2020): ViT, DeiT, Swin",
+            description=_DESCRIPTION,
+            explain=_explain,
+            params=[
+                xplain.Param(
+                    "head_fusion",
+                    "str",
+                    "mean",
+                    "how heads are fused per block",
+                    choices=("mean", "max", "min"),
+                ),
+                xplain.Param(
+                    "discard_ratio",
+                    "float",
+                    0.0,
+                    "fraction of each fused attention map's lowest weights "
+                    "set to zero before rollout",
+                    min=0.0,
+                    max=0.99,
+                ),
+            ],
+            capabilities=xplain.Capabilities(
+                needs_gradients=False,
+                requires=("attention",),
+                alternatives=("gradient", "integrated-gradients", "grad-cam"),
+            ),
+        )
+    )

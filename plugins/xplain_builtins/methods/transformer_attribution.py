@@ -6,8 +6,16 @@ R ← R + Ā_l·R from R = I, block by block from the input side.
 
 import xplain
 
-from .attention_maps import (WINDOWED, attention_layers, capture, carry, full_matrix, identity, token_map,
-                             token_space)
+from .attention_maps import (
+    WINDOWED,
+    attention_layers,
+    capture,
+    carry,
+    full_matrix,
+    identity,
+    token_map,
+    token_space,
+)
 
 
 def relevance(model, attention, mats, grads):
@@ -29,9 +37,16 @@ def _explain(model, x, targets, params, seed):
     mats, grads = capture(model, x, attention, targets)
     maps = token_map(model, relevance(model, attention, mats, grads), attention[0], attention[-1])
     prefix, grid = token_space(model, attention[0])
-    return xplain.Attribution(maps, info={"blocks": len(mats), "windowed": sum(a.windowed for a in attention),
-                                          "prefix_tokens": prefix, "grid": list(grid),
-                                          "form": "Chefer et al. ICCV 2021 (gradient x attention)"})
+    return xplain.Attribution(
+        maps,
+        info={
+            "blocks": len(mats),
+            "windowed": sum(a.windowed for a in attention),
+            "prefix_tokens": prefix,
+            "grid": list(grid),
+            "form": "Chefer et al. ICCV 2021 (gradient x attention)",
+        },
+    )
 
 
 _DESCRIPTION = (
@@ -44,18 +59,24 @@ _DESCRIPTION = (
     "R ← R + Ā_l · R, input side first. The map is the class token's (token 0's) row of R without "
     "the prefix columns (class/distillation/register tokens, counted from the graph), reshaped to "
     "the patch grid and upsampled bilinearly (align_corners=False). Not the CVPR 2021 variant, "
-    "which weights the LRP relevance of A_l instead of A_l itself. " + WINDOWED
+    "which weights the LRP relevance of A_l instead of A_l itself. "
+    + WINDOWED
     + " info: blocks, windowed, prefix_tokens, grid."
 )
 
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="transformer-attribution",
-        summary="gradient-weighted attention relevance (Chefer et al., ICCV 2021 form): ViT, DeiT, Swin",
-        description=_DESCRIPTION,
-        explain=_explain,
-        capabilities=xplain.Capabilities(needs_gradients=True, requires=("attention",),
-                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
-    ))
+    register(
+        xplain.Method(
+            name="transformer-attribution",
+            summary="gradient-weighted attention relevance (Chefer et al., ICCV 2021 form): ViT, DeiT, Swin",
+            description=_DESCRIPTION,
+            explain=_explain,
+            capabilities=xplain.Capabilities(
+                needs_gradients=True,
+                requires=("attention",),
+                alternatives=("gradient", "integrated-gradients", "grad-cam"),
+            ),
+        )
+    )
