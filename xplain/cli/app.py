@@ -644,6 +644,14 @@ def eval_command(
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
     model = _load(model_path, device, class_names)
+    if [n.strip() for n in methods.split(",") if n.strip()] == ["all"]:
+        # "all" means every method this model qualifies for (rectifiers, attention …)
+        skipped = [n for n in method_names
+                   if any(model.requirement_problem(r) for r in registry.method(n).capabilities.requires)]
+        method_names = [n for n in method_names if n not in skipped]
+        if skipped:
+            err.print(f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
+                      "model does not meet; `xplain methods show NAME`)", highlight=False, markup=False)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
