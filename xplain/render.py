@@ -19,7 +19,30 @@ from .errors import UsageError
 from .fileio import atomic_write
 from .images import Geometry
 
-__all__ = ["SIGNED_CMAP", "UNSIGNED_CMAP", "is_signed", "colorize", "save_heatmap", "save_overlay"]
+__all__ = ["SIGNED_CMAP", "UNSIGNED_CMAP", "is_signed", "colorize", "save_heatmap", "save_overlay",
+           "bound_overlay", "MAX_OVERLAY_PIXELS"]
+
+#: overlays of larger originals are drawn on a downscaled copy (same aspect ratio): an 87 KB PNG
+#: of 9000×9900 pixels must not cost gigabytes of float arrays at full resolution
+MAX_OVERLAY_PIXELS = 4096 * 4096
+
+
+def bound_overlay(image: Image.Image, geometry: Geometry) -> tuple[Image.Image, Geometry]:
+    """``image`` and ``geometry`` for drawing an overlay of at most :data:`MAX_OVERLAY_PIXELS`.
+
+    Mapping back to the original only resizes the resized-image canvas to ``original_size``, so
+    a smaller ``original_size`` with the image downscaled the same way draws the same overlay
+    at lower resolution."""
+    import dataclasses
+    import math
+
+    w, h = geometry.original_size
+    if w * h <= MAX_OVERLAY_PIXELS:
+        return image, geometry
+    f = math.sqrt(MAX_OVERLAY_PIXELS / (w * h))
+    size = (max(1, int(w * f)), max(1, int(h * f)))
+    small = image.resize(size, Image.BILINEAR) if tuple(image.size) == (w, h) else image
+    return small, dataclasses.replace(geometry, original_size=size)
 
 SIGNED_CMAP = "RdBu_r"  #: diverging; negative blue, zero near-white, positive red
 UNSIGNED_CMAP = "inferno"  #: sequential; zero black, maximum pale yellow
@@ -120,13 +143,14 @@ def save_overlay(path: PathLike, image: Image.Image, map_hw: np.ndarray, geometr
     if tuple(image.size) != tuple(geometry.original_size):
         raise ValueError(f"image size {image.size} does not match the geometry's original size "
                          f"{geometry.original_size}")
+    image, geometry = bound_overlay(image, geometry)
     m = _as_map(map_hw)
     if signed is None:
         signed = is_signed(m)
     scale = _scale(m, bool(signed))
-    colours = _rgba(geometry.to_original(m).astype(np.float64), bool(signed), scale)
-    base = np.asarray(image.convert("RGB"), dtype=np.float64)
-    a = alpha * colours[..., 3:4].astype(np.float64) / 255.0
-    out = base * (1.0 - a) + colours[..., :3].astype(np.float64) * a
+    colours = _rgba(geometry.to_original(m), bool(signed), scale)  # float32 in, uint8 out
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    a = np.float32(alpha) * colours[..., 3:4].astype(np.float32) / np.float32(255.0)
+    out = base * (1.0 - a) + colours[..., :3].astype(np.float32) * a
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     atomic_write(path, _png_bytes(Image.fromarray(out, "RGB")))
