@@ -26,7 +26,7 @@ from rich.segment import Segment
 from rich.table import Table
 
 from .errors import ExitCode, UsageError, XplainError
-from .untrusted import path_text, printable
+from .untrusted import printable
 
 app = typer.Typer(
     name="xplain",

@@ -140,7 +140,8 @@ def _run_halving(model, method, x, targets, values, seed, timeout=None):
 
     Valid because maps are per-sample (batch consistency, invariant 4)."""
     try:
-        return run_method(model, method, x, targets, values, seed, timeout=timeout)
+        limit = {"timeout": timeout} if timeout else {}
+        return run_method(model, method, x, targets, values, seed, **limit)
     except torch.cuda.OutOfMemoryError:
         if x.shape[0] == 1:
             raise PluginError(f"method {method.name!r} ran out of GPU memory even for one image") from None

@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import functools
 import importlib.resources
-import json
 import math
 import os
 import re
@@ -307,6 +306,7 @@ class Preprocess:
         the model input, because the model's input size is fixed.  Bad flags raise
         :class:`UsageError`; bad sidecar values :class:`InputDataError` naming the sidecar.
         """
+        sidecar_path = sidecar_path if sidecar_path is not None else getattr(sidecar, "path", None)
         sidecar = dict(sidecar or {})
         if len(input_shape) != 3:
             raise ModelError(f"expected a model input of shape (C, H, W), got {tuple(input_shape)}")
@@ -466,6 +466,14 @@ def _per_channel(value: Any, c: int, name: str, fail) -> tuple[float, ...]:
 SIDECAR_KEYS = ("preset", "resize", "crop", "mean", "std", "labels")
 
 
+class Sidecar(dict):
+    """A sidecar's checked values; ``path`` lets later errors (bad preprocessing values) name the file."""
+
+    def __init__(self, values: dict, path: Path):
+        super().__init__(values)
+        self.path = path
+
+
 _MAX_SIDECAR_BYTES = 16 * 2**20
 _MAX_LABELS_BYTES = 64 * 2**20
 
@@ -480,7 +488,7 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
     """
     path = Path(str(model_path) + ".json")
     if not path.exists() and not path.is_symlink():
-        return {}
+        return Sidecar({}, path)
     size = require_regular_file(path, InputDataError, "sidecar")
     if size > _MAX_SIDECAR_BYTES:
         raise InputDataError(f"the sidecar is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB", path=path)
@@ -530,7 +538,7 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
             else:
                 raise bad(key, "a file name, \"imagenet\" or a list of strings")
         out[key] = value
-    return out
+    return Sidecar(out, path)
 
 
 @functools.lru_cache(maxsize=1)

@@ -232,9 +232,9 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
     import torch
 
     report = model.report
-    ort.set_default_logger_severity(3)  # onnxruntime's own coloured log must not reach the terminal
+    ort.set_default_logger_severity(4)  # onnxruntime's own coloured log (errors too) must not reach the terminal
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     options.log_verbosity_level = 0
     try:
         session = ort.InferenceSession(original, options, providers=["CPUExecutionProvider"])
