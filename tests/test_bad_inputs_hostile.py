@@ -25,8 +25,8 @@ from PIL import Image
 
 import xplain
 from xplain import ExitCode
-from xplain.cli import main
-from xplain.registry import clear_cache, get_registry
+from xplain.cli.app import main
+from xplain.plugins.registry import clear_cache, get_registry
 
 try:  # tests/ is a package in some checkouts and a plain folder in others
     from . import onnx_factory as factory
@@ -89,8 +89,8 @@ def _no_control(text: str) -> None:
 # ============================================================================== memory and time bombs
 _BOMB_CHILD = textwrap.dedent("""
     import json, os, resource, sys
-    import xplain.cli, xplain.loader
-    from xplain.cli import main
+    import xplain.cli.app, xplain.onnx.loader
+    from xplain.cli.app import main
     import contextlib, io
     main(["inspect", sys.argv[1]])  # warm up: every lazy import and thread pool exists now
     def vm():
@@ -157,7 +157,7 @@ def test_max_input_pixels_flag_raises_the_bound(tmp_path, model, capsys, monkeyp
 
 
 def test_external_data_reuse_is_capped_and_each_range_read_once(tmp_path, monkeypatch, capsys):
-    from xplain import onnx_io
+    from xplain.onnx import io as onnx_io
 
     folder = tmp_path / "ext"
     folder.mkdir()
@@ -187,7 +187,7 @@ def test_external_data_reuse_is_capped_and_each_range_read_once(tmp_path, monkey
 
 
 def test_overlay_of_a_large_original_is_drawn_downscaled(tmp_path, model, monkeypatch):
-    from xplain import render
+    from xplain.output import render
 
     monkeypatch.setattr(render, "MAX_OVERLAY_PIXELS", 20 * 15)
     big = _image(tmp_path / "big.png", size=(80, 60))
@@ -234,7 +234,7 @@ def test_sidecar_numbers_have_sane_ranges(tmp_path, model, image, capsys, sideca
 
 
 def test_extreme_aspect_ratio_is_refused(tmp_path, model, capsys, monkeypatch):
-    from xplain import images
+    from xplain.data import images
 
     monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 100_000)  # 224-px models reach 2**26 at 1×1500
     thin = _image(tmp_path / "thin.png", size=(1, 20_000))  # 8 × 160,000 after the resize
@@ -266,7 +266,7 @@ def test_only_regular_files_are_opened(tmp_path, model, image, capsys, kind):
         elif kind in ("state", "dev_zero_state"):
             import torch
 
-            from xplain.state import save_state, state_paths
+            from xplain.run.state import save_state, state_paths
 
             digest = xplain.load_model(model).digest
             save_state(digest, "iba", {"a": torch.ones(2)}, {}, root=tmp_path / "state")
@@ -370,7 +370,7 @@ def test_state_pair_from_two_fits_is_refused(tmp_path, model, image, capsys):
     """A refit killed between the two renames: new tensors beside old metadata."""
     import torch
 
-    from xplain.state import load_state, save_state, state_paths
+    from xplain.run.state import load_state, save_state, state_paths
 
     loaded = xplain.load_model(model)
     digest, layer = loaded.digest, loaded.default_feature_layer().name
@@ -429,7 +429,7 @@ def test_eval_fails_a_method_that_changes_the_model_and_restores_it(tmp_path, mo
 
 
 def test_second_eval_on_the_same_out_is_refused(tmp_path, model, image, capsys):
-    from xplain.guards import lock_output
+    from xplain.run.guards import lock_output
 
     out = tmp_path / "out"
     with lock_output(out):  # another run holds the folder
@@ -454,7 +454,7 @@ def test_out_inside_class_folder_data_is_not_read_as_data(tmp_path, model):
 
 
 def test_non_finite_json_and_weights(tmp_path, capsys):
-    from xplain.fileio import write_json
+    from xplain.output.fileio import write_json
 
     write_json(tmp_path / "r.json", {"probability": float("nan"), "x": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"probability": None, "x": [None, 1.0]}
@@ -584,7 +584,7 @@ def test_damaged_results_lines_are_skipped_and_reported(tmp_path, model, image, 
 def test_disk_full_leaves_all_files_of_an_image_or_none(tmp_path, model, monkeypatch, capsys):
     import errno
 
-    from xplain import fileio
+    from xplain.output import fileio
 
     images = [_image(tmp_path / "i" / "a.png"), _image(tmp_path / "i" / "b.png")]
     real_add = fileio._Group.add
