@@ -86,7 +86,7 @@ def _main(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
     max_input_pixels: Optional[int] = typer.Option(
         None, "--max-input-pixels", min=1, metavar="N",
-        help="Accept models whose declared input has up to N pixels (H×W; default 2048², "
+        help="Accept models whose declared input has up to N pixels (H×W; default 1024², "
              "or $XPLAIN_MAX_INPUT_PIXELS)."),
 ):
     """Explain the decisions of ONNX image classifiers."""

@@ -26,11 +26,11 @@ VERIFY_TOL = 1e-4
 #: the largest input (H × W pixels) a model may declare unless raised with ``--max-input-pixels``
 #: or ``$XPLAIN_MAX_INPUT_PIXELS``: verification and every method allocate batches of this size,
 #: so a 710-byte file declaring 5000×5000 would otherwise cost gigabytes
-DEFAULT_MAX_INPUT_PIXELS = 2048 * 2048
+DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
 #: during verification no intermediate tensor (found by ONNX shape inference, batch 2) may need
 #: more than this many bytes, or more than VERIFY_TENSOR_FACTOR × the verification input's bytes
 MIN_VERIFY_TENSOR_BYTES = 256 * 2**20
-VERIFY_TENSOR_FACTOR = 32
+VERIFY_TENSOR_FACTOR = 16
 
 
 def max_input_pixels(override: int | None = None) -> int:

@@ -48,7 +48,7 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
     Plugins implementing the ``load_model`` hook are asked first (other formats); the ONNX
     loader (:mod:`xplain.onnx.hooks`, ``trylast``) answers when none did. ``labels``: a list, a
     file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any).
-    ``max_input_pixels`` raises the bound on the model's declared input size (default 2048², or
+    ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
     ``$XPLAIN_MAX_INPUT_PIXELS``)."""
     from ..data.images import load_labels, read_sidecar
 
