@@ -685,7 +685,7 @@ def test_four_d_output_message_says_what_differs(tmp_path, capsys):
     g.output.append(factory.tensor_info("y", ["N", 4]))  # declared B×K, computes B×K×1×1
     path = factory.save(proto, tmp_path / "four.onnx")
     line = cli_error(capsys, ["inspect", path], MODEL, path)
-    assert "4-D" in line or "B×K" in line
+    assert "not B×K" in line and "[2, 4, 1, 1] (4-D)" in line
 
 
 def test_empty_manifest_exits_like_an_empty_folder(tmp_path, model, capsys):

@@ -245,7 +245,7 @@ def register_methods(register):
         params=[
             xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1, max=1000),
             xplain.Param("baseline", "str", "zeros", "the reference input x'", choices=("zeros", "blur", "uniform")),
-            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=1000),
+            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100),
             xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
                          choices=_IG_RULES),
             _internal_batch_param("interpolation points"),

@@ -230,7 +230,7 @@ def register_metrics(register):
                     "than the sampled Gaussian used here. " + _DEL_INS_COMMON,
         score=_deletion_insertion("insertion"), higher_is_better=True,
         params=[step, xplain.Param("blur_size", "int", 11, "Gaussian kernel size (odd)", min=1, max=255),
-                xplain.Param("blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3, max=1000)],
+                xplain.Param("blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3, max=1e6)],
         curves={"insertion-curve": "fraction of pixels inserted"},
     ))
     register(xplain.Metric(

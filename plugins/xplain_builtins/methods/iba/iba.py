@@ -426,6 +426,6 @@ def register_methods(register):
         explain=_explain_iba,
         fit=_fit,
         params=common_params() + [xplain.Param("sigma", "float", 1.0, "σ of the Gaussian smoothing of λ (0 = none)",
-                                               min=0, max=1000)],
+                                               min=0, max=50)],
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     ))

@@ -308,7 +308,7 @@ _DESCRIPTION = (
 def input_iba_method():
     P = xplain.Param
     params = _iba.common_params() + [
-        P("feat_sigma", "float", 1.0, "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)", min=0, max=1000),
+        P("feat_sigma", "float", 1.0, "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)", min=0, max=50),
         P("gan_epochs", "int", 20, "GAN epochs (stage 2)", min=0, max=1000),
         P("gan_dataset", "int", 200, "target samples from P(Z*) per epoch", min=2, max=100000),
         P("gan_subset", "int", 20, "gan_target=reference: items per noise sub-data set", min=1, max=100000),
@@ -325,7 +325,7 @@ def input_iba_method():
         P("beta_input", "float", 20.0, "β of the input bottleneck (stage 3)", min=0),
         P("input_steps", "int", 60, "Adam steps of the input bottleneck", min=1, max=10000),
         P("input_lr", "float", 1.0, "Adam learning rate of the input mask logits", min=0),
-        P("input_sigma", "float", 1.0, "σ of the Gaussian smoothing of the input mask Λ", min=0, max=1000),
+        P("input_sigma", "float", 1.0, "σ of the Gaussian smoothing of the input mask Λ", min=0, max=50),
         P("input_noise", "str", "data", "input noise ε: data statistics or N(0,1)", choices=INPUT_NOISE),
         P("return", "str", "input", "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
           choices=RETURNS),
