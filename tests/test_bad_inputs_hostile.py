@@ -490,8 +490,7 @@ def test_malformed_text_inputs_are_one_line_errors(tmp_path, model, image, capsy
     elif kind == "labels":
         labels = tmp_path / "labels.json"
         labels.write_text(DEEP if what == "deep" else '{"' + HUGE + '": "a"}')
-        line = cli_error(capsys, ["inspect", model], INPUT) if False else \
-            cli_error(capsys, _explain(model, [image], out, "--labels", labels), INPUT, labels)
+        line = cli_error(capsys, _explain(model, [image], out, "--labels", labels), INPUT, labels)
     elif kind == "manifest":
         manifest = tmp_path / "m.csv"
         manifest.write_bytes({"nul": b"path,label\nphoto\x00.png,0\n",
