@@ -102,7 +102,7 @@ def _interface(model, path, pixel_limit: int = DEFAULT_MAX_INPUT_PIXELS):
     return inp, out, shape, oshape
 
 
-def _check_tensor_sizes(work, path, input_bytes: int) -> None:
+def _check_tensor_sizes(work, path, input_bytes: int, node_names: dict | None = None) -> None:
     """Refuse a graph whose intermediate tensors, at the verification batch of 2, would need more
     memory than :data:`MIN_VERIFY_TENSOR_BYTES` / ``VERIFY_TENSOR_FACTOR`` × the input.
 
@@ -117,6 +117,7 @@ def _check_tensor_sizes(work, path, input_bytes: int) -> None:
         inferred = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference failing proves nothing either way
         return
+    producer = {out: node for node in inferred.graph.node for out in node.output}
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
         tensor = info.type.tensor_type
         if not tensor.HasField("shape"):
@@ -130,7 +131,12 @@ def _check_tensor_sizes(work, path, input_bytes: int) -> None:
             itemsize = 4
         if count * itemsize > limit:
             dims = [d.dim_value if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
-            raise ModelError(f"value {printable(repr(info.name))} would hold {count} elements {dims} "
+            node = producer.get(info.name)
+            original = (node_names or {}).get(node.name, node.name) if node is not None else ""
+            where = (f"value {info.name!r}" if node is None else
+                     f"the output of {node.op_type} node {original!r}" if original else
+                     f"the output of an unnamed {node.op_type} node")
+            raise ModelError(f"{printable(where)} would hold {count} elements {dims} "
                              f"({count * itemsize / 2**20:.0f} MiB) during verification, more than "
                              f"{limit / 2**20:.0f} MiB; refused", path=path)
 
@@ -340,7 +346,7 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
         if note := step(work):
             report.notes.append(note)
     work = passes.infer_shapes(work)
-    _check_tensor_sizes(work, path, 2 * in_shape[1] * in_shape[2] * in_shape[3] * 4)
+    _check_tensor_sizes(work, path, 2 * in_shape[1] * in_shape[2] * in_shape[3] * 4, report.original_names)
     passes.attach_weights(work, stash)
     report.opset_used = passes.default_opset(work)
 

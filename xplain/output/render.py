@@ -24,7 +24,7 @@ __all__ = ["SIGNED_CMAP", "UNSIGNED_CMAP", "is_signed", "colorize", "save_heatma
 
 #: overlays of larger originals are drawn on a downscaled copy (same aspect ratio): an 87 KB PNG
 #: of 9000×9900 pixels must not cost gigabytes of float arrays at full resolution
-MAX_OVERLAY_PIXELS = 4096 * 4096
+MAX_OVERLAY_PIXELS = 2048 * 2048
 
 
 def bound_overlay(image: Image.Image, geometry: Geometry) -> tuple[Image.Image, Geometry]:
