@@ -617,9 +617,15 @@ def test_sys_exit_in_plugin_import_is_a_plugin_error(tmp_path, monkeypatch, caps
         err = capsys.readouterr().err
         assert "broken_exit" in err and "sys.exit(0)" in err
         assert main(["--strict-plugins", "methods"]) == PLUGIN
+        # Ctrl-C while a plugin imports is the user's interrupt, not the plugin's failure
+        (dist / "entry_points.txt").write_text("[xplain]\nbroken_ctrl_c = broken_ctrl_c_mod\n")
+        (tmp_path / "broken_ctrl_c_mod.py").write_text("raise KeyboardInterrupt\n")
+        clear_cache()
+        assert main(["methods"]) == ExitCode.INTERRUPTED
     finally:
         clear_cache()
         sys.modules.pop("broken_exit_mod", None)
+        sys.modules.pop("broken_ctrl_c_mod", None)
 
 
 def test_sys_exit_and_ctrl_c_inside_methods_and_metrics(tmp_path, model, image, registry, capsys):
