@@ -189,11 +189,13 @@ def test_external_data_reuse_is_capped_and_each_range_read_once(tmp_path, monkey
 def test_overlay_of_a_large_original_is_drawn_downscaled(tmp_path, model, monkeypatch):
     from xplain.output import render
 
-    monkeypatch.setattr(render, "MAX_OVERLAY_PIXELS", 20 * 15)
+    monkeypatch.setattr(render, "OVERLAY_MAX_SIDE", 20)
     big = _image(tmp_path / "big.png", size=(80, 60))
     assert main(_explain(model, [big], tmp_path / "out")) == 0
     overlay = Image.open(next((tmp_path / "out").glob("*.overlay.png")))
-    assert overlay.size == (20, 15)  # same aspect ratio, at most MAX_OVERLAY_PIXELS
+    assert overlay.size == (20, 15)  # same aspect ratio, long side OVERLAY_MAX_SIDE
+    record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert record["geometry"]["original_size"] == [80, 60]  # the record keeps the true size
 
 
 @pytest.mark.parametrize("args, code, fragment", [
@@ -597,7 +599,8 @@ def test_disk_full_leaves_all_files_of_an_image_or_none(tmp_path, model, monkeyp
 
     monkeypatch.setattr(fileio._Group, "add", add)
     out = tmp_path / "out"
-    line = cli_error(capsys, _explain(model, images, out, "--target", "0"), USAGE, "No space left on device")
+    line = cli_error(capsys, _explain(model, images, out, "--target", "0", "--batch-size", "1"), USAGE,
+                     "No space left on device")
     assert str(out) in line
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"a.saliency.0.{s}" for s in ("heatmap.png", "overlay.png", "npy", "json"))

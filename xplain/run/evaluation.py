@@ -169,15 +169,18 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True, timeout: float | None = None) -> dict:
+             montage: int = 4, plots: bool = True, report_images: int = 8,
+             timeout: float | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
     ``metric_params`` map a name to its parameters (strings or values). ``progress(done, total)``
-    is called after each batch with the number of images handled so far. ``timeout`` bounds each
-    method call (seconds). The output folder is locked for the run (:func:`~xplain.run.guards.lock_output`),
-    images inside it are not read as data, and the model is checked after every method
-    (:class:`~xplain.run.guards.ModelGuard`).
+    is called after each batch with the number of images handled so far. The maps of the first
+    ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
+    ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
+    ``timeout`` bounds each method call (seconds). The output folder is locked for the run
+    (:func:`~xplain.run.guards.lock_output`), images inside it are not read as data, and the model
+    is checked after every method (:class:`~xplain.run.guards.ModelGuard`).
     """
     registry = registry or get_registry()
     if not methods:
@@ -197,11 +200,11 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         raise write_failed(out, e) from None
     with lock_output(out):
         return _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size,
-                                seed, resume, progress, montage, plots, timeout)
+                                seed, resume, progress, montage, plots, report_images, timeout)
 
 
 def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size, seed,
-                     resume, progress, montage, plots, timeout) -> dict:
+                     resume, progress, montage, plots, report_images, timeout) -> dict:
     results = out / RESULTS
     if not resume and results.exists():
         results.unlink()
@@ -224,11 +227,12 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
                       "their work is redone", stacklevel=2)
 
     guard = ModelGuard(model)
+    keep = max(int(montage), int(report_images))
     handled = 0
     for start in range(0, len(samples), batch_size):
         batch = list(enumerate(samples[start:start + batch_size], start))
         _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key,
-                   seed, batch_size, montage, guard, timeout)
+                   seed, batch_size, keep, guard, timeout)
         handled += len(batch)
         if progress is not None:
             progress(handled, len(samples))
@@ -239,7 +243,30 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
     write_summary(out, summary)
     if plots:
         write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
+    from ..output.report import write_report
+
+    write_report(out)
     return summary
+
+
+def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """A preprocessed C×H×W array back to [0, 1] pixel values, H×W×C (H×W for one channel)."""
+    img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
+    img = np.clip(img / (preprocess.scale * 255.0), 0, 1)
+    return img.transpose(1, 2, 0).squeeze(axis=2) if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preprocess: Preprocess) -> None:
+    """Save what the model saw of image ``index`` (``maps/NNNNN.image.png``) and where it came
+    from (``maps/NNNNN.json``), so the report needs nothing outside OUT."""
+    from PIL import Image
+
+    from ..output.render import png_bytes
+
+    pixels = np.rint(_pixels(arr, preprocess) * 255.0).astype(np.uint8)
+    atomic_write(out / "maps" / f"{index:05d}.image.png", png_bytes(Image.fromarray(pixels)))
+    facts = {"image": str(sample.path), "label": sample.label}
+    atomic_write(out / "maps" / f"{index:05d}.json", (json.dumps(facts) + "\n").encode())
 
 
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
@@ -277,6 +304,8 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             try:
                 arr, geo = preprocess(load_image(s.path))
                 loaded[i] = (arr, geo)
+                if i < montage:
+                    _keep_view(out, i, s, arr, preprocess)
             except XplainError as e:
                 message = str(e)
             except Exception as e:  # noqa: BLE001 - one broken image must not end the run
@@ -552,9 +581,7 @@ def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: P
             arr, _ = preprocess(load_image(s.path))
         except (XplainError, OSError):
             continue
-        img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
-        img = np.clip(img / (preprocess.scale * 255.0), 0, 1)  # back to [0, 1] pixel values
-        rows.append((s, img.transpose(1, 2, 0).squeeze(), maps))
+        rows.append((s, _pixels(arr, preprocess), maps))
     if not rows:
         return None
     cols = len(methods) + 1
