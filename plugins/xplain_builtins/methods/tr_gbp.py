@@ -358,7 +358,7 @@ def register_methods(register):
         explain=_explain,
         params=[
             xplain.Param("topk", "int", 5, "classes averaged for the class-mean subtraction (clamped to "
-                         "the number of classes; the target is added when outside them)", min=2),
+                         "the number of classes; the target is added when outside them)", min=2, max=100000),
             xplain.Param("bias", "bool", True, "add the bias ones-map terms (false: guided backprop + "
                          "centring, an ablation)"),
             xplain.Param("center", "bool", True, "subtract the top-K class mean (false: the un-centred "

@@ -399,16 +399,16 @@ def common_params(beta=10.0, steps=10):
           "default feature layer"),
         P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
         P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
-          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1),
+          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1, max=10000),
         P("lr", "float", 1.0, "Adam learning rate for the mask logits α", min=0),
-        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1),
+        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1, max=1024),
         P("initial_alpha", "float", 5.0, "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)"),
         P("min_std", "float", 0.01, "floor on the feature standard deviation σ_R", min=0),
         P("active_threshold", "float", 0.01, "a unit is active (kept) when non-zero in more than this fraction "
           "of the samples", min=0, max=1),
         P("fallback_copies", "int", 32, "without fitted statistics: the image plus this many minus one "
-          "tile-scrambled copies estimate them", min=2),
-        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0),
+          "tile-scrambled copies estimate them", min=2, max=1024),
+        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0, max=10000000),
     ]
 
 
@@ -442,6 +442,6 @@ def register_methods(register):
         explain=_explain_iba,
         fit=_fit,
         params=common_params() + [xplain.Param("sigma", "float", 1.0, "σ of the Gaussian smoothing of λ (0 = none)",
-                                               min=0)],
+                                               min=0, max=50)],
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     ))

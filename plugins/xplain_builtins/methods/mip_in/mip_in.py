@@ -52,9 +52,9 @@ _PARAMS = [
     xplain.Param("ridge", "float", 0.001, "fit only: λ of the dense ridge solution (eq. 6, paper 0.001), on "
                                           "sums over samples", min=0.0),
     xplain.Param("epochs", "int", 20, "fit only: training epochs of each convolution inverse (paper E = 20)",
-                 min=1),
+                 min=1, max=1000),
     xplain.Param("lr", "float", 0.01, "fit only: Adam learning rate of the convolution inverses", min=0.0),
-    xplain.Param("conv_batch", "int", 8, "fit only: mini-batch size of the convolution inverses", min=1),
+    xplain.Param("conv_batch", "int", 8, "fit only: mini-batch size of the convolution inverses", min=1, max=4096),
     xplain.Param("conv_solver", "str", "adam",
                  "fit only: 'adam' trains each convolution inverse for `epochs` (the paper); 'lstsq' solves the "
                  "same transposed-convolution family exactly (ridge normal equations, one pass)",
