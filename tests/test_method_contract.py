@@ -11,6 +11,9 @@ import torch
 import xplain
 import xplain.testing as xt
 from xplain.plugins.registry import Registry
+from xplain.run.api import run_method
+
+from .conftest import fit_for_tests
 
 METHODS = sorted(Registry().discover().methods)
 
@@ -19,19 +22,56 @@ def _method(name):
     return Registry().discover().method(name)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_contract_shapes_finite_deterministic(name, tiny_model):
-    xt.check_output(_method(name), tiny_model)
+_FITTED: dict = {}
+
+
+def _meets(model, method) -> bool:
+    return all(model.requirement_problem(r) is None for r in getattr(method.capabilities, "requires", ()))
+
+
+@pytest.fixture()
+def prepared(tiny_model, tiny_transformer, tmp_path_factory):
+    """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting
+    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir); a
+    method whose declared requirements the CNN does not meet (attention) gets a tiny DeiT-like
+    transformer instead (its refusal on the CNN is checked in test_contract_requirements)."""
+    saved = tiny_model.state_dir
+
+    def prepare(method):
+        if not _meets(tiny_model, method):
+            assert _meets(tiny_transformer, method), f"{method.name}: no test model meets {method.capabilities}"
+            return tiny_transformer
+        if method.capabilities.needs_fitting:
+            if method.name not in _FITTED:
+                _FITTED[method.name] = tmp_path_factory.mktemp("state")
+                fit_for_tests(tiny_model, method, _FITTED[method.name])
+            tiny_model.state_dir = _FITTED[method.name]
+        return tiny_model
+
+    yield prepare
+    tiny_model.state_dir = saved
+
+
+def _state(model):
+    return xt.graph_state(model)
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_batch_consistency(name, tiny_model):
-    xt.check_batch_consistency(_method(name), tiny_model)
+def test_contract_shapes_finite_deterministic(name, prepared):
+    method = _method(name)
+    xt.check_output(method, prepared(method))
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_model_restored_also_after_error(name, tiny_model):
-    xt.check_graph_restored(_method(name), tiny_model)
+def test_contract_batch_consistency(name, prepared):
+    method = _method(name)
+    xt.check_batch_consistency(method, prepared(method))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_contract_model_restored_also_after_error(name, prepared):
+    method = _method(name)
+    xt.check_graph_restored(method, prepared(method))
 
 
 def test_checks_catch_a_method_that_breaks_the_contract(tiny_model):
@@ -62,6 +102,22 @@ def test_checks_catch_a_method_that_breaks_the_contract(tiny_model):
                                                                           float(next(calls))))
     with pytest.raises(AssertionError, match="'unseeded'.*not deterministic"):
         xt.check_output(unseeded, tiny_model)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_contract_requirements(name, tiny_model, tiny_transformer):
+    """A method either runs on a model or refuses it *before running*, with the documented
+    error (UsageError, exit 2) in one line that names what the model lacks; the graph is untouched."""
+    method = _method(name)
+    params = xplain.validate_params(method.params, {}, name)
+    for model in (tiny_model, tiny_transformer):
+        if _meets(model, method):
+            continue
+        before = _state(model)
+        with pytest.raises(xplain.UsageError) as info:
+            run_method(model, method, model.example_input(1), torch.tensor([0]), params)
+        assert info.value.exit_code == 2 and "\n" not in str(info.value) and name in str(info.value)
+        assert _state(model) == before
 
 
 def test_saliency_matches_finite_differences(tiny_model):

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..data.images import Preprocess
-from ..errors import InputDataError, UsageError
+from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
+from .api import check_requirements
 from .batching import iter_batches as load_batches
 from .state import save_state
 
@@ -123,6 +124,7 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if wanted is not None and "classes" in names:
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
+    check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]
@@ -161,10 +163,19 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if fit is None:
         raise UsageError(f"method {method.name!r} learns nothing from data (it has no fit step)")
     try:
-        tensors, meta = fit(model, batches, values, fit_console)
+        result = fit(model, batches, values, fit_console)
     except InputDataError as e:  # a method's complaint about the data names DATA
         if e.path is None:
             e.path = str(data)
         raise
+    except XplainError:
+        raise
+    except SystemExit as e:  # the plugin boundary: sys.exit() inside fit is the plugin's failure
+        raise PluginError(f"method {method.name!r} called sys.exit({e.code!r}) while fitting") from None
+    except Exception as e:  # noqa: BLE001 - a fit's bug is the plugin's failure, not a traceback
+        raise PluginError(f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}") from None
+    tensors, meta = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
+    if not isinstance(tensors, dict) or not isinstance(meta, dict):
+        raise PluginError(f"method {method.name!r}: fit must return (dict of tensors, dict of metadata)")
     meta = {**meta, "params": values, "samples": len(paths), "data": str(data), "preprocess": preprocess.to_dict()}
     return save_state(model.digest, method.name, tensors, meta, root=state_dir)
