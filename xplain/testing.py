@@ -287,6 +287,11 @@ def check_method(name: str | Method, model: Model | None = None, *, params: Mapp
     if unknown:
         raise ValueError(f"unknown checks {unknown}; valid: {sorted(METHOD_CHECKS)}")
     method = _method(name, registry)
+    if model is None:  # the example CNN: a method that needs more (attention) must bring a model
+        problems = [p for r in method.capabilities.requires if (p := example_models()[0].requirement_problem(r))]
+        if problems:
+            raise ValueError(f"method {method.name!r} needs {', '.join(method.capabilities.requires)}; "
+                             f"the example CNN does not meet that ({problems[0]}): pass model=")
     for check in checks:
         if check == "fixed-batch":
             if model is None:
