@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
+import dataclasses
 import io
 import json
 import math
@@ -42,8 +42,11 @@ from .errors import UsageError, XplainError
 from .fileio import atomic_write, save_npy
 from .images import Preprocess, load_image
 from .model import Model
+from .pipeline import Prepared, default_workers, prefetch, to_device
 from .plugin_api import Method
 from .registry import Registry, get_registry, validate_params
+from .shards import Shard, data_root, image_key, missing_report, result_key, write_run
+from .shards import digest as _digest
 
 RESULTS = "results.jsonl"
 
@@ -124,21 +127,25 @@ def _resolve(items, kind: str, registry: Registry, given: dict | None) -> list[t
     return out
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
-
-
 def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, out_dir: str | Path = "xplain-eval",
              labels: str | Path | None = None, boxes: str | Path | None = None, limit: int | None = None,
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True) -> dict:
+             montage: int = 4, plots: bool = True, workers: int | None = None, worker_kind: str = "thread",
+             shard: Shard | None = None, ray: dict | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
     ``metric_params`` map a name to its parameters (strings or values). ``progress(done, total)``
     is called after each batch with the number of images handled so far.
+
+    ``workers``: background decoding workers (None = the number of cores, 0 = decode in the
+    calling thread); ``worker_kind`` "thread" or "process". ``shard``: evaluate only this
+    shard's part of the data (see :mod:`xplain.shards`), into ``results.shard-I-of-N.jsonl``;
+    the summary of a sharded run covers its shard and is not written (``xplain eval summarize``
+    merges the shards). ``ray``: ``{"address": ..., "workers": N, "gpus_per_worker": F}`` runs
+    the batches on Ray actors (see :mod:`xplain.ray_engine`); this process stays the only writer.
     """
     registry = registry or get_registry()
     if not methods:
@@ -150,9 +157,10 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     preprocess = preprocess or Preprocess.from_options(
         (model.spec.channels, model.spec.height, model.spec.width), sidecar=getattr(model, "sidecar", None))
     samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit)
+    shard = shard or Shard(0, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / RESULTS
+    results = out / shard.results_name
     if not resume and results.exists():
         results.unlink()
     _repair_tail(results)
@@ -160,29 +168,93 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     metric_config = {m.name: p for m, p in chosen_metrics}
     base = {"model": model.digest, "seed": int(seed), "metrics": metric_config, "preprocess": preprocess.to_dict()}
     configs = {m.name: _digest({**base, "method": m.name, "params": p}) for m, p in chosen_methods}
+    images = [str(s.path.resolve()) for s in samples]
+    write_run(out, {"configs": configs, "methods": {m.name: p for m, p in chosen_methods},
+                    "metrics": metric_config, "model": str(getattr(model.report, "path", "")),
+                    "digest": model.digest, "data": str(data), "seed": int(seed),
+                    "preprocess": preprocess.to_dict(), "montage": montage, "images": images})
 
-    def key(sample: Sample, method: str) -> str:
-        return _digest({"config": configs[method], "image": str(sample.path.resolve())})
+    def key(image: str, method: str) -> str:
+        return result_key(configs[method], image)
 
-    wanted = {key(s, m.name) for s in samples for m, _ in chosen_methods}
+    root = data_root(Path(data))
+    mine = [i for i, s in enumerate(samples) if shard.owns(image_key(s.path, root))]
+    wanted = {key(images[i], m.name) for i in mine for m, _ in chosen_methods}
     done = {r["key"] for r in read_results(results)} & wanted
+    jobs = []
+    for i in mine:
+        todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
+        todo = {m: k for m, k in todo.items() if k not in done}
+        if todo:
+            jobs.append(Job(i, samples[i], todo))
+    batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    handled = len(mine) - len(jobs)
+    if progress is not None:
+        progress(handled, len(mine))
 
-    handled = 0
-    for start in range(0, len(samples), batch_size):
-        batch = list(enumerate(samples[start:start + batch_size], start))
-        _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key,
-                   seed, batch_size, montage)
-        handled += len(batch)
-        if progress is not None:
-            progress(handled, len(samples))
+    def write(batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]]) -> int:
+        fresh = [r for r in batch_records if r["key"] not in done]  # a retried batch writes once
+        seen_now: set[str] = set()
+        fresh = [r for r in fresh if not (r["key"] in seen_now or seen_now.add(r["key"]))]
+        for index, method, array in maps:
+            save_npy(out / "maps" / f"{index:05d}.{method}.npy", array)
+        _append(results, fresh)
+        done.update(r["key"] for r in fresh)
+        return len({r["image"] for r in batch_records})
+
+    plan = Plan(seed=int(seed), batch_size=batch_size, montage=montage)
+    if ray is not None:
+        from .ray_engine import run_on_ray
+
+        def on_batch(batch_records, maps, n_jobs):
+            nonlocal handled
+            write(batch_records, maps)
+            handled += n_jobs
+            if progress is not None:
+                progress(handled, len(mine))
+
+        run_on_ray(model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray)
+    else:
+        n_workers = default_workers() if workers is None else max(0, int(workers))
+        stream = prefetch(([(j.index, j.sample) for j in b] for b in batches), preprocess, workers=n_workers,
+                          kind=worker_kind)
+        for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
+            batch_records, maps = score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan)
+            write(batch_records, maps)
+            handled += len(batch)
+            if progress is not None:
+                progress(handled, len(mine))
 
     summary = summarise(results, wanted, chosen_methods, chosen_metrics)
     summary.update({"model": str(getattr(model.report, "path", "")), "digest": model.digest, "data": str(data),
-                    "images": len(samples), "seed": int(seed), "out": str(out)})
+                    "images": len(mine), "seed": int(seed), "out": str(out)})
+    if shard.count > 1:
+        summary["shard"] = shard.label
+        return summary
+    summary.update(missing_report(out, configs, images, [results]))
     write_summary(out, summary)
     if plots:
         write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
     return summary
+
+
+@dataclasses.dataclass
+class Job:
+    """One image to score: its position in the data set, the sample, and method -> result key for
+    the methods not done yet. Keys are made by the driver, so workers never compute them."""
+
+    index: int
+    sample: Sample
+    keys: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every batch shares (shipped once to Ray workers)."""
+
+    seed: int
+    batch_size: int
+    montage: int
 
 
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
@@ -190,51 +262,42 @@ def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, 
             "error": " ".join(str(message).split())}
 
 
-def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key, seed,
-               batch_size, montage) -> None:
-    pending = {m.name: [(i, s) for i, s in batch if key(s, m.name) not in done] for m, _ in chosen_methods}
-    if not any(pending.values()):
-        return
-    errors: list[dict] = []
-    loaded: dict[int, tuple[np.ndarray, Any]] = {}
-    for i, s in batch:
-        if not any(key(s, m) not in done for m in pending):
+def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen_methods, chosen_metrics,
+                plan: Plan) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
+    """Explain and score one batch: its result records, and the maps of montage images.
+
+    Pure with respect to the output folder (the caller writes), so a Ray worker can run it."""
+    seed, batch_size, montage = plan.seed, plan.batch_size, plan.montage
+    by_index = {j.index: j for j in batch}
+    records: list[dict] = []
+    maps_out: list[tuple[int, str, np.ndarray]] = []
+    loaded: dict[int, Prepared] = {}
+    for p in prepared:
+        if p.error is None:
+            loaded[p.index] = p
             continue
-        message = s.error
-        if message is None:
-            try:
-                arr, geo = preprocess(load_image(s.path))
-                loaded[i] = (arr, geo)
-            except XplainError as e:
-                message = str(e)
-            except Exception as e:  # noqa: BLE001 - one broken image must not end the run
-                message = f"{s.path}: cannot load: {type(e).__name__}: {e}"
-        if message is not None:
-            for m, p in chosen_methods:
-                k = key(s, m.name)
-                if k not in done:
-                    errors.append(_error_record(k, s, m.name, p, seed, message))
-                    done.add(k)
-    _append(results, errors)
+        job = by_index[p.index]
+        for m, params in chosen_methods:
+            if m.name in job.keys:
+                records.append(_error_record(job.keys[m.name], job.sample, m.name, params, seed, p.error))
     if not loaded:
-        return
+        return records, maps_out
     order = sorted(loaded)
-    by_index = dict(batch)
-    x_all = torch.from_numpy(np.stack([loaded[i][0] for i in order])).to(model.device, torch.float32)
+    x_all = to_device([loaded[i].array for i in order], model.device)
     with torch.no_grad():
         logits = model(x_all).float()
     probs = torch.softmax(logits, dim=1)
     preds = probs.argmax(1)
     targets, bad = [], {}
     for row, i in enumerate(order):
-        label = by_index[i].label
+        label = by_index[i].sample.label
         if label is not None and not 0 <= label < model.num_classes:
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
     box_all, box_labels_all = [], []
     for i in order:
-        s, geo = by_index[i], loaded[i][1]
+        s, geo = by_index[i].sample, loaded[i].geometry
         if s.boxes is None:
             box_all.append(None)
             box_labels_all.append(None)
@@ -244,35 +307,37 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
         box_labels_all.append(torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long))
     cache: dict = {}  # method-independent work shared by every method on this batch
     for method, mparams in chosen_methods:
-        rows = [row for row, i in enumerate(order) if key(by_index[i], method.name) not in done]
-        lines = []
+        rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
         for row in [r for r in rows if order[r] in bad]:
-            s = by_index[order[row]]
-            lines.append(_error_record(key(s, method.name), s, method.name, mparams, seed, bad[order[row]]))
+            job = by_index[order[row]]
+            records.append(_error_record(job.keys[method.name], job.sample, method.name, mparams, seed,
+                                         bad[order[row]]))
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            lines += _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs,
-                                   preds, box_all, box_labels_all, key, seed, batch_size, cache, out, montage)
-        _append(results, lines)
-        done.update(r["key"] for r in lines)
+            lines, maps = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all,
+                                        t_all, probs, preds, box_all, box_labels_all, seed, batch_size, cache,
+                                        montage)
+            records += lines
+            maps_out += maps
+    return records, maps_out
 
 
 def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, key, seed, batch_size, cache, out, montage) -> list[dict]:
+                  box_all, box_labels_all, seed, batch_size, cache, montage):
     sel = torch.tensor(rows, device=x_all.device)
     x, targets = x_all[sel], t_all[sel]
-    samples = [by_index[order[r]] for r in rows]
+    jobs = [by_index[order[r]] for r in rows]
+    samples = [j.sample for j in jobs]
     started = time.perf_counter()
     try:
         attribution = run_method(model, method, x, targets, mparams, seed)
     except XplainError as e:
-        return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
+        return [_error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e)) for j in jobs], []
     seconds = (time.perf_counter() - started) / len(rows)
     context = {
         "boxes": [box_all[r] for r in rows], "box_labels": [box_labels_all[r] for r in rows],
         "method": method, "method_params": mparams, "seed": seed, "batch_size": batch_size,
-        "forward_batch": max(64, 8 * batch_size), "cache": cache,
-        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
+        "cache": cache, "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
     }
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
@@ -294,14 +359,14 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
             metric_errors[metric.name] = f"{type(e).__name__}: {' '.join(str(e).split())}"
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
-    lines = []
-    for j, (r, s) in enumerate(zip(rows, samples)):
+    lines, maps_out = [], []
+    for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
         index = order[r]
         t = int(targets[j])
         record = {
-            "key": key(s, method.name), "image": str(s.path), "method": method.name, "params": mparams, "seed": seed,
-            "target": t, "target_label": model.label(t) if hasattr(model, "label") else None, "label": s.label,
-            "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
+            "key": job.keys[method.name], "image": str(s.path), "method": method.name, "params": mparams,
+            "seed": seed, "target": t, "target_label": model.label(t) if hasattr(model, "label") else None,
+            "label": s.label, "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
         }
@@ -311,14 +376,15 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
             record["metric_errors"] = metric_errors
         lines.append(record)
         if index < montage:
-            save_npy(out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
-    return lines
+            maps_out.append((index, method.name, maps[j].numpy()))
+    return lines, maps_out
 
 
 # ----------------------------------------------------------------------------- summary
-def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -> dict:
+def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chosen_metrics) -> dict:
     """Mean, standard error (sample std / sqrt n) and count of every score, per method.
 
+    ``results``: one results file or several (the shards of a run; a key found twice counts once).
     NaN scores (not applicable) are left out of mean and count and counted under ``nan``."""
     direction: dict[str, bool] = {}
     curve_labels: dict[str, str] = {}
@@ -332,7 +398,8 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
     errors = {m.name: 0 for m, _ in chosen_methods}
     error_examples: dict[str, str] = {}
     seen = set()
-    for record in read_results(results):
+    files = [results] if isinstance(results, Path) else list(results)
+    for record in (r for path in files for r in read_results(path)):
         if record["key"] not in wanted or record["key"] in seen or record.get("method") not in values:
             continue
         seen.add(record["key"])
