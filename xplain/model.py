@@ -142,6 +142,8 @@ class Model:
         self._insert_ids = itertools.count()
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
         self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
+        #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
+        self.preloaded_state: dict | None = None
 
     # ---------------------------------------------------------------- running
     @property
@@ -185,6 +187,9 @@ class Model:
         from .errors import InputDataError
         from .state import load_state
 
+        if getattr(self, "preloaded_state", None) and method in self.preloaded_state:
+            tensors, meta = self.preloaded_state[method]
+            return {k: v.to(self.device) for k, v in tensors.items()}, dict(meta)
         found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
             raise InputDataError(f"no fitted state for method {method!r} and this model",
