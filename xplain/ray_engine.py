@@ -128,39 +128,59 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
         queue = deque(range(len(batches)))
         attempts = [0] * len(batches)
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (batch, actor)
+        pings: dict[Any, int] = {}  # object ref -> actor being restarted
         load = [0] * len(actors)
+        alive = [True] * len(actors)
 
         def submit(a: int) -> None:
-            while queue and load[a] < _IN_FLIGHT:
+            while alive[a] and queue and load[a] < _IN_FLIGHT:
                 b = queue.popleft()
-                attempts[b] += 1
                 running[actors[a].score.remote(batches[b])] = (b, a)
                 load[a] += 1
 
+        def lost(a: int) -> None:  # wait for Ray to restart the actor before giving it work again
+            if alive[a]:
+                alive[a] = False
+                pings[actors[a].ping.remote()] = a
+
         for a in range(len(actors)):
             submit(a)
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+        while running or (queue and pings):
+            ready, _ = ray.wait(list(running) + list(pings), num_returns=1)
             ref = ready[0]
-            b, a = running.pop(ref)
-            load[a] -= 1
-            try:
-                records, maps = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-                    ray.exceptions.WorkerCrashedError) as e:
-                if attempts[b] >= _ATTEMPTS:
-                    raise XplainError(f"a Ray worker died {attempts[b]} times on one batch: "
-                                      f"{' '.join(str(e).split())[:200]}") from None
-                queue.appendleft(b)  # another (or the restarted) actor takes it
-            except ray.exceptions.RayTaskError as e:
-                cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
-                if isinstance(cause, XplainError):
-                    raise cause from None
-                raise XplainError(f"a Ray worker failed: {' '.join(str(e).split())[:300]}") from None
+            if ref in pings:
+                a = pings.pop(ref)
+                try:
+                    ray.get(ref)
+                    alive[a] = True
+                except ray.exceptions.RayError:  # out of restarts: this actor is gone for good
+                    pass
             else:
-                on_batch(records, maps, len(batches[b]))
+                b, a = running.pop(ref)
+                load[a] -= 1
+                try:
+                    records, maps = ray.get(ref)
+                except ray.exceptions.ActorUnavailableError:  # restarting: not the batch's fault
+                    queue.appendleft(b)
+                    lost(a)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                    attempts[b] += 1  # the worker died while it held this batch
+                    if attempts[b] >= _ATTEMPTS:
+                        raise XplainError(f"Ray workers died {attempts[b]} times on one batch: "
+                                          f"{' '.join(str(e).split())[:200]}") from None
+                    queue.appendleft(b)  # another (or the restarted) actor takes it
+                    lost(a)
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
+                    if isinstance(cause, XplainError):
+                        raise cause from None
+                    raise XplainError(f"a Ray worker failed: {' '.join(str(e).split())[:300]}") from None
+                else:
+                    on_batch(records, maps, len(batches[b]))
             for k in sorted(range(len(actors)), key=lambda k: load[k]):
                 submit(k)
+        if queue:
+            raise XplainError(f"every Ray worker died; {len(queue)} batch(es) not scored (rerun to resume)")
     finally:
         if started:
             ray.shutdown()
