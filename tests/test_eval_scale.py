@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from xplain.cli import main
-from xplain.datasets import read_dataset
-from xplain.shards import Shard, parse_shard, shard_of
+from xplain.data.datasets import read_dataset
+from xplain.run.shards import Shard, parse_shard, shard_of
 
 from .imagenet_style import WNIDS, make_imagenet_folder, tiny_imagenet_model
 
@@ -150,8 +150,8 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
     and must end with exactly the single-process records, each once."""
     ray = pytest.importorskip("ray")
     import xplain
-    import xplain.evaluation as evaluation
-    from xplain.images import Preprocess
+    import xplain.run.evaluation as evaluation
+    from xplain.data.images import Preprocess
 
     from .conftest import interrupt_on_call
 
