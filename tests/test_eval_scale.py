@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from xplain.cli import main
+from xplain.cli.app import main
 from xplain.data.datasets import read_dataset
 from xplain.run.shards import Shard, parse_shard, shard_of
 
