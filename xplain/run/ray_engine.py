@@ -57,7 +57,7 @@ def connect(address: str, workers: int, gpus_per_worker: float) -> bool:
 
 def _model_bytes(model) -> bytes:
     """The model pickled on the CPU (a worker may have no GPU, or another one)."""
-    import cloudpickle
+    from ray import cloudpickle
 
     device = model.device
     try:
