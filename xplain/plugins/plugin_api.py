@@ -153,7 +153,8 @@ class Metric:
     ``box_labels`` (per sample K class indices, -1 when unknown, or None), ``method``,
     ``method_params``, ``seed`` and ``explain(x, targets) -> Attribution`` (re-runs the method, for
     metrics that need more maps), ``batch_size`` (images per batch), ``forward_batch`` (perturbed
-    images per forward pass) and ``cache`` (a dict shared by all methods on the same batch, for
+    images per forward pass; eval leaves it out so the faithfulness metrics size their forward
+    batches to a memory budget) and ``cache`` (a dict shared by all methods on the same batch, for
     method-independent work). Keys may be missing when a metric is called outside ``eval``.
 
     A metric may also return curves: a tensor ``B×T`` under a key listed in ``curves`` (key ->

@@ -15,6 +15,7 @@ resubmitted by the driver to whichever actor is alive, up to three attempts per 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections import deque
 from collections.abc import Callable
@@ -117,6 +118,11 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
     if not batches:
         return
     ray = _import_ray()
+    # Workers run in their own folder (on other nodes, too): they get absolute image paths, and the
+    # records get back the path as the data set names it, as a single process writes it.
+    shown = {k: str(job.sample.path) for batch in batches for job in batch for k in job.keys.values()}
+    batches = [[dataclasses.replace(job, sample=dataclasses.replace(job.sample, path=job.sample.path.absolute()))
+                for job in batch] for batch in batches]
     started = connect(address, workers, gpus_per_worker)
     try:
         model_ref = ray.put(_model_bytes(model))
@@ -176,6 +182,8 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
                         raise cause from None
                     raise XplainError(f"a Ray worker failed: {' '.join(str(e).split())[:300]}") from None
                 else:
+                    for record in records:
+                        record["image"] = shown.get(record["key"], record["image"])
                     on_batch(records, maps, len(batches[b]))
             for k in sorted(range(len(actors)), key=lambda k: load[k]):
                 submit(k)
