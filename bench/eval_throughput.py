@@ -211,13 +211,15 @@ def part_quantus(model, device, b: int = 2) -> dict:
     # deletion (zeros, `step` pixels per step) vs PixelFlipping(features_in_step=step, baseline 0)
     ours_t = timed(lambda: _run_metric("deletion", model, x, t, maps, {"step": str(step)}), 1)
     r = _run_metric("deletion", model, x, t, maps, {"step": str(step)})
-    pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline=0.0, **q)
+    # Quantus counts features per channel: with the map repeated over the 3 channels, 3*step features
+    # are `step` pixels (a pixel's three equal values sort next to each other on an untied map)
+    pf = quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, **q)
     theirs_t = timed(lambda: pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1)
     pf_curve = np.array(pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)))
     ours_curve = r["deletion-curve"].cpu().numpy()[:, 1:]
     rows["deletion vs PixelFlipping"] = {
         "ours_ms_per_image_step": 1000 * ours_t / (b * (n_steps + 1)),
-        "quantus_ms_per_image_step": 1000 * theirs_t / (b * n_steps),
+        "quantus_ms_per_image_step": 1000 * theirs_t / (b * pf_curve.shape[-1]), "quantus_steps": pf_curve.shape[-1],
         "max_abs_difference": float(np.abs(ours_curve - pf_curve).max()) if pf_curve.shape == ours_curve.shape
         else None}
     # pixel-perturbation MoRF (16x16 tiles, one tile per step: 196 steps) vs RegionPerturbation

@@ -81,6 +81,27 @@ def test_imagenet_folder_wordnet_ids_and_voc_boxes(inet):
     assert [s.label for s in read_dataset(val, class_names=list(WNIDS[::-1]))[::25]] == [3, 2, 1, 0]
 
 
+def test_prefetch_yields_the_batches_in_order_whatever_the_workers(inet, tmp_path):
+    import numpy as np
+
+    from xplain.data.images import Preprocess
+    from xplain.data.pipeline import prefetch
+
+    _, val, _ = inet
+    samples = read_dataset(val)[:18]
+    broken = tmp_path / "broken.JPEG"
+    broken.write_bytes(b"not a jpeg")
+    samples[5] = dataclasses.replace(samples[5], path=broken)
+    batches = [list(enumerate(samples))[k:k + 4] for k in range(0, 18, 4)]
+    pre = Preprocess.from_options((3, 16, 16), preset="unit")
+    plain = list(prefetch(batches, pre, workers=0))
+    threads = list(prefetch(batches, pre, workers=3, depth=2))
+    assert [[p.index for p in b] for b in threads] == [[i for i, _ in b] for b in batches]
+    for a, b in zip(sum(plain, []), sum(threads, [])):
+        assert (a.error is None) == (b.error is None) and (a.array is None or np.array_equal(a.array, b.array))
+    assert "broken.JPEG" in sum(threads, [])[5].error
+
+
 def test_shards_partition_by_key_and_read_the_environment():
     keys = [f"n0/{i}.JPEG" for i in range(400)]
     parts = [[k for k in keys if Shard(i, 3).owns(k)] for i in range(3)]
