@@ -132,20 +132,22 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True, workers: int | None = None, worker_kind: str = "thread",
-             shard: Shard | None = None, ray: dict | None = None) -> dict:
+             montage: int = 4, plots: bool = True, report_images: int = 8, workers: int | None = None,
+             worker_kind: str = "thread", shard: Shard | None = None, ray: dict | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
     ``metric_params`` map a name to its parameters (strings or values). ``progress(done, total)``
-    is called after each batch with the number of images handled so far.
+    is called after each batch with the number of images handled so far. The maps of the first
+    ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
+    ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
 
     ``workers``: background decoding workers (None = the number of cores, 0 = decode in the
     calling thread); ``worker_kind`` "thread" or "process". ``shard``: evaluate only this
-    shard's part of the data (see :mod:`xplain.shards`), into ``results.shard-I-of-N.jsonl``;
+    shard's part of the data (see :mod:`xplain.run.shards`), into ``results.shard-I-of-N.jsonl``;
     the summary of a sharded run covers its shard and is not written (``xplain eval summarize``
     merges the shards). ``ray``: ``{"address": ..., "workers": N, "gpus_per_worker": F}`` runs
-    the batches on Ray actors (see :mod:`xplain.ray_engine`); this process stays the only writer.
+    the batches on Ray actors (see :mod:`xplain.run.ray_engine`); this process stays the only writer.
     """
     registry = registry or get_registry()
     if not methods:
@@ -192,23 +194,25 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     if progress is not None:
         progress(handled, len(mine))
 
-    def write(batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]]) -> int:
+    def write(batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list) -> None:
         fresh = [r for r in batch_records if r["key"] not in done]  # a retried batch writes once
         seen_now: set[str] = set()
         fresh = [r for r in fresh if not (r["key"] in seen_now or seen_now.add(r["key"]))]
         for index, method, array in maps:
             save_npy(out / "maps" / f"{index:05d}.{method}.npy", array)
+        for index, sample, array in views:
+            _keep_view(out, index, sample, array, preprocess)
         _append(results, fresh)
         done.update(r["key"] for r in fresh)
-        return len({r["image"] for r in batch_records})
 
-    plan = Plan(seed=int(seed), batch_size=batch_size, montage=montage)
+    keep = max(int(montage), int(report_images))  # images whose maps and views are kept in OUT/maps
+    plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep)
     if ray is not None:
         from .ray_engine import run_on_ray
 
-        def on_batch(batch_records, maps, n_jobs):
+        def on_batch(batch_records, maps, views, n_jobs):
             nonlocal handled
-            write(batch_records, maps)
+            write(batch_records, maps, views)
             handled += n_jobs
             if progress is not None:
                 progress(handled, len(mine))
@@ -219,8 +223,7 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         stream = prefetch(([(j.index, j.sample) for j in b] for b in batches), preprocess, workers=n_workers,
                           kind=worker_kind)
         for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
-            batch_records, maps = score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan)
-            write(batch_records, maps)
+            write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan))
             handled += len(batch)
             if progress is not None:
                 progress(handled, len(mine))
@@ -235,6 +238,9 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     write_summary(out, summary)
     if plots:
         write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
+    from ..output.report import write_report
+
+    write_report(out)
     return summary
 
 
@@ -257,14 +263,35 @@ class Plan:
     montage: int
 
 
+def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """A preprocessed C×H×W array back to [0, 1] pixel values, H×W×C (H×W for one channel)."""
+    img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
+    img = np.clip(img / (preprocess.scale * 255.0), 0, 1)
+    return img.transpose(1, 2, 0).squeeze(axis=2) if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preprocess: Preprocess) -> None:
+    """Save what the model saw of image ``index`` (``maps/NNNNN.image.png``) and where it came
+    from (``maps/NNNNN.json``), so the report needs nothing outside OUT."""
+    from PIL import Image
+
+    from ..output.render import png_bytes
+
+    pixels = np.rint(_pixels(arr, preprocess) * 255.0).astype(np.uint8)
+    atomic_write(out / "maps" / f"{index:05d}.image.png", png_bytes(Image.fromarray(pixels)))
+    facts = {"image": str(sample.path), "label": sample.label}
+    atomic_write(out / "maps" / f"{index:05d}.json", (json.dumps(facts) + "\n").encode())
+
+
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
     return {"key": k, "image": str(sample.path), "method": method, "params": params, "seed": seed,
             "error": " ".join(str(message).split())}
 
 
 def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen_methods, chosen_metrics,
-                plan: Plan) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
-    """Explain and score one batch: its result records, and the maps of montage images.
+                plan: Plan) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
+    """Explain and score one batch: its result records, the maps of the first ``plan.montage``
+    images (index, method, map) and what the model saw of them (index, sample, input array).
 
     Pure with respect to the output folder (the caller writes), so a Ray worker can run it."""
     seed, batch_size, montage = plan.seed, plan.batch_size, plan.montage
@@ -280,8 +307,9 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
         for m, params in chosen_methods:
             if m.name in job.keys:
                 records.append(_error_record(job.keys[m.name], job.sample, m.name, params, seed, p.error))
+    views = [(i, by_index[i].sample, p.array) for i, p in loaded.items() if i < montage]
     if not loaded:
-        return records, maps_out
+        return records, maps_out, views
     order = sorted(loaded)
     x_all = to_device([loaded[i].array for i in order], model.device)
     with torch.no_grad():
@@ -319,7 +347,7 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
                                         montage)
             records += lines
             maps_out += maps
-    return records, maps_out
+    return records, maps_out, views
 
 
 def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
@@ -540,9 +568,7 @@ def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: P
             arr, _ = preprocess(load_image(s.path))
         except (XplainError, OSError):
             continue
-        img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
-        img = np.clip(img / (preprocess.scale * 255.0), 0, 1)  # back to [0, 1] pixel values
-        rows.append((s, img.transpose(1, 2, 0).squeeze(), maps))
+        rows.append((s, _pixels(arr, preprocess), maps))
     if not rows:
         return None
     cols = len(methods) + 1

@@ -19,6 +19,7 @@ import dataclasses
 import pickle
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, XplainError
@@ -99,18 +100,17 @@ class _Worker:
         from ..data.pipeline import prepare
 
         prepared = [prepare(j.index, j.sample, self.preprocess) for j in jobs]
-        records, maps = score_batch(self.model, jobs, prepared, self.methods, self.metrics, self.plan)
-        return records, maps
+        return score_batch(self.model, jobs, prepared, self.methods, self.metrics, self.plan)
 
     def ping(self) -> bool:
         return True
 
 
 def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess, plan,
-               on_batch: Callable[[list, list, int], None], *, address: str = "local", workers: int = 2,
+               on_batch: Callable[[list, list, list, int], None], *, address: str = "local", workers: int = 2,
                gpus_per_worker: float = 0.0) -> None:
     """Score ``batches`` (lists of :class:`~xplain.evaluation.Job`) on ``workers`` actors;
-    ``on_batch(records, maps, n_jobs)`` is called in this process for every finished batch."""
+    ``on_batch(records, maps, views, n_jobs)`` is called in this process for every finished batch."""
     if workers < 1:
         raise UsageError("--ray-workers must be at least 1")
     if gpus_per_worker < 0:
@@ -121,6 +121,7 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
     # Workers run in their own folder (on other nodes, too): they get absolute image paths, and the
     # records get back the path as the data set names it, as a single process writes it.
     shown = {k: str(job.sample.path) for batch in batches for job in batch for k in job.keys.values()}
+    shown_path = {job.index: str(job.sample.path) for batch in batches for job in batch}
     batches = [[dataclasses.replace(job, sample=dataclasses.replace(job.sample, path=job.sample.path.absolute()))
                 for job in batch] for batch in batches]
     started = connect(address, workers, gpus_per_worker)
@@ -165,7 +166,7 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
                 b, a = running.pop(ref)
                 load[a] -= 1
                 try:
-                    records, maps = ray.get(ref)
+                    records, maps, views = ray.get(ref)
                 except ray.exceptions.ActorUnavailableError:  # restarting: not the batch's fault
                     queue.appendleft(b)
                     lost(a)
@@ -184,7 +185,9 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
                 else:
                     for record in records:
                         record["image"] = shown.get(record["key"], record["image"])
-                    on_batch(records, maps, len(batches[b]))
+                    views = [(i, dataclasses.replace(sample, path=Path(shown_path[i])), array)
+                             for i, sample, array in views]
+                    on_batch(records, maps, views, len(batches[b]))
             for k in sorted(range(len(actors)), key=lambda k: load[k]):
                 submit(k)
         if queue:

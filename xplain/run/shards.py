@@ -205,6 +205,9 @@ def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]
         samples = [Sample(Path(p), None, None) for p in images[:montage]]
         if preprocess is not None:
             write_plots(out, summary, samples, [m.name for m, _ in methods], montage, preprocess)
+    from ..output.report import write_report
+
+    write_report(out)
     return summary
 
 
