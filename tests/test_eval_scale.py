@@ -192,7 +192,7 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
     common = dict(boxes=boxes, metrics=["deletion", "ebpg", "bbox-accuracy"], out_dir=out, batch_size=8,
                   metric_params={"deletion": {"step": "48"}}, preprocess=Preprocess.from_options((3, 16, 16),
                   preset="unit"), plots=False, ray={"address": "local", "workers": 2})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         real = evaluation._append
         interrupt_on_call(monkeypatch, evaluation, "_append", n=3)

@@ -48,7 +48,8 @@ def connect(address: str, workers: int, gpus_per_worker: float) -> bool:
                               "logging_level": "ERROR", "configure_logging": False}
     try:
         if address == "local":
-            ray.init(num_cpus=max(1, workers), include_dashboard=False, **kwargs)
+            # address="local": a new cluster even when `ray start` runs on this machine
+            ray.init(address="local", num_cpus=max(1, workers), include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except ConnectionError as e:
