@@ -6,7 +6,7 @@
 #   3. xplain bench on the GPU, and bench/eval_throughput.py on a 224x224 network.
 # Writes into $OUT if set, else a fresh temporary folder. Uses .venv/bin/python when present.
 # Optional: SMOKE_IMAGES (default 64) images for the eval step; DEVICE=cpu rehearses the script
-# without a GPU (Ray workers then take no GPU share).
+# without a GPU (Ray workers then take no GPU share); SMOKE_STEPS (default "1 2 3") picks steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -27,6 +27,8 @@ if sys.argv[1] != "cpu":
 EOF
 "$PY" -c "import ray" 2>/dev/null || { echo "ray missing: pip install -e '.[ray]'"; exit 1; }
 
+STEPS=" ${SMOKE_STEPS:-1 2 3} "
+if [[ "$STEPS" == *" 1 "* ]]; then
 echo "== 1. explain on $DEVICE"
 for method in saliency grad-cam tr-gbp; do
   "$PY" -m xplain explain sample_models/shapes_cnn.onnx sample_models/images/shapes_square_cross.png \
@@ -35,7 +37,9 @@ done
 "$PY" -m xplain explain sample_models/digits_cnn.onnx sample_models/images/digit_3.png --method saliency \
     --device "$DEVICE" --out "$OUT/explain"
 ls "$OUT/explain"
+fi
 
+if [[ "$STEPS" == *" 2 "* ]]; then
 echo "== 2. eval on $DEVICE: 1 process, then Ray with 2 workers sharing the device"
 DATA="$OUT/imagenet-style"
 "$PY" - "$DATA" "${SMOKE_IMAGES:-64}" <<'EOF'
@@ -62,10 +66,13 @@ worst = max((abs(x - y) for k in a for n, x in a[k].get("scores", {}).items()
 print(f"single vs ray: {len(a)} records, same keys, max |score difference| {worst:.2e}")
 assert worst <= 1e-4, "scores differ"
 EOF
+fi
 
+if [[ "$STEPS" == *" 3 "* ]]; then
 echo "== 3. bench on $DEVICE"
 "$PY" -m xplain bench sample_models/shapes_cnn.onnx --methods gradient,saliency,grad-cam,integrated-gradients,tr-gbp \
     --device "$DEVICE" --batch-size 16 --repeats 3 --json > "$OUT/bench-shapes.json"
 "$PY" bench/eval_throughput.py --device "$DEVICE" --out "$OUT/eval-throughput" --parts forward,metrics,quantus,eval \
     --eval-images 32
+fi
 echo "== done: $OUT (log: $LOG)"
