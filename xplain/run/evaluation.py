@@ -36,8 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import run_method
-from ..data.datasets import Sample, class_names_of, read_dataset
+from .api import check_requirements, run_method
+from ..data.datasets import Sample, class_names_of, output_exclusion, read_dataset
+from ..errors import PluginError, UsageError, XplainError
+from ..output.fileio import atomic_write, save_npy, write_failed
+from .guards import ModelGuard, lock_output
 from ..data.images import Preprocess, load_image
 from ..data.pipeline import Prepared, default_workers, prefetch, to_device
 from ..errors import UsageError, XplainError
@@ -45,7 +48,8 @@ from ..graph.model import Model
 from ..output.fileio import atomic_write, save_npy
 from ..plugins.plugin_api import Method
 from ..plugins.registry import Registry, get_registry, validate_params
-from .shards import Shard, data_root, image_key, missing_report, result_key, write_run
+from ..untrusted import path_text, printable, safe_stem
+from .shards import Shard, data_root, image_key, lock_results, missing_report, result_key, write_run
 from .shards import digest as _digest
 
 RESULTS = "results.jsonl"
@@ -81,30 +85,64 @@ def _repair_tail(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def read_results(path: Path):
-    """Yield the records of a results file, skipping lines that do not parse."""
+def read_results(path: Path, damaged: list[int] | None = None):
+    """Yield the records of a results file, skipping lines that cannot be used.
+
+    A damaged line — invalid UTF-8, not JSON, nested absurdly deep, a huge integer, not an
+    object, a key that is not a string — is skipped and its line number appended to ``damaged``
+    (when given), so resume goes on and the caller can report them."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "key" in record:
+                record = json.loads(raw.decode("utf-8"))
+                ok = _well_formed(record)
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                ok = False
+            if ok:
                 yield record
+            elif damaged is not None:
+                damaged.append(number)
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _well_formed(record: Any) -> bool:
+    """A results line is used only when every field the summary reads has the right type."""
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
+            or not isinstance(record.get("method", ""), str) or not isinstance(record.get("error", ""), str):
+        return False
+    scores, curves, xs = record.get("scores", {}), record.get("curves", {}), record.get("curve_x", {})
+    if not isinstance(scores, dict) or not isinstance(curves, dict) or not isinstance(xs, dict):
+        return False
+    return (all(_number(v) for v in scores.values())
+            and all(isinstance(c, list) and all(_number(v) for v in c) for c in curves.values())
+            and all(isinstance(c, list) and all(_number(v) for v in c) for c in xs.values()))
 
 
 def _append(path: Path, records: list[dict]) -> None:
     if not records:
         return
     text = "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    data = text.encode("utf-8", "backslashreplace")  # undecodable file names as \udcNN escapes
+    try:
+        with open(path, "ab") as f:
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):  # no torn line left behind (disk full)
+                    f.truncate(start)
+                raise
+    except OSError as e:
+        raise write_failed(path, e) from None
 
 
 def _finite(v: float) -> float | None:
@@ -132,8 +170,9 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True, report_images: int = 8, workers: int | None = None,
-             worker_kind: str = "thread", shard: Shard | None = None, ray: dict | None = None) -> dict:
+             montage: int = 4, plots: bool = True, report_images: int = 8,
+             timeout: float | None = None, workers: int | None = None, worker_kind: str = "thread",
+             shard: Shard | None = None, ray: dict | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
@@ -141,6 +180,10 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     is called after each batch with the number of images handled so far. The maps of the first
     ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
     ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
+    ``timeout`` bounds each method call (seconds). The output folder is locked for the run
+    (:func:`~xplain.run.guards.lock_output`; a shard locks only its results file, so shards can
+    share the folder), images inside it are not read as data, and the model is checked after
+    every method (:class:`~xplain.run.guards.ModelGuard`).
 
     ``workers``: background decoding workers (None = the number of cores, 0 = decode in the
     calling thread); ``worker_kind`` "thread" or "process". ``shard``: evaluate only this
@@ -153,16 +196,31 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     if not methods:
         raise UsageError("no methods to evaluate")
     chosen_methods = _resolve(methods, "method", registry, method_params)
+    for method, _ in chosen_methods:  # refuse before any work: one line, exit 2
+        check_requirements(model, method)
     chosen_metrics = _resolve(metrics, "metric", registry, metric_params)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     preprocess = preprocess or Preprocess.from_options(
         (model.spec.channels, model.spec.height, model.spec.width), sidecar=getattr(model, "sidecar", None))
-    samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit)
-    shard = shard or Shard(0, 1)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit,
+                           exclude=output_exclusion(Path(data), out))
+    shard = shard or Shard(0, 1)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(out, e) from None
     results = out / shard.results_name
+    with lock_output(out) if shard.count == 1 else lock_results(results):
+        return _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess,
+                                batch_size, seed, resume, progress, montage, plots, report_images, timeout,
+                                workers, worker_kind, shard, ray)
+
+
+def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess, batch_size,
+                     seed, resume, progress, montage, plots, report_images, timeout, workers, worker_kind, shard,
+                     ray) -> dict:
     if not resume and results.exists():
         results.unlink()
     _repair_tail(results)
@@ -182,7 +240,13 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     root = data_root(Path(data))
     mine = [i for i, s in enumerate(samples) if shard.owns(image_key(s.path, root))]
     wanted = {key(images[i], m.name) for i in mine for m, _ in chosen_methods}
-    done = {r["key"] for r in read_results(results)} & wanted
+    damaged: list[int] = []
+    done = {r["key"] for r in read_results(results, damaged)} & wanted
+    if damaged:
+        import warnings
+
+        warnings.warn(f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
+                      "their work is redone", stacklevel=2)
     jobs = []
     for i in mine:
         todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
@@ -206,7 +270,8 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         done.update(r["key"] for r in fresh)
 
     keep = max(int(montage), int(report_images))  # images whose maps and views are kept in OUT/maps
-    plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep)
+    plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep, timeout=timeout)
+    guard = ModelGuard(model)
     if ray is not None:
         from .ray_engine import run_on_ray
 
@@ -223,7 +288,7 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         stream = prefetch(([(j.index, j.sample) for j in b] for b in batches), preprocess, workers=n_workers,
                           kind=worker_kind)
         for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
-            write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan))
+            write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan, guard))
             handled += len(batch)
             if progress is not None:
                 progress(handled, len(mine))
@@ -261,6 +326,7 @@ class Plan:
     seed: int
     batch_size: int
     montage: int
+    timeout: float | None = None
 
 
 def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
@@ -284,16 +350,33 @@ def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preproces
 
 
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
-    return {"key": k, "image": str(sample.path), "method": method, "params": params, "seed": seed,
-            "error": " ".join(str(message).split())}
+    return {"key": k, "image": path_text(sample.path), "method": method, "params": params, "seed": seed,
+            "error": printable(" ".join(str(message).split()))}
+
+
+def check_model_unchanged(guard: ModelGuard | None, method_name: str, lines: list[dict], samples_by_key: dict,
+                          params: dict, seed: int) -> list[dict]:
+    """After a method ran: if it left the model changed, its records become error records and the
+    model is restored (a :class:`PluginError` when that is impossible, since every later score
+    would be wrong)."""
+    if guard is None or not guard.changed():
+        return lines
+    if not guard.restore():
+        raise PluginError(f"method {method_name!r} changed the model's graph or weights and it could not be "
+                          "restored; stopping so no later score is computed on a corrupted model")
+    message = (f"method {method_name!r} changed the model's graph or weights (a hook left behind or weights "
+               "edited in place); its results are discarded and the model was restored")
+    return [_error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message) for r in lines]
 
 
 def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen_methods, chosen_metrics,
-                plan: Plan) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
+                plan: Plan, guard: ModelGuard | None = None
+                ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
     """Explain and score one batch: its result records, the maps of the first ``plan.montage``
     images (index, method, map) and what the model saw of them (index, sample, input array).
 
-    Pure with respect to the output folder (the caller writes), so a Ray worker can run it."""
+    Pure with respect to the output folder (the caller writes), so a Ray worker can run it.
+    ``guard`` checks the model after every method (:func:`check_model_unchanged`)."""
     seed, batch_size, montage = plan.seed, plan.batch_size, plan.montage
     by_index = {j.index: j for j in batch}
     records: list[dict] = []
@@ -321,6 +404,8 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
         label = by_index[i].sample.label
         if label is not None and not 0 <= label < model.num_classes:
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
+        elif not bool(torch.isfinite(probs[row]).all()):
+            bad[i] = "the model's output for this image is not finite (NaN/Inf): check the preprocessing"
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
     box_all, box_labels_all = [], []
@@ -344,28 +429,32 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
         if rows:
             lines, maps = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all,
                                         t_all, probs, preds, box_all, box_labels_all, seed, batch_size, cache,
-                                        montage)
-            records += lines
-            maps_out += maps
+                                        montage, plan.timeout)
+            by_key = {by_index[order[r]].keys[method.name]: by_index[order[r]].sample for r in rows}
+            checked = check_model_unchanged(guard, method.name, lines, by_key, mparams, seed)
+            records += checked
+            if checked is lines:
+                maps_out += maps
     return records, maps_out, views
 
 
 def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, seed, batch_size, cache, montage):
+                  box_all, box_labels_all, seed, batch_size, cache, montage, timeout=None):
     sel = torch.tensor(rows, device=x_all.device)
     x, targets = x_all[sel], t_all[sel]
     jobs = [by_index[order[r]] for r in rows]
     samples = [j.sample for j in jobs]
     started = time.perf_counter()
     try:
-        attribution = run_method(model, method, x, targets, mparams, seed)
+        attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
         return [_error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e)) for j in jobs], []
     seconds = (time.perf_counter() - started) / len(rows)
     context = {
         "boxes": [box_all[r] for r in rows], "box_labels": [box_labels_all[r] for r in rows],
         "method": method, "method_params": mparams, "seed": seed, "batch_size": batch_size,
-        "cache": cache, "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
+        "cache": cache,
+        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=timeout),
     }
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
@@ -383,8 +472,9 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
                     curves[name] = value.reshape(len(rows), -1)
                 else:
                     scores[name] = value.reshape(len(rows))
-        except Exception as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
-            metric_errors[metric.name] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
+            detail = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else ' '.join(str(e).split())
+            metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
     lines, maps_out = [], []
@@ -392,9 +482,10 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         index = order[r]
         t = int(targets[j])
         record = {
-            "key": job.keys[method.name], "image": str(s.path), "method": method.name, "params": mparams,
+            "key": job.keys[method.name], "image": path_text(s.path), "method": method.name, "params": mparams,
             "seed": seed, "target": t, "target_label": model.label(t) if hasattr(model, "label") else None,
-            "label": s.label, "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
+            "label": s.label, "prediction": int(preds[r]), "probability": _finite(float(probs[r, t])),
+            "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
         }
@@ -545,7 +636,7 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = out / "plots" / f"{k}.png"
+        path = out / "plots" / f"{safe_stem(k)}.png"  # score names come from plugins
         atomic_write(path, _png(fig))
         written.append(path)
     path = _montage(out, samples[:montage], methods, preprocess)
@@ -576,7 +667,7 @@ def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: P
     for r, (s, img, maps) in enumerate(rows):
         ax = fig.add_subplot(len(rows), cols, r * cols + 1)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(s.path.name, fontsize=6)
+        ax.set_title(printable(path_text(s.path.name)), fontsize=6)
         ax.axis("off")
         for c, m in enumerate(methods, 2):
             ax = fig.add_subplot(len(rows), cols, r * cols + c)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, XplainError
+from ..untrusted import path_text
 
 _ATTEMPTS = 3
 _IN_FLIGHT = 2  # batches queued per actor: one running, one waiting, so the actor never idles
@@ -95,13 +96,16 @@ class _Worker:
         self.model.preloaded_state = state
         self.model.to("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.methods, self.metrics, self.preprocess, self.plan = methods, metrics, preprocess, plan
+        from .guards import ModelGuard
+
+        self.guard = ModelGuard(self.model)  # a method that changes this worker's model is caught here
 
     def score(self, jobs):
         from .evaluation import score_batch
         from ..data.pipeline import prepare
 
         prepared = [prepare(j.index, j.sample, self.preprocess) for j in jobs]
-        return score_batch(self.model, jobs, prepared, self.methods, self.metrics, self.plan)
+        return score_batch(self.model, jobs, prepared, self.methods, self.metrics, self.plan, self.guard)
 
     def ping(self) -> bool:
         return True
@@ -121,7 +125,7 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
     ray = _import_ray()
     # Workers run in their own folder (on other nodes, too): they get absolute image paths, and the
     # records get back the path as the data set names it, as a single process writes it.
-    shown = {k: str(job.sample.path) for batch in batches for job in batch for k in job.keys.values()}
+    shown = {k: path_text(job.sample.path) for batch in batches for job in batch for k in job.keys.values()}
     shown_path = {job.index: str(job.sample.path) for batch in batches for job in batch}
     batches = [[dataclasses.replace(job, sample=dataclasses.replace(job.sample, path=job.sample.path.absolute()))
                 for job in batch] for batch in batches]

@@ -14,12 +14,13 @@ file of a folder into ``summary.json/csv`` and plots, and name the images no sha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,32 @@ def read_run(out: Path) -> dict[str, Any]:
         if not isinstance(run.get(name), kind):
             raise InputDataError(f"run description lacks {name!r}", path=path)
     return run
+
+
+@contextlib.contextmanager
+def lock_results(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on one shard's results file (created if missing) for the block.
+
+    A shard cannot lock the whole --out folder as an unsharded run does: its sibling shards share
+    the folder. Two processes given the same shard are refused (exit 2), like two unsharded runs."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another xplain run is writing {path.name} (it is locked); wait for it or choose "
+                             "another --shard or --out", path=path) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def result_files(out: Path) -> list[Path]:
