@@ -180,11 +180,11 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
     saliency = xplain.get_registry().method("saliency")
     marker = str(tmp_path / "died-once")
 
-    def dies_once(model, x, targets, params, seed):  # the first call kills its worker process
+    def dies_once(request):  # the first call kills its worker process
         if not os.path.exists(marker):
             Path(marker).write_text("x")
             os._exit(1)
-        return saliency.explain(model, x, targets, params, seed)
+        return saliency.run(request)
 
     flaky = dataclasses.replace(saliency, name="flaky-saliency", explain=dies_once)
     model = xplain.load_model(model_path, "cpu")
