@@ -62,12 +62,6 @@ def _pass_region(act: Activation, x: torch.Tensor, slope: torch.Tensor | None) -
     raise ValueError(f"no rectifier rule for activation kind {act.kind!r}")
 
 
-def _plain_relu(act: Activation) -> bool:
-    """A rectifier that passes exactly where its input is positive (ReLU, Clip(0, None))."""
-    bounds = None if act.bounds is None else tuple(act.bounds)
-    return (act.kind == "relu" and bounds in (None, (0.0, None))) or (act.kind == "clip" and bounds == (0.0, None))
-
-
 def _negative_slope(act: Activation, g: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor | float:
     if act.kind == "leaky_relu":
         return act.module.negative_slope
@@ -86,6 +80,21 @@ def _broadcast_slope(slope: torch.Tensor | None, like: torch.Tensor) -> torch.Te
     return slope.reshape(shape).expand_as(like)
 
 
+def _masked(g: torch.Tensor, act: Activation, x: torch.Tensor) -> torch.Tensor | None:
+    """``g`` where a clamp-type rectifier passes its input ``x`` (lo < x < hi), else 0, in ONE
+    fused kernel and one new tensor (aten's own ReLU/Hardtanh backward); None for other kinds.
+
+    Profiled on EfficientNet-Lite0 (33 ReLU6): building the mask from comparisons, a dtype cast
+    and a multiply cost a quarter of guided backprop's time, more than the backward of the
+    convolutions it sits between."""
+    if act.kind not in ("relu", "relu6", "clip", "hardtanh"):
+        return None
+    lo, hi = act.bounds if act.bounds is not None else (0.0, None)
+    if hi is None:
+        return g.clone() if lo is None else torch.ops.aten.threshold_backward(g, x, lo)
+    return torch.ops.aten.hardtanh_backward(g, x, float("-inf") if lo is None else lo, hi)
+
+
 class _RectifierFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rule, *rest):
@@ -98,17 +107,21 @@ class _RectifierFn(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         rule = ctx.rule
         slope = rest[0] if rest else None
-        if rule.mode == GUIDED and _plain_relu(rule.activation):  # the common case, in two fused kernels
-            grad = torch.ops.aten.threshold_backward(g.clamp(min=0), x, 0)
-        elif rule.mode == GUIDED:  # Springenberg et al.: the forward mask times the positive part of g
-            grad = g.clamp(min=0) * _pass_region(rule.activation, x, slope)
-        elif rule.mode == PLAIN and _plain_relu(rule.activation):
-            grad = torch.ops.aten.threshold_backward(g, x, 0)
+        act = rule.activation
+        grad = None
+        if rule.mode in (GUIDED, PLAIN):
+            grad = _masked(g, act, x)  # a fresh tensor: the guided clamp may run in place
+            if grad is not None and rule.mode == GUIDED:
+                grad.clamp_(min=0)  # Springenberg et al.: the forward mask times relu(g)
+        if grad is not None:
+            pass  # clamp-type rectifier, done above
+        elif rule.mode == GUIDED:  # LeakyReLU / PReLU
+            grad = g.clamp(min=0) * _pass_region(act, x, slope)
         elif rule.mode == DECONVNET:  # Zeiler & Fergus: rectify the backward signal, ignore the forward
-            neg = _negative_slope(rule.activation, g, slope)
+            neg = _negative_slope(act, g, slope)
             grad = g.clamp(min=0) if isinstance(neg, float) and neg == 0.0 else torch.where(g > 0, g, g * neg)
         else:
-            grad = g * _pass_region(rule.activation, x, slope)
+            grad = g * _pass_region(act, x, slope)
         return (grad, None, *([None] * (len(ctx.needs_input_grad) - 2)))
 
 
