@@ -31,6 +31,8 @@ _LAZY = {
     "first_weight_layer": ("xplain.lrp", "first_weight_layer"),
     "reduce_channels": ("xplain.maps", "reduce_channels"),
     "reduce_param": ("xplain.maps", "reduce_param"),
+    "images_per_pass": ("xplain.passes", "images_per_pass"),
+    "pass_params": ("xplain.passes", "pass_params"),
 }
 
 __all__ = [

@@ -46,6 +46,7 @@ from .api import run_method
 from .maps import reduce_channels
 from .errors import PluginError, UsageError
 from .model import Model
+from .passes import images_per_pass
 from .plugin_api import Method
 from .registry import Registry, get_registry, validate_params
 
@@ -149,6 +150,11 @@ def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
     return default
 
 
+def _per_pass(model: Model, params: dict, key: str = "internal_batch") -> int:
+    """Images per pass our method uses (its explicit count, else its memory budget's)."""
+    return images_per_pass(model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0))
+
+
 @contextlib.contextmanager
 def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
     sal = ca.Saliency(net)
@@ -174,9 +180,8 @@ def _integrated_gradients(ca, net, model, params, x) -> Iterator[CaptumFn]:
     rule = _param(params, ("method",), None)
     if rule is not None:
         kwargs["method"] = rule  # xplain uses Captum's quadrature names
-    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
-    if internal:  # both count images (interpolation points of all batch images) per pass
-        kwargs["internal_batch_size"] = int(internal)
+    # both count images (interpolation points of all batch images) per pass: give Captum ours
+    kwargs["internal_batch_size"] = _per_pass(model, params)
     # baseline zeros, our default; a blur/uniform baseline costs ours one blur or draw, Captum nothing
     yield lambda x, t: reduce_channels(ig.attribute(x, baselines=0.0, target=t, **kwargs),
                                        params.get("reduce", "sum"))
@@ -188,9 +193,8 @@ def _smoothgrad(ca, net, model, params, x) -> Iterator[CaptumFn]:
     samples = int(_param(params, ("samples", "nt_samples"), 50))
     sigma = float(_param(params, ("noise", "sigma", "stdevs"), 0.15))
     nt_type = "smoothgrad_sq" if _param(params, ("square",), False) else "smoothgrad"
-    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
     # ours counts noisy images (of all batch images) per pass; Captum counts noise draws per image
-    chunk = max(1, int(internal) // x.shape[0]) if internal else None
+    chunk = max(1, _per_pass(model, params) // x.shape[0])
 
     def run(x, t):
         stdev = sigma * float(x.max() - x.min())  # xplain: σ per image; Captum: one σ for the batch
@@ -243,7 +247,7 @@ def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
     stride = int(_param(params, ("stride",), 0)) or max(1, patch // 2)
     fill = float(_param(params, ("baseline",), 0.0))
     # ours counts occluded images (of all batch images) per pass; Captum counts windows per pass
-    per_eval = max(1, int(_param(params, ("batch", "perturbations_per_eval"), 64)) // x.shape[0])
+    per_eval = max(1, _per_pass(model, params, "batch") // x.shape[0])
     occ = ca.Occlusion(net)
     yield lambda x, t: occ.attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
                                      baselines=fill, target=t, perturbations_per_eval=per_eval)[:, 0]
