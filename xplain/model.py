@@ -399,13 +399,18 @@ class Model:
                 self.graph.recompile()
 
     @contextlib.contextmanager
-    def tap(self, names: list[str], gradients: bool = True) -> Iterator[Tap]:
+    def tap(self, names: list[str], gradients: bool = True, leaf: bool = False) -> Iterator[Tap]:
         """Record the outputs (and, after backward, the gradients) at the named nodes.
 
         A node computed by a module is tapped by a forward hook on that module (no change to the
         graph's code, so entering and leaving costs nothing next to a forward pass); any other
-        node by a pass-through module inserted after it. Hooks are removed on exit."""
-        tap = Tap(gradients)
+        node by a pass-through module inserted after it. Hooks are removed on exit.
+
+        ``leaf``: each tapped output is replaced by a detached copy that requires grad (same
+        values), so the autograd graph starts there: with an input that does not require grad,
+        the part of the network below the taps runs as cheaply as inference (nothing saved for a
+        backward) and gradients can be taken with respect to the taps only (Grad-CAM)."""
+        tap = Tap(gradients, leaf)
         handles, targets, others = [], [], {}
         try:
             for name in names:
@@ -414,7 +419,7 @@ class Model:
                     module = self.graph.get_submodule(node.target)
                     handles.append(module.register_forward_hook(
                         lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
-                        else None))
+                        else None))  # record() returns the output to use: None keeps it
                     self._tapped.add(node.target)
                     targets.append(node.target)
                 else:
@@ -435,17 +440,23 @@ class Tap:
     concatenation is not a node of the autograd graph: to differentiate *with respect to* a
     tapped activation, run a fixed-batch graph one sample at a time."""
 
-    def __init__(self, gradients: bool):
+    def __init__(self, gradients: bool, leaf: bool = False):
         self.want_gradients = gradients
+        self.leaf = leaf
         self._activations: dict[str, list[torch.Tensor]] = {}
         self._gradients: dict[str, dict[int, torch.Tensor]] = {}
 
-    def record(self, name: str, x: torch.Tensor) -> None:
+    def record(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """Keep ``x``; returns its leaf replacement with ``leaf`` (else None: x stays)."""
+        replaced = None
+        if self.leaf and x.is_floating_point() and torch.is_grad_enabled():
+            x = replaced = x.detach().requires_grad_(True)
         calls = self._activations.setdefault(name, [])
         index = len(calls)
         calls.append(x)
         if self.want_gradients and x.requires_grad:
             x.register_hook(lambda g: self._gradients.setdefault(name, {}).__setitem__(index, g))
+        return replaced
 
     @property
     def activations(self) -> dict[str, torch.Tensor]:
@@ -467,7 +478,8 @@ class _TapModule(nn.Module):
 
     def forward(self, x):
         if isinstance(x, torch.Tensor):
-            self._tap.record(self._name, x)
+            replaced = self._tap.record(self._name, x)
+            return x if replaced is None else replaced
         return x
 
 

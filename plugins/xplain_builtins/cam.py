@@ -56,6 +56,19 @@ def _gradcam_layer(model, requested):
     return name, shape
 
 
+def _from_input(model, name):
+    """Whether the node ``name`` is computed from the model's input (not a constant)."""
+    stack, seen = [model.node(name)], set()
+    while stack:
+        node = stack.pop()
+        if node.op == "placeholder":
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.all_input_nodes)
+    return False
+
+
 def _explain_gradcam(model, x, targets, params, seed):
     import torch
     import torch.nn.functional as F
@@ -64,11 +77,12 @@ def _explain_gradcam(model, x, targets, params, seed):
     size = (model.spec.height, model.spec.width)
 
     def run(x, targets):
-        with model.tap([name], gradients=False) as tap, torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)  # so the graph above the layer is recorded
-            logits = model(xg)
+        # the tap makes the layer's output a leaf: the network below it runs as inference (no
+        # saved tensors, no input copy), the backward starts at the logit and stops at the layer
+        with model.tap([name], gradients=False, leaf=True) as tap, torch.enable_grad():
+            logits = model(x.detach())
             acts = tap.activations[name]
-            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and acts.requires_grad):
+            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and _from_input(model, name)):
                 raise xplain.UsageError(f"grad-cam layer {name!r} carries no signal from the input")
             (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True)
         if grads is None:
