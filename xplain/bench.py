@@ -458,6 +458,99 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
     }
 
 
+def resolve_metrics(names, registry: Registry) -> list:
+    """Metric objects for names; an unknown name is a UsageError listing the installed ones."""
+    resolved = []
+    for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
+        if name not in registry.metrics:
+            raise UsageError(f"unknown metric {name!r}",
+                             hint=f"installed: {', '.join(sorted(registry.metrics)) or 'none'}")
+        resolved.append(registry.metrics[name])
+    return resolved
+
+
+def _centre_boxes(x: torch.Tensor) -> list[torch.Tensor]:
+    """One box per image, the central half of each side (``x0, y0, x1, y1``), for timing
+    localisation metrics on inputs without annotations."""
+    h, w = x.shape[2], x.shape[3]
+    box = torch.tensor([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], device=x.device)
+    return [box.clone() for _ in range(x.shape[0])]
+
+
+def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry: Registry | None = None,
+                  params: dict[str, dict] | None = None, method_params: dict | None = None, repeats: int = 5,
+                  warmup: int = 1, *, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
+    """Time ``metrics`` (names) scoring ``method``'s maps of the batch ``x`` for its top-1 targets.
+
+    The maps are computed once, untimed. Each metric is called as ``xplain eval`` calls it (same
+    context keys, no-grad unless it needs the method; localisation metrics get one central box
+    per image), in rounds interleaved with a forward pass of the batch. A forward hook counts the
+    images the metric sends through the model, so the report says what the metric costs per
+    image it evaluates: ``seconds_per_image`` (per explained image), ``forward_images`` (images
+    forwarded per explained image), ``seconds_per_step`` (per forwarded image) and
+    ``ratio_to_forward`` (that ÷ one forward per image: 1.0 is the physical limit of a metric that
+    only runs the model). Returns ``{forward_seconds_per_image, method, method_params, metrics: [rows]}``."""
+    registry = registry or get_registry()
+    chosen = resolve_metrics(metrics, registry)
+    if not chosen:
+        raise UsageError("no metrics to benchmark", hint=f"installed: {', '.join(sorted(registry.metrics))}")
+    params = dict(params or {})
+    stray = sorted(set(params) - {m.name for m in chosen})
+    if stray:
+        raise UsageError(f"parameters given for metric(s) not benchmarked: {', '.join(stray)}")
+    values = {m.name: validate_params(m.params, params.get(m.name) or {}, f"metric {m.name!r}") for m in chosen}
+    the_method = resolve_methods([method], registry)[0]
+    mparams = validate_params(the_method.params, method_params or {}, f"method {the_method.name!r}")
+    device = model.device
+    x = x.detach().to(device, torch.float32)
+    batch = x.shape[0]
+    note = progress or (lambda _msg: None)
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+    attribution = run_method(model, the_method, x, targets, mparams, seed)
+    context = {"boxes": _centre_boxes(x), "box_labels": [torch.full((1,), int(t)) for t in targets],
+               "method": the_method, "method_params": mparams, "seed": seed, "batch_size": batch,
+               "forward_batch": max(64, 8 * batch), "cache": {},
+               "explain": lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed)}
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    counted = [0]
+    handle = model.graph.register_forward_pre_hook(lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0]))
+    rows, forward_all = [], []
+    try:
+        for metric in chosen:
+            note(metric.name)
+            v = values[metric.name]
+
+            def score(metric=metric, v=v):
+                context["cache"] = {}  # method-independent work is not carried over between calls
+                with torch.no_grad() if not metric.needs else contextlib.nullcontext():
+                    return metric.score(model, x, targets, attribution, {**context, "params": v})
+
+            counted[0] = 0
+            score()
+            images = counted[0]
+            times, _ = _rounds({"forward": forward, "metric": score}, device, repeats, warmup)
+            forward_all += times["forward"]
+            metric_s, forward_s = statistics.median(times["metric"]), statistics.median(times["forward"])
+            per_step = metric_s / images if images else None
+            rows.append({
+                "name": metric.name, "params": v, "seconds_per_image": metric_s / batch,
+                "forward_images": images / batch,
+                "seconds_per_step": per_step,
+                "ratio_to_forward": per_step / (forward_s / batch) if per_step and forward_s > 0 else None,
+                "peak_memory_mb": peak_memory_mb(score, device),
+            })
+    finally:
+        handle.remove()
+    forward_s = statistics.median(forward_all) if forward_all else None
+    return {"forward_seconds_per_image": forward_s / batch if forward_s else None, "method": the_method.name,
+            "method_params": mparams, "metrics": rows}
+
+
 def _stages(attribution, batch: int, forward_s: float) -> dict | None:
     """A multi-stage method's own split (``info["stage_seconds"]``: stage -> seconds for the
     batch, e.g. InputIBA's feature / GAN / input stages), per image and × one forward pass."""

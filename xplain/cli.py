@@ -292,6 +292,9 @@ def explain(
     std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
     labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Check the conversion against onnxruntime at load (default). --no-verify "
+                                     "skips it for models already checked (`xplain inspect`): faster start-up."),
 ):
     """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
     registry = _registry()
@@ -305,7 +308,7 @@ def explain(
             raise XplainErrorInput(image, "no such file")
         if image.is_dir():
             raise XplainErrorInput(image, "is a directory, not an image")
-    model = _load(model_path, device, labels)
+    model = _load(model_path, device, labels, verify=verify)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from .explaining import explain_files
@@ -431,12 +434,22 @@ def bench(
     seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    size: int = typer.Option(224, "--size", min=1,
+                             help="Input size when MODEL names a benchmark network (resnet50, efficientnet_b0)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics",
+                                          help="Also time these metrics (comma-separated) on the first method's maps."),
+    metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
+                                           help="Metric parameter (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
+    """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
+
+    MODEL is an ONNX file, or one of the 224×224 benchmark networks by name (resnet50,
+    efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
+    weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
     registry = _registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
-    from .bench import resolve_methods
+    from .bench import resolve_methods, resolve_metrics
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
@@ -444,6 +457,18 @@ def bench(
 
     for name in chosen:
         validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    chosen_metrics = [m.name for m in resolve_metrics((metrics or "").split(","), registry)]
+    if metric_param and not chosen_metrics:
+        raise UsageError("--metric-param without --metrics")
+    metric_params = _scoped_params(metric_param, chosen_metrics, "--metric-param") if chosen_metrics else {}
+    for name in chosen_metrics:
+        validate_params(registry.metrics[name].params, metric_params.get(name, {}), f"metric {name!r}")
+    if not model_path.exists():
+        from .bench_models import BENCH_MODELS, bench_model_path
+
+        if str(model_path) in BENCH_MODELS:
+            with err.status(f"exporting {model_path}…", spinner="dots") if err.is_terminal else _null():
+                model_path = bench_model_path(str(model_path), size)
     images = list(images or [])
     for image in images:
         if not image.exists():
@@ -472,6 +497,12 @@ def bench(
                            seed=seed, captum=captum,
                            progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
                            if err.is_terminal else None)
+    if chosen_metrics:
+        from .bench import bench_metrics
+
+        report["metric_bench"] = bench_metrics(
+            model, x, chosen_metrics, chosen[0], registry=registry, params=metric_params,
+            method_params=params.get(chosen[0]), repeats=repeats, warmup=warmup, seed=seed)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -508,6 +539,18 @@ def bench(
     out.print(f"[dim]peak mem: {escape(report['memory'])}[/]", highlight=False)
     for line in notes:
         out.print(f"[dim]note: {escape(line)}[/]", highlight=False)
+    if report.get("metric_bench"):
+        mb = report["metric_bench"]
+        table = Table(box=None, title=f"metrics on {escape(mb['method'])} maps")
+        for col in ("metric", "s/image", "fwd/image", "ms/fwd", "×forward", "peak MB"):
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+        for row in mb["metrics"]:
+            step = row["seconds_per_step"]
+            table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", f"{row['forward_images']:.4g}",
+                          "—" if step is None else f"{1e3 * step:.3g}",
+                          "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}",
+                          "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}")
+        out.print(table)
 
 
 # ---------------------------------------------------------------------------- eval
