@@ -182,3 +182,11 @@ def test_bench_model_names(capsys, tmp_path):
     with pytest.raises(xplain.UsageError, match="224"):
         bench_model_path("efficientnet_lite0", 160, root=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing exported on a refused request
+
+
+def test_bench_cpu_clock(tiny_model):
+    report = bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, captum=False,
+                   clock="cpu")
+    assert report["clock"] == "cpu" and report["methods"][0]["seconds_per_image"] > 0
+    with pytest.raises(xplain.UsageError, match="clock"):
+        bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, clock="sundial")

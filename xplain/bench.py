@@ -361,7 +361,7 @@ def resolve_methods(methods, registry: Registry) -> list[Method]:
 
 def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = None,
           params: dict[str, dict] | None = None, repeats: int = 5, warmup: int = 1, *, seed: int = 0,
-          captum: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+          captum: bool = True, progress: Callable[[str], None] | None = None, clock: str = "wall") -> dict:
     """Benchmark ``methods`` (names or :class:`Method`) on the batch ``x`` (B×C×H×W) for its top-1 targets.
 
     ``params`` maps a method name to its parameters (strings as from ``--param`` or Python values),
@@ -384,6 +384,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
     if repeats < 1 or warmup < 0:
         raise UsageError("repeats must be at least 1 and warmup at least 0")
     device = model.device
+    _check_clock(clock, device)
     x = x.detach().to(device, torch.float32)
     if x.dim() != 4 or x.shape[0] < 1:
         raise UsageError(f"expected a batch B×C×H×W, got shape {tuple(x.shape)}")
@@ -426,7 +427,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
                     stack.close()  # leave the graph as found before timing ours
                 else:
                     fns["captum"] = cap
-            times, failure = _rounds(fns, device, repeats, warmup)
+            times, failure = _rounds(fns, device, repeats, warmup, clock)
         if failure is not None:
             row["captum_status"] = failure
         forward_all += times["forward"]
@@ -451,6 +452,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
         "forward_seconds_per_image": forward_s / batch,
         "repeats": repeats,
         "warmup": warmup,
+        "clock": clock,
         "memory": memory_kind(device),
         "torch_version": torch.__version__,
         "captum_version": captum_version,
@@ -479,7 +481,8 @@ def _centre_boxes(x: torch.Tensor) -> list[torch.Tensor]:
 
 def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry: Registry | None = None,
                   params: dict[str, dict] | None = None, method_params: dict | None = None, repeats: int = 5,
-                  warmup: int = 1, *, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
+                  warmup: int = 1, *, seed: int = 0, progress: Callable[[str], None] | None = None,
+                  clock: str = "wall") -> dict:
     """Time ``metrics`` (names) scoring ``method``'s maps of the batch ``x`` for its top-1 targets.
 
     The maps are computed once, untimed. Each metric is called as ``xplain eval`` calls it (same
@@ -502,6 +505,7 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
     the_method = resolve_methods([method], registry)[0]
     mparams = validate_params(the_method.params, method_params or {}, f"method {the_method.name!r}")
     device = model.device
+    _check_clock(clock, device)
     x = x.detach().to(device, torch.float32)
     batch = x.shape[0]
     note = progress or (lambda _msg: None)
@@ -533,7 +537,7 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
             counted[0] = 0
             score()
             images = counted[0]
-            times, _ = _rounds({"forward": forward, "metric": score}, device, repeats, warmup)
+            times, _ = _rounds({"forward": forward, "metric": score}, device, repeats, warmup, clock)
             forward_all += times["forward"]
             metric_s, forward_s = statistics.median(times["metric"]), statistics.median(times["forward"])
             per_step = metric_s / images if images else None
@@ -549,6 +553,13 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
     forward_s = statistics.median(forward_all) if forward_all else None
     return {"forward_seconds_per_image": forward_s / batch if forward_s else None, "method": the_method.name,
             "method_params": mparams, "metrics": rows}
+
+
+def _check_clock(clock: str, device: torch.device) -> None:
+    if clock not in CLOCKS:
+        raise UsageError(f"unknown clock {clock!r}", hint=f"one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and device.type != "cpu":
+        raise UsageError("--clock cpu measures host CPU time: use it with --device cpu")
 
 
 def _stages(attribution, batch: int, forward_s: float) -> dict | None:
@@ -593,17 +604,24 @@ def _enter_captum(stack: contextlib.ExitStack, name, model, params, x, targets):
     return lambda: fn(x, targets)
 
 
-def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-            ) -> tuple[dict[str, list[float]], str | None]:
+#: what a timing measures: ``wall`` (elapsed time, perf_counter) or ``cpu`` (this process's CPU
+#: time, process_time: user + system time of all its threads). On a CPU shared with other jobs the
+#: CPU time of a single-threaded run is the work itself, unaffected by waiting for a core.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int,
+            clock: str = "wall") -> tuple[dict[str, list[float]], str | None]:
     """``warmup`` untimed then ``repeats`` timed rounds, each calling every function once in turn.
 
     Captum (key ``captum``) failing is recorded and it is dropped; anything else raises."""
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {k: [] for k in fns}
     failure = None
     for round_ in range(warmup + repeats):
         for key in list(fns):
             _sync(device)
-            began = time.perf_counter()
+            began = now()
             try:
                 fns[key]()
                 _sync(device)
@@ -617,7 +635,7 @@ def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: in
                 times.pop(key)
                 continue
             if round_ >= warmup:
-                times[key].append(time.perf_counter() - began)
+                times[key].append(now() - began)
     return times, failure
 
 

@@ -434,6 +434,8 @@ def bench(
     seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    clock: str = typer.Option("wall", "--clock",
+                              help="wall (elapsed time) or cpu (process CPU time: robust on a shared CPU)."),
     size: int = typer.Option(224, "--size", min=1,
                              help="Input size when MODEL names a benchmark network (resnet50, efficientnet_b0)."),
     metrics: Optional[str] = typer.Option(None, "--metrics",
@@ -494,7 +496,7 @@ def bench(
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
     with status:
         report = run_bench(model, x, chosen, registry=registry, params=params, repeats=repeats, warmup=warmup,
-                           seed=seed, captum=captum,
+                           seed=seed, captum=captum, clock=clock,
                            progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
                            if err.is_terminal else None)
     if chosen_metrics:
@@ -502,7 +504,7 @@ def bench(
 
         report["metric_bench"] = bench_metrics(
             model, x, chosen_metrics, chosen[0], registry=registry, params=metric_params,
-            method_params=params.get(chosen[0]), repeats=repeats, warmup=warmup, seed=seed)
+            method_params=params.get(chosen[0]), repeats=repeats, warmup=warmup, seed=seed, clock=clock)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -510,7 +512,7 @@ def bench(
         return
     per_image = report["forward_seconds_per_image"]
     out.print(f"[bold]{escape(str(model_path))}[/]  device {escape(report['device'])}  batch {report['batch_size']}"
-              f"  forward {per_image:.3g} s/image", highlight=False)
+              f"  forward {per_image:.3g} s/image  clock {report['clock']}", highlight=False)
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method",
