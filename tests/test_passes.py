@@ -1,4 +1,4 @@
-"""Many-pass methods sized to a memory budget (xplain.passes): the budget decides how many images
+"""Many-pass methods sized to a memory budget (xplain.plugins.passes): the budget decides how many images
 go through each forward/backward pass, is validated, and never changes a map."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import xplain
-from xplain import passes
+from xplain.plugins import passes
 
 
 def _close(ours, ref):
