@@ -87,3 +87,16 @@ def test_integrated_gradients_splits_a_batch_larger_than_the_budget(tiny_model):
     whole = xplain.explain(tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 20}).maps
     assert sizes == [2] * 4 + [2] * 4 + [1] * 4  # images 0-1, 2-3, 4: four points each
     _close(split, whole)
+
+
+def test_input_iba_stage3_passes_do_not_change_the_map(tiny_model):
+    """InputIBA's input bottleneck: B×copies noisy images per step, split by the memory budget."""
+    x = tiny_model.example_input(2, seed=23)
+    t = torch.tensor([1, 3])
+    params = {"gan_epochs": 0, "input_steps": 3, "steps": 2, "batch_size": 3}
+    one = passes.image_cost_bytes(tiny_model) / 2**20
+    small, sizes = _pass_sizes(tiny_model, lambda: xplain.explain(
+        tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 2 * one}, seed=5).maps)
+    large = xplain.explain(tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 1e6}, seed=5).maps
+    assert sizes[-3:] == [2, 2, 2]  # the last step's 2×3 copies in passes of two
+    _close(small, large)
