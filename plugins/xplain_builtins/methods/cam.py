@@ -99,14 +99,21 @@ def _explain_gradcam(model, x, targets, params, seed):
 
 
 # ----------------------------------------------------------------------------- fullgrad
-def _postprocess(t, eps=1e-6):
-    """FullGrad's post-processing of one term: |t|, then min-max over C×H×W per sample."""
-    t = t.abs()
-    flat = t.flatten(1)
-    low = flat.min(dim=1).values.reshape(-1, 1, 1, 1)
-    t = t - low
-    high = t.flatten(1).max(dim=1).values.reshape(-1, 1, 1, 1)
-    return t / (high + eps)
+def _postprocess_summed(t, eps=1e-6, inplace=False):
+    """FullGrad's post-processing of one term, summed over channels: |t|, min-max over C×H×W per
+    sample ((|t| − min) / (max − min + eps)), then the channel sum, B×1×H×W.
+
+    The normalisation is affine per sample, so it is applied after the channel sum (Σ_c|t| − C·min)
+    / (max − min + eps): four passes over the C×H×W term (abs, one min/max pass, the sum) instead of
+    eight, and no C×H×W temporaries (profiled: the post-processing of the 50 bias terms of
+    EfficientNet-Lite0 took a third of FullGrad's time). ``inplace``: ``t`` may be overwritten."""
+    import torch
+
+    a = t.abs_() if inplace else t.abs()
+    low, high = torch.aminmax(a.flatten(1), dim=1)
+    shape = (-1, 1, 1, 1)
+    summed = a.sum(dim=1, keepdim=True)
+    return (summed - a.shape[1] * low.view(shape)) / ((high - low).view(shape) + eps)
 
 
 def _bias_parts(model, layer):
@@ -153,7 +160,7 @@ def _explain_fullgrad(model, x, targets, params, seed):
         input_grad = grads[0] if grads[0] is not None else torch.zeros_like(xg)
         node_grad = {nodes[i]: g for i, g in zip(live, grads[1:])}
         input_term = input_grad * x
-        maps = _postprocess(input_term).sum(dim=1)
+        maps = _postprocess_summed(input_term)[:, 0]
         totals = input_term.flatten(1).sum(dim=1)
         input_total = totals.clone()
         terms = {}
@@ -170,7 +177,7 @@ def _explain_fullgrad(model, x, targets, params, seed):
                 if term.dim() == 4:
                     # resizing is linear per channel, so summing the channels first is the same
                     # map as the reference's resize-then-sum, at 1/C of the cost
-                    summed = _postprocess(term).sum(dim=1, keepdim=True)
+                    summed = _postprocess_summed(term, inplace=True)
                     maps = maps + F.interpolate(summed, size=size, mode="bilinear", align_corners=True)[:, 0]
         return maps, {
             "logit": score.tolist(),
