@@ -361,14 +361,16 @@ class Model:
     def swap_modules(self, replacements: dict[str, nn.Module]) -> Iterator[None]:
         """Temporarily replace the modules of the named nodes (forward must stay the same)."""
         saved: dict[str, nn.Module] = {}
+        nodes = {n.name: n for n in self.graph.graph.nodes} if len(replacements) > 1 else {}
+        device = self.device
         try:
             for name, new in replacements.items():
-                target = self.node(name).target
+                target = (nodes[name] if name in nodes else self.node(name)).target
                 if target in self._tapped:
                     raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
                                        "so the tap's hook sits on the module that runs")
                 saved[target] = self.graph.get_submodule(target)
-                _set_submodule(self.graph, target, new.to(self.device))
+                _set_submodule(self.graph, target, new.to(device))
             yield
         finally:
             for target, old in saved.items():

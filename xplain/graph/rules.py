@@ -167,7 +167,7 @@ def rectifier_rules(mode: str) -> Chooser:
 
 
 def _activation_of(model: Model, name: str) -> Activation | None:
-    for act in model.activations():
+    for act in model._activations:  # the cached list (activations() copies it)
         if act.name == name:
             return act
     return None
