@@ -34,8 +34,11 @@ def test_image_cost_is_the_sum_of_every_float_activation(tiny_model):
     assert xplain.images_per_pass(tiny_model, 0, 10.5 * cost_mb) == 10
     assert xplain.images_per_pass(tiny_model, 0, 0.1 * cost_mb) == 1  # never fewer than one image
     assert xplain.images_per_pass(tiny_model, 7, 0.1 * cost_mb) == 7  # an explicit count wins
-    default = xplain.images_per_pass(tiny_model)
-    assert default == max(1, int(passes.default_budget_mb(tiny_model.device) * 2**20 // expected))
+    largest = passes.largest_activation_bytes(tiny_model)
+    assert 0 < largest < expected
+    fit = int(passes.default_budget_mb(tiny_model.device) * 2**20 // expected)
+    cap = int(passes.DEFAULT_TENSOR_MB * 2**20 // largest)
+    assert xplain.images_per_pass(tiny_model) == max(1, min(fit, cap))
 
 
 def test_default_budget_is_a_quarter_of_free_memory_capped(monkeypatch):

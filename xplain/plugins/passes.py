@@ -14,7 +14,8 @@ The rule (the same on CPU and CUDA): one image's forward activations, the float 
 node of the graph at batch 1 (known from shape propagation), is the cost of an image; a pass holds
 ``budget // cost`` images, at least one. The budget is the method's ``memory_budget_mb`` or, when
 that is 0, :func:`default_budget_mb`: a quarter of the device's free memory, at most
-:data:`DEFAULT_BUDGET_MB`. An explicit ``internal_batch`` overrides all of it.
+:data:`DEFAULT_BUDGET_MB`, and then also no more images than keep the largest single activation
+of a pass within :data:`DEFAULT_TENSOR_MB`. An explicit ``internal_batch`` overrides all of it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ if TYPE_CHECKING:  # this module imports no torch: plugins declare pass_params()
 
     from ..graph.model import Model
 
+#: by default no single activation of a pass exceeds this: glibc returns freed blocks above its
+#: mmap threshold (at most 32 MB) to the kernel, so larger tensors are zeroed afresh every pass.
+#: Measured on shapes_cnn (64×64): 297 images per pass made integrated gradients 1.6× and
+#: occlusion 1.8× slower than 64 per pass (the largest activation 74 MB against 16 MB)
+DEFAULT_TENSOR_MB = 16.0
 #: the default budget's ceiling: a pass of this many MB of activations (about 3 images of
 #: EfficientNet-Lite0 or 2 of ResNet-50 at 224×224, ~300 of a 64×64 CNN) is as fast per image
 #: as any larger one on a CPU; on a GPU a larger ``memory_budget_mb`` fills the device better
@@ -64,32 +70,46 @@ def default_budget_mb(device: torch.device) -> float:
     return max(1.0, min(DEFAULT_BUDGET_MB, free / 4))
 
 
-def image_cost_bytes(model: Model) -> int:
-    """Bytes of one image's forward activations: every float node output at batch 1."""
-    cached = getattr(model, "_xplain_image_cost", None)
+def _activation_bytes(model: Model) -> tuple[int, int]:
+    """(sum, largest) of the bytes of every float node output at batch 1, computed once."""
+    cached = getattr(model, "_xplain_activation_bytes", None)
     if cached is not None:
         return cached
     import torch
 
-    total = 0
+    total = largest = 0
     for shape, dtype in model._shapes.values():
         if not dtype.is_floating_point:
             continue
         count = 1
         for d in shape:
             count *= int(d)
-        total += count * torch.empty((), dtype=dtype).element_size()
-    model._xplain_image_cost = max(1, total)
-    return model._xplain_image_cost
+        size = count * torch.empty((), dtype=dtype).element_size()
+        total, largest = total + size, max(largest, size)
+    model._xplain_activation_bytes = (max(1, total), max(1, largest))
+    return model._xplain_activation_bytes
+
+
+def image_cost_bytes(model: Model) -> int:
+    """Bytes of one image's forward activations: every float node output at batch 1."""
+    return _activation_bytes(model)[0]
+
+
+def largest_activation_bytes(model: Model) -> int:
+    """Bytes of one image's largest single activation (node output at batch 1)."""
+    return _activation_bytes(model)[1]
 
 
 def images_per_pass(model: Model, internal_batch: int = 0, memory_budget_mb: float = 0.0) -> int:
     """Images per forward/backward pass: ``internal_batch`` when positive, else as many as fit
-    in ``memory_budget_mb`` (0: :func:`default_budget_mb`) at :func:`image_cost_bytes` each, at least 1."""
+    in ``memory_budget_mb`` at :func:`image_cost_bytes` each; with neither, as many as fit in
+    :func:`default_budget_mb` with no activation over :data:`DEFAULT_TENSOR_MB`. At least 1."""
     if internal_batch and internal_batch > 0:
         return int(internal_batch)
-    budget = memory_budget_mb if memory_budget_mb and memory_budget_mb > 0 else default_budget_mb(model.device)
-    return max(1, int(budget * _MB // image_cost_bytes(model)))
+    if memory_budget_mb and memory_budget_mb > 0:
+        return max(1, int(memory_budget_mb * _MB // image_cost_bytes(model)))
+    fit = int(default_budget_mb(model.device) * _MB // image_cost_bytes(model))
+    return max(1, min(fit, int(DEFAULT_TENSOR_MB * _MB // largest_activation_bytes(model))))
 
 
 def pass_params(what: str) -> list[Param]:
@@ -100,5 +120,6 @@ def pass_params(what: str) -> list[Param]:
               "memory and speed, never changes the map", min=0),
         Param("memory_budget_mb", "float", 0.0,
               "activation memory one pass may use when internal_batch is 0; 0 = a quarter of the "
-              f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB (raise it on a GPU)", min=0.0),
+              f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB, with no single activation over "
+              f"{DEFAULT_TENSOR_MB:.0f} MB (raise it on a GPU)", min=0.0),
     ]
