@@ -86,11 +86,12 @@ def register_methods(register):
         ),
         explain=_explain,
         params=[
-            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0),
-            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0),
+            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0, max=4096),
+            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0, max=4096),
             xplain.Param("baseline", "float", 0.0, "value the occluded pixels are set to (preprocessed space)"),
             xplain.Param("batch", "int", 0, "occluded images per forward pass; 0 = as many as fit in "
-                         "memory_budget_mb (xplain.images_per_pass). Never changes the map", min=0),
+                         "memory_budget_mb (xplain.images_per_pass). Never changes the map", min=0,
+                         max=4096),
             xplain.pass_params("")[1],
         ],
         capabilities=xplain.Capabilities(needs_gradients=False),

@@ -22,6 +22,8 @@ backward (the torch part is imported inside functions, as for every plugin).
 
 import xplain
 
+from .guided import NON_RECTIFIER
+
 _ALL, _CONV = "all", "conv"
 
 
@@ -350,12 +352,13 @@ def register_methods(register):
             "grid, before psi: input, every bias layer incl. those without a map, whose ones-map is "
             "one value), map_shares (the terms' L1 mass in the output map, after psi), layer_totals "
             "(the centred sum of each layer's ones-map gradient at its own grid); per batch: topk, "
-            "map_layers, scalar_layers (left out of the map), backward (batched or copies)."
+            "map_layers, scalar_layers (left out of the map), backward (batched or copies). "
+            + NON_RECTIFIER
         ),
         explain=_explain,
         params=[
             xplain.Param("topk", "int", 5, "classes averaged for the class-mean subtraction (clamped to "
-                         "the number of classes; the target is added when outside them)", min=2),
+                         "the number of classes; the target is added when outside them)", min=2, max=100000),
             xplain.Param("bias", "bool", True, "add the bias ones-map terms (false: guided backprop + "
                          "centring, an ablation)"),
             xplain.Param("center", "bool", True, "subtract the top-K class mean (false: the un-centred "
@@ -364,5 +367,7 @@ def register_methods(register):
                          "(see `xplain inspect`)"),
             xplain.reduce_param(help="how the C input channels of the input term become one map"),
         ],
-        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True),
+        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True, requires=("rectifiers",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam",
+                                                       "lrp-epsilon")),
     ))

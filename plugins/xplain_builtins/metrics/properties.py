@@ -217,7 +217,7 @@ def register_metrics(register):
                     "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
                     "how many layers are randomised (0 = all). The model is restored afterwards.",
         score=_sanity, higher_is_better=False, needs=("method",),
-        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0),
+        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0, max=100000),
                 xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
         curves={"sanity-ssim-curve": "layers randomised from the top",
                 "sanity-spearman-curve": "layers randomised from the top"},
