@@ -1,5 +1,5 @@
-"""Many-pass methods sized to a memory budget (xplain.plugins.passes): the budget decides how many images
-go through each forward/backward pass, is validated, and never changes a map."""
+"""Many-pass methods sized to a memory budget (xplain.plugins.passes): the budget decides how
+many images go through each forward/backward pass, is validated, and never changes a map."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _close(ours, ref):
 
 def _pass_sizes(model, fn):
     seen = []
-    handle = model.graph.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    handle = model.graph.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[0]))
     try:
         return fn(), seen
     finally:
@@ -71,9 +72,10 @@ def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
     assert sum(small_passes[extra:]) == sum(large_passes[extra:])  # the same work
 
 
-@pytest.mark.parametrize("method,key", [("integrated-gradients", "internal_batch"), ("smoothgrad", "internal_batch"),
-                                        ("occlusion", "batch")])
-@pytest.mark.parametrize("bad", [("count", "-1"), ("count", "2.5"), ("budget", "-1"), ("budget", "lots")])
+@pytest.mark.parametrize("method,key", [("integrated-gradients", "internal_batch"),
+                                        ("smoothgrad", "internal_batch"), ("occlusion", "batch")])
+@pytest.mark.parametrize("bad", [("count", "-1"), ("count", "2.5"), ("count", "5000"),
+                                 ("budget", "-1"), ("budget", "lots")])
 def test_pass_parameters_are_validated(tiny_model, method, key, bad):
     which, value = bad
     name = key if which == "count" else "memory_budget_mb"
@@ -87,7 +89,8 @@ def test_integrated_gradients_splits_a_batch_larger_than_the_budget(tiny_model):
     t = torch.tensor([0, 1, 2, 3, 0])
     split, sizes = _pass_sizes(tiny_model, lambda: xplain.explain(
         tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 2}).maps)
-    whole = xplain.explain(tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 20}).maps
+    whole = xplain.explain(tiny_model, x, t, "integrated-gradients",
+                           {"steps": 4, "internal_batch": 20}).maps
     assert sizes == [2] * 4 + [2] * 4 + [1] * 4  # images 0-1, 2-3, 4: four points each
     _close(split, whole)
 
@@ -100,6 +103,7 @@ def test_input_iba_stage3_passes_do_not_change_the_map(tiny_model):
     one = passes.image_cost_bytes(tiny_model) / 2**20
     small, sizes = _pass_sizes(tiny_model, lambda: xplain.explain(
         tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 2 * one}, seed=5).maps)
-    large = xplain.explain(tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 1e6}, seed=5).maps
+    large = xplain.explain(tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 1e6},
+                           seed=5).maps
     assert sizes[-3:] == [2, 2, 2]  # the last step's 2×3 copies in passes of two
     _close(small, large)

@@ -63,7 +63,7 @@ def free_memory_mb(device: torch.device) -> float | None:
 
 
 def default_budget_mb(device: torch.device) -> float:
-    """A quarter of the free memory of ``device``, at most :data:`DEFAULT_BUDGET_MB` (at least 1)."""
+    """A quarter of the free memory of ``device``, at most :data:`DEFAULT_BUDGET_MB`, at least 1."""
     free = free_memory_mb(device)
     if free is None:
         return DEFAULT_BUDGET_MB
@@ -113,7 +113,7 @@ def images_per_pass(model: Model, internal_batch: int = 0, memory_budget_mb: flo
 
 
 def pass_params(what: str) -> list[Param]:
-    """The two parameters every many-pass method declares: ``internal_batch`` and ``memory_budget_mb``."""
+    """The parameters every many-pass method declares: ``internal_batch``, ``memory_budget_mb``."""
     return [
         Param("internal_batch", "int", 0,
               f"{what} per forward/backward pass; 0 = as many as fit in memory_budget_mb. Bounds "
