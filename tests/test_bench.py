@@ -144,3 +144,52 @@ def test_stage_split_per_image_and_per_forward():
     assert got == {"feature": {"seconds_per_image": 0.1, "ratio_to_forward": pytest.approx(4.0)},
                    "gan": {"seconds_per_image": 0.5, "ratio_to_forward": pytest.approx(20.0)}}
     assert _stages(Attribution(maps=None), batch=4, forward_s=0.1) is None
+
+
+# ----------------------------------------------------------------------------- metric timing mode
+def test_bench_metrics_counts_the_images_a_metric_forwards(tiny_model):
+    """deletion with step = 16 px on a 16×16 input: 16 + 1 curve points, each one forwarded image."""
+    from xplain.run.bench import bench_metrics
+
+    x = tiny_model.example_input(2, seed=4)
+    h, w = x.shape[2:]
+    report = bench_metrics(tiny_model, x, ["deletion", "ebpg"], "gradient", params={"deletion": {"step": str(w)}},
+                           repeats=1, warmup=0)
+    rows = {row["name"]: row for row in report["metrics"]}
+    assert report["method"] == "gradient" and report["forward_seconds_per_image"] > 0
+    assert rows["deletion"]["forward_images"] == h + 1  # per explained image
+    assert rows["deletion"]["seconds_per_step"] == pytest.approx(rows["deletion"]["seconds_per_image"] / (h + 1))
+    assert rows["deletion"]["ratio_to_forward"] > 0
+    assert rows["ebpg"]["forward_images"] == 0 and rows["ebpg"]["ratio_to_forward"] is None  # boxes only
+
+
+def test_bench_cli_metrics_table_and_errors(tiny_cnn_path, capsys):
+    code = main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metrics", "deletion",
+                 "--metric-param", "deletion.step=8", "--batch-size", "2", "--no-captum", "--json", *FAST])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    (row,) = data["metric_bench"]["metrics"]
+    assert row["name"] == "deletion" and row["params"]["step"] == 8 and row["forward_images"] > 0
+    assert main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metrics", "no-such-metric", *FAST]) == 2
+    assert "no-such-metric" in _one_line_error(capsys)
+    assert main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metric-param", "deletion.step=8",
+                 *FAST]) == 2
+    assert "--metrics" in _one_line_error(capsys)
+
+
+def test_bench_model_names(capsys, tmp_path):
+    from xplain.run.bench_models import bench_model_path
+
+    with pytest.raises(xplain.UsageError, match="unknown benchmark network"):
+        bench_model_path("vgg99", root=tmp_path)
+    with pytest.raises(xplain.UsageError, match="224"):
+        bench_model_path("efficientnet_lite0", 160, root=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing exported on a refused request
+
+
+def test_bench_cpu_clock(tiny_model):
+    report = bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, captum=False,
+                   clock="cpu")
+    assert report["clock"] == "cpu" and report["methods"][0]["seconds_per_image"] > 0
+    with pytest.raises(xplain.UsageError, match="clock"):
+        bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, clock="sundial")

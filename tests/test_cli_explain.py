@@ -151,3 +151,17 @@ def test_each_record_carries_its_own_samples_facts(tiny_cnn_path, rgb_image, tmp
         assert rec["info"]["logit"] == pytest.approx(logit, rel=1e-4, abs=1e-5)
         assert all(isinstance(v, float) for v in rec["info"]["bias_terms"].values())
     assert records[0]["info"]["logit"] != records[1]["info"]["logit"]
+
+
+def test_explain_no_verify_skips_the_onnxruntime_check(tiny_cnn_path, rgb_image, tmp_path, capsys, monkeypatch):
+    import xplain.onnx.loader
+
+    def refuse(*args, **kwargs):
+        raise xplain.ModelError("verification ran")
+
+    monkeypatch.setattr(xplain.onnx.loader, "_verify", refuse)
+    args = ["explain", str(tiny_cnn_path), str(rgb_image), "-m", "gradient", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "a")]) != 0  # verified by default
+    assert "verification ran" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-verify"]) == 0
+    assert list((tmp_path / "b").glob("*.png"))

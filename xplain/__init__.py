@@ -65,6 +65,8 @@ _LAZY = {
     "first_weight_layer": ("xplain.graph.lrp", "first_weight_layer"),
     "reduce_channels": ("xplain.plugins.maps", "reduce_channels"),
     "reduce_param": ("xplain.plugins.maps", "reduce_param"),
+    "images_per_pass": ("xplain.plugins.passes", "images_per_pass"),
+    "pass_params": ("xplain.plugins.passes", "pass_params"),
 }
 
 __all__ = [

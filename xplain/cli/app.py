@@ -236,7 +236,7 @@ def _load(model_path: Path, device: str, labels: str | None = None, verify: bool
 
 def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs: Sequence[Path] = (),
             data: Path | None = None, out_dir: Path | None = None, out_flag: str = "--out",
-            state_dir: Path | None = None):
+            state_dir: Path | None = None, verify: bool = True):
     """The one set-up of explain / eval / fit / bench, after their names and parameters were
     resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs
     exist → the model loads → the output folder is usable → fitted state is looked up in
@@ -248,7 +248,7 @@ def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs:
             raise XplainErrorInput(image, "is a directory, not an image")
     if data is not None and not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
-    model = _load(model_path, device, labels)
+    model = _load(model_path, device, labels, verify=verify)
     if out_dir is not None:
         _check_out_dir(out_dir, out_flag)
     model.state_dir = state_dir
@@ -387,6 +387,9 @@ def explain(
                                               "with several methods)."),
     timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
                                             help="Stop a method call that runs longer (exit 4)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Check the conversion against onnxruntime at load (default). --no-verify "
+                                     "skips it for models already checked (`xplain inspect`): faster start-up."),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
@@ -402,7 +405,7 @@ def explain(
 
     _check_images(images)  # FIFOs and devices refused before the model loads
     images, stems = expand_images(list(images))
-    model = _set_up(model_path, device, labels, out_dir=out_dir, state_dir=state_dir)
+    model = _set_up(model_path, device, labels, out_dir=out_dir, state_dir=state_dir, verify=verify)
     from ..data.images import Preprocess
     from ..run.explaining import explain_files
 
@@ -557,16 +560,39 @@ def bench(
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
     state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    clock: str = typer.Option("wall", "--clock",
+                              help="wall (elapsed time) or cpu (process CPU time: robust on a shared CPU)."),
+    size: int = typer.Option(224, "--size", min=1,
+                             help="Input size when MODEL names a benchmark network (resnet50, efficientnet_b0)."),
+    metrics: str | None = typer.Option(None, "--metrics",
+                                          help="Also time these metrics (comma-separated) on the first method's maps."),
+    metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
+                                           help="Metric parameter (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
+    """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
+
+    MODEL is an ONNX file, or one of the 224×224 benchmark networks by name (resnet50,
+    efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
+    weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
     registry = _registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
-    from ..run.bench import resolve_methods
+    from ..run.bench import resolve_methods, resolve_metrics
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
     registry.resolve("method", chosen, params)
+    chosen_metrics = [m.name for m in resolve_metrics((metrics or "").split(","), registry)]
+    if metric_param and not chosen_metrics:
+        raise UsageError("--metric-param without --metrics")
+    metric_params = _scoped_params(metric_param, chosen_metrics, "--metric-param") if chosen_metrics else {}
+    registry.resolve("metric", chosen_metrics, metric_params)
+    if not model_path.exists():
+        from ..run.bench_models import BENCH_MODELS, bench_model_path
+
+        if str(model_path) in BENCH_MODELS:
+            with err.status(f"exporting {model_path}…", spinner="dots") if err.is_terminal else _null():
+                model_path = bench_model_path(str(model_path), size)
     images = list(images or [])
     _check_images(images)
     model = _load(model_path, device)
@@ -588,9 +614,15 @@ def bench(
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
     with status:
         report = run_bench(model, x, chosen, registry=registry, params=params, repeats=repeats, warmup=warmup,
-                           seed=seed, captum=captum,
+                           seed=seed, captum=captum, clock=clock,
                            progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
                            if err.is_terminal else None)
+    if chosen_metrics:
+        from ..run.bench import bench_metrics
+
+        report["metric_bench"] = bench_metrics(
+            model, x, chosen_metrics, chosen[0], registry=registry, params=metric_params,
+            method_params=params.get(chosen[0]), repeats=repeats, warmup=warmup, seed=seed, clock=clock)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -598,7 +630,7 @@ def bench(
         return
     per_image = report["forward_seconds_per_image"]
     out.print(f"[bold]{escape(str(model_path))}[/]  device {escape(report['device'])}  batch {report['batch_size']}"
-              f"  forward {per_image:.3g} s/image", highlight=False)
+              f"  forward {per_image:.3g} s/image  clock {report['clock']}", highlight=False)
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method",
@@ -627,6 +659,18 @@ def bench(
     out.print(f"[dim]peak mem: {escape(report['memory'])}[/]", highlight=False)
     for line in notes:
         out.print(f"[dim]note: {escape(line)}[/]", highlight=False)
+    if report.get("metric_bench"):
+        mb = report["metric_bench"]
+        table = Table(box=None, title=f"metrics on {escape(mb['method'])} maps")
+        for col in ("metric", "s/image", "fwd/image", "ms/fwd", "×forward", "peak MB"):
+            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+        for row in mb["metrics"]:
+            step = row["seconds_per_step"]
+            table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", f"{row['forward_images']:.4g}",
+                          "—" if step is None else f"{1e3 * step:.3g}",
+                          "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}",
+                          "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}")
+        out.print(table)
 
 
 # ---------------------------------------------------------------------------- eval

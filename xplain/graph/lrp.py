@@ -48,9 +48,21 @@ def _stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den, with 0 where den == 0 (no relevance arrives there: ε = 0 is allowed)."""
-    safe = torch.where(den != 0, den, torch.ones_like(den))
-    return torch.where(den != 0, num / safe, torch.zeros_like(num))
+    """num / den, with 0 where den == 0 (no relevance arrives there: ε = 0 is allowed).
+
+    One division and one in-place clean-up of its ±inf / NaN (x/0, 0/0), not six kernels: this
+    runs at every conv of lrp-zplus's backward."""
+    return torch.div(num, den).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _epsilon_scaled(g: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``g · z / (z + ε sign z)`` (0 where the denominator is 0), as ``g · |z| / (|z| + ε)``:
+    the same numbers in four in-place kernels and two new tensors, where the literal formula
+    took eleven kernels (profiled: half of lrp-epsilon's time on EfficientNet-Lite0)."""
+    if eps == 0:  # z / z: 1 where z != 0, and 0 where no relevance arrives
+        return torch.where(z != 0, g, 0.0)
+    ratio = z.abs()
+    return ratio.div_(ratio + eps).mul_(g)
 
 
 class _EpsilonScale(torch.autograd.Function):
@@ -66,7 +78,7 @@ class _EpsilonScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (z,) = ctx.saved_tensors
-        return _divide(g * z, _stabilise(z, ctx.eps)), None
+        return _epsilon_scaled(g, z, ctx.eps), None
 
 
 class EpsilonRule(GenericRule):
@@ -78,7 +90,7 @@ class EpsilonRule(GenericRule):
         self.eps = eps
 
     def gradient_mapper(self, g, z, z_mod):
-        return _divide(g * z, _stabilise(z, self.eps))
+        return _epsilon_scaled(g, z, self.eps)
 
 
 class _PassFn(torch.autograd.Function):
@@ -91,8 +103,9 @@ class _PassFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         z, a = ctx.saved_tensors
-        ratio = torch.where(z != 0, a / torch.where(z != 0, z, torch.ones_like(z)), torch.zeros_like(z))
-        return (g * ratio, None, *([None] * (len(ctx.needs_input_grad) - 2)))
+        # a / z, 0 where z == 0 (0/0 or lo/0 of a clip: no relevance arrives), in three kernels
+        ratio = torch.div(a, z).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return (ratio.mul_(g), None, *([None] * (len(ctx.needs_input_grad) - 2)))
 
 
 class PassRule(nn.Module):

@@ -905,14 +905,16 @@ class Model:
     def swap_modules(self, replacements: dict[str, nn.Module]) -> Iterator[None]:
         """Temporarily replace the modules of the named nodes (forward must stay the same)."""
         saved: dict[str, nn.Module] = {}
+        nodes = {n.name: n for n in self.graph.graph.nodes} if len(replacements) > 1 else {}
+        device = self.device
         try:
             for name, new in replacements.items():
-                target = str(self.node(name).target)
+                target = str((nodes[name] if name in nodes else self.node(name)).target)
                 if target in self._tapped:
                     raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
                                        "so the tap's hook sits on the module that runs")
                 saved[target] = self.graph.get_submodule(target)
-                _set_submodule(self.graph, target, new.to(self.device))
+                _set_submodule(self.graph, target, new.to(device))
             yield
         finally:
             for target, old in saved.items():
@@ -960,13 +962,18 @@ class Model:
         return GraphSplit(self, layer)
 
     @contextlib.contextmanager
-    def tap(self, names: list[str], gradients: bool = True) -> Iterator[Tap]:
+    def tap(self, names: list[str], gradients: bool = True, leaf: bool = False) -> Iterator[Tap]:
         """Record the outputs (and, after backward, the gradients) at the named nodes.
 
         A node computed by a module is tapped by a forward hook on that module (no change to the
         graph's code, so entering and leaving costs nothing next to a forward pass); any other
-        node by a pass-through module inserted after it. Hooks are removed on exit."""
-        tap = Tap(gradients)
+        node by a pass-through module inserted after it. Hooks are removed on exit.
+
+        ``leaf``: each tapped output is replaced by a detached copy that requires grad (same
+        values), so the autograd graph starts there: with an input that does not require grad,
+        the part of the network below the taps runs as cheaply as inference (nothing saved for a
+        backward) and gradients can be taken with respect to the taps only (Grad-CAM)."""
+        tap = Tap(gradients, leaf)
         handles: list[Any] = []
         targets: list[str] = []
         others: dict[str, nn.Module] = {}
@@ -978,7 +985,7 @@ class Model:
                     module = self.graph.get_submodule(target)
                     handles.append(module.register_forward_hook(
                         lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
-                        else None))
+                        else None))  # record() returns the output to use: None keeps it
                     self._tapped.add(target)
                     targets.append(target)
                 else:
@@ -1070,17 +1077,23 @@ class Tap:
     concatenation is not a node of the autograd graph: to differentiate *with respect to* a
     tapped activation, run a fixed-batch graph one sample at a time."""
 
-    def __init__(self, gradients: bool):
+    def __init__(self, gradients: bool, leaf: bool = False):
         self.want_gradients = gradients
+        self.leaf = leaf
         self._activations: dict[str, list[torch.Tensor]] = {}
         self._gradients: dict[str, dict[int, torch.Tensor]] = {}
 
-    def record(self, name: str, x: torch.Tensor) -> None:
+    def record(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """Keep ``x``; returns its leaf replacement with ``leaf`` (else None: x stays)."""
+        replaced = None
+        if self.leaf and x.is_floating_point() and torch.is_grad_enabled():
+            x = replaced = x.detach().requires_grad_(True)
         calls = self._activations.setdefault(name, [])
         index = len(calls)
         calls.append(x)
         if self.want_gradients and x.requires_grad:
             x.register_hook(lambda g: self._gradients.setdefault(name, {}).__setitem__(index, g))
+        return replaced
 
     @property
     def activations(self) -> dict[str, torch.Tensor]:
@@ -1102,7 +1115,8 @@ class _TapModule(nn.Module):
 
     def forward(self, x):
         if isinstance(x, torch.Tensor):
-            self._tap.record(self._name, x)
+            replaced = self._tap.record(self._name, x)
+            return x if replaced is None else replaced
         return x
 
 

@@ -46,7 +46,8 @@ from torch import nn
 from ..errors import PluginError, UsageError
 from ..graph.model import Model
 from ..plugins.maps import reduce_channels
-from ..plugins.plugin_api import Method
+from ..plugins.passes import images_per_pass
+from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry, validate_params
 from .api import run_method
 
@@ -151,6 +152,11 @@ def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
     return default
 
 
+def _per_pass(model: Model, params: dict, key: str = "internal_batch") -> int:
+    """Images per pass our method uses (its explicit count, else its memory budget's)."""
+    return images_per_pass(model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0))
+
+
 @contextlib.contextmanager
 def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
     sal = ca.Saliency(net)
@@ -176,9 +182,8 @@ def _integrated_gradients(ca, net, model, params, x) -> Iterator[CaptumFn]:
     rule = _param(params, ("method",), None)
     if rule is not None:
         kwargs["method"] = rule  # xplain uses Captum's quadrature names
-    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
-    if internal:  # both count images (interpolation points of all batch images) per pass
-        kwargs["internal_batch_size"] = int(internal)
+    # both count images (interpolation points of all batch images) per pass: give Captum ours
+    kwargs["internal_batch_size"] = _per_pass(model, params)
     # baseline zeros, our default; a blur/uniform baseline costs ours one blur or draw, Captum nothing
     yield lambda x, t: reduce_channels(ig.attribute(x, baselines=0.0, target=t, **kwargs),
                                        params.get("reduce", "sum"))
@@ -190,9 +195,8 @@ def _smoothgrad(ca, net, model, params, x) -> Iterator[CaptumFn]:
     samples = int(_param(params, ("samples", "nt_samples"), 50))
     sigma = float(_param(params, ("noise", "sigma", "stdevs"), 0.15))
     nt_type = "smoothgrad_sq" if _param(params, ("square",), False) else "smoothgrad"
-    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
     # ours counts noisy images (of all batch images) per pass; Captum counts noise draws per image
-    chunk = max(1, int(internal) // x.shape[0]) if internal else None
+    chunk = max(1, _per_pass(model, params) // x.shape[0])
 
     def run(x, t):
         stdev = sigma * float(x.max() - x.min())  # xplain: σ per image; Captum: one σ for the batch
@@ -245,7 +249,7 @@ def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
     stride = int(_param(params, ("stride",), 0)) or max(1, patch // 2)
     fill = float(_param(params, ("baseline",), 0.0))
     # ours counts occluded images (of all batch images) per pass; Captum counts windows per pass
-    per_eval = max(1, int(_param(params, ("batch", "perturbations_per_eval"), 64)) // x.shape[0])
+    per_eval = max(1, _per_pass(model, params, "batch") // x.shape[0])
     occ = ca.Occlusion(net)
     yield lambda x, t: occ.attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
                                      baselines=fill, target=t, perturbations_per_eval=per_eval)[:, 0]
@@ -349,7 +353,7 @@ def resolve_methods(methods, registry: Registry) -> list[Method]:
 
 def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = None,
           params: dict[str, dict] | None = None, repeats: int = 5, warmup: int = 1, *, seed: int = 0,
-          captum: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+          captum: bool = True, progress: Callable[[str], None] | None = None, clock: str = "wall") -> dict:
     """Benchmark ``methods`` (names or :class:`Method`) on the batch ``x`` (B×C×H×W) for its top-1 targets.
 
     ``params`` maps a method name to its parameters (strings as from ``--param`` or Python values),
@@ -372,6 +376,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
     if repeats < 1 or warmup < 0:
         raise UsageError("repeats must be at least 1 and warmup at least 0")
     device = model.device
+    _check_clock(clock, device)
     x = x.detach().to(device, torch.float32)
     if x.dim() != 4 or x.shape[0] < 1:
         raise UsageError(f"expected a batch B×C×H×W, got shape {tuple(x.shape)}")
@@ -414,7 +419,7 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
                     stack.close()  # leave the graph as found before timing ours
                 else:
                     fns["captum"] = cap
-            times, failure = _rounds(fns, device, repeats, warmup)
+            times, failure = _rounds(fns, device, repeats, warmup, clock)
         if failure is not None:
             row["captum_status"] = failure
         forward_all += times["forward"]
@@ -439,11 +444,116 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
         "forward_seconds_per_image": forward_s / batch,
         "repeats": repeats,
         "warmup": warmup,
+        "clock": clock,
         "memory": memory_kind(device),
         "torch_version": torch.__version__,
         "captum_version": captum_version,
         "methods": rows,
     }
+
+
+def resolve_metrics(names, registry: Registry) -> list:
+    """Metric objects for names; an unknown name is a UsageError listing the installed ones."""
+    resolved = []
+    for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
+        if name not in registry.metrics:
+            raise UsageError(f"unknown metric {name!r}",
+                             hint=f"installed: {', '.join(sorted(registry.metrics)) or 'none'}")
+        resolved.append(registry.metrics[name])
+    return resolved
+
+
+def _centre_boxes(x: torch.Tensor) -> list[torch.Tensor]:
+    """One box per image, the central half of each side (``x0, y0, x1, y1``), for timing
+    localisation metrics on inputs without annotations."""
+    h, w = x.shape[2], x.shape[3]
+    box = torch.tensor([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], device=x.device)
+    return [box.clone() for _ in range(x.shape[0])]
+
+
+def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry: Registry | None = None,
+                  params: dict[str, dict] | None = None, method_params: dict | None = None, repeats: int = 5,
+                  warmup: int = 1, *, seed: int = 0, progress: Callable[[str], None] | None = None,
+                  clock: str = "wall") -> dict:
+    """Time ``metrics`` (names) scoring ``method``'s maps of the batch ``x`` for its top-1 targets.
+
+    The maps are computed once, untimed. Each metric is called as ``xplain eval`` calls it (same
+    context keys, no-grad unless it needs the method; localisation metrics get one central box
+    per image), in rounds interleaved with a forward pass of the batch. A forward hook counts the
+    images the metric sends through the model, so the report says what the metric costs per
+    image it evaluates: ``seconds_per_image`` (per explained image), ``forward_images`` (images
+    forwarded per explained image), ``seconds_per_step`` (per forwarded image) and
+    ``ratio_to_forward`` (that ÷ one forward per image: 1.0 is the physical limit of a metric that
+    only runs the model). Returns ``{forward_seconds_per_image, method, method_params, metrics: [rows]}``."""
+    registry = registry or get_registry()
+    chosen = resolve_metrics(metrics, registry)
+    if not chosen:
+        raise UsageError("no metrics to benchmark", hint=f"installed: {', '.join(sorted(registry.metrics))}")
+    params = dict(params or {})
+    stray = sorted(set(params) - {m.name for m in chosen})
+    if stray:
+        raise UsageError(f"parameters given for metric(s) not benchmarked: {', '.join(stray)}")
+    values = {m.name: validate_params(m.params, params.get(m.name) or {}, f"metric {m.name!r}") for m in chosen}
+    the_method = resolve_methods([method], registry)[0]
+    mparams = validate_params(the_method.params, method_params or {}, f"method {the_method.name!r}")
+    device = model.device
+    _check_clock(clock, device)
+    x = x.detach().to(device, torch.float32)
+    batch = x.shape[0]
+    note = progress or (lambda _msg: None)
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+    attribution = run_method(model, the_method, x, targets, mparams, seed)
+    # as eval builds it: no forward_batch, so the perturbation metrics size their passes themselves
+    context = MetricContext(model=model, x=x, targets=targets, attribution=attribution, boxes=_centre_boxes(x),
+                            box_labels=[torch.full((1,), int(t)) for t in targets], method=the_method,
+                            method_params=mparams, seed=seed, batch_size=batch,
+                            explain=lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed))
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    counted = [0]
+    handle = model.graph.register_forward_pre_hook(lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0]))
+    rows, forward_all = [], []
+    try:
+        for metric in chosen:
+            note(metric.name)
+            v = values[metric.name]
+
+            def score(metric=metric, v=v):
+                # a fresh cache: method-independent work is not carried over between calls
+                call = dataclasses.replace(context, params=v, cache={})
+                with torch.no_grad() if not metric.needs else contextlib.nullcontext():
+                    return metric.run(call)
+
+            counted[0] = 0
+            score()
+            images = counted[0]
+            times, _ = _rounds({"forward": forward, "metric": score}, device, repeats, warmup, clock)
+            forward_all += times["forward"]
+            metric_s, forward_s = statistics.median(times["metric"]), statistics.median(times["forward"])
+            per_step = metric_s / images if images else None
+            rows.append({
+                "name": metric.name, "params": v, "seconds_per_image": metric_s / batch,
+                "forward_images": images / batch,
+                "seconds_per_step": per_step,
+                "ratio_to_forward": per_step / (forward_s / batch) if per_step and forward_s > 0 else None,
+                "peak_memory_mb": peak_memory_mb(score, device),
+            })
+    finally:
+        handle.remove()
+    forward_median = statistics.median(forward_all) if forward_all else None
+    return {"forward_seconds_per_image": forward_median / batch if forward_median else None, "method": the_method.name,
+            "method_params": mparams, "metrics": rows}
+
+
+def _check_clock(clock: str, device: torch.device) -> None:
+    if clock not in CLOCKS:
+        raise UsageError(f"unknown clock {clock!r}", hint=f"one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and device.type != "cpu":
+        raise UsageError("--clock cpu measures host CPU time: use it with --device cpu")
 
 
 def _stages(attribution, batch: int, forward_s: float) -> dict | None:
@@ -488,17 +598,24 @@ def _enter_captum(stack: contextlib.ExitStack, name, model, params, x, targets):
     return lambda: fn(x, targets)
 
 
-def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-            ) -> tuple[dict[str, list[float]], str | None]:
+#: what a timing measures: ``wall`` (elapsed time, perf_counter) or ``cpu`` (this process's CPU
+#: time, process_time: user + system time of all its threads). On a CPU shared with other jobs the
+#: CPU time of a single-threaded run is the work itself, unaffected by waiting for a core.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int,
+            clock: str = "wall") -> tuple[dict[str, list[float]], str | None]:
     """``warmup`` untimed then ``repeats`` timed rounds, each calling every function once in turn.
 
     Captum (key ``captum``) failing is recorded and it is dropped; anything else raises."""
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {k: [] for k in fns}
     failure = None
     for round_ in range(warmup + repeats):
         for key in list(fns):
             _sync(device)
-            began = time.perf_counter()
+            began = now()
             try:
                 fns[key]()
                 _sync(device)
@@ -512,7 +629,7 @@ def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: in
                 times.pop(key)
                 continue
             if round_ >= warmup:
-                times[key].append(time.perf_counter() - began)
+                times[key].append(now() - began)
     return times, failure
 
 

@@ -57,6 +57,19 @@ def _gradcam_layer(model, requested):
     return layer
 
 
+def _from_input(model, name):
+    """Whether the node ``name`` is computed from the model's input (not a constant)."""
+    stack, seen = [model.node(name)], set()
+    while stack:
+        node = stack.pop()
+        if node.op == "placeholder":
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.all_input_nodes)
+    return False
+
+
 def _explain_gradcam(request: xplain.ExplainRequest):
     model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
@@ -67,11 +80,12 @@ def _explain_gradcam(request: xplain.ExplainRequest):
     size = (model.spec.height, model.spec.width)
 
     def run(x, targets):
-        with model.tap([name], gradients=False) as tap, torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)  # so the graph above the layer is recorded
-            logits = model(xg)
+        # the tap makes the layer's output a leaf: the network below it runs as inference (no
+        # saved tensors, no input copy), the backward starts at the logit and stops at the layer
+        with model.tap([name], gradients=False, leaf=True) as tap, torch.enable_grad():
+            logits = model(x.detach())
             acts = tap.activations[name]
-            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and acts.requires_grad):
+            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and _from_input(model, name)):
                 raise xplain.UsageError(f"grad-cam layer {name!r} carries no signal from the input")
             (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True)
         if grads is None:
@@ -91,14 +105,19 @@ def _explain_gradcam(request: xplain.ExplainRequest):
 
 
 # ----------------------------------------------------------------------------- fullgrad
-def _postprocess(t, eps=1e-6):
-    """FullGrad's post-processing of one term: |t|, then min-max over C×H×W per sample."""
-    t = t.abs()
-    flat = t.flatten(1)
-    low = flat.min(dim=1).values.reshape(-1, 1, 1, 1)
-    t = t - low
-    high = t.flatten(1).max(dim=1).values.reshape(-1, 1, 1, 1)
-    return t / (high + eps)
+def _postprocess_summed(t, eps=1e-6, inplace=False):
+    """FullGrad's post-processing of one term, summed over channels: |t|, min-max over C×H×W per
+    sample ((|t| − min) / (max − min + eps)), then the channel sum, B×1×H×W.
+
+    The normalisation is affine per sample, so it is applied after the channel sum (Σ_c|t| − C·min)
+    / (max − min + eps): four passes over the C×H×W term (abs, min, max, sum) instead of eight, and no C×H×W temporaries (profiled: the post-processing of the 50 bias terms of
+    EfficientNet-Lite0 took a third of FullGrad's time). ``inplace``: ``t`` may be overwritten."""
+    a = t.abs_() if inplace else t.abs()
+    flat = a.flatten(1)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)  # (torch.aminmax is 3× slower on CPU)
+    shape = (-1, 1, 1, 1)
+    summed = a.sum(dim=1, keepdim=True)
+    return (summed - a.shape[1] * low.view(shape)) / ((high - low).view(shape) + eps)
 
 
 def _bias_parts(model, layer):
@@ -143,7 +162,7 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
         input_grad = grads[0] if grads[0] is not None else torch.zeros_like(xg)
         node_grad = {nodes[i]: g for i, g in zip(live, grads[1:])}
         input_term = input_grad * x
-        maps = _postprocess(input_term).sum(dim=1)
+        maps = _postprocess_summed(input_term)[:, 0]
         totals = input_term.flatten(1).sum(dim=1)
         input_total = totals.clone()
         terms = {}
@@ -160,7 +179,7 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
                 if term.dim() == 4:
                     # resizing is linear per channel, so summing the channels first is the same
                     # map as the reference's resize-then-sum, at 1/C of the cost
-                    summed = _postprocess(term).sum(dim=1, keepdim=True)
+                    summed = _postprocess_summed(term, inplace=True)
                     maps = maps + F.interpolate(summed, size=size, mode="bilinear", align_corners=True)[:, 0]
         return maps, {
             "logit": score.tolist(),

@@ -3,7 +3,8 @@
 Plain-autograd methods: no graph changes, so nothing needs restoring. Every gradient is of the
 target *logit* with respect to the preprocessed input. Work is batched: interpolation points
 (integrated gradients) and noisy copies (smoothgrad) of all images in the batch go through the
-model together, ``internal_batch`` images per forward/backward pass.
+model together, as many images per forward/backward pass as fit in a memory budget
+(:func:`xplain.images_per_pass`; ``internal_batch`` / ``memory_budget_mb``), one reused input buffer.
 
 Noise (smoothgrad, the ``uniform`` integrated-gradients baseline) comes from
 :func:`xplain.sample_generators`, so it depends only on the seed and the image; the helpers
@@ -14,11 +15,8 @@ methods use, so tests can rebuild a reference (e.g. Captum) under the same noise
 import xplain
 
 
-def _internal_batch_param(what):
-    return xplain.Param(
-        "internal_batch", "int", 64,
-        f"images per forward/backward pass ({what} of all batch images together; at least one "
-        "per image): bounds memory, never changes the result", min=1, max=4096)
+def _pass_params(what):
+    return xplain.pass_params(f"images ({what} of all batch images together)")
 
 
 def _target_gradient(model, x, targets, fresh=False):
@@ -129,17 +127,29 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
     baseline = integrated_gradients_baseline(x, params["baseline"], params["blur_sigma"], seed)
     delta = x - baseline
     batch = x.shape[0]
-    per_pass = max(1, params["internal_batch"] // batch)  # interpolation points per pass
+    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
+    # a pass holds `points` interpolation points of `group` images: all images when they fit
+    # (interpolation points of the whole batch together), else groups of per_pass images
+    group = min(batch, per_pass)
+    points = max(1, per_pass // group)
+    alphas_t = torch.tensor(alphas, device=x.device, dtype=x.dtype)
+    weights_t = torch.tensor(weights, device=x.device, dtype=x.dtype)
     total = torch.zeros_like(x)
-    for start in range(0, steps, per_pass):
-        a = torch.tensor(alphas[start:start + per_pass], device=x.device, dtype=x.dtype)
-        w = torch.tensor(weights[start:start + per_pass], device=x.device, dtype=x.dtype)
-        k = a.numel()
-        points = (baseline[None] + a.view(k, 1, 1, 1, 1) * delta[None]).reshape(k * batch, *x.shape[1:])
-        grads = _target_gradient(model, points, targets.repeat(k), fresh=True).view(k, *x.shape)
-        total += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
+    buffer = x.new_empty(min(points, steps), group, *x.shape[1:])  # reused by every pass
+    for lo in range(0, batch, group):
+        base, diff, tgt = baseline[lo:lo + group], delta[lo:lo + group], targets[lo:lo + group]
+        n = base.shape[0]
+        for start in range(0, steps, points):
+            a, w = alphas_t[start:start + points], weights_t[start:start + points]
+            k = a.numel()
+            inputs = buffer[:k, :n]
+            torch.addcmul(base[None], a.view(k, 1, 1, 1, 1), diff[None], out=inputs)
+            grads = _target_gradient(model, inputs.reshape(k * n, *x.shape[1:]), tgt.repeat(k),
+                                     fresh=True).view(k, n, *x.shape[1:])
+            total[lo:lo + n] += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
     return xplain.Attribution(xplain.reduce_channels(total * delta, params["reduce"]),
-                              info={"steps": steps, "method": params["method"], "baseline": params["baseline"]})
+                              info={"steps": steps, "method": params["method"], "baseline": params["baseline"],
+                                    "images_per_pass": group * min(points, steps)})
 
 
 # ----------------------------------------------------------------------------- smoothgrad
@@ -173,7 +183,7 @@ def _explain_smoothgrad(request: xplain.ExplainRequest):
     samples = params["samples"]
     total = torch.zeros_like(x)
     stream = _noise_stream(x, seed, samples, params["noise"])
-    per_pass = max(1, params["internal_batch"])
+    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
     pending = []
 
     def flush():
@@ -236,9 +246,11 @@ def register_methods(register):
             "IG_i = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα for the target logit f and baseline "
             "x', the integral approximated by `steps` quadrature nodes α_k with weights w_k: "
             "Σ_k w_k ∇f(x' + α_k(x − x')), times (x − x'), then reduced over channels by `reduce` "
-            "(sum by default). Exactly `steps` gradient evaluations per image, `internal_batch` "
-            "images per forward/backward pass (all interpolation points of all images are batched "
-            "together). `method` is Captum's quadrature: gausslegendre (default, as Captum), "
+            "(sum by default). Exactly `steps` gradient evaluations per image; interpolation points of "
+            "all images share each forward/backward pass, `internal_batch` images per pass or, by "
+            "default, as many as fit in `memory_budget_mb` (xplain.images_per_pass: one image's "
+            "activations at a time, a quarter of free memory, at most 256 MB; fewer images than the "
+            "batch: the batch is split). `method` is Captum's quadrature: gausslegendre (default, as Captum), "
             "riemann_trapezoid, riemann_right, riemann_left, riemann_middle, with Captum's nodes and "
             "weights, so the map equals Captum's IntegratedGradients (same baseline, n_steps, method) "
             "summed over channels — except riemann_trapezoid: Captum weights its nodes 0, 1/(n−1), …, 1 "
@@ -258,7 +270,7 @@ def register_methods(register):
             xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100),
             xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
                          choices=_IG_RULES),
-            _internal_batch_param("interpolation points"),
+            *_pass_params("interpolation points"),
             xplain.reduce_param(),
         ],
         capabilities=xplain.Capabilities(needs_gradients=True),
@@ -275,7 +287,8 @@ def register_methods(register):
             "Captum's nt_type='smoothgrad_sq'; non-negative). Noise comes from generators seeded by "
             "--seed and the image's pixels: the same seed gives the same map in any batch, another "
             "seed another map. `samples` gradient evaluations per image, `internal_batch` noisy images "
-            "(of all batch images together) per forward/backward pass. Equals Captum's "
+            "(of all batch images together) per forward/backward pass, by default as many as fit in "
+            "`memory_budget_mb` (as integrated-gradients). Equals Captum's "
             "NoiseTunnel(Saliency(abs=False)) with stdevs = σ, summed over channels, given the same "
             "noise; Captum takes one absolute σ for the whole batch where xplain scales σ per image."
         ),
@@ -284,7 +297,7 @@ def register_methods(register):
             xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1, max=10000),
             xplain.Param("noise", "float", 0.15, "noise σ as a fraction of each image's value range", min=0.0),
             xplain.Param("square", "bool", False, "average squared gradients (SmoothGrad-Squared)"),
-            _internal_batch_param("noisy copies"),
+            *_pass_params("noisy copies"),
             xplain.reduce_param(),
         ],
         capabilities=xplain.Capabilities(needs_gradients=True, stochastic=True),

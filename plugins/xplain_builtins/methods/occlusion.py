@@ -40,18 +40,25 @@ def _explain(request: xplain.ExplainRequest):
         masks[i, top:top + patch, left:left + patch] = True
     counts = masks.sum(dim=0).to(x.dtype)  # windows covering each pixel (never 0: stride <= patch)
     fill = torch.tensor(params["baseline"], device=x.device, dtype=x.dtype)
-    per_pass = max(1, params["batch"] // batch)  # windows per forward pass
+    per_pass = xplain.images_per_pass(model, params["batch"], params["memory_budget_mb"])
+    group = min(batch, per_pass)  # images per pass; all of them when they fit
+    per_group = max(1, per_pass // group)  # windows per pass
     total = torch.zeros((batch, height, width), device=x.device, dtype=x.dtype)
+    buffer = x.new_empty(min(per_group, len(windows)), group, channels, height, width)  # reused
     with torch.no_grad():
         x = x.detach()
         reference = model(x).gather(1, targets[:, None])[:, 0]  # B
-        for start in range(0, len(windows), per_pass):
-            mask = masks[start:start + per_pass]
-            k = mask.shape[0]
-            occluded = torch.where(mask[:, None, None], fill, x[None])  # k×B×C×H×W
-            logits = model(occluded.reshape(k * batch, channels, height, width))
-            drop = reference[None] - logits.gather(1, targets.repeat(k)[:, None]).view(k, batch)
-            total += torch.einsum("kb,khw->bhw", drop, mask.to(x.dtype))
+        for lo in range(0, batch, group):
+            xs, ts = x[lo:lo + group], targets[lo:lo + group]
+            n = xs.shape[0]
+            for start in range(0, len(windows), per_group):
+                mask = masks[start:start + per_group]
+                k = mask.shape[0]
+                occluded = buffer[:k, :n]
+                torch.where(mask[:, None, None], fill, xs[None], out=occluded)  # k×n×C×H×W
+                logits = model(occluded.reshape(k * n, channels, height, width))
+                drop = reference[None, lo:lo + n] - logits.gather(1, ts.repeat(k)[:, None]).view(k, n)
+                total[lo:lo + n] += torch.einsum("kb,khw->bhw", drop, mask.to(x.dtype))
     return xplain.Attribution(total / counts, info={"patch": patch, "stride": stride, "occlusions": len(windows)})
 
 
@@ -71,7 +78,9 @@ def register_methods(register):
             "The map equals Captum's Occlusion(sliding_window_shapes=(C, patch, patch), strides=(C, "
             "stride, stride), baselines=baseline), whose value is the same for every channel (xplain "
             "keeps one: no channel sum). Cost: one forward pass per window plus one, `batch` occluded "
-            "images per pass, no backward pass. Defaults scale with the image: patch = 2·round(min(H, W)/16) "
+            "images per pass (by default as many as fit in `memory_budget_mb`: one image's "
+            "activations each, a quarter of free memory, at most 256 MB), no backward pass. "
+            "Defaults scale with the image: patch = 2·round(min(H, W)/16) "
             "≈ min(H, W)/8 and stride = patch/2 (patch 28, stride 14 on 224×224; patch 4, stride 2 on "
             "28×28; patch 2, stride 1 on 16×16), i.e. about 15×15 = 225 occlusions at any resolution "
             "instead of a cost that grows with the pixel count; `baseline` 0 is zero in the model's "
@@ -82,8 +91,10 @@ def register_methods(register):
             xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0, max=4096),
             xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0, max=4096),
             xplain.Param("baseline", "float", 0.0, "value the occluded pixels are set to (preprocessed space)"),
-            xplain.Param("batch", "int", 64, "occluded images per forward pass (at least one window of every image)",
-                         min=1, max=4096),
+            xplain.Param("batch", "int", 0, "occluded images per forward pass; 0 = as many as fit in "
+                         "memory_budget_mb (xplain.images_per_pass). Never changes the map", min=0,
+                         max=4096),
+            xplain.pass_params("")[1],
         ],
         capabilities=xplain.Capabilities(needs_gradients=False),
     ))

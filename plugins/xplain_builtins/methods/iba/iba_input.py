@@ -192,9 +192,14 @@ def _target_sampler(split_r, lam, capacity, mean, std, active, gens, params):
 
 # ----------------------------------------------------------------------------- stage 3
 def input_bottleneck(model, x, targets, prior, in_mean, in_std, gens, *, beta, steps, lr, copies, initial_alpha,
-                     sigma):
+                     sigma, per_pass=None):
     """Optimise Λ of Z_I = Λx + (1−Λ)ε, ε ~ N(μ_I, σ_I²), with the KL of Proposition 3 and
-    λ_G = ``prior``. Returns (sigmoid(α) unsmoothed, smoothed Λ, capacity of the last pass)."""
+    λ_G = ``prior``. Returns (sigmoid(α) unsmoothed, smoothed Λ, capacity of the last pass).
+
+    Each step's B×``copies`` noisy inputs go through the model ``per_pass`` at a time (None: all
+    at once). The cross-entropy gradients of the passes are summed at a detached copy of Λ and
+    sent back through the smoothing once, so the pass size changes neither the noise nor the
+    gradient, only the memory (B×10 images of 224×224 in one pass take gigabytes)."""
     import torch
     import torch.nn.functional as F
 
@@ -203,19 +208,29 @@ def input_bottleneck(model, x, targets, prior, in_mean, in_std, gens, *, beta, s
     alpha = torch.full_like(x, float(initial_alpha)).requires_grad_(True)
     opt = torch.optim.Adam([alpha], lr=lr)
     tgt = targets.repeat_interleave(copies)
+    rows = b * copies
+    per_pass = rows if per_pass is None else max(1, min(int(per_pass), rows))
+    image = torch.arange(b, device=x.device).repeat_interleave(copies)
     cap = None
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             lam = _iba.gaussian_smooth(torch.sigmoid(alpha), sigma)
             noise = torch.stack([torch.randn((copies, *x.shape[1:]), generator=g, **kw) for g in gens])
-            eps = in_mean[:, None] + in_std[:, None] * noise
-            z = lam[:, None] * x[:, None] + (1 - lam[:, None]) * eps
-            logits = model(z.flatten(0, 1))
-            ce = F.cross_entropy(logits, tgt, reduction="none").reshape(b, copies).mean(1)
+            eps = (in_mean[:, None] + in_std[:, None] * noise).flatten(0, 1)
             kl = _iba.input_kl(x, in_mean, in_std, lam, prior)
-            loss = (ce + beta * kl.flatten(1).mean(1)).sum()
-            loss.backward()
+            if per_pass >= rows:  # one pass: the plain graph
+                z = lam[image] * x[image] + (1 - lam[image]) * eps
+                ce = F.cross_entropy(model(z), tgt, reduction="none").reshape(b, copies).mean(1)
+                (ce + beta * kl.flatten(1).mean(1)).sum().backward()
+            else:
+                leaf = lam.detach().requires_grad_(True)
+                for lo in range(0, rows, per_pass):
+                    idx = image[lo:lo + per_pass]
+                    z = leaf[idx] * x[idx] + (1 - leaf[idx]) * eps[lo:lo + per_pass]
+                    ce = F.cross_entropy(model(z), tgt[lo:lo + per_pass], reduction="sum") / copies
+                    ce.backward()
+                torch.autograd.backward([lam, (beta * kl.flatten(1).mean(1)).sum()], [leaf.grad, None])
             opt.step()
             cap = kl.detach()
     final = alpha.detach()
@@ -278,7 +293,8 @@ def _explain_input_iba(request: xplain.ExplainRequest):
             mask, _, _ = input_bottleneck(
                 model, x, targets, prior, in_mean, in_std, gens, beta=params["beta_input"],
                 steps=params["input_steps"], lr=params["input_lr"], copies=params["batch_size"],
-                initial_alpha=params["initial_alpha"], sigma=params["input_sigma"])
+                initial_alpha=params["initial_alpha"], sigma=params["input_sigma"],
+                per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]))
             times["input"] = time.perf_counter() - t2
             maps = mask.mean(dim=1)
     info["stage_seconds"] = {k: round(v, 4) for k, v in times.items()}
@@ -300,7 +316,7 @@ _DESCRIPTION = (
     "critic_iter=5 critic batches. Stage 3: input bottleneck Z_I = Λx + (1−Λ)ε, ε ~ N(μ_I, σ_I²) "
     "(input_noise=data: the fitted per-channel data mean/std, else the image's own; standard: N(0,1) as the "
     "released code), loss CE + beta_input=20 × mean KL of Proposition 3 with λ_G as prior, Λ = "
-    "smooth(sigmoid(α)) (input_sigma=1), α from 5, Adam lr input_lr=1, input_steps=60, batch_size copies. The "
+    "smooth(sigmoid(α)) (input_sigma=1), α from 5, Adam lr input_lr=1, input_steps=60, batch_size copies (as many per pass as fit in memory_budget_mb, see integrated-gradients; the pass size never changes the map). The "
     "map is sigmoid(α*) averaged over channels (the unsmoothed mask, as the reference), in [0,1]; "
     "return=gan gives λ_G, return=feature the stage-1 map (bits; stages 2–3 are skipped). Extras: "
     "feature_map and gan_mask; info: stage_seconds. Deviations: the paper gives one GAN learning rate "
@@ -337,6 +353,7 @@ def input_iba_method():
         P("input_noise", "str", "data", "input noise ε: data statistics or N(0,1)", choices=INPUT_NOISE),
         P("return", "str", "input", "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
           choices=RETURNS),
+        xplain.pass_params("")[1],  # memory_budget_mb: stage 3's B×batch_size copies per pass
     ]
     return xplain.Method(
         name="input-iba",
