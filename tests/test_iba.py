@@ -447,3 +447,53 @@ def test_gan_target_samples_follow_the_chosen_distribution():
     same = iba_input._target_sampler(r, None, torch.ones_like(r), mean, std, active, gens,
                                      {**base, "gan_target": "reference"})(idx)
     torch.testing.assert_close(same, r[:, None].expand_as(same))
+
+
+def test_sanity_reestimates_fitted_statistics_and_marks_stateful_methods(shapes, tmp_path):
+    """Cascading randomisation must not reuse state fitted on the trained model: iba with fitted
+    statistics re-estimates them on every randomised model (and on the trained one for the
+    reference), so it scores exactly as without any fit; a method that needs its state is
+    reported as not comparable (NaN, with the stale-state score beside it)."""
+    from xplain.api import run_method
+
+    registry = get_registry()
+    method = registry.method("iba")
+    metric = registry.metric("sanity")
+    fit_method(shapes, method, SAMPLES / "shapes_eval" / "images", params={}, state_dir=tmp_path / "fit",
+               batch_size=20)
+    x = _image(shapes, "shapes_circle")
+    t = torch.tensor([0])
+    mparams = xplain.validate_params(method.params, {}, "iba")
+    sparams = xplain.validate_params(metric.params, {"layers": 2}, "sanity")
+
+    def sanity(state_dir, m):
+        shapes.state_dir = state_dir
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = run_method(shapes, m, x, t, mparams, 0)
+                ctx = {"params": sparams, "seed": 0, "method": m,
+                       "explain": lambda xx, tt: run_method(shapes, m, xx, tt, mparams, 0)}
+                return a, metric.score(shapes, x, t, a, ctx)
+        finally:
+            shapes.state_dir = None
+
+    fitted_map, fitted = sanity(tmp_path / "fit", method)
+    plain_map, plain = sanity(tmp_path / "empty", method)
+    assert fitted_map.info["stats"].startswith("fitted") and not torch.equal(fitted_map.maps, plain_map.maps)
+    assert float(fitted["sanity-comparable"][0]) == 1.0
+    torch.testing.assert_close(fitted["sanity"], plain["sanity"], rtol=0, atol=0)
+    torch.testing.assert_close(fitted["sanity-spearman-curve"], plain["sanity-spearman-curve"], rtol=0, atol=0)
+
+    def needs_state(model, xx, tt, params, seed):  # reads the fitted mean, like mip-in its inverse
+        tensors, _ = model.fitted_state("iba")
+        with torch.enable_grad():
+            xg = xx.clone().requires_grad_(True)
+            model(xg).gather(1, tt[:, None]).sum().backward()
+        return xplain.Attribution(xg.grad.abs().sum(1) * float(tensors["mean"].abs().mean()))
+
+    stateful = xplain.Method(name="needs-state", summary="", explain=needs_state, fit=lambda *a, **k: None)
+    _, stale = sanity(tmp_path / "fit", stateful)
+    assert float(stale["sanity-comparable"][0]) == 0.0
+    assert math.isnan(float(stale["sanity"][0])) and math.isnan(float(stale["sanity-spearman"][0]))
+    assert 0 < float(stale["sanity-stale"][0]) < 1

@@ -217,6 +217,7 @@ def inspect(
     model = _load(model_path, device)
     report = model.report
     default = model.default_feature_layer()
+    bottleneck = model.bottleneck_layer()
     data = {
         "model": str(model_path),
         "digest": model.digest,
@@ -234,6 +235,7 @@ def inspect(
                         for b in model.bias_layers()],
         "feature_layers": [{"layer": f.name, "shape": list(f.shape)} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
+        "bottleneck_layer": bottleneck.name if bottleneck else None,
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
         "max_abs_diff": report.max_abs_diff,
@@ -263,12 +265,14 @@ def inspect(
     out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
     out.print(f"bias layers  {len(data['bias_layers'])}  ("
               + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
-    table = Table(title="feature layers", box=None)
+    table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck)", box=None)
     table.add_column("layer")
     table.add_column("C×H×W")
     table.add_column("")
     for f in data["feature_layers"]:
-        table.add_row(f["layer"], shape(f["shape"]), "default" if f["layer"] == data["default_feature_layer"] else "")
+        marks = ["default" if f["layer"] == data["default_feature_layer"] else "",
+                 "iba" if f["layer"] == data["bottleneck_layer"] else ""]
+        table.add_row(f["layer"], shape(f["shape"]), " ".join(m for m in marks if m))
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)

@@ -142,6 +142,7 @@ class Model:
         self._insert_ids = itertools.count()
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
         self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
+        self._state_hidden = False  #: inside :meth:`without_fitted_state`
 
     # ---------------------------------------------------------------- running
     @property
@@ -185,12 +186,24 @@ class Model:
         from .errors import InputDataError
         from .state import load_state
 
-        found = load_state(self.digest, method, root=self.state_dir, device=self.device)
+        found = None if self._state_hidden else load_state(self.digest, method, root=self.state_dir,
+                                                            device=self.device)
         if found is None:
             raise InputDataError(f"no fitted state for method {method!r} and this model",
                                  path=self.report.path,
                                  hint=f"run `xplain fit {method} {self.report.path} DATA` first")
         return found
+
+    @contextlib.contextmanager
+    def without_fitted_state(self) -> Iterator[None]:
+        """Inside, :meth:`fitted_state` finds nothing: state fitted on this model's weights must
+        not be used once they are changed (the cascading-randomisation metric), so methods with a
+        fallback re-estimate what they need on the model as it is, and the others say so."""
+        saved, self._state_hidden = self._state_hidden, True
+        try:
+            yield
+        finally:
+            self._state_hidden = saved
 
     # ---------------------------------------------------------------- graph knowledge
     def node(self, name: str) -> fx.Node:
@@ -355,6 +368,20 @@ class Model:
         Among equal-shaped consecutive cuts the last one (after the rectifier) wins."""
         layers = self._feature_layers
         return layers[-1] if layers else None
+
+    def bottleneck_layer(self, fraction: float = 1 / 8) -> FeatureLayer | None:
+        """IBA/InputIBA's default layer: the last feature layer whose grid is at least
+        ``fraction`` of the input's height and width (the default feature layer when none is).
+
+        The InputIBA paper puts the bottleneck at conv4_1 of VGG16 and the IBA authors at
+        ResNet-50's layer2: both 28×28 at 224×224, i.e. 1/8 of the input. The last layer at that
+        resolution keeps the paper's grid (finer prior than the last spatial layer, 1/32) and as
+        much depth as the grid allows (on VGG16 it is conv4_3's ReLU, the grid of conv4_1)."""
+        layers = self._feature_layers
+        height, width = self.spec.height, self.spec.width
+        fine = [f for f in layers if len(f.shape) == 3 and height and width
+                and f.shape[1] >= height * fraction and f.shape[2] >= width * fraction]
+        return fine[-1] if fine else self.default_feature_layer()
 
     # ---------------------------------------------------------------- graph surgery
     @contextlib.contextmanager

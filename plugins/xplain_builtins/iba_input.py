@@ -88,10 +88,24 @@ class GroupedCritic:
 
 
 # ----------------------------------------------------------------------------- stage 2
-def gan_stage(split, x, feat_map, z_star, gens, params):
+def marginal_w2(fake, real):
+    """Critic-free distance of two sample sets (B×n×…): Σ_e W2²(N(μ̂_e, σ̂_e²), N(μ*_e, σ*_e²)) over
+    the elements e of the feature map, i.e. Σ (μ̂−μ*)² + (σ̂−σ*)², divided by Σ σ*² (the target's
+    total variance), per image. 0 when the marginals' means and spreads match; a mask that keeps
+    nothing of the image (all noise) or everything (no noise) scores high against P(Z*)."""
+    f, r = fake.flatten(2), real.flatten(2)
+    d = (f.mean(1) - r.mean(1)) ** 2 + (f.std(1) - r.std(1)) ** 2
+    return d.sum(1) / r.var(1).sum(1).clamp_min(1e-30)
+
+
+def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None):
     """Fit λ_G per image (section 3.3). ``z_star(k, count)`` draws ``count`` target samples
     from P(Z*) for all images (B×count×C×h×w); ``feat_map`` (B×H×W, bits) initialises the mask
-    logits (as the reference code). Returns λ_G (B×C_in×H×W) and per-step counts."""
+    logits (as the reference code). Returns λ_G (B×C_in×H×W) and per-step counts.
+
+    ``monitor(epoch, info)``, when given, is called before the first epoch and after each one
+    with the critic's Wasserstein estimate on a fixed probe batch (mean D(real) − mean D(fake)),
+    the mask λ_G and the critic-free :func:`marginal_w2` on that batch (diagnostics, B values)."""
     import torch
 
     b, cin = x.shape[:2]
@@ -118,7 +132,27 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
         return t if t.dim() == 5 else t.reshape(*t.shape[:2], -1, 1, 1)
 
     critic_steps = gen_steps = 0
+    probe = None
+    if monitor is not None:
+        probe_n = min(size, 64)
+        probe_idx = torch.arange(probe_n, device=x.device).expand(b, probe_n)
+        probe_gen = torch.Generator(device=x.device).manual_seed(12345)
+        states = [g.get_state() for g in gens]  # the probe must not change the run's random draws
+        probe = (z_star(probe_idx), torch.randn((b, probe_n, *x.shape[1:]), generator=probe_gen, **kw))
+        for g, st in zip(gens, states):
+            g.set_state(st)
+
+    def report(epoch):
+        with torch.no_grad():
+            real, z = probe
+            fake = generate(z)
+            w = critic(feats(real)).mean(1) - critic(feats(fake)).mean(1)
+            monitor(epoch, {"wasserstein": w, "mask": torch.sigmoid(mask_logit), "w2": marginal_w2(fake, real),
+                            "noise_mean": noise_mean.detach().clone(), "noise_scale": noise_scale.detach().clone()})
+
     with torch.enable_grad():
+        if monitor is not None:
+            report(0)
         for _epoch in range(params["gan_epochs"]):
             order = torch.stack([torch.randperm(size, generator=g, device=x.device) for g in gens])  # B×size
             starts = list(range(0, size, batch))
@@ -149,6 +183,8 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
                     g_loss.backward()
                     g_opt.step()
                     gen_steps += 1
+            if monitor is not None:
+                report(_epoch + 1)
     return torch.sigmoid(mask_logit.detach()), {"critic_steps": critic_steps, "generator_steps": gen_steps}
 
 
