@@ -497,3 +497,35 @@ def test_sanity_reestimates_fitted_statistics_and_marks_stateful_methods(shapes,
     assert float(stale["sanity-comparable"][0]) == 0.0
     assert math.isnan(float(stale["sanity"][0])) and math.isnan(float(stale["sanity-spearman"][0]))
     assert 0 < float(stale["sanity-stale"][0]) < 1
+
+
+def test_bottleneck_layer_is_the_papers_one_eighth_grid(tmp_path):
+    """IBA/InputIBA's default layer: VGG16's conv4_1 grid in general terms — the last feature
+    layer on the coarsest grid that is still >= 1/8 of the input (28×28 at 224). A padded map
+    before a stride-2 conv (9×9 here, 29×29 on EfficientNet) is not taken for that grid."""
+    import contextlib
+    import io
+
+    from torch import nn
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*block(3, 4), nn.MaxPool2d(2), *block(4, 4), nn.MaxPool2d(2),  # 64 → 32 → 16
+                        *block(4, 8), nn.MaxPool2d(2), *block(8, 8),  # → 8×8 (1/8): conv4_1 … relu4_2
+                        nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),  # 9×9 → 4×4
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    path = tmp_path / "vgg_like.onnx"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "b"}})
+    model = xplain.load_model(path, device="cpu")
+    shapes = [f.shape for f in model.feature_layers()]
+    assert (8, 9, 9) in shapes  # the padded map is a feature layer …
+    chosen = model.bottleneck_layer()
+    assert chosen.shape == (8, 8, 8)  # … but the 1/8 grid is 8×8
+    assert chosen.name == [f.name for f in model.feature_layers() if f.shape == (8, 8, 8)][-1]
+    assert model.default_feature_layer().shape == (8, 4, 4)  # Grad-CAM's: the last spatial layer
+    a = _quiet_explain(model, torch.rand(1, 3, 64, 64), method="iba", params={"steps": 1})
+    assert a.info["layer"] == chosen.name

@@ -370,8 +370,9 @@ class Model:
         return layers[-1] if layers else None
 
     def bottleneck_layer(self, fraction: float = 1 / 8) -> FeatureLayer | None:
-        """IBA/InputIBA's default layer: the last feature layer whose grid is at least
-        ``fraction`` of the input's height and width (the default feature layer when none is).
+        """IBA/InputIBA's default layer: the last feature layer on the coarsest grid that is still
+        at least ``fraction`` of the input's height and width (the default feature layer when no
+        grid is).
 
         The InputIBA paper puts the bottleneck at conv4_1 of VGG16 and the IBA authors at
         ResNet-50's layer2: both 28×28 at 224×224, i.e. 1/8 of the input. The last layer at that
@@ -381,7 +382,10 @@ class Model:
         height, width = self.spec.height, self.spec.width
         fine = [f for f in layers if len(f.shape) == 3 and height and width
                 and f.shape[1] >= height * fraction and f.shape[2] >= width * fraction]
-        return fine[-1] if fine else self.default_feature_layer()
+        if not fine:
+            return self.default_feature_layer()
+        grid = min(f.shape[1] * f.shape[2] for f in fine)  # e.g. 28×28, not a padded 29×29 before a stride
+        return [f for f in fine if f.shape[1] * f.shape[2] == grid][-1]
 
     # ---------------------------------------------------------------- graph surgery
     @contextlib.contextmanager

@@ -30,10 +30,11 @@ class GroupedCritic:
     1×1 map, e.g. a fully connected layer's features), so any layer works. Initialised like
     PyTorch's defaults, from each image's own generator."""
 
-    def __init__(self, images, channels, height, width, gens, device, dtype):
+    def __init__(self, images, channels, height, width, gens, device, dtype, batch_norm=True):
         import torch
 
         self.b = images
+        self.batch_norm = batch_norm  # WGAN-GP's penalty is per sample: no batch statistics there
         kw = {"device": device, "dtype": dtype}
         c = channels
         convs = []
@@ -64,7 +65,9 @@ class GroupedCritic:
         for fin, fout in ((flat, 512), (512, 256), (256, 1)):
             self.lin_w.append(uniform((fin, fout), fin))  # B×in×out
             self.lin_b.append(uniform((fout,), fin))  # B×out
-        self.params = self.conv_w + self.conv_b + self.bn_w + self.bn_b + self.lin_w + self.lin_b
+        self.params = self.conv_w + self.conv_b + self.lin_w + self.lin_b
+        if batch_norm:
+            self.params += self.bn_w + self.bn_b
         for p in self.params:
             p.requires_grad_(True)
 
@@ -77,7 +80,8 @@ class GroupedCritic:
         h = feats.transpose(0, 1).flatten(1, 2)  # N×(B·C)×h×w
         for (cin, cout, k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
-            h = F.batch_norm(h, None, None, gw, gb, training=True)
+            if self.batch_norm:
+                h = F.batch_norm(h, None, None, gw, gb, training=True)
             h = F.leaky_relu(h, 0.2)
         h = h.reshape(n, b, -1).transpose(0, 1)  # B×N×flat
         for i, (w, bias) in enumerate(zip(self.lin_w, self.lin_b)):
@@ -112,7 +116,9 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None):
     kw = {"device": x.device, "dtype": x.dtype}
     with torch.no_grad():
         probe = split.features(x[:1])
-    critic = GroupedCritic(b, probe.shape[1], *(probe.shape[2:] if probe.dim() == 4 else (1, 1)), gens, **kw)
+    gp = params["gan_critic"] == "gp"
+    critic = GroupedCritic(b, probe.shape[1], *(probe.shape[2:] if probe.dim() == 4 else (1, 1)), gens, **kw,
+                           batch_norm=not gp)
     mask_logit = feat_map[:, None].expand(b, cin, *feat_map.shape[1:]).clone().requires_grad_(True)
     noise_mean = torch.zeros((b, cin, 1, 1), **kw).requires_grad_(True)
     noise_scale = torch.ones((b, cin, 1, 1), **kw).requires_grad_(True)
@@ -143,11 +149,14 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None):
             g.set_state(st)
 
     def report(epoch):
+        real, z = probe
+        fake = generate(z)
+        score = critic(feats(fake)).mean(1)
+        grad = torch.autograd.grad(score.sum(), mask_logit)[0]  # what a generator step would see
         with torch.no_grad():
-            real, z = probe
-            fake = generate(z)
-            w = critic(feats(real)).mean(1) - critic(feats(fake)).mean(1)
-            monitor(epoch, {"wasserstein": w, "mask": torch.sigmoid(mask_logit), "w2": marginal_w2(fake, real),
+            w = critic(feats(real)).mean(1) - score
+            monitor(epoch, {"wasserstein": w.detach(), "mask": torch.sigmoid(mask_logit.detach()),
+                            "w2": marginal_w2(fake.detach(), real), "mask_grad": grad.abs().flatten(1).amax(1),
                             "noise_mean": noise_mean.detach().clone(), "noise_scale": noise_scale.detach().clone()})
 
     with torch.enable_grad():
@@ -171,11 +180,15 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None):
                         fake = generate(z)
                 d_opt.zero_grad(set_to_none=True)
                 d_loss = (critic(feats(fake.detach())).mean(1) - critic(feats(real)).mean(1)).sum()
+                if gp:
+                    d_loss = d_loss + params["gp_weight"] * _gradient_penalty(critic, feats(real), feats(fake.detach()),
+                                                                              gens)
                 d_loss.backward()
                 d_opt.step()
-                with torch.no_grad():
-                    for p in critic.params:
-                        p.clamp_(-clip, clip)
+                if not gp:
+                    with torch.no_grad():
+                        for p in critic.params:
+                            p.clamp_(-clip, clip)
                 critic_steps += 1
                 if gen_step:
                     g_opt.zero_grad(set_to_none=True)
@@ -186,6 +199,19 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None):
             if monitor is not None:
                 report(_epoch + 1)
     return torch.sigmoid(mask_logit.detach()), {"critic_steps": critic_steps, "generator_steps": gen_steps}
+
+
+def _gradient_penalty(critic, real, fake, gens):
+    """WGAN-GP (Gulrajani et al. 2017): Σ_images mean_samples (‖∇D(x̂)‖ − 1)², x̂ on the line
+    between a real and a fake sample (each image's own draws)."""
+    import torch
+
+    b, n = real.shape[:2]
+    t = torch.stack([torch.rand((n,), generator=g, device=real.device, dtype=real.dtype) for g in gens])
+    t = t.reshape(b, n, *([1] * (real.dim() - 2)))
+    mixed = (t * real + (1 - t) * fake).requires_grad_(True)
+    grad = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)[0]
+    return ((grad.flatten(2).norm(dim=2) - 1) ** 2).mean(1).sum()
 
 
 def _target_sampler(split_r, lam, capacity, mean, std, active, gens, params):
@@ -355,7 +381,10 @@ def input_iba_method():
         P("gen_mean_lr", "float", 0.1, "RMSProp learning rate of the generator's noise mean (released code)", min=0),
         P("gen_scale_lr", "float", 0.05, "RMSProp learning rate of the generator's noise scale (released code)",
           min=0),
-        P("weight_clip", "float", 0.01, "WGAN weight clipping of every critic parameter", min=0),
+        P("weight_clip", "float", 0.01, "WGAN weight clipping of every critic parameter (gan_critic=clip)", min=0),
+        P("gan_critic", "str", "clip", "clip: weight-clipped critic with batch norm (the paper's WGAN [30], released "
+          "code); gp: gradient penalty (WGAN-GP), no batch norm, no clipping", choices=("clip", "gp")),
+        P("gp_weight", "float", 10.0, "weight of the gradient penalty (gan_critic=gp)", min=0),
         P("critic_iter", "int", 5, "one generator step every this many critic batches", min=1),
         P("gan_target", "str", "paper", "how target samples of P(Z*) are drawn", choices=GAN_TARGETS),
         P("beta_input", "float", 20.0, "β of the input bottleneck (stage 3)", min=0),
