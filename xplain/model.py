@@ -194,6 +194,11 @@ class Model:
                                  hint=f"run `xplain fit {method} {self.report.path} DATA` first")
         return found
 
+    @property
+    def fitted_state_hidden(self) -> bool:
+        """True inside :meth:`without_fitted_state` (methods that cache state key on it)."""
+        return self._state_hidden
+
     @contextlib.contextmanager
     def without_fitted_state(self) -> Iterator[None]:
         """Inside, :meth:`fitted_state` finds nothing: state fitted on this model's weights must
