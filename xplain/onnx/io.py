@@ -1,0 +1,183 @@
+"""Reading ONNX files safely.
+
+A model file is untrusted input. We parse the protobuf ourselves with external data *off*,
+then materialise every external tensor from files that must lie inside the model's own
+folder (relative location, no ``..``, no absolute path, no symlink anywhere on the way),
+with bounds-checked offsets. onnx's own loader is never asked to follow paths, so a crafted
+``external_data.location`` cannot read ``/etc/passwd`` or a file outside the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import ModelError
+
+#: protobuf cannot hold more than 2 GiB in one message; larger models must use external data.
+MAX_PROTO_BYTES = 2**31 - 1
+#: cap on the total bytes of external data one model may pull in.
+MAX_EXTERNAL_BYTES = 16 * 2**30
+
+
+def _all_tensors(graph) -> Iterator:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    import onnx
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_tensors(sub)
+
+
+def _check_path(path: Path) -> int:
+    if not path.exists() and not path.is_symlink():
+        raise ModelError("no such file", path=path)
+    if path.is_dir():
+        raise ModelError("is a directory, not an ONNX file", path=path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError("empty file, not an ONNX model", path=path)
+    if size > MAX_PROTO_BYTES:
+        raise ModelError("file larger than 2 GiB; such models must keep weights as external data", path=path)
+    return size
+
+
+def resolve_external_location(model_path: Path, location: str) -> Path:
+    """The file an external tensor points at, refusing anything outside the model's folder."""
+    folder = model_path.resolve().parent
+    bad = f"external data location {location!r} is not allowed"
+    if not location or "\x00" in location or "\\" in location or ":" in location:
+        raise ModelError(f"{bad} (must be a plain relative path)", path=model_path)
+    rel = Path(location)
+    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or location.startswith("/"):
+        raise ModelError(f"{bad} (absolute paths and '..' are refused)", path=model_path)
+    candidate = folder
+    for part in rel.parts:
+        if part == ".":
+            continue
+        candidate = candidate / part
+        if candidate.is_symlink():
+            raise ModelError(f"{bad} (symbolic links are refused)", path=model_path)
+    if not candidate.is_file():
+        raise ModelError(f"external data file {location!r} not found beside the model", path=model_path)
+    if os.path.commonpath([candidate.resolve(), folder]) != str(folder):
+        raise ModelError(f"{bad} (it leaves the model's folder)", path=model_path)
+    return candidate
+
+
+def _load_external(model, model_path: Path, digest) -> int:
+    """Materialise external tensors in place; returns how many there were."""
+    import onnx
+
+    total = 0
+    count = 0
+    handles: dict[Path, object] = {}
+    try:
+        for tensor in _all_tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            unknown = set(info) - {"location", "offset", "length", "checksum", "basepath"}
+            if unknown:
+                raise ModelError(f"tensor {tensor.name!r} has unknown external data keys {sorted(unknown)}", path=model_path)
+            file = resolve_external_location(model_path, info.get("location", ""))
+            try:
+                offset = int(info.get("offset", 0))
+                size = file.stat().st_size
+                length = int(info["length"]) if "length" in info else size - offset
+            except ValueError:
+                raise ModelError(f"tensor {tensor.name!r} has a non-numeric external offset/length", path=model_path) from None
+            if offset < 0 or offset > size:
+                raise ModelError(f"tensor {tensor.name!r}: external offset {offset} exceeds the size of {file.name} "
+                                 f"({size} bytes)", path=model_path)
+            if length < 0 or offset + length > size:
+                raise ModelError(
+                    f"tensor {tensor.name!r}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
+                    path=model_path,
+                )
+            total += length
+            if total > MAX_EXTERNAL_BYTES:
+                raise ModelError("external data exceeds the 16 GiB limit", path=model_path)
+            fh = handles.get(file)
+            if fh is None:
+                fh = handles[file] = open(file, "rb")  # noqa: SIM115 - closed below
+            fh.seek(offset)
+            data = fh.read(length)
+            digest.update(data)
+            tensor.raw_data = data
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            count += 1
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return count
+
+
+def read_model(path: str | os.PathLike):
+    """Parse ``path`` into a fully materialised ``onnx.ModelProto``, its sha256 digest, and the
+    file's bytes when they are the whole model (no external data) — onnxruntime can take those
+    as they are instead of a re-serialised copy.
+
+    Raises :class:`ModelError` with one line for every way a file can be unusable."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    _check_path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read: {err.strerror}", path=path) from None
+    digest = hashlib.sha256(data)
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        raise ModelError("not an ONNX model, or the file is truncated (protobuf parse failed)", path=path) from None
+    if not model.HasField("graph") or not model.graph.node or model.ir_version <= 0:
+        raise ModelError("not an ONNX model, or the file is truncated (no graph or IR version)", path=path)
+    if _has_sparse(model.graph):
+        raise ModelError("sparse initializers are not supported", path=path)
+    external = _load_external(model, path, digest)
+    return model, digest.hexdigest(), (None if external else data)
+
+
+def _has_sparse(graph) -> bool:
+    """Sparse tensors anywhere (their external data would escape our path checks)."""
+    import onnx
+
+    if graph.sparse_initializer:
+        return True
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS):
+                return True
+            if attr.type == onnx.AttributeProto.GRAPH and _has_sparse(attr.g):
+                return True
+            if attr.type == onnx.AttributeProto.GRAPHS and any(_has_sparse(g) for g in attr.graphs):
+                return True
+    return False
+
+
+def check_model(model, path) -> None:
+    """onnx's structural checker; its first line becomes our one-line error."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, RuntimeError, ValueError) as err:
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        first = " ".join(lines[:2]) if lines else type(err).__name__
+        raise ModelError(f"ONNX checker failed: {first}", path=path) from None

@@ -1,0 +1,290 @@
+"""The ONNX front door: file -> verified :class:`~xplain.graph.model.Model`.
+
+A pipeline of small passes (see ARCHITECTURE.md, "Loading arbitrary ONNX classifiers"):
+read safely -> check -> classify the interface -> sanitise names -> fold constants ->
+normalise the opset -> rewrite what onnx2torch refuses -> pre-flight every op -> convert ->
+strip a trailing softmax -> verify against onnxruntime (and batch 1 vs 2).
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import passes
+from .converters import register_aliases, unsupported_ops
+from ..errors import ModelError, UnsupportedOpsError
+from .io import check_model, read_model
+
+#: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
+VERIFY_TOL = 1e-4
+_SOFTMAX_PASS_THROUGH = ("Flatten", "OnnxFlatten", "OnnxCopyIdentity", "Identity", "OnnxReshape",
+                         "OnnxSqueezeStaticAxes", "OnnxSqueezeDynamicAxes")
+
+
+def _dims(value_info) -> list:
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _interface(model, path):
+    """The single image input and the class-score output; reject what is not a classifier."""
+    import onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        names = ", ".join(repr(i.name) for i in inputs) or "none"
+        raise ModelError(f"model has {len(inputs)} inputs ({names}); xplain explains single-input image classifiers",
+                         path=path)
+    inp = inputs[0]
+    shape = _dims(inp)
+    if inp.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                              onnx.TensorProto.DOUBLE):
+        raise ModelError(f"input {inp.name!r} is not a float tensor; not an image classifier", path=path)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}; not an image classifier "
+                         "(expected B×C×H×W with fixed C, H, W)", path=path)
+    if shape[1] not in (1, 3):
+        layout = " (it looks channels-last, B×H×W×C; export the model with NCHW input)" if shape[3] in (1, 3) else ""
+        raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}: {shape[1]} channels; xplain explains "
+                         f"1- or 3-channel images{layout}", path=path)
+    if isinstance(shape[0], int) and shape[0] > 1:
+        raise ModelError(f"input {inp.name!r} has a batch fixed at {shape[0]}; only dynamic or 1 is supported",
+                         path=path)
+    outputs = list(model.graph.output)
+    candidates = [o for o in outputs if len(_dims(o)) in (0, 2)]
+    if len(outputs) == 1:
+        out = outputs[0]
+    elif len(candidates) == 1:
+        out = candidates[0]
+    else:
+        raise ModelError(f"model has {len(outputs)} outputs and no single B×K class-score output", path=path)
+    oshape = _dims(out)
+    if oshape and len(oshape) != 2:
+        raise ModelError(f"output {out.name!r} has shape {_fmt(oshape)}; not a classifier (expected B×K)", path=path)
+    return inp, out, shape, oshape
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _strip_softmax(gm) -> str | None:
+    """Cut a trailing Softmax/LogSoftmax over the class axis so methods see logits."""
+    from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
+    from torch import nn
+
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    node = output.args[0]
+    while node is not None and getattr(node, "op", None) == "call_module":
+        module = gm.get_submodule(node.target)
+        kind = None
+        if isinstance(module, nn.Softmax) and module.dim in (1, -1):
+            kind = "Softmax"
+        elif isinstance(module, nn.LogSoftmax) and module.dim in (1, -1):
+            kind = "LogSoftmax"
+        elif isinstance(module, OnnxSoftmaxV1V11) and module.axis in (1, -1):
+            kind = "LogSoftmax" if module.is_log else "Softmax"
+        if kind is not None:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.eliminate_dead_code()
+            gm.delete_all_unused_submodules()
+            gm.recompile()
+            return kind
+        if type(module).__name__ not in _SOFTMAX_PASS_THROUGH or len(node.users) != 1:
+            return None
+        node = node.args[0] if node.args else None
+    return None
+
+
+def _matmul_to_linear(gm) -> int:
+    """``MatMul(x, constant 2-D W)`` becomes ``nn.Linear(bias=False)`` with weight Wᵀ.
+
+    Bias-free dense layers (and tf2onnx's MatMul+Add heads) then look like every other
+    linear layer to methods that need weights (LRP z⁺, MIP-IN, bias discovery)."""
+    import torch
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+    from torch import nn
+
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 2 or not isinstance(gm.get_submodule(node.target), OnnxMatMul):
+            continue
+        const = node.args[1]
+        if getattr(const, "op", None) != "get_attr":
+            continue
+        weight = gm
+        for part in const.target.split("."):
+            weight = getattr(weight, part)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            continue
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
+        linear.weight = nn.Parameter(weight.detach().T.clone(), requires_grad=False)
+        setattr(gm, node.target, linear)
+        node.args = (node.args[0],)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return count
+
+
+def _select_output(gm, index: int, count: int) -> None:
+    """Keep only the class-score output of a multi-output graph."""
+    if count == 1:
+        return
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output.args = (output.args[0][index],)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _verify(model, original, path, input_name: str, output_name: str) -> None:
+    """Compare the converted model with onnxruntime on the original graph; raise on mismatch."""
+    import onnxruntime as ort
+    import torch
+
+    report = model.report
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(original, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises many types
+        raise ModelError(f"onnxruntime cannot run the model: {str(err).splitlines()[0][:200]}", path=path) from None
+    batch = 1 if model.spec.fixed_batch else 2
+    gen = np.random.default_rng(0)
+    xs = [gen.standard_normal((batch, model.spec.channels, model.spec.height, model.spec.width)).astype(np.float32)
+          for _ in range(2)]
+    in_type = {"tensor(float16)": 10, "tensor(double)": 11}.get(
+        next(i.type for i in session.get_inputs() if i.name == input_name), 1)
+    worst = 0.0
+    for x in xs:
+        feed = x.astype(np.float16) if in_type == 10 else (x.astype(np.float64) if in_type == 11 else x)
+        try:
+            ref = session.run([output_name], {input_name: feed})[0].astype(np.float64)
+        except Exception as err:  # noqa: BLE001
+            raise ModelError(f"onnxruntime failed on a random input: {str(err).splitlines()[0][:200]}",
+                             path=path) from None
+        try:
+            with torch.no_grad():
+                logits = model(torch.from_numpy(x).to(model.device))
+        except Exception as err:  # noqa: BLE001 - a converted graph can fail anywhere
+            raise ModelError(f"converted model fails to run: {type(err).__name__}: {str(err).splitlines()[0][:160]}",
+                             path=path) from None
+        with torch.no_grad():
+            if report.softmax_stripped == "Softmax":
+                logits = torch.softmax(logits, dim=1)
+            elif report.softmax_stripped == "LogSoftmax":
+                logits = torch.log_softmax(logits, dim=1)
+            got = logits.double().cpu().numpy()
+        if got.shape != ref.reshape(got.shape[0], -1).shape:
+            raise ModelError(f"converted model output {list(got.shape)} differs from onnxruntime's {list(ref.shape)}",
+                             path=path)
+        ref = ref.reshape(got.shape)
+        diff = float(np.abs(got - ref).max())
+        worst = max(worst, diff)
+        if not np.isfinite(got).all() or diff > VERIFY_TOL * max(1.0, float(np.abs(ref).max())):
+            raise ModelError(f"conversion does not match onnxruntime (max |diff| = {diff:.3g})", path=path)
+        if batch == 2:
+            with torch.no_grad():
+                single = model(torch.from_numpy(x[:1]).to(model.device)).double().cpu().numpy()
+                full = model(torch.from_numpy(x).to(model.device)).double().cpu().numpy()
+            scale = max(1.0, float(np.abs(full).max()))
+            if np.abs(single - full[:1]).max() > VERIFY_TOL * scale:
+                raise ModelError("batch of 1 and batch of 2 give different outputs "
+                                 "(a batch size folded into the graph?)", path=path)
+            report.batch_checked = True
+    report.verified = True
+    report.max_abs_diff = worst
+
+
+def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dict | None = None):
+    """Load an ONNX classifier file as a :class:`~xplain.graph.model.Model` on ``device``.
+
+    Every failure is a :class:`~xplain.errors.ModelError` with one line naming the file."""
+    import onnx2torch
+    import torch
+
+    from ..graph.model import InputSpec, LoadReport, Model
+
+    path = Path(path)
+    proto, digest, file_bytes = read_model(path)
+    check_model(proto, path)
+    inp, out, in_shape, out_shape = _interface(proto, path)
+    # what onnxruntime runs: the untouched file, or a copy with external data materialised
+    original = (file_bytes if file_bytes is not None else proto.SerializeToString()) if verify else None
+    report = LoadReport(
+        path=str(path), digest=digest, producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+        ir_version=proto.ir_version, opset=passes.default_opset(proto),
+        op_counts=dict(sorted(passes.op_counts(proto).items())), input_name=inp.name,
+        input_shape=[d if isinstance(d, int) else None for d in in_shape], output_name=out.name,
+        output_shape=[d if isinstance(d, int) else None for d in out_shape],
+        outputs=[o.name for o in proto.graph.output],
+    )
+    input_name, output_name = inp.name, out.name  # the passes below rename values in place
+    output_index = [o.name for o in proto.graph.output].index(out.name)
+    output_count = len(proto.graph.output)
+
+    work = proto
+    report.original_names, note = passes.sanitize_names(work)
+    report.notes.append(note)
+    passes.drop_initializer_inputs(work)
+    if note := passes.fold_constants(work):
+        report.notes.append(note)
+    stash = passes.detach_weights(work)
+    work, note = passes.normalize_opset(work)
+    if note:
+        report.notes.append(note)
+    for step in (passes.fold_constants, passes.rewrite_reshape_allowzero, passes.explicit_auto_pad):
+        if note := step(work):
+            report.notes.append(note)
+    work = passes.infer_shapes(work)
+    passes.attach_weights(work, stash)
+    report.opset_used = passes.default_opset(work)
+
+    missing = unsupported_ops(work)
+    if missing:
+        raise UnsupportedOpsError(missing, path=path)
+    register_aliases()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # shapes were inferred above on the weight-free graph; onnx2torch's own pass would
+            # serialise the full model again for nothing
+            with mock.patch.object(onnx2torch.converter, "safe_shape_inference", lambda m: m):
+                gm = onnx2torch.convert(work)
+    except Exception as err:  # noqa: BLE001 - converters raise anything
+        raise ModelError(f"conversion failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+                         path=path) from None
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    if len(set(targets)) != len(targets):
+        raise ModelError("conversion produced shared modules (duplicate node names)", path=path)
+    gm.eval()
+    gm.requires_grad_(False)
+    _select_output(gm, output_index, output_count)
+    report.softmax_stripped = _strip_softmax(gm)
+    if converted := _matmul_to_linear(gm):
+        report.notes.append(f"turned {converted} MatMul nodes with constant weights into Linear layers")
+
+    num_classes = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
+    spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], fixed_batch=in_shape[0] == 1,
+                     num_classes=num_classes or 0)
+    model = Model(gm, spec, report, labels=labels, sidecar=sidecar).to(torch.device(device))
+    if not num_classes:  # output size not declared: find it with one forward pass
+        try:
+            with torch.no_grad():
+                logits = model(model.example_input(1))
+        except Exception as err:  # noqa: BLE001 - a converted graph can fail anywhere
+            raise ModelError(f"converted model fails to run: {type(err).__name__}", path=path) from None
+        if logits.dim() != 2:
+            raise ModelError(f"output has shape {list(logits.shape)}; not a classifier (expected B×K)", path=path)
+        model.spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], in_shape[0] == 1, logits.shape[1])
+    if verify:
+        _verify(model, original, path, input_name, output_name)
+    return model

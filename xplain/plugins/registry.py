@@ -1,0 +1,189 @@
+"""The plugin host: discovers plugins through the ``xplain`` entry-point group with pluggy.
+
+Built-in methods live in the ``xplain_builtins`` distribution folder (``plugins/``) and are
+found exactly like a third party's. pluggy calls the hooks: only functions marked with
+``@xplain.hookimpl`` run, and a marked function whose name is not a hook (a misspelled
+``register_method``) is a plugin error. A plugin that fails to import, to validate or to
+register is recorded and skipped (fatal only with ``strict=True``); ``blocked`` names are never
+loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import re
+
+import pluggy
+
+from ..errors import PluginError, UsageError
+from ..onnx import hooks as onnx_hooks  # torch-free: the loader itself is imported on first use
+from .plugin_api import PROJECT, Method, Metric, XplainHookSpecs
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+CORE_LOADER = "xplain-onnx"  #: pluggy name of the built-in ONNX loader (never an entry-point name)
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    name: str  #: entry-point name
+    module: str
+    distribution: str
+    version: str
+    methods: list[str] = dataclasses.field(default_factory=list)
+    metrics: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    blocked: bool = False
+
+
+class Registry:
+    """Everything the installed plugins provide. Build one with :func:`get_registry`."""
+
+    def __init__(self, strict: bool = False, blocked: tuple[str, ...] = ()):
+        self.strict = strict
+        self.blocked = set(blocked)
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(XplainHookSpecs)
+        self.pm.register(onnx_hooks, name=CORE_LOADER)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.methods: dict[str, Method] = {}
+        self.metrics: dict[str, Metric] = {}
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self) -> Registry:
+        def builtin_first(ep):  # a third party can add names, never shadow a built-in
+            dist = getattr(ep, "dist", None)
+            return (getattr(dist, "name", "") != PROJECT, ep.name)
+
+        for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=builtin_first):
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
+            if ep.name in self.plugins:  # the same entry point seen twice (e.g. editable + wheel)
+                continue
+            self.plugins[ep.name] = info
+            if ep.name in self.blocked:
+                info.blocked = True
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as err:  # noqa: BLE001 - a broken plugin must not take xplain down
+                self._fail(info, f"import failed: {type(err).__name__}: {err}")
+                continue
+            if self._register(plugin, ep.name, info):
+                self._collect(ep.name, plugin, info)
+        return self
+
+    def register_plugin(self, plugin: object, name: str) -> None:
+        """Register an in-process plugin object (tests, notebooks)."""
+        info = self.plugins.setdefault(name, PluginInfo(name, repr(plugin), "<in-process>", ""))
+        if self._register(plugin, name, info):
+            self._collect(name, plugin, info)
+
+    def _register(self, plugin: object, name: str, info: PluginInfo) -> bool:
+        """Hand ``plugin`` to pluggy and validate its hook implementations; False if it is broken.
+
+        Plugins are registered one at a time and a broken one is unregistered again, so
+        ``check_pending`` can only find this plugin's unknown hooks."""
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as err:  # noqa: BLE001 - bad hook signature, name registered twice
+            self._fail(info, f"invalid plugin: {type(err).__name__}: {err}")
+            return False
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as err:
+            self.pm.unregister(plugin)
+            self._fail(info, f"invalid plugin: {err}")
+            return False
+        return True
+
+    def _collect(self, name: str, plugin: object, info: PluginInfo) -> None:
+        """Let pluggy call this plugin's registration hooks with a register callback that knows
+        the plugin (provenance), one plugin at a time so a failure is attributed to it."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        for hook, kind, store in (("register_methods", Method, self.methods),
+                                  ("register_metrics", Metric, self.metrics)):
+            impls = getattr(self.pm.hook, hook).get_hookimpls()
+            if not any(impl.plugin is plugin for impl in impls):
+                continue
+
+            def register(obj, _kind=kind, _store=store):
+                self._add(obj, _kind, _store, info)
+
+            try:
+                self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
+            except Exception as err:  # noqa: BLE001
+                self._fail(info, f"{hook} failed: {type(err).__name__}: {err}")
+
+    def _add(self, obj, kind, store: dict, info: PluginInfo) -> None:
+        label = kind.__name__.lower()
+        if not isinstance(obj, kind):
+            raise TypeError(f"register() expects an xplain.{kind.__name__}, got {type(obj).__name__}")
+        if not _NAME.match(obj.name):
+            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-'")
+        if obj.name in store:
+            raise ValueError(f"{label} {obj.name!r} is already registered by plugin {store[obj.name].plugin!r}")
+        names = [p.name for p in obj.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{label} {obj.name!r} declares a parameter twice")
+        obj.plugin = info.name
+        store[obj.name] = obj
+        (info.methods if kind is Method else info.metrics).append(obj.name)
+
+    def _fail(self, info: PluginInfo, message: str) -> None:
+        info.error = " ".join(message.split())
+        if self.strict:
+            raise PluginError(f"plugin {info.name!r} ({info.module}): {info.error}")
+
+    # ------------------------------------------------------------------ lookup
+    def method(self, name: str) -> Method:
+        return _lookup(self.methods, name, "method", "xplain methods")
+
+    def metric(self, name: str) -> Metric:
+        return _lookup(self.metrics, name, "metric", "xplain metrics")
+
+    def broken(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.error]
+
+
+def _lookup(store: dict, name: str, label: str, command: str):
+    if name in store:
+        return store[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(store), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"see `{command}`"
+    raise UsageError(f"unknown {label} {name!r}", hint=hint)
+
+
+def validate_params(declared, given: dict[str, object], owner: str) -> dict[str, object]:
+    """Defaults overlaid with ``given`` (strings from ``--param`` or Python values), typed.
+
+    An unknown key is a usage error that lists the valid ones."""
+    by_name = {p.name: p for p in declared}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        valid = ", ".join(sorted(by_name)) or "none"
+        raise UsageError(f"{owner} has no parameter {', '.join(map(repr, unknown))}", hint=f"valid: {valid}")
+    values = {p.name: p.default for p in declared}
+    for key, raw in given.items():
+        try:
+            values[key] = by_name[key].parse(raw)
+        except ValueError as err:
+            raise UsageError(f"{owner}: {err}") from None
+    return values
+
+
+_cache: dict[tuple, Registry] = {}
+
+
+def get_registry(strict: bool = False, blocked: tuple[str, ...] = ()) -> Registry:
+    """The process-wide registry for these options (discovery runs once)."""
+    key = (strict, tuple(sorted(blocked)))
+    if key not in _cache:
+        _cache[key] = Registry(strict, blocked).discover()
+    return _cache[key]
+
+
+def clear_cache() -> None:
+    _cache.clear()

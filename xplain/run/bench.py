@@ -1,0 +1,539 @@
+"""``xplain bench``: what an attribution method costs, measured against a forward pass and Captum.
+
+For each method, on one batch ``x`` with its top-1 targets:
+
+- **seconds per image**: the median over ``repeats`` timed calls of the time to explain the whole
+  batch (through :func:`xplain.run.api.run_method`, i.e. what ``xplain explain`` pays), divided by the
+  batch size; ``warmup`` untimed calls come first. On CUDA the device is synchronised before and
+  after every timed call.
+- **ratio to forward**: that median divided by the median time of one forward pass of the same
+  batch under ``torch.no_grad()``, timed the same way — "method time / forward time", the pass
+  count of ARCHITECTURE.md's performance principles (a gradient method is about 1 forward + 1
+  backward, so 2–3×). The forward pass, the method and Captum's counterpart are timed in
+  interleaved rounds (forward, ours, Captum; forward, ours, Captum; …) so that each ratio compares
+  times taken under the same machine load.
+- **peak memory** (MB) of one further call, above what was in use just before it. CUDA:
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors only, not the
+  caching allocator's reserve). CPU: the *process's* resident set size (``getrusage`` ``ru_maxrss``),
+  so it counts everything the process touched, allocator caches included; on Linux the high-water
+  mark is reset first (``/proc/self/clear_refs``), elsewhere it is the growth of the process's
+  all-time peak, which reads 0 when an earlier step already went higher. Treat CPU figures as a
+  rough guide; CUDA figures are exact.
+- **Captum**, where Captum has the same method and is installed: the same timing of Captum's
+  implementation in the same process, on the same converted graph (``model.graph``), batch and
+  targets, with parameters translated from ours (:data:`CAPTUM_COUNTERPARTS`), plus the ratio
+  ours / Captum. A counterpart that fails on a model (Captum's LRP knows few module types) is
+  reported, not fatal.
+
+Timings on a shared or busy machine are noisy; speed goals live in benchmarks, never in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import run_method
+from ..plugins.maps import reduce_channels
+from ..errors import PluginError, UsageError
+from ..graph.model import Model
+from ..plugins.plugin_api import Method
+from ..plugins.registry import Registry, get_registry, validate_params
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows: no getrusage, CPU peak memory is not measured
+    resource = None
+
+#: a Captum run: ``fn(x, targets) -> B×H×W`` map comparable to ours
+CaptumFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- timing and memory
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_MB = 1024 * 1024
+_RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def _current_rss() -> int | None:
+    if resource is None:
+        return None
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the process's RSS high-water mark (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_kind(device: torch.device) -> str:
+    """What :func:`peak_memory_mb` measures on ``device`` (kept in the JSON output)."""
+    if device.type == "cuda":
+        return "cuda max_memory_allocated above the allocation before the call"
+    if resource is None:
+        return "not measured on this platform (no getrusage)"
+    if _current_rss() is not None and _reset_rss_peak():
+        return "process peak RSS (ru_maxrss, high-water mark reset) above the RSS before the call"
+    return "growth of the process's all-time peak RSS (ru_maxrss); 0 when an earlier step went higher"
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak memory of one call of ``fn`` above what was in use just before it, in MB (see module
+    doc); None on a CPU without ``getrusage``."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del result
+        return max(0, peak - base) / _MB
+    if resource is None:
+        fn()
+        return None
+    base = _current_rss()
+    reset = base is not None and _reset_rss_peak()
+    if not reset:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
+    result = fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
+    del result
+    return max(0, peak - base) / _MB
+
+
+# ---------------------------------------------------------------------------- Captum counterparts
+class _Net(nn.Module):
+    """``model(x)`` as an ``nn.Module`` owning the converted graph, so Captum's module hooks
+    (guided backprop, LRP, layer methods) see the graph's modules; a graph fixed at batch 1
+    still runs sample by sample, as in :meth:`Model.__call__`."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.graph = model.graph
+        self._model = model
+
+    def forward(self, x):
+        return self._model(x)
+
+
+def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
+    """The first of ``names`` our method declares (plugins name things their own way), else ``default``."""
+    for name in names:
+        if name in params and params[name] is not None and params[name] != "":
+            return params[name]
+    return default
+
+
+@contextlib.contextmanager
+def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    sal = ca.Saliency(net)
+    yield lambda x, t: sal.attribute(x, target=t, abs=True).amax(dim=1)
+
+
+@contextlib.contextmanager
+def _gradient(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    sal = ca.Saliency(net)
+    yield lambda x, t: reduce_channels(sal.attribute(x, target=t, abs=False), params.get("reduce", "sum"))
+
+
+@contextlib.contextmanager
+def _input_x_gradient(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    ixg = ca.InputXGradient(net)
+    yield lambda x, t: reduce_channels(ixg.attribute(x, target=t), params.get("reduce", "sum"))
+
+
+@contextlib.contextmanager
+def _integrated_gradients(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    ig = ca.IntegratedGradients(net)
+    kwargs = {"n_steps": int(_param(params, ("steps", "n_steps"), 50))}
+    rule = _param(params, ("method",), None)
+    if rule is not None:
+        kwargs["method"] = rule  # xplain uses Captum's quadrature names
+    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
+    if internal:  # both count images (interpolation points of all batch images) per pass
+        kwargs["internal_batch_size"] = int(internal)
+    # baseline zeros, our default; a blur/uniform baseline costs ours one blur or draw, Captum nothing
+    yield lambda x, t: reduce_channels(ig.attribute(x, baselines=0.0, target=t, **kwargs),
+                                       params.get("reduce", "sum"))
+
+
+@contextlib.contextmanager
+def _smoothgrad(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    nt = ca.NoiseTunnel(ca.Saliency(net))
+    samples = int(_param(params, ("samples", "nt_samples"), 50))
+    sigma = float(_param(params, ("noise", "sigma", "stdevs"), 0.15))
+    nt_type = "smoothgrad_sq" if _param(params, ("square",), False) else "smoothgrad"
+    internal = _param(params, ("internal_batch", "internal_batch_size"), None)
+    # ours counts noisy images (of all batch images) per pass; Captum counts noise draws per image
+    chunk = max(1, int(internal) // x.shape[0]) if internal else None
+
+    def run(x, t):
+        stdev = sigma * float(x.max() - x.min())  # xplain: σ per image; Captum: one σ for the batch
+        attr = nt.attribute(x, nt_type=nt_type, nt_samples=samples, stdevs=stdev, nt_samples_batch_size=chunk,
+                            target=t, abs=False)
+        return reduce_channels(attr, params.get("reduce", "sum"))
+
+    yield run
+
+
+def _modified_relu(cls_name):
+    @contextlib.contextmanager
+    def build(ca, net, model, params, x) -> Iterator[CaptumFn]:
+        algo = getattr(ca, cls_name)(net)
+        yield lambda x, t: reduce_channels(algo.attribute(x, target=t), params.get("reduce", "sum"))
+
+    return build
+
+
+@contextlib.contextmanager
+def _grad_cam(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    name = _param(params, ("layer",), None)
+    if name is None:
+        default = model.default_feature_layer()
+        if default is None:
+            raise UsageError("the model has no spatial feature layer for Grad-CAM")
+        name = default.name
+    relu = bool(_param(params, ("relu",), True))
+    node = model.node(name)
+    height, width = model.spec.height, model.spec.width
+    with contextlib.ExitStack() as stack:
+        if node.op == "call_module":
+            layer = model.module(name)
+        else:  # a function node (add, flatten…): hook an identity inserted after it
+            layer = nn.Identity()
+            stack.enter_context(model.insert_after({name: layer}))
+        cam = ca.LayerGradCam(net, layer)
+
+        def run(x, t):
+            a = cam.attribute(x, target=t, relu_attributions=relu)
+            return ca.LayerAttribution.interpolate(a, (height, width), interpolate_mode="bilinear")[:, 0]
+
+        yield run
+
+
+@contextlib.contextmanager
+def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    c, h, w = model.spec.channels, model.spec.height, model.spec.width
+    patch = int(_param(params, ("patch",), 0)) or max(1, min(h, w) // 8)  # 0 = auto, as the plugin
+    stride = int(_param(params, ("stride",), 0)) or max(1, patch // 2)
+    fill = float(_param(params, ("baseline",), 0.0))
+    # ours counts occluded images (of all batch images) per pass; Captum counts windows per pass
+    per_eval = max(1, int(_param(params, ("batch", "perturbations_per_eval"), 64)) // x.shape[0])
+    occ = ca.Occlusion(net)
+    yield lambda x, t: occ.attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
+                                     baselines=fill, target=t, perturbations_per_eval=per_eval)[:, 0]
+
+
+@contextlib.contextmanager
+def _lrp_epsilon(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    eps = float(_param(params, ("epsilon",), 1e-9))
+    modules = list(net.modules())
+    before = {id(m): {a for a in ("rule", "activations", "activation") if a in vars(m)} for m in modules}
+    lrp = ca.LRP(net)
+
+    def run(x, t):
+        for m in modules:  # Captum deletes the rules after each call: attach ours every time
+            if type(m) in SUPPORTED_LAYERS_WITH_RULES:
+                m.rule = EpsilonRule(epsilon=eps)
+        return lrp.attribute(x, target=t).sum(dim=1)
+
+    try:
+        yield run
+    finally:  # Captum leaves rules behind when it refuses a module type: leave the graph as found
+        for m in modules:
+            for attr in ("rule", "activations", "activation"):
+                if attr in vars(m) and attr not in before[id(m)]:
+                    delattr(m, attr)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptumCounterpart:
+    """How Captum runs one of our methods: ``reference`` names it, ``prepare`` is a context
+    manager ``(captum.attr, net, model, params, x) -> fn(x, targets) -> B×H×W``."""
+
+    method: str
+    reference: str
+    prepare: Callable[..., contextlib.AbstractContextManager]
+
+
+#: Our method → Captum's implementation of the same algorithm (documented in bench/README.md).
+CAPTUM_COUNTERPARTS: dict[str, CaptumCounterpart] = {c.method: c for c in (
+    CaptumCounterpart("saliency", "Saliency(abs=True), channel max", _saliency),
+    CaptumCounterpart("gradient", "Saliency(abs=False)", _gradient),
+    CaptumCounterpart("input-x-gradient", "InputXGradient", _input_x_gradient),
+    CaptumCounterpart("integrated-gradients", "IntegratedGradients(n_steps, method, internal_batch_size)",
+                      _integrated_gradients),
+    CaptumCounterpart("smoothgrad", "NoiseTunnel(Saliency(abs=False)), smoothgrad", _smoothgrad),
+    CaptumCounterpart("guided-backprop", "GuidedBackprop", _modified_relu("GuidedBackprop")),
+    CaptumCounterpart("deconvnet", "Deconvolution", _modified_relu("Deconvolution")),
+    CaptumCounterpart("grad-cam", "LayerGradCam(relu) + bilinear interpolate", _grad_cam),
+    CaptumCounterpart("occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion),
+    CaptumCounterpart("lrp-epsilon", "LRP(EpsilonRule)", _lrp_epsilon),
+)}
+
+
+def captum_counterpart(method: str, model: Model, params: dict, x: torch.Tensor
+                       ) -> contextlib.AbstractContextManager[CaptumFn] | None:
+    """A context manager yielding Captum's version of ``method`` (``fn(x, targets) -> B×H×W``, run
+    in grad mode on a copy of ``x``, Captum's per-call warnings silenced) with ``params`` (our
+    method's validated values) translated, or None when Captum has none.
+
+    Raises ImportError when Captum is not installed. Leaves the model as it found it on exit."""
+    entry = CAPTUM_COUNTERPARTS.get(method)
+    if entry is None:
+        return None
+    import captum.attr as ca
+
+    return _quietly(entry.prepare(ca, _Net(model), model, params, x))
+
+
+@contextlib.contextmanager
+def _quietly(ctx: contextlib.AbstractContextManager[CaptumFn]) -> Iterator[CaptumFn]:
+    with ctx as fn:
+        yield _quiet(fn)
+
+
+def _captum_version() -> str | None:
+    try:
+        import captum
+
+        return str(getattr(captum, "__version__", "?"))
+    except Exception:  # noqa: BLE001 - any import failure means "not installed"
+        return None
+
+
+# ---------------------------------------------------------------------------- the benchmark
+def resolve_methods(methods, registry: Registry) -> list[Method]:
+    """Method objects for names (or Method objects); an unknown name is a UsageError listing the valid ones."""
+    resolved, seen = [], set()
+    for m in methods:
+        if isinstance(m, str):
+            name = m.strip()
+            if not name:
+                continue
+            if name not in registry.methods:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(registry.methods), n=3)
+                hint = (f"did you mean {', '.join(close)}? " if close else "") + \
+                    f"installed: {', '.join(sorted(registry.methods)) or 'none'}"
+                raise UsageError(f"unknown method {name!r}", hint=hint)
+            m = registry.method(name)
+        if m.name not in seen:
+            seen.add(m.name)
+            resolved.append(m)
+    if not resolved:
+        raise UsageError("no methods to benchmark", hint=f"installed: {', '.join(sorted(registry.methods))}")
+    return resolved
+
+
+def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = None,
+          params: dict[str, dict] | None = None, repeats: int = 5, warmup: int = 1, *, seed: int = 0,
+          captum: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+    """Benchmark ``methods`` (names or :class:`Method`) on the batch ``x`` (B×C×H×W) for its top-1 targets.
+
+    ``params`` maps a method name to its parameters (strings as from ``--param`` or Python values),
+    validated against the method's declaration. Returns ``{model, device, batch_size, forward_seconds,
+    forward_seconds_per_image, repeats, warmup, memory, torch_version, captum_version, methods: [{name,
+    params, seconds_per_image, ratio_to_forward, peak_memory_mb, captum, captum_status,
+    captum_seconds_per_image, ratio_to_captum}]}``.
+
+    Each timed round runs the forward pass, our method and Captum's counterpart back to back, so
+    a method's ratios compare times taken under the same machine load; ``forward_seconds`` (one
+    forward pass of the whole batch) is the median over all rounds. ``captum_status`` is ``ok``,
+    ``none`` (no counterpart), ``not installed``, ``skipped`` (``captum=False``) or ``failed: …``."""
+    registry = registry or get_registry()
+    chosen = resolve_methods(methods, registry)
+    params = dict(params or {})
+    stray = sorted(set(params) - {m.name for m in chosen})
+    if stray:
+        raise UsageError(f"parameters given for method(s) not benchmarked: {', '.join(stray)}")
+    values = {m.name: validate_params(m.params, params.get(m.name) or {}, f"method {m.name!r}") for m in chosen}
+    if repeats < 1 or warmup < 0:
+        raise UsageError("repeats must be at least 1 and warmup at least 0")
+    device = model.device
+    x = x.detach().to(device, torch.float32)
+    if x.dim() != 4 or x.shape[0] < 1:
+        raise UsageError(f"expected a batch B×C×H×W, got shape {tuple(x.shape)}")
+    batch = x.shape[0]
+    note = progress or (lambda _msg: None)
+    captum_version = _captum_version() if captum else None
+
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1)
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    forward_all: list[float] = []
+    rows = []
+    for method in chosen:
+        v = values[method.name]
+
+        last: dict = {}
+
+        def ours(method=method, v=v, last=last):
+            last["attribution"] = run_method(model, method, x, targets, v, seed)
+            return last["attribution"]
+
+        row = {"name": method.name, "params": v, "seconds_per_image": None, "ratio_to_forward": None,
+               "peak_memory_mb": None, "captum": None, "captum_status": "none",
+               "captum_seconds_per_image": None, "ratio_to_captum": None}
+        entry = CAPTUM_COUNTERPARTS.get(method.name)
+        if entry is not None:
+            row["captum"] = entry.reference
+            row["captum_status"] = "skipped" if not captum else "not installed" if captum_version is None else "ok"
+        note(method.name)
+        with _oom_as_error(method.name, batch), contextlib.ExitStack() as stack:
+            fns = {"forward": forward, "ours": ours}
+            if row["captum_status"] == "ok":
+                cap = _enter_captum(stack, method.name, model, v, x, targets)
+                if isinstance(cap, str):
+                    row["captum_status"] = cap
+                    stack.close()  # leave the graph as found before timing ours
+                else:
+                    fns["captum"] = cap
+            times, failure = _rounds(fns, device, repeats, warmup)
+        if failure is not None:
+            row["captum_status"] = failure
+        forward_all += times["forward"]
+        ours_s, forward_s = statistics.median(times["ours"]), statistics.median(times["forward"])
+        row["seconds_per_image"] = ours_s / batch
+        row["ratio_to_forward"] = ours_s / forward_s if forward_s > 0 else None
+        if times.get("captum"):
+            captum_s = statistics.median(times["captum"])
+            row["captum_seconds_per_image"] = captum_s / batch
+            row["ratio_to_captum"] = ours_s / captum_s if captum_s > 0 else None
+        with _oom_as_error(method.name, batch):
+            row["peak_memory_mb"] = peak_memory_mb(ours, device)
+        row["stages"] = _stages(last.get("attribution"), batch, forward_s)
+        rows.append(row)
+
+    forward_s = statistics.median(forward_all)
+    return {
+        "model": model.report.path,
+        "device": str(device),
+        "batch_size": batch,
+        "forward_seconds": forward_s,
+        "forward_seconds_per_image": forward_s / batch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "memory": memory_kind(device),
+        "torch_version": torch.__version__,
+        "captum_version": captum_version,
+        "methods": rows,
+    }
+
+
+def _stages(attribution, batch: int, forward_s: float) -> dict | None:
+    """A multi-stage method's own split (``info["stage_seconds"]``: stage -> seconds for the
+    batch, e.g. InputIBA's feature / GAN / input stages), per image and × one forward pass."""
+    stages = getattr(attribution, "info", {}).get("stage_seconds") if attribution is not None else None
+    if not isinstance(stages, dict):
+        return None
+    return {name: {"seconds_per_image": float(sec) / batch,
+                   "ratio_to_forward": float(sec) / forward_s if forward_s > 0 else None}
+            for name, sec in stages.items() if isinstance(sec, (int, float))}
+
+
+def _quiet(fn: CaptumFn) -> CaptumFn:
+    """Captum's run, without its per-call warnings ("required_grads has been set…"), in grad mode."""
+    import warnings
+
+    def run(x, targets):
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            return fn(x.clone(), targets)
+
+    return run
+
+
+def _enter_captum(stack: contextlib.ExitStack, name, model, params, x, targets):
+    """Enter Captum's counterpart on ``stack`` and check that it runs (one untimed call):
+    returns the timed callable, or a status string saying why there is none."""
+    try:
+        ctx = captum_counterpart(name, model, params, x)
+        if ctx is None:
+            return "none"
+        fn = stack.enter_context(ctx)
+        fn(x, targets)
+    except ImportError:
+        return "not installed"
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "failed: out of GPU memory"
+    except Exception as exc:  # noqa: BLE001 - e.g. Captum's LRP refuses a module type
+        return _failed(exc)
+    return lambda: fn(x, targets)
+
+
+def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+            ) -> tuple[dict[str, list[float]], str | None]:
+    """``warmup`` untimed then ``repeats`` timed rounds, each calling every function once in turn.
+
+    Captum (key ``captum``) failing is recorded and it is dropped; anything else raises."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    failure = None
+    for round_ in range(warmup + repeats):
+        for key in list(fns):
+            _sync(device)
+            began = time.perf_counter()
+            try:
+                fns[key]()
+                _sync(device)
+            except Exception as exc:  # noqa: BLE001
+                if key != "captum":
+                    raise
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    torch.cuda.empty_cache()
+                failure = _failed(exc)
+                del fns[key]
+                times.pop(key)
+                continue
+            if round_ >= warmup:
+                times[key].append(time.perf_counter() - began)
+    return times, failure
+
+
+def _failed(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return " ".join(f"failed: {type(exc).__name__}: {first}".split())[:200]
+
+
+@contextlib.contextmanager
+def _oom_as_error(name: str, batch: int):
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise PluginError(f"method {name!r} ran out of GPU memory at batch size {batch}",
+                          hint="lower --batch-size") from None
