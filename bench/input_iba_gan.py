@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 import xplain
-from xplain.images import Preprocess, load_image
-from xplain.registry import get_registry
-from xplain_builtins import iba as _iba
-from xplain_builtins import iba_input
+from xplain.data.images import Preprocess, load_image
+from xplain.plugins.registry import get_registry
+from xplain_builtins.methods.iba import iba as _iba
+from xplain_builtins.methods.iba import iba_input
 
 ROOT = Path(__file__).resolve().parent.parent
 

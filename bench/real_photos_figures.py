@@ -22,7 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import xplain
-from xplain.images import Preprocess, load_image
+from xplain.data.images import Preprocess, load_image
+from xplain_builtins.methods.tr_gbp import bias_terms
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"
@@ -93,7 +94,7 @@ def shares(out: Path) -> None:
         a = _explain(model, x, "tr-gbp", fc_bias="none")
         keys = list(a.sample_info[0]["map_shares"])
         mean = np.array([[info["map_shares"][k2] for k2 in keys] for info in a.sample_info]).mean(0)
-        terms = {t.name: t for t in __import__("xplain_builtins.tr_gbp", fromlist=["x"]).bias_terms(model)}
+        terms = {t.name: t for t in bias_terms(model)}
         grids = ["input"] + [f"{terms[k2].in_hw[0]}" if terms[k2].in_hw else "1" for k2 in keys[1:]]
         ax = fig.add_subplot(1, 2, k + 1)
         ax.bar(range(len(keys)), mean, color=["tab:red"] + ["tab:blue"] * (len(keys) - 1))
@@ -119,8 +120,6 @@ def shares(out: Path) -> None:
     for k, (name, title) in enumerate(nets):
         model, pre = _load(out, name)
         x = _image(out, pre, "coffee")[0]
-        from xplain_builtins.tr_gbp import bias_terms
-
         early = [t.name for t in bias_terms(model) if t.in_hw and t.in_hw[0] >= 56]
         variants = [("default (all layers)", {}), (f"layers = the {len(early)} layers at >= 56x56", {"layers": ",".join(early)}),
                     ("bias=false (GBP + centring)", {"bias": False})]

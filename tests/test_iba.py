@@ -454,7 +454,7 @@ def test_sanity_reestimates_fitted_statistics_and_marks_stateful_methods(shapes,
     statistics re-estimates them on every randomised model (and on the trained one for the
     reference), so it scores exactly as without any fit; a method that needs its state is
     reported as not comparable (NaN, with the stale-state score beside it)."""
-    from xplain.api import run_method
+    from xplain.run.api import run_method
 
     registry = get_registry()
     method = registry.method("iba")
