@@ -4,6 +4,7 @@
     .venv/bin/python bench/real_photos_figures.py classes OUT     # TR-GBP class sensitivity, composites
     .venv/bin/python bench/real_photos_figures.py inputiba OUT    # InputIBA stages on two photos
     .venv/bin/python bench/real_photos_figures.py summary EVAL_DIR  # eval summary as a markdown table
+    .venv/bin/python bench/real_photos_figures.py ganmasks LABEL=RUN.npz ...  # λ_G pictures (shapes)
 
 Figures go to docs/img/ (small PNGs); numbers are printed as markdown.
 """
@@ -173,11 +174,10 @@ def classes(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- InputIBA
-def inputiba(out: Path, state: Path | None = None, **params) -> None:
+def inputiba(out: Path, state: Path | None = None, stems=("coffee", "chelsea+coffee"), **params) -> None:
     model, pre = _load(out, "efficientnet_lite0")
     if state is not None:
         model.state_dir = state
-    stems = ["coffee", "chelsea+coffee"]
     fig = Figure(figsize=(9, 2.3 * len(stems)))
     for r, stem in enumerate(stems):
         x = _image(out, pre, stem)[0]
@@ -197,25 +197,58 @@ def inputiba(out: Path, state: Path | None = None, **params) -> None:
     _save(fig, "input-iba-photos.png")
 
 
+# ----------------------------------------------------------------------------- GAN masks
+def ganmasks(files: list[Path]) -> None:
+    """λ_G at the start and after stage 2 for runs saved by ``bench/input_iba_gan.py --save``
+    (label=path pairs), circle and triangle of shapes_cnn."""
+    runs = [(f.split("=", 1)[0], np.load(f.split("=", 1)[1])) for f in files]
+    fig = Figure(figsize=(1.9 * (len(runs) + 1), 4))
+    for r, name in enumerate(("circle", "triangle")):
+        cols = [("start: sigmoid(stage-1 bits)", runs[0][1]["start"][r], None)]
+        cols += [(label, d["end"][r], d["w2"][:, r]) for label, d in runs]
+        for j, (title, img, w2) in enumerate(cols):
+            ax = fig.add_subplot(2, len(cols), r * len(cols) + j + 1)
+            ax.imshow(img, vmin=0, vmax=1, cmap="viridis")
+            extra = f"\nw2 {w2[0]:.2f} -> {w2[1]:.2f}" if w2 is not None else f"\n{name}"
+            ax.set_title(title + extra, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    _save(fig, "input-iba-gan.png")
+
+
 # ----------------------------------------------------------------------------- eval summary
 def summary(folder: Path) -> None:
-    data = json.loads((folder / "summary.json").read_text())
-    print(json.dumps(data, indent=1)[:3000])
+    """The eval summary of the five headline scores as a markdown table (mean ± standard error)."""
+    table = json.loads((folder / "summary.json").read_text())["table"]
+    keys = ["ebpg", "bbox-accuracy", "ehr", "insertion", "deletion"]
+    print("| method | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for method, scores in sorted(table.items()):
+        cells = []
+        for k in keys:
+            v = scores.get(k) or {}
+            cells.append("n/a" if v.get("mean") is None else f"{v['mean']:.3f} ± {v['stderr']:.3f}")
+        print(f"| {method} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("shares", "classes", "inputiba", "summary"))
-    ap.add_argument("out", type=Path)
+    ap.add_argument("what", choices=("shares", "classes", "inputiba", "summary", "ganmasks"))
+    ap.add_argument("out", nargs="+")
     ap.add_argument("--state", type=Path)
     ap.add_argument("--param", action="append", default=[])
+    ap.add_argument("--stems", default="coffee,chelsea+coffee")
     args = ap.parse_args()
+    if args.what == "ganmasks":
+        return ganmasks(args.out)
+    args.out = Path(args.out[0])
     if args.what == "inputiba":
         params = {}
         for p in args.param:
             k, v = p.split("=", 1)
-            params[k] = float(v) if v.replace(".", "", 1).replace("-", "", 1).isdigit() else v
-        inputiba(args.out, args.state, **params)
+            params[k] = (int(v) if v.isdigit() else float(v)) if v.replace(".", "", 1).replace("-", "", 1).isdigit() \
+                else v
+        inputiba(args.out, args.state, args.stems.split(","), **params)
     else:
         {"shares": shares, "classes": classes, "summary": summary}[args.what](args.out)
 
