@@ -201,7 +201,7 @@ def inputiba(out: Path, state: Path | None = None, stems=("coffee", "chelsea+cof
 def ganmasks(files: list[Path]) -> None:
     """λ_G at the start and after stage 2 for runs saved by ``bench/input_iba_gan.py --save``
     (label=path pairs), circle and triangle of shapes_cnn."""
-    runs = [(f.split("=", 1)[0], np.load(f.split("=", 1)[1])) for f in files]
+    runs = [(f.rsplit("=", 1)[0], np.load(f.rsplit("=", 1)[1])) for f in files]
     fig = Figure(figsize=(1.9 * (len(runs) + 1), 4))
     for r, name in enumerate(("circle", "triangle")):
         cols = [("start: sigmoid(stage-1 bits)", runs[0][1]["start"][r], None)]
