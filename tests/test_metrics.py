@@ -148,15 +148,17 @@ def test_ehr_hand_case():
 
 def test_ehr_paper_form_sums_heat_and_keeps_unit_maps():
     """InputIBA 4.5: ratio = sum of attribution inside the box / number of pixels above t; a map
-    already in [0, 1] is not divided by its maximum (scale=auto)."""
+    its method declares to be in [0, 1] (a mask) is not divided by its maximum (scale=auto)."""
     heat = torch.zeros(1, 4, 4)
     heat[0, :2, :2] = 0.8  # the box
     heat[0, 3, :] = 0.4  # four pixels outside
     box = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
     x = torch.zeros(1, 1, 4, 4)
 
-    def ehr(**params):
-        return float(_score("ehr", None, x, T0, heat, boxes=box, params=params)["ehr"][0])
+    def ehr(**params):  # a mask: the method says its map is in [0, 1]
+        metric = REG.metric("ehr")
+        ctx = {"params": xplain.validate_params(metric.params, params, "ehr"), "boxes": box}
+        return float(metric.score(None, x, T0, xplain.Attribution(heat, info={"map_range": "unit"}), ctx)["ehr"][0])
 
     # poi = four 0.4 and four 0.8: q <= 0.4 -> t = 0.4, 8 pixels above, heat inside 3.2 -> 0.4;
     # q >= 0.5 -> t in (0.4, 0.792], the 4 box pixels, heat 3.2 -> 0.8
@@ -168,9 +170,10 @@ def test_ehr_paper_form_sums_heat_and_keeps_unit_maps():
     # pixel counts (the former default) do not see the heat at all
     assert ehr(weight=False) == pytest.approx(0.775, abs=1e-6)
     assert ehr(weight=False, scale="max") == pytest.approx(0.775, abs=1e-6)
-    # a map outside [0, 1] is divided by its maximum in either mode
-    r = _score("ehr", None, x, T0, heat * 10, boxes=box)["ehr"]
-    assert float(r[0]) == pytest.approx(0.775, abs=1e-6)
+    # a map of arbitrary scale (no map_range) is divided by its maximum, whatever its values
+    for scale in (10.0, 1.0, 0.01):
+        r = _score("ehr", None, x, T0, heat * scale, boxes=box)["ehr"]
+        assert float(r[0]) == pytest.approx(0.775, abs=1e-6)
 
 
 def test_ibd_hand_case():

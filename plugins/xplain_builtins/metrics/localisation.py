@@ -72,18 +72,17 @@ def _bbox_accuracy(model, x, targets, attribution, context):
     return {"bbox-accuracy": _nan_where(m_in.float() / n.clamp_min(1).float(), valid)}
 
 
-def ehr_scale(heat, mode):
-    """The heat EHR thresholds: ``auto`` keeps a map whose values all lie in [0, 1] as it is (a
-    mask or probability, which InputIBA's EHR reads unchanged) and divides any other map by its
-    maximum; ``max`` always divides by the maximum (the former default). Negative values are
-    clamped to 0 first in both modes."""
+def ehr_scale(heat, mode, unit=False):
+    """The heat EHR thresholds. ``auto``: a map the method declares to be in [0, 1] already
+    (``info["map_range"] == "unit"``: a mask, as InputIBA's Λ, which InputIBA's EHR reads as it
+    is) stays as it is; any other map, whose scale is arbitrary, is divided by its maximum.
+    ``max`` always divides by the maximum (the former default). Negative values are clamped to 0
+    first in both modes."""
     heat = heat.clamp_min(0)
     top = heat.max()
-    if top <= 0:
+    if top <= 0 or (mode == "auto" and unit and top <= 1):
         return heat
-    if mode == "max" or top > 1:
-        return heat / top
-    return heat
+    return heat / top
 
 
 def ehr_score(heat, roi, qs, base_threshold, weight):
@@ -119,8 +118,9 @@ def _ehr(model, x, targets, attribution, context):
     roi, valid = box_masks(context, targets, h, w, x.device)
     qs = torch.linspace(0, 1, int(params["quantiles"]), device=x.device)
     out = torch.full((b,), float("nan"), device=x.device)
+    unit = (attribution.info or {}).get("map_range") == "unit"
     for i in range(b):
-        heat = ehr_scale(attribution.maps[i].to(x.device).float(), params["scale"])
+        heat = ehr_scale(attribution.maps[i].to(x.device).float(), params["scale"], unit)
         if not bool(valid[i]) or heat.max() <= 0:
             continue
         out[i] = ehr_score(heat, roi[i], qs, float(params["base_threshold"]), bool(params["weight"]))
@@ -181,8 +181,9 @@ def register_metrics(register):
         description="InputIBA section 4.5 / Table 2: \"at each quantile threshold, we compute the sum of "
                     "attribution within the bounding box divided by the total number of pixels above this "
                     "threshold\", then the AUC over the quantiles. Heat = positive part of the map; a map "
-                    "already in [0, 1] (a mask, e.g. InputIBA's) is used as it is, any other map is divided "
-                    "by its maximum (scale=auto; scale=max always divides, as the former default). Pixels "
+                    "its method declares to be in [0, 1] (Attribution.info map_range=unit: a mask, e.g. "
+                    "InputIBA's) is used as it is, any other map (arbitrary scale) is divided by its "
+                    "maximum (scale=auto; scale=max always divides, as the former default). Pixels "
                     "below base_threshold (0.1) are zeroed and excluded (effective_heat_ratios.py); for "
                     "quantiles q = linspace(0, 1, 11) of the remaining heat, t = min(quantile(q), 0.99 max), "
                     "ratio = sum(heat >= t inside the box) / |heat >= t| (weight=true, default, the paper's "
@@ -197,8 +198,8 @@ def register_metrics(register):
                 xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2),
                 xplain.Param("weight", "bool", True, "ratio = heat inside / pixels above t (the paper); false: "
                              "pixels inside / pixels above t"),
-                xplain.Param("scale", "str", "auto", "auto: maps in [0, 1] as they are, others / max; max: "
-                             "always / max", choices=("auto", "max"))],
+                xplain.Param("scale", "str", "auto", "auto: maps declared in [0, 1] (info map_range=unit) as "
+                             "they are, others / max; max: always / max", choices=("auto", "max"))],
     ))
     register(xplain.Metric(
         name="ibd",

@@ -348,6 +348,8 @@ def _explain_input_iba(model, x, targets, params, seed):
             times["input"] = time.perf_counter() - t2
             maps = mask.mean(dim=1)
     info["stage_seconds"] = {k: round(v, 4) for k, v in times.items()}
+    if params["return"] != "feature":
+        info["map_range"] = "unit"  # a mask in [0, 1]: EHR reads it as it is (InputIBA's EHR)
     info["stage1_map"] = "extras: feature_map (bits per pixel, B×H×W)"
     return xplain.Attribution(maps.to(torch.float32), extras=extras, info=info, sample_info=per_image)
 
