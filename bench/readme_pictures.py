@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "readme"
 IMG = REPO / "docs" / "img"
 XPLAIN = [sys.executable, "-m", "xplain"]
-# InputIBA is left out: on this 224-px network it ran over 40 minutes on a shared 2-core CPU
-# with gan_epochs=2; add "input-iba" (and -p input-iba.gan_epochs=2) on a GPU.
+# Without --input-iba, Grad-CAM stands in for InputIBA: on this 224-px network InputIBA took
+# 38 minutes (gan_epochs=2) on a shared 2-core CPU. The README's picture is made with it.
 METHODS = "tr-gbp,mip-in,grad-cam,saliency"
 
 

@@ -62,6 +62,18 @@ def tiny_cnn_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_transformer(tmp_path_factory):
+    """A DeiT-like ViT (class + distillation token, 2 blocks, 32×32 input, 5 classes), for methods
+    whose requirements the CNN does not meet (attention)."""
+    import xplain
+
+    from .tiny_transformers import TinyDeiT
+
+    path = export_classic(TinyDeiT(), tmp_path_factory.mktemp("deit") / "deit.onnx", (1, 3, 32, 32))
+    return xplain.load_model(path, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_cnn_path):
     import xplain
 

@@ -21,13 +21,22 @@ def _method(name):
 _FITTED: dict = {}
 
 
+def _meets(model, method) -> bool:
+    return all(model.requirement_problem(r) is None for r in getattr(method.capabilities, "requires", ()))
+
+
 @pytest.fixture()
-def prepared(tiny_model, tmp_path_factory):
+def prepared(tiny_model, tiny_transformer, tmp_path_factory):
     """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting
-    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir)."""
+    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir); a
+    method whose declared requirements the CNN does not meet (attention) gets a tiny DeiT-like
+    transformer instead (its refusal on the CNN is checked in test_contract_requirements)."""
     saved = tiny_model.state_dir
 
     def prepare(method):
+        if not _meets(tiny_model, method):
+            assert _meets(tiny_transformer, method), f"{method.name}: no test model meets {method.capabilities}"
+            return tiny_transformer
         if method.capabilities.needs_fitting:
             if method.name not in _FITTED:
                 _FITTED[method.name] = tmp_path_factory.mktemp("state")
@@ -53,7 +62,8 @@ def test_contract_shapes_finite_deterministic(name, prepared):
     targets = torch.tensor([0, 3, 1])
     params = xplain.validate_params(method.params, {}, name)
     first = run_method(tiny_model, method, x, targets, params, seed=7)
-    assert first.maps.shape == (3, 16, 16) and first.maps.dtype == torch.float32
+    assert first.maps.shape == (3, tiny_model.spec.height, tiny_model.spec.width)
+    assert first.maps.dtype == torch.float32
     assert torch.isfinite(first.maps).all()
     again = run_method(tiny_model, method, x, targets, params, seed=7)
     torch.testing.assert_close(first.maps, again.maps, rtol=0, atol=0)
@@ -98,6 +108,22 @@ def test_contract_model_restored_also_after_error(name, prepared, monkeypatch):
             raise
     monkeypatch.setattr(type(tiny_model.graph), "__call__", real)
     assert _state(tiny_model) == before
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_contract_requirements(name, tiny_model, tiny_transformer):
+    """A method either runs on a model or refuses it *before running*, with the documented
+    error (UsageError, exit 2) in one line that names what the model lacks; the graph is untouched."""
+    method = _method(name)
+    params = xplain.validate_params(method.params, {}, name)
+    for model in (tiny_model, tiny_transformer):
+        if _meets(model, method):
+            continue
+        before = _state(model)
+        with pytest.raises(xplain.UsageError) as info:
+            run_method(model, method, model.example_input(1), torch.tensor([0]), params)
+        assert info.value.exit_code == 2 and "\n" not in str(info.value) and name in str(info.value)
+        assert _state(model) == before
 
 
 def test_saliency_matches_finite_differences(tiny_model):

@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("xplain.run.api", "load_model"),
     "explain": ("xplain.run.api", "explain"),
+    "check_requirements": ("xplain.run.api", "check_requirements"),
+    "Layout": ("xplain.graph.model", "Layout"),
+    "FeatureLayer": ("xplain.graph.model", "FeatureLayer"),
+    "Attention": ("xplain.graph.model", "Attention"),
     "evaluate": ("xplain.run.evaluation", "evaluate"),
     "get_registry": ("xplain.plugins.registry", "get_registry"),
     "validate_params": ("xplain.plugins.registry", "validate_params"),

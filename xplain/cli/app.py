@@ -22,9 +22,11 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 
 from ..errors import ExitCode, UsageError, XplainError
+from ..untrusted import printable
 
 app = typer.Typer(
     name="xplain",
@@ -40,10 +42,30 @@ metrics_app = typer.Typer(help="List evaluation metrics, or show one.", invoke_w
 app.add_typer(methods_app, name="methods")
 app.add_typer(metrics_app, name="metrics")
 
+class SafeConsole(Console):
+    """A rich Console that never lets a control character through.
+
+    Every segment rich renders (plain strings, markup, table cells, progress text) passes
+    through :func:`xplain.untrusted.printable` (newlines kept), so an ESC/CSI/OSC/C1 sequence in
+    a model's producer name, an op type, a label or a file name is shown as ``\\x1b…`` text
+    instead of being executed by the terminal. Rich's own control segments (cursor moves of a
+    progress bar) are left alone: they carry no untrusted text."""
+
+    def print(self, *objects, **kwargs):  # noqa: A003 - rich's name
+        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def render(self, renderable, options=None):
+        for segment in super().render(renderable, options):
+            if segment.control or segment.text.isprintable() or segment.text == "\n":
+                yield segment
+            else:
+                yield Segment(printable(segment.text, keep_newlines=True), segment.style, segment.control)
+
+
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
-out = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
-_options = {"strict": False, "blocked": ()}
+out = SafeConsole(soft_wrap=True, emoji=False)
+err = SafeConsole(stderr=True, soft_wrap=True, emoji=False)
+_options = {"strict": False, "blocked": (), "max_input_pixels": None}
 
 
 def _registry():
@@ -62,6 +84,10 @@ def _main(
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
     no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    max_input_pixels: Optional[int] = typer.Option(
+        None, "--max-input-pixels", min=1, metavar="N",
+        help="Accept models whose declared input has up to N pixels (H×W; default 1024², "
+             "or $XPLAIN_MAX_INPUT_PIXELS)."),
 ):
     """Explain the decisions of ONNX image classifiers."""
     if version:
@@ -74,6 +100,7 @@ def _main(
         raise typer.Exit(ExitCode.USAGE)
     _options["strict"] = strict_plugins
     _options["blocked"] = tuple(no_plugin)
+    _options["max_input_pixels"] = max_input_pixels
 
 
 # ---------------------------------------------------------------------------- catalogue
@@ -128,6 +155,12 @@ def _show(kind: str, name: str, as_json: bool) -> None:
         flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),
                                  ("stochastic", caps.stochastic), ("multi-class", caps.multi_class)) if on]
         out.print(f"capabilities: {', '.join(flags) or 'none'}")
+        requires = getattr(caps, "requires", ())
+        if requires:
+            from ..graph.model import REQUIREMENTS
+
+            out.print("requires: " + "; ".join(f"{r} ({REQUIREMENTS.get(r, '?')})" for r in requires)
+                      + " — other models are refused before running (exit 2)", highlight=False)
     else:
         out.print(f"direction: {'higher' if item.higher_is_better else 'lower'} is better")
     if item.params:
@@ -196,7 +229,8 @@ def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: b
     from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
-        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry())
+        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry(),
+                          max_input_pixels=_options["max_input_pixels"])
 
 
 class _null:
@@ -205,6 +239,15 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _attention_summary(model) -> dict:
+    found = model.attention()
+    first = found[0] if found else None
+    return {"layers": len(found), "tokens": first.tokens if first else None,
+            "windowed": any(a.windowed for a in found),
+            "prefix_tokens": first.layout.prefix if first and first.layout else None,
+            "softmax": [a.node for a in found]}
 
 
 @app.command()
@@ -233,9 +276,14 @@ def inspect(
         "activations": [{"layer": a.name, "kind": a.kind} for a in model.activations()],
         "bias_layers": [{"layer": b.layer, "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
                         for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "shape": list(f.shape)} for f in model.feature_layers()],
+        "feature_layers": [{"layer": f.name, "shape": list(f.shape), "layout": f.layout.kind,
+                            "grid": list(f.layout.grid), "channels": f.layout.channels,
+                            "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
         "bottleneck_layer": bottleneck.name if bottleneck else None,
+        "default_layout": default.layout.describe() if default else None,
+        "nonlinearities": {k: len(v) for k, v in model.nonlinearities().items()},
+        "attention": _attention_summary(model),
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
         "max_abs_diff": report.max_abs_diff,
@@ -265,14 +313,23 @@ def inspect(
     out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
     out.print(f"bias layers  {len(data['bias_layers'])}  ("
               + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
+    census = ", ".join(f"{k} {v}" for k, v in data["nonlinearities"].items())
+    out.print("non-linear   " + (census or "none"), highlight=False)
+    att = data["attention"]
+    if att["layers"]:
+        out.print(f"attention    {att['layers']} softmax layers, {att['tokens']} tokens"
+                  + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
+    if default is not None:
+        out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
     table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck)", box=None)
     table.add_column("layer")
-    table.add_column("C×H×W")
+    table.add_column("shape")
+    table.add_column("layout")
     table.add_column("")
-    for f in data["feature_layers"]:
-        marks = ["default" if f["layer"] == data["default_feature_layer"] else "",
-                 "iba" if f["layer"] == data["bottleneck_layer"] else ""]
-        table.add_row(f["layer"], shape(f["shape"]), " ".join(m for m in marks if m))
+    for f in model.feature_layers():
+        marks = ["default" if f.name == data["default_feature_layer"] else "",
+                 "iba" if f.name == data["bottleneck_layer"] else ""]
+        table.add_row(escape(f.name), shape(f.shape), escape(f.layout.describe()), " ".join(m for m in marks if m))
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
@@ -288,7 +345,7 @@ def explain(
     target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
     out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="[METHOD.]KEY=VALUE",
                                     help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods)."),
@@ -306,6 +363,8 @@ def explain(
     panel: Optional[bool] = typer.Option(None, "--panel/--no-panel",
                                          help="Write NAME.panel.png (photo + one overlay per method; default: "
                                               "with several methods)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+                                            help="Stop a method call that runs longer (exit 4)."),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
@@ -322,6 +381,7 @@ def explain(
     render = RenderOptions(percentile=percentile, grey=grey, colorbar=colorbar)
     from ..run.explaining import expand_images
 
+    _check_images(images)  # FIFOs and devices refused before the model loads
     images, stems = expand_images(list(images))
     model = _load(model_path, device, labels)
     _check_out_dir(out_dir, "--out")
@@ -343,7 +403,8 @@ def explain(
     try:
         records = explain_files(model, images, names, registry=registry, out_dir=out_dir, preprocess=preprocess,
                                 target=target, method_params=params, seed=seed, batch_size=batch_size,
-                                progress=progress_cb, render=render, panel=panel, stems=stems)
+                                progress=progress_cb, render=render, panel=panel, stems=stems,
+                                timeout=timeout)
     finally:
         if progress is not None:
             progress.stop()
@@ -380,6 +441,20 @@ def _floats(text: Optional[str], flag: str):
         raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
+def _check_images(images: list[Path]) -> None:
+    """Fail fast, before the model loads: a missing image, a FIFO or a device."""
+    from ..untrusted import require_regular_file
+
+    for image in images:
+        if not image.exists() and not image.is_symlink():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            continue  # explain accepts folders of images (bench does not: see its own check)
+        from ..errors import InputDataError
+
+        require_regular_file(image, InputDataError, "image")
+
+
 def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it builds
     from ..errors import InputDataError
 
@@ -391,6 +466,8 @@ def _check_out_dir(folder: Path, flag: str) -> None:
 
     The folder itself is created by the first file written, so a run that fails on its input
     leaves nothing behind, not even an empty folder."""
+    if folder.is_symlink() and not folder.exists():
+        raise UsageError(f"{flag} is a dangling symbolic link (to {os.readlink(folder)!r})", path=folder)
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"{flag} is a file, not a folder", path=folder)
@@ -461,7 +538,7 @@ def bench(
                                     help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
     preset: Optional[str] = typer.Option(None,
                                          help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -478,11 +555,7 @@ def bench(
     for name in chosen:
         validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
     images = list(images or [])
-    for image in images:
-        if not image.exists():
-            raise XplainErrorInput(image, "no such file")
-        if image.is_dir():
-            raise XplainErrorInput(image, "is a directory, not an image")
+    _check_images(images)
     model = _load(model_path, device)
     model.state_dir = state_dir
     import torch
@@ -583,7 +656,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods and metrics."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and metrics."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip work already in OUT/results.jsonl."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
     metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
@@ -591,12 +664,14 @@ def eval_command(
     preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
     class_names: Optional[str] = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
-    montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
-    report_images: int = typer.Option(8, "--report-images", min=0,
+    montage: int = typer.Option(4, min=0, max=64, help="Images in the montage of maps."),
+    report_images: int = typer.Option(8, "--report-images", min=0, max=256,
                                       help="Images shown one by one, with every method's map, in DIR/report.html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+                                            help="Fail a method's batch that runs longer (error records)."),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
     report.html."""
@@ -618,6 +693,14 @@ def eval_command(
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
     model = _load(model_path, device, class_names)
+    if [n.strip() for n in methods.split(",") if n.strip()] == ["all"]:
+        # "all" means every method this model qualifies for (rectifiers, attention …)
+        skipped = [n for n in method_names
+                   if any(model.requirement_problem(r) for r in registry.method(n).capabilities.requires)]
+        method_names = [n for n in method_names if n not in skipped]
+        if skipped:
+            err.print(f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
+                      "model does not meet; `xplain methods show NAME`)", highlight=False, markup=False)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -640,6 +723,7 @@ def eval_command(
                            boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
                            preprocess=preprocess, method_params=method_params, metric_params=metric_params,
                            registry=registry, montage=montage, plots=plots, report_images=report_images,
+                           timeout=timeout,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(summary, indent=2))

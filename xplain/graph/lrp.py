@@ -9,6 +9,15 @@ one backward pass of the target logit under these rules gives ``R_input = x * c_
   residual add in proportion to its inputs;
 * rectifiers (every kind the loader reports): relevance passes unchanged, ``R_z = R_a``;
 * max-pooling, flatten, reshape, concat: the ordinary backward (winner-take-all, routing);
+* transformers and smooth activations, the conservative rules of Ali et al. (ICML 2022):
+  attention probabilities are held constant (``A·V`` is linear in ``V``; no relevance flows
+  into the softmax), LayerNorm's normalising scale 1/σ is held constant (the layer is then
+  linear in its input), and elementwise activations that are not rectifiers (GELU, SiLU,
+  Hardswish, ELU, tanh …) use the identity rule ``R_z = R_a``. Exporters decompose SiLU,
+  Hardswish and GELU into ``x · gate(x)``; holding the gate constant is the same identity rule.
+  Gates from another branch (squeeze-and-excitation) are held constant too, divisions by a
+  signal (a decomposed normalisation) hold the divisor constant, and any other product of two
+  signals splits relevance evenly between its factors (AttnLRP's uniform rule);
 * with ``zplus``: conv/linear layers use the z⁺-rule ``R_a = a * W⁺ᵀ(R_z / W⁺a)`` instead
   (deep Taylor for non-negative inputs), and the first layer the zᴮ-rule with the input's bounds
   (see :func:`zbox_relevance`).
@@ -137,6 +146,65 @@ class ZPlusRule(nn.Module):
         return _ZPlusFn.apply(x, self)
 
 
+class GateRule(nn.Module):
+    """A product ``a ⊙ g`` (or ``A·V``, ``x / σ``) whose factor at argument ``gate`` is held
+    constant in the backward pass, then the ε-rule: relevance flows only into the other factor."""
+
+    def __init__(self, original: nn.Module, gate: int, eps: float):
+        super().__init__()
+        self.original, self.gate, self.eps = original, gate, eps
+
+    def forward(self, *args):
+        args = [a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+        return _EpsilonScale.apply(self.original(*args), self.eps)
+
+
+class UniformProductRule(nn.Module):
+    """A product of two signals that splits relevance evenly between its factors (AttnLRP):
+    the same value, computed as ½(f(a, b̄) + f(ā, b)) with bars held constant."""
+
+    def __init__(self, original: nn.Module, eps: float):
+        super().__init__()
+        self.original, self.eps = original, eps
+
+    def forward(self, a, b, *rest):
+        out = 0.5 * (self.original(a, b.detach(), *rest) + self.original(a.detach(), b, *rest))
+        return _EpsilonScale.apply(out, self.eps)
+
+
+class LayerNormRule(nn.Module):
+    """LayerNorm with its normalising scale 1/σ held constant in the backward pass (Ali et al.
+    2022), then the ε-rule; the forward value is the original layer's."""
+
+    def __init__(self, original: nn.Module, eps: float):
+        super().__init__()
+        self.original, self.eps = original, eps
+
+    def forward(self, x, *rest):
+        out = self.original(x, *rest)
+        if isinstance(self.original, nn.LayerNorm):
+            dims = tuple(range(x.dim() - len(self.original.normalized_shape), x.dim()))
+            weight, bias, ln_eps = self.original.weight, self.original.bias, self.original.eps
+        else:  # onnx2torch's OnnxLayerNorm(axis, epsilon)(x, scale, bias)
+            axis = self.original.axis % x.dim()
+            dims = tuple(range(axis, x.dim()))
+            weight = rest[0] if rest else None
+            bias = rest[1] if len(rest) > 1 else None
+            ln_eps = self.original.epsilon
+        centred = x - x.mean(dim=dims, keepdim=True)
+        scale = torch.rsqrt(centred.detach().pow(2).mean(dim=dims, keepdim=True) + ln_eps)
+        linear = centred * scale
+        if weight is not None:
+            linear = linear * weight
+        if bias is not None:
+            linear = linear + bias
+        out = out.detach() + (linear - linear.detach())  # original value, linearised gradient
+        return _EpsilonScale.apply(out, self.eps)
+
+
+_SMOOTH = frozenset({"gelu", "silu", "hardswish", "elu", "selu", "celu", "tanh", "mish"})
+
+
 def _is_weight_layer(module: nn.Module) -> bool:
     layer = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
     return isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
@@ -174,12 +242,27 @@ def first_weight_layer(model: Model) -> str | None:
 def lrp_rules(mode: str = EPSILON, eps: float = 1e-6, skip: tuple[str, ...] = ()) -> Chooser:
     """A chooser applying the LRP composite ``mode`` (epsilon or zplus) to a converted graph."""
 
+    kinds: dict[str, str] = {}
+    attention_products: set[str] = set()
+
     def choose(model: Model, name: str, module: nn.Module):
+        if not kinds:  # first call: the graph's non-linearities and attention products, once
+            kinds.update({n: k for k, names in model.nonlinearities().items() for n in names})
+            kinds.setdefault("", "")
+            attention_products.update(model.attention_products())
         if name in skip:
             return None
         act = _activation_of(model, name)
         if act is not None:
-            return PassRule(module) if act.rectifier else None
+            return PassRule(module) if act.rectifier or act.kind in _SMOOTH else None
+        kind = kinds.get(name)
+        if kind in _SMOOTH:  # e.g. tanh as an OnnxFunction: the identity rule
+            return PassRule(module)
+        if kind == "layernorm":
+            return LayerNormRule(module, eps)
+        if kind in ("gelu", "silu", "hardswish", "gate", "divide", "product") or name in attention_products:
+            gate = model.product_gate(name)
+            return UniformProductRule(module, eps) if gate is None else GateRule(module, gate, eps)
         if mode == ZPLUS and _is_weight_layer(module):
             return ZPlusRule(module, eps)
         if _is_linear_op(module):

@@ -276,5 +276,6 @@ def write_report(out_dir: str | Path) -> Path:
     Written atomically, so a reader never sees half a page."""
     out = Path(out_dir)
     path = out / REPORT
-    atomic_write(path, report_html(out).encode("utf-8"))
+    # undecodable file names (lone surrogates) become \udcNN text instead of failing the report
+    atomic_write(path, report_html(out).encode("utf-8", "backslashreplace"))
     return path

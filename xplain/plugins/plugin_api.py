@@ -15,6 +15,7 @@ and imports torch only inside the functions that need it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import pluggy
@@ -45,6 +46,12 @@ class XplainHookSpecs:
 
 
 _PARAM_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+#: bounds of a numeric parameter that declares none: every int/float parameter of every plugin is
+#: range-checked, so ``-p steps=10**9`` is refused instead of allocating or looping for hours
+DEFAULT_INT_RANGE = (-100_000, 100_000)
+DEFAULT_FLOAT_RANGE = (-1e9, 1e9)
+#: the longest string parameter accepted
+MAX_STR_PARAM = 4096
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -65,10 +72,20 @@ class Param:
         if self.type not in _PARAM_TYPES:
             raise ValueError(f"parameter {self.name!r}: type must be one of {sorted(_PARAM_TYPES)}")
 
+    def bounds(self) -> tuple[float, float] | None:
+        """The inclusive range a numeric value must lie in: the declared ``min``/``max``, each
+        side defaulting to :data:`DEFAULT_INT_RANGE` / :data:`DEFAULT_FLOAT_RANGE`."""
+        if self.type not in ("int", "float"):
+            return None
+        lo, hi = DEFAULT_INT_RANGE if self.type == "int" else DEFAULT_FLOAT_RANGE
+        return (lo if self.min is None else self.min, hi if self.max is None else self.max)
+
     def parse(self, text: Any) -> Any:
         """Convert a command-line string (or a Python value) to this parameter's type.
 
-        Raises ValueError with a message fit for the user."""
+        Numbers are range-checked (:meth:`bounds`) and floats must be finite (NaN and ±inf
+        are refused: ``noise=nan`` would silently give an all-zero map). Raises ValueError with
+        a message fit for the user."""
         if self.type == "bool":
             if isinstance(text, bool):
                 value = text
@@ -79,16 +96,25 @@ class Param:
             else:
                 raise ValueError(f"{self.name} expects true/false, got {text!r}")
         else:
+            if isinstance(text, str) and len(text) > MAX_STR_PARAM:
+                raise ValueError(f"{self.name}: value longer than {MAX_STR_PARAM} characters")
+            if self.type == "int" and isinstance(text, float):
+                if not (math.isfinite(text) and text == int(text)):
+                    raise ValueError(f"{self.name} expects int, got {text!r}")
             try:
                 value = _PARAM_TYPES[self.type](text)
-            except (TypeError, ValueError):
-                raise ValueError(f"{self.name} expects {self.type}, got {text!r}") from None
+            except (TypeError, ValueError, OverflowError):  # incl. ints beyond 4300 digits
+                shown = text if not isinstance(text, str) or len(text) <= 40 else text[:40] + "…"
+                raise ValueError(f"{self.name} expects {self.type}, got {shown!r}") from None
+        if self.type == "float" and not math.isfinite(value):
+            raise ValueError(f"{self.name} must be a finite number; got {text!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {text!r}")
-        if self.min is not None and value < self.min:
-            raise ValueError(f"{self.name} must be >= {self.min}; got {text!r}")
-        if self.max is not None and value > self.max:
-            raise ValueError(f"{self.name} must be <= {self.max}; got {text!r}")
+        bounds = self.bounds()
+        if bounds is not None and value < bounds[0]:
+            raise ValueError(f"{self.name} must be >= {bounds[0]}; got {text!r}")
+        if bounds is not None and value > bounds[1]:
+            raise ValueError(f"{self.name} must be <= {bounds[1]}; got {text!r}")
         return value
 
 
@@ -98,6 +124,12 @@ class Capabilities:
     needs_fitting: bool = False
     stochastic: bool = False
     multi_class: bool = False  #: explains several targets of one image in one pass
+    #: what the model must have for the method to be meaningful (``xplain.model.REQUIREMENTS``:
+    #: "rectifiers", "lrp-rules", "attention"); a model without it is refused with exit 2
+    #: before the method runs, in one line that names what the model has or lacks
+    requires: tuple[str, ...] = ()
+    #: methods worth trying instead, named in that refusal
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

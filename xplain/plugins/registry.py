@@ -36,6 +36,10 @@ class PluginInfo:
     blocked: bool = False
 
 
+class _Rejected(Exception):
+    """A plugin's registration failed; carries the one-line reason."""
+
+
 class Registry:
     """Everything the installed plugins provide. Build one with :func:`get_registry`."""
 
@@ -66,6 +70,9 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
+            except SystemExit as err:  # sys.exit() at import time must not end xplain (exit 0, no output)
+                self._fail(info, f"import called sys.exit({err.code!r})")
+                continue
             except Exception as err:  # noqa: BLE001 - a broken plugin must not take xplain down
                 self._fail(info, f"import failed: {type(err).__name__}: {err}")
                 continue
@@ -99,36 +106,52 @@ class Registry:
 
     def _collect(self, name: str, plugin: object, info: PluginInfo) -> None:
         """Let pluggy call this plugin's registration hooks with a register callback that knows
-        the plugin (provenance), one plugin at a time so a failure is attributed to it."""
+        the plugin (provenance), one plugin at a time so a failure is attributed to it.
+
+        All or nothing: registrations are staged, and if any of them (or a hook) fails, nothing the
+        plugin registered is kept and the plugin is unregistered (its load_model hook too)."""
         others = [p for p in self.pm.get_plugins() if p is not plugin]
-        for hook, kind, store in (("register_methods", Method, self.methods),
-                                  ("register_metrics", Metric, self.metrics)):
-            impls = getattr(self.pm.hook, hook).get_hookimpls()
-            if not any(impl.plugin is plugin for impl in impls):
-                continue
+        staged: list[tuple[object, type, dict]] = []
+        try:
+            for hook, kind, store in (("register_methods", Method, self.methods),
+                                      ("register_metrics", Metric, self.metrics)):
+                impls = getattr(self.pm.hook, hook).get_hookimpls()
+                if not any(impl.plugin is plugin for impl in impls):
+                    continue
 
-            def register(obj, _kind=kind, _store=store):
-                self._add(obj, _kind, _store, info)
+                def register(obj, _kind=kind, _store=store):
+                    self._check(obj, _kind, _store, staged)
+                    staged.append((obj, _kind, _store))
 
-            try:
-                self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
-            except Exception as err:  # noqa: BLE001
-                self._fail(info, f"{hook} failed: {type(err).__name__}: {err}")
+                try:
+                    self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
+                except SystemExit as err:
+                    raise _Rejected(f"{hook} called sys.exit({err.code!r})") from None
+                except Exception as err:  # noqa: BLE001
+                    raise _Rejected(f"{hook} failed: {type(err).__name__}: {err}") from None
+        except _Rejected as rejected:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._fail(info, f"{rejected} (nothing of this plugin was registered)")
+            return
+        for obj, kind, store in staged:
+            obj.plugin = info.name
+            store[obj.name] = obj
+            (info.methods if kind is Method else info.metrics).append(obj.name)
 
-    def _add(self, obj, kind, store: dict, info: PluginInfo) -> None:
+    def _check(self, obj, kind, store: dict, staged: list) -> None:
         label = kind.__name__.lower()
         if not isinstance(obj, kind):
             raise TypeError(f"register() expects an xplain.{kind.__name__}, got {type(obj).__name__}")
-        if not _NAME.match(obj.name):
-            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-'")
+        if not isinstance(obj.name, str) or not _NAME.match(obj.name) or len(obj.name) > 64:
+            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-' (at most 64)")
         if obj.name in store:
             raise ValueError(f"{label} {obj.name!r} is already registered by plugin {store[obj.name].plugin!r}")
+        if any(o.name == obj.name and s is store for o, _, s in staged):
+            raise ValueError(f"{label} {obj.name!r} is registered twice by this plugin")
         names = [p.name for p in obj.params]
         if len(set(names)) != len(names):
             raise ValueError(f"{label} {obj.name!r} declares a parameter twice")
-        obj.plugin = info.name
-        store[obj.name] = obj
-        (info.methods if kind is Method else info.metrics).append(obj.name)
 
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.error = " ".join(message.split())

@@ -36,14 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import run_method
-from ..data.datasets import Sample, class_names_of, read_dataset
-from ..errors import UsageError, XplainError
-from ..output.fileio import atomic_write, save_npy
+from .api import check_requirements, run_method
+from ..data.datasets import Sample, class_names_of, output_exclusion, read_dataset
+from ..errors import PluginError, UsageError, XplainError
+from ..output.fileio import atomic_write, save_npy, write_failed
+from .guards import ModelGuard, lock_output
 from ..data.images import Preprocess, load_image
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
 from ..plugins.registry import Registry, get_registry, validate_params
+from ..untrusted import path_text, printable, safe_stem
 
 RESULTS = "results.jsonl"
 
@@ -78,30 +80,64 @@ def _repair_tail(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def read_results(path: Path):
-    """Yield the records of a results file, skipping lines that do not parse."""
+def read_results(path: Path, damaged: list[int] | None = None):
+    """Yield the records of a results file, skipping lines that cannot be used.
+
+    A damaged line — invalid UTF-8, not JSON, nested absurdly deep, a huge integer, not an
+    object, a key that is not a string — is skipped and its line number appended to ``damaged``
+    (when given), so resume goes on and the caller can report them."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "key" in record:
+                record = json.loads(raw.decode("utf-8"))
+                ok = _well_formed(record)
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                ok = False
+            if ok:
                 yield record
+            elif damaged is not None:
+                damaged.append(number)
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _well_formed(record: Any) -> bool:
+    """A results line is used only when every field the summary reads has the right type."""
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
+            or not isinstance(record.get("method", ""), str) or not isinstance(record.get("error", ""), str):
+        return False
+    scores, curves, xs = record.get("scores", {}), record.get("curves", {}), record.get("curve_x", {})
+    if not isinstance(scores, dict) or not isinstance(curves, dict) or not isinstance(xs, dict):
+        return False
+    return (all(_number(v) for v in scores.values())
+            and all(isinstance(c, list) and all(_number(v) for v in c) for c in curves.values())
+            and all(isinstance(c, list) and all(_number(v) for v in c) for c in xs.values()))
 
 
 def _append(path: Path, records: list[dict]) -> None:
     if not records:
         return
     text = "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    data = text.encode("utf-8", "backslashreplace")  # undecodable file names as \udcNN escapes
+    try:
+        with open(path, "ab") as f:
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):  # no torn line left behind (disk full)
+                    f.truncate(start)
+                raise
+    except OSError as e:
+        raise write_failed(path, e) from None
 
 
 def _finite(v: float) -> float | None:
@@ -133,7 +169,8 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True, report_images: int = 8) -> dict:
+             montage: int = 4, plots: bool = True, report_images: int = 8,
+             timeout: float | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
@@ -141,19 +178,35 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     is called after each batch with the number of images handled so far. The maps of the first
     ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
     ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
+    ``timeout`` bounds each method call (seconds). The output folder is locked for the run
+    (:func:`~xplain.run.guards.lock_output`), images inside it are not read as data, and the model
+    is checked after every method (:class:`~xplain.run.guards.ModelGuard`).
     """
     registry = registry or get_registry()
     if not methods:
         raise UsageError("no methods to evaluate")
     chosen_methods = _resolve(methods, "method", registry, method_params)
+    for method, _ in chosen_methods:  # refuse before any work: one line, exit 2
+        check_requirements(model, method)
     chosen_metrics = _resolve(metrics, "metric", registry, metric_params)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
     preprocess = preprocess or Preprocess.from_options(
         (model.spec.channels, model.spec.height, model.spec.width), sidecar=getattr(model, "sidecar", None))
-    samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit,
+                           exclude=output_exclusion(Path(data), out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(out, e) from None
+    with lock_output(out):
+        return _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size,
+                                seed, resume, progress, montage, plots, report_images, timeout)
+
+
+def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size, seed,
+                     resume, progress, montage, plots, report_images, timeout) -> dict:
     results = out / RESULTS
     if not resume and results.exists():
         results.unlink()
@@ -167,14 +220,21 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         return _digest({"config": configs[method], "image": str(sample.path.resolve())})
 
     wanted = {key(s, m.name) for s in samples for m, _ in chosen_methods}
-    done = {r["key"] for r in read_results(results)} & wanted
+    damaged: list[int] = []
+    done = {r["key"] for r in read_results(results, damaged)} & wanted
+    if damaged:
+        import warnings
 
+        warnings.warn(f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
+                      "their work is redone", stacklevel=2)
+
+    guard = ModelGuard(model)
     keep = max(int(montage), int(report_images))
     handled = 0
     for start in range(0, len(samples), batch_size):
         batch = list(enumerate(samples[start:start + batch_size], start))
         _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key,
-                   seed, batch_size, keep)
+                   seed, batch_size, keep, guard, timeout)
         handled += len(batch)
         if progress is not None:
             progress(handled, len(samples))
@@ -212,12 +272,27 @@ def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preproces
 
 
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
-    return {"key": k, "image": str(sample.path), "method": method, "params": params, "seed": seed,
-            "error": " ".join(str(message).split())}
+    return {"key": k, "image": path_text(sample.path), "method": method, "params": params, "seed": seed,
+            "error": printable(" ".join(str(message).split()))}
+
+
+def check_model_unchanged(guard: ModelGuard | None, method_name: str, lines: list[dict], samples_by_key: dict,
+                          params: dict, seed: int) -> list[dict]:
+    """After a method ran: if it left the model changed, its records become error records and the
+    model is restored (a :class:`PluginError` when that is impossible, since every later score
+    would be wrong)."""
+    if guard is None or not guard.changed():
+        return lines
+    if not guard.restore():
+        raise PluginError(f"method {method_name!r} changed the model's graph or weights and it could not be "
+                          "restored; stopping so no later score is computed on a corrupted model")
+    message = (f"method {method_name!r} changed the model's graph or weights (a hook left behind or weights "
+               "edited in place); its results are discarded and the model was restored")
+    return [_error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message) for r in lines]
 
 
 def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key, seed,
-               batch_size, montage) -> None:
+               batch_size, montage, guard=None, timeout=None) -> None:
     pending = {m.name: [(i, s) for i, s in batch if key(s, m.name) not in done] for m, _ in chosen_methods}
     if not any(pending.values()):
         return
@@ -258,6 +333,8 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
         label = by_index[i].label
         if label is not None and not 0 <= label < model.num_classes:
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
+        elif not bool(torch.isfinite(probs[row]).all()):
+            bad[i] = "the model's output for this image is not finite (NaN/Inf): check the preprocessing"
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
     box_all, box_labels_all = [], []
@@ -279,20 +356,23 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             lines.append(_error_record(key(s, method.name), s, method.name, mparams, seed, bad[order[row]]))
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            lines += _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs,
-                                   preds, box_all, box_labels_all, key, seed, batch_size, cache, out, montage)
+            scored = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all,
+                                   probs, preds, box_all, box_labels_all, key, seed, batch_size, cache, out, montage,
+                                   timeout)
+            by_key = {key(by_index[order[r]], method.name): by_index[order[r]] for r in rows}
+            lines += check_model_unchanged(guard, method.name, scored, by_key, mparams, seed)
         _append(results, lines)
         done.update(r["key"] for r in lines)
 
 
 def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, key, seed, batch_size, cache, out, montage) -> list[dict]:
+                  box_all, box_labels_all, key, seed, batch_size, cache, out, montage, timeout=None) -> list[dict]:
     sel = torch.tensor(rows, device=x_all.device)
     x, targets = x_all[sel], t_all[sel]
     samples = [by_index[order[r]] for r in rows]
     started = time.perf_counter()
     try:
-        attribution = run_method(model, method, x, targets, mparams, seed)
+        attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
         return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
     seconds = (time.perf_counter() - started) / len(rows)
@@ -300,7 +380,7 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         "boxes": [box_all[r] for r in rows], "box_labels": [box_labels_all[r] for r in rows],
         "method": method, "method_params": mparams, "seed": seed, "batch_size": batch_size,
         "forward_batch": max(64, 8 * batch_size), "cache": cache,
-        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed),
+        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=timeout),
     }
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
@@ -318,8 +398,9 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
                     curves[name] = value.reshape(len(rows), -1)
                 else:
                     scores[name] = value.reshape(len(rows))
-        except Exception as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
-            metric_errors[metric.name] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
+            detail = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else ' '.join(str(e).split())
+            metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
     lines = []
@@ -327,9 +408,10 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         index = order[r]
         t = int(targets[j])
         record = {
-            "key": key(s, method.name), "image": str(s.path), "method": method.name, "params": mparams, "seed": seed,
-            "target": t, "target_label": model.label(t) if hasattr(model, "label") else None, "label": s.label,
-            "prediction": int(preds[r]), "probability": float(probs[r, t]), "seconds": seconds,
+            "key": key(s, method.name), "image": path_text(s.path), "method": method.name, "params": mparams,
+            "seed": seed, "target": t, "target_label": model.label(t) if hasattr(model, "label") else None,
+            "label": s.label, "prediction": int(preds[r]), "probability": _finite(float(probs[r, t])),
+            "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
         }
@@ -478,7 +560,7 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = out / "plots" / f"{k}.png"
+        path = out / "plots" / f"{safe_stem(k)}.png"  # score names come from plugins
         atomic_write(path, _png(fig))
         written.append(path)
     path = _montage(out, samples[:montage], methods, preprocess)
@@ -509,7 +591,7 @@ def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: P
     for r, (s, img, maps) in enumerate(rows):
         ax = fig.add_subplot(len(rows), cols, r * cols + 1)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(s.path.name, fontsize=6)
+        ax.set_title(printable(path_text(s.path.name)), fontsize=6)
         ax.axis("off")
         for c, m in enumerate(methods, 2):
             ax = fig.add_subplot(len(rows), cols, r * cols + c)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputDataError, UsageError
+from .api import check_requirements
+from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..data.images import Preprocess, load_image
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
@@ -117,6 +118,7 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if wanted is not None and "classes" in names:
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
+    check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]
@@ -153,10 +155,19 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
 
     fit_console = console if isinstance(console, FitConsole) else FitConsole(console)
     try:
-        tensors, meta = method.fit(model, batches, values, fit_console)
+        result = method.fit(model, batches, values, fit_console)
     except InputDataError as e:  # a method's complaint about the data names DATA
         if e.path is None:
             e.path = str(data)
         raise
+    except XplainError:
+        raise
+    except SystemExit as e:  # the plugin boundary: sys.exit() inside fit is the plugin's failure
+        raise PluginError(f"method {method.name!r} called sys.exit({e.code!r}) while fitting") from None
+    except Exception as e:  # noqa: BLE001 - a fit's bug is the plugin's failure, not a traceback
+        raise PluginError(f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}") from None
+    tensors, meta = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
+    if not isinstance(tensors, dict) or not isinstance(meta, dict):
+        raise PluginError(f"method {method.name!r}: fit must return (dict of tensors, dict of metadata)")
     meta = {**meta, "params": values, "samples": len(paths), "data": str(data), "preprocess": preprocess.to_dict()}
     return save_state(model.digest, method.name, tensors, meta, root=state_dir)

@@ -17,7 +17,7 @@ def _internal_batch_param(what):
     return xplain.Param(
         "internal_batch", "int", 64,
         f"images per forward/backward pass ({what} of all batch images together; at least one "
-        "per image): bounds memory, never changes the result", min=1)
+        "per image): bounds memory, never changes the result", min=1, max=4096)
 
 
 def _target_gradient(model, x, targets, fresh=False):
@@ -243,9 +243,9 @@ def register_methods(register):
         ),
         explain=_explain_integrated_gradients,
         params=[
-            xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1),
+            xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1, max=1000),
             xplain.Param("baseline", "str", "zeros", "the reference input x'", choices=("zeros", "blur", "uniform")),
-            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0),
+            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100),
             xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
                          choices=_IG_RULES),
             _internal_batch_param("interpolation points"),
@@ -270,7 +270,7 @@ def register_methods(register):
         ),
         explain=_explain_smoothgrad,
         params=[
-            xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1),
+            xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1, max=10000),
             xplain.Param("noise", "float", 0.15, "noise σ as a fraction of each image's value range", min=0.0),
             xplain.Param("square", "bool", False, "average squared gradients (SmoothGrad-Squared)"),
             _internal_batch_param("noisy copies"),

@@ -77,11 +77,11 @@ def register_methods(register):
         ),
         explain=_explain,
         params=[
-            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0),
-            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0),
+            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0, max=4096),
+            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0, max=4096),
             xplain.Param("baseline", "float", 0.0, "value the occluded pixels are set to (preprocessed space)"),
             xplain.Param("batch", "int", 64, "occluded images per forward pass (at least one window of every image)",
-                         min=1),
+                         min=1, max=4096),
         ],
         capabilities=xplain.Capabilities(needs_gradients=False),
     ))

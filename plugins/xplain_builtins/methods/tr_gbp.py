@@ -22,6 +22,8 @@ backward (the torch part is imported inside functions, as for every plugin).
 
 import xplain
 
+from .guided import NON_RECTIFIER
+
 _ALL, _CONV = "all", "conv"
 _UPSAMPLE, _SPREAD, _NONE = "upsample", "spread", "none"
 
@@ -373,12 +375,13 @@ def register_methods(register):
             "the input term is 0.3% of the map on an ImageNet EfficientNet-Lite0, 92% on the BN-free "
             "digits_cnn; see map_shares in the record and docs/tr-gbp.md). For fine detail pass `layers` "
             "with the early bias layers only (e.g. those at >= 1/4 of the input resolution; `xplain "
-            "inspect` lists them) or bias=false (guided backprop + centring)."
+            "inspect` lists them) or bias=false (guided backprop + centring). "
+            + NON_RECTIFIER
         ),
         explain=_explain,
         params=[
             xplain.Param("topk", "int", 5, "classes averaged for the class-mean subtraction (clamped to "
-                         "the number of classes; the target is added when outside them)", min=2),
+                         "the number of classes; the target is added when outside them)", min=2, max=100000),
             xplain.Param("bias", "bool", True, "add the bias ones-map terms (false: guided backprop + "
                          "centring, an ablation)"),
             xplain.Param("center", "bool", True, "subtract the top-K class mean (false: the un-centred "
@@ -391,5 +394,7 @@ def register_methods(register):
                          choices=(_UPSAMPLE, _SPREAD, _NONE)),
             xplain.reduce_param(help="how the C input channels of the input term become one map"),
         ],
-        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True),
+        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True, requires=("rectifiers",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam",
+                                                       "lrp-epsilon")),
     ))

@@ -209,7 +209,7 @@ _DEL_INS_COMMON = (
 
 @xplain.hookimpl
 def register_metrics(register):
-    step = xplain.Param("step", "int", 0, "pixels changed per step (0 = image width)", min=0)
+    step = xplain.Param("step", "int", 0, "pixels changed per step (0 = image width)", min=0, max=1000000)
     register(xplain.Metric(
         name="deletion",
         summary="RISE deletion AUC: target probability as top pixels are set to zero (lower is better)",
@@ -229,8 +229,8 @@ def register_metrics(register):
                     "scipy-filtering a delta with reflecting borders, which is slightly flatter "
                     "than the sampled Gaussian used here. " + _DEL_INS_COMMON,
         score=_deletion_insertion("insertion"), higher_is_better=True,
-        params=[step, xplain.Param("blur_size", "int", 11, "Gaussian kernel size (odd)", min=1),
-                xplain.Param("blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3)],
+        params=[step, xplain.Param("blur_size", "int", 11, "Gaussian kernel size (odd)", min=1, max=255),
+                xplain.Param("blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3, max=1e6)],
         curves={"insertion-curve": "fraction of pixels inserted"},
     ))
     register(xplain.Metric(
@@ -249,8 +249,8 @@ def register_metrics(register):
                     "(TR-GBP applies abs for GBP/GIG only).",
         score=_pixel_perturbation, higher_is_better=True,
         directions={"morf": False, "lerf": True},
-        params=[xplain.Param("tile", "int", 1, "tile size in pixels", min=1),
-                xplain.Param("steps", "int", 100, "number of perturbation fractions", min=1),
+        params=[xplain.Param("tile", "int", 1, "tile size in pixels", min=1, max=4096),
+                xplain.Param("steps", "int", 100, "number of perturbation fractions", min=1, max=1000),
                 xplain.Param("baseline", "str", "zero", "replacement value", choices=("zero", "mean")),
                 xplain.Param("absolute", "bool", False, "rank by |map| instead of the signed map")],
         curves={"morf-curve": "fraction of tiles removed (most relevant first)",
@@ -269,8 +269,8 @@ def register_metrics(register):
                     "better); the per-n curve is also returned. A map whose subset sums do not vary "
                     "(e.g. constant) gets r = 0. The perturbed forwards are shared across methods.",
         score=_sensitivity_n, higher_is_better=True,
-        params=[xplain.Param("num_n", "int", 16, "number of subset sizes", min=1),
-                xplain.Param("subsets", "int", 100, "random subsets per n", min=2),
+        params=[xplain.Param("num_n", "int", 16, "number of subset sizes", min=1, max=1000),
+                xplain.Param("subsets", "int", 100, "random subsets per n", min=2, max=10000),
                 xplain.Param("max_fraction", "float", 0.8, "largest n as a fraction of the pixels",
                              min=0.0, max=1.0)],
         curves={"sensitivity-n-curve": "n (pixels set to zero)"},

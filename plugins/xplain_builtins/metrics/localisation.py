@@ -195,7 +195,7 @@ def register_metrics(register):
                     "with no heat above the base threshold. " + _BOXES,
         score=_ehr, higher_is_better=True, needs=("boxes",),
         params=[xplain.Param("base_threshold", "float", 0.1, "heat below this is ignored", min=0.0, max=1.0),
-                xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2),
+                xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2, max=1000),
                 xplain.Param("weight", "bool", True, "ratio = heat inside / pixels above t (the paper); false: "
                              "pixels inside / pixels above t"),
                 xplain.Param("scale", "str", "auto", "auto: maps declared in [0, 1] (info map_range=unit) as "

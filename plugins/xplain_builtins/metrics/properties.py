@@ -257,7 +257,7 @@ def register_metrics(register):
                     "accordingly.",
         score=_sanity, higher_is_better=False, needs=("method",),
         directions={"sanity-comparable": True},
-        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0),
+        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0, max=100000),
                 xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
         curves={"sanity-ssim-curve": "layers randomised from the top",
                 "sanity-spearman-curve": "layers randomised from the top"},

@@ -41,6 +41,9 @@ class Split:
                                and any(u in later for u in n.users)]
         self.layer = target.name
         self.fixed_batch = model.spec.fixed_batch
+        #: the layer's layout (tokens, channels-last or B×C×H×W; None when not spatial): the
+        #: bottleneck acts on the tensor as it is, smoothing and the map use its spatial view
+        self.feature = model.feature_layer(self.layer)
 
         pre = fx.Graph()
         env = {}
@@ -109,7 +112,7 @@ def resolve_layer(model, requested, method, spatial=True):
         raise xplain.UsageError(f"{method}: layer {name!r} does not carry a tensor") from None
     if len(shape) < 2:
         raise xplain.UsageError(f"{method}: layer {name!r} has no feature dimension ({shape})")
-    if spatial and len(shape) != 4:
+    if spatial and model.feature_layer(name) is None:
         dims = "×".join(map(str, shape[1:]))
         raise xplain.UsageError(f"{method}: layer {name!r} is not a spatial feature map ({dims}); "
                                 "its capacity cannot be drawn over the image", hint="use input-iba, or a conv layer")
@@ -157,6 +160,19 @@ def gaussian_smooth(t, sigma):
     mode = "reflect" if min(t.shape[-2:]) > half else "replicate"
     padded = F.pad(t, (half, half, half, half), mode=mode)
     return F.conv2d(padded, kernel, groups=t.shape[1])
+
+
+def smooth_layout(feature, t, sigma):
+    """:func:`gaussian_smooth` over the spatial view of a feature layer's tensor (tokens and
+    channels-last maps are smoothed on their grid; prefix tokens are left as they are)."""
+    if feature is None or feature.layout is None or feature.layout.kind == "nchw":
+        return gaussian_smooth(t, sigma)
+    return feature.from_spatial(gaussian_smooth(feature.to_spatial(t), sigma), like=t)
+
+
+def spatial(feature, t):
+    """A feature layer's tensor as B×C×h×w (identity for B×C×H×W and non-spatial layers)."""
+    return t if feature is None else feature.to_spatial(t)
 
 
 def saliency_bits(capacity, size):
@@ -339,7 +355,7 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            lam = gaussian_smooth(torch.sigmoid(alpha), sigma)
+            lam = smooth_layout(split.feature, torch.sigmoid(alpha), sigma)
             noise = torch.stack([torch.randn((copies, *r.shape[1:]), generator=g, **kw) for g in gens])
             eps = mean[:, None] + std[:, None] * noise
             z = (lam[:, None] * r[:, None] + (1 - lam[:, None]) * eps) * active[:, None]
@@ -350,7 +366,7 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
             loss.backward()
             opt.step()
             capacity = cap.detach()
-        lam = gaussian_smooth(torch.sigmoid(alpha.detach()), sigma)
+        lam = smooth_layout(split.feature, torch.sigmoid(alpha.detach()), sigma)
     return capacity, lam, r, rest
 
 
@@ -370,7 +386,7 @@ def _explain_iba(model, x, targets, params, seed):
     capacity, _, _, _ = feature_bottleneck(
         split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
         copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["sigma"])
-    maps = saliency_bits(capacity, (model.spec.height, model.spec.width))
+    maps = saliency_bits(spatial(split.feature, capacity), (model.spec.height, model.spec.width))
     info.update(layer=layer, layer_shape=list(shape[1:]), seconds=round(time.perf_counter() - began, 4))
     per_image = [{"total_bits": round(float(v), 4)} for v in (capacity.flatten(1).sum(1) / LN2).tolist()]
     return xplain.Attribution(maps, info=info, sample_info=per_image)
@@ -385,16 +401,16 @@ def common_params(beta=10.0, steps=10):
           "`inspect` marks it 'iba')"),
         P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
         P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
-          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1),
+          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1, max=10000),
         P("lr", "float", 1.0, "Adam learning rate for the mask logits α", min=0),
-        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1),
+        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1, max=1024),
         P("initial_alpha", "float", 5.0, "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)"),
         P("min_std", "float", 0.01, "floor on the feature standard deviation σ_R", min=0),
         P("active_threshold", "float", 0.01, "a unit is active (kept) when non-zero in more than this fraction "
           "of the samples", min=0, max=1),
         P("fallback_copies", "int", 32, "without fitted statistics: the image plus this many minus one "
-          "tile-scrambled copies estimate them", min=2),
-        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0),
+          "tile-scrambled copies estimate them", min=2, max=1024),
+        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0, max=10000000),
     ]
 
 
@@ -429,6 +445,6 @@ def register_methods(register):
         explain=_explain_iba,
         fit=_fit,
         params=common_params() + [xplain.Param("sigma", "float", 1.0, "σ of the Gaussian smoothing of λ (0 = none)",
-                                               min=0)],
+                                               min=0, max=50)],
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     ))
