@@ -109,7 +109,7 @@ _BOMB_CHILD = textwrap.dedent("""
 """)
 
 
-def _constant_of_shape_bomb() -> "object":
+def _constant_of_shape_bomb() -> object:
     """A 1 KB classifier that builds a 15000² float tensor (900 MB) and reduces it to a scalar."""
     model = factory.classifier()
     g = model.graph

@@ -100,7 +100,7 @@ def test_text_mode_is_utf8(tmp_path):
     target = tmp_path / "t.txt"
     with atomic_open(target, "w") as f:
         f.write("naïve ✓")
-    assert target.read_bytes() == "naïve ✓".encode("utf-8")
+    assert target.read_bytes() == "naïve ✓".encode()
 
 
 def test_rejects_non_write_modes(tmp_path):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xplain.errors import ExitCode, InputDataError, ModelError, UsageError
 from xplain.data.images import (
     Geometry,
     Preprocess,
@@ -21,6 +20,7 @@ from xplain.data.images import (
     read_sidecar,
     resolve_target,
 )
+from xplain.errors import ExitCode, InputDataError, ModelError, UsageError
 
 
 def _save(img: Image.Image, path, **kw):

@@ -1,13 +1,17 @@
-"""ARCHITECTURE.md's contract, checked for every registered method (built-in or installed)."""
+"""ARCHITECTURE.md's contract, checked for every registered method (built-in or installed) by
+the same functions a third-party plugin runs in its own tests (:mod:`xplain.testing`)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
 import xplain
-from xplain.run.api import run_method
+import xplain.testing as xt
 from xplain.plugins.registry import Registry
+from xplain.run.api import run_method
 
 from .conftest import fit_for_tests
 
@@ -49,65 +53,55 @@ def prepared(tiny_model, tiny_transformer, tmp_path_factory):
 
 
 def _state(model):
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.graph.modules())
-    modules = {name: id(m) for name, m in model.graph.named_modules()}
-    return model.graph.code, hooks, modules
+    return xt.graph_state(model)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_contract_shapes_finite_deterministic(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    x = tiny_model.example_input(3, seed=1)
-    targets = torch.tensor([0, 3, 1])
-    params = xplain.validate_params(method.params, {}, name)
-    first = run_method(tiny_model, method, x, targets, params, seed=7)
-    assert first.maps.shape == (3, tiny_model.spec.height, tiny_model.spec.width)
-    assert first.maps.dtype == torch.float32
-    assert torch.isfinite(first.maps).all()
-    again = run_method(tiny_model, method, x, targets, params, seed=7)
-    torch.testing.assert_close(first.maps, again.maps, rtol=0, atol=0)
+    xt.check_output(method, prepared(method))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_contract_batch_consistency(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    x = tiny_model.example_input(2, seed=2)
-    targets = torch.tensor([2, 1])
-    params = xplain.validate_params(method.params, {}, name)
-    both = run_method(tiny_model, method, x, targets, params, seed=3).maps
-    one = torch.cat([run_method(tiny_model, method, x[i:i + 1], targets[i:i + 1], params, seed=3).maps for i in range(2)])
-    torch.testing.assert_close(both, one, rtol=1e-4, atol=1e-6)
+    xt.check_batch_consistency(method, prepared(method))
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_model_restored_also_after_error(name, prepared, monkeypatch):
+def test_contract_model_restored_also_after_error(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    before = _state(tiny_model)
-    x = tiny_model.example_input(2)
-    params = xplain.validate_params(method.params, {}, name)
-    run_method(tiny_model, method, x, torch.tensor([0, 1]), params, seed=0)
-    assert _state(tiny_model) == before
-    calls = {"n": 0}
-    real = type(tiny_model.graph).__call__
+    xt.check_graph_restored(method, prepared(method))
 
-    def boom(self, *args, **kwargs):  # fail inside the method, after it has prepared the graph
-        calls["n"] += 1
-        raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(type(tiny_model.graph), "__call__", boom)
+def test_checks_catch_a_method_that_breaks_the_contract(tiny_model):
+    """The checks are not vacuous: a method that leaves a hook behind, or depends on its batch,
+    fails them with a message naming it."""
+
+    handles = []
+
+    def leaky(request):
+        handles.append(request.model.graph.register_forward_hook(lambda *a: None))
+        return request.x.sum(dim=1)
+
+    def batch_dependent(request):
+        return request.x.sum(dim=1) - request.x.sum(dim=1).mean(dim=0)
+
     try:
-        with pytest.raises(xplain.PluginError, match="injected failure"):
-            run_method(tiny_model, method, x, torch.tensor([0, 1]), params, seed=0)
-    except pytest.fail.Exception:
-        if calls["n"] == 0:  # a method that never runs the model cannot fail inside it
-            pass
-        else:
-            raise
-    monkeypatch.setattr(type(tiny_model.graph), "__call__", real)
-    assert _state(tiny_model) == before
+        with pytest.raises(AssertionError, match="'leaky'.*not restored"):
+            xt.check_graph_restored(xplain.Method("leaky", "", explain=leaky), tiny_model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with pytest.raises(AssertionError, match="'batchy'.*batch of 2"):
+        xt.check_batch_consistency(xplain.Method("batchy", "", explain=batch_dependent), tiny_model)
+    noisy = xplain.Method("noisy", "", explain=lambda r: torch.rand(r.x.shape[0], *r.x.shape[2:]))
+    xt.check_output(noisy, tiny_model)  # the global RNG is seeded per call: still deterministic
+    calls = itertools.count()
+    unseeded = xplain.Method("unseeded", "", explain=lambda r: torch.full((r.x.shape[0], *r.x.shape[2:]),
+                                                                          float(next(calls))))
+    with pytest.raises(AssertionError, match="'unseeded'.*not deterministic"):
+        xt.check_output(unseeded, tiny_model)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -155,4 +149,4 @@ def test_random_depends_on_seed_and_image_only(tiny_model):
     c = xplain.explain(tiny_model, x, targets=[0, 0], method="random", seed=2).maps
     torch.testing.assert_close(a, b.flip(0))
     assert not torch.allclose(a, c)
-    assert 0 <= float(a.min()) and float(a.max()) < 1
+    assert float(a.min()) >= 0 and float(a.max()) < 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -289,8 +288,7 @@ def test_head_mode_on_a_residual_graph(tmp_path):
     # each record carries Φ(S₀), the head's logit of the source signal, so APC works in head mode
     phi = source_logits(model, att.extras["source_signal"], torch.tensor([1, 3]), feature)
     assert [i["source_logit"] for i in att.sample_info] == pytest.approx(phi.tolist(), rel=1e-5)
-    score = xplain.get_registry().metric("completeness").score(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]), att,
-                                                                {"params": {}, "cache": {}})
+    score = xplain.get_registry().metric("completeness").compute(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]), att)
     assert torch.isfinite(score["completeness"]).all()
 
 
@@ -392,9 +390,8 @@ def test_sanity_marks_mip_in_not_comparable(mlp):
     x, y = _digits(classes=[3, 7], every=25)
     mparams = _params()
     a = run_method(mlp, method, x[:2], y[:2], mparams, 0)  # fills the model's state cache
-    ctx = {"params": xplain.validate_params(metric.params, {}, "sanity"), "seed": 0, "method": method,
-           "explain": lambda xx, tt: run_method(mlp, method, xx, tt, mparams, 0)}
-    res = metric.score(mlp, x[:2], y[:2], a, ctx)
+    res = metric.compute(mlp, x[:2], y[:2], a, seed=0, method=method,
+                         explain=lambda xx, tt: run_method(mlp, method, xx, tt, mparams, 0))
     assert (res["sanity-comparable"] == 0).all()
     assert torch.isnan(res["sanity"]).all() and torch.isfinite(res["sanity-stale"]).all()
     assert run_method(mlp, method, x[:2], y[:2], mparams, 0).maps.shape == a.maps.shape  # state usable again

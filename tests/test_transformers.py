@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+
 import xplain
 from xplain.cli.app import main
 

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["printable", "path_text", "safe_stem", "require_regular_file", "parse_json", "confined_file"]
 

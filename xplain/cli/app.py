@@ -11,15 +11,16 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 try:  # typer ≥ 0.20 vendors click; older typer uses the click package
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc
+    from click import exceptions as click_exc  # type: ignore[no-redef]
 from rich.console import Console
 from rich.markup import escape
 from rich.segment import Segment
@@ -65,7 +66,7 @@ class SafeConsole(Console):
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
 out = SafeConsole(soft_wrap=True, emoji=False)
 err = SafeConsole(stderr=True, soft_wrap=True, emoji=False)
-_options = {"strict": False, "blocked": (), "max_input_pixels": None}
+_options: dict[str, Any] = {"strict": False, "blocked": (), "max_input_pixels": None}
 
 
 def _registry():
@@ -73,7 +74,7 @@ def _registry():
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error)}", highlight=False)
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error or '')}", highlight=False)
     return registry
 
 
@@ -84,7 +85,7 @@ def _main(
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
     no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-    max_input_pixels: Optional[int] = typer.Option(
+    max_input_pixels: int | None = typer.Option(
         None, "--max-input-pixels", min=1, metavar="N",
         help="Accept models whose declared input has up to N pixels (H×W; default 1024², "
              "or $XPLAIN_MAX_INPUT_PIXELS)."),
@@ -225,12 +226,33 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
-def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: bool = True):
+def _load(model_path: Path, device: str, labels: str | None = None, verify: bool = True):
     from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
         return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry(),
                           max_input_pixels=_options["max_input_pixels"])
+
+
+def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs: Sequence[Path] = (),
+            data: Path | None = None, out_dir: Path | None = None, out_flag: str = "--out",
+            state_dir: Path | None = None):
+    """The one set-up of explain / eval / fit / bench, after their names and parameters were
+    resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs
+    exist → the model loads → the output folder is usable → fitted state is looked up in
+    ``state_dir``. Returns the model."""
+    for image in inputs:
+        if not image.exists():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            raise XplainErrorInput(image, "is a directory, not an image")
+    if data is not None and not data.exists():
+        raise XplainErrorInput(data, "no such file or folder")
+    model = _load(model_path, device, labels)
+    if out_dir is not None:
+        _check_out_dir(out_dir, out_flag)
+    model.state_dir = state_dir
+    return model
 
 
 class _null:
@@ -239,6 +261,9 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+    def update(self, *args, **kwargs) -> None:  # the status API, for a console that is no terminal
+        pass
 
 
 def _attention_summary(model) -> dict:
@@ -350,48 +375,42 @@ def explain(
     param: list[str] = typer.Option([], "--param", "-p", metavar="[METHOD.]KEY=VALUE",
                                     help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: str | None = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     percentile: float = typer.Option(99.5, "--percentile",
                                      help="Display scale: this percentile of |map| gets full colour (100 = max)."),
     grey: bool = typer.Option(False, "--grey", help="Show the photo in greyscale under the overlay's colours."),
     colorbar: bool = typer.Option(False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."),
-    panel: Optional[bool] = typer.Option(None, "--panel/--no-panel",
+    panel: bool | None = typer.Option(None, "--panel/--no-panel",
                                          help="Write NAME.panel.png (photo + one overlay per method; default: "
                                               "with several methods)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
                                             help="Stop a method call that runs longer (exit 4)."),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
     registry = _registry()
     names = _method_list(method)
-    for name in names:
-        registry.method(name)  # fail fast on an unknown method, before loading the model
+    registry.resolve("method", names)  # fail fast on an unknown method, before loading the model
     params = _scoped_params(param, names, "--param")
+    registry.resolve("method", names, params)
     from ..output.render import RenderOptions
-    from ..plugins.registry import validate_params
 
-    for name in names:
-        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
     render = RenderOptions(percentile=percentile, grey=grey, colorbar=colorbar)
     from ..run.explaining import expand_images
 
     _check_images(images)  # FIFOs and devices refused before the model loads
     images, stems = expand_images(list(images))
-    model = _load(model_path, device, labels)
-    _check_out_dir(out_dir, "--out")
-    model.state_dir = state_dir
-    from ..run.explaining import explain_files
+    model = _set_up(model_path, device, labels, out_dir=out_dir, state_dir=state_dir)
     from ..data.images import Preprocess
+    from ..run.explaining import explain_files
 
-    preprocess = Preprocess.from_options(
-        (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
-        resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=_floats(mean, "--mean"),
+                                      std=_floats(std, "--std"))
     progress_cb, progress = None, None
     if len(images) > 1:
         from rich.progress import Progress
@@ -432,7 +451,7 @@ def _method_list(items: list[str]) -> list[str]:
     return names
 
 
-def _floats(text: Optional[str], flag: str):
+def _floats(text: str | None, flag: str):
     if text is None:
         return None
     try:
@@ -489,17 +508,17 @@ def fit(
                                 help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    classes: Optional[str] = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
-    samples: Optional[int] = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
-    layer: Optional[str] = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    classes: str | None = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
+    samples: int | None = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
+    layer: str | None = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="Class names: a text/JSON file, or 'imagenet' (default: sidecar)."),
 ):
     """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
@@ -510,12 +529,12 @@ def fit(
     from ..run.fitting import FitConsole, fit_method
 
     params = _parse_params(param)
-    model = _load(model_path, device, class_names)
     from ..run.state import state_dir as resolve_state_dir
 
-    _check_out_dir(resolve_state_dir(state_dir), "--state-dir" if state_dir else
-                   "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder")
-    model.state_dir = state_dir
+    model = _set_up(model_path, device, class_names, out_dir=resolve_state_dir(state_dir),
+                    out_flag="--state-dir" if state_dir else
+                    "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder",
+                    state_dir=state_dir)
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
                       samples=samples, layer=layer, labels=labels, console=FitConsole(err))
@@ -525,22 +544,22 @@ def fit(
 @app.command()
 def bench(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: Optional[list[Path]] = typer.Argument(None, metavar="[IMAGE...]",
+    images: list[Path] | None = typer.Argument(None, metavar="[IMAGE...]",
                                                   help="Images to explain (default: random inputs)."),
     methods: str = typer.Option(..., "--methods", "-m",
                                 help="Comma-separated methods to measure (see `xplain methods`)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                              help="Batch size (default 8; with images: their number, cycled to fill)."),
     repeats: int = typer.Option(5, min=1, help="Timed runs per method; the median is reported."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs before timing."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE",
                                     help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
-    preset: Optional[str] = typer.Option(None,
+    preset: str | None = typer.Option(None,
                                          help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
@@ -550,10 +569,7 @@ def bench(
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
-    from ..plugins.registry import validate_params
-
-    for name in chosen:
-        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    registry.resolve("method", chosen, params)
     images = list(images or [])
     _check_images(images)
     model = _load(model_path, device)
@@ -563,13 +579,13 @@ def bench(
     from ..run.bench import bench as run_bench
 
     if images:
-        from ..data.images import Preprocess, load_image
+        from ..data.images import Preprocess
+        from ..run.batching import load_batch
 
-        preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                             preset=preset, sidecar=model.sidecar)
-        arrays = [torch.from_numpy(preprocess(load_image(image))[0]) for image in images]
-        n = batch_size or len(arrays)
-        x = torch.stack([arrays[i % len(arrays)] for i in range(n)])
+        loaded = load_batch(images, Preprocess.for_model(model, preset=preset), model.device).x
+        assert loaded is not None  # every image loaded (or load_batch raised)
+        n = batch_size or len(loaded)
+        x = loaded[torch.arange(n, device=loaded.device) % len(loaded)]
     else:
         x = model.example_input(batch_size or 8, seed=seed)
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
@@ -650,10 +666,10 @@ def eval_command(
                                 help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes])."),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
     metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
     out_dir: Path = typer.Option(Path("xplain-eval"), "--out", "-o", help="Output folder."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and metrics."),
@@ -661,16 +677,16 @@ def eval_command(
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
     metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
                                            help="Metric parameter (repeatable)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
     montage: int = typer.Option(4, min=0, max=64, help="Images in the montage of maps."),
     report_images: int = typer.Option(8, "--report-images", min=0, max=256,
                                       help="Images shown one by one, with every method's map, in DIR/report.html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
                                             help="Fail a method's batch that runs longer (error records)."),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
@@ -678,10 +694,8 @@ def eval_command(
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
-    for n in method_names:
-        registry.method(n)
-    for n in metric_names:
-        registry.metric(n)
+    registry.resolve("method", method_names)  # fail fast on a bad name, then on bad parameters
+    registry.resolve("metric", metric_names)
     method_params = _scoped_params(param, method_names, "--param")
     metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
     from ..plugins.registry import validate_params
@@ -703,18 +717,24 @@ def eval_command(
                       "model does not meet; `xplain methods show NAME`)", highlight=False, markup=False)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
-    from ..run.evaluation import evaluate
     from ..data.images import Preprocess
+    from ..run.evaluation import evaluate
 
     class _Rate(ProgressColumn):
         def render(self, task):
             return Text(f"{task.speed:.2f} images/s" if task.speed else "… images/s")
 
-    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                         preset=preset, sidecar=model.sidecar)
+    preprocess = Preprocess.for_model(model, preset=preset)
     progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), _Rate(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
     task = progress.add_task("eval", total=None)

@@ -17,16 +17,21 @@ JSON box files use the same convention (see :func:`read_boxes_json`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputDataError
 from ..untrusted import parse_json, require_regular_file
+from .images import match_label
+
+if TYPE_CHECKING:  # the data layer itself needs no torch
+    from ..graph.model import Model
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _MAX_TEXT_BYTES = 64 * 1024 * 1024  # a manifest/label/box file larger than this is refused
@@ -99,13 +104,12 @@ def resolve_label(text: str, class_names: list[str] | None) -> int:
             raise ValueError(f"label index {i} is out of range"
                              + (f" (0..{len(class_names) - 1})" if class_names else ""))
         return i
+    found = match_label(text, class_names)
+    if isinstance(found, int):
+        return found
+    if found:
+        raise ValueError(f"label {text!r} is ambiguous (classes {found})")
     if class_names:
-        hits = [i for i, n in enumerate(class_names) if n == text] or \
-               [i for i, n in enumerate(class_names) if n.casefold() == text.casefold()]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise ValueError(f"label {text!r} is ambiguous (classes {hits})")
         raise ValueError(f"unknown label {text!r}")
     raise ValueError(f"label {text!r} is not an index and the model has no class names")
 
@@ -170,7 +174,8 @@ def _json_box(entry: Any, path: Path, k: int, class_names: list[str] | None) -> 
         raise InputDataError(f"box {k + 1}: expected an object or [xmin, ymin, xmax, ymax(, name)]",
                              path=path)
     _check_box(coords, path, k)
-    return Box(*coords, label=_box_label(name, class_names) if name else None, name=name)
+    xmin, ymin, xmax, ymax = coords
+    return Box(xmin, ymin, xmax, ymax, label=_box_label(name, class_names) if name else None, name=name)
 
 
 def read_boxes_json(path: Path, class_names: list[str] | None = None) -> dict[str, tuple[Box, ...]]:
@@ -205,10 +210,8 @@ def _box_file(path: Path, class_names: list[str] | None, image: Path) -> tuple[B
 
 def _keys(image: Path, root: Path) -> list[str]:
     keys = []
-    try:
+    with contextlib.suppress(ValueError):  # not under root: match by name only
         keys.append(image.relative_to(root).as_posix())
-    except ValueError:
-        pass
     keys += [image.name, image.stem]
     return keys
 
@@ -260,7 +263,7 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
     if "path" not in header:
         raise InputDataError("the manifest needs a header with a 'path' column "
                              "(path,label[,boxes])", path=csv_path)
-    col = {name: header.index(name) for name in ("path", "label", "boxes") if name in header}
+    col: dict[str, int] = {name: header.index(name) for name in ("path", "label", "boxes") if name in header}
     base = csv_path.parent
     samples = []
     try:
@@ -268,7 +271,7 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
             if not row or not any(c.strip() for c in row):
                 continue
 
-            def cell(name: str) -> str:
+            def cell(name: str, row: list[str] = row) -> str:
                 i = col.get(name)
                 return row[i].strip() if i is not None and i < len(row) else ""
 
@@ -340,7 +343,7 @@ def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str
     if not images or any(len(p.relative_to(folder).parts) != 2 for p in images):
         return None
     names = sorted({p.parent.name for p in images})
-    resolved = {}
+    resolved: dict[str, int | None] = {}
     for name in names:
         try:
             resolved[name] = resolve_label(name, class_names)
@@ -354,8 +357,8 @@ def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str
     return [resolved[p.parent.name] for p in images]
 
 
-def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Path | None = None,
-                 boxes: Path | None = None, limit: int | None = None, exclude: Path | None = None
+def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: str | Path | None = None,
+                 boxes: str | Path | None = None, limit: int | None = None, exclude: Path | None = None
                  ) -> list[Sample]:
     """Read a data set description into samples (no pixels are loaded).
 
@@ -413,12 +416,11 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Pa
                     return dataclasses.replace(s, boxes=None, error="; ".join(filter(None, [s.error, str(e)])))
             samples = [from_dir(s) for s in samples]
         else:
-            table = read_boxes_json(boxes, class_names)
-            samples = [dataclasses.replace(s, boxes=_lookup(table, s.path, root)) for s in samples]
+            boxes_table = read_boxes_json(boxes, class_names)
+            samples = [dataclasses.replace(s, boxes=_lookup(boxes_table, s.path, root)) for s in samples]
     return samples
 
 
-def class_names_of(model) -> list[str] | None:
+def class_names_of(model: Model) -> list[str] | None:
     """The model's class names when known (from its sidecar or ``--labels``), else None."""
-    names = getattr(model, "labels", None)
-    return list(names) if names else None
+    return list(model.labels) if model.labels else None

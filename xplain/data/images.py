@@ -19,14 +19,18 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputDataError, ModelError, UsageError
 from ..untrusted import confined_file, parse_json, require_regular_file
+
+if TYPE_CHECKING:  # decoding images needs no torch
+    from ..graph.model import InputSpec, Model
 
 __all__ = [
     "Geometry",
@@ -203,11 +207,11 @@ class Geometry:
         canvas[t0:b0, l0:r0] = m[t0 - top:b0 - top, l0 - left:r0 - left]
         valid = np.isfinite(canvas)
         values = np.where(valid, canvas, np.float32(0.0))
-        size = tuple(self.original_size)
+        size = self.original_size
 
         def resize(a: np.ndarray) -> np.ndarray:
             im = Image.fromarray(a.astype(np.float32), "F")
-            return np.asarray(im.resize(size, Image.BILINEAR, reducing_gap=None), dtype=np.float32)
+            return np.asarray(im.resize(size, Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
 
         weight = resize(valid.astype(np.float32))
         total = resize(values)
@@ -282,9 +286,18 @@ class Preprocess:
     preset: str
 
     @classmethod
+    def for_model(cls, model: Model, preset: str | None = None, resize: int | None = None,
+                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                  ) -> Preprocess:
+        """The one way the verbs (explain, eval, fit, bench) build a model's pipeline: its input
+        spec and sidecar, overridden by the flags given (see :meth:`from_options`)."""
+        return cls.from_options(model.spec, preset=preset, sidecar=model.sidecar, resize=resize, mean=mean,
+                                std=std)
+
+    @classmethod
     def from_options(
         cls,
-        input_shape: Sequence[int],
+        input_shape: Sequence[int] | InputSpec,
         preset: str | None = None,
         sidecar: dict[str, Any] | None = None,
         resize: int | None = None,
@@ -293,10 +306,10 @@ class Preprocess:
         std: float | Sequence[float] | None = None,
         *,
         sidecar_path: PathLike | None = None,
-    ) -> "Preprocess":
+    ) -> Preprocess:
         """Combine explicit flags > sidecar values > preset defaults into a pipeline.
 
-        ``input_shape`` is the model's (C, H, W).  The preset is the flag, else the sidecar's
+        ``input_shape`` is the model's (C, H, W) or its :class:`~xplain.InputSpec`.  The preset is the flag, else the sidecar's
         "preset", else "imagenet" for 3-channel inputs of at least 128 pixels high (those are
         almost always ImageNet-style models) and "unit" otherwise.
 
@@ -308,6 +321,8 @@ class Preprocess:
         """
         sidecar_path = sidecar_path if sidecar_path is not None else getattr(sidecar, "path", None)
         sidecar = dict(sidecar or {})
+        if not isinstance(input_shape, Sequence):  # an InputSpec
+            input_shape = (input_shape.channels, input_shape.height, input_shape.width)
         if len(input_shape) != 3:
             raise ModelError(f"expected a model input of shape (C, H, W), got {tuple(input_shape)}")
         c, h, w = (int(v) for v in input_shape)
@@ -316,7 +331,7 @@ class Preprocess:
         if h <= 0 or w <= 0:
             raise ModelError(f"the model input size {h}x{w} is not fixed/positive")
 
-        def fail(source: str, message: str) -> Exception:
+        def fail(source: str | None, message: str) -> Exception:
             if source == "flag":
                 return UsageError(message)
             return InputDataError(message + " (in the sidecar)", path=sidecar_path)
@@ -422,7 +437,7 @@ class Preprocess:
             img = img.convert(mode)
         geo = self.geometry(img.size)
         if img.size != geo.resized_size:
-            img = img.resize(geo.resized_size, Image.BILINEAR, reducing_gap=None)
+            img = img.resize(geo.resized_size, Image.Resampling.BILINEAR, reducing_gap=None)
         if geo.crop_box != (0, 0) + geo.resized_size:
             img = img.crop(geo.crop_box)
         a = np.asarray(img, dtype=np.float32)
@@ -659,6 +674,20 @@ def resolve_target(spec: str, labels: list[str] | None, num_classes: int) -> lis
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def match_label(text: str, names: Sequence[str] | None) -> int | list[int] | None:
+    """The one label matcher (``--target``, manifests, label files, box names): ``text`` as a
+    class index (an int, not range-checked), else the index of the class name it equals (exact
+    first, then case-insensitive), a list of indices when it names several, None when none."""
+    text = text.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if not names:
+        return None
+    hits = [i for i, n in enumerate(names) if n == text] or \
+        [i for i, n in enumerate(names) if n.casefold() == text.casefold()]
+    return hits[0] if len(hits) == 1 else hits or None
+
+
 def _resolve_one(text: str, labels: list[str] | None, num_classes: int, *, raise_error: bool
                  ) -> int | None:
     if _INT.fullmatch(text):
@@ -670,15 +699,12 @@ def _resolve_one(text: str, labels: list[str] | None, num_classes: int, *, raise
             raise UsageError(f"target index {i} is out of range; the model has {num_classes} "
                              f"classes (0..{num_classes - 1})")
         return i
-    if labels:
-        exact = [i for i, lab in enumerate(labels) if lab == text]
-        if not exact:
-            exact = [i for i, lab in enumerate(labels) if lab.casefold() == text.casefold()]
-        if len(exact) == 1:
-            return _check_index(exact[0], text, num_classes)
-        if len(exact) > 1:
-            raise UsageError(f"target {text!r} is ambiguous: it names classes "
-                             f"{', '.join(map(str, exact))}; use an index")
+    found = match_label(text, labels)
+    if isinstance(found, int):
+        return _check_index(found, text, num_classes)
+    if found:
+        raise UsageError(f"target {text!r} is ambiguous: it names classes "
+                         f"{', '.join(map(str, found))}; use an index")
     if not raise_error:
         return None
     if not labels:

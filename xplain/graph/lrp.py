@@ -29,10 +29,13 @@ sums to the target logit (conservation) as ε → 0.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
+from .generic import GenericRule
+from .kinds import BATCHNORM, is_weight_layer, unwrap
 from .model import Model
 from .rules import Chooser, _activation_of
 
@@ -51,7 +54,8 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 class _EpsilonScale(torch.autograd.Function):
-    """Identity forward; backward multiplies by z / (z + ε sign z)."""
+    """Identity forward; backward multiplies by z / (z + ε sign z) (the ε-rule's mapper, for the
+    rules that build their own forward: gates, products, LayerNorm)."""
 
     @staticmethod
     def forward(ctx, z, eps):
@@ -65,15 +69,16 @@ class _EpsilonScale(torch.autograd.Function):
         return _divide(g * z, _stabilise(z, ctx.eps)), None
 
 
-class EpsilonRule(nn.Module):
-    """A linear operation whose backward applies the ε-rule."""
+class EpsilonRule(GenericRule):
+    """A linear operation whose backward applies the ε-rule: ``c`` scaled by z / (z + ε sign z)
+    before the operation's own backward (any number of inputs, e.g. a residual add)."""
 
     def __init__(self, original: nn.Module, eps: float):
-        super().__init__()
-        self.original, self.eps = original, eps
+        super().__init__(original)
+        self.eps = eps
 
-    def forward(self, *args):
-        return _EpsilonScale.apply(self.original(*args), self.eps)
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, _stabilise(z, self.eps))
 
 
 class _PassFn(torch.autograd.Function):
@@ -104,46 +109,32 @@ class PassRule(nn.Module):
 def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A copy of a conv/linear (or Sequential(pad, conv)) with another weight and no bias."""
     clone = copy.deepcopy(module)
-    layer = clone[-1] if isinstance(clone, nn.Sequential) else clone
+    layer = unwrap(clone)
     layer.weight = nn.Parameter(weight, requires_grad=False)
-    layer.bias = None
+    layer.register_parameter("bias", None)
     return clone
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    return (module[-1] if isinstance(module, nn.Sequential) else module).weight
+    weight = unwrap(module).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
-class _ZPlusFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rule):
-        z = rule.original(x)
-        ctx.save_for_backward(x, z)
-        ctx.rule = rule
-        return z
-
-    @staticmethod
-    def backward(ctx, g):
-        x, z = ctx.saved_tensors
-        rule = ctx.rule
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(True)
-            zp = rule.positive(xd)
-            s = _divide(g * z, zp + rule.eps)
-            (c,) = torch.autograd.grad(zp, xd, s)
-        return c, None
+def _positive_weights(module: nn.Module) -> nn.Module:
+    return _with_weight(module, _weight(module).detach().clamp(min=0))
 
 
-class ZPlusRule(nn.Module):
-    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative)."""
+class ZPlusRule(GenericRule):
+    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative):
+    ``c_in = W⁺ᵀ (c · z / (W⁺x + ε))``."""
 
     def __init__(self, original: nn.Module, eps: float):
-        super().__init__()
-        self.original, self.eps = original, eps
-        self.positive = _with_weight(original, _weight(original).detach().clamp(min=0))
+        super().__init__(original, param_modifier=_positive_weights)
+        self.eps = eps
 
-    def forward(self, x):
-        return _ZPlusFn.apply(x, self)
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, z_mod + self.eps)
 
 
 class GateRule(nn.Module):
@@ -155,8 +146,8 @@ class GateRule(nn.Module):
         self.original, self.gate, self.eps = original, gate, eps
 
     def forward(self, *args):
-        args = [a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
-        return _EpsilonScale.apply(self.original(*args), self.eps)
+        held = [a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+        return _EpsilonScale.apply(self.original(*held), self.eps)
 
 
 class UniformProductRule(nn.Module):
@@ -182,6 +173,9 @@ class LayerNormRule(nn.Module):
 
     def forward(self, x, *rest):
         out = self.original(x, *rest)
+        weight: Any
+        bias: Any
+        ln_eps: Any
         if isinstance(self.original, nn.LayerNorm):
             dims = tuple(range(x.dim() - len(self.original.normalized_shape), x.dim()))
             weight, bias, ln_eps = self.original.weight, self.original.bias, self.original.eps
@@ -205,22 +199,22 @@ class LayerNormRule(nn.Module):
 _SMOOTH = frozenset({"gelu", "silu", "hardswish", "elu", "selu", "celu", "tanh", "mish"})
 
 
-def _is_weight_layer(module: nn.Module) -> bool:
-    layer = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
-    return isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+_is_weight_layer = is_weight_layer  # xplain.graph.kinds: one definition of weight layers
 
 
 def _is_linear_op(module: nn.Module) -> bool:
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.gemm import OnnxGemm
-    from onnx2torch.node_converters.global_average_pool import (OnnxGlobalAveragePool,
-                                                                 OnnxGlobalAveragePoolWithKnownInputShape)
+    from onnx2torch.node_converters.global_average_pool import (
+        OnnxGlobalAveragePool,
+        OnnxGlobalAveragePoolWithKnownInputShape,
+    )
     from onnx2torch.node_converters.matmul import OnnxMatMul
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
 
-    if _is_weight_layer(module):
+    if is_weight_layer(module):
         return True
-    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    if isinstance(module, (BATCHNORM, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                            nn.AdaptiveAvgPool2d, OnnxGemm, OnnxMatMul, OnnxGlobalAveragePool,
                            OnnxGlobalAveragePoolWithKnownInputShape, OnnxReduceSumStaticAxes)):
         return True
@@ -234,7 +228,7 @@ def _is_linear_op(module: nn.Module) -> bool:
 def first_weight_layer(model: Model) -> str | None:
     """The first conv/linear node the input reaches (the zᴮ-rule's layer)."""
     for node in model.graph.graph.nodes:
-        if node.op == "call_module" and _is_weight_layer(model.graph.get_submodule(node.target)):
+        if node.op == "call_module" and is_weight_layer(model.graph.get_submodule(node.target)):
             return node.name
     return None
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Iterator
-from functools import cached_property
+import operator
+from collections.abc import Iterator, Sequence
+from functools import cached_property, partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
+
+from .kinds import BATCHNORM, weight_layer
+from .kinds import batchnorm_affine as _bn_affine
 
 #: activation kinds that rectify (piecewise-linear with a zero/clamped region)
 RECTIFIERS = frozenset({"relu", "relu6", "hardtanh", "clip", "leaky_relu", "prelu"})
@@ -134,7 +139,7 @@ class FeatureLayer:
     def spatial_shape(self) -> tuple[int, int, int]:
         """C×h×w after :meth:`to_spatial`."""
         if self.layout is None:
-            return tuple(self.shape)
+            return tuple(self.shape)  # type: ignore[return-value]
         return (self.layout.channels, *self.layout.grid)
 
     def to_spatial(self, t: torch.Tensor) -> torch.Tensor:
@@ -270,7 +275,7 @@ class Model:
         self.sidecar = sidecar or {}
         self._insert_ids = itertools.count()
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
-        self.state_dir = None  #: where fitted state is looked up (None: the default state dir)
+        self.state_dir: str | Path | None = None  #: where fitted state is looked up (None: the default state dir)
         self._state_hidden = False  #: inside :meth:`without_fitted_state`
 
     # ---------------------------------------------------------------- running
@@ -352,7 +357,7 @@ class Model:
         node = self.node(name)
         if node.op != "call_module":
             raise KeyError(f"{name} is not a module")
-        return self.graph.get_submodule(node.target)
+        return self.graph.get_submodule(str(node.target))
 
     @cached_property
     def _shapes(self) -> dict[str, tuple]:
@@ -376,9 +381,7 @@ class Model:
         reached: set[fx.Node] = set()
         out = []
         for node in self.graph.graph.nodes:
-            if node.op == "placeholder":
-                reached.add(node)
-            elif node.op in ("call_module", "call_function", "call_method") and any(
+            if node.op == "placeholder" or node.op in ("call_module", "call_function", "call_method") and any(
                 a in reached for a in node.all_input_nodes
             ):
                 reached.add(node)
@@ -417,15 +420,15 @@ class Model:
             if node.op != "call_module" or node not in flowing:
                 continue
             module = self.graph.get_submodule(node.target)
-            weight = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
-            if isinstance(weight, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+            weight = weight_layer(module)
+            if weight is not None:
                 kind = "linear" if isinstance(weight, nn.Linear) else "conv"
-                bias = weight.bias.detach() if weight.bias is not None else None
+                bias = weight.bias.detach() if isinstance(weight.bias, torch.Tensor) else None
                 out_node = node
                 users = list(node.users)
                 if len(users) == 1 and users[0].op == "call_module":
                     bn = self.graph.get_submodule(users[0].target)
-                    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(bn, BATCHNORM):
                         scale, shift = _bn_affine(bn)
                         base = bias if bias is not None else torch.zeros_like(shift)
                         bias = base * scale + shift
@@ -435,7 +438,7 @@ class Model:
                     continue
                 found.append(BiasLayer(out_node.name, node.name, kind, _per_channel(bias, kind, self.shape(out_node.name)),
                                        weight, self.shape(out_node.name)))
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm) and node.name not in consumed_bn:
+            elif isinstance(module, BATCHNORM) and node.name not in consumed_bn:
                 scale, shift = _bn_affine(module)
                 found.append(BiasLayer(node.name, node.name, "batchnorm", _per_channel(shift, "conv", self.shape(node.name)),
                                        None, self.shape(node.name)))
@@ -450,6 +453,7 @@ class Model:
                 if (ca is None) == (cb is None):
                     continue  # residual add (two signals) or constant arithmetic
                 const = cb if cb is not None else ca
+                assert const is not None  # exactly one side is a constant
                 if module.math_op_function is torch.sub and cb is not None:
                     const = -const
                 found.append(BiasLayer(node.name, node.name, "add", const.detach(), None, self.shape(node.name)))
@@ -460,13 +464,12 @@ class Model:
         if not isinstance(arg, fx.Node):
             return None
         if arg.op == "get_attr":
-            value = self.graph
-            for part in arg.target.split("."):
+            value: Any = self.graph
+            for part in str(arg.target).split("."):
                 value = getattr(value, part)
             return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
         if arg.op == "call_module" and not arg.all_input_nodes:
-            module = self.graph.get_submodule(arg.target)
-            value = getattr(module, "value", None)
+            value = getattr(self.graph.get_submodule(str(arg.target)), "value", None)
             return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
         return None
 
@@ -510,7 +513,7 @@ class Model:
         for other in [node, *node.users, *node.all_input_nodes]:
             if other.op != "call_module":
                 continue
-            module = self.graph.get_submodule(other.target)
+            module = self.graph.get_submodule(str(other.target))
             name = type(module).__name__
             if isinstance(module, (nn.LayerNorm, nn.Linear)) or "LayerNorm" in name:
                 score += 1
@@ -598,8 +601,9 @@ class Model:
 
         After the last block only the class token reaches the logits, so a map there has no
         gradient on the patch tokens; pytorch-grad-cam uses ``blocks[-1].norm1`` for this."""
-        tokens = [f for f in layers if f.layout.kind == TOKENS]
-        if not tokens or not layers or layers[-1].layout.kind != TOKENS or not layers[-1].layout.prefix:
+        tokens = [f for f in layers if f.layout is not None and f.layout.kind == TOKENS]
+        last = layers[-1].layout if layers else None
+        if not tokens or last is None or last.kind != TOKENS or not last.prefix:
             return None
         order = {n: i for i, n in enumerate(self.graph.graph.nodes)}
         softmax = [order[self.node(a.node)] for a in self.attention()]
@@ -607,8 +611,8 @@ class Model:
             lo, hi = order[self.node(start.name)], order[self.node(end.name)]
             if not any(lo < s < hi for s in softmax):
                 continue
-            for user in sorted(self.node(start.name).users, key=order.get):
-                if user.op == "call_module" and _is_layer_norm(self.graph.get_submodule(user.target)):
+            for user in sorted(self.node(start.name).users, key=order.__getitem__):
+                if user.op == "call_module" and _is_layer_norm(self.graph.get_submodule(str(user.target))):
                     layout = self._layouts.get(user.name)
                     if layout is not None:
                         return FeatureLayer(user.name, tuple(self.shape(user.name)[1:]), layout, cut=False)
@@ -682,7 +686,7 @@ class Model:
         """The non-linearity kind of one node, before gate analysis (None: linear/routing)."""
         if node.op != "call_module":
             return None
-        module = self.graph.get_submodule(node.target)
+        module = self.graph.get_submodule(str(node.target))
         kind = _activation_kind(module)
         if kind is not None:
             return kind[0]
@@ -774,7 +778,7 @@ class Model:
         if inputs[0] is other:
             return True
         step = inputs[0]
-        if step.op != "call_module" or type(self.graph.get_submodule(step.target)).__name__ != "OnnxBinaryMathOperation":
+        if step.op != "call_module" or type(self.graph.get_submodule(str(step.target))).__name__ != "OnnxBinaryMathOperation":
             return False
         return self._signal_inputs(step) == [other]
 
@@ -818,7 +822,7 @@ class Model:
         if kind == "div":
             return 1 if node.args and len(node.args) > 1 and node.args[1] is inputs[1] else None
         gates = {"sigmoid", "hardsigmoid", "erf", "tanh", "softmax"}
-        for index, factor in enumerate(inputs):
+        for _index, factor in enumerate(inputs):
             if any(self._kind_of(n) in gates for n in self._chain_up(factor)):
                 position = next(i for i, a in enumerate(node.args) if a is factor)
                 return position
@@ -859,6 +863,7 @@ class Model:
             before = [f for f in layers if order[self.node(f.name)] < order[node]]
             stream = before[-1].layout if before else None
             stream_name = before[-1].name if before else None
+            layout: Layout | None
             if stream is not None and stream.kind == TOKENS:
                 windowed = tokens != stream.prefix + stream.grid[0] * stream.grid[1]
                 layout = stream
@@ -933,7 +938,7 @@ class Model:
         saved: dict[str, nn.Module] = {}
         try:
             for name, new in replacements.items():
-                target = self.node(name).target
+                target = str(self.node(name).target)
                 if target in self._tapped:
                     raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
                                        "so the tap's hook sits on the module that runs")
@@ -956,7 +961,7 @@ class Model:
                 self.graph.add_submodule(target, module.to(self.device))
                 with graph.inserting_after(site):
                     new = graph.call_module(target, (site,))
-                site.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+                site.replace_all_uses_with(new, delete_user_cb=partial(operator.is_not, new))
                 inserted.append((site, new, target))
             self.graph.recompile()
             yield
@@ -968,6 +973,23 @@ class Model:
             if inserted:
                 self.graph.recompile()
 
+    def batchnorm_affine(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The BatchNorm at node ``name`` as its eval-mode affine map ``x * scale + shift``
+        (per-channel tensors), or None when the node is not a BatchNorm. The one place BN is
+        canonicalised: the bias inventory folds with it, methods that split a folded bias use it."""
+        node = self.node(name)
+        if node.op != "call_module":
+            return None
+        module = self.graph.get_submodule(str(node.target))
+        return _bn_affine(module) if isinstance(module, BATCHNORM) else None
+
+    def split_at(self, layer: str) -> GraphSplit:
+        """The graph cut after node ``layer`` into a prefix (input → that layer's output) and a
+        suffix (→ logits): two new fx graphs sharing this model's modules, so a method that
+        optimises at a layer (IBA) runs only the suffix per step. The model's own graph is not
+        changed. See :class:`GraphSplit`."""
+        return GraphSplit(self, layer)
+
     @contextlib.contextmanager
     def tap(self, names: list[str], gradients: bool = True) -> Iterator[Tap]:
         """Record the outputs (and, after backward, the gradients) at the named nodes.
@@ -976,17 +998,20 @@ class Model:
         graph's code, so entering and leaving costs nothing next to a forward pass); any other
         node by a pass-through module inserted after it. Hooks are removed on exit."""
         tap = Tap(gradients)
-        handles, targets, others = [], [], {}
+        handles: list[Any] = []
+        targets: list[str] = []
+        others: dict[str, nn.Module] = {}
         try:
             for name in names:
                 node = self.node(name)
-                if node.op == "call_module" and node.target not in self._tapped:
-                    module = self.graph.get_submodule(node.target)
+                target = str(node.target)
+                if node.op == "call_module" and target not in self._tapped:
+                    module = self.graph.get_submodule(target)
                     handles.append(module.register_forward_hook(
                         lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
                         else None))
-                    self._tapped.add(node.target)
-                    targets.append(node.target)
+                    self._tapped.add(target)
+                    targets.append(target)
                 else:
                     others[name] = _TapModule(tap, name)
             with self.insert_after(others) if others else contextlib.nullcontext():
@@ -995,6 +1020,77 @@ class Model:
             for handle in handles:
                 handle.remove()
             self._tapped.difference_update(targets)
+
+
+class GraphSplit:
+    """A model cut after fx node ``layer``: ``prefix(x) -> [R, *rest]`` and
+    ``suffix(R, rest) -> logits`` (made by :meth:`Model.split_at`).
+
+    ``rest`` are the other prefix values the suffix reads (usually none; e.g. a dynamic
+    Reshape's shape). Both halves are fresh ``GraphModule``s that share the model's submodules;
+    on a graph fixed at batch 1 they run row by row."""
+
+    def __init__(self, model: Model, layer: str):
+        self.model = model
+        graph = model.graph.graph
+        target = model.node(layer)
+        nodes = list(graph.nodes)
+        cut = nodes.index(target)
+        before, after = nodes[:cut + 1], nodes[cut + 1:]
+        later = set(after)
+        boundary = [target] + [n for n in before if n is not target and n.op != "get_attr"
+                               and any(u in later for u in n.users)]
+        self.layer = target.name
+        self.fixed_batch = model.spec.fixed_batch
+        #: the layer's layout (tokens, channels-last or B×C×H×W; None when not spatial): the
+        #: bottleneck acts on the tensor as it is, smoothing and the map use its spatial view
+        self.feature = model.feature_layer(self.layer)
+
+        pre = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in before:
+            env[node] = pre.node_copy(node, lambda n: env[n])
+        pre.output(tuple(env[n] for n in boundary))
+        self._prefix = self._module(pre)
+
+        post = fx.Graph()
+        env = {n: post.placeholder(f"cut_{i}") for i, n in enumerate(boundary)}
+        for node in after:
+            for arg in node.all_input_nodes:  # constants the suffix reads are copied over
+                if arg not in env and arg.op == "get_attr":
+                    env[arg] = post.node_copy(arg, lambda n: env[n])
+            env[node] = post.node_copy(node, lambda n: env[n])
+        self._suffix = self._module(post)
+        self.extra = len(boundary) - 1
+
+    def _module(self, graph: fx.Graph) -> fx.GraphModule:
+        module = fx.GraphModule(self.model.graph, graph)
+        module.graph.eliminate_dead_code()
+        module.recompile()
+        return module
+
+    def prefix(self, x: torch.Tensor) -> list[Any]:
+        """``[R, *rest]`` for a batch (row by row on a graph fixed at batch 1)."""
+        if not self.fixed_batch or x.shape[0] == 1:
+            return list(self._prefix(x))
+        rows = [self._prefix(xi) for xi in x.split(1)]
+        return [torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
+                for i in range(len(rows[0]))]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output R for a batch."""
+        return self.prefix(x)[0]
+
+    def suffix(self, z: torch.Tensor, rest: Sequence[Any] = ()) -> torch.Tensor:
+        """Logits from the layer's (possibly modified) output ``z``."""
+        if not self.fixed_batch or z.shape[0] == 1:
+            return self._suffix(z, *rest)
+        n = z.shape[0]
+
+        def row(i: int) -> list[Any]:
+            return [v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for v in rest]
+
+        return torch.cat([self._suffix(z[i:i + 1], *row(i)) for i in range(n)])
 
 
 class Tap:
@@ -1039,15 +1135,6 @@ class _TapModule(nn.Module):
         if isinstance(x, torch.Tensor):
             self._tap.record(self._name, x)
         return x
-
-
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm in eval mode is ``x * scale + shift``."""
-    var, mean = bn.running_var.detach(), bn.running_mean.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    return scale, beta - mean * scale
 
 
 def _per_channel(bias: torch.Tensor, kind: str, shape: tuple) -> torch.Tensor:

@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ModelError
 from ..untrusted import printable, require_regular_file
@@ -146,7 +147,7 @@ def _load_external(model, model_path: Path, digest) -> int:
         raise ModelError(f"external data reuses the same bytes: {total / 2**20:.0f} MiB referenced from "
                          f"{distinct / 2**20:.0f} MiB of distinct ranges (more than "
                          f"{MAX_EXTERNAL_REUSE // 2**20} MiB of reuse is refused)", path=model_path)
-    handles: dict[Path, object] = {}
+    handles: dict[Path, BinaryIO] = {}
     cache: dict[tuple, bytes] = {}
     try:
         for tensor, file, offset, length in plan:

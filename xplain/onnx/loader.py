@@ -15,10 +15,10 @@ from unittest import mock
 
 import numpy as np
 
-from . import passes
-from .converters import register_aliases, unsupported_ops
 from ..errors import ModelError, UnsupportedOpsError, UsageError
 from ..untrusted import printable
+from . import passes
+from .converters import register_aliases, unsupported_ops
 from .io import check_model, read_model
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
@@ -35,6 +35,7 @@ VERIFY_TENSOR_FACTOR = 16
 
 def max_input_pixels(override: int | None = None) -> int:
     """The input-size bound in force: the argument, else ``$XPLAIN_MAX_INPUT_PIXELS``, else the default."""
+    value: int | str
     if override is not None:
         value, source = override, "--max-input-pixels"
     elif os.environ.get("XPLAIN_MAX_INPUT_PIXELS"):

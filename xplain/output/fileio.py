@@ -136,7 +136,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
     tmp = _temp_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        f = open(tmp, mode.replace("w", "x"), **kwargs)  # "x": never clobber another writer's temp file
+        # "x": never clobber another writer's temp file; closed by the ``with`` below
+        f = open(tmp, mode.replace("w", "x"), **kwargs)  # noqa: SIM115
     except OSError as e:
         raise write_failed(target, e) from None
     try:

@@ -217,7 +217,7 @@ def _image_row(out: Path, index: int, facts: dict, methods: list[str], records: 
             photo = im.convert("RGB")
     except OSError:
         return ""
-    first = next((records[(image, m)] for m in methods if (image, m) in records), {})
+    first: dict = next((records[(image, m)] for m in methods if (image, m) in records), {})
     label = first.get("target_label") or first.get("target", "")
     caption = f"{Path(image).name} · target {label}"
     if "probability" in first:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -111,7 +113,7 @@ class Registry:
         All or nothing: registrations are staged, and if any of them (or a hook) fails, nothing the
         plugin registered is kept and the plugin is unregistered (its load_model hook too)."""
         others = [p for p in self.pm.get_plugins() if p is not plugin]
-        staged: list[tuple[object, type, dict]] = []
+        staged: list[tuple[Any, Any, dict]] = []
         try:
             for hook, kind, store in (("register_methods", Method, self.methods),
                                       ("register_metrics", Metric, self.metrics)):
@@ -165,6 +167,35 @@ class Registry:
     def metric(self, name: str) -> Metric:
         return _lookup(self.metrics, name, "metric", "xplain metrics")
 
+    def resolve(self, kind: str, items: Iterable[str | Method | Metric],
+                params: Mapping[str, Mapping[str, object]] | None = None, *,
+                duplicates: str = "error") -> list[tuple[Any, dict[str, object]]]:
+        """The one name resolver (CLI, eval, bench): method or metric names (or objects) ->
+        ``(object, validated parameters)`` in the given order.
+
+        An unknown name is a usage error with close matches; ``params`` maps a name to its
+        given parameters (a name that is not listed is an error); a name listed twice is an
+        error, or dropped with ``duplicates="drop"``. Blank names are skipped."""
+        if kind not in ("method", "metric"):
+            raise ValueError(f"kind must be 'method' or 'metric', not {kind!r}")
+        params = params or {}
+        lookup = self.method if kind == "method" else self.metric
+        objs: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                if not item.strip():
+                    continue
+                item = lookup(item.strip())
+            if any(o.name == item.name for o in objs):
+                if duplicates == "drop":
+                    continue
+                raise UsageError(f"a {kind} is listed twice", hint=f"{item.name!r}")
+            objs.append(item)
+        unknown = set(params) - {o.name for o in objs}
+        if unknown:
+            raise UsageError(f"parameters given for {kind} {', '.join(sorted(unknown))} which is not chosen")
+        return [(o, validate_params(o.params, params.get(o.name, {}), f"{kind} {o.name!r}")) for o in objs]
+
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
 
@@ -175,11 +206,12 @@ def _lookup(store: dict, name: str, label: str, command: str):
     import difflib
 
     close = difflib.get_close_matches(name, list(store), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"see `{command}`"
+    hint = (f"did you mean {', '.join(close)}? " if close else "") + \
+        f"installed: {', '.join(sorted(store)) or 'none'} (see `{command}`)"
     raise UsageError(f"unknown {label} {name!r}", hint=hint)
 
 
-def validate_params(declared, given: dict[str, object], owner: str) -> dict[str, object]:
+def validate_params(declared, given: Mapping[str, object], owner: str) -> dict[str, object]:
     """Defaults overlaid with ``given`` (strings from ``--param`` or Python values), typed.
 
     An unknown key is a usage error that lists the valid ones."""

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ModelError, PluginError, UsageError, XplainError
 from ..graph.model import Model
-from ..plugins.plugin_api import Attribution, Method
+from ..plugins.plugin_api import Attribution, ExplainRequest, Method
 from ..plugins.registry import Registry, get_registry, validate_params
 
 
@@ -130,7 +130,7 @@ def time_limit(seconds: float | None, what: str):
         raise _MethodTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
     try:
         yield
     except _MethodTimeout:
@@ -183,7 +183,7 @@ def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Ten
     torch.manual_seed(seed)
     try:
         with time_limit(timeout, f"method {method.name!r}"):
-            result = method.explain(model, x, targets, params, seed)
+            result = method.run(ExplainRequest(model, x, targets, params, seed))
     except XplainError:
         raise
     except torch.cuda.OutOfMemoryError:

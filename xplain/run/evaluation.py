@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,16 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import check_requirements, run_method
 from ..data.datasets import Sample, class_names_of, output_exclusion, read_dataset
-from ..errors import PluginError, UsageError, XplainError
-from ..output.fileio import atomic_write, save_npy, write_failed
-from .guards import ModelGuard, lock_output
 from ..data.images import Preprocess, load_image
+from ..errors import PluginError, UsageError, XplainError
 from ..graph.model import Model
-from ..plugins.plugin_api import Method
-from ..plugins.registry import Registry, get_registry, validate_params
+from ..output.fileio import atomic_write, save_npy, write_failed
+from ..plugins.plugin_api import Attribution, Method, MetricContext
+from ..plugins.registry import Registry, get_registry
 from ..untrusted import path_text, printable, safe_stem
+from .api import check_requirements, run_method
+from .batching import load_batch
+from .guards import ModelGuard, lock_output
 
 RESULTS = "results.jsonl"
 
@@ -146,18 +148,7 @@ def _finite(v: float) -> float | None:
 
 # ----------------------------------------------------------------------------- the run
 def _resolve(items, kind: str, registry: Registry, given: dict | None) -> list[tuple[Any, dict]]:
-    out = []
-    given = given or {}
-    names = [i if isinstance(i, str) else i.name for i in items]
-    unknown = set(given) - set(names)
-    if unknown:
-        raise UsageError(f"parameters given for {kind} {', '.join(sorted(unknown))} which is not evaluated")
-    for item in items:
-        obj = (registry.method(item) if kind == "method" else registry.metric(item)) if isinstance(item, str) else item
-        out.append((obj, validate_params(obj.params, given.get(obj.name, {}), f"{kind} {obj.name!r}")))
-    if len({o.name for o, _ in out}) != len(out):
-        raise UsageError(f"a {kind} is listed twice")
-    return out
+    return registry.resolve(kind, items, given)
 
 
 def _digest(obj: Any) -> str:
@@ -191,8 +182,7 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     chosen_metrics = _resolve(metrics, "metric", registry, metric_params)
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    preprocess = preprocess or Preprocess.from_options(
-        (model.spec.channels, model.spec.height, model.spec.width), sidecar=getattr(model, "sidecar", None))
+    preprocess = preprocess or Preprocess.for_model(model)
     out = Path(out_dir)
     samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit,
                            exclude=output_exclusion(Path(data), out))
@@ -240,7 +230,7 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
             progress(handled, len(samples))
 
     summary = summarise(results, wanted, chosen_methods, chosen_metrics)
-    summary.update({"model": str(getattr(model.report, "path", "")), "digest": model.digest, "data": str(data),
+    summary.update({"model": str(model.report.path), "digest": model.digest, "data": str(data),
                     "images": len(samples), "seed": int(seed), "out": str(out)})
     write_summary(out, summary)
     if plots:
@@ -297,33 +287,30 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
     if not any(pending.values()):
         return
     errors: list[dict] = []
-    loaded: dict[int, tuple[np.ndarray, Any]] = {}
-    for i, s in batch:
-        if not any(key(s, m) not in done for m in pending):
-            continue
-        message = s.error
-        if message is None:
-            try:
-                arr, geo = preprocess(load_image(s.path))
-                loaded[i] = (arr, geo)
-                if i < montage:
-                    _keep_view(out, i, s, arr, preprocess)
-            except XplainError as e:
-                message = str(e)
-            except Exception as e:  # noqa: BLE001 - one broken image must not end the run
-                message = f"{s.path}: cannot load: {type(e).__name__}: {e}"
-        if message is not None:
+    wanted = [(i, s) for i, s in batch if any(key(s, m) not in done for m in pending)]
+    usable = [(i, s) for i, s in wanted if s.error is None]
+    # one broken image must not end the run: it becomes an error record
+    images = load_batch([s.path for _, s in usable], preprocess, model.device, keep_going=True)
+    failed = {i: s.error for i, s in wanted if s.error is not None}
+    failed.update({usable[j][0]: message for j, message in images.errors.items()})
+    for row, j in enumerate(images.indices):  # what the model saw of the montage images
+        i, s = usable[j]
+        if i < montage and images.x is not None:
+            _keep_view(out, i, s, images.x[row].cpu().numpy(), preprocess)
+    for i, s in wanted:
+        if i in failed:
             for m, p in chosen_methods:
                 k = key(s, m.name)
                 if k not in done:
-                    errors.append(_error_record(k, s, m.name, p, seed, message))
+                    errors.append(_error_record(k, s, m.name, p, seed, str(failed[i])))
                     done.add(k)
     _append(results, errors)
-    if not loaded:
+    if images.x is None:
         return
-    order = sorted(loaded)
+    order = [usable[j][0] for j in images.indices]
+    geometry = {usable[j][0]: g for j, g in zip(images.indices, images.geometries)}
     by_index = dict(batch)
-    x_all = torch.from_numpy(np.stack([loaded[i][0] for i in order])).to(model.device, torch.float32)
+    x_all = images.x
     with torch.no_grad():
         logits = model(x_all).float()
     probs = torch.softmax(logits, dim=1)
@@ -337,9 +324,10 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             bad[i] = "the model's output for this image is not finite (NaN/Inf): check the preprocessing"
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
-    box_all, box_labels_all = [], []
+    box_all: list[torch.Tensor | None] = []
+    box_labels_all: list[torch.Tensor | None] = []
     for i in order:
-        s, geo = by_index[i], loaded[i][1]
+        s, geo = by_index[i], geometry[i]
         if s.boxes is None:
             box_all.append(None)
             box_labels_all.append(None)
@@ -347,7 +335,14 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
         box_all.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes],
                                     dtype=torch.float32).reshape(-1, 4))
         box_labels_all.append(torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long))
-    cache: dict = {}  # method-independent work shared by every method on this batch
+    shared = _Batch(
+        # the whole batch as metrics will see it; each method's rows are a replace() of it. The
+        # cache holds method-independent work shared by every method on this batch.
+        context=MetricContext(model=model, x=x_all, targets=t_all, attribution=Attribution(maps=None),
+                              boxes=box_all, box_labels=box_labels_all, seed=seed, batch_size=batch_size,
+                              forward_batch=max(64, 8 * batch_size), cache={}),
+        samples=[by_index[i] for i in order], indices=order, probs=probs, preds=preds)
+    run = _Run(key, out, montage, timeout)
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if key(by_index[i], method.name) not in done]
         lines = []
@@ -356,32 +351,58 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             lines.append(_error_record(key(s, method.name), s, method.name, mparams, seed, bad[order[row]]))
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            scored = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all,
-                                   probs, preds, box_all, box_labels_all, key, seed, batch_size, cache, out, montage,
-                                   timeout)
+            scored = _score_method(shared, run, method, mparams, chosen_metrics, rows)
             by_key = {key(by_index[order[r]], method.name): by_index[order[r]] for r in rows}
             lines += check_model_unchanged(guard, method.name, scored, by_key, mparams, seed)
         _append(results, lines)
         done.update(r["key"] for r in lines)
 
 
-def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, key, seed, batch_size, cache, out, montage, timeout=None) -> list[dict]:
-    sel = torch.tensor(rows, device=x_all.device)
-    x, targets = x_all[sel], t_all[sel]
-    samples = [by_index[order[r]] for r in rows]
+@dataclasses.dataclass
+class _Batch:
+    """One loaded batch, shared by every method scored on it: the metric context of all its
+    rows, and per row the sample, its index in the data set and the model's prediction."""
+
+    context: MetricContext
+    samples: list[Sample]
+    indices: list[int]
+    probs: torch.Tensor
+    preds: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every record of the run needs: the resume key, the output folder, the montage size."""
+
+    key: Callable[[Sample, str], str]
+    out: Path
+    montage: int
+    timeout: float | None = None
+
+
+def _score_method(batch: _Batch, run: _Run, method: Method, mparams: dict, chosen_metrics: list,
+                  rows: list[int]) -> list[dict]:
+    """Explain ``rows`` of ``batch`` with ``method``, score them with every metric, and return
+    one record per row (an error record per row when the method fails)."""
+    base = batch.context
+    model, seed, key = base.model, base.seed, run.key
+    sel = torch.tensor(rows, device=base.x.device)
+    x, targets = base.x[sel], base.targets[sel]
+    samples = [batch.samples[r] for r in rows]
+    boxes = base.boxes or [None] * len(batch.samples)
+    box_labels = base.box_labels or [None] * len(batch.samples)
     started = time.perf_counter()
     try:
-        attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
+        attribution = run_method(model, method, x, targets, mparams, seed, timeout=run.timeout)
     except XplainError as e:
         return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
     seconds = (time.perf_counter() - started) / len(rows)
-    context = {
-        "boxes": [box_all[r] for r in rows], "box_labels": [box_labels_all[r] for r in rows],
-        "method": method, "method_params": mparams, "seed": seed, "batch_size": batch_size,
-        "forward_batch": max(64, 8 * batch_size), "cache": cache,
-        "explain": lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=timeout),
-    }
+    context = dataclasses.replace(
+        base, x=x, targets=targets, attribution=attribution,
+        boxes=[boxes[r] for r in rows], box_labels=[box_labels[r] for r in rows],
+        method=method, method_params=mparams,
+        explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=run.timeout),
+    )
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
     curve_x: dict[str, list] = {}
@@ -389,7 +410,7 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     for metric, params in chosen_metrics:
         try:
             with torch.no_grad() if not metric.needs else contextlib.nullcontext():
-                res = metric.score(model, x, targets, attribution, {**context, "params": params})
+                res = metric.run(dataclasses.replace(context, params=params))
             for name, value in dict(res).items():
                 value = torch.as_tensor(value).detach().float().cpu()
                 if name.endswith("@x"):
@@ -405,12 +426,12 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     maps = attribution.maps.detach().float().cpu()
     lines = []
     for j, (r, s) in enumerate(zip(rows, samples)):
-        index = order[r]
+        index = batch.indices[r]
         t = int(targets[j])
         record = {
             "key": key(s, method.name), "image": path_text(s.path), "method": method.name, "params": mparams,
-            "seed": seed, "target": t, "target_label": model.label(t) if hasattr(model, "label") else None,
-            "label": s.label, "prediction": int(preds[r]), "probability": _finite(float(probs[r, t])),
+            "seed": seed, "target": t, "target_label": model.label(t),
+            "label": s.label, "prediction": int(batch.preds[r]), "probability": _finite(float(batch.probs[r, t])),
             "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
@@ -420,8 +441,8 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         if metric_errors:
             record["metric_errors"] = metric_errors
         lines.append(record)
-        if index < montage:
-            save_npy(out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
+        if index < run.montage:
+            save_npy(run.out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
     return lines
 
 
@@ -436,8 +457,8 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         curve_labels.update(metric.curves)
     values: dict[str, dict[str, list]] = {m.name: {} for m, _ in chosen_methods}
     nans: dict[str, dict[str, int]] = {m.name: {} for m, _ in chosen_methods}
-    curve_sum: dict[str, dict[str, list]] = {}
-    curve_n: dict[str, dict[str, list]] = {}
+    curve_sum: dict[str, dict[str, np.ndarray]] = {}
+    curve_n: dict[str, dict[str, np.ndarray]] = {}
     curve_xs: dict[str, list] = {}
     errors = {m.name: 0 for m, _ in chosen_methods}
     error_examples: dict[str, str] = {}
@@ -460,11 +481,11 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         for k, c in record.get("curves", {}).items():
             arr = np.array([np.nan if v is None else v for v in c], dtype=np.float64)
             s = curve_sum.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
-            n = curve_n.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
+            cnt = curve_n.setdefault(k, {}).setdefault(name, np.zeros_like(arr))
             if s.shape == arr.shape:
                 ok = np.isfinite(arr)
                 s[ok] += arr[ok]
-                n[ok] += 1
+                cnt[ok] += 1
         for k, xs in record.get("curve_x", {}).items():
             curve_xs.setdefault(k, xs)
     metric_of = {}
@@ -496,13 +517,13 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
         cands = [(v[k]["mean"], name) for name, v in table.items() if k in v and v[k]["mean"] is not None]
         if len(cands) > 1:
             best[k] = (max if direction[k] else min)(cands)[1]
-    curves = {}
-    for k, per in curve_sum.items():
+    curves: dict[str, dict[str, Any]] = {}
+    for k, sums in curve_sum.items():
         curves[k] = {"xlabel": curve_labels.get(k, ""), "methods": {}}
-        for name, s in per.items():
-            n = curve_n[k][name]
-            mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
-            curves[k]["methods"][name] = [_finite(float(v)) for v in mean]
+        for name, s in sums.items():
+            cnt = curve_n[k][name]
+            avg = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+            curves[k]["methods"][name] = [_finite(float(v)) for v in avg]
         length = len(next(iter(curves[k]["methods"].values())))
         curves[k]["x"] = curve_xs.get(k) or np.linspace(0, 1, length).tolist()
     return {"methods": {m.name: p for m, p in chosen_methods}, "metrics": {m.name: p for m, p in chosen_metrics},
@@ -548,7 +569,7 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         ax = fig.add_subplot()
         import matplotlib
 
-        colours = matplotlib.colormaps["tab20"].colors  # 20 distinct colours: methods stay apart
+        colours = matplotlib.colormaps["tab20"].colors  # type: ignore[attr-defined] # 20 distinct colours: methods stay apart
         ax.set_prop_cycle(color=colours[0::2] + colours[1::2])
         for name, ys in curve["methods"].items():
             ys = [np.nan if v is None else v for v in ys]
@@ -563,9 +584,9 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
         path = out / "plots" / f"{safe_stem(k)}.png"  # score names come from plugins
         atomic_write(path, _png(fig))
         written.append(path)
-    path = _montage(out, samples[:montage], methods, preprocess)
-    if path is not None:
-        written.append(path)
+    montage_path = _montage(out, samples[:montage], methods, preprocess)
+    if montage_path is not None:
+        written.append(montage_path)
     return written
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import check_requirements, run_method
 from ..data.datasets import IMAGE_SUFFIXES
 from ..data.images import Preprocess, load_image, resolve_target
 from ..errors import InputDataError, PluginError, UsageError, XplainError
@@ -22,6 +21,7 @@ from ..output.render import RenderOptions, save_heatmap, save_overlay
 from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
+from .api import check_requirements, run_method
 
 
 def versions() -> dict[str, str]:
@@ -238,7 +238,7 @@ def _drawable(image, geometry):
         return image, geometry
     from PIL import Image
 
-    return image.resize(size, Image.BILINEAR), dataclasses.replace(geometry, original_size=size)
+    return image.resize(size, Image.Resampling.BILINEAR), dataclasses.replace(geometry, original_size=size)
 
 
 def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:

@@ -57,7 +57,8 @@ def _gradcam_layer(model, requested):
     return layer
 
 
-def _explain_gradcam(model, x, targets, params, seed):
+def _explain_gradcam(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
     import torch.nn.functional as F
 
@@ -108,23 +109,21 @@ def _bias_parts(model, layer):
     the BN separately, so it has two maps there; splitting the folded bias b = s·b_conv + shift
     into s·b_conv (= the conv's own term, since d/d conv-out = s · d/d BN-out) and shift
     reproduces both exactly. The sum, and so completeness, is unchanged."""
-    import torch
 
     bias = layer.bias
     conv_bias = getattr(layer.module, "bias", None) if layer.kind == "conv" else None
     if conv_bias is None or layer.node == layer.layer:
         return [(layer.node, bias)]
-    bn = model.module(layer.node)
-    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+    affine = model.batchnorm_affine(layer.node)  # the core's one BatchNorm canonicalisation
+    if affine is None:
         return [(layer.node, bias)]
-    var = bn.running_var.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    scale = (gamma / torch.sqrt(var + bn.eps)).reshape(bias.shape)
+    scale = affine[0].reshape(bias.shape)
     own = conv_bias.detach().reshape(bias.shape) * scale
     return [(layer.layer, own), (layer.node, bias - own)]
 
 
-def _explain_fullgrad(model, x, targets, params, seed):
+def _explain_fullgrad(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
     import torch
     import torch.nn.functional as F
 
@@ -184,6 +183,7 @@ def _explain_fullgrad(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="grad-cam",
+        reference="captum.attr.LayerGradCam",
         summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
         description=(
             "One forward and one backward pass of the target logit (never the softmax), the backward "

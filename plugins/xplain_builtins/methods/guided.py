@@ -6,7 +6,8 @@ _REDUCE = xplain.reduce_param()
 
 
 def _make_explain(mode):
-    def explain(model, x, targets, params, seed):
+    def explain(request: xplain.ExplainRequest):
+        model, x, targets, params = request.model, request.x, request.targets, request.params
         import torch
 
         with xplain.apply_rules(model, xplain.rectifier_rules(mode)) as swapped, torch.enable_grad():
@@ -40,6 +41,7 @@ _CAPS = xplain.Capabilities(needs_gradients=True, requires=("rectifiers",),
 def register_methods(register):
     register(xplain.Method(
         name="guided-backprop",
+        reference="captum.attr.GuidedBackprop",
         summary="guided backpropagation through every rectifier (Springenberg et al. 2015)",
         description=(
             "One forward and one backward pass of the target logit in which every rectifier "
@@ -58,6 +60,7 @@ def register_methods(register):
     ))
     register(xplain.Method(
         name="deconvnet",
+        reference="captum.attr.Deconvolution",
         summary="deconvnet backward through every rectifier (Zeiler & Fergus 2014)",
         description=(
             "One forward and one backward pass of the target logit in which every rectifier "

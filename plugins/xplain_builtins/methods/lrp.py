@@ -3,7 +3,8 @@
 import xplain
 
 
-def _explain_epsilon(model, x, targets, params, seed):
+def _explain_epsilon(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
 
     with xplain.apply_rules(model, xplain.lrp_rules("epsilon", params["epsilon"])), torch.enable_grad():
@@ -15,11 +16,15 @@ def _explain_epsilon(model, x, targets, params, seed):
                               sample_info=[{"relevance_sum": v} for v in relevance.flatten(1).sum(1).tolist()])
 
 
-def _explain_zplus(model, x, targets, params, seed):
+def _explain_zplus(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
+    import dataclasses
+
     import torch
 
     if model.spec.fixed_batch and x.shape[0] > 1:  # taps below must see each graph call's whole batch
-        parts = [_explain_zplus(model, x[i:i + 1], targets[i:i + 1], params, seed) for i in range(x.shape[0])]
+        parts = [_explain_zplus(dataclasses.replace(request, x=x[i:i + 1], targets=targets[i:i + 1]))
+                 for i in range(x.shape[0])]
         return xplain.Attribution(torch.cat([p.maps for p in parts]),
                                   info={"relevance_sum": [v for p in parts for v in p.info["relevance_sum"]]},
                                   sample_info=[i for p in parts for i in p.sample_info])
@@ -73,6 +78,7 @@ _TRANSFORMER = (
 def register_methods(register):
     register(xplain.Method(
         name="lrp-epsilon",
+        reference="captum.attr.LRP(EpsilonRule)",
         summary="LRP with the ε-rule on every linear layer (Bach et al. 2015)",
         description=(
             "One forward and one backward pass. Every conv/linear layer redistributes relevance "

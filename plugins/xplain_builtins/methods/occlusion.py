@@ -28,7 +28,8 @@ def _resolve(params, height, width):
     return patch, stride
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
 
     batch, channels, height, width = x.shape
@@ -58,6 +59,7 @@ def _explain(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="occlusion",
+        reference="captum.attr.Occlusion",
         summary="logit drop when a sliding patch is set to a baseline (Zeiler & Fergus 2014)",
         description=(
             "A `patch`×`patch` window (all channels) slides over the image with step `stride`; for each "

@@ -43,7 +43,8 @@ def rollout(model, attention, mats, fusion="mean", discard_ratio=0.0):
     return result
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, params = request.model, request.x, request.params
     attention = attention_layers(model, "attention-rollout")
     mats, _ = capture(model, x, attention)
     relevance = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])

@@ -256,7 +256,8 @@ def _fractions(mass):
     return {name: round(m / whole, 6) for name, m in mass.items()}
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
 
     terms = bias_terms(model, params["layers"]) if params["bias"] else []
@@ -298,8 +299,8 @@ def _explain(model, x, targets, params, seed):
         picks = torch.tensor([column[u][c] for c in members], device=x.device)
 
         def centred(values):
-            own = values[u, me]
-            return own - values[u, picks].mean(dim=0) if params["center"] else own
+            own = values[u, me]  # noqa: B023 - called within this iteration only
+            return own - values[u, picks].mean(dim=0) if params["center"] else own  # noqa: B023
 
         out.append(centred(full))
         in_map = {name: float(centred(m).abs().sum()) for name, m in parts.items()}

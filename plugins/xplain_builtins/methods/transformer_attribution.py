@@ -32,7 +32,8 @@ def relevance(model, attention, mats, grads):
     return result
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
     attention = attention_layers(model, "transformer-attribution")
     mats, grads = capture(model, x, attention, targets)
     maps = token_map(model, relevance(model, attention, mats, grads), attention[0], attention[-1])

@@ -13,7 +13,7 @@ _FORWARD = 128  # perturbed images per forward pass when the context does not sa
 
 
 def _chunk(context):
-    return int(context.get("forward_batch") or _FORWARD)
+    return int(context.forward_batch or _FORWARD)
 
 
 def _score_images(model, make, count, targets_of, chunk, kind="prob"):
@@ -63,7 +63,6 @@ def _perturbation_curve(model, base, other, ranks, counts, targets, chunk):
     """Target probability of ``base`` with the pixels of rank < counts[t] taken from ``other``.
 
     base, other: B×C×H×W; ranks: B×HW; counts: T ints. Returns B×T."""
-    import torch
 
     b, c, h, w = base.shape
     t = counts.numel()
@@ -94,10 +93,11 @@ def _step(params, h, w):
 
 
 def _deletion_insertion(kind):
-    def score(model, x, targets, attribution, context):
+    def score(context: xplain.MetricContext):
+        model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
         import torch
 
-        params = context["params"]
+        params = context.params
         b, c, h, w = x.shape
         step = _step(params, h, w)
         n = h * w
@@ -112,11 +112,12 @@ def _deletion_insertion(kind):
     return score
 
 
-def _pixel_perturbation(model, x, targets, attribution, context):
+def _pixel_perturbation(context: xplain.MetricContext):
+    model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import torch
     import torch.nn.functional as F
 
-    params = context["params"]
+    params = context.params
     b, c, h, w = x.shape
     tile, steps = int(params["tile"]), int(params["steps"])
     m = attribution.maps.to(x.device, torch.float32)
@@ -144,25 +145,26 @@ def _pixel_perturbation(model, x, targets, attribution, context):
             "morf-curve": morf, "lerf-curve": lerf}
 
 
-def _sensitivity_n(model, x, targets, attribution, context):
+def _sensitivity_n(context: xplain.MetricContext):
+    model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import hashlib
     import math
 
     import torch
 
-    params = context["params"]
+    params = context.params
     b, c, h, w = x.shape
     n_pix = h * w
     subsets, num_n = int(params["subsets"]), int(params["num_n"])
     top = max(1.0, float(params["max_fraction"]) * n_pix)
     ns = sorted({max(1, int(v)) for v in torch.logspace(0, math.log10(top), num_n, dtype=torch.float64).tolist()})
-    seed = int(context.get("seed", 0))
+    seed = int(context.seed)
     # The perturbed forward passes depend on the image, the target and the masks — not on the
     # method — so they are cached for the batch and shared by every method evaluated on it.
     digest = hashlib.blake2b(x.detach().float().cpu().numpy().tobytes()
                              + targets.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
     key = ("sensitivity-n", digest, tuple(ns), subsets, seed)
-    cache = context.get("cache")
+    cache = context.cache
     if cache is not None and key in cache:
         masks, delta = cache[key]
     else:

@@ -4,9 +4,9 @@
 Zhang, Khakzar et al. (NeurIPS 2021), whose stages 2–3 live in :mod:`.iba_input`
 (which builds on this module; this module does not import it).
 
-Speed: the model is split once at the bottleneck layer into a *prefix* (input → feature map)
-and a *suffix* (feature map → logits), two new fx graphs sharing the model's modules (the
-model's own graph is never touched). The prefix runs once per explained batch, so each of the
+Speed: the model is split once at the bottleneck layer (``model.split_at``) into a *prefix*
+(input → feature map) and a *suffix* (feature map → logits), two new fx graphs sharing the
+model's modules (the model's own graph is never touched). The prefix runs once per explained batch, so each of the
 10 optimisation steps costs only the suffix; fitting statistics and the GAN stage run only the
 prefix. All images of a batch are optimised together: every per-image quantity (masks, noise,
 optimiser moments) is element-wise, so batching never mixes images.
@@ -17,82 +17,6 @@ import math
 import xplain
 
 LN2 = math.log(2.0)
-
-
-# ----------------------------------------------------------------------------- graph split
-class Split:
-    """The model cut after fx node ``layer``: ``prefix(x) -> [R, *rest]`` and
-    ``suffix(R, rest) -> logits``.
-
-    ``rest`` are the other prefix values the suffix reads (usually none; e.g. a dynamic
-    Reshape's shape). Both are fresh ``GraphModule``s that share the model's submodules."""
-
-    def __init__(self, model, layer):
-        from torch import fx
-
-        self.model = model
-        graph = model.graph.graph
-        target = model.node(layer)
-        nodes = list(graph.nodes)
-        cut = nodes.index(target)
-        before, after = nodes[:cut + 1], nodes[cut + 1:]
-        later = set(after)
-        boundary = [target] + [n for n in before if n is not target and n.op != "get_attr"
-                               and any(u in later for u in n.users)]
-        self.layer = target.name
-        self.fixed_batch = model.spec.fixed_batch
-        #: the layer's layout (tokens, channels-last or B×C×H×W; None when not spatial): the
-        #: bottleneck acts on the tensor as it is, smoothing and the map use its spatial view
-        self.feature = model.feature_layer(self.layer)
-
-        pre = fx.Graph()
-        env = {}
-        for node in before:
-            env[node] = pre.node_copy(node, lambda n: env[n])
-        pre.output(tuple(env[n] for n in boundary))
-        self._prefix = _module(model, pre)
-
-        post = fx.Graph()
-        env = {n: post.placeholder(f"cut_{i}") for i, n in enumerate(boundary)}
-        for node in after:
-            for arg in node.all_input_nodes:  # constants the suffix reads are copied over
-                if arg not in env and arg.op == "get_attr":
-                    env[arg] = post.node_copy(arg, lambda n: env[n])
-            env[node] = post.node_copy(node, lambda n: env[n])
-        self._suffix = _module(model, post)
-        self.extra = len(boundary) - 1
-
-    def prefix(self, x):
-        """``[R, *rest]`` for a batch (row by row on a graph fixed at batch 1)."""
-        import torch
-
-        if not self.fixed_batch or x.shape[0] == 1:
-            return list(self._prefix(x))
-        rows = [self._prefix(xi) for xi in x.split(1)]
-        return [torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
-                for i in range(len(rows[0]))]
-
-    def features(self, x):
-        return self.prefix(x)[0]
-
-    def suffix(self, z, rest=()):
-        import torch
-
-        if not self.fixed_batch or z.shape[0] == 1:
-            return self._suffix(z, *rest)
-        n = z.shape[0]
-        rows = lambda i: [v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v  # noqa: E731
-                          for v in rest]
-        return torch.cat([self._suffix(z[i:i + 1], *rows(i)) for i in range(n)])
-
-
-def _module(model, graph):
-    from torch import fx
-
-    module = fx.GraphModule(model.graph, graph)
-    module.graph.eliminate_dead_code()
-    module.recompile()
-    return module
 
 
 def resolve_layer(model, requested, method, spatial=True):
@@ -228,7 +152,7 @@ def _fit(model, batches, params, console=None):
     import torch
 
     layer, shape = resolve_layer(model, params["layer"], "iba", spatial=False)
-    split = Split(model, layer)
+    split = model.split_at(layer)
     feats, pixels = Welford(), Welford()
     limit = params["fit_samples"]
     with torch.no_grad():
@@ -371,13 +295,15 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
 
 
 def _stats_and_gens(model, x, params, seed, method, layer):
-    split = Split(model, layer)
+    split = model.split_at(layer)
     gens = xplain.sample_generators(x, seed)
     mean, std, active, info, state = feature_stats(model, split, x, params, gens, method)
     return split, gens, mean, std, active, info, state
 
 
-def _explain_iba(model, x, targets, params, seed):
+def _explain_iba(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import time
 
     layer, shape = resolve_layer(model, params["layer"], "iba")

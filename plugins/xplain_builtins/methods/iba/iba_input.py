@@ -78,7 +78,7 @@ class GroupedCritic:
 
         b, n = feats.shape[:2]
         h = feats.transpose(0, 1).flatten(1, 2)  # N×(B·C)×h×w
-        for (cin, cout, k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
+        for (_cin, _cout, _k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
             if self.batch_norm:
                 h = F.batch_norm(h, None, None, gw, gb, training=True)
@@ -308,7 +308,9 @@ def _input_noise(x, params, state, info):
     return mean, std.clamp_min(params["min_std"])
 
 
-def _explain_input_iba(model, x, targets, params, seed):
+def _explain_input_iba(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import time
 
     import torch

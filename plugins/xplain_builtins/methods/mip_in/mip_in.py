@@ -67,7 +67,8 @@ _PARAMS = [
 
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch.nn.functional as F
 
     attribution, source, _, start = invert(model, x, targets, params)
@@ -88,7 +89,6 @@ def _explain(model, x, targets, params, seed):
 
 def completeness(model, x, targets, params=None) -> dict:
     """APC and Positive APC of section 5 (eq. 10-11), in percent, averaged per class then over classes."""
-    import torch
 
     values = xplain.validate_params(_PARAMS, params or {}, NAME)
     _, source, logits, start = invert(model, x, targets, values)
