@@ -688,9 +688,24 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
     timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
                                             help="Fail a method's batch that runs longer (error records)."),
+    workers: int | None = typer.Option(None, "--workers", min=0,
+                                          help="Image decoding workers (default: the number of cores; 0: none)."),
+    worker_kind: str = typer.Option("thread", "--worker-kind", help="Decoding workers: thread or process."),
+    shard: str | None = typer.Option(None, "--shard", metavar="I/N",
+                                        help="Evaluate shard I of N (0-based) into results.shard-I-of-N.jsonl; "
+                                             "'env' reads RANK/WORLD_SIZE or the SLURM array task."),
+    ray_address: str | None = typer.Option(None, "--ray", metavar="auto|ADDRESS|local",
+                                              help="Run on Ray (pip install 'xplain[ray]'): local starts a "
+                                                   "local cluster, auto joins the running one."),
+    ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray worker actors (one model each)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="GPUs per Ray worker (0.5: two workers share a GPU)."),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
-    report.html."""
+    report.html.
+
+    `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
+    summary and reports images no shard has done."""
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
@@ -706,6 +721,14 @@ def eval_command(
         validate_params(registry.metric(n).params, metric_params.get(n, {}), f"metric {n!r}")
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
+    if worker_kind not in ("thread", "process"):
+        raise UsageError(f"--worker-kind {worker_kind!r}: expected thread or process")
+    from ..run.shards import parse_shard
+
+    chosen_shard = parse_shard(shard)
+    ray = None
+    if ray_address is not None:
+        ray = {"address": ray_address, "workers": ray_workers, "gpus_per_worker": gpus_per_worker}
     model = _load(model_path, device, class_names)
     if [n.strip() for n in methods.split(",") if n.strip()] == ["all"]:
         # "all" means every method this model qualifies for (rectifiers, attention …)
@@ -743,6 +766,7 @@ def eval_command(
                            boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
                            preprocess=preprocess, method_params=method_params, metric_params=metric_params,
                            registry=registry, montage=montage, plots=plots, report_images=report_images,
+                           workers=workers, worker_kind=worker_kind, shard=chosen_shard, ray=ray,
                            timeout=timeout,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
@@ -756,9 +780,40 @@ def eval_command(
     for name, n in failed.items():
         out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
                   highlight=False)
-    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
-              + (", plots/" if plots else ""), highlight=False)
+    if "shard" in summary:
+        out.print(f"wrote {escape(str(out_dir))}/{chosen_shard.results_name} (shard {summary['shard']}); when every "
+                  f"shard is done: xplain eval summarize {escape(str(out_dir))}", highlight=False)
+    else:
+        _print_missing(summary)
+        out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
+                  + (", plots/" if plots else ""), highlight=False)
     _fail_if_nothing_evaluated(summary, data)
+
+
+def _print_missing(summary: dict) -> None:
+    if summary.get("missing"):
+        examples = ", ".join(summary.get("missing_images", [])[:3])
+        out.print(f"[yellow]{summary['missing']} image(s) have no result in any results file, e.g. "
+                  f"{escape(examples)}[/]", highlight=False)
+
+
+@app.command("eval-summarize", hidden=True)
+def eval_summarize_command(
+    out_dir: Path = typer.Argument(..., metavar="DIR", help="The --out folder of `xplain eval` (its shards)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
+):
+    """Merge every results file in DIR into summary.json/csv, the table and plots (`xplain eval summarize DIR`)."""
+    from ..run.shards import summarize
+
+    summary = summarize(out_dir, plots=plots, registry=_registry())
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(summary_table(summary))
+    _print_missing(summary)
+    out.print(f"merged {', '.join(summary['results_files']) or 'no results files'} -> "
+              f"{escape(str(out_dir))}/summary.json, summary.csv" + (", plots/" if plots else ""), highlight=False)
 
 
 def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
@@ -828,6 +883,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file():  # a sub-command of eval
+        argv = ["eval-summarize", *argv[2:]]
     debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:

@@ -17,9 +17,11 @@ JSON box files use the same convention (see :func:`read_boxes_json`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import re
 import xml.etree.ElementTree as ET
@@ -109,9 +111,34 @@ def resolve_label(text: str, class_names: list[str] | None) -> int:
         return found
     if found:
         raise ValueError(f"label {text!r} is ambiguous (classes {found})")
+    wnid = _wordnet_index(text)
+    if wnid is not None and (not class_names or len(class_names) == len(imagenet_wnids())):
+        return wnid
     if class_names:
         raise ValueError(f"unknown label {text!r}")
     raise ValueError(f"label {text!r} is not an index and the model has no class names")
+
+
+_WNID = re.compile(r"n\d{8}")
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet ids in class order (sorted, as torchvision's and timm's heads)."""
+    text = (Path(__file__).parent / "imagenet_wnids.txt").read_text(encoding="ascii")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _wordnet_index(text: str) -> int | None:
+    """The ImageNet-1k class of a WordNet id (``n01440764`` -> 0), or None.
+
+    ImageNet's folders and its validation boxes name classes by WordNet id; a 1000-class model
+    (or one without class names) reads them in the standard order."""
+    if not _WNID.fullmatch(text):
+        return None
+    wnids = imagenet_wnids()
+    i = bisect.bisect_left(wnids, text)
+    return i if i < len(wnids) and wnids[i] == text else None
 
 
 def _box_label(name: str, class_names: list[str] | None) -> int | None:

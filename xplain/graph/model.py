@@ -277,6 +277,8 @@ class Model:
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
         self.state_dir: str | Path | None = None  #: where fitted state is looked up (None: the default state dir)
         self._state_hidden = False  #: inside :meth:`without_fitted_state`
+        #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
+        self.preloaded_state: dict | None = None
 
     # ---------------------------------------------------------------- running
     @property
@@ -320,8 +322,13 @@ class Model:
         from ..errors import InputDataError
         from ..run.state import load_state
 
-        found = None if self._state_hidden else load_state(self.digest, method, root=self.state_dir,
-                                                            device=self.device)
+        if self._state_hidden:  # inside without_fitted_state: neither the disk nor a preloaded copy
+            found = None
+        elif self.preloaded_state and method in self.preloaded_state:
+            tensors, meta = self.preloaded_state[method]
+            return {k: v.to(self.device) for k, v in tensors.items()}, dict(meta)
+        else:
+            found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
             raise InputDataError(f"no fitted state for method {method!r} and this model",
                                  path=self.report.path,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -39,15 +38,17 @@ import torch
 
 from ..data.datasets import Sample, class_names_of, output_exclusion, read_dataset
 from ..data.images import Preprocess, load_image
+from ..data.pipeline import Prepared, default_workers, prefetch, to_device
 from ..errors import PluginError, UsageError, XplainError
 from ..graph.model import Model
 from ..output.fileio import atomic_write, save_npy, write_failed
-from ..plugins.plugin_api import Attribution, Method, MetricContext
+from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry
 from ..untrusted import path_text, printable, safe_stem
 from .api import check_requirements, run_method
-from .batching import load_batch
 from .guards import ModelGuard, lock_output
+from .shards import Shard, data_root, image_key, lock_results, missing_report, result_key, write_run
+from .shards import digest as _digest
 
 RESULTS = "results.jsonl"
 
@@ -151,17 +152,14 @@ def _resolve(items, kind: str, registry: Registry, given: dict | None) -> list[t
     return registry.resolve(kind, items, given)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
-
-
 def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, out_dir: str | Path = "xplain-eval",
              labels: str | Path | None = None, boxes: str | Path | None = None, limit: int | None = None,
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
              montage: int = 4, plots: bool = True, report_images: int = 8,
-             timeout: float | None = None) -> dict:
+             timeout: float | None = None, workers: int | None = None, worker_kind: str = "thread",
+             shard: Shard | None = None, ray: dict | None = None) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
@@ -170,8 +168,16 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
     ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
     ``timeout`` bounds each method call (seconds). The output folder is locked for the run
-    (:func:`~xplain.run.guards.lock_output`), images inside it are not read as data, and the model
-    is checked after every method (:class:`~xplain.run.guards.ModelGuard`).
+    (:func:`~xplain.run.guards.lock_output`; a shard locks only its results file, so shards can
+    share the folder), images inside it are not read as data, and the model is checked after
+    every method (:class:`~xplain.run.guards.ModelGuard`).
+
+    ``workers``: background decoding workers (None = the number of cores, 0 = decode in the
+    calling thread); ``worker_kind`` "thread" or "process". ``shard``: evaluate only this
+    shard's part of the data (see :mod:`xplain.run.shards`), into ``results.shard-I-of-N.jsonl``;
+    the summary of a sharded run covers its shard and is not written (``xplain eval summarize``
+    merges the shards). ``ray``: ``{"address": ..., "workers": N, "gpus_per_worker": F}`` runs
+    the batches on Ray actors (see :mod:`xplain.run.ray_engine`); this process stays the only writer.
     """
     registry = registry or get_registry()
     if not methods:
@@ -186,18 +192,21 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     out = Path(out_dir)
     samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit,
                            exclude=output_exclusion(Path(data), out))
+    shard = shard or Shard(0, 1)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_failed(out, e) from None
-    with lock_output(out):
-        return _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size,
-                                seed, resume, progress, montage, plots, report_images, timeout)
+    results = out / shard.results_name
+    with lock_output(out) if shard.count == 1 else lock_results(results):
+        return _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess,
+                                batch_size, seed, resume, progress, montage, plots, report_images, timeout,
+                                workers, worker_kind, shard, ray)
 
 
-def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, preprocess, batch_size, seed,
-                     resume, progress, montage, plots, report_images, timeout) -> dict:
-    results = out / RESULTS
+def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess, batch_size,
+                     seed, resume, progress, montage, plots, report_images, timeout, workers, worker_kind, shard,
+                     ray) -> dict:
     if not resume and results.exists():
         results.unlink()
     _repair_tail(results)
@@ -205,11 +214,18 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
     metric_config = {m.name: p for m, p in chosen_metrics}
     base = {"model": model.digest, "seed": int(seed), "metrics": metric_config, "preprocess": preprocess.to_dict()}
     configs = {m.name: _digest({**base, "method": m.name, "params": p}) for m, p in chosen_methods}
+    images = [str(s.path.resolve()) for s in samples]
+    write_run(out, {"configs": configs, "methods": {m.name: p for m, p in chosen_methods},
+                    "metrics": metric_config, "model": str(model.report.path),
+                    "digest": model.digest, "data": str(data), "seed": int(seed),
+                    "preprocess": preprocess.to_dict(), "montage": montage, "images": images})
 
-    def key(sample: Sample, method: str) -> str:
-        return _digest({"config": configs[method], "image": str(sample.path.resolve())})
+    def key(image: str, method: str) -> str:
+        return result_key(configs[method], image)
 
-    wanted = {key(s, m.name) for s in samples for m, _ in chosen_methods}
+    root = data_root(Path(data))
+    mine = [i for i, s in enumerate(samples) if shard.owns(image_key(s.path, root))]
+    wanted = {key(images[i], m.name) for i in mine for m, _ in chosen_methods}
     damaged: list[int] = []
     done = {r["key"] for r in read_results(results, damaged)} & wanted
     if damaged:
@@ -217,21 +233,62 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
 
         warnings.warn(f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
                       "their work is redone", stacklevel=2)
+    jobs = []
+    for i in mine:
+        todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
+        todo = {m: k for m, k in todo.items() if k not in done}
+        if todo:
+            jobs.append(Job(i, samples[i], todo))
+    batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    handled = len(mine) - len(jobs)
+    if progress is not None:
+        progress(handled, len(mine))
 
+    def write(batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list) -> None:
+        # a retried batch writes once, and a key twice in one batch once
+        firsts: dict[str, dict] = {}
+        for r in batch_records:
+            if r["key"] not in done:
+                firsts.setdefault(r["key"], r)
+        fresh = list(firsts.values())
+        for index, method, array in maps:
+            save_npy(out / "maps" / f"{index:05d}.{method}.npy", array)
+        for index, sample, array in views:
+            _keep_view(out, index, sample, array, preprocess)
+        _append(results, fresh)
+        done.update(r["key"] for r in fresh)
+
+    keep = max(int(montage), int(report_images))  # images whose maps and views are kept in OUT/maps
+    plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep, timeout=timeout)
     guard = ModelGuard(model)
-    keep = max(int(montage), int(report_images))
-    handled = 0
-    for start in range(0, len(samples), batch_size):
-        batch = list(enumerate(samples[start:start + batch_size], start))
-        _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key,
-                   seed, batch_size, keep, guard, timeout)
-        handled += len(batch)
-        if progress is not None:
-            progress(handled, len(samples))
+    if ray is not None:
+        from .ray_engine import run_on_ray
+
+        def on_batch(batch_records, maps, views, n_jobs):
+            nonlocal handled
+            write(batch_records, maps, views)
+            handled += n_jobs
+            if progress is not None:
+                progress(handled, len(mine))
+
+        run_on_ray(model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray)
+    else:
+        n_workers = default_workers() if workers is None else max(0, int(workers))
+        stream = prefetch(([(j.index, j.sample) for j in b] for b in batches), preprocess, workers=n_workers,
+                          kind=worker_kind)
+        for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
+            write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan, guard))
+            handled += len(batch)
+            if progress is not None:
+                progress(handled, len(mine))
 
     summary = summarise(results, wanted, chosen_methods, chosen_metrics)
     summary.update({"model": str(model.report.path), "digest": model.digest, "data": str(data),
-                    "images": len(samples), "seed": int(seed), "out": str(out)})
+                    "images": len(mine), "seed": int(seed), "out": str(out)})
+    if shard.count > 1:
+        summary["shard"] = shard.label
+        return summary
+    summary.update(missing_report(out, configs, images, [results]))
     write_summary(out, summary)
     if plots:
         write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
@@ -239,6 +296,26 @@ def _evaluate_locked(model, data, samples, out, chosen_methods, chosen_metrics, 
 
     write_report(out)
     return summary
+
+
+@dataclasses.dataclass
+class Job:
+    """One image to score: its position in the data set, the sample, and method -> result key for
+    the methods not done yet. Keys are made by the driver, so workers never compute them."""
+
+    index: int
+    sample: Sample
+    keys: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every batch shares (shipped once to Ray workers)."""
+
+    seed: int
+    batch_size: int
+    montage: int
+    timeout: float | None = None
 
 
 def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
@@ -281,43 +358,39 @@ def check_model_unchanged(guard: ModelGuard | None, method_name: str, lines: lis
     return [_error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message) for r in lines]
 
 
-def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key, seed,
-               batch_size, montage, guard=None, timeout=None) -> None:
-    pending = {m.name: [(i, s) for i, s in batch if key(s, m.name) not in done] for m, _ in chosen_methods}
-    if not any(pending.values()):
-        return
-    errors: list[dict] = []
-    wanted = [(i, s) for i, s in batch if any(key(s, m) not in done for m in pending)]
-    usable = [(i, s) for i, s in wanted if s.error is None]
-    # one broken image must not end the run: it becomes an error record
-    images = load_batch([s.path for _, s in usable], preprocess, model.device, keep_going=True)
-    failed = {i: s.error for i, s in wanted if s.error is not None}
-    failed.update({usable[j][0]: message for j, message in images.errors.items()})
-    for row, j in enumerate(images.indices):  # what the model saw of the montage images
-        i, s = usable[j]
-        if i < montage and images.x is not None:
-            _keep_view(out, i, s, images.x[row].cpu().numpy(), preprocess)
-    for i, s in wanted:
-        if i in failed:
-            for m, p in chosen_methods:
-                k = key(s, m.name)
-                if k not in done:
-                    errors.append(_error_record(k, s, m.name, p, seed, str(failed[i])))
-                    done.add(k)
-    _append(results, errors)
-    if images.x is None:
-        return
-    order = [usable[j][0] for j in images.indices]
-    geometry = {usable[j][0]: g for j, g in zip(images.indices, images.geometries)}
-    by_index = dict(batch)
-    x_all = images.x
+def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen_methods, chosen_metrics,
+                plan: Plan, guard: ModelGuard | None = None
+                ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
+    """Explain and score one batch: its result records, the maps of the first ``plan.montage``
+    images (index, method, map) and what the model saw of them (index, sample, input array).
+
+    Pure with respect to the output folder (the caller writes), so a Ray worker can run it.
+    ``guard`` checks the model after every method (:func:`check_model_unchanged`)."""
+    seed, batch_size, montage = plan.seed, plan.batch_size, plan.montage
+    by_index = {j.index: j for j in batch}
+    records: list[dict] = []
+    maps_out: list[tuple[int, str, np.ndarray]] = []
+    loaded: dict[int, Prepared] = {}
+    for p in prepared:
+        if p.error is None:
+            loaded[p.index] = p
+            continue
+        job = by_index[p.index]
+        for m, params in chosen_methods:
+            if m.name in job.keys:
+                records.append(_error_record(job.keys[m.name], job.sample, m.name, params, seed, p.error))
+    views = [(i, by_index[i].sample, p.array) for i, p in loaded.items() if i < montage]
+    if not loaded:
+        return records, maps_out, views
+    order = sorted(loaded)
+    x_all = to_device([a for i in order if (a := loaded[i].array) is not None], model.device)
     with torch.no_grad():
         logits = model(x_all).float()
     probs = torch.softmax(logits, dim=1)
     preds = probs.argmax(1)
     targets, bad = [], {}
     for row, i in enumerate(order):
-        label = by_index[i].label
+        label = by_index[i].sample.label
         if label is not None and not 0 <= label < model.num_classes:
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
         elif not bool(torch.isfinite(probs[row]).all()):
@@ -327,81 +400,51 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
     box_all: list[torch.Tensor | None] = []
     box_labels_all: list[torch.Tensor | None] = []
     for i in order:
-        s, geo = by_index[i], geometry[i]
-        if s.boxes is None:
+        s, geo = by_index[i].sample, loaded[i].geometry
+        if s.boxes is None or geo is None:
             box_all.append(None)
             box_labels_all.append(None)
             continue
         box_all.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes],
                                     dtype=torch.float32).reshape(-1, 4))
         box_labels_all.append(torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long))
-    shared = _Batch(
-        # the whole batch as metrics will see it; each method's rows are a replace() of it. The
-        # cache holds method-independent work shared by every method on this batch.
-        context=MetricContext(model=model, x=x_all, targets=t_all, attribution=Attribution(maps=None),
-                              boxes=box_all, box_labels=box_labels_all, seed=seed, batch_size=batch_size,
-                              forward_batch=max(64, 8 * batch_size), cache={}),
-        samples=[by_index[i] for i in order], indices=order, probs=probs, preds=preds)
-    run = _Run(key, out, montage, timeout)
+    cache: dict = {}  # method-independent work shared by every method on this batch
     for method, mparams in chosen_methods:
-        rows = [row for row, i in enumerate(order) if key(by_index[i], method.name) not in done]
-        lines = []
+        rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
         for row in [r for r in rows if order[r] in bad]:
-            s = by_index[order[row]]
-            lines.append(_error_record(key(s, method.name), s, method.name, mparams, seed, bad[order[row]]))
+            job = by_index[order[row]]
+            records.append(_error_record(job.keys[method.name], job.sample, method.name, mparams, seed,
+                                         bad[order[row]]))
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            scored = _score_method(shared, run, method, mparams, chosen_metrics, rows)
-            by_key = {key(by_index[order[r]], method.name): by_index[order[r]] for r in rows}
-            lines += check_model_unchanged(guard, method.name, scored, by_key, mparams, seed)
-        _append(results, lines)
-        done.update(r["key"] for r in lines)
+            lines, maps = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all,
+                                        t_all, probs, preds, box_all, box_labels_all, seed, batch_size, cache,
+                                        montage, plan.timeout)
+            by_key = {by_index[order[r]].keys[method.name]: by_index[order[r]].sample for r in rows}
+            checked = check_model_unchanged(guard, method.name, lines, by_key, mparams, seed)
+            records += checked
+            if checked is lines:
+                maps_out += maps
+    return records, maps_out, views
 
 
-@dataclasses.dataclass
-class _Batch:
-    """One loaded batch, shared by every method scored on it: the metric context of all its
-    rows, and per row the sample, its index in the data set and the model's prediction."""
-
-    context: MetricContext
-    samples: list[Sample]
-    indices: list[int]
-    probs: torch.Tensor
-    preds: torch.Tensor
-
-
-@dataclasses.dataclass(frozen=True)
-class _Run:
-    """What every record of the run needs: the resume key, the output folder, the montage size."""
-
-    key: Callable[[Sample, str], str]
-    out: Path
-    montage: int
-    timeout: float | None = None
-
-
-def _score_method(batch: _Batch, run: _Run, method: Method, mparams: dict, chosen_metrics: list,
-                  rows: list[int]) -> list[dict]:
-    """Explain ``rows`` of ``batch`` with ``method``, score them with every metric, and return
-    one record per row (an error record per row when the method fails)."""
-    base = batch.context
-    model, seed, key = base.model, base.seed, run.key
-    sel = torch.tensor(rows, device=base.x.device)
-    x, targets = base.x[sel], base.targets[sel]
-    samples = [batch.samples[r] for r in rows]
-    boxes = base.boxes or [None] * len(batch.samples)
-    box_labels = base.box_labels or [None] * len(batch.samples)
+def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
+                  box_all, box_labels_all, seed, batch_size, cache, montage, timeout=None):
+    sel = torch.tensor(rows, device=x_all.device)
+    x, targets = x_all[sel], t_all[sel]
+    jobs = [by_index[order[r]] for r in rows]
+    samples = [j.sample for j in jobs]
     started = time.perf_counter()
     try:
-        attribution = run_method(model, method, x, targets, mparams, seed, timeout=run.timeout)
+        attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
-        return [_error_record(key(s, method.name), s, method.name, mparams, seed, str(e)) for s in samples]
+        return [_error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e)) for j in jobs], []
     seconds = (time.perf_counter() - started) / len(rows)
-    context = dataclasses.replace(
-        base, x=x, targets=targets, attribution=attribution,
-        boxes=[boxes[r] for r in rows], box_labels=[box_labels[r] for r in rows],
-        method=method, method_params=mparams,
-        explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=run.timeout),
+    context = MetricContext(
+        model=model, x=x, targets=targets, attribution=attribution,
+        boxes=[box_all[r] for r in rows], box_labels=[box_labels_all[r] for r in rows],
+        method=method, method_params=mparams, seed=seed, batch_size=batch_size, cache=cache,
+        explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=timeout),
     )
     scores: dict[str, torch.Tensor] = {}
     curves: dict[str, torch.Tensor] = {}
@@ -424,14 +467,14 @@ def _score_method(batch: _Batch, run: _Run, method: Method, mparams: dict, chose
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
-    lines = []
-    for j, (r, s) in enumerate(zip(rows, samples)):
-        index = batch.indices[r]
+    lines, maps_out = [], []
+    for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
+        index = order[r]
         t = int(targets[j])
         record = {
-            "key": key(s, method.name), "image": path_text(s.path), "method": method.name, "params": mparams,
+            "key": job.keys[method.name], "image": path_text(s.path), "method": method.name, "params": mparams,
             "seed": seed, "target": t, "target_label": model.label(t),
-            "label": s.label, "prediction": int(batch.preds[r]), "probability": _finite(float(batch.probs[r, t])),
+            "label": s.label, "prediction": int(preds[r]), "probability": _finite(float(probs[r, t])),
             "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
@@ -441,15 +484,16 @@ def _score_method(batch: _Batch, run: _Run, method: Method, mparams: dict, chose
         if metric_errors:
             record["metric_errors"] = metric_errors
         lines.append(record)
-        if index < run.montage:
-            save_npy(run.out / "maps" / f"{index:05d}.{method.name}.npy", maps[j].numpy())
-    return lines
+        if index < montage:
+            maps_out.append((index, method.name, maps[j].numpy()))
+    return lines, maps_out
 
 
 # ----------------------------------------------------------------------------- summary
-def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -> dict:
+def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chosen_metrics) -> dict:
     """Mean, standard error (sample std / sqrt n) and count of every score, per method.
 
+    ``results``: one results file or several (the shards of a run; a key found twice counts once).
     NaN scores (not applicable) are left out of mean and count and counted under ``nan``."""
     direction: dict[str, bool] = {}
     curve_labels: dict[str, str] = {}
@@ -463,7 +507,8 @@ def summarise(results: Path, wanted: set[str], chosen_methods, chosen_metrics) -
     errors = {m.name: 0 for m, _ in chosen_methods}
     error_examples: dict[str, str] = {}
     seen = set()
-    for record in read_results(results):
+    files = [results] if isinstance(results, Path) else list(results)
+    for record in (r for path in files for r in read_results(path)):
         if record["key"] not in wanted or record["key"] in seen or record.get("method") not in values:
             continue
         seen.add(record["key"])
