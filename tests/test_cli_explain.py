@@ -100,9 +100,12 @@ def test_inspect_json(tiny_cnn_path, capsys):
     assert kinds.count("relu") == 2 and kinds.count("relu6") == 1
     assert data["default_feature_layer"] == data["feature_layers"][-1]["layer"]
     assert data["feature_layers"][-1]["shape"] == [8, 8, 8]
+    # IBA's default: the last layer on the coarsest grid >= 1/8 of the input (16 → 2): here 8×8
+    assert data["bottleneck_layer"] == data["feature_layers"][-1]["layer"]
     assert {b["kind"] for b in data["bias_layers"]} == {"conv", "linear"}
     assert main(["inspect", str(tiny_cnn_path)]) == 0
-    assert "verified" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "verified" in text and "iba" in text
 
 
 @pytest.mark.parametrize("argv, code", [

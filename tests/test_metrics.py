@@ -147,6 +147,35 @@ def test_ehr_hand_case():
     assert float(r[0]) == pytest.approx(expected, abs=1e-6)
 
 
+def test_ehr_paper_form_sums_heat_and_keeps_unit_maps():
+    """InputIBA 4.5: ratio = sum of attribution inside the box / number of pixels above t; a map
+    its method declares to be in [0, 1] (a mask) is not divided by its maximum (scale=auto)."""
+    heat = torch.zeros(1, 4, 4)
+    heat[0, :2, :2] = 0.8  # the box
+    heat[0, 3, :] = 0.4  # four pixels outside
+    box = [torch.tensor([[0.0, 0.0, 2.0, 2.0]])]
+    x = torch.zeros(1, 1, 4, 4)
+
+    def ehr(**params):  # a mask: the method says its map is in [0, 1]
+        mask = xplain.Attribution(heat, info={"map_range": "unit"})
+        return float(REG.metric("ehr").compute(None, x, T0, mask, params=params, boxes=box)["ehr"][0])
+
+    # poi = four 0.4 and four 0.8: q <= 0.4 -> t = 0.4, 8 pixels above, heat inside 3.2 -> 0.4;
+    # q >= 0.5 -> t in (0.4, 0.792], the 4 box pixels, heat 3.2 -> 0.8
+    paper = trap([0.4] * 5 + [0.8] * 6)
+    assert paper == pytest.approx(0.62)
+    assert ehr() == pytest.approx(paper, abs=1e-6)
+    # scale=max divides by 0.8 first: 1.0 inside, 0.5 outside -> ratios 0.5 and 1.0
+    assert ehr(scale="max") == pytest.approx(0.775, abs=1e-6)
+    # pixel counts (the former default) do not see the heat at all
+    assert ehr(weight=False) == pytest.approx(0.775, abs=1e-6)
+    assert ehr(weight=False, scale="max") == pytest.approx(0.775, abs=1e-6)
+    # a map of arbitrary scale (no map_range) is divided by its maximum, whatever its values
+    for scale in (10.0, 1.0, 0.01):
+        r = _score("ehr", None, x, T0, heat * scale, boxes=box)["ehr"]
+        assert float(r[0]) == pytest.approx(0.775, abs=1e-6)
+
+
 def test_ibd_hand_case():
     border = torch.ones(1, 64, 64)
     border[:, 5:59, 5:59] = 0  # 16 px at 224 -> 5 px at 64

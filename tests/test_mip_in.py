@@ -376,3 +376,22 @@ def test_fit_reads_image_labels_from_a_labels_file(tmp_path):
                  "--state-dir", str(state), "--device", "cpu"]) == 0
     meta = json.loads(next(state.rglob("mip-in.json")).read_text())
     assert meta["classes"] == [3] and meta["samples_per_class"] == {"3": 6}
+
+
+def test_sanity_marks_mip_in_not_comparable(mlp):
+    """MIP-IN's inverse is fitted on the trained model and it cannot run without it: cascading
+    randomisation reports its score as not comparable (NaN + the stale-state score), even though
+    the state is cached on the model object."""
+    from xplain.run.api import run_method
+    from xplain.plugins.registry import get_registry
+
+    registry = get_registry()
+    method, metric = registry.method("mip-in"), registry.metric("sanity")
+    x, y = _digits(classes=[3, 7], every=25)
+    mparams = _params()
+    a = run_method(mlp, method, x[:2], y[:2], mparams, 0)  # fills the model's state cache
+    res = metric.compute(mlp, x[:2], y[:2], a, seed=0, method=method,
+                         explain=lambda xx, tt: run_method(mlp, method, xx, tt, mparams, 0))
+    assert (res["sanity-comparable"] == 0).all()
+    assert torch.isnan(res["sanity"]).all() and torch.isfinite(res["sanity-stale"]).all()
+    assert run_method(mlp, method, x[:2], y[:2], mparams, 0).maps.shape == a.maps.shape  # state usable again

@@ -285,6 +285,7 @@ def inspect(
     model = _load(model_path, device)
     report = model.report
     default = model.default_feature_layer()
+    bottleneck = model.bottleneck_layer()
     data = {
         "model": str(model_path),
         "digest": model.digest,
@@ -304,6 +305,7 @@ def inspect(
                             "grid": list(f.layout.grid), "channels": f.layout.channels,
                             "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
+        "bottleneck_layer": bottleneck.name if bottleneck else None,
         "default_layout": default.layout.describe() if default else None,
         "nonlinearities": {k: len(v) for k, v in model.nonlinearities().items()},
         "attention": _attention_summary(model),
@@ -344,14 +346,15 @@ def inspect(
                   + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
     if default is not None:
         out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
-    table = Table(title="feature layers", box=None)
+    table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck)", box=None)
     table.add_column("layer")
     table.add_column("shape")
     table.add_column("layout")
     table.add_column("")
     for f in model.feature_layers():
-        table.add_row(escape(f.name), shape(f.shape), escape(f.layout.describe()),
-                      "default" if f.name == data["default_feature_layer"] else "")
+        marks = ["default" if f.name == data["default_feature_layer"] else "",
+                 "iba" if f.name == data["bottleneck_layer"] else ""]
+        table.add_row(escape(f.name), shape(f.shape), escape(f.layout.describe()), " ".join(m for m in marks if m))
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)

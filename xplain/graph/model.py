@@ -276,6 +276,7 @@ class Model:
         self._insert_ids = itertools.count()
         self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
         self.state_dir: str | Path | None = None  #: where fitted state is looked up (None: the default state dir)
+        self._state_hidden = False  #: inside :meth:`without_fitted_state`
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
 
@@ -321,15 +322,34 @@ class Model:
         from ..errors import InputDataError
         from ..run.state import load_state
 
-        if self.preloaded_state and method in self.preloaded_state:
+        if self._state_hidden:  # inside without_fitted_state: neither the disk nor a preloaded copy
+            found = None
+        elif self.preloaded_state and method in self.preloaded_state:
             tensors, meta = self.preloaded_state[method]
             return {k: v.to(self.device) for k, v in tensors.items()}, dict(meta)
-        found = load_state(self.digest, method, root=self.state_dir, device=self.device)
+        else:
+            found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
             raise InputDataError(f"no fitted state for method {method!r} and this model",
                                  path=self.report.path,
                                  hint=f"run `xplain fit {method} {self.report.path} DATA` first")
         return found
+
+    @property
+    def fitted_state_hidden(self) -> bool:
+        """True inside :meth:`without_fitted_state` (methods that cache state key on it)."""
+        return self._state_hidden
+
+    @contextlib.contextmanager
+    def without_fitted_state(self) -> Iterator[None]:
+        """Inside, :meth:`fitted_state` finds nothing: state fitted on this model's weights must
+        not be used once they are changed (the cascading-randomisation metric), so methods with a
+        fallback re-estimate what they need on the model as it is, and the others say so."""
+        saved, self._state_hidden = self._state_hidden, True
+        try:
+            yield
+        finally:
+            self._state_hidden = saved
 
     # ---------------------------------------------------------------- graph knowledge
     def node(self, name: str) -> fx.Node:
@@ -899,6 +919,24 @@ class Model:
                         f"({lost[0].tokens} tokens) follows no spatial feature layer")
             return None
         raise ValueError(f"unknown requirement {requirement!r}")
+
+    def bottleneck_layer(self, fraction: float = 1 / 8) -> FeatureLayer | None:
+        """IBA/InputIBA's default layer: the last feature layer on the coarsest grid that is still
+        at least ``fraction`` of the input's height and width (the default feature layer when no
+        grid is).
+
+        The InputIBA paper puts the bottleneck at conv4_1 of VGG16 and the IBA authors at
+        ResNet-50's layer2: both 28×28 at 224×224, i.e. 1/8 of the input. The last layer at that
+        resolution keeps the paper's grid (finer prior than the last spatial layer, 1/32) and as
+        much depth as the grid allows (on VGG16 it is conv4_3's ReLU, the grid of conv4_1)."""
+        height, width = self.spec.height, self.spec.width
+        grids = [(f, f.spatial_shape[1:]) for f in self._feature_layers]  # token layouts: their grid
+        fine = [(f, g) for f, g in grids if len(g) == 2 and height and width
+                and g[0] >= height * fraction and g[1] >= width * fraction]
+        if not fine:
+            return self.default_feature_layer()
+        area = min(g[0] * g[1] for _, g in fine)  # e.g. 28×28, not a padded 29×29 before a stride
+        return [f for f, g in fine if g[0] * g[1] == area][-1]
 
     # ---------------------------------------------------------------- graph surgery
     @contextlib.contextmanager

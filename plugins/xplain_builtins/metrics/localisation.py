@@ -74,6 +74,44 @@ def _bbox_accuracy(context: xplain.MetricContext):
     return {"bbox-accuracy": _nan_where(m_in.float() / n.clamp_min(1).float(), valid)}
 
 
+def ehr_scale(heat, mode, unit=False):
+    """The heat EHR thresholds. ``auto``: a map the method declares to be in [0, 1] already
+    (``info["map_range"] == "unit"``: a mask, as InputIBA's Λ, which InputIBA's EHR reads as it
+    is) stays as it is; any other map, whose scale is arbitrary, is divided by its maximum.
+    ``max`` always divides by the maximum (the former default). Negative values are clamped to 0
+    first in both modes."""
+    heat = heat.clamp_min(0)
+    top = heat.max()
+    if top <= 0 or (mode == "auto" and unit and top <= 1):
+        return heat
+    return heat / top
+
+
+def ehr_score(heat, roi, qs, base_threshold, weight):
+    """EHR of one non-negative map ``heat`` (H×W, already scaled) and box mask ``roi``.
+
+    Pixels below ``base_threshold`` are zeroed and excluded; for each quantile q of the
+    remaining heat, t = min(quantile(q), 0.99·max) and the ratio is
+    sum(heat ≥ t inside the box) / |heat ≥ t| (``weight``, the paper's sentence: the *sum of
+    attribution* over the *number of pixels*) or |heat ≥ t inside| / |heat ≥ t| (pixel counts);
+    EHR is the trapezoid of the ratios over q. NaN when no pixel reaches the base threshold."""
+    import torch
+
+    keep = heat >= base_threshold
+    if not bool(keep.any()):
+        return torch.tensor(float("nan"), device=heat.device)
+    poi = heat[keep]
+    heat = torch.where(keep, heat, torch.zeros_like(heat))
+    ts = torch.minimum(torch.quantile(poi, qs), 0.99 * heat.max())
+    ratios = []
+    for t in ts:
+        binary = heat >= t
+        inside = binary & roi
+        num = heat[inside].sum() if weight else inside.sum().to(heat.dtype)
+        ratios.append(num / (binary.sum().to(heat.dtype) + 1e-8))
+    return torch.trapezoid(torch.stack(ratios), qs)
+
+
 def _ehr(context: xplain.MetricContext):
     x, targets, attribution = context.x, context.targets, context.attribution
     import torch
@@ -83,23 +121,12 @@ def _ehr(context: xplain.MetricContext):
     roi, valid = box_masks(context.boxes, context.box_labels, targets, h, w, x.device)
     qs = torch.linspace(0, 1, int(params["quantiles"]), device=x.device)
     out = torch.full((b,), float("nan"), device=x.device)
+    unit = (attribution.info or {}).get("map_range") == "unit"
     for i in range(b):
-        heat = attribution.maps[i].to(x.device).float().clamp_min(0)
-        top = heat.max()
-        if not bool(valid[i]) or top <= 0:
+        heat = ehr_scale(attribution.maps[i].to(x.device).float(), params["scale"], unit)
+        if not bool(valid[i]) or heat.max() <= 0:
             continue
-        heat = heat / top  # InputIBA reads maps saved as images in [0, 1]
-        poi = heat[heat >= params["base_threshold"]]
-        heat = torch.where(heat >= params["base_threshold"], heat, torch.zeros_like(heat))
-        ts = torch.minimum(torch.quantile(poi, qs), 0.99 * heat.max())
-        ratios = []
-        for t in ts:
-            binary = heat >= t
-            inside = binary & roi[i]
-            num = heat[inside].sum() if params["weight"] else inside.sum().float()
-            ratios.append(num / (binary.sum().float() + 1e-8))
-        r = torch.stack(ratios)
-        out[i] = torch.trapezoid(r, qs)
+        out[i] = ehr_score(heat, roi[i], qs, float(params["base_threshold"]), bool(params["weight"]))
     return {"ehr": out}
 
 
@@ -155,19 +182,28 @@ def register_metrics(register):
     register(xplain.Metric(
         name="ehr",
         summary="effective heat ratio: AUC over quantile thresholds of the heat inside the box (InputIBA)",
-        description="InputIBA Table 2, as coded in effective_heat_ratios.py: heat = positive part of "
-                    "the map divided by its maximum (InputIBA reads maps saved in [0, 1]); pixels below "
-                    "base_threshold (0.1) are zeroed and excluded; for quantiles q = linspace(0, 1, 11) "
-                    "of the remaining heat, t = min(quantile(q), 0.99 max), and the ratio is |heat>=t "
-                    "inside box| / |heat>=t| (weight=false, the CLI default of the reference) or "
-                    "sum(heat inside)/|heat>=t| (weight=true); EHR = trapezoid over q. Deviations: "
-                    "the reference's driver skips images whose boxes cover > 33% of the image or whose "
-                    "target probability is < 0.6; eval scores every image. NaN for an all-non-positive "
-                    "map. " + _BOXES,
+        description="InputIBA section 4.5 / Table 2: \"at each quantile threshold, we compute the sum of "
+                    "attribution within the bounding box divided by the total number of pixels above this "
+                    "threshold\", then the AUC over the quantiles. Heat = positive part of the map; a map "
+                    "its method declares to be in [0, 1] (Attribution.info map_range=unit: a mask, e.g. "
+                    "InputIBA's) is used as it is, any other map (arbitrary scale) is divided by its "
+                    "maximum (scale=auto; scale=max always divides, as the former default). Pixels "
+                    "below base_threshold (0.1) are zeroed and excluded (effective_heat_ratios.py); for "
+                    "quantiles q = linspace(0, 1, 11) of the remaining heat, t = min(quantile(q), 0.99 max), "
+                    "ratio = sum(heat >= t inside the box) / |heat >= t| (weight=true, default, the paper's "
+                    "definition and the reference function's default) or |heat >= t inside| / |heat >= t| "
+                    "(weight=false: pixel counts, the reference CLI's default and xplain's former one; it "
+                    "ranks coarse maps higher); EHR = trapezoid over q. The former default is weight=false "
+                    "scale=max. Deviations: the reference's driver skips images whose boxes cover > 33% of "
+                    "the image or whose target probability is < 0.6; eval scores every image. NaN for a map "
+                    "with no heat above the base threshold. " + _BOXES,
         score=_ehr, higher_is_better=True, needs=("boxes",),
         params=[xplain.Param("base_threshold", "float", 0.1, "heat below this is ignored", min=0.0, max=1.0),
                 xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2, max=1000),
-                xplain.Param("weight", "bool", False, "weight the ratio by heat")],
+                xplain.Param("weight", "bool", True, "ratio = heat inside / pixels above t (the paper); false: "
+                             "pixels inside / pixels above t"),
+                xplain.Param("scale", "str", "auto", "auto: maps declared in [0, 1] (info map_range=unit) as "
+                             "they are, others / max; max: always / max", choices=("auto", "max"))],
     ))
     register(xplain.Metric(
         name="ibd",

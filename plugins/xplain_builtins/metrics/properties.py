@@ -134,7 +134,21 @@ def _randomised_copy(model, name, seed):
     return module
 
 
+def _stateful(context):
+    """Whether the method reads state fitted on the trained model (``xplain fit``)."""
+    method = context.method
+    return method is not None and getattr(method, "fit", None) is not None
+
+
 def _sanity(context: xplain.MetricContext):
+    """Cascading randomisation. State fitted on the trained model (IBA's feature statistics,
+    MIP-IN's inverse) does not describe a randomised model: such a method is re-run with the
+    state hidden, so that it re-estimates what it needs on each randomised model (and on the
+    trained one, for the reference map); a method that cannot run without its state is scored
+    with the reused state under ``sanity-stale`` / ``sanity-spearman-stale`` and its ``sanity``
+    is NaN (not comparable); ``sanity-comparable`` says which (1 / 0)."""
+    import contextlib
+
     model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import torch
 
@@ -145,23 +159,40 @@ def _sanity(context: xplain.MetricContext):
     seed = int(context.seed)
     prep = (lambda m: m.abs()) if params["absolute"] else (lambda m: m)
     ref = prep(attribution.maps.to(x.device).float())
+    hide = contextlib.nullcontext
+    comparable = True
+    if _stateful(context) and layers:
+        try:
+            with model.without_fitted_state():
+                ref = prep(context.reexplain(x, targets).maps.to(x.device).float())
+            hide = model.without_fitted_state
+        except xplain.InputDataError as err:
+            if "no fitted state" not in err.message:
+                raise
+            comparable = False
     ssims = [torch.ones(x.shape[0], device=x.device)]
     ranks = [torch.ones(x.shape[0], device=x.device)]
     swapped = {}
     for k, name in enumerate(layers):
         swapped[name] = _randomised_copy(model, name, seed * 1000 + k)
-        with model.swap_modules(dict(swapped)):  # restored on exit, also after an error
+        with model.swap_modules(dict(swapped)), hide():  # restored on exit, also after an error
             maps = prep(context.reexplain(x, targets).maps.to(x.device).float())
         ssims.append(ssim(_unit(ref), _unit(maps)).to(x.device))
         ranks.append(spearman(ref, maps).to(x.device))
+    nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+    if not layers:
+        return {"sanity": nan, "sanity-spearman": nan}
     s, r = torch.stack(ssims, 1), torch.stack(ranks, 1)
     steps = torch.arange(len(layers) + 1, dtype=torch.float32, device=x.device)
-    if not layers:
-        nan = torch.full((x.shape[0],), float("nan"), device=x.device)
-        return {"sanity": nan, "sanity-spearman": nan}
-    return {"sanity": s[:, 1:].mean(1), "sanity-spearman": r[:, 1:].mean(1),
-            "sanity-ssim-curve": s, "sanity-ssim-curve@x": steps,
-            "sanity-spearman-curve": r, "sanity-spearman-curve@x": steps}
+    out = {"sanity-ssim-curve": s, "sanity-ssim-curve@x": steps,
+           "sanity-spearman-curve": r, "sanity-spearman-curve@x": steps,
+           "sanity-comparable": torch.full((x.shape[0],), float(comparable), device=x.device)}
+    if comparable:
+        out.update({"sanity": s[:, 1:].mean(1), "sanity-spearman": r[:, 1:].mean(1)})
+    else:
+        out.update({"sanity": nan, "sanity-spearman": nan,
+                    "sanity-stale": s[:, 1:].mean(1), "sanity-spearman-stale": r[:, 1:].mean(1)})
+    return out
 
 
 # ----------------------------------------------------------------------------- completeness
@@ -218,8 +249,17 @@ def register_metrics(register):
                     "visualisation variant) or the signed map. `sanity` = mean SSIM over the steps and "
                     "`sanity-spearman` = mean rank correlation (both lower is better: a faithful map "
                     "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
-                    "how many layers are randomised (0 = all). The model is restored afterwards.",
+                    "how many layers are randomised (0 = all). The model is restored afterwards. "
+                    "Fitted state (`xplain fit`: IBA's feature statistics, MIP-IN's inverse) describes "
+                    "the trained model only: a method that has a fit is re-run with the state hidden, "
+                    "so it re-estimates its statistics on each randomised model and on the trained "
+                    "one for the reference map (iba/input-iba: per-image estimates); a method that "
+                    "cannot run without its state (mip-in) is not comparable: `sanity` and "
+                    "`sanity-spearman` are NaN and the scores with the reused state are reported as "
+                    "`sanity-stale` / `sanity-spearman-stale`. `sanity-comparable` is 1 or 0 "
+                    "accordingly.",
         score=_sanity, higher_is_better=False, needs=("method",),
+        directions={"sanity-comparable": True},
         params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0, max=100000),
                 xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
         curves={"sanity-ssim-curve": "layers randomised from the top",

@@ -20,11 +20,12 @@ LN2 = math.log(2.0)
 
 
 def resolve_layer(model, requested, method, spatial=True):
-    """The bottleneck layer: ``--param layer=NAME`` or the model's default feature layer."""
+    """The bottleneck layer: ``--param layer=NAME``, else :meth:`Model.bottleneck_layer` (the last
+    feature layer at ≥ 1/8 of the input resolution: the paper's conv4_1 grid on VGG16)."""
     if requested:
         name = model.node(requested).name  # UsageError for an unknown name
     else:
-        default = model.default_feature_layer()
+        default = model.bottleneck_layer()
         if default is None:
             raise xplain.UsageError(f"{method} needs a spatial feature map and this model has none",
                                     hint="pass --param layer=NAME (see `xplain inspect MODEL`)")
@@ -321,8 +322,9 @@ def _explain_iba(request: xplain.ExplainRequest):
 def common_params(beta=10.0, steps=10):
     P = xplain.Param
     return [
-        P("layer", "str", "", "bottleneck layer (fx node name, see `xplain inspect`); empty = the model's "
-          "default feature layer"),
+        P("layer", "str", "", "bottleneck layer (fx node name, see `xplain inspect`); empty = the last "
+          "feature layer at >= 1/8 of the input resolution (the papers' VGG16 conv4_1 / ResNet-50 layer2 grid; "
+          "`inspect` marks it 'iba')"),
         P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
         P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
           "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1, max=10000),
@@ -340,8 +342,9 @@ def common_params(beta=10.0, steps=10):
 
 _IBA_DESCRIPTION = (
     "Per-sample Information Bottleneck Attribution (Schulz et al., ICLR 2020; section 3.1 of the InputIBA "
-    "paper). A bottleneck Z = λR + (1−λ)ε replaces the feature map R at `layer` (default: the model's "
-    "default feature layer), with ε ~ N(μ_R, σ_R²) from per-element statistics of R over a data set "
+    "paper). A bottleneck Z = λR + (1−λ)ε replaces the feature map R at `layer` (default: the last "
+    "feature layer whose grid is at least 1/8 of the input's, as conv4_1 of VGG16 in the InputIBA paper and "
+    "layer2 of ResNet-50 in the IBA paper; `xplain inspect` marks it 'iba'), with ε ~ N(μ_R, σ_R²) from per-element statistics of R over a data set "
     "(`xplain fit iba MODEL DATA`: Welford mean and n−1 std, forward stopped at the layer, std floored at "
     "min_std=0.01, units non-zero in ≤ 1% of samples masked out). λ = sigmoid(α), smoothed by a Gaussian "
     "(sigma=1, kernel 5, reflection padding); α starts at initial_alpha=5. Loss per image = cross-entropy of "

@@ -77,7 +77,8 @@ def _propagate(steps, inv, s, acts, lowest, *, bias=True, gating=True):
 def _cache_key(model):
     import os
 
-    return str(model.state_dir), os.environ.get("XPLAIN_STATE_DIR"), model.digest, str(model.device)
+    return (str(model.state_dir), os.environ.get("XPLAIN_STATE_DIR"), model.digest, str(model.device),
+            model.fitted_state_hidden)  # inside Model.without_fitted_state the cached state must not be used
 
 
 def _forget_state(model):
