@@ -565,7 +565,7 @@ def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
         sampler = iba_input._target_sampler(r, lam, cap, mean, std, active, gens, params)
         seen = {}
         iba_input.gan_stage(split, x, iba.saliency_bits(cap, (64, 64)), sampler, gens, params,
-                            monitor=lambda e, v: seen.__setitem__(e, v), monitor_epochs={2})
+                            monitor=lambda e, v, seen=seen: seen.__setitem__(e, v), monitor_epochs={2})
         grads[critic] = float(seen[2]["mask_grad"].max())
     assert grads["clip"] < 1e-4 < 1e-2 < grads["gp"], grads  # measured ~5e-7 and ~5
     a = _quiet_explain(shapes, x[:1], targets=[0], method="input-iba", params={**FAST_GAN, "input_steps": 2})

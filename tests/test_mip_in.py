@@ -382,8 +382,8 @@ def test_sanity_marks_mip_in_not_comparable(mlp):
     """MIP-IN's inverse is fitted on the trained model and it cannot run without it: cascading
     randomisation reports its score as not comparable (NaN + the stale-state score), even though
     the state is cached on the model object."""
-    from xplain.run.api import run_method
     from xplain.plugins.registry import get_registry
+    from xplain.run.api import run_method
 
     registry = get_registry()
     method, metric = registry.method("mip-in"), registry.metric("sanity")
