@@ -8,14 +8,13 @@ strip a trailing softmax -> verify against onnxruntime (and batch 1 vs 2).
 
 from __future__ import annotations
 
-from unittest import mock
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import onnx_passes as passes
-from .converters import register_aliases, unsupported_ops
+from .converters import convert, unsupported_ops, xplain_converted_ops
 from .errors import ModelError, UnsupportedOpsError
 from .onnx_io import check_model, read_model
 
@@ -208,7 +207,6 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     """Load an ONNX classifier file as a :class:`~xplain.model.Model` on ``device``.
 
     Every failure is a :class:`~xplain.errors.ModelError` with one line naming the file."""
-    import onnx2torch
     import torch
 
     from .model import InputSpec, LoadReport, Model
@@ -235,6 +233,8 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     report.original_names, note = passes.sanitize_names(work)
     report.notes.append(note)
     passes.drop_initializer_inputs(work)
+    if note := passes.drop_unused_optional_outputs(work):
+        report.notes.append(note)
     if note := passes.fold_constants(work):
         report.notes.append(note)
     stash = passes.detach_weights(work)
@@ -251,14 +251,13 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     missing = unsupported_ops(work)
     if missing:
         raise UnsupportedOpsError(missing, path=path)
-    register_aliases()
+    if used := xplain_converted_ops(work):
+        report.notes.append("converted with xplain's converters: "
+                            + ", ".join(f"{op} ×{n}" for op, n in sorted(used.items())))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # shapes were inferred above on the weight-free graph; onnx2torch's own pass would
-            # serialise the full model again for nothing
-            with mock.patch.object(onnx2torch.converter, "safe_shape_inference", lambda m: m):
-                gm = onnx2torch.convert(work)
+            gm = convert(work)  # shapes were inferred above, on the weight-free graph
     except Exception as err:  # noqa: BLE001 - converters raise anything
         raise ModelError(f"conversion failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
                          path=path) from None
