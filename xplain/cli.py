@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .display import display_name
 from .errors import ExitCode, UsageError, XplainError
 
 app = typer.Typer(
@@ -229,10 +230,12 @@ def inspect(
         "num_classes": model.num_classes,
         "fixed_batch": model.spec.fixed_batch,
         "op_counts": report.op_counts,
-        "activations": [{"layer": a.name, "kind": a.kind} for a in model.activations()],
-        "bias_layers": [{"layer": b.layer, "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
-                        for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "shape": list(f.shape)} for f in model.feature_layers()],
+        "activations": [{"layer": a.name, "onnx_name": model.onnx_name(a.name), "kind": a.kind}
+                        for a in model.activations()],
+        "bias_layers": [{"layer": b.layer, "onnx_name": model.onnx_name(b.layer), "at": b.node, "kind": b.kind,
+                         "channels": int(b.bias.numel())} for b in model.bias_layers()],
+        "feature_layers": [{"layer": f.name, "onnx_name": model.onnx_name(f.name), "shape": list(f.shape)}
+                           for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
@@ -263,12 +266,16 @@ def inspect(
     out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
     out.print(f"bias layers  {len(data['bias_layers'])}  ("
               + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
-    table = Table(title="feature layers", box=None)
+    table = Table(title="feature layers (`-p layer=` takes the id or the ONNX name)", box=None)
     table.add_column("layer")
+    table.add_column("ONNX name")
     table.add_column("C×H×W")
     table.add_column("")
     for f in data["feature_layers"]:
-        table.add_row(f["layer"], shape(f["shape"]), "default" if f["layer"] == data["default_feature_layer"] else "")
+        # ONNX names are file content: escaped (control characters) and markup-escaped for rich
+        onnx_name = escape(display_name(f["onnx_name"])) if f["onnx_name"] else "–"
+        table.add_row(f["layer"], onnx_name, shape(f["shape"]),
+                      "default" if f["layer"] == data["default_feature_layer"] else "")
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
