@@ -231,8 +231,8 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
         return
 
     import xplain
-    from xplain.api import run_method
-    from xplain.registry import get_registry, validate_params
+    from xplain.run.api import run_method
+    from xplain.plugins.registry import get_registry, validate_params
 
     started = time.perf_counter()
     try:
@@ -321,7 +321,7 @@ def _wanted_methods(methods: str) -> list[str]:
     if methods == "core":
         return list(CORE_METHODS)
     if methods == "all":
-        from xplain.registry import get_registry
+        from xplain.plugins.registry import get_registry
 
         return sorted(get_registry().methods)
     return [n.strip() for n in methods.split(",") if n.strip()]

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 import xplain
-from xplain.images import Preprocess, load_image
-from xplain.registry import get_registry
+from xplain.data.images import Preprocess, load_image
+from xplain.plugins.registry import get_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

@@ -85,8 +85,8 @@ def fit_for_tests(model, method, root) -> None:
     import torch
 
     import xplain
-    from xplain.fitting import FitConsole
-    from xplain.state import save_state
+    from xplain.run.fitting import FitConsole
+    from xplain.run.state import save_state
 
     x = model.example_input(16, seed=11)
     ys = torch.arange(16) % model.num_classes

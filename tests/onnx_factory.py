@@ -239,12 +239,12 @@ def conv_w_bytes(seed: int = 0) -> bytes:
 
 # ------------------------------------------------------------------------------ CLI checking
 def cli_error(capsys, argv: list[str], code: int, *fragments: str) -> str:
-    """Run ``xplain.cli.main(argv)`` and check the one-line error contract; returns the line.
+    """Run ``xplain.cli.app.main(argv)`` and check the one-line error contract; returns the line.
 
     The return value must be ``code``; stderr must hold exactly one non-empty line, starting
     with ``xplain: error:``, with no traceback, containing every fragment (the file's path
     is passed as a fragment by callers)."""
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     capsys.readouterr()  # drop anything printed before
     rc = main([str(a) for a in argv])

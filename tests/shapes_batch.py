@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 
 import xplain
-from xplain.datasets import class_names_of, read_dataset
-from xplain.images import Preprocess, load_image
+from xplain.data.datasets import class_names_of, read_dataset
+from xplain.data.images import Preprocess, load_image
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 def shapes_eval_batch(limit: int):
     """``(model, x, targets, context, roi)`` for the first ``limit`` rows of the manifest."""
-    from xplain_builtins.metrics_localisation import box_masks
+    from xplain_builtins.metrics.localisation import box_masks
 
     model = xplain.load_model(SAMPLES / "shapes_cnn.onnx", device="cpu")
     samples = read_dataset(SAMPLES / "shapes_eval" / "manifest.csv", class_names=class_names_of(model), limit=limit)

@@ -49,7 +49,7 @@ def _inspect_error(capsys, path, *fragments) -> str:
 # ------------------------------------------------------------------------------ unreadable files
 def test_sanity_the_good_model_loads(good_model, capsys):
     """The base model of every variant below is fine, so each rejection is due to the defect."""
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     assert main(["inspect", "--json", str(good_model)]) == 0
     assert '"verified": true' in capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_checker_failure_api(tmp_path):
 def lacking():
     """Two ops without a converter *today* (``unsupported_ops`` decides, with xplain's own
     additions registered), as ``(op, label)`` pairs; the custom-domain op is always lacking."""
-    from xplain.converters import unsupported_ops
+    from xplain.onnx.converters import unsupported_ops
 
     found = []
     for op in factory.UNSUPPORTED_CANDIDATES:
@@ -149,7 +149,7 @@ def lacking():
 
 
 def test_custom_domain_op_is_unsupported():
-    from xplain.converters import unsupported_ops
+    from xplain.onnx.converters import unsupported_ops
 
     assert dict(unsupported_ops(factory.single_op_model("Foo", "com.example"))) == {"com.example.Foo": 1}
     assert not unsupported_ops(factory.classifier())
@@ -162,7 +162,7 @@ def _unsupported(lacking):
 
 
 def test_unsupported_ops_counted_by_preflight(lacking):
-    from xplain.converters import unsupported_ops
+    from xplain.onnx.converters import unsupported_ops
 
     model, expected = _unsupported(lacking)
     assert dict(unsupported_ops(model)) == expected
@@ -266,7 +266,7 @@ def test_unknown_param_api(good_model):
 
 
 def test_unknown_option_is_usage_error(capsys, good_model):
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     assert main(["inspect", str(good_model), "--no-such-option"]) == USAGE
     err = capsys.readouterr().err
@@ -323,7 +323,7 @@ def test_explain_bad_image_after_a_good_one(tmp_path, capsys, good_model, good_i
 
 
 def test_load_image_api_raises_input_error(tmp_path):
-    from xplain.images import load_image
+    from xplain.data.images import load_image
 
     path = tmp_path / "x.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)

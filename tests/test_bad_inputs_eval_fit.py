@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import xplain
-from xplain.cli import main
+from xplain.cli.app import main
 
 from .conftest import interrupt_on_call
 
@@ -111,7 +111,7 @@ def test_eval_unusable_manifest(tmp_path, capsys, text, problem):
 
 
 def test_eval_ctrl_c_exits_130_with_results_intact(tmp_path, capsys, monkeypatch):
-    import xplain.evaluation as evaluation
+    import xplain.run.evaluation as evaluation
 
     data = tmp_path / "images"
     data.mkdir()
@@ -132,7 +132,7 @@ def test_eval_ctrl_c_exits_130_with_results_intact(tmp_path, capsys, monkeypatch
 
 
 def test_manifest_row_naming_a_folder_says_so(tmp_path):
-    from xplain.datasets import read_dataset
+    from xplain.data.datasets import read_dataset
 
     (tmp_path / "adir").mkdir()
     shutil.copy(IMAGE, tmp_path / "a.png")
@@ -193,7 +193,7 @@ def test_fit_skipping_bad_rows_warns(tmp_path, capsys):
 
 
 def test_eval_out_not_writable(images, tmp_path, capsys, monkeypatch):
-    import xplain.cli as cli
+    import xplain.cli.app as cli
 
     out = tmp_path / "readonly"
     out.mkdir()

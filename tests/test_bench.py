@@ -1,4 +1,4 @@
-"""``xplain bench`` and ``xplain.bench``: output shape, errors, and the Captum mapping.
+"""``xplain bench`` and ``xplain.run.bench``: output shape, errors, and the Captum mapping.
 
 No timing assertions here: speed goals are measured with ``xplain bench`` (bench/README.md),
 never asserted in timed tests.
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import xplain
-from xplain.bench import CAPTUM_COUNTERPARTS, bench, captum_counterpart
-from xplain.cli import main
+from xplain.run.bench import CAPTUM_COUNTERPARTS, bench, captum_counterpart
+from xplain.cli.app import main
 
 from .conftest import REPO, export_classic
 
@@ -134,8 +134,8 @@ def test_captum_counterpart_computes_our_map(relu_model, name, params):
 
 
 def test_stage_split_per_image_and_per_forward():
-    from xplain.bench import _stages
-    from xplain.plugin_api import Attribution
+    from xplain.run.bench import _stages
+    from xplain.plugins.plugin_api import Attribution
 
     got = _stages(Attribution(maps=None, info={"stage_seconds": {"feature": 0.4, "gan": 2.0}}), batch=4, forward_s=0.1)
     assert got == {"feature": {"seconds_per_image": 0.1, "ratio_to_forward": pytest.approx(4.0)},

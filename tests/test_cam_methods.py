@@ -17,7 +17,7 @@ from torch import nn
 
 import xplain
 from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
-from xplain.cli import main
+from xplain.cli.app import main
 
 from .test_architectures import Block
 

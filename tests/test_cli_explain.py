@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import xplain
-from xplain.cli import main
+from xplain.cli.app import main
 
 from .conftest import interrupt_on_call
-from xplain.images import Preprocess, load_image
+from xplain.data.images import Preprocess, load_image
 
 
 def _one_line_error(capsys):
@@ -75,7 +75,7 @@ def test_explain_target_by_index_and_label(tiny_cnn_path, rgb_image, tmp_path, c
 
 
 def test_interrupted_explain_leaves_only_whole_files(tiny_cnn_path, rgb_image, tmp_path, monkeypatch, capsys):
-    import xplain.explaining as explaining
+    import xplain.run.explaining as explaining
 
     interrupt_on_call(monkeypatch, explaining, "save_overlay")
     second = tmp_path / "second.png"
@@ -115,7 +115,7 @@ def test_usage_errors_exit_2(argv, code):
 
 def test_out_of_memory_halves_the_batch(tiny_model, monkeypatch):
     """A CUDA OOM on a batch is retried on halves (simulated: no GPU needed)."""
-    import xplain.explaining as explaining
+    import xplain.run.explaining as explaining
 
     real = explaining.run_method
     sizes = []

@@ -1,4 +1,4 @@
-"""xplain.datasets: every layout gives the right paths, labels and boxes; bad rows are recorded."""
+"""xplain.data.datasets: every layout gives the right paths, labels and boxes; bad rows are recorded."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from xplain.datasets import Box, class_names_of, read_dataset, read_voc
+from xplain.data.datasets import Box, class_names_of, read_dataset, read_voc
 from xplain.errors import InputDataError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xplain.cli import main
-from xplain.images import Geometry
+from xplain.cli.app import main
+from xplain.data.images import Geometry
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 MODEL = str(SAMPLES / "shapes_cnn.onnx")
@@ -148,7 +148,7 @@ def test_box_to_input_through_resize_and_crop():
 
 def test_example_plugin_metric_runs_in_eval(data, tmp_path):
     import xplain
-    from xplain.registry import Registry
+    from xplain.plugins.registry import Registry
 
     registry = Registry().discover()
     if "example-map-mean" not in registry.metrics:  # not pip-installed here: register it in-process

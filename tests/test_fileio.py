@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from xplain import fileio
-from xplain.fileio import append_line, atomic_open, atomic_write, save_npy, write_json
+from xplain.output import fileio
+from xplain.output.fileio import append_line, atomic_open, atomic_write, save_npy, write_json
 
 
 def _names(folder):

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 import xplain
-from xplain.cli import main
-from xplain.images import Preprocess, load_image
-from xplain.registry import get_registry
+from xplain.cli.app import main
+from xplain.data.images import Preprocess, load_image
+from xplain.plugins.registry import get_registry
 
 
 def _fit(model, batches, params, console):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import xplain
-from xplain.api import run_method
-from xplain.registry import Registry
+from xplain.run.api import run_method
+from xplain.plugins.registry import Registry
 
 from .conftest import export_classic, fit_for_tests, tiny_cnn
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import xplain
-from xplain_builtins import gradients as G
-from xplain_builtins import occlusion as O
+from xplain_builtins.methods import gradients as G
+from xplain_builtins.methods import occlusion as O
 
 from .conftest import export_classic
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import xplain
-from xplain.api import sample_generators
-from xplain.fitting import fit_method
-from xplain.images import Preprocess, load_image
-from xplain.registry import get_registry
-from xplain_builtins import iba, iba_input
+from xplain.run.api import sample_generators
+from xplain.run.fitting import fit_method
+from xplain.data.images import Preprocess, load_image
+from xplain.plugins.registry import get_registry
+from xplain_builtins.methods.iba import iba, iba_input
 
 from .conftest import SAMPLES
 
@@ -404,7 +404,7 @@ def test_cli_fit_then_explain_records_stats_stages_and_extras(tmp_path, capsys):
 
     import numpy as np
 
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     state = tmp_path / "state"
     assert main(["fit", "iba", str(SHAPES), str(SAMPLES / "shapes_eval" / "images"), "--state-dir", str(state),

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from xplain.errors import ExitCode, InputDataError, ModelError, UsageError
-from xplain.images import (
+from xplain.data.images import (
     Geometry,
     Preprocess,
     imagenet_labels,

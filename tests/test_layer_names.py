@@ -17,8 +17,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import xplain
-from xplain.cli import main
-from xplain.display import display_name
+from xplain.cli.app import main
+from xplain.output.display import display_name
 
 CONV1, RELU1 = "/features/features.0/Conv", "/features/features.1/Relu"
 CONV2 = "/features/features.2/Conv"

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import xplain
-from xplain.api import run_method
-from xplain.registry import Registry
+from xplain.run.api import run_method
+from xplain.plugins.registry import Registry
 
 from .shapes_batch import shapes_eval_batch
 
@@ -158,7 +158,7 @@ def test_ibd_hand_case():
 
 # ----------------------------------------------------------------------------- properties
 def test_ssim_and_spearman_hand_cases():
-    from xplain_builtins.metrics_properties import spearman, ssim
+    from xplain_builtins.metrics.properties import spearman, ssim
 
     a, b = 0.3, 0.8
     c1 = 0.01 ** 2
@@ -218,7 +218,7 @@ def test_completeness_hand_case():
 
 
 def test_sanity_restores_the_model_and_separates_model_dependent_maps(tiny_model):
-    from xplain_builtins.metrics_properties import weight_layers
+    from xplain_builtins.metrics.properties import weight_layers
 
     x = tiny_model.example_input(2, seed=3)
     t = torch.tensor([0, 2])

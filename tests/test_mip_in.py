@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 
 import xplain
-from xplain.cli import main
-from xplain.images import Preprocess, load_image
-from xplain_builtins import mip_in
+from xplain.cli.app import main
+from xplain.data.images import Preprocess, load_image
+from xplain_builtins.methods.mip_in import mip_in
+from xplain_builtins.methods.mip_in.chain import _activations, _step_meta
+from xplain_builtins.methods.mip_in.fit import _fit_closed, _fit_conv, _fit_conv_lstsq, fit
+from xplain_builtins.methods.mip_in.invert import _inverse, _propagate, invert, load, source_logits
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 DATA = SAMPLES / "digits_data"
@@ -66,7 +69,7 @@ def test_dense_closed_form_equals_ridge_least_squares():
                                                                                            dtype=torch.float64) + 2.0
     step = {"kind": "dense", "in_shape": [d_x]}
     pairs = lambda: iter([(s[:17].float(), x[:17].float()), (s[17:].float(), x[17:].float())])  # noqa: E731 streamed
-    fitted, errors = mip_in._fit_closed(step, pairs, lam)
+    fitted, errors = _fit_closed(step, pairs, lam)
     # independent: ridge on centred data as an augmented least-squares problem
     sc, xc = s - s.mean(0), x - x.mean(0)
     a = torch.cat([sc, lam ** 0.5 * torch.eye(d_s, dtype=torch.float64)])
@@ -75,7 +78,7 @@ def test_dense_closed_form_equals_ridge_least_squares():
     torch.testing.assert_close(fitted["weight"].double(), w_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fitted["bias"].double(), x.mean(0) - w_ref @ s.mean(0), rtol=1e-4, atol=1e-5)
     # λ = 0: ordinary least squares with an intercept
-    fitted0, errors0 = mip_in._fit_closed(step, pairs, 0.0)
+    fitted0, errors0 = _fit_closed(step, pairs, 0.0)
     ones = torch.ones(n, 1, dtype=torch.float64)
     sol = torch.linalg.lstsq(torch.cat([s, ones], 1), x).solution
     torch.testing.assert_close(fitted0["weight"].double(), sol[:d_s].T, rtol=1e-4, atol=1e-5)
@@ -91,7 +94,7 @@ def test_affine_and_pooling_inverses_recover_known_linear_maps():
     x = torch.randn(12, 3, 4, 5, generator=gen)
     scale, shift = torch.tensor([0.5, 2.0, -1.5]), torch.tensor([1.0, -2.0, 0.25])
     s = x * scale.reshape(1, 3, 1, 1) + shift.reshape(1, 3, 1, 1)
-    fitted, errors = mip_in._fit_closed({"kind": "affine"}, lambda: iter([(s, x)]), 0.0)
+    fitted, errors = _fit_closed({"kind": "affine"}, lambda: iter([(s, x)]), 0.0)
     torch.testing.assert_close(fitted["weight"], 1 / scale, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fitted["bias"], -shift / scale, rtol=1e-5, atol=1e-5)
     assert errors["relative"] < 1e-10
@@ -101,11 +104,11 @@ def test_affine_and_pooling_inverses_recover_known_linear_maps():
     pattern = torch.randn(3, 4, 5, generator=gen)
     x_pool = a.reshape(1, 3, 1, 1) * s_pool.reshape(40, 3, 1, 1) + pattern + 0.01 * torch.randn(40, 3, 4, 5, generator=gen)
     step = {"kind": "gap", "in_shape": [3, 4, 5]}
-    fitted, _ = mip_in._fit_closed(step, lambda: iter([(s_pool.reshape(40, 3, 1, 1), x_pool)]), 0.0)
+    fitted, _ = _fit_closed(step, lambda: iter([(s_pool.reshape(40, 3, 1, 1), x_pool)]), 0.0)
     torch.testing.assert_close(fitted["weight"], a, rtol=1e-2, atol=1e-2)
-    recon = mip_in._inverse(step, fitted, s_pool, None)
+    recon = _inverse(step, fitted, s_pool, None)
     assert float(((recon - x_pool) ** 2).mean()) < 2e-4
-    assert mip_in._inverse(step, fitted, s_pool, None, bias=False).shape == x_pool.shape
+    assert _inverse(step, fitted, s_pool, None, bias=False).shape == x_pool.shape
 
 
 def test_maxpool_inverse_uses_the_samples_switches():
@@ -114,7 +117,7 @@ def test_maxpool_inverse_uses_the_samples_switches():
     s = torch.randn(2, 3, 3, 3, generator=gen)
     step = {"kind": "maxpool", "node": "p", "input": "x", "kernel": 2, "stride": 2, "padding": 0, "dilation": 1,
             "ceil_mode": False}
-    out = mip_in._inverse(step, {}, s, {"x": x})
+    out = _inverse(step, {}, s, {"x": x})
     # independent: the gradient of max-pooling routes exactly through the switches
     xg = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(F.max_pool2d(xg, 2), xg, grad_outputs=s)
@@ -128,26 +131,26 @@ def test_conv_inverse_error_falls_and_beats_the_transposed_forward_filter(cnn):
     x_test, _ = _digits({3, 7}, every=2, offset=1)
     with torch.no_grad():
         s_train, s_test = conv(x_train), conv(x_test)
-    step = mip_in._step_meta({"node": "n00000_conv", "kind": "conv", "input": "input", "module": conv,
+    step = _step_meta({"node": "n00000_conv", "kind": "conv", "input": "input", "module": conv,
                               "in_shape": [1, 28, 28], "out_shape": [16, 24, 24]})
     pairs = lambda: iter([(s_train[i:i + 16], x_train[i:i + 16]) for i in range(0, len(x_train), 16)])  # noqa: E731
-    fitted, errors = mip_in._fit_conv(step, pairs, _params(epochs=8), None)
+    fitted, errors = _fit_conv(step, pairs, _params(epochs=8), None)
     history = errors["epoch_mse"]
     assert history[-1] < 0.5 * history[0] and all(b <= a * 1.05 for a, b in zip(history, history[1:]))
     with torch.no_grad():
-        ours = float(F.mse_loss(mip_in._inverse(step, fitted, s_test, None), x_test))
+        ours = float(F.mse_loss(_inverse(step, fitted, s_test, None), x_test))
         deconv = F.conv_transpose2d(s_test - conv.bias.reshape(1, -1, 1, 1), conv.weight)
         alpha = float((deconv * x_test).sum() / (deconv * deconv).sum())  # best scale, even fitted on the test set
         deconv_err = float(F.mse_loss(alpha * deconv, x_test))
     assert ours < 0.5 * deconv_err
     # conv_solver=lstsq: the exact minimiser of the same family, so the loss gradient vanishes there
-    exact, exact_errors = mip_in._fit_conv_lstsq(step, pairs, 0.0)
+    exact, exact_errors = _fit_conv_lstsq(step, pairs, 0.0)
     assert exact_errors["mse"] <= errors["mse"] * 1.0001
     w, b = exact["weight"].clone().requires_grad_(True), exact["bias"].clone().requires_grad_(True)
-    loss = ((mip_in._inverse(step, {"weight": w, "bias": b}, s_train, None) - x_train) ** 2).sum()
+    loss = ((_inverse(step, {"weight": w, "bias": b}, s_train, None) - x_train) ** 2).sum()
     grads = torch.autograd.grad(loss, [w, b])
     w_adam = fitted["weight"].clone().requires_grad_(True)
-    loss_adam = ((mip_in._inverse(step, {"weight": w_adam, "bias": fitted["bias"]}, s_train, None) - x_train) ** 2).sum()
+    loss_adam = ((_inverse(step, {"weight": w_adam, "bias": fitted["bias"]}, s_train, None) - x_train) ** 2).sum()
     (grad_adam,) = torch.autograd.grad(loss_adam, [w_adam])
     assert float(grads[0].norm()) < 1e-3 * float(grad_adam.norm()) and float(grads[1].norm()) < 1e-3 * float(loss.detach())
 
@@ -185,17 +188,17 @@ def test_recursive_fit_matches_an_independent_recursion(mlp):
 def test_attribution_is_the_linear_part_and_source_signal_has_the_biases(mlp):
     x, y = _digits({2, 5}, every=9)
     params = _params()
-    a, s0, logits, start = mip_in.invert(mlp, x, y, params)
+    a, s0, logits, start = invert(mlp, x, y, params)
     assert start is None and a.shape == s0.shape == x.shape
     # A is linear in Y_c: the chain without biases maps Y_c to A, so A / Y_c is the gated linear map
-    state = mip_in.load(mlp, params)
+    state = load(mlp, params)
     steps, inv = state[1], state[2]
-    _, acts = mip_in._activations(mlp, x, None, steps)
+    _, acts = _activations(mlp, x, None, steps)
     for i in range(len(y)):
         sub = {k: v[i:i + 1] for k, v in acts.items()}
-        unit = mip_in._propagate(steps, inv[int(y[i])], torch.ones(1, 1), sub, 0, bias=False)
+        unit = _propagate(steps, inv[int(y[i])], torch.ones(1, 1), sub, 0, bias=False)
         torch.testing.assert_close(a[i:i + 1], unit * logits[i, y[i]], rtol=1e-4, atol=1e-6)
-        zero = mip_in._propagate(steps, inv[int(y[i])], torch.zeros(1, 1), sub, 0, bias=True)
+        zero = _propagate(steps, inv[int(y[i])], torch.zeros(1, 1), sub, 0, bias=True)
         torch.testing.assert_close(s0[i:i + 1], a[i:i + 1] + zero, rtol=1e-4, atol=1e-5)  # S_0 = A + bias path
     attribution = xplain.explain(mlp, x, targets=y, method="mip-in")
     torch.testing.assert_close(attribution.maps, a[:, 0])
@@ -271,7 +274,7 @@ def test_head_mode_on_a_residual_graph(tmp_path):
     expected = F.interpolate(a.mean(1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(att.maps, expected)
     # known locations: each class's positive evidence lies mostly in its own box, not the other's
-    from xplain.datasets import read_voc
+    from xplain.data.datasets import read_voc
 
     boxes = {b.label: b for b in read_voc(SAMPLES / "images" / "shapes_square_cross.xml", model.labels)}
 
@@ -284,7 +287,7 @@ def test_head_mode_on_a_residual_graph(tmp_path):
     result = mip_in.completeness(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]))
     assert result["apc"] < 80
     # each record carries Φ(S₀), the head's logit of the source signal, so APC works in head mode
-    phi = mip_in.source_logits(model, att.extras["source_signal"], torch.tensor([1, 3]), feature)
+    phi = source_logits(model, att.extras["source_signal"], torch.tensor([1, 3]), feature)
     assert [i["source_logit"] for i in att.sample_info] == pytest.approx(phi.tolist(), rel=1e-5)
     score = xplain.get_registry().metric("completeness").score(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]), att,
                                                                 {"params": {}, "cache": {}})
@@ -332,28 +335,28 @@ def test_strided_conv_chain_and_layer_option(tmp_path):
     x = model.example_input(24, seed=3)
     ys = torch.arange(24) % 3
     batches = lambda labels=False: iter([(x, ys)] if labels else [x])  # noqa: E731
-    tensors, meta = mip_in.fit(model, batches, _params(epochs=3), None)
+    tensors, meta = fit(model, batches, _params(epochs=3), None)
     assert meta["mode"] == "chain"
     assert [s["kind"] for s in meta["steps"]] == ["conv", "gate", "affine", "conv", "gate", "reshape", "dense"]
 
-    from xplain.state import save_state
+    from xplain.run.state import save_state
 
     save_state(model.digest, "mip-in", tensors, meta, root=tmp_path / "s")
     model.state_dir = tmp_path / "s"
-    a, s0, _, start = mip_in.invert(model, x[:3], ys[:3], _params())
+    a, s0, _, start = invert(model, x[:3], ys[:3], _params())
     assert start is None and a.shape == s0.shape == (3, 1, 15, 15)
     errors = meta["reconstruction_errors"]["0"]
     conv_names = [s["node"] for s in meta["steps"] if s["kind"] == "conv"]
     assert all(errors[n]["epoch_mse"][-1] < errors[n]["epoch_mse"][0] for n in conv_names)
     # the exact solver on the same strided geometry: the top convolution (fitted on the same S)
     # reconstructs at least as well as Adam
-    _, exact_meta = mip_in.fit(model, batches, _params(epochs=3, conv_solver="lstsq", ridge=0.0), None)
+    _, exact_meta = fit(model, batches, _params(epochs=3, conv_solver="lstsq", ridge=0.0), None)
     top = conv_names[-1]
     for c in ("0", "1", "2"):
         assert exact_meta["reconstruction_errors"][c][top]["mse"] <= meta["reconstruction_errors"][c][top]["mse"] * 1.0001
     # start at the first ReLU: only the second conv and the head are inverted, gated at the start
     relu = [s["node"] for s in meta["steps"] if s["kind"] == "gate"][0]
-    tensors, meta = mip_in.fit(model, batches, _params(epochs=2, layer=relu), None)
+    tensors, meta = fit(model, batches, _params(epochs=2, layer=relu), None)
     assert meta["mode"] == "head" and meta["start"] == relu
     assert [s["kind"] for s in meta["steps"]] == ["affine", "conv", "gate", "reshape", "dense"]
 

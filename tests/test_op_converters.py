@@ -1,4 +1,4 @@
-"""xplain's ONNX op converters (``xplain/op_converters.py``), op by op, against onnxruntime.
+"""xplain's ONNX op converters (``xplain/onnx/op_converters.py``), op by op, against onnxruntime.
 
 Each case is a one-node (or few-node) graph written with ``onnx.helper`` at the opset today's
 exporters use, converted with :func:`xplain.converters.convert` and run on random inputs next
@@ -18,9 +18,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from xplain.converters import convert, unsupported_ops
-from xplain.onnx_passes import drop_unused_optional_outputs, infer_shapes
-from xplain import op_converters as ops
+from xplain.onnx.converters import convert, unsupported_ops
+from xplain.onnx.passes import drop_unused_optional_outputs, infer_shapes
+from xplain.onnx import op_converters as ops
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 import xplain
-from xplain.cli import main
-from xplain.registry import Registry, clear_cache, get_registry, validate_params
+from xplain.cli.app import main
+from xplain.plugins.registry import Registry, clear_cache, get_registry, validate_params
 
 from .conftest import REPO
 
@@ -23,7 +23,7 @@ def test_builtins_register_through_entry_points():
 
 
 def test_builtins_import_only_the_public_api():
-    for path in (REPO / "plugins" / "xplain_builtins").glob("*.py"):
+    for path in (REPO / "plugins" / "xplain_builtins").rglob("*.py"):
         source = path.read_text()
         for line in source.splitlines():
             stripped = line.strip()
@@ -104,6 +104,63 @@ def test_duplicate_and_invalid_registrations_are_plugin_errors(fake_dist):
     assert registry.methods["saliency"].plugin == "saliency"
 
 
+def test_misspelled_hook_is_a_plugin_error(fake_dist, capsys):
+    fake_dist("badhook", """
+        import xplain
+        @xplain.hookimpl
+        def register_method(register):  # misspelled: the hook is register_methods
+            register(xplain.Method(name="badhook-method", summary="x", explain=lambda *a: None))
+        @xplain.hookimpl
+        def register_metrics(register):
+            register(xplain.Metric(name="badhook-metric", summary="x", score=lambda *a: {}))
+    """)
+    registry = get_registry()
+    assert "register_method" in registry.plugins["badhook"].error
+    # skipped like any broken plugin: its valid hook does not run either, the others are unharmed
+    assert "badhook-metric" not in registry.metrics and "saliency" in registry.methods
+    assert registry.pm.get_plugin("badhook") is None
+    assert main(["methods"]) == 0
+    assert "plugin 'badhook' skipped" in capsys.readouterr().err
+    clear_cache()
+    assert main(["--strict-plugins", "methods"]) == xplain.ExitCode.PLUGIN
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "badhook" in err[0] and "register_method" in err[0]
+
+
+def test_undecorated_hook_function_is_not_called(fake_dist):
+    fake_dist("goodplain", """
+        import xplain
+        def register_methods(register):  # no @xplain.hookimpl: pluggy must not call it
+            raise RuntimeError("undecorated function was called")
+    """)
+    registry = get_registry(strict=True)  # a call would raise, and strict makes that fatal
+    assert registry.plugins["goodplain"].error is None
+    assert registry.plugins["goodplain"].methods == []
+
+
+def test_onnx_loader_is_a_trylast_hookimpl():
+    from xplain.plugins.registry import CORE_LOADER
+
+    registry = Registry().discover()
+    impls = registry.pm.hook.load_model.get_hookimpls()
+    (impl,) = [i for i in impls if i.plugin_name == CORE_LOADER]
+    assert impl.trylast
+    calls = []
+
+    class Passing:
+        @xplain.hookimpl
+        def load_model(self, path, options):
+            calls.append(path)  # a plugin that does not claim the file: None passes it on
+
+    # registered after the plugin, the ONNX loader would run first without trylast
+    core = registry.pm.unregister(name=CORE_LOADER)
+    registry.register_plugin(Passing(), "passing")
+    registry.pm.register(core, name=CORE_LOADER)
+    path = REPO / "sample_models" / "digits_mlp.onnx"
+    model = xplain.load_model(path, registry=registry)
+    assert calls == [str(path)] and isinstance(model, xplain.Model)
+
+
 def test_params_are_validated_against_the_schema():
     declared = [xplain.Param("steps", "int", 50, "steps", min=1), xplain.Param("mode", "str", "a", "m", choices=("a", "b")),
                 xplain.Param("smooth", "bool", True, "s"), xplain.Param("sigma", "float", 0.15, "noise")]
@@ -131,7 +188,7 @@ def test_methods_show_prints_description_and_params(capsys):
 def test_help_and_methods_do_not_import_torch():
     code = textwrap.dedent("""
         import sys, contextlib, io
-        from xplain.cli import main
+        from xplain.cli.app import main
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["--help"]) == 0
             assert main(["methods"]) == 0

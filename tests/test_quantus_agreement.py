@@ -22,8 +22,8 @@ import torch
 quantus = pytest.importorskip("quantus")
 
 import xplain  # noqa: E402
-from xplain.images import Preprocess, load_image  # noqa: E402
-from xplain.registry import Registry  # noqa: E402
+from xplain.data.images import Preprocess, load_image  # noqa: E402
+from xplain.plugins.registry import Registry  # noqa: E402
 
 from .shapes_batch import shapes_eval_batch  # noqa: E402
 
@@ -180,7 +180,7 @@ def test_bbox_accuracy_with_a_one_pixel_box_is_the_pointing_game(shapes):
 def test_pixel_perturbation_curves_are_region_perturbation_drops(shapes):
     """Same tiles (8×8), one tile per step, zero baseline: Quantus returns p0 - p_k for
     k = 1..N, xplain p_k for k = 0..N; so ours[1:] = ours[0] - quantus exactly."""
-    from xplain_builtins.metrics_faithfulness import auc
+    from xplain_builtins.metrics.faithfulness import auc
 
     model, x, t, ctx, s, maps = shapes
     X, Y = _np(x, t)
@@ -250,7 +250,7 @@ def test_sanity_spearman_equals_mprt_under_the_same_randomisation(digits, monkey
     With xplain's N(0, std) redraw replaced by Quantus's layer.reset_parameters() under
     torch.manual_seed(seed + 1), the per-layer curves agree. Quantus's average additionally
     counts the unrandomised step (similarity 1): quantus_avg = (1 + L · ours) / (L + 1)."""
-    import xplain_builtins.metrics_properties as props
+    import xplain_builtins.metrics.properties as props
 
     model, x, t = digits
     X, Y = _np(x, t)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from xplain.errors import UsageError
-from xplain.images import Geometry
-from xplain.render import (
+from xplain.data.images import Geometry
+from xplain.output.render import (
     SIGNED_CMAP,
     UNSIGNED_CMAP,
     colorize,

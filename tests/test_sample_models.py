@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import xplain
-from xplain.cli import main
-from xplain.images import Preprocess, load_image
+from xplain.cli.app import main
+from xplain.data.images import Preprocess, load_image
 
 from .conftest import SAMPLES
 

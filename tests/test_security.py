@@ -182,7 +182,7 @@ def test_hostile_names_via_cli(tmp_path, monkeypatch, capsys):
     """inspect and explain (saliency: forward + backward) on the worst model, end to end."""
     from PIL import Image
 
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     monkeypatch.chdir(tmp_path)
     path = factory.save(_build("everything"), tmp_path / "hostile.onnx")
@@ -262,7 +262,7 @@ def test_duplicate_explicit_node_names(tmp_path, monkeypatch, capsys):
 
 def test_every_sanitised_name_is_an_identifier():
     """Names after the pass: nodes n00000_<op>, values v<N>; nothing of the original left."""
-    from xplain.onnx_passes import sanitize_names
+    from xplain.onnx.passes import sanitize_names
 
     proto = _build("everything")
     originals, note = sanitize_names(proto)
@@ -277,7 +277,7 @@ def test_every_sanitised_name_is_an_identifier():
 
 # ---------------------------------------------------------------------------- hostile names and rich
 def test_inspect_input_name_with_markup(tmp_path, capsys):
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     path = factory.save(factory.rename_values(factory.classifier(), {"x": "in[/]put", "y": "[bold]out"}),
                         tmp_path / "m.onnx")
@@ -289,7 +289,7 @@ def test_inspect_input_name_with_markup(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["m[bold].onnx", "odd[/]name.onnx"], ids=["styled", "closing-tag"])
 def test_inspect_model_path_with_brackets(tmp_path, capsys, name):
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     path = factory.save(factory.classifier(), tmp_path / name)
     rc = main(["inspect", str(path)])
@@ -301,7 +301,7 @@ def test_inspect_model_path_with_brackets(tmp_path, capsys, name):
 def test_explain_reports_image_path_verbatim(tmp_path, capsys):
     from PIL import Image
 
-    from xplain.cli import main
+    from xplain.cli.app import main
 
     model = factory.save(factory.classifier(), tmp_path / "m.onnx")
     image = tmp_path / "img[bogus].png"
@@ -409,7 +409,7 @@ def test_external_unknown_key_refused(ext, capsys):
 
 
 def test_external_total_size_capped(ext, monkeypatch):
-    from xplain import onnx_io
+    from xplain.onnx import io as onnx_io
 
     monkeypatch.setattr(onnx_io, "MAX_EXTERNAL_BYTES", 100)
     path = factory.save(factory.external_classifier("weights.bin"), ext / "m.onnx")
@@ -500,7 +500,7 @@ def no_unpickling(monkeypatch):
 def test_state_round_trip(tmp_path):
     import torch
 
-    from xplain.state import load_state, save_state
+    from xplain.run.state import load_state, save_state
 
     tensors = {"mean": torch.arange(12.0).reshape(3, 4), "count": torch.tensor([1, 2, 3]),
                "half": torch.ones(2, dtype=torch.float16), "flag": torch.tensor([True, False])}
@@ -520,7 +520,7 @@ def test_state_round_trip(tmp_path):
 def _pickled_state(tmp_path, payload: bytes):
     import torch
 
-    from xplain.state import save_state
+    from xplain.run.state import save_state
 
     path = save_state(DIGEST, "demo", {"a": torch.ones(2)}, {}, root=tmp_path / "state")
     path.write_bytes(payload)
@@ -537,7 +537,7 @@ def _torch_save_bytes(obj) -> bytes:
 
 @pytest.mark.parametrize("kind", ["pickle", "pickle_protocol0", "torch_save"])
 def test_pickle_state_is_rejected(tmp_path, monkeypatch, no_unpickling, kind):
-    from xplain.state import load_state
+    from xplain.run.state import load_state
 
     monkeypatch.chdir(tmp_path)
     payload = {
@@ -555,7 +555,7 @@ def test_pickle_state_is_rejected(tmp_path, monkeypatch, no_unpickling, kind):
 def test_state_for_another_model_is_rejected(tmp_path):
     import torch
 
-    from xplain.state import load_state, save_state
+    from xplain.run.state import load_state, save_state
 
     save_state(DIGEST, "demo", {"a": torch.ones(2)}, {}, root=tmp_path)
     meta = tmp_path / DIGEST[:16] / "demo.json"
@@ -568,7 +568,7 @@ def test_state_for_another_model_is_rejected(tmp_path):
 def test_state_with_unreadable_metadata_is_rejected(tmp_path, text):
     import torch
 
-    from xplain.state import load_state, save_state
+    from xplain.run.state import load_state, save_state
 
     save_state(DIGEST, "demo", {"a": torch.ones(2)}, {}, root=tmp_path)
     (tmp_path / DIGEST[:16] / "demo.json").write_bytes(text.encode("latin-1"))
@@ -580,7 +580,7 @@ def test_state_with_unreadable_metadata_is_rejected(tmp_path, text):
 def test_state_metadata_not_an_object_is_rejected(tmp_path, text):
     import torch
 
-    from xplain.state import load_state, save_state
+    from xplain.run.state import load_state, save_state
 
     save_state(DIGEST, "demo", {"a": torch.ones(2)}, {}, root=tmp_path)
     (tmp_path / DIGEST[:16] / "demo.json").write_text(text)
@@ -590,7 +590,7 @@ def test_state_metadata_not_an_object_is_rejected(tmp_path, text):
 
 # ============================================================================== .npy outputs
 def test_save_npy_refuses_object_arrays(tmp_path):
-    from xplain.fileio import save_npy
+    from xplain.output.fileio import save_npy
 
     target = tmp_path / "map.npy"
     with pytest.raises(ValueError, match="allow_pickle=False"):
@@ -599,7 +599,7 @@ def test_save_npy_refuses_object_arrays(tmp_path):
 
 
 def test_save_npy_output_loads_without_pickle(tmp_path):
-    from xplain.fileio import save_npy
+    from xplain.output.fileio import save_npy
 
     target = tmp_path / "map"  # no suffix: written at exactly this path
     array = np.random.default_rng(0).random((8, 8)).astype(np.float32)

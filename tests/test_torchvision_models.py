@@ -32,9 +32,9 @@ from PIL import Image
 from torch import nn
 
 import xplain
-import xplain.api
-from xplain.cli import main as cli
-from xplain.model import RECTIFIERS
+import xplain.run.api
+from xplain.cli.app import main as cli
+from xplain.graph.model import RECTIFIERS
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def cli_load(case, monkeypatch):
     tested by :func:`test_load_verifies`); SqueezeNet is loaded from the file for real."""
     if case.name in RELOAD_IN_CLI:
         return
-    real = xplain.api.load_model
+    real = xplain.run.api.load_model
 
     def cached(path, device="cpu", **kwargs):
         if Path(path) != case.path or str(device) != "cpu":
@@ -148,7 +148,7 @@ def cli_load(case, monkeypatch):
         assert kwargs.get("verify", True) and kwargs.get("labels") is None
         return case.model
 
-    monkeypatch.setattr(xplain.api, "load_model", cached)
+    monkeypatch.setattr(xplain.run.api, "load_model", cached)
 
 
 def test_load_verifies(case):

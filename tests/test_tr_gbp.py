@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 import xplain
-from xplain_builtins.tr_gbp import bias_terms, guided_terms, ones_map_gradient
+from xplain_builtins.methods.tr_gbp import bias_terms, guided_terms, ones_map_gradient
 
 from .conftest import SAMPLES, export_classic
 

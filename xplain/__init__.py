@@ -8,29 +8,29 @@ from __future__ import annotations
 
 from .errors import (ExitCode, InputDataError, ModelError, PluginError, UnsupportedOpsError,
                      UsageError, XplainError)
-from .plugin_api import Attribution, Capabilities, Method, Metric, Param, hookimpl, hookspec
+from .plugins.plugin_api import Attribution, Capabilities, Method, Metric, Param, hookimpl, hookspec
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ("xplain.api", "load_model"),
-    "explain": ("xplain.api", "explain"),
-    "evaluate": ("xplain.evaluation", "evaluate"),
-    "get_registry": ("xplain.registry", "get_registry"),
-    "validate_params": ("xplain.registry", "validate_params"),
-    "sample_generators": ("xplain.api", "sample_generators"),
-    "Model": ("xplain.model", "Model"),
-    "InputSpec": ("xplain.model", "InputSpec"),
-    "RECTIFIERS": ("xplain.model", "RECTIFIERS"),
-    "load_state": ("xplain.state", "load_state"),
-    "apply_rules": ("xplain.rules", "apply_rules"),
-    "rectifier_rules": ("xplain.rules", "rectifier_rules"),
-    "RectifierRule": ("xplain.rules", "RectifierRule"),
-    "lrp_rules": ("xplain.lrp", "lrp_rules"),
-    "zbox_relevance": ("xplain.lrp", "zbox_relevance"),
-    "first_weight_layer": ("xplain.lrp", "first_weight_layer"),
-    "reduce_channels": ("xplain.maps", "reduce_channels"),
-    "reduce_param": ("xplain.maps", "reduce_param"),
+    "load_model": ("xplain.run.api", "load_model"),
+    "explain": ("xplain.run.api", "explain"),
+    "evaluate": ("xplain.run.evaluation", "evaluate"),
+    "get_registry": ("xplain.plugins.registry", "get_registry"),
+    "validate_params": ("xplain.plugins.registry", "validate_params"),
+    "sample_generators": ("xplain.run.api", "sample_generators"),
+    "Model": ("xplain.graph.model", "Model"),
+    "InputSpec": ("xplain.graph.model", "InputSpec"),
+    "RECTIFIERS": ("xplain.graph.model", "RECTIFIERS"),
+    "load_state": ("xplain.run.state", "load_state"),
+    "apply_rules": ("xplain.graph.rules", "apply_rules"),
+    "rectifier_rules": ("xplain.graph.rules", "rectifier_rules"),
+    "RectifierRule": ("xplain.graph.rules", "RectifierRule"),
+    "lrp_rules": ("xplain.graph.lrp", "lrp_rules"),
+    "zbox_relevance": ("xplain.graph.lrp", "zbox_relevance"),
+    "first_weight_layer": ("xplain.graph.lrp", "first_weight_layer"),
+    "reduce_channels": ("xplain.plugins.maps", "reduce_channels"),
+    "reduce_param": ("xplain.plugins.maps", "reduce_param"),
 }
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m xplain``: the same as the ``xplain`` command."""
 
-from .cli import run
+from .cli.app import run
 
 run()

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputDataError, ModelError, UsageError
+from ..errors import InputDataError, ModelError, UsageError
 
 __all__ = [
     "Geometry",

@@ -9,7 +9,7 @@ The contract with a method is ``fit(model, batches, params, console) -> (tensors
 * ``console`` is a :class:`FitConsole`: ``console.print(...)`` like a rich console, and
   ``console.task(description, total)`` for a progress bar (``.advance(n)``, ``.update(text)``,
   ``.close()``). It may be None when a method is fitted from Python.
-* DATA is read by :func:`xplain.datasets.read_dataset` (class sub-folders, a CSV manifest, or a
+* DATA is read by :func:`xplain.data.datasets.read_dataset` (class sub-folders, a CSV manifest, or a
   plain folder; ``--labels`` a CSV/TXT of image labels); rows the reader marks bad are skipped.
 * ``--classes``, ``--samples`` and ``--layer`` act on the data (only the listed classes, at
   most N images per class, or in total when the data has no labels); a method that declares a
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputDataError, UsageError
-from .images import Preprocess, load_image
-from .model import Model
-from .plugin_api import Method
-from .registry import validate_params
+from ..errors import InputDataError, UsageError
+from ..data.images import Preprocess, load_image
+from ..graph.model import Model
+from ..plugins.plugin_api import Method
+from ..plugins.registry import validate_params
 from .state import save_state
 
 
@@ -82,7 +82,7 @@ class FitConsole:
 
 
 def _resolve_classes(text: str, class_names: list[str] | None, num_classes: int) -> list[int]:
-    from .datasets import resolve_label
+    from ..data.datasets import resolve_label
 
     out = []
     for item in text.split(","):
@@ -104,7 +104,7 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
                preset: str | None = None, resize: int | None = None, mean=None, std=None,
                classes: str | None = None, samples: int | None = None, layer: str | None = None,
                labels: Path | None = None, console=None) -> Path:
-    from .datasets import class_names_of, read_dataset
+    from ..data.datasets import class_names_of, read_dataset
 
     params = dict(params)
     names = {p.name for p in method.params}

@@ -48,7 +48,7 @@ def _explain_zplus(model, x, targets, params, seed):
 
 _EPS = xplain.Param("epsilon", "float", 1e-6, "stabiliser ε added to denominators (sign-matched)", min=0.0)
 _COMMON = (
-    "Rules are graph rules on the converted model (xplain.lrp): rectifiers of every kind pass "
+    "Rules are graph rules on the converted model (xplain.graph.lrp): rectifiers of every kind pass "
     "relevance unchanged; max-pooling is winner-take-all; average/global pooling, BatchNorm (its own "
     "elementwise rule, not folded) and adds use the ε-rule, so a residual add splits relevance in "
     "proportion to its inputs. Bias relevance is absorbed, so the map sums to the target logit "

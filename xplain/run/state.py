@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InputDataError
-from .fileio import atomic_write
+from ..errors import InputDataError
+from ..output.fileio import atomic_write
 
 
 def state_dir(override: str | os.PathLike | None = None) -> Path:

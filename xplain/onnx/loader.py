@@ -1,4 +1,4 @@
-"""The ONNX front door: file -> verified :class:`~xplain.model.Model`.
+"""The ONNX front door: file -> verified :class:`~xplain.graph.model.Model`.
 
 A pipeline of small passes (see ARCHITECTURE.md, "Loading arbitrary ONNX classifiers"):
 read safely -> check -> classify the interface -> sanitise names -> fold constants ->
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import onnx_passes as passes
+from . import passes
 from .converters import convert, unsupported_ops, xplain_converted_ops
-from .errors import ModelError, UnsupportedOpsError
-from .onnx_io import check_model, read_model
+from ..errors import ModelError, UnsupportedOpsError
+from .io import check_model, read_model
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
 VERIFY_TOL = 1e-4
@@ -204,12 +204,12 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
 
 
 def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dict | None = None):
-    """Load an ONNX classifier file as a :class:`~xplain.model.Model` on ``device``.
+    """Load an ONNX classifier file as a :class:`~xplain.graph.model.Model` on ``device``.
 
     Every failure is a :class:`~xplain.errors.ModelError` with one line naming the file."""
     import torch
 
-    from .model import InputSpec, LoadReport, Model
+    from ..graph.model import InputSpec, LoadReport, Model
 
     path = Path(path)
     proto, digest, file_bytes = read_model(path)

@@ -3,7 +3,7 @@
 For each method, on one batch ``x`` with its top-1 targets:
 
 - **seconds per image**: the median over ``repeats`` timed calls of the time to explain the whole
-  batch (through :func:`xplain.api.run_method`, i.e. what ``xplain explain`` pays), divided by the
+  batch (through :func:`xplain.run.api.run_method`, i.e. what ``xplain explain`` pays), divided by the
   batch size; ``warmup`` untimed calls come first. On CUDA the device is synchronised before and
   after every timed call.
 - **ratio to forward**: that median divided by the median time of one forward pass of the same
@@ -43,11 +43,11 @@ import torch
 from torch import nn
 
 from .api import run_method
-from .maps import reduce_channels
-from .errors import PluginError, UsageError
-from .model import Model
-from .plugin_api import Method
-from .registry import Registry, get_registry, validate_params
+from ..plugins.maps import reduce_channels
+from ..errors import PluginError, UsageError
+from ..graph.model import Model
+from ..plugins.plugin_api import Method
+from ..plugins.registry import Registry, get_registry, validate_params
 
 try:
     import resource

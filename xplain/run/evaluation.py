@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from .api import run_method
-from .datasets import Sample, class_names_of, read_dataset
-from .errors import UsageError, XplainError
-from .fileio import atomic_write, save_npy
-from .images import Preprocess, load_image
-from .model import Model
-from .plugin_api import Method
-from .registry import Registry, get_registry, validate_params
+from ..data.datasets import Sample, class_names_of, read_dataset
+from ..errors import UsageError, XplainError
+from ..output.fileio import atomic_write, save_npy
+from ..data.images import Preprocess, load_image
+from ..graph.model import Model
+from ..plugins.plugin_api import Method
+from ..plugins.registry import Registry, get_registry, validate_params
 
 RESULTS = "results.jsonl"
 
@@ -462,7 +462,7 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
 def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: Preprocess) -> Path | None:
     from matplotlib.figure import Figure
 
-    from .render import colorize
+    from ..output.render import colorize
 
     rows = []
     for i, s in enumerate(samples):

@@ -1,8 +1,8 @@
 """``mip-in``, the inverse: one step's inverse g, the gated inverse down the chain, the fitted state.
 
-Both halves of the method run the inverse: :mod:`.mip_in_fit` propagates the signal through
+Both halves of the method run the inverse: :mod:`.fit` propagates the signal through
 the inverses already fitted above the step it fits, and explaining propagates the class logit
-all the way to the start layer. The fitted state (written by :func:`.mip_in_fit.fit`) is read
+all the way to the start layer. The fitted state (written by :func:`.fit.fit`) is read
 and cached here. torch is imported inside functions.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xplain
 
-from .mip_in_chain import _act, _activations
+from .chain import _act, _activations
 
 NAME = "mip-in"
 STATE_VERSION = 1

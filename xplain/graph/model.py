@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .display import display_name
+from ..output.display import display_name
 
 #: activation kinds that rectify (piecewise-linear with a zero/clamped region)
 RECTIFIERS = frozenset({"relu", "relu6", "hardtanh", "clip", "leaky_relu", "prelu"})
@@ -184,8 +184,8 @@ class Model:
         """The state ``xplain fit METHOD`` saved for this model: ``(tensors, meta)``.
 
         Raises an error that tells the user the fit command when there is none."""
-        from .errors import InputDataError
-        from .state import load_state
+        from ..errors import InputDataError
+        from ..run.state import load_state
 
         found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
@@ -203,7 +203,7 @@ class Model:
         for node in self.graph.graph.nodes:
             if node.name == name:
                 return node
-        from .errors import UsageError
+        from ..errors import UsageError
 
         matches = self._by_onnx_name.get(name, []) if name else []
         if len(matches) == 1:

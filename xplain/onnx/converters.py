@@ -6,7 +6,7 @@ ops only widened the allowed types (bfloat16, int4, …), so the existing conver
 for them; we register it under the new version instead of rejecting the model. Ops whose
 meaning changed (Reduce*-18, Split-18, Pad-18, AveragePool-19, ScatterND-18), ops onnx2torch
 never had (Gelu, Mish, GlobalMaxPool) and onnx2torch's LayerNormalization (wrong whenever shape
-inference leaves a dim unknown) get xplain's own converters from :mod:`xplain.op_converters`.
+inference leaves a dim unknown) get xplain's own converters from :mod:`xplain.onnx.op_converters`.
 """
 
 from __future__ import annotations

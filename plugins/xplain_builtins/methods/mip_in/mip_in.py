@@ -27,10 +27,10 @@ reshape   Flatten / Reshape                                    exact reshape
 identity  Dropout / Identity                                   identity
 ========  ===================================================  ====================================
 
-The code is split by what it does: :mod:`.mip_in_chain` reads the chain off the graph and runs
-the forward pass, :mod:`.mip_in_invert` holds the inverse steps and the fitted state,
-:mod:`.mip_in_fit` fits the inverses. This module is the entry point: the method's
-registration, parameters and explain, and the helpers that tests and callers import.
+The code is split by what it does: :mod:`.chain` reads the chain off the graph and runs
+the forward pass, :mod:`.invert` holds the inverse steps and the fitted state,
+:mod:`.fit` fits the inverses. This module is the entry point: the method's
+registration, parameters and explain, and the completeness measure (APC).
 
 Only the public ``xplain`` API is imported here; torch is imported inside functions.
 """
@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import xplain
 
-# re-exported: the helpers tests and callers reach as ``mip_in.<name>``
-from .mip_in_chain import _activations, _step_meta, build_chain  # noqa: F401
-from .mip_in_fit import FITTED, _fit_closed, _fit_conv, _fit_conv_lstsq, fit  # noqa: F401
-from .mip_in_invert import NAME, STATE_VERSION, _inverse, _propagate, invert, load, source_logits  # noqa: F401
+from .fit import fit
+from .invert import NAME, invert, source_logits
 
 _PARAMS = [
     xplain.Param("layer", "str", "",

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from .api import run_method
-from .errors import PluginError, UsageError
-from .fileio import save_npy, write_json
-from .images import Preprocess, load_image, resolve_target
-from .model import Model
-from .plugin_api import Attribution
-from .registry import Registry, validate_params
-from .render import save_heatmap, save_overlay
+from ..errors import PluginError, UsageError
+from ..output.fileio import save_npy, write_json
+from ..data.images import Preprocess, load_image, resolve_target
+from ..graph.model import Model
+from ..plugins.plugin_api import Attribution
+from ..plugins.registry import Registry, validate_params
+from ..output.render import save_heatmap, save_overlay
 
 
 def versions() -> dict[str, str]:

@@ -339,3 +339,8 @@ def input_iba_method():
         fit=_iba._fit,  # the same statistics as `xplain fit iba`, which input-iba also finds
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     )
+
+
+@xplain.hookimpl
+def register_methods(register):
+    register(input_iba_method())

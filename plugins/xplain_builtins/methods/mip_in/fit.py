@@ -3,7 +3,7 @@
 The longest and most numerical part of the method: streaming each class's samples, the
 closed-form ridge inverses (dense, global pooling, BatchNorm; eq. 6), the transposed
 convolutions trained with Adam (eq. 7) or solved exactly (``conv_solver=lstsq``), and ``fit``,
-which assembles the state that :func:`.mip_in_invert.load` reads back. torch is imported inside
+which assembles the state that :func:`.invert.load` reads back. torch is imported inside
 functions.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import xplain
 
-from .mip_in_chain import _act, _activations, _step_meta, build_chain
-from .mip_in_invert import STATE_VERSION, _forget_state, _inverse, _output_padding, _propagate
+from .chain import _act, _activations, _step_meta, build_chain
+from .invert import STATE_VERSION, _forget_state, _inverse, _output_padding, _propagate
 
 FITTED = ("dense", "conv", "gap", "affine")
 

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .display import display_name
-from .errors import ExitCode, UsageError, XplainError
+from ..errors import ExitCode, UsageError, XplainError
+from ..output.display import display_name
 
 app = typer.Typer(
     name="xplain",
@@ -48,7 +48,7 @@ _options = {"strict": False, "blocked": ()}
 
 
 def _registry():
-    from .registry import get_registry
+    from ..plugins.registry import get_registry
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
@@ -66,7 +66,7 @@ def _main(
 ):
     """Explain the decisions of ONNX image classifiers."""
     if version:
-        from . import __version__
+        from .. import __version__
 
         out.print(f"xplain {__version__}")
         raise typer.Exit()
@@ -194,7 +194,7 @@ def _parse_params(items: list[str]) -> dict[str, str]:
 
 
 def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: bool = True):
-    from .api import load_model
+    from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
         return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry())
@@ -304,7 +304,7 @@ def explain(
     registry = _registry()
     registry.method(method)  # fail fast on an unknown method, before loading the model
     params = _parse_params(param)
-    from .registry import validate_params
+    from ..plugins.registry import validate_params
 
     validate_params(registry.method(method).params, params, f"method {method!r}")
     for image in images:
@@ -315,8 +315,8 @@ def explain(
     model = _load(model_path, device, labels)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
-    from .explaining import explain_files
-    from .images import Preprocess
+    from ..run.explaining import explain_files
+    from ..data.images import Preprocess
 
     preprocess = Preprocess.from_options(
         (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
@@ -355,7 +355,7 @@ def _floats(text: Optional[str], flag: str):
 
 
 def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it builds
-    from .errors import InputDataError
+    from ..errors import InputDataError
 
     return InputDataError(message, path=path)
 
@@ -404,11 +404,11 @@ def fit(
     m = registry.method(method)
     if m.fit is None:
         raise UsageError(f"method {method!r} does not learn from data; nothing to fit")
-    from .fitting import FitConsole, fit_method
+    from ..run.fitting import FitConsole, fit_method
 
     params = _parse_params(param)
     model = _load(model_path, device, class_names)
-    from .state import state_dir as resolve_state_dir
+    from ..run.state import state_dir as resolve_state_dir
 
     _check_out_dir(resolve_state_dir(state_dir), "--state-dir" if state_dir else
                    "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder")
@@ -443,11 +443,11 @@ def bench(
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
     registry = _registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
-    from .bench import resolve_methods
+    from ..run.bench import resolve_methods
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
-    from .registry import validate_params
+    from ..plugins.registry import validate_params
 
     for name in chosen:
         validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
@@ -461,10 +461,10 @@ def bench(
     model.state_dir = state_dir
     import torch
 
-    from .bench import bench as run_bench
+    from ..run.bench import bench as run_bench
 
     if images:
-        from .images import Preprocess, load_image
+        from ..data.images import Preprocess, load_image
 
         preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
                                              preset=preset, sidecar=model.sidecar)
@@ -580,7 +580,7 @@ def eval_command(
         registry.metric(n)
     method_params = _scoped_params(param, method_names, "--param")
     metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
-    from .registry import validate_params
+    from ..plugins.registry import validate_params
 
     for n in method_names:
         validate_params(registry.method(n).params, method_params.get(n, {}), f"method {n!r}")
@@ -594,8 +594,8 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
-    from .evaluation import evaluate
-    from .images import Preprocess
+    from ..run.evaluation import evaluate
+    from ..data.images import Preprocess
 
     class _Rate(ProgressColumn):
         def render(self, task):
@@ -633,7 +633,7 @@ def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
     errors = sum(summary["errors"].values())
     if errors and not summary["scores"]:
         example = next((e for e in summary["error_examples"].values() if e), "")
-        from .errors import InputDataError
+        from ..errors import InputDataError
 
         raise InputDataError(f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data)
 

@@ -29,7 +29,7 @@ def sanitize_names(model) -> tuple[dict[str, str], str]:
     from new node names to the original ones (shown, escaped, by ``inspect``)."""
     graph = model.graph
     if graph.sparse_initializer:
-        from .errors import ModelError
+        from ..errors import ModelError
 
         raise ModelError("sparse initializers are not supported")
     values: dict[str, str] = {}
@@ -190,7 +190,7 @@ def normalize_opset(model):
     """Bring the default-domain opset into [9, 17] with onnx's version converter.
 
     Returns ``(model, note)``. When the converter cannot do it, the model is returned
-    unchanged and the alias converters (``xplain.converters``) get their chance."""
+    unchanged and the alias converters (``xplain.onnx.converters``) get their chance."""
     from onnx import version_converter
 
     opset = default_opset(model)

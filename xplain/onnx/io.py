@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 #: protobuf cannot hold more than 2 GiB in one message; larger models must use external data.
 MAX_PROTO_BYTES = 2**31 - 1

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError, PluginError, UsageError, XplainError
-from .model import Model
-from .plugin_api import Attribution, Method
-from .registry import Registry, get_registry, validate_params
+from ..errors import ModelError, PluginError, UsageError, XplainError
+from ..graph.model import Model
+from ..plugins.plugin_api import Attribution, Method
+from ..plugins.registry import Registry, get_registry, validate_params
 
 
 def resolve_device(spec: str | torch.device | None) -> torch.device:
@@ -39,9 +39,9 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
     """Load a classifier as a verified :class:`~xplain.Model`.
 
     Plugins implementing the ``load_model`` hook are asked first (other formats); the ONNX
-    loader is the default. ``labels``: a list, a file path, ``"imagenet"`` or None (the
-    sidecar ``MODEL.json``'s labels, if any)."""
-    from .images import load_labels, read_sidecar
+    loader (:mod:`xplain.onnx.hooks`, ``trylast``) answers when none did. ``labels``: a list, a
+    file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any)."""
+    from ..data.images import load_labels, read_sidecar
 
     path = Path(path)
     device = resolve_device(device)
@@ -53,10 +53,8 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
         raise
     except Exception as err:  # noqa: BLE001 - a loader plugin's bug
         raise PluginError(f"a model-loader plugin failed: {type(err).__name__}: {err}", path=path) from None
-    if model is None:
-        from .loader import load_onnx
-
-        model = load_onnx(path, device=device, verify=verify)
+    if model is None:  # every registry holds the ONNX loader (trylast), which never passes
+        raise PluginError("no model loader answered", path=path)
     sidecar = read_sidecar(path)
     model.sidecar = sidecar
     spec = labels if labels is not None else sidecar.get("labels")

@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from .errors import InputDataError
+from ..errors import InputDataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _MAX_TEXT_BYTES = 64 * 1024 * 1024  # a manifest/label/box file larger than this is refused

@@ -1,7 +1,8 @@
 """``iba`` and ``input-iba``: information bottlenecks for attribution.
 
 ``iba`` is the per-sample bottleneck of Schulz et al. (ICLR 2020); ``input-iba`` is the method of
-Zhang, Khakzar et al. (NeurIPS 2021), whose stages 2–3 live in :mod:`xplain_builtins.iba_input`.
+Zhang, Khakzar et al. (NeurIPS 2021), whose stages 2–3 live in :mod:`.iba_input`
+(which builds on this module; this module does not import it).
 
 Speed: the model is split once at the bottleneck layer into a *prefix* (input → feature map)
 and a *suffix* (feature map → logits), two new fx graphs sharing the model's modules (the
@@ -418,8 +419,6 @@ _IBA_DESCRIPTION = (
 
 @xplain.hookimpl
 def register_methods(register):
-    from .iba_input import input_iba_method
-
     register(xplain.Method(
         name="iba",
         summary="per-sample information bottleneck at a feature layer (Schulz et al. 2020), bits per pixel",
@@ -430,4 +429,3 @@ def register_methods(register):
                                                min=0)],
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     ))
-    register(input_iba_method())

@@ -1,8 +1,11 @@
 """The plugin host: discovers plugins through the ``xplain`` entry-point group with pluggy.
 
 Built-in methods live in the ``xplain_builtins`` distribution folder (``plugins/``) and are
-found exactly like a third party's. A plugin that fails to import or to register is
-recorded and skipped (fatal only with ``strict=True``); ``blocked`` names are never loaded.
+found exactly like a third party's. pluggy calls the hooks: only functions marked with
+``@xplain.hookimpl`` run, and a marked function whose name is not a hook (a misspelled
+``register_method``) is a plugin error. A plugin that fails to import, to validate or to
+register is recorded and skipped (fatal only with ``strict=True``); ``blocked`` names are never
+loaded.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import re
 
 import pluggy
 
-from .errors import PluginError, UsageError
+from ..errors import PluginError, UsageError
+from ..onnx import hooks as onnx_hooks  # torch-free: the loader itself is imported on first use
 from .plugin_api import PROJECT, Method, Metric, XplainHookSpecs
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+CORE_LOADER = "xplain-onnx"  #: pluggy name of the built-in ONNX loader (never an entry-point name)
 
 
 @dataclasses.dataclass
@@ -39,6 +44,7 @@ class Registry:
         self.blocked = set(blocked)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(XplainHookSpecs)
+        self.pm.register(onnx_hooks, name=CORE_LOADER)
         self.plugins: dict[str, PluginInfo] = {}
         self.methods: dict[str, Method] = {}
         self.metrics: dict[str, Metric] = {}
@@ -60,31 +66,52 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
             except Exception as err:  # noqa: BLE001 - a broken plugin must not take xplain down
                 self._fail(info, f"import failed: {type(err).__name__}: {err}")
                 continue
-            self._collect(ep.name, plugin, info)
+            if self._register(plugin, ep.name, info):
+                self._collect(ep.name, plugin, info)
         return self
 
     def register_plugin(self, plugin: object, name: str) -> None:
         """Register an in-process plugin object (tests, notebooks)."""
         info = self.plugins.setdefault(name, PluginInfo(name, repr(plugin), "<in-process>", ""))
-        self.pm.register(plugin, name=name)
-        self._collect(name, plugin, info)
+        if self._register(plugin, name, info):
+            self._collect(name, plugin, info)
+
+    def _register(self, plugin: object, name: str, info: PluginInfo) -> bool:
+        """Hand ``plugin`` to pluggy and validate its hook implementations; False if it is broken.
+
+        Plugins are registered one at a time and a broken one is unregistered again, so
+        ``check_pending`` can only find this plugin's unknown hooks."""
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as err:  # noqa: BLE001 - bad hook signature, name registered twice
+            self._fail(info, f"invalid plugin: {type(err).__name__}: {err}")
+            return False
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as err:
+            self.pm.unregister(plugin)
+            self._fail(info, f"invalid plugin: {err}")
+            return False
+        return True
 
     def _collect(self, name: str, plugin: object, info: PluginInfo) -> None:
+        """Let pluggy call this plugin's registration hooks with a register callback that knows
+        the plugin (provenance), one plugin at a time so a failure is attributed to it."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
         for hook, kind, store in (("register_methods", Method, self.methods),
                                   ("register_metrics", Metric, self.metrics)):
-            impl = getattr(plugin, hook, None)
-            if impl is None:
+            impls = getattr(self.pm.hook, hook).get_hookimpls()
+            if not any(impl.plugin is plugin for impl in impls):
                 continue
 
             def register(obj, _kind=kind, _store=store):
                 self._add(obj, _kind, _store, info)
 
             try:
-                impl(register=register)
+                self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
             except Exception as err:  # noqa: BLE001
                 self._fail(info, f"{hook} failed: {type(err).__name__}: {err}")
 

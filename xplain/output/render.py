@@ -15,9 +15,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from ..errors import UsageError
 from .fileio import atomic_write
-from .images import Geometry
+from ..data.images import Geometry
 
 __all__ = ["SIGNED_CMAP", "UNSIGNED_CMAP", "is_signed", "colorize", "save_heatmap", "save_overlay"]
 

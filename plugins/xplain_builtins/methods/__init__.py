@@ -1,0 +1,1 @@
+"""Built-in attribution methods, one plugin (entry point) per module."""

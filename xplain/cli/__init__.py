@@ -1,0 +1,1 @@
+"""The ``xplain`` command (Typer app in :mod:`xplain.cli.app`)."""

@@ -1,0 +1,1 @@
+"""Inputs: images and their preprocessing, data sets (manifests, boxes, labels), label files."""

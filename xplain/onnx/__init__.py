@@ -1,0 +1,1 @@
+"""Stage 1, the ONNX front door: read and check the file, normalise the graph, convert it to torch."""

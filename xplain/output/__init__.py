@@ -1,0 +1,1 @@
+"""Stage 4, results on disk: heatmaps and overlays, atomic file writes."""

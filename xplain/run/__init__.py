@@ -1,0 +1,1 @@
+"""Stage 3, running the work: explain, evaluate, fit and bench, and the fitted state they share."""
