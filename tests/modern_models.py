@@ -74,7 +74,9 @@ def build_model(kind: str) -> nn.Module:
         raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
     with torch.no_grad():  # non-trivial norms and biases, so a wrong conversion shows in the logits
         for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
+            if param.dim() >= 2 and not param.any():  # zero-initialised heads (torchvision's ViT)
+                param.normal_(0.0, 0.2)
+            elif name.endswith("bias") or "norm" in name:
                 param.add_(0.1 * torch.randn_like(param))
     return model.eval()
 
