@@ -409,6 +409,9 @@ def write_outputs(out: Path) -> dict:
         except (OSError, json.JSONDecodeError):
             continue
     records.sort(key=lambda r: order.get((r.get("model"), r.get("exporter")), 10 ** 6))
+    seen = {(r.get("model"), r.get("exporter")) for r in records}
+    missing = [{"family": e.family, "source": e.source, "model": e.name, "exporter": x, "size": e.size,
+                "status": "not run"} for e in MODELS if e.default for x in EXPORTERS if (e.name, x) not in seen]
     summary = {}
     for exporter in EXPORTERS:
         rows = [r for r in records if r.get("exporter") == exporter]
@@ -426,14 +429,33 @@ def write_outputs(out: Path) -> dict:
         "refused / failed |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in records]
-    totals = "; ".join(f"{x}: {s['loaded']}/{s['rows']} load, {s['verified']}/{s['rows']} verify"
+    for r in sorted(records + missing, key=lambda r: order.get((r.get("model"), r.get("exporter")), 10 ** 6)):
+        if r.get("status") == "not run":
+            lines.append(f"| {r['family']} | `{r['model']}` | {r['exporter']} | not run | | | | |")
+        else:
+            lines.append("| " + " | ".join(_row(r)) + " |")
+    totals = "; ".join(f"{x}: {s['loaded']}/{s['rows']} rows run load, {s['verified']}/{s['rows']} verify"
                        for x, s in summary.items() if s["rows"])
+    if missing:
+        totals += f"; {len(missing)} rows not run"
     lines += ["", f"Totals — {totals}.",
               "¹ the exporter refused a dynamic batch axis; exported with a fixed batch of 1 (xplain then runs "
               "one sample at a time). Methods needing `xplain fit` (mip-in) are not run here."]
     (out / "coverage.md").write_text("\n".join(lines) + "\n")
     return data
+
+
+README_START, README_END = "<!-- coverage:start -->", "<!-- coverage:end -->"
+
+
+def update_readme(readme: Path, table: Path) -> None:
+    """Replace the text between the coverage markers of ``readme`` with ``table``."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} … {README_END} markers")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{table.read_text().strip()}\n{README_END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                         "grad-cam, integrated-gradients), all, or comma-separated names")
     parser.add_argument("--method-timeout", type=int, default=300, help="seconds per method")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also put the table into this README, between the coverage markers")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "EXPORTER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -461,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.table_only:
         print(json.dumps(write_outputs(args.out)["summary"], indent=1))
+        if args.readme:
+            update_readme(args.readme, args.out / "coverage.md")
         return 0
     wanted = [w.strip() for w in args.families.split(",") if w.strip()]
     if wanted:  # in the order given
@@ -471,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     drive(entries, exporters, args.out, args.timeout, args.mem_gb, args.retry_failed, args.methods,
           args.method_timeout)
+    if args.readme:
+        update_readme(args.readme, args.out / "coverage.md")
     return 0
 
 
