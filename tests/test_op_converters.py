@@ -286,3 +286,21 @@ def test_scatter_nd_gradient():
     updates = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     idx = torch.tensor([[0], [-1]])
     assert torch.autograd.gradcheck(lambda d, u: ops.OnnxScatterND18("none")(d, idx, u), (data, updates))
+
+
+# ----------------------------------------------------------------------------- Resize-18/19
+@pytest.mark.parametrize("mode,opset", [("nearest", 18), ("linear", 19)])
+def test_resize18_default_attributes(mode, opset):
+    """Resize-18/19 with the attributes they added at their defaults is Resize-13."""
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")
+    model = unary("Resize", [1, 2, 3, 4], opset=opset, extra_inputs=["", "scales"], inits=[scales], mode=mode)
+    out = run_both(model, x_of(1, 2, 3, 4))
+    assert out[0].shape == (1, 2, 6, 8)
+
+
+def test_resize18_refuses_antialias():
+    scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], dtype=np.float32), "scales")
+    model = unary("Resize", [1, 2, 4, 4], opset=18, extra_inputs=["", "scales"], inits=[scales], mode="linear",
+                  antialias=1)
+    with pytest.raises(NotImplementedError, match="antialias"):
+        convert(infer_shapes(model))
