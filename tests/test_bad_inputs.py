@@ -288,10 +288,11 @@ def test_explain_missing_image(tmp_path, capsys, good_model):
     assert _files(out) == []
 
 
-def test_explain_directory_as_image(tmp_path, capsys, good_model):
-    image, out = tmp_path / "pics.png", tmp_path / "out"
+def test_explain_folder_without_images(tmp_path, capsys, good_model):
+    image, out = tmp_path / "pics.png", tmp_path / "out"  # a folder is its images; this one has none
     image.mkdir()
-    cli_error(capsys, _explain_args(good_model, [image], out), INPUT, image, "is a directory")
+    (image / "notes.txt").write_text("no pictures here")
+    cli_error(capsys, _explain_args(good_model, [image], out), INPUT, image, "no images found")
     assert _files(out) == []
 
 

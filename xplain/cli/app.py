@@ -284,14 +284,17 @@ def inspect(
 @app.command()
 def explain(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (JPEG, PNG, BMP, WebP, TIFF)."),
-    method: str = typer.Option("saliency", "--method", "-m", help="Attribution method (see `xplain methods`)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...",
+                                        help="Image files (JPEG, PNG, BMP, WebP, TIFF) or folders of them (recursive)."),
+    method: list[str] = typer.Option(["saliency"], "--method", "-m", metavar="NAME[,NAME...]",
+                                     help="Attribution method(s): a,b,c or repeated (see `xplain methods`)."),
     target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
     out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Seed for stochastic methods."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
-    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Method parameter (repeatable)."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="[METHOD.]KEY=VALUE",
+                                    help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
     resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
@@ -299,19 +302,30 @@ def explain(
     std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
     labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    percentile: float = typer.Option(99.5, "--percentile",
+                                     help="Display scale: this percentile of |map| gets full colour (100 = max)."),
+    grey: bool = typer.Option(False, "--grey", help="Show the photo in greyscale under the overlay's colours."),
+    colorbar: bool = typer.Option(False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."),
+    panel: Optional[bool] = typer.Option(None, "--panel/--no-panel",
+                                         help="Write NAME.panel.png (photo + one overlay per method; default: "
+                                              "with several methods)."),
 ):
-    """Explain IMAGE(s) with a method: heatmap PNG, overlay PNG, raw .npy and a JSON record each."""
+    """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
+    and a side-by-side panel per image when several methods are given."""
     registry = _registry()
-    registry.method(method)  # fail fast on an unknown method, before loading the model
-    params = _parse_params(param)
+    names = _method_list(method)
+    for name in names:
+        registry.method(name)  # fail fast on an unknown method, before loading the model
+    params = _scoped_params(param, names, "--param")
+    from ..output.render import RenderOptions
     from ..plugins.registry import validate_params
 
-    validate_params(registry.method(method).params, params, f"method {method!r}")
-    for image in images:
-        if not image.exists():
-            raise XplainErrorInput(image, "no such file")
-        if image.is_dir():
-            raise XplainErrorInput(image, "is a directory, not an image")
+    for name in names:
+        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    render = RenderOptions(percentile=percentile, grey=grey, colorbar=colorbar)
+    from ..run.explaining import expand_images
+
+    images, stems = expand_images(list(images))
     model = _load(model_path, device, labels)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
@@ -326,23 +340,38 @@ def explain(
         from rich.progress import Progress
 
         progress = Progress(console=err, transient=True)
-        task = progress.add_task(f"{method}", total=len(images))
+        task = progress.add_task(",".join(names), total=len(images))
         progress.start()
         progress_cb = lambda n: progress.advance(task, n)  # noqa: E731
     try:
-        records = explain_files(model, images, method, registry=registry, out_dir=out_dir, preprocess=preprocess,
-                                target=target, params=params, seed=seed, batch_size=batch_size,
-                                progress=progress_cb)
+        records = explain_files(model, images, names, registry=registry, out_dir=out_dir, preprocess=preprocess,
+                                target=target, method_params=params, seed=seed, batch_size=batch_size,
+                                progress=progress_cb, render=render, panel=panel, stems=stems)
     finally:
         if progress is not None:
             progress.stop()
     if as_json:
         print(json.dumps(records, indent=2))
-    else:
-        for r in records:
-            label = f" ({r['target_label']})" if r["target_label"] else ""
-            out.print(f"{r['image']}: class {r['target']}{label} p={r['probability']:.3f} -> {r['files']['heatmap']}",
-                      highlight=False, markup=False)
+        return
+    panels = []
+    for r in records:
+        label = f" ({r['target_label']})" if r["target_label"] else ""
+        out.print(f"{r['image']}: {r['method']} class {r['target']}{label} p={r['probability']:.3f}"
+                  f" -> {r['files']['heatmap']}", highlight=False, markup=False)
+        if "panel" in r["files"] and r["files"]["panel"] not in panels:
+            panels.append(r["files"]["panel"])
+    for path in panels:
+        out.print(f"panel -> {path}", highlight=False, markup=False)
+
+
+def _method_list(items: list[str]) -> list[str]:
+    """``--method a,b --method c`` -> [a, b, c]; a name given twice is a usage error."""
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--method: no method given")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--method: {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    return names
 
 
 def _floats(text: Optional[str], flag: str):
@@ -566,11 +595,14 @@ def eval_command(
     class_names: Optional[str] = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
     montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
+    report_images: int = typer.Option(8, "--report-images", min=0,
+                                      help="Images shown one by one, with every method's map, in DIR/report.html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
     state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
 ):
-    """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table and plots."""
+    """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
+    report.html."""
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
@@ -610,7 +642,7 @@ def eval_command(
         summary = evaluate(model, data, methods=method_names, metrics=metric_names, out_dir=out_dir, labels=labels,
                            boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
                            preprocess=preprocess, method_params=method_params, metric_params=metric_params,
-                           registry=registry, montage=montage, plots=plots,
+                           registry=registry, montage=montage, plots=plots, report_images=report_images,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -623,7 +655,7 @@ def eval_command(
     for name, n in failed.items():
         out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
                   highlight=False)
-    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv"
+    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
               + (", plots/" if plots else ""), highlight=False)
     _fail_if_nothing_evaluated(summary, data)
 

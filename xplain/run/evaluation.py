@@ -133,12 +133,14 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
              batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
              method_params: dict | None = None, metric_params: dict | None = None,
              registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True) -> dict:
+             montage: int = 4, plots: bool = True, report_images: int = 8) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
     ``metric_params`` map a name to its parameters (strings or values). ``progress(done, total)``
-    is called after each batch with the number of images handled so far.
+    is called after each batch with the number of images handled so far. The maps of the first
+    ``max(montage, report_images)`` images are kept in ``OUT/maps/`` for the montage and for
+    ``OUT/report.html``, which is written at the end (:func:`xplain.report.write_report`).
     """
     registry = registry or get_registry()
     if not methods:
@@ -167,11 +169,12 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     wanted = {key(s, m.name) for s in samples for m, _ in chosen_methods}
     done = {r["key"] for r in read_results(results)} & wanted
 
+    keep = max(int(montage), int(report_images))
     handled = 0
     for start in range(0, len(samples), batch_size):
         batch = list(enumerate(samples[start:start + batch_size], start))
         _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results, out, done, key,
-                   seed, batch_size, montage)
+                   seed, batch_size, keep)
         handled += len(batch)
         if progress is not None:
             progress(handled, len(samples))
@@ -182,7 +185,30 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
     write_summary(out, summary)
     if plots:
         write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
+    from ..output.report import write_report
+
+    write_report(out)
     return summary
+
+
+def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """A preprocessed C×H×W array back to [0, 1] pixel values, H×W×C (H×W for one channel)."""
+    img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
+    img = np.clip(img / (preprocess.scale * 255.0), 0, 1)
+    return img.transpose(1, 2, 0).squeeze(axis=2) if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preprocess: Preprocess) -> None:
+    """Save what the model saw of image ``index`` (``maps/NNNNN.image.png``) and where it came
+    from (``maps/NNNNN.json``), so the report needs nothing outside OUT."""
+    from PIL import Image
+
+    from ..output.render import png_bytes
+
+    pixels = np.rint(_pixels(arr, preprocess) * 255.0).astype(np.uint8)
+    atomic_write(out / "maps" / f"{index:05d}.image.png", png_bytes(Image.fromarray(pixels)))
+    facts = {"image": str(sample.path), "label": sample.label}
+    atomic_write(out / "maps" / f"{index:05d}.json", (json.dumps(facts) + "\n").encode())
 
 
 def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
@@ -205,6 +231,8 @@ def _run_batch(model, batch, chosen_methods, chosen_metrics, preprocess, results
             try:
                 arr, geo = preprocess(load_image(s.path))
                 loaded[i] = (arr, geo)
+                if i < montage:
+                    _keep_view(out, i, s, arr, preprocess)
             except XplainError as e:
                 message = str(e)
             except Exception as e:  # noqa: BLE001 - one broken image must not end the run
@@ -473,9 +501,7 @@ def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: P
             arr, _ = preprocess(load_image(s.path))
         except (XplainError, OSError):
             continue
-        img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
-        img = np.clip(img / (preprocess.scale * 255.0), 0, 1)  # back to [0, 1] pixel values
-        rows.append((s, img.transpose(1, 2, 0).squeeze(), maps))
+        rows.append((s, _pixels(arr, preprocess), maps))
     if not rows:
         return None
     cols = len(methods) + 1

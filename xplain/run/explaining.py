@@ -7,16 +7,19 @@ import importlib.metadata
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .api import run_method
-from ..errors import PluginError, UsageError
-from ..output.fileio import save_npy, write_json
+from ..data.datasets import IMAGE_SUFFIXES
 from ..data.images import Preprocess, load_image, resolve_target
+from ..errors import InputDataError, PluginError, UsageError
 from ..graph.model import Model
-from ..plugins.plugin_api import Attribution
+from ..output.fileio import save_npy, write_json
+from ..output.panel import PanelRow, save_panel
+from ..output.render import RenderOptions, save_heatmap, save_overlay
+from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
-from ..output.render import save_heatmap, save_overlay
 
 
 def versions() -> dict[str, str]:
@@ -39,74 +42,213 @@ class _Item:
     stem: str
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
+def _unique_stems(stems: list[str]) -> list[str]:
+    """Make output stems unique across a run: a repeat gets ``-2``, ``-3``, … (skipping any name
+    already taken, also by another input's own stem). Compared case-insensitively, so two
+    inputs never write the same file on case-insensitive file systems (macOS, Windows)."""
+    taken = {s.casefold() for s in stems}
+    seen: set[str] = set()
+    out = []
+    for stem in stems:
+        name, n = stem, 1
+        while name.casefold() in seen or (n > 1 and name.casefold() in taken):
+            n += 1
+            name = f"{stem}-{n}"
+        seen.add(name.casefold())
+        out.append(name)
+    return out
+
+
+def expand_images(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Files stay as given; a folder becomes its images (recursively, sorted by relative path,
+    hidden files and folders skipped) with the sub-folder names kept in the stem
+    (``cats/tabby/a.jpg`` under the folder → ``cats__tabby__a``). Returns (images, stems), the
+    stems unique (:func:`_unique_stems`). A folder without images is an input error."""
+    images: list[Path] = []
+    stems: list[str] = []
     for path in paths:
-        stem = path.stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
-    return stems
+        if not path.exists():
+            raise InputDataError("no such file or folder", path=path)
+        if not path.is_dir():
+            images.append(path)
+            stems.append(path.stem)
+            continue
+        found = _folder_images(path)
+        if not found:
+            raise InputDataError("no images found in the folder (looked for "
+                                 + ", ".join(sorted(IMAGE_SUFFIXES)) + ")", path=path)
+        for image in found:
+            rel = image.relative_to(path)
+            images.append(image)
+            stems.append("__".join((*rel.parts[:-1], rel.stem)))
+    return images, _unique_stems(stems)
 
 
-def explain_files(model: Model, images: list[Path], method_name: str, *, registry: Registry, out_dir: Path,
-                  preprocess: Preprocess, target: str = "top1", params: dict | None = None, seed: int = 0,
-                  batch_size: int = 16, progress=None) -> list[dict]:
-    """Explain every image for its target(s) and write the outputs; returns the JSON records.
+def _folder_images(folder: Path) -> list[Path]:
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
-    Images are read and preprocessed in batches of ``batch_size``; the (image, target) pairs
-    of a batch are explained together. Each output file is written atomically."""
-    method = registry.method(method_name)
-    values = validate_params(method.params, params or {}, f"method {method.name!r}")
+
+def _method_values(registry: Registry, names: list[str], params: dict | None,
+                   method_params: dict | None) -> list[tuple[Method, dict]]:
+    """Validated parameters per method: ``params`` (flat) for a single method, or
+    ``method_params`` ({method: {key: value}})."""
+    if len(set(names)) != len(names):
+        raise UsageError("a method is listed twice")
+    if params and len(names) != 1:
+        raise UsageError("with several methods give parameters as METHOD.KEY=VALUE")
+    scoped = dict(method_params or {})
+    unknown = set(scoped) - set(names)
+    if unknown:
+        raise UsageError(f"parameters given for method {', '.join(sorted(unknown))}, "
+                         "which is not run")
+    if params:
+        scoped[names[0]] = {**scoped.get(names[0], {}), **params}
+    out = []
+    for name in names:
+        method = registry.method(name)
+        values = validate_params(method.params, scoped.get(name, {}), f"method {method.name!r}")
+        out.append((method, values))
+    return out
+
+
+@dataclasses.dataclass
+class _Job:
+    """What every batch of one ``explain_files`` call shares."""
+
+    model: Model
+    images: list[Path]
+    stems: list[str]
+    out_dir: Path
+    render: RenderOptions
+    seed: int
+    batch_size: int
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One batch of images: the originals, their geometry, the model input and probabilities."""
+
+    start: int  #: position of the first image
+    originals: list
+    geometries: list
+    x: torch.Tensor
+    probs: torch.Tensor
+
+
+def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
+                  registry: Registry, out_dir: Path, preprocess: Preprocess, target: str = "top1",
+                  params: dict | None = None, method_params: dict | None = None, seed: int = 0,
+                  batch_size: int = 16, progress=None, render: RenderOptions | None = None,
+                  panel: bool | None = None, stems: list[str] | None = None) -> list[dict]:
+    """Explain every image for its target(s) with every method and write the outputs; returns
+    the JSON records (one per image, method and target).
+
+    Images are read and preprocessed once per batch of ``batch_size`` and the model's
+    probabilities computed once; the (image, target) pairs of a batch are explained together by
+    each method in turn. ``panel`` (default: when there are several methods) also writes
+    ``STEM.panel.png`` per image: the photo, one overlay per method, one row per target. Each
+    output file is written atomically, and a record's JSON file only after every picture of
+    its image, so a JSON file on disk means the image is complete."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise UsageError("no methods given")
+    chosen = _method_values(registry, names, params, method_params)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    render = render or RenderOptions()
+    panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
-    stems = _unique_stems(images)
+    stems = _unique_stems([p.stem for p in images]) if stems is None else stems
+    job = _Job(model, images, stems, out_dir, render, seed, batch_size)
     records: list[dict] = []
-    device = model.device
     common = {
-        "model": {"path": model.report.path, "digest": model.digest},
-        "method": method.name, "params": values, "seed": seed, "device": str(device),
-        "preprocess": preprocess.to_dict(), "versions": versions(),
+        "model": {"path": model.report.path, "digest": model.digest}, "seed": seed,
+        "device": str(model.device), "preprocess": preprocess.to_dict(),
+        "render": render.to_dict(), "versions": versions(),
     }
     for start in range(0, len(images), batch_size):
-        chunk = list(range(start, min(start + batch_size, len(images))))
-        originals, geometries, arrays = [], [], []
-        for i in chunk:
-            image = load_image(images[i])
-            array, geometry = preprocess(image)
-            originals.append(image)
-            geometries.append(geometry)
-            arrays.append(torch.from_numpy(array))
-        x = torch.stack(arrays).to(device)
-        with torch.no_grad():
-            probs = torch.softmax(model(x), dim=1)
-        items: list[_Item] = []
-        for row, i in enumerate(chunk):
-            if isinstance(resolved, str):  # "top1", "top5", …
-                k = min(int(resolved[3:]), model.num_classes)
-                targets = probs[row].topk(k).indices.tolist()
-            else:
-                targets = resolved
-            items += [_Item(i, t, float(probs[row, t]), stems[i]) for t in targets]
-        for offset in range(0, len(items), batch_size):
-            group = items[offset:offset + batch_size]
-            rows = torch.tensor([it.index - start for it in group], device=device)
-            targets = torch.tensor([it.target for it in group], device=device)
-            began = time.perf_counter()
-            attribution = _run_halving(model, method, x[rows], targets, values, seed)
-            seconds = (time.perf_counter() - began) / len(group)
-            maps = attribution.maps.cpu().numpy()
-            for j, item in enumerate(group):
-                record = _write_outputs(model, item, maps[j], attribution, j, images[item.index],
-                                        originals[item.index - start], geometries[item.index - start], out_dir,
-                                        method.name)
-                record.update(common, seconds=round(seconds, 6))
-                write_json(record["files"]["json"], record)
-                records.append(record)
+        batch = _load_batch(job, start, preprocess)
+        items = _items(job, batch, resolved)
+        pending: list[dict] = []
+        maps: dict[tuple[int, int, str], np.ndarray] = {}
+        for method, values in chosen:
+            for record, m in _explain_items(job, method, values, items, batch):
+                record.update(common, method=method.name, params=values)
+                pending.append(record)
+                maps[(record["_index"], record["target"], method.name)] = m
+        if panel:
+            _write_panels(job, [m.name for m, _ in chosen], items, batch, maps, pending)
+        for record in pending:
+            del record["_index"]
+            write_json(record["files"]["json"], record)
+            records.append(record)
         if progress is not None:
-            progress(len(chunk))
+            progress(len(batch.originals))
     return records
+
+
+def _load_batch(job: _Job, start: int, preprocess: Preprocess) -> _Batch:
+    originals, geometries, arrays = [], [], []
+    for path in job.images[start:start + job.batch_size]:
+        image = load_image(path)
+        array, geometry = preprocess(image)
+        originals.append(image)
+        geometries.append(geometry)
+        arrays.append(torch.from_numpy(array))
+    x = torch.stack(arrays).to(job.model.device)
+    with torch.no_grad():
+        probs = torch.softmax(job.model(x), dim=1)
+    return _Batch(start, originals, geometries, x, probs)
+
+
+def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:
+    """The (image, target) pairs of a batch: the top-k classes, or the given targets."""
+    items: list[_Item] = []
+    for row in range(len(batch.originals)):
+        i = batch.start + row
+        if isinstance(resolved, str):  # "top1", "top5", …
+            k = min(int(resolved[3:]), job.model.num_classes)
+            targets = batch.probs[row].topk(k).indices.tolist()
+        else:
+            targets = resolved
+        items += [_Item(i, t, float(batch.probs[row, t]), job.stems[i]) for t in targets]
+    return items
+
+
+def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], batch: _Batch):
+    """Yield (record, map) for every item, running ``method`` on groups of ``batch_size``."""
+    device = job.model.device
+    for offset in range(0, len(items), job.batch_size):
+        group = items[offset:offset + job.batch_size]
+        rows = torch.tensor([it.index - batch.start for it in group], device=device)
+        targets = torch.tensor([it.target for it in group], device=device)
+        began = time.perf_counter()
+        attribution = _run_halving(job.model, method, batch.x[rows], targets, values, job.seed)
+        seconds = (time.perf_counter() - began) / len(group)
+        maps = attribution.maps.detach().float().cpu().numpy()
+        for j, item in enumerate(group):
+            record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name)
+            record.update(seconds=round(seconds, 6), _index=item.index)
+            yield record, maps[j]
+
+
+def _write_panels(job: _Job, names: list[str], items: list[_Item], batch: _Batch,
+                  maps: dict, pending: list[dict]) -> None:
+    """``STEM.panel.png`` for every image of the batch; its path goes into the records."""
+    for i in sorted({it.index for it in items}):
+        rows = [PanelRow(it.target, job.model.label(it.target), it.probability,
+                         {n: maps[(i, it.target, n)] for n in names if (i, it.target, n) in maps})
+                for it in items if it.index == i]
+        path = job.out_dir / f"{job.stems[i]}.panel.png"
+        k = i - batch.start
+        save_panel(path, batch.originals[k], batch.geometries[k], rows, names,
+                   title=job.images[i].name, percentile=job.render.percentile,
+                   grey=job.render.grey, alpha=job.render.alpha)
+        for record in pending:
+            if record["_index"] == i:
+                record["files"]["panel"] = str(path)
 
 
 def _run_halving(model, method, x, targets, values, seed):
@@ -128,9 +270,14 @@ def _run_halving(model, method, x, targets, values, seed):
         return Attribution(torch.cat([first.maps, second.maps]), extras, {}, per_sample)
 
 
-def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, original, geometry, out_dir, method):
-    label = model.label(item.target)
-    base = out_dir / f"{item.stem}.{method}.{item.target}"
+def _write_outputs(job: _Job, item: _Item, map_hw, attribution, j: int, batch: _Batch,
+                   method: str) -> dict:
+    """Write one map's .npy, heatmap and overlay (and the method's extras); the record."""
+    label = job.model.label(item.target)
+    k = item.index - batch.start
+    original, geometry = batch.originals[k], batch.geometries[k]
+    render = job.render
+    base = job.out_dir / f"{item.stem}.{method}.{item.target}"
     files = {
         "heatmap": str(base) + ".heatmap.png",
         "overlay": str(base) + ".overlay.png",
@@ -138,13 +285,14 @@ def _write_outputs(model, item: _Item, map_hw, attribution, j, image_path, origi
         "json": str(base) + ".json",
     }
     save_npy(files["npy"], map_hw)
-    save_heatmap(files["heatmap"], map_hw)
-    save_overlay(files["overlay"], original, map_hw, geometry)
+    save_heatmap(files["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
+    save_overlay(files["overlay"], original, map_hw, geometry, alpha=render.alpha,
+                 percentile=render.percentile, grey=render.grey)
     for name, tensor in attribution.extras.items():
         files[name] = str(base) + f".{name}.npy"
         save_npy(files[name], tensor[j].detach().cpu().numpy())
     return {
-        "image": str(image_path),
+        "image": str(job.images[item.index]),
         "target": item.target,
         "target_label": label,
         "probability": round(item.probability, 6),
