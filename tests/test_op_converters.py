@@ -304,3 +304,18 @@ def test_resize18_refuses_antialias():
                   antialias=1)
     with pytest.raises(NotImplementedError, match="antialias"):
         convert(infer_shapes(model))
+
+
+# ----------------------------------------------------------------------------- Conv with a computed weight
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 1, 2, 1]])
+def test_conv_with_computed_weight(pads):
+    """Weight standardisation exports the kernel as a subgraph (here ``w * s``); asymmetric pads, groups."""
+    nodes = [helper.make_node("Mul", ["w", "s"], ["wk"]),
+             helper.make_node("Conv", ["x", "wk", "b"], ["y0"], pads=pads, strides=[1, 2], group=2)]
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.float32(0.5) + RNG.random((4, 1, 1, 1)).astype(np.float32), "s"),
+             numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F32, [2, 4, 6, 7])],
+                   [helper.make_tensor_value_info("y0", F32, None)], inits)
+    run_both(model, x_of(2, 4, 6, 7))
+    assert any(isinstance(m, ops.OnnxConvRuntimeWeight) for m in convert(infer_shapes(model)).modules())

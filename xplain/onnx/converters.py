@@ -96,6 +96,16 @@ def _register_resize_18(registry) -> None:
         registry._CONVERTER_REGISTRY.setdefault(registry.OperationDescription("", "Resize", version), convert)
 
 
+def _register_conv_runtime_weight(registry) -> None:
+    """Conv: onnx2torch's converter for constant weights, a functional conv for computed ones."""
+    from .op_converters import conv_with_runtime_weight
+
+    for version in (1, 11):
+        key = registry.OperationDescription("", "Conv", version)
+        if key in registry._CONVERTER_REGISTRY:
+            registry._CONVERTER_REGISTRY[key] = conv_with_runtime_weight(registry._CONVERTER_REGISTRY[key])
+
+
 def _register_own(registry) -> None:
     """xplain's converters (``op_converters.CONVERTERS``); they replace onnx2torch's for the same key."""
     from .op_converters import CONVERTERS
@@ -114,6 +124,7 @@ def register_converters() -> None:
     _register_global_max_pool(registry)
     _register_own(registry)
     _register_resize_18(registry)
+    _register_conv_runtime_weight(registry)
 
     for op, spec in _ALIASES.items():
         base, newer = spec
