@@ -76,8 +76,7 @@ def main():
         attribution = xplain.Attribution(torch.cat(maps))
         scores = {}
         for mname, metric in metrics.items():
-            ctx = {"params": xplain.validate_params(metric.params, {}, mname), "boxes": boxes}
-            value = metric.score(model, x, t, attribution, ctx)[mname]
+            value = metric.compute(model, x, t, attribution, boxes=boxes)[mname]
             scores[mname] = round(float(torch.nanmean(value.float())), 4)
         per_image = total / len(rows)
         out["configs"][name] = {

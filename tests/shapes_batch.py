@@ -30,6 +30,6 @@ def shapes_eval_batch(limit: int):
     x = torch.stack(xs)
     t = torch.tensor([s.label for s in samples])
     ctx = {"boxes": boxes, "box_labels": labels}
-    roi, valid = box_masks(ctx, t, 64, 64, "cpu")
+    roi, valid = box_masks(boxes, labels, t, 64, 64, "cpu")
     assert valid.all()
     return model, x, t, ctx, roi

@@ -26,10 +26,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from torch import nn
 
 import xplain
-from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 
 TOL = 1e-4  # the loader's own verification tolerance, relative to max(1, max |reference|)
 DYNAMO = "dynamo"  # the exporter key for torch's default (torch.export-based) exporter
@@ -743,7 +743,7 @@ def test_fullgrad_completeness(zoo, case):
     model = FULLGRAD_CASES[case](zoo)
     assert all(a.rectifier for a in model.activations())
     gen = torch.Generator().manual_seed(3)
-    for sample in range(2):
+    for _ in range(2):
         x = torch.randn(1, model.spec.channels, model.spec.height, model.spec.width, generator=gen)
         with torch.no_grad():
             target = int(model(x).argmax())

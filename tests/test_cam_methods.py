@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from torch import nn
 
 import xplain
-from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from xplain.cli.app import main
 
 from .test_architectures import Block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ from PIL import Image
 
 import xplain
 from xplain.cli.app import main
+from xplain.data.images import Preprocess, load_image
 
 from .conftest import interrupt_on_call
-from xplain.data.images import Preprocess, load_image
 
 
 def _one_line_error(capsys):
@@ -36,7 +37,7 @@ def test_explain_writes_outputs_and_json(tiny_cnn_path, rgb_image, tmp_path, cap
         assert (out / rec["files"][kind].split("/")[-1]).exists()
     saved = np.load(rec["files"]["npy"])
     assert saved.shape == (16, 16) and saved.dtype == np.float32
-    assert json.loads(open(rec["files"]["json"]).read())["target"] == rec["target"]
+    assert json.loads(Path(rec["files"]["json"]).read_text())["target"] == rec["target"]
     # the saved map is the saliency of the preprocessed image for the top-1 class
     model = xplain.load_model(tiny_cnn_path)
     array, _ = Preprocess.from_options((3, 16, 16), preset="unit")(load_image(rgb_image))

@@ -69,7 +69,7 @@ def test_eval_results_summary_plots_resume_and_errors(data, tmp_path, capsys):
         assert summary["table"]["random"][key]["mean"] < summary["table"]["saliency"][key]["mean"]
         assert summary["table"]["saliency"][key]["count"] == 6
     assert summary["higher_is_better"]["deletion"] is False
-    rows = list(csv.DictReader(open(out / "summary.csv")))
+    rows = list(csv.DictReader((out / "summary.csv").read_text().splitlines()))
     assert {r["method"] for r in rows} == {"saliency", "random"} and len(rows) == 8
     mean = [float(r["mean"]) for r in rows if r["method"] == "saliency" and r["score"] == "ebpg"][0]
     assert mean == pytest.approx(summary["table"]["saliency"]["ebpg"]["mean"], rel=1e-5)
@@ -161,8 +161,8 @@ def test_example_plugin_metric_runs_in_eval(data, tmp_path):
     model = xplain.load_model(MODEL, device="cpu")
     summary = xplain.evaluate(model, data, methods=["random"], metrics=["example-map-mean"], out_dir=tmp_path,
                               limit=3, registry=registry, plots=False)
-    assert summary["table"]["random"]["map-mean"]["count"] == 3
-    assert 0.4 < summary["table"]["random"]["map-mean"]["mean"] < 0.6  # U[0, 1) noise
+    assert summary["table"]["random"]["example-map-mean"]["count"] == 3
+    assert 0.4 < summary["table"]["random"]["example-map-mean"]["mean"] < 0.6  # U[0, 1) noise
 
 
 def test_eval_where_every_image_fails_exits_5(tmp_path, capsys):

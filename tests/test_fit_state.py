@@ -25,9 +25,9 @@ def _fit(model, batches, params, console):
     return {"mean": total / count}, {"count": count}
 
 
-def _explain(model, x, targets, params, seed):
-    mean = model.fitted_state("test-mean")[0]["mean"]
-    return (x - mean).sum(dim=1)
+def _explain(request):
+    mean = request.model.fitted_state("test-mean")[0]["mean"]
+    return (request.x - mean).sum(dim=1)
 
 
 class _Plugin:

@@ -219,10 +219,10 @@ def test_smoothgrad_agrees_with_captum_noise_tunnel_under_the_same_noise(model, 
         sigma = 0.15 * float(xb.max() - xb.min())
         noise = G.smoothgrad_noise(xb, seed=seed, samples=samples)[0]
 
-        def same_noise(mean, std, *args, **kwargs):
-            assert mean == 0 and std.shape == noise.shape
-            torch.testing.assert_close(std, torch.full_like(std, sigma))
-            return noise.clone()
+        def same_noise(mean, std, *args, _noise=noise, _sigma=sigma, **kwargs):
+            assert mean == 0 and std.shape == _noise.shape
+            torch.testing.assert_close(std, torch.full_like(std, _sigma))
+            return _noise.clone()
 
         monkeypatch.setattr(torch, "normal", same_noise)
         ref = NoiseTunnel(Saliency(model.graph)).attribute(

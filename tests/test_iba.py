@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import xplain
-from xplain.run.api import sample_generators
-from xplain.run.fitting import fit_method
 from xplain.data.images import Preprocess, load_image
 from xplain.plugins.registry import get_registry
+from xplain.run.api import sample_generators
+from xplain.run.fitting import fit_method
 from xplain_builtins.methods.iba import iba, iba_input
 
 from .conftest import SAMPLES
@@ -139,7 +139,7 @@ def test_split_prefix_then_suffix_is_the_model(path):
     model = xplain.load_model(path, device="cpu", verify=False)
     x = model.example_input(3, seed=4)
     for layer in model.feature_layers():
-        split = iba.Split(model, layer.name)
+        split = model.split_at(layer.name)
         with torch.no_grad():
             values = split.prefix(x)
             torch.testing.assert_close(split.suffix(values[0], values[1:]), model(x))
@@ -240,7 +240,7 @@ def test_input_iba_localises_the_circle(shapes):
     x = _image(shapes, "shapes_circle")
     a = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=FAST_GAN)
     heat = a.maps[0]
-    assert 0 <= float(heat.min()) and float(heat.max()) <= 1
+    assert float(heat.min()) >= 0 and float(heat.max()) <= 1
     mask = _box_mask("shapes_circle")
     # measured 5.4, 3.6, 7.5 (seeds 0, 1, 2); the triangle is not localised by input-iba on this
     # model (0.5–0.6): noise with the image's own statistics is a triangle to it (docs/input-iba.md)
@@ -309,7 +309,6 @@ def test_iba_deterministic_under_seed(shapes):
 def test_fitted_statistics_saved_and_reloaded_give_identical_maps(shapes, tmp_path, recwarn):
     method = get_registry().method("iba")
     data = SAMPLES / "shapes_eval" / "images"
-    params = xplain.validate_params(method.params, {}, "iba")
     fit_method(shapes, method, data, params={}, state_dir=tmp_path, batch_size=16)
     saved, meta = xplain.load_state(shapes.digest, "iba", root=tmp_path)
     assert meta["layer"] == shapes.default_feature_layer().name and meta["n"] == 40
@@ -325,7 +324,7 @@ def test_fitted_statistics_saved_and_reloaded_give_identical_maps(shapes, tmp_pa
     x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle")])
     targets = torch.tensor([0, 2])
     # in memory, straight from the fit (no file) …
-    split = iba.Split(shapes, meta["layer"])
+    split = shapes.split_at(meta["layer"])
     active = (saved["active_fraction"] > 0.01).float().expand(2, *saved["mean"].shape)
     cap, *_ = iba.feature_bottleneck(split, x, targets, saved["mean"].expand(2, -1, -1, -1),
                                      saved["std"].clamp_min(0.01).expand(2, -1, -1, -1), active,

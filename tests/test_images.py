@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xplain.errors import ExitCode, InputDataError, ModelError, UsageError
 from xplain.data.images import (
     Geometry,
     Preprocess,
@@ -21,6 +20,7 @@ from xplain.data.images import (
     read_sidecar,
     resolve_target,
 )
+from xplain.errors import ExitCode, InputDataError, ModelError, UsageError
 
 
 def _save(img: Image.Image, path, **kw):
@@ -398,6 +398,8 @@ def test_matches_torchvision_pipeline():
 def test_read_sidecar(tmp_path):
     model = tmp_path / "m.onnx"
     assert read_sidecar(model) == {}
+    (tmp_path / "sub").mkdir()  # the labels file must exist beside the model (confined like external data)
+    (tmp_path / "sub" / "labels.txt").write_text("a\nb\n")
     (tmp_path / "m.onnx.json").write_text(json.dumps(
         {"preset": "unit", "resize": 40, "crop": [32, 32], "mean": 0.5, "std": [0.2, 0.2, 0.2],
          "labels": "sub/labels.txt"}))

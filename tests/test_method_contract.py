@@ -1,13 +1,17 @@
-"""ARCHITECTURE.md's contract, checked for every registered method (built-in or installed)."""
+"""ARCHITECTURE.md's contract, checked for every registered method (built-in or installed) by
+the same functions a third-party plugin runs in its own tests (:mod:`xplain.testing`)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 
 import xplain
-from xplain.run.api import run_method
+import xplain.testing as xt
 from xplain.plugins.registry import Registry
+from xplain.run.api import run_method
 
 from .conftest import fit_for_tests
 
@@ -21,13 +25,22 @@ def _method(name):
 _FITTED: dict = {}
 
 
+def _meets(model, method) -> bool:
+    return all(model.requirement_problem(r) is None for r in getattr(method.capabilities, "requires", ()))
+
+
 @pytest.fixture()
-def prepared(tiny_model, tmp_path_factory):
+def prepared(tiny_model, tiny_transformer, tmp_path_factory):
     """``prepare(method)`` gives tiny_model, with fitted state for methods that need fitting
-    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir)."""
+    (fitted once per session by :func:`conftest.fit_for_tests`, in a temporary state dir); a
+    method whose declared requirements the CNN does not meet (attention) gets a tiny DeiT-like
+    transformer instead (its refusal on the CNN is checked in test_contract_requirements)."""
     saved = tiny_model.state_dir
 
     def prepare(method):
+        if not _meets(tiny_model, method):
+            assert _meets(tiny_transformer, method), f"{method.name}: no test model meets {method.capabilities}"
+            return tiny_transformer
         if method.capabilities.needs_fitting:
             if method.name not in _FITTED:
                 _FITTED[method.name] = tmp_path_factory.mktemp("state")
@@ -40,64 +53,71 @@ def prepared(tiny_model, tmp_path_factory):
 
 
 def _state(model):
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.graph.modules())
-    modules = {name: id(m) for name, m in model.graph.named_modules()}
-    return model.graph.code, hooks, modules
+    return xt.graph_state(model)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_contract_shapes_finite_deterministic(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    x = tiny_model.example_input(3, seed=1)
-    targets = torch.tensor([0, 3, 1])
-    params = xplain.validate_params(method.params, {}, name)
-    first = run_method(tiny_model, method, x, targets, params, seed=7)
-    assert first.maps.shape == (3, 16, 16) and first.maps.dtype == torch.float32
-    assert torch.isfinite(first.maps).all()
-    again = run_method(tiny_model, method, x, targets, params, seed=7)
-    torch.testing.assert_close(first.maps, again.maps, rtol=0, atol=0)
+    xt.check_output(method, prepared(method))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_contract_batch_consistency(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    x = tiny_model.example_input(2, seed=2)
-    targets = torch.tensor([2, 1])
-    params = xplain.validate_params(method.params, {}, name)
-    both = run_method(tiny_model, method, x, targets, params, seed=3).maps
-    one = torch.cat([run_method(tiny_model, method, x[i:i + 1], targets[i:i + 1], params, seed=3).maps for i in range(2)])
-    torch.testing.assert_close(both, one, rtol=1e-4, atol=1e-6)
+    xt.check_batch_consistency(method, prepared(method))
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_contract_model_restored_also_after_error(name, prepared, monkeypatch):
+def test_contract_model_restored_also_after_error(name, prepared):
     method = _method(name)
-    tiny_model = prepared(method)
-    before = _state(tiny_model)
-    x = tiny_model.example_input(2)
-    params = xplain.validate_params(method.params, {}, name)
-    run_method(tiny_model, method, x, torch.tensor([0, 1]), params, seed=0)
-    assert _state(tiny_model) == before
-    calls = {"n": 0}
-    real = type(tiny_model.graph).__call__
+    xt.check_graph_restored(method, prepared(method))
 
-    def boom(self, *args, **kwargs):  # fail inside the method, after it has prepared the graph
-        calls["n"] += 1
-        raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(type(tiny_model.graph), "__call__", boom)
+def test_checks_catch_a_method_that_breaks_the_contract(tiny_model):
+    """The checks are not vacuous: a method that leaves a hook behind, or depends on its batch,
+    fails them with a message naming it."""
+
+    handles = []
+
+    def leaky(request):
+        handles.append(request.model.graph.register_forward_hook(lambda *a: None))
+        return request.x.sum(dim=1)
+
+    def batch_dependent(request):
+        return request.x.sum(dim=1) - request.x.sum(dim=1).mean(dim=0)
+
     try:
-        with pytest.raises(xplain.PluginError, match="injected failure"):
-            run_method(tiny_model, method, x, torch.tensor([0, 1]), params, seed=0)
-    except pytest.fail.Exception:
-        if calls["n"] == 0:  # a method that never runs the model cannot fail inside it
-            pass
-        else:
-            raise
-    monkeypatch.setattr(type(tiny_model.graph), "__call__", real)
-    assert _state(tiny_model) == before
+        with pytest.raises(AssertionError, match="'leaky'.*not restored"):
+            xt.check_graph_restored(xplain.Method("leaky", "", explain=leaky), tiny_model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with pytest.raises(AssertionError, match="'batchy'.*batch of 2"):
+        xt.check_batch_consistency(xplain.Method("batchy", "", explain=batch_dependent), tiny_model)
+    noisy = xplain.Method("noisy", "", explain=lambda r: torch.rand(r.x.shape[0], *r.x.shape[2:]))
+    xt.check_output(noisy, tiny_model)  # the global RNG is seeded per call: still deterministic
+    calls = itertools.count()
+    unseeded = xplain.Method("unseeded", "", explain=lambda r: torch.full((r.x.shape[0], *r.x.shape[2:]),
+                                                                          float(next(calls))))
+    with pytest.raises(AssertionError, match="'unseeded'.*not deterministic"):
+        xt.check_output(unseeded, tiny_model)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_contract_requirements(name, tiny_model, tiny_transformer):
+    """A method either runs on a model or refuses it *before running*, with the documented
+    error (UsageError, exit 2) in one line that names what the model lacks; the graph is untouched."""
+    method = _method(name)
+    params = xplain.validate_params(method.params, {}, name)
+    for model in (tiny_model, tiny_transformer):
+        if _meets(model, method):
+            continue
+        before = _state(model)
+        with pytest.raises(xplain.UsageError) as info:
+            run_method(model, method, model.example_input(1), torch.tensor([0]), params)
+        assert info.value.exit_code == 2 and "\n" not in str(info.value) and name in str(info.value)
+        assert _state(model) == before
 
 
 def test_saliency_matches_finite_differences(tiny_model):
@@ -129,4 +149,4 @@ def test_random_depends_on_seed_and_image_only(tiny_model):
     c = xplain.explain(tiny_model, x, targets=[0, 0], method="random", seed=2).maps
     torch.testing.assert_close(a, b.flip(0))
     assert not torch.allclose(a, c)
-    assert 0 <= float(a.min()) and float(a.max()) < 1
+    assert float(a.min()) >= 0 and float(a.max()) < 1

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import xplain
-from xplain.run.api import run_method
+import xplain.testing as xt
 from xplain.plugins.registry import Registry
+from xplain.run.api import run_method
 
 from .shapes_batch import shapes_eval_batch
 
@@ -27,7 +28,7 @@ def _score(name, model, x, targets, maps, extras=None, **context):
     metric = REG.metric(name)
     params = xplain.validate_params(metric.params, context.pop("params", {}), name)
     ctx = {"params": params, "seed": 0, "cache": {}, "forward_batch": 64, **context}
-    return metric.score(model, x, targets, xplain.Attribution(maps, extras or {}), ctx)
+    return metric.compute(model, x, targets, xplain.Attribution(maps, extras or {}), **ctx)
 
 
 class Linear:
@@ -212,7 +213,7 @@ def test_completeness_hand_case():
     metric = REG.metric("completeness")
     inner = xplain.Attribution(torch.zeros(2, 2, 2), {"source_signal": torch.zeros(2, 5)},
                                sample_info=[{"source_logit": 3.0}, {"source_logit": -3.0}])
-    r = metric.score(model, x, t, inner, {"params": {}, "cache": {}})
+    r = metric.compute(model, x, t, inner)
     torch.testing.assert_close(r["completeness"], torch.tensor([50.0, 50.0]))
     torch.testing.assert_close(r["completeness-positive"], torch.tensor([50.0, 0.0]))
 
@@ -300,39 +301,11 @@ def test_class_sensitivity_and_completeness_direction(shapes):
 # ----------------------------------------------------------------------------- contract over every metric
 @pytest.mark.parametrize("name", METRICS)
 def test_metric_contract(name, tiny_model):
-    """Per-sample (B,) scores, finite or NaN; batch of 3 == three batches of 1; model unchanged."""
-    metric = REG.metric(name)
-    method = REG.method("saliency")
-    x = tiny_model.example_input(3, seed=4)
-    t = torch.tensor([0, 3, 1])
-    a = run_method(tiny_model, method, x, t, {}, 0)
+    """Per-sample (B,) scores, finite or NaN; batch of 3 == three batches of 1; model unchanged
+    (:func:`xplain.testing.check_metric`, small settings for the expensive metrics)."""
     small = {"sensitivity-n": {"num_n": 3, "subsets": 5}, "pixel-perturbation": {"steps": 8},
              "sanity": {"layers": 2}}.get(name, {})
-    params = xplain.validate_params(metric.params, small, name)
-    boxes = [torch.tensor([[2.0, 3.0, 9.0, 12.0]])] * 3
-    code, state = tiny_model.graph.code, {k: v.clone() for k, v in tiny_model.graph.state_dict().items()}
-
-    def run(sl):
-        ctx = {"params": params, "seed": 0, "cache": {}, "forward_batch": 16, "boxes": boxes[sl],
-               "box_labels": [None] * len(boxes[sl]), "method": method, "method_params": {},
-               "explain": lambda xx, tt: run_method(tiny_model, method, xx, tt, {}, 0)}
-        return metric.score(tiny_model, x[sl], t[sl], xplain.Attribution(a.maps[sl], {}), ctx)
-
-    full = run(slice(0, 3))
-    assert full, "a metric must return at least one score"
-    for key, value in full.items():
-        if key.endswith("@x"):
-            continue
-        assert value.shape[0] == 3 and (value.ndim == 1 or key in metric.curves), key
-        assert not torch.isinf(value).any()
-    assert name in full  # the headline score carries the metric's name
-    parts = [run(slice(i, i + 1)) for i in range(3)]
-    for key, value in full.items():
-        if not key.endswith("@x"):
-            torch.testing.assert_close(value, torch.cat([p[key] for p in parts]), rtol=1e-4, atol=1e-5,
-                                       equal_nan=True)
-    assert tiny_model.graph.code == code
-    assert all(torch.equal(state[k], v) for k, v in tiny_model.graph.state_dict().items())
+    xt.check_metric(REG.metric(name), tiny_model, params=small, registry=REG)
 
 
 def test_perturbation_chunks_halve_on_out_of_memory():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -289,8 +288,7 @@ def test_head_mode_on_a_residual_graph(tmp_path):
     # each record carries Φ(S₀), the head's logit of the source signal, so APC works in head mode
     phi = source_logits(model, att.extras["source_signal"], torch.tensor([1, 3]), feature)
     assert [i["source_logit"] for i in att.sample_info] == pytest.approx(phi.tolist(), rel=1e-5)
-    score = xplain.get_registry().metric("completeness").score(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]), att,
-                                                                {"params": {}, "cache": {}})
+    score = xplain.get_registry().metric("completeness").compute(model, x.repeat(2, 1, 1, 1), torch.tensor([1, 3]), att)
     assert torch.isfinite(score["completeness"]).all()
 
 

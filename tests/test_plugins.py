@@ -225,3 +225,8 @@ def test_third_party_plugin_installed_with_pip_appears(example_plugin_installed,
     maps = xplain.explain(tiny_model, x, method="example-center-prior", params={"sigma": "0.25"}).maps
     assert maps.shape == (2, 16, 16)
     assert torch.argmax(maps[0]).item() in {7 * 16 + 7, 7 * 16 + 8, 8 * 16 + 7, 8 * 16 + 8}  # peak at the centre
+    # the plugin's own test suite (xplain.testing's contract checks) passes against the install
+    own = REPO / "plugins" / "example-plugin" / "tests"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(own)],
+                          capture_output=True, text=True, cwd=own.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -37,7 +37,7 @@ def _score(name, model, x, targets, maps, **context):
     params = xplain.validate_params(metric.params, context.pop("params", {}), name)
     ctx = {"params": params, "seed": 0, "cache": {}, "forward_batch": 64, **context}
     return {k: v.detach().cpu().numpy() for k, v in
-            metric.score(model, x, targets, xplain.Attribution(maps, {}), ctx).items()}
+            metric.compute(model, x, targets, xplain.Attribution(maps, {}), **ctx).items()}
 
 
 def _untie(maps):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xplain.errors import UsageError
 from xplain.data.images import Geometry
+from xplain.errors import UsageError
 from xplain.output.render import (
     SIGNED_CMAP,
     UNSIGNED_CMAP,

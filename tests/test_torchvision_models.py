@@ -177,6 +177,12 @@ def test_graph_knowledge(case):
     assert kinds == case.expect.kinds
     if case.name == "efficientnet_b0":
         assert not kinds & RECTIFIERS
+        # the Sigmoid·Mul pairs are SiLU (and the SE blocks' gates): rectifier methods refuse it
+        census = model.nonlinearities()
+        assert len(census["silu"]) == 49 and len(census["gate"]) == 16 and "sigmoid" not in census
+        assert "SiLU (49)" in model.requirement_problem("rectifiers")
+    else:
+        assert model.requirement_problem("rectifiers") is None
     default = model.default_feature_layer()
     assert default.shape == case.expect.feature
     assert type(model.module(default.name)).__name__ == case.expect.feature_module

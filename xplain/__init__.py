@@ -6,15 +6,46 @@ imported eagerly, everything that needs torch is loaded on first use.
 
 from __future__ import annotations
 
-from .errors import (ExitCode, InputDataError, ModelError, PluginError, UnsupportedOpsError,
-                     UsageError, XplainError)
-from .plugins.plugin_api import Attribution, Capabilities, Method, Metric, Param, hookimpl, hookspec
+import importlib
+import importlib.metadata
 
-__version__ = "0.1.0"
+from .errors import (
+    ExitCode,
+    InputDataError,
+    ModelError,
+    PluginError,
+    UnsupportedOpsError,
+    UsageError,
+    XplainError,
+)
+from .plugins.plugin_api import (
+    CONTRACT_VERSION,
+    Attribution,
+    Capabilities,
+    ExplainFn,
+    ExplainRequest,
+    FitFn,
+    Method,
+    Metric,
+    MetricContext,
+    Param,
+    ScoreFn,
+    hookimpl,
+    hookspec,
+)
+
+try:  # the version lives in pyproject.toml only
+    __version__ = importlib.metadata.version("xplain")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare source tree
+    __version__ = "0+unknown"
 
 _LAZY = {
     "load_model": ("xplain.run.api", "load_model"),
     "explain": ("xplain.run.api", "explain"),
+    "check_requirements": ("xplain.run.api", "check_requirements"),
+    "Layout": ("xplain.graph.model", "Layout"),
+    "FeatureLayer": ("xplain.graph.model", "FeatureLayer"),
+    "Attention": ("xplain.graph.model", "Attention"),
     "evaluate": ("xplain.run.evaluation", "evaluate"),
     "get_registry": ("xplain.plugins.registry", "get_registry"),
     "validate_params": ("xplain.plugins.registry", "validate_params"),
@@ -27,6 +58,9 @@ _LAZY = {
     "rectifier_rules": ("xplain.graph.rules", "rectifier_rules"),
     "RectifierRule": ("xplain.graph.rules", "RectifierRule"),
     "lrp_rules": ("xplain.graph.lrp", "lrp_rules"),
+    "composite": ("xplain.graph.composites", "composite"),
+    "composites": ("xplain.graph.composites", "composites"),
+    "register_composite": ("xplain.graph.composites", "register_composite"),
     "zbox_relevance": ("xplain.graph.lrp", "zbox_relevance"),
     "first_weight_layer": ("xplain.graph.lrp", "first_weight_layer"),
     "reduce_channels": ("xplain.plugins.maps", "reduce_channels"),
@@ -34,6 +68,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CONTRACT_VERSION", "ExplainFn", "ExplainRequest", "FitFn", "MetricContext", "ScoreFn",
     "Attribution", "Capabilities", "ExitCode", "InputDataError", "Method", "Metric", "ModelError",
     "Param", "PluginError", "UnsupportedOpsError", "UsageError", "XplainError", "hookimpl", "hookspec",
     *_LAZY,
@@ -42,8 +77,6 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 
+from .untrusted import printable
+
 
 class ExitCode(enum.IntEnum):
     """Process exit codes, documented in the README."""
@@ -33,11 +35,11 @@ class XplainError(Exception):
         self.hint = hint
         super().__init__(self.__str__())
 
-    def __str__(self) -> str:  # one line: "<path>: <message> (<hint>)"
+    def __str__(self) -> str:  # one line: "<path>: <message> (<hint>)", no control characters
         text = f"{self.path}: {self.message}" if self.path else self.message
         if self.hint:
             text += f" ({self.hint})"
-        return " ".join(text.split("\n"))
+        return printable(" ".join(text.split("\n")))
 
 
 class UsageError(XplainError):
@@ -53,7 +55,7 @@ class UnsupportedOpsError(ModelError):
 
     def __init__(self, ops: dict[str, int], *, path: object = None):
         self.ops = dict(ops)
-        listed = ", ".join(f"{op} x{n}" for op, n in sorted(self.ops.items()))
+        listed = ", ".join(f"{printable(op)} x{n}" for op, n in sorted(self.ops.items()))
         super().__init__(f"unsupported ONNX ops: {listed}", path=path)
 
 

@@ -11,21 +11,24 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
 try:  # typer ≥ 0.20 vendors click; older typer uses the click package
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc
+    from click import exceptions as click_exc  # type: ignore[no-redef]
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 
 from ..errors import ExitCode, UsageError, XplainError
 from ..output.display import display_name
+from ..untrusted import printable
 
 app = typer.Typer(
     name="xplain",
@@ -41,10 +44,30 @@ metrics_app = typer.Typer(help="List evaluation metrics, or show one.", invoke_w
 app.add_typer(methods_app, name="methods")
 app.add_typer(metrics_app, name="metrics")
 
+class SafeConsole(Console):
+    """A rich Console that never lets a control character through.
+
+    Every segment rich renders (plain strings, markup, table cells, progress text) passes
+    through :func:`xplain.untrusted.printable` (newlines kept), so an ESC/CSI/OSC/C1 sequence in
+    a model's producer name, an op type, a label or a file name is shown as ``\\x1b…`` text
+    instead of being executed by the terminal. Rich's own control segments (cursor moves of a
+    progress bar) are left alone: they carry no untrusted text."""
+
+    def print(self, *objects, **kwargs):  # noqa: A003 - rich's name
+        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def render(self, renderable, options=None):
+        for segment in super().render(renderable, options):
+            if segment.control or segment.text.isprintable() or segment.text == "\n":
+                yield segment
+            else:
+                yield Segment(printable(segment.text, keep_newlines=True), segment.style, segment.control)
+
+
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
-out = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
-_options = {"strict": False, "blocked": ()}
+out = SafeConsole(soft_wrap=True, emoji=False)
+err = SafeConsole(stderr=True, soft_wrap=True, emoji=False)
+_options: dict[str, Any] = {"strict": False, "blocked": (), "max_input_pixels": None}
 
 
 def _registry():
@@ -52,7 +75,7 @@ def _registry():
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error)}", highlight=False)
+        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error or '')}", highlight=False)
     return registry
 
 
@@ -63,6 +86,10 @@ def _main(
     strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
     no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    max_input_pixels: int | None = typer.Option(
+        None, "--max-input-pixels", min=1, metavar="N",
+        help="Accept models whose declared input has up to N pixels (H×W; default 1024², "
+             "or $XPLAIN_MAX_INPUT_PIXELS)."),
 ):
     """Explain the decisions of ONNX image classifiers."""
     if version:
@@ -75,6 +102,7 @@ def _main(
         raise typer.Exit(ExitCode.USAGE)
     _options["strict"] = strict_plugins
     _options["blocked"] = tuple(no_plugin)
+    _options["max_input_pixels"] = max_input_pixels
 
 
 # ---------------------------------------------------------------------------- catalogue
@@ -129,6 +157,12 @@ def _show(kind: str, name: str, as_json: bool) -> None:
         flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),
                                  ("stochastic", caps.stochastic), ("multi-class", caps.multi_class)) if on]
         out.print(f"capabilities: {', '.join(flags) or 'none'}")
+        requires = getattr(caps, "requires", ())
+        if requires:
+            from ..graph.model import REQUIREMENTS
+
+            out.print("requires: " + "; ".join(f"{r} ({REQUIREMENTS.get(r, '?')})" for r in requires)
+                      + " — other models are refused before running (exit 2)", highlight=False)
     else:
         out.print(f"direction: {'higher' if item.higher_is_better else 'lower'} is better")
     if item.params:
@@ -193,11 +227,33 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
-def _load(model_path: Path, device: str, labels: Optional[str] = None, verify: bool = True):
+def _load(model_path: Path, device: str, labels: str | None = None, verify: bool = True):
     from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
-        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry())
+        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry(),
+                          max_input_pixels=_options["max_input_pixels"])
+
+
+def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs: Sequence[Path] = (),
+            data: Path | None = None, out_dir: Path | None = None, out_flag: str = "--out",
+            state_dir: Path | None = None):
+    """The one set-up of explain / eval / fit / bench, after their names and parameters were
+    resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs
+    exist → the model loads → the output folder is usable → fitted state is looked up in
+    ``state_dir``. Returns the model."""
+    for image in inputs:
+        if not image.exists():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            raise XplainErrorInput(image, "is a directory, not an image")
+    if data is not None and not data.exists():
+        raise XplainErrorInput(data, "no such file or folder")
+    model = _load(model_path, device, labels)
+    if out_dir is not None:
+        _check_out_dir(out_dir, out_flag)
+    model.state_dir = state_dir
+    return model
 
 
 class _null:
@@ -206,6 +262,18 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+    def update(self, *args, **kwargs) -> None:  # the status API, for a console that is no terminal
+        pass
+
+
+def _attention_summary(model) -> dict:
+    found = model.attention()
+    first = found[0] if found else None
+    return {"layers": len(found), "tokens": first.tokens if first else None,
+            "windowed": any(a.windowed for a in found),
+            "prefix_tokens": first.layout.prefix if first and first.layout else None,
+            "softmax": [a.node for a in found]}
 
 
 @app.command()
@@ -232,11 +300,15 @@ def inspect(
         "op_counts": report.op_counts,
         "activations": [{"layer": a.name, "onnx_name": model.onnx_name(a.name), "kind": a.kind}
                         for a in model.activations()],
-        "bias_layers": [{"layer": b.layer, "onnx_name": model.onnx_name(b.layer), "at": b.node, "kind": b.kind,
-                         "channels": int(b.bias.numel())} for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "onnx_name": model.onnx_name(f.name), "shape": list(f.shape)}
-                           for f in model.feature_layers()],
+        "bias_layers": [{"layer": b.layer, "onnx_name": model.onnx_name(b.layer), "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
+                        for b in model.bias_layers()],
+        "feature_layers": [{"layer": f.name, "onnx_name": model.onnx_name(f.name), "shape": list(f.shape), "layout": f.layout.kind,
+                            "grid": list(f.layout.grid), "channels": f.layout.channels,
+                            "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
+        "default_layout": default.layout.describe() if default else None,
+        "nonlinearities": {k: len(v) for k, v in model.nonlinearities().items()},
+        "attention": _attention_summary(model),
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
         "max_abs_diff": report.max_abs_diff,
@@ -266,16 +338,25 @@ def inspect(
     out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
     out.print(f"bias layers  {len(data['bias_layers'])}  ("
               + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
+    census = ", ".join(f"{k} {v}" for k, v in data["nonlinearities"].items())
+    out.print("non-linear   " + (census or "none"), highlight=False)
+    att = data["attention"]
+    if att["layers"]:
+        out.print(f"attention    {att['layers']} softmax layers, {att['tokens']} tokens"
+                  + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
+    if default is not None:
+        out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
     table = Table(title="feature layers (`-p layer=` takes the id or the ONNX name)", box=None)
     table.add_column("layer")
     table.add_column("ONNX name")
-    table.add_column("C×H×W")
+    table.add_column("shape")
+    table.add_column("layout")
     table.add_column("")
-    for f in data["feature_layers"]:
+    for f in model.feature_layers():
         # ONNX names are file content: escaped (control characters) and markup-escaped for rich
-        onnx_name = escape(display_name(f["onnx_name"])) if f["onnx_name"] else "–"
-        table.add_row(f["layer"], onnx_name, shape(f["shape"]),
-                      "default" if f["layer"] == data["default_feature_layer"] else "")
+        onnx_name = model.onnx_name(f.name)
+        table.add_row(escape(f.name), escape(display_name(onnx_name)) if onnx_name else "–", shape(f.shape), escape(f.layout.describe()),
+                      "default" if f.name == data["default_feature_layer"] else "")
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
@@ -291,50 +372,47 @@ def explain(
     target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
     out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="[METHOD.]KEY=VALUE",
                                     help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[str] = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: str | None = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     percentile: float = typer.Option(99.5, "--percentile",
                                      help="Display scale: this percentile of |map| gets full colour (100 = max)."),
     grey: bool = typer.Option(False, "--grey", help="Show the photo in greyscale under the overlay's colours."),
     colorbar: bool = typer.Option(False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."),
-    panel: Optional[bool] = typer.Option(None, "--panel/--no-panel",
+    panel: bool | None = typer.Option(None, "--panel/--no-panel",
                                          help="Write NAME.panel.png (photo + one overlay per method; default: "
                                               "with several methods)."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+                                            help="Stop a method call that runs longer (exit 4)."),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
     registry = _registry()
     names = _method_list(method)
-    for name in names:
-        registry.method(name)  # fail fast on an unknown method, before loading the model
+    registry.resolve("method", names)  # fail fast on an unknown method, before loading the model
     params = _scoped_params(param, names, "--param")
+    registry.resolve("method", names, params)
     from ..output.render import RenderOptions
-    from ..plugins.registry import validate_params
 
-    for name in names:
-        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
     render = RenderOptions(percentile=percentile, grey=grey, colorbar=colorbar)
     from ..run.explaining import expand_images
 
+    _check_images(images)  # FIFOs and devices refused before the model loads
     images, stems = expand_images(list(images))
-    model = _load(model_path, device, labels)
-    _check_out_dir(out_dir, "--out")
-    model.state_dir = state_dir
-    from ..run.explaining import explain_files
+    model = _set_up(model_path, device, labels, out_dir=out_dir, state_dir=state_dir)
     from ..data.images import Preprocess
+    from ..run.explaining import explain_files
 
-    preprocess = Preprocess.from_options(
-        (model.spec.channels, model.spec.height, model.spec.width), preset=preset, sidecar=model.sidecar,
-        resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=_floats(mean, "--mean"),
+                                      std=_floats(std, "--std"))
     progress_cb, progress = None, None
     if len(images) > 1:
         from rich.progress import Progress
@@ -346,7 +424,8 @@ def explain(
     try:
         records = explain_files(model, images, names, registry=registry, out_dir=out_dir, preprocess=preprocess,
                                 target=target, method_params=params, seed=seed, batch_size=batch_size,
-                                progress=progress_cb, render=render, panel=panel, stems=stems)
+                                progress=progress_cb, render=render, panel=panel, stems=stems,
+                                timeout=timeout)
     finally:
         if progress is not None:
             progress.stop()
@@ -374,13 +453,27 @@ def _method_list(items: list[str]) -> list[str]:
     return names
 
 
-def _floats(text: Optional[str], flag: str):
+def _floats(text: str | None, flag: str):
     if text is None:
         return None
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def _check_images(images: list[Path]) -> None:
+    """Fail fast, before the model loads: a missing image, a FIFO or a device."""
+    from ..untrusted import require_regular_file
+
+    for image in images:
+        if not image.exists() and not image.is_symlink():
+            raise XplainErrorInput(image, "no such file")
+        if image.is_dir():
+            continue  # explain accepts folders of images (bench does not: see its own check)
+        from ..errors import InputDataError
+
+        require_regular_file(image, InputDataError, "image")
 
 
 def XplainErrorInput(path, message):  # noqa: N802 - reads like the exception it builds
@@ -394,6 +487,8 @@ def _check_out_dir(folder: Path, flag: str) -> None:
 
     The folder itself is created by the first file written, so a run that fails on its input
     leaves nothing behind, not even an empty folder."""
+    if folder.is_symlink() and not folder.exists():
+        raise UsageError(f"{flag} is a dangling symbolic link (to {os.readlink(folder)!r})", path=folder)
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"{flag} is a file, not a folder", path=folder)
@@ -415,17 +510,17 @@ def fit(
                                 help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    classes: Optional[str] = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
-    samples: Optional[int] = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
-    layer: Optional[str] = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: Optional[int] = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    classes: str | None = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
+    samples: int | None = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
+    layer: str | None = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
+    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
+    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="Class names: a text/JSON file, or 'imagenet' (default: sidecar)."),
 ):
     """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
@@ -436,12 +531,12 @@ def fit(
     from ..run.fitting import FitConsole, fit_method
 
     params = _parse_params(param)
-    model = _load(model_path, device, class_names)
     from ..run.state import state_dir as resolve_state_dir
 
-    _check_out_dir(resolve_state_dir(state_dir), "--state-dir" if state_dir else
-                   "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder")
-    model.state_dir = state_dir
+    model = _set_up(model_path, device, class_names, out_dir=resolve_state_dir(state_dir),
+                    out_flag="--state-dir" if state_dir else
+                    "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder",
+                    state_dir=state_dir)
     path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
                       resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
                       samples=samples, layer=layer, labels=labels, console=FitConsole(err))
@@ -451,22 +546,22 @@ def fit(
 @app.command()
 def bench(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: Optional[list[Path]] = typer.Argument(None, metavar="[IMAGE...]",
+    images: list[Path] | None = typer.Argument(None, metavar="[IMAGE...]",
                                                   help="Images to explain (default: random inputs)."),
     methods: str = typer.Option(..., "--methods", "-m",
                                 help="Comma-separated methods to measure (see `xplain methods`)."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                              help="Batch size (default 8; with images: their number, cycled to fill)."),
     repeats: int = typer.Option(5, min=1, help="Timed runs per method; the median is reported."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs before timing."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE",
                                     help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
-    preset: Optional[str] = typer.Option(None,
+    preset: str | None = typer.Option(None,
                                          help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods and random inputs."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."),
     captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time."""
@@ -476,16 +571,9 @@ def bench(
 
     chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
-    from ..plugins.registry import validate_params
-
-    for name in chosen:
-        validate_params(registry.method(name).params, params.get(name, {}), f"method {name!r}")
+    registry.resolve("method", chosen, params)
     images = list(images or [])
-    for image in images:
-        if not image.exists():
-            raise XplainErrorInput(image, "no such file")
-        if image.is_dir():
-            raise XplainErrorInput(image, "is a directory, not an image")
+    _check_images(images)
     model = _load(model_path, device)
     model.state_dir = state_dir
     import torch
@@ -493,13 +581,13 @@ def bench(
     from ..run.bench import bench as run_bench
 
     if images:
-        from ..data.images import Preprocess, load_image
+        from ..data.images import Preprocess
+        from ..run.batching import load_batch
 
-        preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                             preset=preset, sidecar=model.sidecar)
-        arrays = [torch.from_numpy(preprocess(load_image(image))[0]) for image in images]
-        n = batch_size or len(arrays)
-        x = torch.stack([arrays[i % len(arrays)] for i in range(n)])
+        loaded = load_batch(images, Preprocess.for_model(model, preset=preset), model.device).x
+        assert loaded is not None  # every image loaded (or load_batch raised)
+        n = batch_size or len(loaded)
+        x = loaded[torch.arange(n, device=loaded.device) % len(loaded)]
     else:
         x = model.example_input(batch_size or 8, seed=seed)
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
@@ -580,36 +668,51 @@ def eval_command(
                                 help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes])."),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
     metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
+    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
     out_dir: Path = typer.Option(Path("xplain-eval"), "--out", "-o", help="Output folder."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Seed for stochastic methods and metrics."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and metrics."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip work already in OUT/results.jsonl."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
     metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
                                            help="Metric parameter (repeatable)."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
-    class_names: Optional[str] = typer.Option(None, "--class-names",
+    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
+    class_names: str | None = typer.Option(None, "--class-names",
                                               help="The model's class names: a text/JSON file, or 'imagenet'."),
-    montage: int = typer.Option(4, min=0, help="Images in the montage of maps."),
-    report_images: int = typer.Option(8, "--report-images", min=0,
+    montage: int = typer.Option(4, min=0, max=64, help="Images in the montage of maps."),
+    report_images: int = typer.Option(8, "--report-images", min=0, max=256,
                                       help="Images shown one by one, with every method's map, in DIR/report.html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
+                                            help="Fail a method's batch that runs longer (error records)."),
+    workers: int | None = typer.Option(None, "--workers", min=0,
+                                          help="Image decoding workers (default: the number of cores; 0: none)."),
+    worker_kind: str = typer.Option("thread", "--worker-kind", help="Decoding workers: thread or process."),
+    shard: str | None = typer.Option(None, "--shard", metavar="I/N",
+                                        help="Evaluate shard I of N (0-based) into results.shard-I-of-N.jsonl; "
+                                             "'env' reads RANK/WORLD_SIZE or the SLURM array task."),
+    ray_address: str | None = typer.Option(None, "--ray", metavar="auto|ADDRESS|local",
+                                              help="Run on Ray (pip install 'xplain[ray]'): local starts a "
+                                                   "local cluster, auto joins the running one."),
+    ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray worker actors (one model each)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="GPUs per Ray worker (0.5: two workers share a GPU)."),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
-    report.html."""
+    report.html.
+
+    `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
+    summary and reports images no shard has done."""
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")
-    for n in method_names:
-        registry.method(n)
-    for n in metric_names:
-        registry.metric(n)
+    registry.resolve("method", method_names)  # fail fast on a bad name, then on bad parameters
+    registry.resolve("metric", metric_names)
     method_params = _scoped_params(param, method_names, "--param")
     metric_params = _scoped_params(metric_param, metric_names, "--metric-param")
     from ..plugins.registry import validate_params
@@ -620,21 +723,43 @@ def eval_command(
         validate_params(registry.metric(n).params, metric_params.get(n, {}), f"metric {n!r}")
     if not data.exists():
         raise XplainErrorInput(data, "no such file or folder")
+    if worker_kind not in ("thread", "process"):
+        raise UsageError(f"--worker-kind {worker_kind!r}: expected thread or process")
+    from ..run.shards import parse_shard
+
+    chosen_shard = parse_shard(shard)
+    ray = None
+    if ray_address is not None:
+        ray = {"address": ray_address, "workers": ray_workers, "gpus_per_worker": gpus_per_worker}
     model = _load(model_path, device, class_names)
+    if [n.strip() for n in methods.split(",") if n.strip()] == ["all"]:
+        # "all" means every method this model qualifies for (rectifiers, attention …)
+        skipped = [n for n in method_names
+                   if any(model.requirement_problem(r) for r in registry.method(n).capabilities.requires)]
+        method_names = [n for n in method_names if n not in skipped]
+        if skipped:
+            err.print(f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
+                      "model does not meet; `xplain methods show NAME`)", highlight=False, markup=False)
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
-    from ..run.evaluation import evaluate
     from ..data.images import Preprocess
+    from ..run.evaluation import evaluate
 
     class _Rate(ProgressColumn):
         def render(self, task):
             return Text(f"{task.speed:.2f} images/s" if task.speed else "… images/s")
 
-    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                         preset=preset, sidecar=model.sidecar)
+    preprocess = Preprocess.for_model(model, preset=preset)
     progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), _Rate(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
     task = progress.add_task("eval", total=None)
@@ -643,6 +768,8 @@ def eval_command(
                            boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
                            preprocess=preprocess, method_params=method_params, metric_params=metric_params,
                            registry=registry, montage=montage, plots=plots, report_images=report_images,
+                           workers=workers, worker_kind=worker_kind, shard=chosen_shard, ray=ray,
+                           timeout=timeout,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -655,9 +782,40 @@ def eval_command(
     for name, n in failed.items():
         out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
                   highlight=False)
-    out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
-              + (", plots/" if plots else ""), highlight=False)
+    if "shard" in summary:
+        out.print(f"wrote {escape(str(out_dir))}/{chosen_shard.results_name} (shard {summary['shard']}); when every "
+                  f"shard is done: xplain eval summarize {escape(str(out_dir))}", highlight=False)
+    else:
+        _print_missing(summary)
+        out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
+                  + (", plots/" if plots else ""), highlight=False)
     _fail_if_nothing_evaluated(summary, data)
+
+
+def _print_missing(summary: dict) -> None:
+    if summary.get("missing"):
+        examples = ", ".join(summary.get("missing_images", [])[:3])
+        out.print(f"[yellow]{summary['missing']} image(s) have no result in any results file, e.g. "
+                  f"{escape(examples)}[/]", highlight=False)
+
+
+@app.command("eval-summarize", hidden=True)
+def eval_summarize_command(
+    out_dir: Path = typer.Argument(..., metavar="DIR", help="The --out folder of `xplain eval` (its shards)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
+):
+    """Merge every results file in DIR into summary.json/csv, the table and plots (`xplain eval summarize DIR`)."""
+    from ..run.shards import summarize
+
+    summary = summarize(out_dir, plots=plots, registry=_registry())
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(summary_table(summary))
+    _print_missing(summary)
+    out.print(f"merged {', '.join(summary['results_files']) or 'no results files'} -> "
+              f"{escape(str(out_dir))}/summary.json, summary.csv" + (", plots/" if plots else ""), highlight=False)
 
 
 def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
@@ -727,6 +885,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file():  # a sub-command of eval
+        argv = ["eval-summarize", *argv[2:]]
     debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:

@@ -17,16 +17,23 @@ JSON box files use the same convention (see :func:`read_boxes_json`).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import csv
 import dataclasses
+import functools
 import io
-import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputDataError
+from ..untrusted import parse_json, require_regular_file
+from .images import match_label
+
+if TYPE_CHECKING:  # the data layer itself needs no torch
+    from ..graph.model import Model
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _MAX_TEXT_BYTES = 64 * 1024 * 1024  # a manifest/label/box file larger than this is refused
@@ -60,16 +67,28 @@ class Sample:
 # helpers
 
 def _read_text(path: Path, what: str) -> str:
-    if not path.exists():
-        raise InputDataError(f"{what} not found", path=path)
-    if not path.is_file():
-        raise InputDataError(f"{what} is not a file", path=path)
+    size = require_regular_file(path, InputDataError, what)  # FIFOs and devices refused unopened
+    if size > _MAX_TEXT_BYTES:
+        raise InputDataError(f"{what} is larger than {_MAX_TEXT_BYTES // 2**20} MiB", path=path)
     try:
-        if path.stat().st_size > _MAX_TEXT_BYTES:
-            raise InputDataError(f"{what} is larger than {_MAX_TEXT_BYTES // 2**20} MiB", path=path)
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputDataError(f"cannot read the {what}: {e}", path=path) from e
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputDataError(f"cannot read the {what}: not UTF-8 text", path=path) from None
+    except OSError as e:
+        raise InputDataError(f"cannot read the {what}: {e.strerror}", path=path) from None
+    if "\x00" in text:
+        raise InputDataError(f"the {what} contains a NUL byte (line {text[:text.index(chr(0))].count(chr(10)) + 1}); "
+                             "not a text file", path=path)
+    return text
+
+
+def _row_file_problem(path: Path) -> str | None:
+    """Why a manifest row's file cannot be used, or None: missing, a folder, not a regular file."""
+    try:
+        require_regular_file(path, InputDataError, "file")
+    except InputDataError as e:
+        return e.message
+    return None
 
 
 def resolve_label(text: str, class_names: list[str] | None) -> int:
@@ -80,20 +99,46 @@ def resolve_label(text: str, class_names: list[str] | None) -> int:
     """
     text = text.strip()
     if _INT.fullmatch(text):
+        if len(text) > 20:  # int() refuses 4300+ digits; no class index needs 20
+            raise ValueError(f"label index {text[:20]}… ({len(text)} digits) is out of range")
         i = int(text)
         if i < 0 or (class_names is not None and i >= len(class_names)):
             raise ValueError(f"label index {i} is out of range"
                              + (f" (0..{len(class_names) - 1})" if class_names else ""))
         return i
+    found = match_label(text, class_names)
+    if isinstance(found, int):
+        return found
+    if found:
+        raise ValueError(f"label {text!r} is ambiguous (classes {found})")
+    wnid = _wordnet_index(text)
+    if wnid is not None and (not class_names or len(class_names) == len(imagenet_wnids())):
+        return wnid
     if class_names:
-        hits = [i for i, n in enumerate(class_names) if n == text] or \
-               [i for i, n in enumerate(class_names) if n.casefold() == text.casefold()]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise ValueError(f"label {text!r} is ambiguous (classes {hits})")
         raise ValueError(f"unknown label {text!r}")
     raise ValueError(f"label {text!r} is not an index and the model has no class names")
+
+
+_WNID = re.compile(r"n\d{8}")
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet ids in class order (sorted, as torchvision's and timm's heads)."""
+    text = (Path(__file__).parent / "imagenet_wnids.txt").read_text(encoding="ascii")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _wordnet_index(text: str) -> int | None:
+    """The ImageNet-1k class of a WordNet id (``n01440764`` -> 0), or None.
+
+    ImageNet's folders and its validation boxes name classes by WordNet id; a 1000-class model
+    (or one without class names) reads them in the standard order."""
+    if not _WNID.fullmatch(text):
+        return None
+    wnids = imagenet_wnids()
+    i = bisect.bisect_left(wnids, text)
+    return i if i < len(wnids) and wnids[i] == text else None
 
 
 def _box_label(name: str, class_names: list[str] | None) -> int | None:
@@ -141,7 +186,7 @@ def _json_box(entry: Any, path: Path, k: int, class_names: list[str] | None) -> 
     if isinstance(entry, dict):
         try:
             coords = tuple(float(entry[t]) for t in ("xmin", "ymin", "xmax", "ymax"))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InputDataError(f"box {k + 1}: needs numeric xmin, ymin, xmax, ymax",
                                  path=path) from None
         raw = entry.get("label", entry.get("name", ""))
@@ -149,14 +194,15 @@ def _json_box(entry: Any, path: Path, k: int, class_names: list[str] | None) -> 
     elif isinstance(entry, (list, tuple)) and len(entry) in (4, 5):
         try:
             coords = tuple(float(v) for v in entry[:4])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputDataError(f"box {k + 1}: coordinates must be numbers", path=path) from None
         name = str(entry[4]) if len(entry) == 5 else ""
     else:
         raise InputDataError(f"box {k + 1}: expected an object or [xmin, ymin, xmax, ymax(, name)]",
                              path=path)
     _check_box(coords, path, k)
-    return Box(*coords, label=_box_label(name, class_names) if name else None, name=name)
+    xmin, ymin, xmax, ymax = coords
+    return Box(xmin, ymin, xmax, ymax, label=_box_label(name, class_names) if name else None, name=name)
 
 
 def read_boxes_json(path: Path, class_names: list[str] | None = None) -> dict[str, tuple[Box, ...]]:
@@ -166,10 +212,7 @@ def read_boxes_json(path: Path, class_names: list[str] | None = None) -> dict[st
     folder, its file name or its stem, and BOX is ``{"xmin":…, "ymin":…, "xmax":…, "ymax":…,
     "label": NAME_OR_INDEX}`` or ``[xmin, ymin, xmax, ymax(, NAME)]`` — VOC convention.
     """
-    try:
-        data = json.loads(_read_text(path, "box file"))
-    except json.JSONDecodeError as e:
-        raise InputDataError(f"invalid JSON: {e.msg} at line {e.lineno}", path=path) from e
+    data = parse_json(_read_text(path, "box file"), path, InputDataError, "JSON")
     if not isinstance(data, dict):
         raise InputDataError("box JSON must be an object mapping image -> list of boxes", path=path)
     out = {}
@@ -183,10 +226,7 @@ def read_boxes_json(path: Path, class_names: list[str] | None = None) -> dict[st
 def _box_file(path: Path, class_names: list[str] | None, image: Path) -> tuple[Box, ...]:
     """One image's box file from a manifest: VOC XML or JSON (a list, or a dict keyed by image)."""
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(_read_text(path, "box file"))
-        except json.JSONDecodeError as e:
-            raise InputDataError(f"invalid JSON: {e.msg} at line {e.lineno}", path=path) from e
+        data = parse_json(_read_text(path, "box file"), path, InputDataError, "JSON")
         if isinstance(data, list):
             return tuple(_json_box(e, path, k, class_names) for k, e in enumerate(data))
         table = read_boxes_json(path, class_names)
@@ -197,10 +237,8 @@ def _box_file(path: Path, class_names: list[str] | None, image: Path) -> tuple[B
 
 def _keys(image: Path, root: Path) -> list[str]:
     keys = []
-    try:
+    with contextlib.suppress(ValueError):  # not under root: match by name only
         keys.append(image.relative_to(root).as_posix())
-    except ValueError:
-        pass
     keys += [image.name, image.stem]
     return keys
 
@@ -252,7 +290,7 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
     if "path" not in header:
         raise InputDataError("the manifest needs a header with a 'path' column "
                              "(path,label[,boxes])", path=csv_path)
-    col = {name: header.index(name) for name in ("path", "label", "boxes") if name in header}
+    col: dict[str, int] = {name: header.index(name) for name in ("path", "label", "boxes") if name in header}
     base = csv_path.parent
     samples = []
     try:
@@ -260,7 +298,7 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
             if not row or not any(c.strip() for c in row):
                 continue
 
-            def cell(name: str) -> str:
+            def cell(name: str, row: list[str] = row) -> str:
                 i = col.get(name)
                 return row[i].strip() if i is not None and i < len(row) else ""
 
@@ -273,8 +311,8 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
                 errors.append(f"line {line_no}: empty path")
             elif path.is_dir():
                 errors.append(f"line {line_no}: a folder, not an image: {rel}")
-            elif not path.is_file():
-                errors.append(f"line {line_no}: image not found: {rel}")
+            elif (problem := _row_file_problem(path)) is not None:
+                errors.append(f"line {line_no}: image {problem.replace('file ', '', 1)}: {rel}")
             if cell("label"):
                 try:
                     label = resolve_label(cell("label"), class_names)
@@ -288,11 +326,37 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
             samples.append(Sample(path, label, boxes, "; ".join(errors) or None))
     except csv.Error as e:
         raise InputDataError(f"invalid CSV: {e}", path=csv_path) from None
+    if not samples:
+        raise InputDataError("the manifest lists no images", path=csv_path)
     return samples
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _folder_images(folder: Path, exclude: Path | None = None) -> list[Path]:
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in found if exclude is None or not _inside(p, exclude))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except (ValueError, OSError, RuntimeError):
+        return False
+
+
+def output_exclusion(data: Path, out: Path | None) -> Path | None:
+    """The folder whose images a data set read must skip because xplain writes there.
+
+    ``--out`` inside a DATA folder would otherwise feed a run's own plots back in as data on the
+    next run. When DATA itself lies inside (or is) ``--out``, only the outputs xplain writes
+    (``OUT/plots``) are skipped."""
+    if out is None:
+        return None
+    out_r = Path(out).resolve()
+    data_r = Path(data).resolve()
+    if data_r == out_r or _inside(data_r, out_r):
+        return out_r / "plots"
+    return out_r
 
 
 def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str] | None
@@ -306,7 +370,7 @@ def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str
     if not images or any(len(p.relative_to(folder).parts) != 2 for p in images):
         return None
     names = sorted({p.parent.name for p in images})
-    resolved = {}
+    resolved: dict[str, int | None] = {}
     for name in names:
         try:
             resolved[name] = resolve_label(name, class_names)
@@ -320,8 +384,9 @@ def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str
     return [resolved[p.parent.name] for p in images]
 
 
-def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Path | None = None,
-                 boxes: Path | None = None, limit: int | None = None) -> list[Sample]:
+def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: str | Path | None = None,
+                 boxes: str | Path | None = None, limit: int | None = None, exclude: Path | None = None
+                 ) -> list[Sample]:
     """Read a data set description into samples (no pixels are loaded).
 
     ``data``: an image file; a folder of images (recursive, sorted by path; unlabelled unless
@@ -330,11 +395,14 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Pa
     (paths relative to the CSV, label by index or name, boxes a VOC XML or JSON file; rows
     keep the manifest's order). ``labels`` (CSV/TXT, image -> label) and ``boxes`` (a folder
     of VOC XML with the image's stem, or one JSON file) override what the layout gives.
-    ``limit`` keeps the first N samples.
+    ``limit`` keeps the first N samples. Images under ``exclude`` (see :func:`output_exclusion`)
+    are skipped.
     """
     data = Path(data)
-    if not data.exists():
+    if not data.exists() and not data.is_symlink():
         raise InputDataError("no such file or folder", path=data)
+    if not data.is_dir():
+        require_regular_file(data, InputDataError, "data")
     if data.is_file() and data.suffix.lower() == ".csv":
         samples = _read_manifest(data, class_names)
         root = data.parent
@@ -344,13 +412,17 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Pa
         samples = [Sample(data, None, None)]
         root = data.parent
     else:
-        images = _folder_images(data)
+        images = _folder_images(data, exclude)
         if not images:
             raise InputDataError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES))
                                  + ")", path=data)
         found = _class_folder_labels(data, images, class_names)
         samples = [Sample(p, None if found is None else found[i], None) for i, p in enumerate(images)]
         root = data
+    if exclude is not None:
+        samples = [s for s in samples if not _inside(s.path, exclude)]
+        if not samples:
+            raise InputDataError(f"every image lies in the output folder {exclude}", path=data)
     if limit is not None:
         if limit < 0:
             raise InputDataError(f"limit must be at least 0, got {limit}")
@@ -371,12 +443,11 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: Pa
                     return dataclasses.replace(s, boxes=None, error="; ".join(filter(None, [s.error, str(e)])))
             samples = [from_dir(s) for s in samples]
         else:
-            table = read_boxes_json(boxes, class_names)
-            samples = [dataclasses.replace(s, boxes=_lookup(table, s.path, root)) for s in samples]
+            boxes_table = read_boxes_json(boxes, class_names)
+            samples = [dataclasses.replace(s, boxes=_lookup(boxes_table, s.path, root)) for s in samples]
     return samples
 
 
-def class_names_of(model) -> list[str] | None:
+def class_names_of(model: Model) -> list[str] | None:
     """The model's class names when known (from its sidecar or ``--labels``), else None."""
-    names = getattr(model, "labels", None)
-    return list(names) if names else None
+    return list(model.labels) if model.labels else None

@@ -13,20 +13,24 @@ import dataclasses
 import difflib
 import functools
 import importlib.resources
-import json
 import math
 import os
 import re
 import struct
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputDataError, ModelError, UsageError
+from ..untrusted import confined_file, parse_json, require_regular_file
+
+if TYPE_CHECKING:  # decoding images needs no torch
+    from ..graph.model import InputSpec, Model
 
 __all__ = [
     "Geometry",
@@ -79,10 +83,11 @@ def load_image(path: PathLike) -> Image.Image:
     * Multi-frame files (GIF, animated WebP, multi-page TIFF) give their first frame.
     """
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise InputDataError("file not found", path=path)
     if p.is_dir():
         raise InputDataError("is a directory, not an image file", path=path)
+    require_regular_file(p, InputDataError, "image")  # a FIFO would block, a device never end
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -125,11 +130,11 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
         return img
     if mode == "1":
         return img.convert("L")
-    if mode in _SIXTEEN_BIT_MODES:
-        a = np.asarray(img).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
+    if mode in _SIXTEEN_BIT_MODES:  # float32 (not 64): an 89-megapixel image stays < 1 GB
+        a = np.asarray(img).astype(np.float32)
+        return Image.fromarray(np.clip(np.rint(a * np.float32(255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
     if mode == "F":
-        a = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        a = np.nan_to_num(np.asarray(img).astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if a.size and a.max() <= 1.0:
             a = a * 255.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
@@ -147,11 +152,18 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
 
 
 def _on_white(img: Image.Image, out_mode: str) -> Image.Image:
-    """Composite an RGBA or LA image onto white (straight, i.e. non-premultiplied, alpha)."""
-    a = np.asarray(img, dtype=np.float64)
-    alpha = a[..., -1:] / 255.0
-    out = a[..., :-1] * alpha + 255.0 * (1.0 - alpha)
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """Composite an RGBA or LA image onto white (straight, i.e. non-premultiplied, alpha).
+
+    Works in float32 on bands of rows, so a large image never needs more than a few MB of
+    temporary float arrays beside its uint8 pixels."""
+    src = np.asarray(img)
+    out = np.empty(src.shape[:-1] + (src.shape[-1] - 1,), np.uint8)
+    rows = max(1, 2**20 // max(1, src.shape[1]))
+    for top in range(0, src.shape[0], rows):
+        a = src[top:top + rows].astype(np.float32)
+        alpha = a[..., -1:] / np.float32(255.0)
+        band = a[..., :-1] * alpha + np.float32(255.0) * (1.0 - alpha)
+        out[top:top + rows] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
     return Image.fromarray(out[..., 0] if out_mode == "L" else out, out_mode)
 
 
@@ -182,29 +194,29 @@ class Geometry:
         its interpolation weight comes from inside; this keeps the boundary where the crop
         edge falls instead of growing or shrinking it by a pixel.
         """
-        m = np.asarray(map_hw, dtype=np.float64)
+        m = np.asarray(map_hw, dtype=np.float32)  # float32: original-size arrays stay small
         left, top, right, bottom = self.crop_box
         if m.shape != (bottom - top, right - left):
             raise ValueError(f"map shape {m.shape} does not match the crop "
                              f"{(bottom - top, right - left)} (H, W)")
         rw, rh = self.resized_size
-        canvas = np.full((rh, rw), np.nan)
+        canvas = np.full((rh, rw), np.nan, dtype=np.float32)
         # Clip to the canvas: a crop is always inside the resized image when built by Preprocess.
         t0, l0 = max(top, 0), max(left, 0)
         b0, r0 = min(bottom, rh), min(right, rw)
         canvas[t0:b0, l0:r0] = m[t0 - top:b0 - top, l0 - left:r0 - left]
         valid = np.isfinite(canvas)
-        values = np.where(valid, canvas, 0.0)
-        size = tuple(self.original_size)
+        values = np.where(valid, canvas, np.float32(0.0))
+        size = self.original_size
 
         def resize(a: np.ndarray) -> np.ndarray:
             im = Image.fromarray(a.astype(np.float32), "F")
-            return np.asarray(im.resize(size, Image.BILINEAR, reducing_gap=None), dtype=np.float64)
+            return np.asarray(im.resize(size, Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
 
-        weight = resize(valid.astype(np.float64))
+        weight = resize(valid.astype(np.float32))
         total = resize(values)
         inside = weight >= 0.5 - 1e-6
-        out = np.full(weight.shape, np.nan)
+        out = np.full(weight.shape, np.nan, dtype=np.float32)
         out[inside] = total[inside] / weight[inside]
         return out.astype(np.float32)
 
@@ -234,6 +246,18 @@ class Geometry:
 
 
 PRESETS = ("imagenet", "unit", "none")
+#: sane ranges of the preprocessing numbers (flags and sidecar): a std of 1e-300 overflows every
+#: input to inf and the model's probabilities to NaN
+STD_RANGE = (1e-6, 1e6)
+MEAN_LIMIT = 1e6
+#: the most pixels an image may have after the resize (before the crop): a 1x9000 image resized to
+#: a 224 shorter side would otherwise become 224x2,016,000
+MAX_RESIZED_PIXELS = 2**26
+
+
+def max_resize(h: int, w: int) -> int:
+    """The largest shorter-side target accepted for a model input of h x w."""
+    return max(2048, 8 * max(h, w))
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # Single-channel ImageNet statistics: the means of the per-channel values (a grayscale image is
@@ -262,9 +286,18 @@ class Preprocess:
     preset: str
 
     @classmethod
+    def for_model(cls, model: Model, preset: str | None = None, resize: int | None = None,
+                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                  ) -> Preprocess:
+        """The one way the verbs (explain, eval, fit, bench) build a model's pipeline: its input
+        spec and sidecar, overridden by the flags given (see :meth:`from_options`)."""
+        return cls.from_options(model.spec, preset=preset, sidecar=model.sidecar, resize=resize, mean=mean,
+                                std=std)
+
+    @classmethod
     def from_options(
         cls,
-        input_shape: Sequence[int],
+        input_shape: Sequence[int] | InputSpec,
         preset: str | None = None,
         sidecar: dict[str, Any] | None = None,
         resize: int | None = None,
@@ -273,10 +306,10 @@ class Preprocess:
         std: float | Sequence[float] | None = None,
         *,
         sidecar_path: PathLike | None = None,
-    ) -> "Preprocess":
+    ) -> Preprocess:
         """Combine explicit flags > sidecar values > preset defaults into a pipeline.
 
-        ``input_shape`` is the model's (C, H, W).  The preset is the flag, else the sidecar's
+        ``input_shape`` is the model's (C, H, W) or its :class:`~xplain.InputSpec`.  The preset is the flag, else the sidecar's
         "preset", else "imagenet" for 3-channel inputs of at least 128 pixels high (those are
         almost always ImageNet-style models) and "unit" otherwise.
 
@@ -286,7 +319,10 @@ class Preprocess:
         the model input, because the model's input size is fixed.  Bad flags raise
         :class:`UsageError`; bad sidecar values :class:`InputDataError` naming the sidecar.
         """
+        sidecar_path = sidecar_path if sidecar_path is not None else getattr(sidecar, "path", None)
         sidecar = dict(sidecar or {})
+        if not isinstance(input_shape, Sequence):  # an InputSpec
+            input_shape = (input_shape.channels, input_shape.height, input_shape.width)
         if len(input_shape) != 3:
             raise ModelError(f"expected a model input of shape (C, H, W), got {tuple(input_shape)}")
         c, h, w = (int(v) for v in input_shape)
@@ -295,7 +331,7 @@ class Preprocess:
         if h <= 0 or w <= 0:
             raise ModelError(f"the model input size {h}x{w} is not fixed/positive")
 
-        def fail(source: str, message: str) -> Exception:
+        def fail(source: str | None, message: str) -> Exception:
             if source == "flag":
                 return UsageError(message)
             return InputDataError(message + " (in the sidecar)", path=sidecar_path)
@@ -335,6 +371,10 @@ class Preprocess:
             if 0 < resize_v < max(h, w):
                 raise fail(src, f"resize {resize_v} is smaller than the model input {h}x{w}; the "
                                 f"shorter side must be at least {max(h, w)} for the crop to fit")
+            limit = max_resize(h, w)
+            if resize_v > limit:
+                raise fail(src, f"resize {resize_v} is larger than {limit} (8 x the model input, "
+                                "at least 2048); refused")
 
         if name == "imagenet":
             d_mean, d_std = ((_IMAGENET_MEAN, _IMAGENET_STD) if c == 3
@@ -349,6 +389,12 @@ class Preprocess:
                              lambda m: fail(src_s, m))
         if any(s <= 0 for s in std_t):
             raise fail(src_s or "flag", f"std values must be positive, got {list(std_t)}")
+        if any(not STD_RANGE[0] <= s <= STD_RANGE[1] for s in std_t):
+            raise fail(src_s or "flag", f"std values must lie in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}], "
+                                        f"got {list(std_t)} (dividing by them would overflow)")
+        if any(abs(m) > MEAN_LIMIT for m in mean_t):
+            raise fail(src_m or "flag", f"mean values must lie in [-{MEAN_LIMIT:g}, {MEAN_LIMIT:g}], "
+                                        f"got {list(mean_t)}")
 
         return cls(channels=c, size=(h, w), resize=resize_v or None, crop=(h, w),
                    scale=1.0 if name == "none" else 1.0 / 255.0, mean=mean_t, std=std_t,
@@ -368,6 +414,9 @@ class Preprocess:
             rw, rh = r, int(r * h0 / w0)
         else:
             rw, rh = int(r * w0 / h0), r
+        if rw * rh > MAX_RESIZED_PIXELS:
+            raise InputDataError(f"image of {w0}x{h0} would be resized to {rw}x{rh} "
+                                 f"(more than {MAX_RESIZED_PIXELS} pixels); the aspect ratio is too extreme")
         ch, cw = self.crop
         # torchvision's CenterCrop rounding (Python's round: halves go to even).
         top = int(round((rh - ch) / 2.0))
@@ -388,7 +437,7 @@ class Preprocess:
             img = img.convert(mode)
         geo = self.geometry(img.size)
         if img.size != geo.resized_size:
-            img = img.resize(geo.resized_size, Image.BILINEAR, reducing_gap=None)
+            img = img.resize(geo.resized_size, Image.Resampling.BILINEAR, reducing_gap=None)
         if geo.crop_box != (0, 0) + geo.resized_size:
             img = img.crop(geo.crop_box)
         a = np.asarray(img, dtype=np.float32)
@@ -432,6 +481,18 @@ def _per_channel(value: Any, c: int, name: str, fail) -> tuple[float, ...]:
 SIDECAR_KEYS = ("preset", "resize", "crop", "mean", "std", "labels")
 
 
+class Sidecar(dict):
+    """A sidecar's checked values; ``path`` lets later errors (bad preprocessing values) name the file."""
+
+    def __init__(self, values: dict, path: Path):
+        super().__init__(values)
+        self.path = path
+
+
+_MAX_SIDECAR_BYTES = 16 * 2**20
+_MAX_LABELS_BYTES = 64 * 2**20
+
+
 def read_sidecar(model_path: PathLike) -> dict[str, Any]:
     """Read ``<model>.json`` (e.g. ``model.onnx.json``) next to a model, or return ``{}``.
 
@@ -441,15 +502,16 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
     put it, not wherever the user runs from.  "labels": "imagenet" means the built-in names.
     """
     path = Path(str(model_path) + ".json")
-    if not path.exists():
-        return {}
+    if not path.exists() and not path.is_symlink():
+        return Sidecar({}, path)
+    size = require_regular_file(path, InputDataError, "sidecar")
+    if size > _MAX_SIDECAR_BYTES:
+        raise InputDataError(f"the sidecar is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB", path=path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputDataError(f"cannot read the sidecar: {e}", path=path) from e
-    except json.JSONDecodeError as e:
-        raise InputDataError(f"invalid JSON in the sidecar: {e.msg} at line {e.lineno}",
-                             path=path) from e
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputDataError(f"cannot read the sidecar: {e.strerror}", path=path) from e
+    data = parse_json(raw, path, InputDataError, "JSON in the sidecar")
     if not isinstance(data, dict):
         raise InputDataError("the sidecar must be a JSON object", path=path)
     unknown = sorted(set(data) - set(SIDECAR_KEYS))
@@ -470,19 +532,19 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
     for key, value in data.items():
         if key == "preset" and not isinstance(value, str):
             raise bad(key, "a string")
-        if key == "resize" and not (value is None or (is_int(value) and value >= 0)):
-            raise bad(key, "a non-negative integer or null")
-        if key == "crop" and not ((is_int(value) and value > 0) or (
+        if key == "resize" and not (value is None or (is_int(value) and 0 <= value <= 65536)):
+            raise bad(key, "a non-negative integer (at most 65536) or null")
+        if key == "crop" and not ((is_int(value) and 0 < value <= 65536) or (
                 isinstance(value, list) and len(value) == 2
-                and all(is_int(v) and v > 0 for v in value))):
+                and all(is_int(v) and 0 < v <= 65536 for v in value))):
             raise bad(key, "a positive integer or [H, W]")
         if key in ("mean", "std") and not (is_num(value) or (
-                isinstance(value, list) and value and all(is_num(v) for v in value))):
+                isinstance(value, list) and 0 < len(value) <= 4 and all(is_num(v) for v in value))):
             raise bad(key, "a number or a list of numbers")
         if key == "labels":
             if isinstance(value, str):
-                if value != "imagenet":
-                    value = str((path.parent / value).resolve())
+                if value != "imagenet":  # confined like external data: only files beside the model
+                    value = str(confined_file(path.parent, value, InputDataError, "labels file", path))
             elif isinstance(value, list):
                 if not value or not all(isinstance(v, str) for v in value):
                     raise bad(key, "a file name, \"imagenet\" or a list of strings")
@@ -491,7 +553,7 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
             else:
                 raise bad(key, "a file name, \"imagenet\" or a list of strings")
         out[key] = value
-    return out
+    return Sidecar(out, path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -531,19 +593,15 @@ def load_labels(spec: str | os.PathLike[str] | Sequence[str], base_dir: PathLike
     path = Path(spec)
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
-    if not path.is_file():
-        raise InputDataError("labels file not found" if not path.exists()
-                             else "labels path is not a file", path=path)
+    size = require_regular_file(path, InputDataError, "labels file")
+    if size > _MAX_LABELS_BYTES:
+        raise InputDataError(f"the labels file is larger than {_MAX_LABELS_BYTES // 2**20} MiB", path=path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputDataError(f"cannot read the labels file: {e}", path=path) from e
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputDataError(f"invalid JSON: {e.msg} at line {e.lineno}", path=path) from e
-        return _labels_from_json(data, path)
+        return _labels_from_json(parse_json(text, path, InputDataError, "JSON"), path)
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
@@ -564,6 +622,8 @@ def _labels_from_json(data: Any, path: PathLike) -> list[str]:
         names = [name(v) for v in data]
     elif isinstance(data, dict):
         try:
+            if any(len(k) > 12 for k in data):  # int() of a 5000-digit key raises, and no model has 10^12 classes
+                raise ValueError
             index = {int(k): v for k, v in data.items()}
         except ValueError:
             raise InputDataError("label keys must be class indices (\"0\", \"1\", ...)",
@@ -614,23 +674,37 @@ def resolve_target(spec: str, labels: list[str] | None, num_classes: int) -> lis
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def match_label(text: str, names: Sequence[str] | None) -> int | list[int] | None:
+    """The one label matcher (``--target``, manifests, label files, box names): ``text`` as a
+    class index (an int, not range-checked), else the index of the class name it equals (exact
+    first, then case-insensitive), a list of indices when it names several, None when none."""
+    text = text.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if not names:
+        return None
+    hits = [i for i, n in enumerate(names) if n == text] or \
+        [i for i, n in enumerate(names) if n.casefold() == text.casefold()]
+    return hits[0] if len(hits) == 1 else hits or None
+
+
 def _resolve_one(text: str, labels: list[str] | None, num_classes: int, *, raise_error: bool
                  ) -> int | None:
     if _INT.fullmatch(text):
+        if len(text) > 20:  # int() refuses more than 4300 digits; no class index needs 20
+            raise UsageError(f"target index {text[:20]}… ({len(text)} digits) is out of range; the model has "
+                             f"{num_classes} classes")
         i = int(text)
         if not 0 <= i < num_classes:
             raise UsageError(f"target index {i} is out of range; the model has {num_classes} "
                              f"classes (0..{num_classes - 1})")
         return i
-    if labels:
-        exact = [i for i, lab in enumerate(labels) if lab == text]
-        if not exact:
-            exact = [i for i, lab in enumerate(labels) if lab.casefold() == text.casefold()]
-        if len(exact) == 1:
-            return _check_index(exact[0], text, num_classes)
-        if len(exact) > 1:
-            raise UsageError(f"target {text!r} is ambiguous: it names classes "
-                             f"{', '.join(map(str, exact))}; use an index")
+    found = match_label(text, labels)
+    if isinstance(found, int):
+        return _check_index(found, text, num_classes)
+    if found:
+        raise UsageError(f"target {text!r} is ambiguous: it names classes "
+                         f"{', '.join(map(str, found))}; use an index")
     if not raise_error:
         return None
     if not labels:

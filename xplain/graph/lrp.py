@@ -9,6 +9,15 @@ one backward pass of the target logit under these rules gives ``R_input = x * c_
   residual add in proportion to its inputs;
 * rectifiers (every kind the loader reports): relevance passes unchanged, ``R_z = R_a``;
 * max-pooling, flatten, reshape, concat: the ordinary backward (winner-take-all, routing);
+* transformers and smooth activations, the conservative rules of Ali et al. (ICML 2022):
+  attention probabilities are held constant (``A·V`` is linear in ``V``; no relevance flows
+  into the softmax), LayerNorm's normalising scale 1/σ is held constant (the layer is then
+  linear in its input), and elementwise activations that are not rectifiers (GELU, SiLU,
+  Hardswish, ELU, tanh …) use the identity rule ``R_z = R_a``. Exporters decompose SiLU,
+  Hardswish and GELU into ``x · gate(x)``; holding the gate constant is the same identity rule.
+  Gates from another branch (squeeze-and-excitation) are held constant too, divisions by a
+  signal (a decomposed normalisation) hold the divisor constant, and any other product of two
+  signals splits relevance evenly between its factors (AttnLRP's uniform rule);
 * with ``zplus``: conv/linear layers use the z⁺-rule ``R_a = a * W⁺ᵀ(R_z / W⁺a)`` instead
   (deep Taylor for non-negative inputs), and the first layer the zᴮ-rule with the input's bounds
   (see :func:`zbox_relevance`).
@@ -20,10 +29,13 @@ sums to the target logit (conservation) as ε → 0.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
+from .generic import GenericRule
+from .kinds import BATCHNORM, is_weight_layer, unwrap
 from .model import Model
 from .rules import Chooser, _activation_of
 
@@ -42,7 +54,8 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 class _EpsilonScale(torch.autograd.Function):
-    """Identity forward; backward multiplies by z / (z + ε sign z)."""
+    """Identity forward; backward multiplies by z / (z + ε sign z) (the ε-rule's mapper, for the
+    rules that build their own forward: gates, products, LayerNorm)."""
 
     @staticmethod
     def forward(ctx, z, eps):
@@ -56,15 +69,16 @@ class _EpsilonScale(torch.autograd.Function):
         return _divide(g * z, _stabilise(z, ctx.eps)), None
 
 
-class EpsilonRule(nn.Module):
-    """A linear operation whose backward applies the ε-rule."""
+class EpsilonRule(GenericRule):
+    """A linear operation whose backward applies the ε-rule: ``c`` scaled by z / (z + ε sign z)
+    before the operation's own backward (any number of inputs, e.g. a residual add)."""
 
     def __init__(self, original: nn.Module, eps: float):
-        super().__init__()
-        self.original, self.eps = original, eps
+        super().__init__(original)
+        self.eps = eps
 
-    def forward(self, *args):
-        return _EpsilonScale.apply(self.original(*args), self.eps)
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, _stabilise(z, self.eps))
 
 
 class _PassFn(torch.autograd.Function):
@@ -95,64 +109,112 @@ class PassRule(nn.Module):
 def _with_weight(module: nn.Module, weight: torch.Tensor) -> nn.Module:
     """A copy of a conv/linear (or Sequential(pad, conv)) with another weight and no bias."""
     clone = copy.deepcopy(module)
-    layer = clone[-1] if isinstance(clone, nn.Sequential) else clone
+    layer = unwrap(clone)
     layer.weight = nn.Parameter(weight, requires_grad=False)
-    layer.bias = None
+    layer.register_parameter("bias", None)
     return clone
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    return (module[-1] if isinstance(module, nn.Sequential) else module).weight
+    weight = unwrap(module).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
-class _ZPlusFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, rule):
-        z = rule.original(x)
-        ctx.save_for_backward(x, z)
-        ctx.rule = rule
-        return z
-
-    @staticmethod
-    def backward(ctx, g):
-        x, z = ctx.saved_tensors
-        rule = ctx.rule
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(True)
-            zp = rule.positive(xd)
-            s = _divide(g * z, zp + rule.eps)
-            (c,) = torch.autograd.grad(zp, xd, s)
-        return c, None
+def _positive_weights(module: nn.Module) -> nn.Module:
+    return _with_weight(module, _weight(module).detach().clamp(min=0))
 
 
-class ZPlusRule(nn.Module):
-    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative)."""
+class ZPlusRule(GenericRule):
+    """A conv/linear layer with the z⁺-rule backward (inputs assumed non-negative):
+    ``c_in = W⁺ᵀ (c · z / (W⁺x + ε))``."""
+
+    def __init__(self, original: nn.Module, eps: float):
+        super().__init__(original, param_modifier=_positive_weights)
+        self.eps = eps
+
+    def gradient_mapper(self, g, z, z_mod):
+        return _divide(g * z, z_mod + self.eps)
+
+
+class GateRule(nn.Module):
+    """A product ``a ⊙ g`` (or ``A·V``, ``x / σ``) whose factor at argument ``gate`` is held
+    constant in the backward pass, then the ε-rule: relevance flows only into the other factor."""
+
+    def __init__(self, original: nn.Module, gate: int, eps: float):
+        super().__init__()
+        self.original, self.gate, self.eps = original, gate, eps
+
+    def forward(self, *args):
+        held = [a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+        return _EpsilonScale.apply(self.original(*held), self.eps)
+
+
+class UniformProductRule(nn.Module):
+    """A product of two signals that splits relevance evenly between its factors (AttnLRP):
+    the same value, computed as ½(f(a, b̄) + f(ā, b)) with bars held constant."""
 
     def __init__(self, original: nn.Module, eps: float):
         super().__init__()
         self.original, self.eps = original, eps
-        self.positive = _with_weight(original, _weight(original).detach().clamp(min=0))
 
-    def forward(self, x):
-        return _ZPlusFn.apply(x, self)
+    def forward(self, a, b, *rest):
+        out = 0.5 * (self.original(a, b.detach(), *rest) + self.original(a.detach(), b, *rest))
+        return _EpsilonScale.apply(out, self.eps)
 
 
-def _is_weight_layer(module: nn.Module) -> bool:
-    layer = module[-1] if isinstance(module, nn.Sequential) and len(module) else module
-    return isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+class LayerNormRule(nn.Module):
+    """LayerNorm with its normalising scale 1/σ held constant in the backward pass (Ali et al.
+    2022), then the ε-rule; the forward value is the original layer's."""
+
+    def __init__(self, original: nn.Module, eps: float):
+        super().__init__()
+        self.original, self.eps = original, eps
+
+    def forward(self, x, *rest):
+        out = self.original(x, *rest)
+        weight: Any
+        bias: Any
+        ln_eps: Any
+        if isinstance(self.original, nn.LayerNorm):
+            dims = tuple(range(x.dim() - len(self.original.normalized_shape), x.dim()))
+            weight, bias, ln_eps = self.original.weight, self.original.bias, self.original.eps
+        else:  # onnx2torch's OnnxLayerNorm(axis, epsilon)(x, scale, bias)
+            axis = self.original.axis % x.dim()
+            dims = tuple(range(axis, x.dim()))
+            weight = rest[0] if rest else None
+            bias = rest[1] if len(rest) > 1 else None
+            ln_eps = self.original.epsilon
+        centred = x - x.mean(dim=dims, keepdim=True)
+        scale = torch.rsqrt(centred.detach().pow(2).mean(dim=dims, keepdim=True) + ln_eps)
+        linear = centred * scale
+        if weight is not None:
+            linear = linear * weight
+        if bias is not None:
+            linear = linear + bias
+        out = out.detach() + (linear - linear.detach())  # original value, linearised gradient
+        return _EpsilonScale.apply(out, self.eps)
+
+
+_SMOOTH = frozenset({"gelu", "silu", "hardswish", "elu", "selu", "celu", "tanh", "mish"})
+
+
+_is_weight_layer = is_weight_layer  # xplain.graph.kinds: one definition of weight layers
 
 
 def _is_linear_op(module: nn.Module) -> bool:
     from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
     from onnx2torch.node_converters.gemm import OnnxGemm
-    from onnx2torch.node_converters.global_average_pool import (OnnxGlobalAveragePool,
-                                                                 OnnxGlobalAveragePoolWithKnownInputShape)
+    from onnx2torch.node_converters.global_average_pool import (
+        OnnxGlobalAveragePool,
+        OnnxGlobalAveragePoolWithKnownInputShape,
+    )
     from onnx2torch.node_converters.matmul import OnnxMatMul
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes, OnnxReduceSumStaticAxes
 
-    if _is_weight_layer(module):
+    if is_weight_layer(module):
         return True
-    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    if isinstance(module, (BATCHNORM, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                            nn.AdaptiveAvgPool2d, OnnxGemm, OnnxMatMul, OnnxGlobalAveragePool,
                            OnnxGlobalAveragePoolWithKnownInputShape, OnnxReduceSumStaticAxes)):
         return True
@@ -166,7 +228,7 @@ def _is_linear_op(module: nn.Module) -> bool:
 def first_weight_layer(model: Model) -> str | None:
     """The first conv/linear node the input reaches (the zᴮ-rule's layer)."""
     for node in model.graph.graph.nodes:
-        if node.op == "call_module" and _is_weight_layer(model.graph.get_submodule(node.target)):
+        if node.op == "call_module" and is_weight_layer(model.graph.get_submodule(node.target)):
             return node.name
     return None
 
@@ -174,12 +236,27 @@ def first_weight_layer(model: Model) -> str | None:
 def lrp_rules(mode: str = EPSILON, eps: float = 1e-6, skip: tuple[str, ...] = ()) -> Chooser:
     """A chooser applying the LRP composite ``mode`` (epsilon or zplus) to a converted graph."""
 
+    kinds: dict[str, str] = {}
+    attention_products: set[str] = set()
+
     def choose(model: Model, name: str, module: nn.Module):
+        if not kinds:  # first call: the graph's non-linearities and attention products, once
+            kinds.update({n: k for k, names in model.nonlinearities().items() for n in names})
+            kinds.setdefault("", "")
+            attention_products.update(model.attention_products())
         if name in skip:
             return None
         act = _activation_of(model, name)
         if act is not None:
-            return PassRule(module) if act.rectifier else None
+            return PassRule(module) if act.rectifier or act.kind in _SMOOTH else None
+        kind = kinds.get(name)
+        if kind in _SMOOTH:  # e.g. tanh as an OnnxFunction: the identity rule
+            return PassRule(module)
+        if kind == "layernorm":
+            return LayerNormRule(module, eps)
+        if kind in ("gelu", "silu", "hardswish", "gate", "divide", "product") or name in attention_products:
+            gate = model.product_gate(name)
+            return UniformProductRule(module, eps) if gate is None else GateRule(module, gate, eps)
         if mode == ZPLUS and _is_weight_layer(module):
             return ZPlusRule(module, eps)
         if _is_linear_op(module):

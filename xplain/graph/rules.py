@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def _pass_region(act: Activation, x: torch.Tensor, slope: torch.Tensor | None) -
             mask &= x < hi
         return mask.to(x.dtype)
     if act.kind == "leaky_relu":
-        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, act.module.negative_slope))
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, cast(float, act.module.negative_slope)))
     if act.kind == "prelu":
         return torch.where(x > 0, torch.ones_like(x), _broadcast_slope(slope, x))
     raise ValueError(f"no rectifier rule for activation kind {act.kind!r}")
@@ -70,7 +71,7 @@ def _plain_relu(act: Activation) -> bool:
 
 def _negative_slope(act: Activation, g: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor | float:
     if act.kind == "leaky_relu":
-        return act.module.negative_slope
+        return cast(float, act.module.negative_slope)
     if act.kind == "prelu":
         return _broadcast_slope(slope, g)
     return 0.0

@@ -62,7 +62,11 @@ def _register_global_max_pool(registry) -> None:
     The max over every spatial axis, keeping them as size 1 — the op's definition; without it
     such models were refused by the pre-flight check."""
     import torch
-    from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+    from onnx2torch.utils.common import (
+        OnnxToTorchModule,
+        OperationConverterResult,
+        onnx_mapping_from_node,
+    )
 
     class OnnxGlobalMaxPool(torch.nn.Module, OnnxToTorchModule):
         def forward(self, input_tensor):

@@ -13,13 +13,19 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ModelError
+from ..untrusted import printable, require_regular_file
 
 #: protobuf cannot hold more than 2 GiB in one message; larger models must use external data.
 MAX_PROTO_BYTES = 2**31 - 1
 #: cap on the total bytes of external data one model may pull in.
 MAX_EXTERNAL_BYTES = 16 * 2**30
+#: how many bytes may be materialised beyond the distinct bytes referenced: an exporter never
+#: points two tensors at the same range, while 120 tensors on one 8 MiB range would cost ~1 GB
+#: per copy of the model for a file of a few KB
+MAX_EXTERNAL_REUSE = 64 * 2**20
 
 
 def _all_tensors(graph) -> Iterator:
@@ -45,7 +51,7 @@ def _check_path(path: Path) -> int:
         raise ModelError("no such file", path=path)
     if path.is_dir():
         raise ModelError("is a directory, not an ONNX file", path=path)
-    size = path.stat().st_size
+    size = require_regular_file(path, ModelError, "model")
     if size == 0:
         raise ModelError("empty file, not an ONNX model", path=path)
     if size > MAX_PROTO_BYTES:
@@ -69,60 +75,98 @@ def resolve_external_location(model_path: Path, location: str) -> Path:
         candidate = candidate / part
         if candidate.is_symlink():
             raise ModelError(f"{bad} (symbolic links are refused)", path=model_path)
-    if not candidate.is_file():
-        raise ModelError(f"external data file {location!r} not found beside the model", path=model_path)
+    if not candidate.exists() or candidate.is_dir():
+        what = " (a folder)" if candidate.is_dir() else ""
+        raise ModelError(f"external data file {location!r} not found beside the model{what}", path=model_path)
     if os.path.commonpath([candidate.resolve(), folder]) != str(folder):
         raise ModelError(f"{bad} (it leaves the model's folder)", path=model_path)
+    try:
+        require_regular_file(candidate, ModelError, f"external data file {location!r}")
+    except ModelError as e:  # name the model, like every other external-data error
+        raise ModelError(e.message, path=model_path) from None
     return candidate
 
 
+def _union_bytes(ranges: list[tuple[int, int]]) -> int:
+    """Bytes covered by a set of (offset, length) ranges of one file."""
+    total, reach = 0, 0
+    for offset, length in sorted(ranges):
+        end = offset + length
+        if end > reach:
+            total += end - max(offset, reach)
+            reach = end
+    return total
+
+
 def _load_external(model, model_path: Path, digest) -> int:
-    """Materialise external tensors in place; returns how many there were."""
+    """Materialise external tensors in place; returns how many there were.
+
+    Two passes: every reference is validated and the bytes it would cost are counted *before*
+    anything is read (distinct byte ranges per file, so reuse of the same bytes by many tensors
+    is seen and capped), then each distinct range is read once."""
     import onnx
 
-    total = 0
-    count = 0
-    handles: dict[Path, object] = {}
+    plan = []  # (tensor, file, offset, length)
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        name = printable(repr(tensor.name))
+        info = {e.key: e.value for e in tensor.external_data}
+        unknown = set(info) - {"location", "offset", "length", "checksum", "basepath"}
+        if unknown:
+            raise ModelError(f"tensor {name} has unknown external data keys {printable(sorted(unknown))}",
+                             path=model_path)
+        file = resolve_external_location(model_path, info.get("location", ""))
+        try:
+            if len(info.get("offset", "")) > 20 or len(info.get("length", "")) > 20:
+                raise ValueError
+            offset = int(info.get("offset", 0))
+            size = file.stat().st_size
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError:
+            raise ModelError(f"tensor {name} has a non-numeric external offset/length", path=model_path) from None
+        if offset < 0 or offset > size:
+            raise ModelError(f"tensor {name}: external offset {offset} exceeds the size of {file.name} "
+                             f"({size} bytes)", path=model_path)
+        if length < 0 or offset + length > size:
+            raise ModelError(
+                f"tensor {name}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
+                path=model_path,
+            )
+        plan.append((tensor, file, offset, length))
+    if not plan:
+        return 0
+    total = sum(length for *_, length in plan)
+    per_file: dict[Path, list[tuple[int, int]]] = {}
+    for _, file, offset, length in plan:
+        per_file.setdefault(file, []).append((offset, length))
+    distinct = sum(_union_bytes(ranges) for ranges in per_file.values())
+    if total > MAX_EXTERNAL_BYTES:
+        raise ModelError(f"external data exceeds the 16 GiB limit ({total} bytes)", path=model_path)
+    if total - distinct > MAX_EXTERNAL_REUSE:
+        raise ModelError(f"external data reuses the same bytes: {total / 2**20:.0f} MiB referenced from "
+                         f"{distinct / 2**20:.0f} MiB of distinct ranges (more than "
+                         f"{MAX_EXTERNAL_REUSE // 2**20} MiB of reuse is refused)", path=model_path)
+    handles: dict[Path, BinaryIO] = {}
+    cache: dict[tuple, bytes] = {}
     try:
-        for tensor in _all_tensors(model.graph):
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = {e.key: e.value for e in tensor.external_data}
-            unknown = set(info) - {"location", "offset", "length", "checksum", "basepath"}
-            if unknown:
-                raise ModelError(f"tensor {tensor.name!r} has unknown external data keys {sorted(unknown)}", path=model_path)
-            file = resolve_external_location(model_path, info.get("location", ""))
-            try:
-                offset = int(info.get("offset", 0))
-                size = file.stat().st_size
-                length = int(info["length"]) if "length" in info else size - offset
-            except ValueError:
-                raise ModelError(f"tensor {tensor.name!r} has a non-numeric external offset/length", path=model_path) from None
-            if offset < 0 or offset > size:
-                raise ModelError(f"tensor {tensor.name!r}: external offset {offset} exceeds the size of {file.name} "
-                                 f"({size} bytes)", path=model_path)
-            if length < 0 or offset + length > size:
-                raise ModelError(
-                    f"tensor {tensor.name!r}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
-                    path=model_path,
-                )
-            total += length
-            if total > MAX_EXTERNAL_BYTES:
-                raise ModelError("external data exceeds the 16 GiB limit", path=model_path)
-            fh = handles.get(file)
-            if fh is None:
-                fh = handles[file] = open(file, "rb")  # noqa: SIM115 - closed below
-            fh.seek(offset)
-            data = fh.read(length)
+        for tensor, file, offset, length in plan:
+            key = (file, offset, length)
+            data = cache.get(key)
+            if data is None:
+                fh = handles.get(file)
+                if fh is None:
+                    fh = handles[file] = open(file, "rb")  # noqa: SIM115 - closed below
+                fh.seek(offset)
+                data = cache[key] = fh.read(length)
             digest.update(data)
             tensor.raw_data = data
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
-            count += 1
     finally:
         for fh in handles.values():
             fh.close()
-    return count
+    return len(plan)
 
 
 def read_model(path: str | os.PathLike):

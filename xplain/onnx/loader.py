@@ -8,18 +8,46 @@ strip a trailing softmax -> verify against onnxruntime (and batch 1 vs 2).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelError, UnsupportedOpsError, UsageError
+from ..untrusted import printable
 from . import passes
 from .converters import convert, unsupported_ops, xplain_converted_ops
-from ..errors import ModelError, UnsupportedOpsError
 from .io import check_model, read_model
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
 VERIFY_TOL = 1e-4
+#: the largest input (H × W pixels) a model may declare unless raised with ``--max-input-pixels``
+#: or ``$XPLAIN_MAX_INPUT_PIXELS``: verification and every method allocate batches of this size,
+#: so a 710-byte file declaring 5000×5000 would otherwise cost gigabytes
+DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
+#: during verification no intermediate tensor (found by ONNX shape inference, batch 2) may need
+#: more than this many bytes, or more than VERIFY_TENSOR_FACTOR × the verification input's bytes
+MIN_VERIFY_TENSOR_BYTES = 256 * 2**20
+VERIFY_TENSOR_FACTOR = 16
+
+
+def max_input_pixels(override: int | None = None) -> int:
+    """The input-size bound in force: the argument, else ``$XPLAIN_MAX_INPUT_PIXELS``, else the default."""
+    value: int | str
+    if override is not None:
+        value, source = override, "--max-input-pixels"
+    elif os.environ.get("XPLAIN_MAX_INPUT_PIXELS"):
+        value, source = os.environ["XPLAIN_MAX_INPUT_PIXELS"], "XPLAIN_MAX_INPUT_PIXELS"
+    else:
+        return DEFAULT_MAX_INPUT_PIXELS
+    try:
+        number = int(str(value).strip()) if len(str(value)) <= 20 else -1
+    except ValueError:
+        number = -1
+    if number < 1:
+        raise UsageError(f"{source} must be a positive integer, got {printable(str(value)[:40])!r}")
+    return number
 _SOFTMAX_PASS_THROUGH = ("Flatten", "OnnxFlatten", "OnnxCopyIdentity", "Identity", "OnnxReshape",
                          "OnnxSqueezeStaticAxes", "OnnxSqueezeDynamicAxes")
 
@@ -31,7 +59,7 @@ def _dims(value_info) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
-def _interface(model, path):
+def _interface(model, path, pixel_limit: int = DEFAULT_MAX_INPUT_PIXELS):
     """The single image input and the class-score output; reject what is not a classifier."""
     import onnx
 
@@ -53,6 +81,10 @@ def _interface(model, path):
         layout = " (it looks channels-last, B×H×W×C; export the model with NCHW input)" if shape[3] in (1, 3) else ""
         raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}: {shape[1]} channels; xplain explains "
                          f"1- or 3-channel images{layout}", path=path)
+    if shape[2] * shape[3] > pixel_limit:
+        raise ModelError(f"input {inp.name!r} is declared {_fmt(shape)}: {shape[2] * shape[3]} pixels, more than "
+                         f"the limit of {pixel_limit}", path=path,
+                         hint="raise it with --max-input-pixels N or XPLAIN_MAX_INPUT_PIXELS for real giant inputs")
     if isinstance(shape[0], int) and shape[0] > 1:
         raise ModelError(f"input {inp.name!r} has a batch fixed at {shape[0]}; only dynamic or 1 is supported",
                          path=path)
@@ -68,6 +100,62 @@ def _interface(model, path):
     if oshape and len(oshape) != 2:
         raise ModelError(f"output {out.name!r} has shape {_fmt(oshape)}; not a classifier (expected B×K)", path=path)
     return inp, out, shape, oshape
+
+
+def _check_tensor_sizes(work, path, input_bytes: int, node_names: dict | None = None) -> None:
+    """Refuse a graph whose intermediate tensors, at the verification batch of 2, would need more
+    memory than :data:`MIN_VERIFY_TENSOR_BYTES` / ``VERIFY_TENSOR_FACTOR`` × the input.
+
+    ONNX shape inference with data propagation runs on the weight-free graph (small constants such
+    as a ConstantOfShape's shape stay), so a 1 KB file that builds a 15000² tensor is refused before
+    onnxruntime or torch allocates anything. Unknown dimensions count as 1, a symbolic one
+    (the batch) as 2: shapes computed from the input's values cannot be bounded statically."""
+    import onnx
+
+    limit = max(MIN_VERIFY_TENSOR_BYTES, VERIFY_TENSOR_FACTOR * input_bytes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference failing proves nothing either way
+        return
+    producer = {out: node for node in inferred.graph.node for out in node.output}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = info.type.tensor_type
+        if not tensor.HasField("shape"):
+            continue
+        count = 1
+        for d in tensor.shape.dim:
+            count *= d.dim_value if d.HasField("dim_value") else (2 if d.dim_param else 1)
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+        except Exception:  # noqa: BLE001 - undefined or exotic types
+            itemsize = 4
+        if count * itemsize > limit:
+            dims = [d.dim_value if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
+            node = producer.get(info.name)
+            original = (node_names or {}).get(node.name, node.name) if node is not None else ""
+            where = (f"value {info.name!r}" if node is None else
+                     f"the output of {node.op_type} node {original!r}" if original else
+                     f"the output of an unnamed {node.op_type} node")
+            raise ModelError(f"{printable(where)} would hold {count} elements {dims} "
+                             f"({count * itemsize / 2**20:.0f} MiB) during verification, more than "
+                             f"{limit / 2**20:.0f} MiB; refused", path=path)
+
+
+def _check_weights_finite(proto, path) -> None:
+    """Name the first initializer with NaN/Inf values (verification would only report 'nan')."""
+    from onnx import numpy_helper
+
+    for tensor in proto.graph.initializer:
+        if tensor.data_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            continue
+        try:
+            values = numpy_helper.to_array(tensor)
+        except Exception:  # noqa: BLE001 - the checker/conversion reports malformed tensors
+            continue
+        if values.size and not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise ModelError(f"weights are not finite: initializer {printable(repr(tensor.name))} has {bad} "
+                             "NaN/Inf value(s)", path=path)
 
 
 def _fmt(shape) -> str:
@@ -150,15 +238,17 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
     import torch
 
     report = model.report
+    ort.set_default_logger_severity(4)  # onnxruntime's own coloured log (errors too) must not reach the terminal
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
+    options.log_verbosity_level = 0
     try:
         session = ort.InferenceSession(original, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises many types
         raise ModelError(f"onnxruntime cannot run the model: {str(err).splitlines()[0][:200]}", path=path) from None
     batch = 1 if model.spec.fixed_batch else 2
     gen = np.random.default_rng(0)
-    xs = [gen.standard_normal((batch, model.spec.channels, model.spec.height, model.spec.width)).astype(np.float32)
+    xs = [gen.standard_normal((batch, model.spec.channels, model.spec.height, model.spec.width), dtype=np.float32)
           for _ in range(2)]
     in_type = {"tensor(float16)": 10, "tensor(double)": 11}.get(
         next(i.type for i in session.get_inputs() if i.name == input_name), 1)
@@ -182,13 +272,19 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
             elif report.softmax_stripped == "LogSoftmax":
                 logits = torch.log_softmax(logits, dim=1)
             got = logits.double().cpu().numpy()
-        if got.shape != ref.reshape(got.shape[0], -1).shape:
-            raise ModelError(f"converted model output {list(got.shape)} differs from onnxruntime's {list(ref.shape)}",
-                             path=path)
-        ref = ref.reshape(got.shape)
+        if got.ndim == 2 and ref.size == got.size and ref.ndim >= 1 and ref.shape[0] == got.shape[0]:
+            ref = ref.reshape(got.shape)  # e.g. onnxruntime's N×K×1×1 for the converted N×K
+        if got.ndim != 2 or ref.shape != got.shape:
+            raise ModelError(f"the output is not B×K: the converted model gives shape {list(got.shape)} "
+                             f"({got.ndim}-D) and onnxruntime {list(ref.shape)} ({ref.ndim}-D) for a batch of "
+                             f"{batch}; a classifier's output must be 2-D, batch × classes", path=path)
+        if not np.isfinite(ref).all() or not np.isfinite(got).all():
+            which = "onnxruntime's" if not np.isfinite(ref).all() else "the converted model's"
+            raise ModelError(f"{which} output on a random input is not finite (NaN/Inf); "
+                             "non-finite weights or an overflowing graph", path=path)
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
-        if not np.isfinite(got).all() or diff > VERIFY_TOL * max(1.0, float(np.abs(ref).max())):
+        if diff > VERIFY_TOL * max(1.0, float(np.abs(ref).max())):
             raise ModelError(f"conversion does not match onnxruntime (max |diff| = {diff:.3g})", path=path)
         if batch == 2:
             with torch.no_grad():
@@ -203,10 +299,12 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
     report.max_abs_diff = worst
 
 
-def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dict | None = None):
+def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dict | None = None,
+              max_pixels: int | None = None):
     """Load an ONNX classifier file as a :class:`~xplain.graph.model.Model` on ``device``.
 
-    Every failure is a :class:`~xplain.errors.ModelError` with one line naming the file."""
+    ``max_pixels`` bounds the declared input (H × W; see :func:`max_input_pixels`). Every failure
+    is a :class:`~xplain.errors.ModelError` with one line naming the file."""
     import torch
 
     from ..graph.model import InputSpec, LoadReport, Model
@@ -214,7 +312,11 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     path = Path(path)
     proto, digest, file_bytes = read_model(path)
     check_model(proto, path)
-    inp, out, in_shape, out_shape = _interface(proto, path)
+    inp, out, in_shape, out_shape = _interface(proto, path, max_input_pixels(max_pixels))
+    if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] < 1:
+        raise ModelError(f"output {printable(repr(out.name))} has {out_shape[1]} classes; not a classifier",
+                         path=path)
+    _check_weights_finite(proto, path)
     # what onnxruntime runs: the untouched file, or a copy with external data materialised
     original = (file_bytes if file_bytes is not None else proto.SerializeToString()) if verify else None
     report = LoadReport(
@@ -245,6 +347,7 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
         if note := step(work):
             report.notes.append(note)
     work = passes.infer_shapes(work)
+    _check_tensor_sizes(work, path, 2 * in_shape[1] * in_shape[2] * in_shape[3] * 4, report.original_names)
     passes.attach_weights(work, stash)
     report.opset_used = passes.default_opset(work)
 
@@ -283,6 +386,8 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
             raise ModelError(f"converted model fails to run: {type(err).__name__}", path=path) from None
         if logits.dim() != 2:
             raise ModelError(f"output has shape {list(logits.shape)}; not a classifier (expected B×K)", path=path)
+        if logits.shape[1] < 1:
+            raise ModelError("the model has 0 output classes; not a classifier", path=path)
         model.spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], in_shape[0] == 1, logits.shape[1])
     if verify:
         _verify(model, original, path, input_name, output_name)

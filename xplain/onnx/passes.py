@@ -290,10 +290,9 @@ def explicit_auto_pad(model) -> str:
         attrs = {a.name: a for a in node.attribute}
         mode = attrs.get("auto_pad")
         if mode is None or mode.s not in (b"SAME_UPPER", b"SAME_LOWER"):
-            if mode is not None and mode.s in (b"NOTSET", b"VALID"):
-                if mode.s == b"VALID":
-                    node.attribute.remove(mode)
-                    count += 1
+            if mode is not None and mode.s == b"VALID":
+                node.attribute.remove(mode)
+                count += 1
             continue
         shape = shapes.get(node.input[0])
         if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[2:]):

@@ -82,7 +82,7 @@ def panel_figure(
         fig.suptitle(plain_text(title), fontsize=9, y=1 - 0.1 / fig_h, va="top")
     side = max(64, round(max(cell_w, cell_h) * DPI * 1.5))
     thumb = image.convert("RGB").resize(
-        bounded_size(image.size, side), Image.BILINEAR, reducing_gap=3.0
+        bounded_size(image.size, side), Image.Resampling.BILINEAR, reducing_gap=3.0
     )
     for r, row in enumerate(rows):
         y0 = fig_h - top - (r + 1) * (cell_h + title_h + pad) + pad

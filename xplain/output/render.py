@@ -281,7 +281,7 @@ def _base(image: Image.Image, size: tuple[int, int], grey: bool) -> np.ndarray:
     """The photo as float32 RGB at ``size``, in greyscale when asked."""
     img = image.convert("L" if grey else "RGB")
     if img.size != size:
-        img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
@@ -313,7 +313,7 @@ def overlay_image(
         signed = is_signed(m)
     signed = bool(signed)
     s = display_scale(m, signed, percentile)
-    size = bounded_size(tuple(image.size), int(max_side))
+    size = bounded_size((image.size[0], image.size[1]), int(max_side))
     drawn = dataclasses.replace(geometry, original_size=size).to_original(m)
     t = _unit(drawn, signed, s)
     colours = _rgba(t, signed)

@@ -217,7 +217,7 @@ def _image_row(out: Path, index: int, facts: dict, methods: list[str], records: 
             photo = im.convert("RGB")
     except OSError:
         return ""
-    first = next((records[(image, m)] for m in methods if (image, m) in records), {})
+    first: dict = next((records[(image, m)] for m in methods if (image, m) in records), {})
     label = first.get("target_label") or first.get("target", "")
     caption = f"{Path(image).name} · target {label}"
     if "probability" in first:
@@ -276,5 +276,6 @@ def write_report(out_dir: str | Path) -> Path:
     Written atomically, so a reader never sees half a page."""
     out = Path(out_dir)
     path = out / REPORT
-    atomic_write(path, report_html(out).encode("utf-8"))
+    # undecodable file names (lone surrogates) become \udcNN text instead of failing the report
+    atomic_write(path, report_html(out).encode("utf-8", "backslashreplace"))
     return path

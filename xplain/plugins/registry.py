@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -34,6 +36,10 @@ class PluginInfo:
     metrics: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
     blocked: bool = False
+
+
+class _Rejected(Exception):
+    """A plugin's registration failed; carries the one-line reason."""
 
 
 class Registry:
@@ -66,6 +72,9 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
+            except SystemExit as err:  # sys.exit() at import time must not end xplain (exit 0, no output)
+                self._fail(info, f"import called sys.exit({err.code!r})")
+                continue
             except Exception as err:  # noqa: BLE001 - a broken plugin must not take xplain down
                 self._fail(info, f"import failed: {type(err).__name__}: {err}")
                 continue
@@ -99,36 +108,52 @@ class Registry:
 
     def _collect(self, name: str, plugin: object, info: PluginInfo) -> None:
         """Let pluggy call this plugin's registration hooks with a register callback that knows
-        the plugin (provenance), one plugin at a time so a failure is attributed to it."""
+        the plugin (provenance), one plugin at a time so a failure is attributed to it.
+
+        All or nothing: registrations are staged, and if any of them (or a hook) fails, nothing the
+        plugin registered is kept and the plugin is unregistered (its load_model hook too)."""
         others = [p for p in self.pm.get_plugins() if p is not plugin]
-        for hook, kind, store in (("register_methods", Method, self.methods),
-                                  ("register_metrics", Metric, self.metrics)):
-            impls = getattr(self.pm.hook, hook).get_hookimpls()
-            if not any(impl.plugin is plugin for impl in impls):
-                continue
+        staged: list[tuple[Any, Any, dict]] = []
+        try:
+            for hook, kind, store in (("register_methods", Method, self.methods),
+                                      ("register_metrics", Metric, self.metrics)):
+                impls = getattr(self.pm.hook, hook).get_hookimpls()
+                if not any(impl.plugin is plugin for impl in impls):
+                    continue
 
-            def register(obj, _kind=kind, _store=store):
-                self._add(obj, _kind, _store, info)
+                def register(obj, _kind=kind, _store=store):
+                    self._check(obj, _kind, _store, staged)
+                    staged.append((obj, _kind, _store))
 
-            try:
-                self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
-            except Exception as err:  # noqa: BLE001
-                self._fail(info, f"{hook} failed: {type(err).__name__}: {err}")
+                try:
+                    self.pm.subset_hook_caller(hook, remove_plugins=others)(register=register)
+                except SystemExit as err:
+                    raise _Rejected(f"{hook} called sys.exit({err.code!r})") from None
+                except Exception as err:  # noqa: BLE001
+                    raise _Rejected(f"{hook} failed: {type(err).__name__}: {err}") from None
+        except _Rejected as rejected:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._fail(info, f"{rejected} (nothing of this plugin was registered)")
+            return
+        for obj, kind, store in staged:
+            obj.plugin = info.name
+            store[obj.name] = obj
+            (info.methods if kind is Method else info.metrics).append(obj.name)
 
-    def _add(self, obj, kind, store: dict, info: PluginInfo) -> None:
+    def _check(self, obj, kind, store: dict, staged: list) -> None:
         label = kind.__name__.lower()
         if not isinstance(obj, kind):
             raise TypeError(f"register() expects an xplain.{kind.__name__}, got {type(obj).__name__}")
-        if not _NAME.match(obj.name):
-            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-'")
+        if not isinstance(obj.name, str) or not _NAME.match(obj.name) or len(obj.name) > 64:
+            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-' (at most 64)")
         if obj.name in store:
             raise ValueError(f"{label} {obj.name!r} is already registered by plugin {store[obj.name].plugin!r}")
+        if any(o.name == obj.name and s is store for o, _, s in staged):
+            raise ValueError(f"{label} {obj.name!r} is registered twice by this plugin")
         names = [p.name for p in obj.params]
         if len(set(names)) != len(names):
             raise ValueError(f"{label} {obj.name!r} declares a parameter twice")
-        obj.plugin = info.name
-        store[obj.name] = obj
-        (info.methods if kind is Method else info.metrics).append(obj.name)
 
     def _fail(self, info: PluginInfo, message: str) -> None:
         info.error = " ".join(message.split())
@@ -142,6 +167,35 @@ class Registry:
     def metric(self, name: str) -> Metric:
         return _lookup(self.metrics, name, "metric", "xplain metrics")
 
+    def resolve(self, kind: str, items: Iterable[str | Method | Metric],
+                params: Mapping[str, Mapping[str, object]] | None = None, *,
+                duplicates: str = "error") -> list[tuple[Any, dict[str, object]]]:
+        """The one name resolver (CLI, eval, bench): method or metric names (or objects) ->
+        ``(object, validated parameters)`` in the given order.
+
+        An unknown name is a usage error with close matches; ``params`` maps a name to its
+        given parameters (a name that is not listed is an error); a name listed twice is an
+        error, or dropped with ``duplicates="drop"``. Blank names are skipped."""
+        if kind not in ("method", "metric"):
+            raise ValueError(f"kind must be 'method' or 'metric', not {kind!r}")
+        params = params or {}
+        lookup = self.method if kind == "method" else self.metric
+        objs: list[Any] = []
+        for item in items:
+            if isinstance(item, str):
+                if not item.strip():
+                    continue
+                item = lookup(item.strip())
+            if any(o.name == item.name for o in objs):
+                if duplicates == "drop":
+                    continue
+                raise UsageError(f"a {kind} is listed twice", hint=f"{item.name!r}")
+            objs.append(item)
+        unknown = set(params) - {o.name for o in objs}
+        if unknown:
+            raise UsageError(f"parameters given for {kind} {', '.join(sorted(unknown))} which is not chosen")
+        return [(o, validate_params(o.params, params.get(o.name, {}), f"{kind} {o.name!r}")) for o in objs]
+
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
 
@@ -152,11 +206,12 @@ def _lookup(store: dict, name: str, label: str, command: str):
     import difflib
 
     close = difflib.get_close_matches(name, list(store), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"see `{command}`"
+    hint = (f"did you mean {', '.join(close)}? " if close else "") + \
+        f"installed: {', '.join(sorted(store)) or 'none'} (see `{command}`)"
     raise UsageError(f"unknown {label} {name!r}", hint=hint)
 
 
-def validate_params(declared, given: dict[str, object], owner: str) -> dict[str, object]:
+def validate_params(declared, given: Mapping[str, object], owner: str) -> dict[str, object]:
     """Defaults overlaid with ``given`` (strings from ``--param`` or Python values), typed.
 
     An unknown key is a usage error that lists the valid ones."""

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import math
+import re
+import signal
+import threading
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError, PluginError, UsageError, XplainError
 from ..graph.model import Model
-from ..plugins.plugin_api import Attribution, Method
+from ..plugins.plugin_api import Attribution, ExplainRequest, Method
 from ..plugins.registry import Registry, get_registry, validate_params
 
 
@@ -35,26 +41,33 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, verify: bool = True,
-               labels: list[str] | str | None = None, registry: Registry | None = None) -> Model:
+               labels: list[str] | str | None = None, registry: Registry | None = None,
+               max_input_pixels: int | None = None) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
     Plugins implementing the ``load_model`` hook are asked first (other formats); the ONNX
     loader (:mod:`xplain.onnx.hooks`, ``trylast``) answers when none did. ``labels``: a list, a
-    file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any)."""
+    file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any).
+    ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
+    ``$XPLAIN_MAX_INPUT_PIXELS``)."""
     from ..data.images import load_labels, read_sidecar
 
     path = Path(path)
     device = resolve_device(device)
     registry = registry or get_registry()
-    options = {"device": device, "verify": verify}
+    options = {"device": device, "verify": verify, "max_input_pixels": max_input_pixels}
     try:
         model = registry.pm.hook.load_model(path=str(path), options=options)
     except XplainError:
         raise
+    except SystemExit as err:  # a plugin must not end the process
+        raise PluginError(f"a model-loader plugin called sys.exit({err.code!r})", path=path) from None
     except Exception as err:  # noqa: BLE001 - a loader plugin's bug
         raise PluginError(f"a model-loader plugin failed: {type(err).__name__}: {err}", path=path) from None
     if model is None:  # every registry holds the ONNX loader (trylast), which never passes
         raise PluginError("no model loader answered", path=path)
+    if not isinstance(model, Model):
+        raise PluginError(f"a model-loader plugin returned {type(model).__name__}, not an xplain.Model", path=path)
     sidecar = read_sidecar(path)
     model.sidecar = sidecar
     spec = labels if labels is not None else sidecar.get("labels")
@@ -79,19 +92,108 @@ def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
     return gens
 
 
+def check_requirements(model: Model, method: Method) -> None:
+    """Refuse, before anything runs, a method whose declared requirements the model does not
+    meet: a UsageError (exit 2) of one line, e.g. "guided-backprop needs rectifier activations;
+    this model uses GELU (12), LayerNormalization (25) (try gradient, …)"."""
+    for requirement in getattr(method.capabilities, "requires", ()):
+        problem = model.requirement_problem(requirement)
+        if problem is None:
+            continue
+        alternatives = list(getattr(method.capabilities, "alternatives", ()))
+        if requirement != "attention" and model.attention() and model.requirement_problem("attention") is None:
+            alternatives.append("attention-rollout")
+        hint = "try " + ", ".join(dict.fromkeys(alternatives)) if alternatives else None
+        raise UsageError(f"{method.name} {problem}", hint=hint)
+
+
+class _MethodTimeout(BaseException):
+    """Raised inside a method by the timer of :func:`time_limit` (a BaseException, so a
+    method's ``except Exception`` cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str):
+    """Interrupt the block after ``seconds`` with a :class:`PluginError` (exit 4).
+
+    POSIX main thread only: a ``SIGALRM`` timer raises inside the running Python code, the way
+    Ctrl-C does, so a method that loops forever stops at its next Python bytecode; a single
+    long-running native call (one huge convolution) finishes first. Elsewhere (Windows, other
+    threads) the limit is not enforced. ``None`` or 0 = no limit."""
+    usable = (seconds and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _MethodTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
+    try:
+        yield
+    except _MethodTimeout:
+        raise PluginError(f"{what} did not finish within --timeout {seconds:g} s; stopped") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_RESERVED_EXTRAS = {"heatmap", "overlay", "npy", "json"}
+
+
+def _check_attribution(method: Method, attribution: Attribution, batch: int) -> None:
+    """Extras, info and sample_info from a plugin are untrusted: names become file names, tensors
+    are indexed per sample, info goes into JSON records."""
+    if not isinstance(attribution.extras, dict) or not isinstance(attribution.info, dict) \
+            or not isinstance(attribution.sample_info, list):
+        raise PluginError(f"method {method.name!r} returned an Attribution whose extras/info are not dicts "
+                          "or whose sample_info is not a list")
+    for name, value in attribution.extras.items():
+        if not isinstance(name, str) or not _EXTRA_NAME.match(name) or name in _RESERVED_EXTRAS:
+            raise PluginError(f"method {method.name!r} returned an extra named {name!r}; names must be letters, "
+                              "digits, '-' and '_' (at most 64) and not heatmap/overlay/npy/json")
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != batch:
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise PluginError(f"method {method.name!r} returned extra {name!r} of shape {got}; expected a tensor "
+                              f"with the batch size {batch} first")
+    if attribution.sample_info and len(attribution.sample_info) != batch:
+        raise PluginError(f"method {method.name!r} returned {len(attribution.sample_info)} sample_info entries "
+                          f"for a batch of {batch}")
+    try:
+        json.dumps([attribution.info, attribution.sample_info], allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise PluginError(f"method {method.name!r} returned info that is not finite JSON: "
+                          f"{type(err).__name__}: {err}") from None
+
+
 def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Tensor,
-               params: dict, seed: int = 0) -> Attribution:
-    """Call a method under the output contract: float32 maps B×H×W, finite, same device."""
+               params: dict, seed: int = 0, timeout: float | None = None) -> Attribution:
+    """Call a method under the output contract: float32 maps B×H×W, finite, same device.
+
+    The plugin boundary: ``sys.exit()`` inside a method is a :class:`PluginError` (exit 4),
+    Ctrl-C stays a KeyboardInterrupt (exit 130), ``timeout`` seconds stop it (see
+    :func:`time_limit`). A model that does not meet the method's requirements is refused
+    first (exit 2)."""
+    check_requirements(model, method)
+    if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     torch.manual_seed(seed)
     try:
-        result = method.explain(model, x, targets, params, seed)
+        with time_limit(timeout, f"method {method.name!r}"):
+            result = method.run(ExplainRequest(model, x, targets, params, seed))
     except XplainError:
         raise
     except torch.cuda.OutOfMemoryError:
         raise
+    except SystemExit as err:
+        raise PluginError(f"method {method.name!r} called sys.exit({err.code!r})") from None
     except Exception as err:  # noqa: BLE001 - a method's bug is reported, not a traceback
         raise PluginError(f"method {method.name!r} failed: {type(err).__name__}: {err}") from err
     attribution = result if isinstance(result, Attribution) else Attribution(maps=result)
+    _check_attribution(method, attribution, x.shape[0])
     maps = attribution.maps
     expected = (x.shape[0], model.spec.height, model.spec.width)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:

@@ -21,7 +21,8 @@ For each method, on one batch ``x`` with its top-1 targets:
   rough guide; CUDA figures are exact.
 - **Captum**, where Captum has the same method and is installed: the same timing of Captum's
   implementation in the same process, on the same converted graph (``model.graph``), batch and
-  targets, with parameters translated from ours (:data:`CAPTUM_COUNTERPARTS`), plus the ratio
+  targets, with parameters translated from ours (:data:`CAPTUM_ADAPTERS`, by the method's declared
+  ``reference``), plus the ratio
   ours / Captum. A counterpart that fails on a model (Captum's LRP knows few module types) is
   reported, not fatal.
 
@@ -42,17 +43,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import run_method
-from ..plugins.maps import reduce_channels
 from ..errors import PluginError, UsageError
 from ..graph.model import Model
+from ..plugins.maps import reduce_channels
 from ..plugins.plugin_api import Method
 from ..plugins.registry import Registry, get_registry, validate_params
+from .api import run_method
 
 try:
     import resource
 except ImportError:  # pragma: no cover - Windows: no getrusage, CPU peak memory is not measured
-    resource = None
+    resource = None  # type: ignore[assignment]
 
 #: a Captum run: ``fn(x, targets) -> B×H×W`` map comparable to ours
 CaptumFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -116,8 +117,9 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     if resource is None:
         fn()
         return None
-    base = _current_rss()
-    reset = base is not None and _reset_rss_peak()
+    current = _current_rss()
+    reset = current is not None and _reset_rss_peak()
+    base = current if current is not None and reset else 0
     if not reset:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
     result = fn()
@@ -276,38 +278,44 @@ def _lrp_epsilon(ca, net, model, params, x) -> Iterator[CaptumFn]:
 
 @dataclasses.dataclass(frozen=True)
 class CaptumCounterpart:
-    """How Captum runs one of our methods: ``reference`` names it, ``prepare`` is a context
-    manager ``(captum.attr, net, model, params, x) -> fn(x, targets) -> B×H×W``."""
+    """How Captum runs a method that declares ``Method(reference=...)``: ``description`` says
+    how it is called, ``prepare`` is a context manager ``(captum.attr, net, model, params, x) ->
+    fn(x, targets) -> B×H×W`` translating the method's parameters."""
 
-    method: str
     reference: str
+    description: str
     prepare: Callable[..., contextlib.AbstractContextManager]
 
 
-#: Our method → Captum's implementation of the same algorithm (documented in bench/README.md).
-CAPTUM_COUNTERPARTS: dict[str, CaptumCounterpart] = {c.method: c for c in (
-    CaptumCounterpart("saliency", "Saliency(abs=True), channel max", _saliency),
-    CaptumCounterpart("gradient", "Saliency(abs=False)", _gradient),
-    CaptumCounterpart("input-x-gradient", "InputXGradient", _input_x_gradient),
-    CaptumCounterpart("integrated-gradients", "IntegratedGradients(n_steps, method, internal_batch_size)",
-                      _integrated_gradients),
-    CaptumCounterpart("smoothgrad", "NoiseTunnel(Saliency(abs=False)), smoothgrad", _smoothgrad),
-    CaptumCounterpart("guided-backprop", "GuidedBackprop", _modified_relu("GuidedBackprop")),
-    CaptumCounterpart("deconvnet", "Deconvolution", _modified_relu("Deconvolution")),
-    CaptumCounterpart("grad-cam", "LayerGradCam(relu) + bilinear interpolate", _grad_cam),
-    CaptumCounterpart("occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion),
-    CaptumCounterpart("lrp-epsilon", "LRP(EpsilonRule)", _lrp_epsilon),
+#: Captum reference implementations bench can run, by the ``Method.reference`` that names them
+#: (which methods declare one is documented in bench/README.md); core names no method.
+CAPTUM_ADAPTERS: dict[str, CaptumCounterpart] = {c.reference: c for c in (
+    CaptumCounterpart("captum.attr.Saliency(abs=True)", "Saliency(abs=True), channel max", _saliency),
+    CaptumCounterpart("captum.attr.Saliency(abs=False)", "Saliency(abs=False)", _gradient),
+    CaptumCounterpart("captum.attr.InputXGradient", "InputXGradient", _input_x_gradient),
+    CaptumCounterpart("captum.attr.IntegratedGradients",
+                      "IntegratedGradients(n_steps, method, internal_batch_size)", _integrated_gradients),
+    CaptumCounterpart("captum.attr.NoiseTunnel(Saliency)", "NoiseTunnel(Saliency(abs=False)), smoothgrad",
+                      _smoothgrad),
+    CaptumCounterpart("captum.attr.GuidedBackprop", "GuidedBackprop", _modified_relu("GuidedBackprop")),
+    CaptumCounterpart("captum.attr.Deconvolution", "Deconvolution", _modified_relu("Deconvolution")),
+    CaptumCounterpart("captum.attr.LayerGradCam", "LayerGradCam(relu) + bilinear interpolate", _grad_cam),
+    CaptumCounterpart("captum.attr.Occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion),
+    CaptumCounterpart("captum.attr.LRP(EpsilonRule)", "LRP(EpsilonRule)", _lrp_epsilon),
 )}
 
 
-def captum_counterpart(method: str, model: Model, params: dict, x: torch.Tensor
-                       ) -> contextlib.AbstractContextManager[CaptumFn] | None:
+def captum_counterpart(method: str | Method, model: Model, params: dict, x: torch.Tensor,
+                       registry: Registry | None = None) -> contextlib.AbstractContextManager[CaptumFn] | None:
     """A context manager yielding Captum's version of ``method`` (``fn(x, targets) -> B×H×W``, run
     in grad mode on a copy of ``x``, Captum's per-call warnings silenced) with ``params`` (our
-    method's validated values) translated, or None when Captum has none.
+    method's validated values) translated, or None when the method declares no reference
+    implementation bench knows.
 
     Raises ImportError when Captum is not installed. Leaves the model as it found it on exit."""
-    entry = CAPTUM_COUNTERPARTS.get(method)
+    if isinstance(method, str):
+        method = (registry or get_registry()).method(method)
+    entry = CAPTUM_ADAPTERS.get(method.reference)
     if entry is None:
         return None
     import captum.attr as ca
@@ -333,23 +341,7 @@ def _captum_version() -> str | None:
 # ---------------------------------------------------------------------------- the benchmark
 def resolve_methods(methods, registry: Registry) -> list[Method]:
     """Method objects for names (or Method objects); an unknown name is a UsageError listing the valid ones."""
-    resolved, seen = [], set()
-    for m in methods:
-        if isinstance(m, str):
-            name = m.strip()
-            if not name:
-                continue
-            if name not in registry.methods:
-                import difflib
-
-                close = difflib.get_close_matches(name, list(registry.methods), n=3)
-                hint = (f"did you mean {', '.join(close)}? " if close else "") + \
-                    f"installed: {', '.join(sorted(registry.methods)) or 'none'}"
-                raise UsageError(f"unknown method {name!r}", hint=hint)
-            m = registry.method(name)
-        if m.name not in seen:
-            seen.add(m.name)
-            resolved.append(m)
+    resolved = [m for m, _ in registry.resolve("method", methods, duplicates="drop")]
     if not resolved:
         raise UsageError("no methods to benchmark", hint=f"installed: {', '.join(sorted(registry.methods))}")
     return resolved
@@ -405,18 +397,18 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
             last["attribution"] = run_method(model, method, x, targets, v, seed)
             return last["attribution"]
 
-        row = {"name": method.name, "params": v, "seconds_per_image": None, "ratio_to_forward": None,
+        row: dict[str, Any] = {"name": method.name, "params": v, "seconds_per_image": None, "ratio_to_forward": None,
                "peak_memory_mb": None, "captum": None, "captum_status": "none",
                "captum_seconds_per_image": None, "ratio_to_captum": None}
-        entry = CAPTUM_COUNTERPARTS.get(method.name)
+        entry = CAPTUM_ADAPTERS.get(method.reference)
         if entry is not None:
-            row["captum"] = entry.reference
+            row["captum"] = entry.description
             row["captum_status"] = "skipped" if not captum else "not installed" if captum_version is None else "ok"
         note(method.name)
         with _oom_as_error(method.name, batch), contextlib.ExitStack() as stack:
             fns = {"forward": forward, "ours": ours}
             if row["captum_status"] == "ok":
-                cap = _enter_captum(stack, method.name, model, v, x, targets)
+                cap = _enter_captum(stack, method, model, v, x, targets)
                 if isinstance(cap, str):
                     row["captum_status"] = cap
                     stack.close()  # leave the graph as found before timing ours

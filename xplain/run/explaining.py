@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import run_method
 from ..data.datasets import IMAGE_SUFFIXES
 from ..data.images import Preprocess, load_image, resolve_target
-from ..errors import InputDataError, PluginError, UsageError
+from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..graph.model import Model
-from ..output.fileio import save_npy, write_json
+from ..output import render as _render
+from ..output.fileio import atomic_group, save_npy, write_json
 from ..output.panel import PanelRow, save_panel
 from ..output.render import RenderOptions, save_heatmap, save_overlay
 from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
+from ..untrusted import path_text, safe_stem
+from .api import check_requirements, run_method
 
 
 def versions() -> dict[str, str]:
@@ -45,7 +47,10 @@ class _Item:
 def _unique_stems(stems: list[str]) -> list[str]:
     """Make output stems unique across a run: a repeat gets ``-2``, ``-3``, … (skipping any name
     already taken, also by another input's own stem). Compared case-insensitively, so two
-    inputs never write the same file on case-insensitive file systems (macOS, Windows)."""
+    inputs never write the same file on case-insensitive file systems (macOS, Windows). Stems
+    are first made safe for file names (:func:`~xplain.untrusted.safe_stem`: no separators, no
+    control characters, undecodable bytes as ``_xNN``)."""
+    stems = [safe_stem(s) for s in stems]
     taken = {s.casefold() for s in stems}
     seen: set[str] = set()
     out = []
@@ -124,24 +129,31 @@ class _Job:
     render: RenderOptions
     seed: int
     batch_size: int
+    timeout: float | None = None  #: seconds per method call (``api.time_limit``)
 
 
 @dataclasses.dataclass
 class _Batch:
-    """One batch of images: the originals, their geometry, the model input and probabilities."""
+    """One batch of images: the originals, their geometry, the model input and probabilities.
+
+    ``originals`` are copies no larger than the overlays drawn from them (``drawn`` is their
+    geometry): a batch of 16 photos of 89 megapixels would otherwise hold 4 GB. ``geometries``
+    keep the true sizes for the records."""
 
     start: int  #: position of the first image
     originals: list
     geometries: list
     x: torch.Tensor
     probs: torch.Tensor
+    drawn: list = dataclasses.field(default_factory=list)
 
 
 def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
                   registry: Registry, out_dir: Path, preprocess: Preprocess, target: str = "top1",
                   params: dict | None = None, method_params: dict | None = None, seed: int = 0,
                   batch_size: int = 16, progress=None, render: RenderOptions | None = None,
-                  panel: bool | None = None, stems: list[str] | None = None) -> list[dict]:
+                  panel: bool | None = None, stems: list[str] | None = None,
+                  timeout: float | None = None) -> list[dict]:
     """Explain every image for its target(s) with every method and write the outputs; returns
     the JSON records (one per image, method and target).
 
@@ -150,21 +162,25 @@ def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
     each method in turn. ``panel`` (default: when there are several methods) also writes
     ``STEM.panel.png`` per image: the photo, one overlay per method, one row per target. Each
     output file is written atomically, and a record's JSON file only after every picture of
-    its image, so a JSON file on disk means the image is complete."""
+    its image, so a JSON file on disk means the image is complete; the files of a batch land
+    together or not at all (``fileio.atomic_group``: a full disk leaves no image half-written).
+    ``timeout`` bounds each method call (seconds, ``api.time_limit``)."""
     names = [methods] if isinstance(methods, str) else list(methods)
     if not names:
         raise UsageError("no methods given")
     chosen = _method_values(registry, names, params, method_params)
+    for method, _ in chosen:  # refuse before reading any image
+        check_requirements(model, method)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     render = render or RenderOptions()
     panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
     stems = _unique_stems([p.stem for p in images]) if stems is None else stems
-    job = _Job(model, images, stems, out_dir, render, seed, batch_size)
+    job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout)
     records: list[dict] = []
     common = {
-        "model": {"path": model.report.path, "digest": model.digest}, "seed": seed,
+        "model": {"path": path_text(model.report.path), "digest": model.digest}, "seed": seed,
         "device": str(model.device), "preprocess": preprocess.to_dict(),
         "render": render.to_dict(), "versions": versions(),
     }
@@ -173,34 +189,56 @@ def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
         items = _items(job, batch, resolved)
         pending: list[dict] = []
         maps: dict[tuple[int, int, str], np.ndarray] = {}
-        for method, values in chosen:
-            for record, m in _explain_items(job, method, values, items, batch):
-                record.update(common, method=method.name, params=values)
-                pending.append(record)
-                maps[(record["_index"], record["target"], method.name)] = m
-        if panel:
-            _write_panels(job, [m.name for m, _ in chosen], items, batch, maps, pending)
-        for record in pending:
-            del record["_index"]
-            write_json(record["files"]["json"], record)
-            records.append(record)
+        with atomic_group():  # every file of this batch, or none of them
+            for method, values in chosen:
+                for record, m in _explain_items(job, method, values, items, batch):
+                    record.update(common, method=method.name, params=values)
+                    pending.append(record)
+                    maps[(record["_index"], record["target"], method.name)] = m
+            if panel:
+                _write_panels(job, [m.name for m, _ in chosen], items, batch, maps, pending)
+            for record in pending:
+                del record["_index"]
+                write_json(record.pop("_json"), record)
+        records += pending
         if progress is not None:
             progress(len(batch.originals))
     return records
 
 
 def _load_batch(job: _Job, start: int, preprocess: Preprocess) -> _Batch:
-    originals, geometries, arrays = [], [], []
-    for path in job.images[start:start + job.batch_size]:
+    originals, geometries, drawn, arrays = [], [], [], []
+    paths = job.images[start:start + job.batch_size]
+    for path in paths:
         image = load_image(path)
-        array, geometry = preprocess(image)
-        originals.append(image)
+        try:
+            array, geometry = preprocess(image)
+        except XplainError as e:  # e.g. an extreme aspect ratio: name the image
+            raise InputDataError(e.message, path=path, hint=e.hint) from None
+        small, small_geometry = _drawable(image, geometry)
+        originals.append(small)
         geometries.append(geometry)
+        drawn.append(small_geometry)
         arrays.append(torch.from_numpy(array))
     x = torch.stack(arrays).to(job.model.device)
     with torch.no_grad():
-        probs = torch.softmax(job.model(x), dim=1)
-    return _Batch(start, originals, geometries, x, probs)
+        probs = torch.softmax(job.model(x).float(), dim=1)
+    for row, path in enumerate(paths):
+        if not bool(torch.isfinite(probs[row]).all()):
+            raise InputDataError("the model's output for this image is not finite (NaN/Inf); the "
+                                 "preprocessing (mean/std, sidecar) or the model overflows", path=path)
+    return _Batch(start, originals, geometries, x, probs, drawn)
+
+
+def _drawable(image, geometry):
+    """A copy of ``image`` no larger than the overlays drawn from it (``render.OVERLAY_MAX_SIDE``),
+    with the geometry that maps a map onto it (only ``original_size`` changes)."""
+    size = _render.bounded_size(tuple(image.size), int(_render.OVERLAY_MAX_SIDE))
+    if size == tuple(image.size):
+        return image, geometry
+    from PIL import Image
+
+    return image.resize(size, Image.Resampling.BILINEAR), dataclasses.replace(geometry, original_size=size)
 
 
 def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:
@@ -225,7 +263,7 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
         rows = torch.tensor([it.index - batch.start for it in group], device=device)
         targets = torch.tensor([it.target for it in group], device=device)
         began = time.perf_counter()
-        attribution = _run_halving(job.model, method, batch.x[rows], targets, values, job.seed)
+        attribution = _run_halving(job.model, method, batch.x[rows], targets, values, job.seed, job.timeout)
         seconds = (time.perf_counter() - began) / len(group)
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
@@ -243,27 +281,28 @@ def _write_panels(job: _Job, names: list[str], items: list[_Item], batch: _Batch
                 for it in items if it.index == i]
         path = job.out_dir / f"{job.stems[i]}.panel.png"
         k = i - batch.start
-        save_panel(path, batch.originals[k], batch.geometries[k], rows, names,
-                   title=job.images[i].name, percentile=job.render.percentile,
+        save_panel(path, batch.originals[k], batch.drawn[k], rows, names,
+                   title=path_text(job.images[i].name), percentile=job.render.percentile,
                    grey=job.render.grey, alpha=job.render.alpha)
         for record in pending:
             if record["_index"] == i:
-                record["files"]["panel"] = str(path)
+                record["files"]["panel"] = path_text(path)
 
 
-def _run_halving(model, method, x, targets, values, seed):
+def _run_halving(model, method, x, targets, values, seed, timeout=None):
     """Run a method; on CUDA out-of-memory, split the batch in halves and retry.
 
     Valid because maps are per-sample (batch consistency, invariant 4)."""
     try:
-        return run_method(model, method, x, targets, values, seed)
+        limit = {"timeout": timeout} if timeout else {}
+        return run_method(model, method, x, targets, values, seed, **limit)
     except torch.cuda.OutOfMemoryError:
         if x.shape[0] == 1:
             raise PluginError(f"method {method.name!r} ran out of GPU memory even for one image") from None
         torch.cuda.empty_cache()
         half = x.shape[0] // 2
-        first = _run_halving(model, method, x[:half], targets[:half], values, seed)
-        second = _run_halving(model, method, x[half:], targets[half:], values, seed)
+        first = _run_halving(model, method, x[:half], targets[:half], values, seed, timeout)
+        second = _run_halving(model, method, x[half:], targets[half:], values, seed, timeout)
         extras = {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()}
         per_sample = [first.record_info(i) for i in range(half)] + \
                      [second.record_info(i) for i in range(x.shape[0] - half)]
@@ -275,24 +314,24 @@ def _write_outputs(job: _Job, item: _Item, map_hw, attribution, j: int, batch: _
     """Write one map's .npy, heatmap and overlay (and the method's extras); the record."""
     label = job.model.label(item.target)
     k = item.index - batch.start
-    original, geometry = batch.originals[k], batch.geometries[k]
+    original, geometry, drawn = batch.originals[k], batch.geometries[k], batch.drawn[k]
     render = job.render
     base = job.out_dir / f"{item.stem}.{method}.{item.target}"
-    files = {
-        "heatmap": str(base) + ".heatmap.png",
-        "overlay": str(base) + ".overlay.png",
-        "npy": str(base) + ".npy",
-        "json": str(base) + ".json",
-    }
-    save_npy(files["npy"], map_hw)
-    save_heatmap(files["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
-    save_overlay(files["overlay"], original, map_hw, geometry, alpha=render.alpha,
+    paths = {"heatmap": Path(f"{base}.heatmap.png"), "overlay": Path(f"{base}.overlay.png"),
+             "npy": Path(f"{base}.npy"), "json": Path(f"{base}.json")}
+    save_npy(paths["npy"], map_hw)
+    save_heatmap(paths["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
+    save_overlay(paths["overlay"], original, map_hw, drawn, alpha=render.alpha,
                  percentile=render.percentile, grey=render.grey)
-    for name, tensor in attribution.extras.items():
-        files[name] = str(base) + f".{name}.npy"
-        save_npy(files[name], tensor[j].detach().cpu().numpy())
+    for name, tensor in attribution.extras.items():  # names checked by run_method: no separators
+        paths[name] = Path(f"{base}.{name}.npy")
+        save_npy(paths[name], tensor[j].detach().cpu().numpy())
+    # file names as text that always encodes (undecodable bytes escaped); the caller writes the
+    # JSON to the real path kept under "_json"
+    files = {name: path_text(p) for name, p in paths.items()}
     return {
-        "image": str(job.images[item.index]),
+        "_json": paths["json"],
+        "image": path_text(job.images[item.index]),
         "target": item.target,
         "target_label": label,
         "probability": round(item.probability, 6),

@@ -23,24 +23,25 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputDataError, UsageError
-from ..data.images import Preprocess, load_image
+from ..data.images import Preprocess
+from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..graph.model import Model
 from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
+from .api import check_requirements
+from .batching import iter_batches as load_batches
 from .state import save_state
 
 
 def iter_batches(model: Model, paths: list[Path], preprocess: Preprocess, batch_size: int,
                  labels: list[int] | None = None) -> Iterator:
     """Preprocessed batches of ``paths``; ``(x, labels)`` pairs when ``labels`` is given."""
-    for start in range(0, len(paths), batch_size):
-        arrays = [torch.from_numpy(preprocess(load_image(p))[0]) for p in paths[start:start + batch_size]]
-        x = torch.stack(arrays).to(model.device)
+    for batch in load_batches(paths, preprocess, batch_size, model.device):
+        start = batch.start
         if labels is None:
-            yield x
+            yield batch.x
         else:
-            yield x, torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=model.device)
+            yield batch.x, torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=model.device)
 
 
 class _Task:
@@ -71,7 +72,13 @@ class FitConsole:
         return getattr(self.console, name)
 
     def task(self, description: str, total: float | None = None) -> _Task:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=self.console, transient=False,
@@ -117,6 +124,7 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     if wanted is not None and "classes" in names:
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
+    check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]
@@ -145,18 +153,29 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
         warnings.warn(f"{data}: skipped {len(bad)} unusable row(s), e.g. {bad[0]}", stacklevel=2)
     paths = [s.path for s in found]
     labels_ = [-1 if s.label is None else int(s.label) for s in found]
-    preprocess = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width),
-                                         preset=preset, sidecar=model.sidecar, resize=resize, mean=mean, std=std)
+    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=mean, std=std)
 
     def batches(labels: bool = False) -> Iterator:  # a fresh stream for each epoch a method needs
         return iter_batches(model, paths, preprocess, batch_size, labels=labels_ if labels else None)
 
     fit_console = console if isinstance(console, FitConsole) else FitConsole(console)
+    fit = method.fit_fn()
+    if fit is None:
+        raise UsageError(f"method {method.name!r} learns nothing from data (it has no fit step)")
     try:
-        tensors, meta = method.fit(model, batches, values, fit_console)
+        result = fit(model, batches, values, fit_console)
     except InputDataError as e:  # a method's complaint about the data names DATA
         if e.path is None:
             e.path = str(data)
         raise
+    except XplainError:
+        raise
+    except SystemExit as e:  # the plugin boundary: sys.exit() inside fit is the plugin's failure
+        raise PluginError(f"method {method.name!r} called sys.exit({e.code!r}) while fitting") from None
+    except Exception as e:  # noqa: BLE001 - a fit's bug is the plugin's failure, not a traceback
+        raise PluginError(f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}") from None
+    tensors, meta = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
+    if not isinstance(tensors, dict) or not isinstance(meta, dict):
+        raise PluginError(f"method {method.name!r}: fit must return (dict of tensors, dict of metadata)")
     meta = {**meta, "params": values, "samples": len(paths), "data": str(data), "preprocess": preprocess.to_dict()}
     return save_state(model.digest, method.name, tensors, meta, root=state_dir)

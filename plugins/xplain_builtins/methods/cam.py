@@ -37,30 +37,33 @@ def _layer_shape(model, name):
 
 # ----------------------------------------------------------------------------- grad-cam
 def _gradcam_layer(model, requested):
+    """The feature layer (:class:`xplain.FeatureLayer`: name, layout, reshape to B×C×h×w)."""
     if requested:
-        node = model.node(requested)  # UsageError for an unknown name
-        name = node.name
-    else:
-        default = model.default_feature_layer()
-        if default is None:
-            raise xplain.UsageError("grad-cam needs a spatial feature map, and this model has none "
-                                    "(no layer with a B×C×H×W output)",
-                                    hint="use a gradient method for fully connected models")
-        name = default.name
-    shape = _layer_shape(model, name)
-    if len(shape) != 4 or shape[2] * shape[3] < 2:
-        raise xplain.UsageError(
-            f"grad-cam layer {name!r} is not a spatial feature map: its output is "
-            f"{'×'.join(map(str, shape)) or 'a scalar'}, grad-cam needs B×C×H×W with H×W > 1",
-            hint="see `xplain inspect MODEL` for the feature layers")
-    return name, shape
+        requested = model.node(requested).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
+        _layer_shape(model, requested)
+        layer = model.feature_layer(requested)
+        if layer is None:
+            shape = _layer_shape(model, requested)
+            raise xplain.UsageError(
+                f"grad-cam layer {requested!r} is not a spatial feature map: its output is "
+                f"{'×'.join(map(str, shape)) or 'a scalar'}, grad-cam needs B×C×H×W, B×H×W×C or tokens "
+                "B×N×C on a grid, with H×W > 1", hint="see `xplain inspect MODEL` for the feature layers")
+        return layer
+    layer = model.default_feature_layer()
+    if layer is None:
+        raise xplain.UsageError("grad-cam needs a spatial feature map, and this model has none "
+                                "(no layer with a B×C×H×W, B×H×W×C or token output)",
+                                hint="use a gradient method for fully connected models")
+    return layer
 
 
-def _explain_gradcam(model, x, targets, params, seed):
+def _explain_gradcam(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
     import torch.nn.functional as F
 
-    name, shape = _gradcam_layer(model, params["layer"])
+    layer = _gradcam_layer(model, params["layer"])
+    name = layer.name
     size = (model.spec.height, model.spec.width)
 
     def run(x, targets):
@@ -73,15 +76,18 @@ def _explain_gradcam(model, x, targets, params, seed):
             (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True)
         if grads is None:
             raise xplain.UsageError(f"grad-cam layer {name!r} does not reach the model's output")
+        # tokens/channels-last as B×C×h×w; prefix tokens (class, distillation) are left out
+        acts, grads = layer.to_spatial(acts.detach()), layer.to_spatial(grads)
         weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: spatial mean of d logit / d A_k
-        cam = (weights * acts.detach()).sum(dim=1, keepdim=True)
+        cam = (weights * acts).sum(dim=1, keepdim=True)
         if params["relu"]:
             cam = F.relu(cam)
         cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
         return cam[:, 0], {}
 
     maps, _ = _per_sample(model, x, targets, run)
-    return xplain.Attribution(maps, info={"layer": name, "layer_shape": list(shape[1:])})
+    return xplain.Attribution(maps, info={"layer": name, "layer_shape": list(layer.spatial_shape),
+                                          "layout": layer.layout.kind if layer.layout else "nchw"})
 
 
 # ----------------------------------------------------------------------------- fullgrad
@@ -103,23 +109,21 @@ def _bias_parts(model, layer):
     the BN separately, so it has two maps there; splitting the folded bias b = s·b_conv + shift
     into s·b_conv (= the conv's own term, since d/d conv-out = s · d/d BN-out) and shift
     reproduces both exactly. The sum, and so completeness, is unchanged."""
-    import torch
 
     bias = layer.bias
     conv_bias = getattr(layer.module, "bias", None) if layer.kind == "conv" else None
     if conv_bias is None or layer.node == layer.layer:
         return [(layer.node, bias)]
-    bn = model.module(layer.node)
-    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+    affine = model.batchnorm_affine(layer.node)  # the core's one BatchNorm canonicalisation
+    if affine is None:
         return [(layer.node, bias)]
-    var = bn.running_var.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-    scale = (gamma / torch.sqrt(var + bn.eps)).reshape(bias.shape)
+    scale = affine[0].reshape(bias.shape)
     own = conv_bias.detach().reshape(bias.shape) * scale
     return [(layer.layer, own), (layer.node, bias - own)]
 
 
-def _explain_fullgrad(model, x, targets, params, seed):
+def _explain_fullgrad(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
     import torch
     import torch.nn.functional as F
 
@@ -179,6 +183,7 @@ def _explain_fullgrad(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="grad-cam",
+        reference="captum.attr.LayerGradCam",
         summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
         description=(
             "One forward and one backward pass of the target logit (never the softmax), the backward "
@@ -189,9 +194,16 @@ def register_methods(register):
             "followed by LayerAttribution.interpolate(..., 'bilinear') computes. `layer` (default: "
             "the model's default feature layer, the last spatial map all information passes "
             "through, e.g. the post-add ReLU of a ResNet's last block; `xplain inspect` lists the "
-            "layers) may name any node with a B×C×H×W output; an unknown or non-spatial layer is a "
-            "usage error. Not normalised (rendering decides colours). info records the layer and "
-            "its C×H×W shape. A graph fixed at batch 1 runs one forward/backward per sample."
+            "layers) may name any node with a spatial layout; an unknown or non-spatial layer is a "
+            "usage error. Transformers: the layout comes from the graph (Model.feature_layer): "
+            "B×H×W×C maps (Swin, ConvNeXt blocks) are permuted, B×N×C tokens lose their prefix "
+            "tokens (class/distillation/register: N minus the grid cells) and are reshaped to the "
+            "grid, as pytorch-grad-cam's reshape_transform does; the class token's own gradient is "
+            "not part of the map. The default on class-token models (ViT, DeiT) is the tokens "
+            "entering the last block after its first LayerNorm (pytorch-grad-cam's "
+            "blocks[-1].norm1), since after the last block only the class token reaches the logits. "
+            "Not normalised (rendering decides colours). info records the layer, its C×h×w grid "
+            "shape and layout. A graph fixed at batch 1 runs one forward/backward per sample."
         ),
         explain=_explain_gradcam,
         params=[

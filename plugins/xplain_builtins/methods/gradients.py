@@ -13,11 +13,12 @@ methods use, so tests can rebuild a reference (e.g. Captum) under the same noise
 
 import xplain
 
+
 def _internal_batch_param(what):
     return xplain.Param(
         "internal_batch", "int", 64,
         f"images per forward/backward pass ({what} of all batch images together; at least one "
-        "per image): bounds memory, never changes the result", min=1)
+        "per image): bounds memory, never changes the result", min=1, max=4096)
 
 
 def _target_gradient(model, x, targets, fresh=False):
@@ -33,11 +34,13 @@ def _target_gradient(model, x, targets, fresh=False):
 
 
 # ----------------------------------------------------------------------------- gradient, x * gradient
-def _explain_gradient(model, x, targets, params, seed):
+def _explain_gradient(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     return xplain.reduce_channels(_target_gradient(model, x, targets), params["reduce"])
 
 
-def _explain_input_x_gradient(model, x, targets, params, seed):
+def _explain_input_x_gradient(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     return xplain.reduce_channels(x * _target_gradient(model, x, targets), params["reduce"])
 
 
@@ -116,7 +119,9 @@ def integrated_gradients_baseline(x, kind="zeros", blur_sigma=5.0, seed=0):
     raise xplain.UsageError(f"unknown integrated-gradients baseline {kind!r}")
 
 
-def _explain_integrated_gradients(model, x, targets, params, seed):
+def _explain_integrated_gradients(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import torch
 
     steps = params["steps"]
@@ -160,7 +165,9 @@ def smoothgrad_noise(x, seed=0, samples=50, noise=0.15):
     return torch.stack(eps).view(x.shape[0], samples, *x.shape[1:])
 
 
-def _explain_smoothgrad(model, x, targets, params, seed):
+def _explain_smoothgrad(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import torch
 
     samples = params["samples"]
@@ -193,6 +200,7 @@ def _explain_smoothgrad(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="gradient",
+        reference="captum.attr.Saliency(abs=False)",
         summary="signed d logit / d input, channels summed (vanilla gradient)",
         description=(
             "One forward and one backward pass: the gradient of the target class's logit (never the "
@@ -206,6 +214,7 @@ def register_methods(register):
     ))
     register(xplain.Method(
         name="input-x-gradient",
+        reference="captum.attr.InputXGradient",
         summary="input × d logit / d input, channels summed (Shrikumar et al. 2016)",
         description=(
             "One forward and one backward pass: the preprocessed input times the gradient of the "
@@ -221,6 +230,7 @@ def register_methods(register):
     ))
     register(xplain.Method(
         name="integrated-gradients",
+        reference="captum.attr.IntegratedGradients",
         summary="path integral of gradients from a baseline (Sundararajan et al. 2017)",
         description=(
             "IG_i = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα for the target logit f and baseline "
@@ -243,9 +253,9 @@ def register_methods(register):
         ),
         explain=_explain_integrated_gradients,
         params=[
-            xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1),
+            xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1, max=1000),
             xplain.Param("baseline", "str", "zeros", "the reference input x'", choices=("zeros", "blur", "uniform")),
-            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0),
+            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100),
             xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
                          choices=_IG_RULES),
             _internal_batch_param("interpolation points"),
@@ -255,6 +265,7 @@ def register_methods(register):
     ))
     register(xplain.Method(
         name="smoothgrad",
+        reference="captum.attr.NoiseTunnel(Saliency)",
         summary="gradient averaged over Gaussian-noised copies (Smilkov et al. 2017)",
         description=(
             "The signed gradient of the target logit averaged over `samples` noisy copies x + ε, "
@@ -270,7 +281,7 @@ def register_methods(register):
         ),
         explain=_explain_smoothgrad,
         params=[
-            xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1),
+            xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1, max=10000),
             xplain.Param("noise", "float", 0.15, "noise σ as a fraction of each image's value range", min=0.0),
             xplain.Param("square", "bool", False, "average squared gradients (SmoothGrad-Squared)"),
             _internal_batch_param("noisy copies"),

@@ -28,7 +28,8 @@ def _resolve(params, height, width):
     return patch, stride
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
 
     batch, channels, height, width = x.shape
@@ -58,6 +59,7 @@ def _explain(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="occlusion",
+        reference="captum.attr.Occlusion",
         summary="logit drop when a sliding patch is set to a baseline (Zeiler & Fergus 2014)",
         description=(
             "A `patch`×`patch` window (all channels) slides over the image with step `stride`; for each "
@@ -77,11 +79,11 @@ def register_methods(register):
         ),
         explain=_explain,
         params=[
-            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0),
-            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0),
+            xplain.Param("patch", "int", 0, "window side in pixels; 0 = auto, 2·round(min(H, W)/16)", min=0, max=4096),
+            xplain.Param("stride", "int", 0, "window step in pixels (<= patch); 0 = auto, patch // 2", min=0, max=4096),
             xplain.Param("baseline", "float", 0.0, "value the occluded pixels are set to (preprocessed space)"),
             xplain.Param("batch", "int", 64, "occluded images per forward pass (at least one window of every image)",
-                         min=1),
+                         min=1, max=4096),
         ],
         capabilities=xplain.Capabilities(needs_gradients=False),
     ))

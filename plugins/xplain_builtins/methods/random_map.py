@@ -3,7 +3,8 @@
 import xplain
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    x, seed = request.x, request.seed
     import torch
 
     height, width = x.shape[-2:]

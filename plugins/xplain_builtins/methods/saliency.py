@@ -3,7 +3,8 @@
 import xplain
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
     import torch
 
     with torch.enable_grad():
@@ -17,6 +18,7 @@ def _explain(model, x, targets, params, seed):
 def register_methods(register):
     register(xplain.Method(
         name="saliency",
+        reference="captum.attr.Saliency(abs=True)",
         summary="|d logit / d input|, max over channels (Simonyan et al. 2014)",
         description=(
             "One forward and one backward pass: the gradient of the target class's logit (never "

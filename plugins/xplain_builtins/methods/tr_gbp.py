@@ -22,6 +22,8 @@ backward (the torch part is imported inside functions, as for every plugin).
 
 import xplain
 
+from .guided import NON_RECTIFIER
+
 _ALL, _CONV = "all", "conv"
 
 
@@ -253,7 +255,8 @@ def _fractions(mass):
     return {name: round(m / whole, 6) for name, m in mass.items()}
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch
 
     terms = bias_terms(model, params["layers"]) if params["bias"] else []
@@ -286,8 +289,8 @@ def _explain(model, x, targets, params, seed):
         picks = torch.tensor([column[u][c] for c in members], device=x.device)
 
         def centred(values):
-            own = values[u, me]
-            return own - values[u, picks].mean(dim=0) if params["center"] else own
+            own = values[u, me]  # noqa: B023 - called within this iteration only
+            return own - values[u, picks].mean(dim=0) if params["center"] else own  # noqa: B023
 
         out.append(centred(full))
         in_map = {name: float(centred(m).abs().sum()) for name, m in parts.items()}
@@ -350,12 +353,13 @@ def register_methods(register):
             "grid, before psi: input, every bias layer incl. those without a map, whose ones-map is "
             "one value), map_shares (the terms' L1 mass in the output map, after psi), layer_totals "
             "(the centred sum of each layer's ones-map gradient at its own grid); per batch: topk, "
-            "map_layers, scalar_layers (left out of the map), backward (batched or copies)."
+            "map_layers, scalar_layers (left out of the map), backward (batched or copies). "
+            + NON_RECTIFIER
         ),
         explain=_explain,
         params=[
             xplain.Param("topk", "int", 5, "classes averaged for the class-mean subtraction (clamped to "
-                         "the number of classes; the target is added when outside them)", min=2),
+                         "the number of classes; the target is added when outside them)", min=2, max=100000),
             xplain.Param("bias", "bool", True, "add the bias ones-map terms (false: guided backprop + "
                          "centring, an ablation)"),
             xplain.Param("center", "bool", True, "subtract the top-K class mean (false: the un-centred "
@@ -364,5 +368,7 @@ def register_methods(register):
                          "(see `xplain inspect`)"),
             xplain.reduce_param(help="how the C input channels of the input term become one map"),
         ],
-        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True),
+        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True, requires=("rectifiers",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam",
+                                                       "lrp-epsilon")),
     ))

@@ -2,7 +2,7 @@
 
 ``ebpg`` (energy-based pointing game, TR-GBP Table 1), ``bbox-accuracy`` (MIP-IN Table 2),
 ``ehr`` (effective heat ratio, InputIBA Table 2) and ``ibd`` (intensity of boundary dependency,
-TR-GBP eq. 12). Boxes arrive in ``context["boxes"]`` already mapped through the preprocessing
+TR-GBP eq. 12). Boxes arrive in ``context.boxes`` already mapped through the preprocessing
 into model-input pixels (continuous ``x0, y0, x1, y1``); a pixel belongs to a box when its centre
 does. Only the boxes of the evaluated target class count (when the annotation names classes);
 a sample without boxes, or without a box of its class, scores NaN ("not applicable").
@@ -11,12 +11,12 @@ a sample without boxes, or without a box of its class, scores NaN ("not applicab
 import xplain
 
 
-def box_masks(context, targets, h, w, device):
+def box_masks(boxes, box_labels, targets, h, w, device):
     """B×H×W bool: union of each sample's target-class boxes; ``valid`` B bool (has a box)."""
     import torch
 
-    boxes = context.get("boxes") or [None] * len(targets)
-    labels = context.get("box_labels") or [None] * len(targets)
+    boxes = boxes or [None] * len(targets)
+    labels = box_labels or [None] * len(targets)
     ys = torch.arange(h, device=device, dtype=torch.float32)[:, None] + 0.5
     xs = torch.arange(w, device=device, dtype=torch.float32)[None, :] + 0.5
     masks = torch.zeros(len(targets), h, w, dtype=torch.bool, device=device)
@@ -46,24 +46,26 @@ def _nan_where(values, ok):
     return torch.where(ok, values, torch.full_like(values, float("nan")))
 
 
-def _ebpg(model, x, targets, attribution, context):
+def _ebpg(context: xplain.MetricContext):
+    x, targets, attribution = context.x, context.targets, context.attribution
     b, h, w = attribution.maps.shape
     m = attribution.maps.to(x.device).float()
-    roi, valid = box_masks(context, targets, h, w, x.device)
-    e = _energy(m, context["params"]["energy"]).reshape(b, -1)
+    roi, valid = box_masks(context.boxes, context.box_labels, targets, h, w, x.device)
+    e = _energy(m, context.params["energy"]).reshape(b, -1)
     total = e.sum(1)
     inside = (e * roi.reshape(b, -1)).sum(1)
     return {"ebpg": _nan_where(inside / total.clamp_min(1e-30), valid & (total > 0))}
 
 
-def _bbox_accuracy(model, x, targets, attribution, context):
+def _bbox_accuracy(context: xplain.MetricContext):
+    x, targets, attribution = context.x, context.targets, context.attribution
     import torch
 
     b, h, w = attribution.maps.shape
     m = attribution.maps.to(x.device).float().reshape(b, -1)
-    if context["params"]["absolute"]:
+    if context.params["absolute"]:
         m = m.abs()
-    roi, valid = box_masks(context, targets, h, w, x.device)
+    roi, valid = box_masks(context.boxes, context.box_labels, targets, h, w, x.device)
     roi = roi.reshape(b, -1)
     n = roi.sum(1)
     order = torch.argsort(m, dim=1, descending=True, stable=True)
@@ -72,12 +74,13 @@ def _bbox_accuracy(model, x, targets, attribution, context):
     return {"bbox-accuracy": _nan_where(m_in.float() / n.clamp_min(1).float(), valid)}
 
 
-def _ehr(model, x, targets, attribution, context):
+def _ehr(context: xplain.MetricContext):
+    x, targets, attribution = context.x, context.targets, context.attribution
     import torch
 
-    params = context["params"]
+    params = context.params
     b, h, w = attribution.maps.shape
-    roi, valid = box_masks(context, targets, h, w, x.device)
+    roi, valid = box_masks(context.boxes, context.box_labels, targets, h, w, x.device)
     qs = torch.linspace(0, 1, int(params["quantiles"]), device=x.device)
     out = torch.full((b,), float("nan"), device=x.device)
     for i in range(b):
@@ -100,10 +103,11 @@ def _ehr(model, x, targets, attribution, context):
     return {"ehr": out}
 
 
-def _ibd(model, x, targets, attribution, context):
+def _ibd(context: xplain.MetricContext):
+    x, attribution = context.x, context.attribution
     import torch
 
-    params = context["params"]
+    params = context.params
     b, h, w = attribution.maps.shape
     border = float(params["border"])
     bh = max(1, round(border * h / params["reference_size"]))
@@ -162,7 +166,7 @@ def register_metrics(register):
                     "map. " + _BOXES,
         score=_ehr, higher_is_better=True, needs=("boxes",),
         params=[xplain.Param("base_threshold", "float", 0.1, "heat below this is ignored", min=0.0, max=1.0),
-                xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2),
+                xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2, max=1000),
                 xplain.Param("weight", "bool", False, "weight the ratio by heat")],
     ))
     register(xplain.Metric(

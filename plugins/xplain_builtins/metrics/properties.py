@@ -2,7 +2,7 @@
 
 ``class-sensitivity`` (MIP-IN section 6.4), ``sanity`` (cascading parameter randomisation,
 Adebayo et al. 2018) and ``completeness`` (APC / positive APC of a source signal, MIP-IN
-eq. 10-11). They reach the method through ``context["explain"]``, which re-runs it with the
+eq. 10-11). They reach the method through ``context.reexplain``, which re-runs it with the
 same parameters and seed.
 """
 
@@ -73,10 +73,11 @@ def _unit(maps):
 
 
 # ----------------------------------------------------------------------------- class sensitivity
-def _class_sensitivity(model, x, targets, attribution, context):
+def _class_sensitivity(context: xplain.MetricContext):
+    model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import torch
 
-    params = context["params"]
+    params = context.params
     if model.num_classes < 2:
         return {"class-sensitivity": torch.full((x.shape[0],), float("nan"), device=x.device)}
     with torch.no_grad():
@@ -88,10 +89,10 @@ def _class_sensitivity(model, x, targets, attribution, context):
         other = logits.scatter(1, targets[:, None], float("inf")).argmin(1)
     else:  # random class != target, drawn per sample (seed + image) so batching never changes it
         shift = torch.stack([torch.randint(1, model.num_classes, (), generator=g, device=x.device)
-                             for g in xplain.sample_generators(x, int(context.get("seed", 0)))])
+                             for g in xplain.sample_generators(x, int(context.seed))])
         other = (targets + shift.to(targets.device)) % model.num_classes
     a = attribution.maps.to(x.device).float()
-    b = context["explain"](x, other).maps.to(x.device).float()
+    b = context.reexplain(x, other).maps.to(x.device).float()
     norm = params["normalise"]
     if norm == "l2":
         a = a / a.flatten(1).norm(dim=1).clamp_min(1e-30)[:, None, None]
@@ -133,14 +134,15 @@ def _randomised_copy(model, name, seed):
     return module
 
 
-def _sanity(model, x, targets, attribution, context):
+def _sanity(context: xplain.MetricContext):
+    model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import torch
 
-    params = context["params"]
+    params = context.params
     layers = list(reversed(weight_layers(model)))  # cascading: from the top (the logits) down
     if params["layers"] > 0:
         layers = layers[:params["layers"]]
-    seed = int(context.get("seed", 0))
+    seed = int(context.seed)
     prep = (lambda m: m.abs()) if params["absolute"] else (lambda m: m)
     ref = prep(attribution.maps.to(x.device).float())
     ssims = [torch.ones(x.shape[0], device=x.device)]
@@ -149,7 +151,7 @@ def _sanity(model, x, targets, attribution, context):
     for k, name in enumerate(layers):
         swapped[name] = _randomised_copy(model, name, seed * 1000 + k)
         with model.swap_modules(dict(swapped)):  # restored on exit, also after an error
-            maps = prep(context["explain"](x, targets).maps.to(x.device).float())
+            maps = prep(context.reexplain(x, targets).maps.to(x.device).float())
         ssims.append(ssim(_unit(ref), _unit(maps)).to(x.device))
         ranks.append(spearman(ref, maps).to(x.device))
     s, r = torch.stack(ssims, 1), torch.stack(ranks, 1)
@@ -163,7 +165,8 @@ def _sanity(model, x, targets, attribution, context):
 
 
 # ----------------------------------------------------------------------------- completeness
-def _completeness(model, x, targets, attribution, context):
+def _completeness(context: xplain.MetricContext):
+    model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
     import torch
 
     extras = attribution.extras or {}
@@ -217,7 +220,7 @@ def register_metrics(register):
                     "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
                     "how many layers are randomised (0 = all). The model is restored afterwards.",
         score=_sanity, higher_is_better=False, needs=("method",),
-        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0),
+        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0, max=100000),
                 xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
         curves={"sanity-ssim-curve": "layers randomised from the top",
                 "sanity-spearman-curve": "layers randomised from the top"},

@@ -4,9 +4,9 @@
 Zhang, Khakzar et al. (NeurIPS 2021), whose stages 2–3 live in :mod:`.iba_input`
 (which builds on this module; this module does not import it).
 
-Speed: the model is split once at the bottleneck layer into a *prefix* (input → feature map)
-and a *suffix* (feature map → logits), two new fx graphs sharing the model's modules (the
-model's own graph is never touched). The prefix runs once per explained batch, so each of the
+Speed: the model is split once at the bottleneck layer (``model.split_at``) into a *prefix*
+(input → feature map) and a *suffix* (feature map → logits), two new fx graphs sharing the
+model's modules (the model's own graph is never touched). The prefix runs once per explained batch, so each of the
 10 optimisation steps costs only the suffix; fitting statistics and the GAN stage run only the
 prefix. All images of a batch are optimised together: every per-image quantity (masks, noise,
 optimiser moments) is element-wise, so batching never mixes images.
@@ -17,79 +17,6 @@ import math
 import xplain
 
 LN2 = math.log(2.0)
-
-
-# ----------------------------------------------------------------------------- graph split
-class Split:
-    """The model cut after fx node ``layer``: ``prefix(x) -> [R, *rest]`` and
-    ``suffix(R, rest) -> logits``.
-
-    ``rest`` are the other prefix values the suffix reads (usually none; e.g. a dynamic
-    Reshape's shape). Both are fresh ``GraphModule``s that share the model's submodules."""
-
-    def __init__(self, model, layer):
-        from torch import fx
-
-        self.model = model
-        graph = model.graph.graph
-        target = model.node(layer)
-        nodes = list(graph.nodes)
-        cut = nodes.index(target)
-        before, after = nodes[:cut + 1], nodes[cut + 1:]
-        later = set(after)
-        boundary = [target] + [n for n in before if n is not target and n.op != "get_attr"
-                               and any(u in later for u in n.users)]
-        self.layer = target.name
-        self.fixed_batch = model.spec.fixed_batch
-
-        pre = fx.Graph()
-        env = {}
-        for node in before:
-            env[node] = pre.node_copy(node, lambda n: env[n])
-        pre.output(tuple(env[n] for n in boundary))
-        self._prefix = _module(model, pre)
-
-        post = fx.Graph()
-        env = {n: post.placeholder(f"cut_{i}") for i, n in enumerate(boundary)}
-        for node in after:
-            for arg in node.all_input_nodes:  # constants the suffix reads are copied over
-                if arg not in env and arg.op == "get_attr":
-                    env[arg] = post.node_copy(arg, lambda n: env[n])
-            env[node] = post.node_copy(node, lambda n: env[n])
-        self._suffix = _module(model, post)
-        self.extra = len(boundary) - 1
-
-    def prefix(self, x):
-        """``[R, *rest]`` for a batch (row by row on a graph fixed at batch 1)."""
-        import torch
-
-        if not self.fixed_batch or x.shape[0] == 1:
-            return list(self._prefix(x))
-        rows = [self._prefix(xi) for xi in x.split(1)]
-        return [torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
-                for i in range(len(rows[0]))]
-
-    def features(self, x):
-        return self.prefix(x)[0]
-
-    def suffix(self, z, rest=()):
-        import torch
-
-        if not self.fixed_batch or z.shape[0] == 1:
-            return self._suffix(z, *rest)
-        n = z.shape[0]
-        rows = lambda i: [v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v  # noqa: E731
-                          for v in rest]
-        return torch.cat([self._suffix(z[i:i + 1], *rows(i)) for i in range(n)])
-
-
-def _module(model, graph):
-    from torch import fx
-
-    module = fx.GraphModule(model.graph, graph)
-    module.graph.eliminate_dead_code()
-    module.recompile()
-    return module
 
 
 def resolve_layer(model, requested, method, spatial=True):
@@ -108,7 +35,7 @@ def resolve_layer(model, requested, method, spatial=True):
         raise xplain.UsageError(f"{method}: layer {name!r} does not carry a tensor") from None
     if len(shape) < 2:
         raise xplain.UsageError(f"{method}: layer {name!r} has no feature dimension ({shape})")
-    if spatial and len(shape) != 4:
+    if spatial and model.feature_layer(name) is None:
         dims = "×".join(map(str, shape[1:]))
         raise xplain.UsageError(f"{method}: layer {name!r} is not a spatial feature map ({dims}); "
                                 "its capacity cannot be drawn over the image", hint="use input-iba, or a conv layer")
@@ -156,6 +83,19 @@ def gaussian_smooth(t, sigma):
     mode = "reflect" if min(t.shape[-2:]) > half else "replicate"
     padded = F.pad(t, (half, half, half, half), mode=mode)
     return F.conv2d(padded, kernel, groups=t.shape[1])
+
+
+def smooth_layout(feature, t, sigma):
+    """:func:`gaussian_smooth` over the spatial view of a feature layer's tensor (tokens and
+    channels-last maps are smoothed on their grid; prefix tokens are left as they are)."""
+    if feature is None or feature.layout is None or feature.layout.kind == "nchw":
+        return gaussian_smooth(t, sigma)
+    return feature.from_spatial(gaussian_smooth(feature.to_spatial(t), sigma), like=t)
+
+
+def spatial(feature, t):
+    """A feature layer's tensor as B×C×h×w (identity for B×C×H×W and non-spatial layers)."""
+    return t if feature is None else feature.to_spatial(t)
 
 
 def saliency_bits(capacity, size):
@@ -211,7 +151,7 @@ def _fit(model, batches, params, console=None):
     import torch
 
     layer, shape = resolve_layer(model, params["layer"], "iba", spatial=False)
-    split = Split(model, layer)
+    split = model.split_at(layer)
     feats, pixels = Welford(), Welford()
     limit = params["fit_samples"]
     with torch.no_grad():
@@ -338,7 +278,7 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            lam = gaussian_smooth(torch.sigmoid(alpha), sigma)
+            lam = smooth_layout(split.feature, torch.sigmoid(alpha), sigma)
             noise = torch.stack([torch.randn((copies, *r.shape[1:]), generator=g, **kw) for g in gens])
             eps = mean[:, None] + std[:, None] * noise
             z = (lam[:, None] * r[:, None] + (1 - lam[:, None]) * eps) * active[:, None]
@@ -349,18 +289,20 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
             loss.backward()
             opt.step()
             capacity = cap.detach()
-        lam = gaussian_smooth(torch.sigmoid(alpha.detach()), sigma)
+        lam = smooth_layout(split.feature, torch.sigmoid(alpha.detach()), sigma)
     return capacity, lam, r, rest
 
 
 def _stats_and_gens(model, x, params, seed, method, layer):
-    split = Split(model, layer)
+    split = model.split_at(layer)
     gens = xplain.sample_generators(x, seed)
     mean, std, active, info, state = feature_stats(model, split, x, params, gens, method)
     return split, gens, mean, std, active, info, state
 
 
-def _explain_iba(model, x, targets, params, seed):
+def _explain_iba(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import time
 
     layer, shape = resolve_layer(model, params["layer"], "iba")
@@ -369,7 +311,7 @@ def _explain_iba(model, x, targets, params, seed):
     capacity, _, _, _ = feature_bottleneck(
         split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
         copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["sigma"])
-    maps = saliency_bits(capacity, (model.spec.height, model.spec.width))
+    maps = saliency_bits(spatial(split.feature, capacity), (model.spec.height, model.spec.width))
     info.update(layer=layer, layer_shape=list(shape[1:]), seconds=round(time.perf_counter() - began, 4))
     per_image = [{"total_bits": round(float(v), 4)} for v in (capacity.flatten(1).sum(1) / LN2).tolist()]
     return xplain.Attribution(maps, info=info, sample_info=per_image)
@@ -383,16 +325,16 @@ def common_params(beta=10.0, steps=10):
           "default feature layer"),
         P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
         P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
-          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1),
+          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1, max=10000),
         P("lr", "float", 1.0, "Adam learning rate for the mask logits α", min=0),
-        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1),
+        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1, max=1024),
         P("initial_alpha", "float", 5.0, "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)"),
         P("min_std", "float", 0.01, "floor on the feature standard deviation σ_R", min=0),
         P("active_threshold", "float", 0.01, "a unit is active (kept) when non-zero in more than this fraction "
           "of the samples", min=0, max=1),
         P("fallback_copies", "int", 32, "without fitted statistics: the image plus this many minus one "
-          "tile-scrambled copies estimate them", min=2),
-        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0),
+          "tile-scrambled copies estimate them", min=2, max=1024),
+        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0, max=10000000),
     ]
 
 
@@ -426,6 +368,6 @@ def register_methods(register):
         explain=_explain_iba,
         fit=_fit,
         params=common_params() + [xplain.Param("sigma", "float", 1.0, "σ of the Gaussian smoothing of λ (0 = none)",
-                                               min=0)],
+                                               min=0, max=50)],
         capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
     ))

@@ -75,7 +75,7 @@ class GroupedCritic:
 
         b, n = feats.shape[:2]
         h = feats.transpose(0, 1).flatten(1, 2)  # N×(B·C)×h×w
-        for (cin, cout, k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
+        for (_cin, _cout, _k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
             h = F.batch_norm(h, None, None, gw, gb, training=True)
             h = F.leaky_relu(h, 0.2)
@@ -98,7 +98,16 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
     kw = {"device": x.device, "dtype": x.dtype}
     with torch.no_grad():
         probe = split.features(x[:1])
-    critic = GroupedCritic(b, probe.shape[1], *(probe.shape[2:] if probe.dim() == 4 else (1, 1)), gens, **kw)
+    layout = split.feature.layout if split.feature is not None else None
+
+    def feats(t):  # critic input: B×n×C×h×w (tokens/channels-last on their grid, prefix tokens left out)
+        if layout is not None and layout.kind != "nchw":
+            flat = split.feature.to_spatial(t.flatten(0, 1))
+            return flat.reshape(*t.shape[:2], *flat.shape[1:])
+        return t if t.dim() == 5 else t.reshape(*t.shape[:2], -1, 1, 1)
+
+    shape = feats(probe[None]).shape
+    critic = GroupedCritic(b, shape[2], *shape[3:], gens, **kw)
     mask_logit = feat_map[:, None].expand(b, cin, *feat_map.shape[1:]).clone().requires_grad_(True)
     noise_mean = torch.zeros((b, cin, 1, 1), **kw).requires_grad_(True)
     noise_scale = torch.ones((b, cin, 1, 1), **kw).requires_grad_(True)
@@ -113,9 +122,6 @@ def gan_stage(split, x, feat_map, z_star, gens, params):
         noisy = m * x[:, None] + (1 - m) * (noise_scale[:, None] * z + noise_mean[:, None])
         f = split.features(noisy.flatten(0, 1))
         return f.reshape(b, z.shape[1], *f.shape[1:])
-
-    def feats(t):  # critic input: B×n×C×h×w
-        return t if t.dim() == 5 else t.reshape(*t.shape[:2], -1, 1, 1)
 
     critic_steps = gen_steps = 0
     with torch.enable_grad():
@@ -237,7 +243,9 @@ def _input_noise(x, params, state, info):
     return mean, std.clamp_min(params["min_std"])
 
 
-def _explain_input_iba(model, x, targets, params, seed):
+def _explain_input_iba(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
     import time
 
     import torch
@@ -250,7 +258,7 @@ def _explain_input_iba(model, x, targets, params, seed):
     capacity, lam, r, _ = _iba.feature_bottleneck(
         split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
         copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["feat_sigma"])
-    feat_map = _iba.saliency_bits(capacity, size)
+    feat_map = _iba.saliency_bits(_iba.spatial(split.feature, capacity), size)
     times["feature"] = time.perf_counter() - t0
     extras = {"feature_map": feat_map}
     info.update(layer=layer, layer_shape=list(shape[1:]))
@@ -308,11 +316,11 @@ _DESCRIPTION = (
 def input_iba_method():
     P = xplain.Param
     params = _iba.common_params() + [
-        P("feat_sigma", "float", 1.0, "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)", min=0),
-        P("gan_epochs", "int", 20, "GAN epochs (stage 2)", min=0),
-        P("gan_dataset", "int", 200, "target samples from P(Z*) per epoch", min=2),
-        P("gan_subset", "int", 20, "gan_target=reference: items per noise sub-data set", min=1),
-        P("gan_batch", "int", 32, "GAN batch size (a last batch of one joins the one before)", min=2),
+        P("feat_sigma", "float", 1.0, "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)", min=0, max=50),
+        P("gan_epochs", "int", 20, "GAN epochs (stage 2)", min=0, max=1000),
+        P("gan_dataset", "int", 200, "target samples from P(Z*) per epoch", min=2, max=100000),
+        P("gan_subset", "int", 20, "gan_target=reference: items per noise sub-data set", min=1, max=100000),
+        P("gan_batch", "int", 32, "GAN batch size (a last batch of one joins the one before)", min=2, max=4096),
         P("gan_lr", "float", 5e-5, "RMSProp learning rate of the critic (the paper's GAN rate)", min=0),
         P("gen_mask_lr", "float", 0.003, "RMSProp learning rate of the generator's mask logits (released code)",
           min=0),
@@ -320,12 +328,12 @@ def input_iba_method():
         P("gen_scale_lr", "float", 0.05, "RMSProp learning rate of the generator's noise scale (released code)",
           min=0),
         P("weight_clip", "float", 0.01, "WGAN weight clipping of every critic parameter", min=0),
-        P("critic_iter", "int", 5, "one generator step every this many critic batches", min=1),
+        P("critic_iter", "int", 5, "one generator step every this many critic batches", min=1, max=1000),
         P("gan_target", "str", "paper", "how target samples of P(Z*) are drawn", choices=GAN_TARGETS),
         P("beta_input", "float", 20.0, "β of the input bottleneck (stage 3)", min=0),
-        P("input_steps", "int", 60, "Adam steps of the input bottleneck", min=1),
+        P("input_steps", "int", 60, "Adam steps of the input bottleneck", min=1, max=10000),
         P("input_lr", "float", 1.0, "Adam learning rate of the input mask logits", min=0),
-        P("input_sigma", "float", 1.0, "σ of the Gaussian smoothing of the input mask Λ", min=0),
+        P("input_sigma", "float", 1.0, "σ of the Gaussian smoothing of the input mask Λ", min=0, max=50),
         P("input_noise", "str", "data", "input noise ε: data statistics or N(0,1)", choices=INPUT_NOISE),
         P("return", "str", "input", "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
           choices=RETURNS),

@@ -117,7 +117,7 @@ def build_chain(model, layer: str = "") -> tuple[str | None, list[dict]]:
     except _NotChain as err:
         if layer == "input":
             raise xplain.UsageError(f"mip-in cannot invert the whole graph: {err}",
-                                    hint="leave `layer` empty to invert the head from the default feature layer")
+                                    hint="leave `layer` empty to invert the head from the default feature layer") from None
         first = err
     default = model.default_feature_layer()
     if default is None:

@@ -94,7 +94,6 @@ class _ClassData:
 # ----------------------------------------------------------------------------- the inverses of one class
 def _fit_class(model, start, steps, data, cls, params, task):
     """Fit every inverse of one class top-down (Algorithm 1); returns (inverses, errors)."""
-    import torch
 
     inv: dict[int, dict] = {}
     errors: dict[str, dict] = {}
@@ -106,12 +105,12 @@ def _fit_class(model, start, steps, data, cls, params, task):
         if task is not None:
             task.update(f"class {cls}: {step['kind']} {step['node']}")
 
-        def pairs():  # (S at this step's output, true X at its input) per batch
+        def pairs():  # (S at this step's output, true X at its input) per batch; used in this iteration
             for x in data:
                 logits, acts = _activations(model, x, start, steps)
                 s = logits[:, cls:cls + 1]
-                s = _propagate(steps, inv, s, acts, k + 1, gating=gating)
-                yield s, _act(acts, step["input"], start)
+                s = _propagate(steps, inv, s, acts, k + 1, gating=gating)  # noqa: B023
+                yield s, _act(acts, step["input"], start)  # noqa: B023
 
         if step["kind"] == "conv" and params.get("conv_solver") == "lstsq":
             inv[k], errors[step["node"]] = _fit_conv_lstsq(step, pairs, params["ridge"])
@@ -332,7 +331,7 @@ def fit(model, batches, params, console=None):
     steps = [_step_meta(s) for s in raw]
     wanted = _parse_classes(model, params["classes"])
     present: dict[int, int] = {}
-    for x, labels in _labelled(model, batches):
+    for _x, labels in _labelled(model, batches):
         for c in labels.tolist():
             present[c] = present.get(c, 0) + 1
     classes = wanted if wanted is not None else sorted(present)

@@ -52,9 +52,9 @@ _PARAMS = [
     xplain.Param("ridge", "float", 0.001, "fit only: λ of the dense ridge solution (eq. 6, paper 0.001), on "
                                           "sums over samples", min=0.0),
     xplain.Param("epochs", "int", 20, "fit only: training epochs of each convolution inverse (paper E = 20)",
-                 min=1),
+                 min=1, max=1000),
     xplain.Param("lr", "float", 0.01, "fit only: Adam learning rate of the convolution inverses", min=0.0),
-    xplain.Param("conv_batch", "int", 8, "fit only: mini-batch size of the convolution inverses", min=1),
+    xplain.Param("conv_batch", "int", 8, "fit only: mini-batch size of the convolution inverses", min=1, max=4096),
     xplain.Param("conv_solver", "str", "adam",
                  "fit only: 'adam' trains each convolution inverse for `epochs` (the paper); 'lstsq' solves the "
                  "same transposed-convolution family exactly (ridge normal equations, one pass)",
@@ -67,7 +67,8 @@ _PARAMS = [
 
 
 
-def _explain(model, x, targets, params, seed):
+def _explain(request: xplain.ExplainRequest):
+    model, x, targets, params = request.model, request.x, request.targets, request.params
     import torch.nn.functional as F
 
     attribution, source, _, start = invert(model, x, targets, params)
@@ -88,7 +89,6 @@ def _explain(model, x, targets, params, seed):
 
 def completeness(model, x, targets, params=None) -> dict:
     """APC and Positive APC of section 5 (eq. 10-11), in percent, averaged per class then over classes."""
-    import torch
 
     values = xplain.validate_params(_PARAMS, params or {}, NAME)
     _, source, logits, start = invert(model, x, targets, values)
@@ -131,7 +131,9 @@ _DESCRIPTION = (
     "paper's ImageNet maps keep only A > 0: `relu`=true); input channels are summed. extras: "
     "`source_signal` S_0 (with biases) and `attribution` A, both at the start layer. `gating`=false "
     "gives the global inverse of Figure 3. Without fitted state explain stops with the `xplain fit` "
-    "command to run."
+    "command to run. Rectifier networks only (the inverse is gated by the forward ReLU pattern, eq. 9): "
+    "models with GELU/SiLU/Hardswish, LayerNorm or attention are refused by fit and explain before "
+    "running (exit 2, one line naming what the model has)."
 )
 
 
@@ -144,5 +146,6 @@ def register_methods(register):
         explain=_explain,
         fit=fit,
         params=_PARAMS,
-        capabilities=xplain.Capabilities(needs_gradients=False, needs_fitting=True),
+        capabilities=xplain.Capabilities(needs_gradients=False, needs_fitting=True, requires=("rectifiers",),
+                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
     ))
