@@ -231,8 +231,8 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
         return
 
     import xplain
-    from xplain.run.api import run_method
     from xplain.plugins.registry import get_registry, validate_params
+    from xplain.run.api import run_method
 
     started = time.perf_counter()
     try:

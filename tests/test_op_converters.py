@@ -12,15 +12,14 @@ that gets any of them wrong fails here. A few modules are also checked with
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from xplain.onnx import op_converters as ops
 from xplain.onnx.converters import convert, unsupported_ops
 from xplain.onnx.passes import drop_unused_optional_outputs, infer_shapes
-from xplain.onnx import op_converters as ops
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 

@@ -155,6 +155,7 @@ def _shape_inference(model_or_path, **kwargs):
     onnx2torch in the process gets the original behaviour."""
     if _INFERRED.get() is not None and _INFERRED.get() == id(model_or_path):
         return model_or_path
+    assert _original_shape_inference is not None  # installed by convert() before it can be called
     return _original_shape_inference(model_or_path, **kwargs)
 
 

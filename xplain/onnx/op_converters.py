@@ -20,11 +20,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
-from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+from onnx2torch.utils.common import (
+    OnnxMapping,
+    OnnxToTorchModule,
+    OperationConverterResult,
+    onnx_mapping_from_node,
+)
+from torch import nn
 
 Converter = Callable[[OnnxNode, OnnxGraph], OperationConverterResult]
 
@@ -205,6 +209,8 @@ class OnnxPad18(_RuntimeOrStatic):
         rank = x.dim()
         axis_list = list(range(rank)) if axis_list is None else [a % rank for a in axis_list]
         count = len(axis_list)
+        if pad_list is None:
+            raise ValueError("Pad without pads")
         begins, ends = pad_list[:count], pad_list[count:]
         if self.mode == "constant":
             fill = self.value if self.value is not None else (float(value.reshape(-1)[0]) if value is not None else 0.0)
