@@ -27,6 +27,7 @@ from rich.segment import Segment
 from rich.table import Table
 
 from ..errors import ExitCode, UsageError, XplainError
+from ..output.display import display_name
 from ..untrusted import printable
 
 app = typer.Typer(
@@ -298,10 +299,11 @@ def inspect(
         "num_classes": model.num_classes,
         "fixed_batch": model.spec.fixed_batch,
         "op_counts": report.op_counts,
-        "activations": [{"layer": a.name, "kind": a.kind} for a in model.activations()],
-        "bias_layers": [{"layer": b.layer, "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
+        "activations": [{"layer": a.name, "onnx_name": model.onnx_name(a.name), "kind": a.kind}
+                        for a in model.activations()],
+        "bias_layers": [{"layer": b.layer, "onnx_name": model.onnx_name(b.layer), "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
                         for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "shape": list(f.shape), "layout": f.layout.kind,
+        "feature_layers": [{"layer": f.name, "onnx_name": model.onnx_name(f.name), "shape": list(f.shape), "layout": f.layout.kind,
                             "grid": list(f.layout.grid), "channels": f.layout.channels,
                             "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
         "default_feature_layer": default.name if default else None,
@@ -346,15 +348,19 @@ def inspect(
                   + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
     if default is not None:
         out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
-    table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck)", box=None)
+    table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck; `-p layer=` takes the id or the ONNX name)", box=None)
     table.add_column("layer")
+    table.add_column("ONNX name")
     table.add_column("shape")
     table.add_column("layout")
     table.add_column("")
     for f in model.feature_layers():
         marks = ["default" if f.name == data["default_feature_layer"] else "",
                  "iba" if f.name == data["bottleneck_layer"] else ""]
-        table.add_row(escape(f.name), shape(f.shape), escape(f.layout.describe()), " ".join(m for m in marks if m))
+        # ONNX names are file content: escaped (control characters) and markup-escaped for rich
+        onnx_name = model.onnx_name(f.name)
+        table.add_row(escape(f.name), escape(display_name(onnx_name)) if onnx_name else "–", shape(f.shape),
+                      escape(f.layout.describe()), " ".join(m for m in marks if m))
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)

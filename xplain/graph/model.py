@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..output.display import display_name
 from .kinds import BATCHNORM, weight_layer
 from .kinds import batchnorm_affine as _bn_affine
 
@@ -353,12 +354,43 @@ class Model:
 
     # ---------------------------------------------------------------- graph knowledge
     def node(self, name: str) -> fx.Node:
+        """The fx node called ``name`` — its safe id, or the original ONNX node name behind it.
+
+        Node names are replaced by safe ids before conversion (they reach generated code); users
+        know the exporter's names (``/blocks/blocks.3/Add``), so both are accepted."""
         for node in self.graph.graph.nodes:
             if node.name == name:
                 return node
         from ..errors import UsageError
 
-        raise UsageError(f"no layer named {name!r}", hint="see `xplain inspect MODEL` for layer names")
+        matches = self._by_onnx_name.get(name, []) if name else []
+        if len(matches) == 1:
+            return self.node(matches[0])
+        shown = display_name(name)
+        if len(matches) > 1:
+            raise UsageError(f"layer name {shown} names {len(matches)} ONNX nodes",
+                             hint="use one of their ids: " + ", ".join(matches[:8]))
+        raise UsageError(f"no layer named {shown}", hint="see `xplain inspect MODEL` for layer names")
+
+    def onnx_name(self, name: str) -> str | None:
+        """The original ONNX node name behind fx node ``name`` (None if it has none, e.g. an
+        indexing node onnx2torch added). Raw text from the file: escape it for display
+        (:func:`display_name`)."""
+        node = next((n for n in self.graph.graph.nodes if n.name == name), None)
+        if node is None:
+            return None
+        key = node.target if node.op == "call_module" else node.name
+        original = self.report.original_names.get(key) if isinstance(key, str) else None
+        return original or None
+
+    @cached_property
+    def _by_onnx_name(self) -> dict[str, list[str]]:
+        targets = {n.target: n.name for n in self.graph.graph.nodes if n.op == "call_module"}
+        found: dict[str, list[str]] = {}
+        for safe, original in self.report.original_names.items():
+            if original and safe in targets:
+                found.setdefault(original, []).append(targets[safe])
+        return found
 
     def module(self, name: str) -> nn.Module:
         node = self.node(name)

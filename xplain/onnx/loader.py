@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 from ..errors import ModelError, UnsupportedOpsError, UsageError
 from ..untrusted import printable
 from . import passes
-from .converters import register_aliases, unsupported_ops
+from .converters import convert, unsupported_ops, xplain_converted_ops
 from .io import check_model, read_model
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
@@ -306,7 +305,6 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
 
     ``max_pixels`` bounds the declared input (H × W; see :func:`max_input_pixels`). Every failure
     is a :class:`~xplain.errors.ModelError` with one line naming the file."""
-    import onnx2torch
     import torch
 
     from ..graph.model import InputSpec, LoadReport, Model
@@ -337,6 +335,8 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     report.original_names, note = passes.sanitize_names(work)
     report.notes.append(note)
     passes.drop_initializer_inputs(work)
+    if note := passes.drop_unused_optional_outputs(work):
+        report.notes.append(note)
     if note := passes.fold_constants(work):
         report.notes.append(note)
     stash = passes.detach_weights(work)
@@ -354,14 +354,13 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     missing = unsupported_ops(work)
     if missing:
         raise UnsupportedOpsError(missing, path=path)
-    register_aliases()
+    if used := xplain_converted_ops(work):
+        report.notes.append("converted with xplain's converters: "
+                            + ", ".join(f"{op} ×{n}" for op, n in sorted(used.items())))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # shapes were inferred above on the weight-free graph; onnx2torch's own pass would
-            # serialise the full model again for nothing
-            with mock.patch.object(onnx2torch.converter, "safe_shape_inference", lambda m: m):
-                gm = onnx2torch.convert(work)
+            gm = convert(work)  # shapes were inferred above, on the weight-free graph
     except Exception as err:  # noqa: BLE001 - converters raise anything
         raise ModelError(f"conversion failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
                          path=path) from None

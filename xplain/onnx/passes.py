@@ -65,6 +65,28 @@ def sanitize_names(model) -> tuple[dict[str, str], str]:
     return originals, note
 
 
+#: ops whose outputs after the first are optional extras (statistics, masks, indices)
+_OPTIONAL_EXTRA_OUTPUTS = frozenset({"LayerNormalization", "Dropout", "BatchNormalization", "MaxPool"})
+
+
+def drop_unused_optional_outputs(model) -> str:
+    """Remove optional extra outputs (LayerNorm's Mean/InvStdDev, Dropout's mask, …) nobody reads.
+
+    onnx2torch treats a node with several output names as a tuple-returning module and indexes
+    it; a converter that returns one tensor would then be indexed along the batch. Empty names
+    (omitted outputs) and names no node or graph output reads are the same graph without them."""
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    count = 0
+    for node in graph.node:
+        if node.op_type not in _OPTIONAL_EXTRA_OUTPUTS or node.domain not in ("", "ai.onnx"):
+            continue
+        while len(node.output) > 1 and (node.output[-1] == "" or node.output[-1] not in read):
+            del node.output[-1]
+            count += 1
+    return f"dropped {count} unused optional node outputs" if count else ""
+
+
 def drop_omitted_trailing_inputs(model) -> str:
     """Remove trailing empty input names (``Clip(x, min, "")``).
 

@@ -39,7 +39,7 @@ def _layer_shape(model, name):
 def _gradcam_layer(model, requested):
     """The feature layer (:class:`xplain.FeatureLayer`: name, layout, reshape to B×C×h×w)."""
     if requested:
-        model.node(requested)  # UsageError for an unknown name
+        requested = model.node(requested).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
         _layer_shape(model, requested)
         layer = model.feature_layer(requested)
         if layer is None:

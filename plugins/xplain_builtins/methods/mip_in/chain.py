@@ -106,7 +106,7 @@ def _walk(model, start: str | None) -> list[dict]:
 def build_chain(model, layer: str = "") -> tuple[str | None, list[dict]]:
     """(start node or None for the input, steps). Falls back to the head for non-chains."""
     if layer and layer != "input":
-        model.node(layer)  # UsageError for an unknown name
+        layer = model.node(layer).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
         try:
             return layer, _walk(model, layer)
         except _NotChain as err:
