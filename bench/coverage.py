@@ -78,8 +78,10 @@ MODELS: list[Entry] = [
     _tv("shufflenet_v2", "shufflenet_v2_x1_0"),
     _tv("squeezenet", "squeezenet1_1"),
     _tv("efficientnet", "efficientnet_b0"),
-    *[_tv("efficientnet", f"efficientnet_b{i}", s, default=False)
-      for i, s in ((1, 240), (2, 288), (3, 300), (4, 380), (5, 456), (6, 528))],
+    *[
+        _tv("efficientnet", f"efficientnet_b{i}", s, default=False)
+        for i, s in ((1, 240), (2, 288), (3, 300), (4, 380), (5, 456), (6, 528))
+    ],
     _tv("efficientnet", "efficientnet_b7", 600),
     _tv("efficientnet_v2", "efficientnet_v2_s", 384),
     _tv("regnet_x", "regnet_x_400mf"),
@@ -107,8 +109,14 @@ FAST_PARAMS: dict[str, dict] = {
     "smoothgrad": {"samples": 2},
     "occlusion": {"patch": 0, "stride": 0},  # filled per model: a 3×3 grid of windows
     "iba": {"steps": 3, "batch_size": 4, "fallback_copies": 4},
-    "input-iba": {"steps": 2, "batch_size": 2, "fallback_copies": 4, "gan_epochs": 1, "gan_dataset": 8,
-                  "gan_batch": 4},
+    "input-iba": {
+        "steps": 2,
+        "batch_size": 2,
+        "fallback_copies": 4,
+        "gan_epochs": 1,
+        "gan_dataset": 8,
+        "gan_batch": 4,
+    },
 }
 
 
@@ -120,7 +128,7 @@ def _one_line(err: BaseException) -> str:
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
     lines = [line for line in lines if line]
     if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1:]
+        after = lines[lines.index("## Exception summary") + 1 :]
         if after:
             return f"{type(err).__name__}: {after[0][:300]}"
     return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
@@ -161,21 +169,47 @@ def _export(entry: Entry, exporter: str, path: Path, record: dict) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if exporter == "dynamo":
-                    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
-                    torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"],
-                                      output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+                    shapes = (
+                        {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+                    )
+                    torch.onnx.export(
+                        module,
+                        (x,),
+                        str(path),
+                        dynamo=True,
+                        input_names=["x"],
+                        output_names=["logits"],
+                        dynamic_shapes=shapes,
+                        verbose=False,
+                    )
                 else:
                     axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-                    torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=CLASSIC_OPSET,
-                                      input_names=["x"], output_names=["logits"], dynamic_axes=axes)
+                    torch.onnx.export(
+                        module,
+                        (x,),
+                        str(path),
+                        dynamo=False,
+                        opset_version=CLASSIC_OPSET,
+                        input_names=["x"],
+                        output_names=["logits"],
+                        dynamic_axes=axes,
+                    )
         except Exception as err:  # noqa: BLE001 - the exporter raises anything
             errors.append(("dynamic" if dynamic else "static") + " batch: " + _one_line(err))
             continue
         import onnx
 
-        batch = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-        record["export"] = {"ok": True, "dynamic_batch": dynamic and not batch.HasField("dim_value"),
-                            "seconds": round(time.perf_counter() - started, 1), "errors": errors}
+        batch = (
+            onnx.load(str(path), load_external_data=False)
+            .graph.input[0]
+            .type.tensor_type.shape.dim[0]
+        )
+        record["export"] = {
+            "ok": True,
+            "dynamic_batch": dynamic and not batch.HasField("dim_value"),
+            "seconds": round(time.perf_counter() - started, 1),
+            "errors": errors,
+        }
         return
     record["export"] = {"ok": False, "errors": errors}
 
@@ -207,8 +241,15 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
     key = f"{entry.name}__{exporter}"
     record_path = records / f"{key}.json"
     previous = json.loads(record_path.read_text()) if record_path.exists() else {}
-    record = {"family": entry.family, "source": entry.source, "model": entry.name, "exporter": exporter,
-              "size": entry.size, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {
+        "family": entry.family,
+        "source": entry.source,
+        "model": entry.name,
+        "exporter": exporter,
+        "size": entry.size,
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path = files / f"{key}.onnx"
 
     def save() -> None:
@@ -244,10 +285,16 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
         save()
         return
     report = model.report
-    record["load"] = {"ok": True, "seconds": round(time.perf_counter() - started, 1), "verified": report.verified,
-                      "max_abs_diff": report.max_abs_diff, "batch_checked": report.batch_checked,
-                      "opset": report.opset, "opset_used": report.opset_used,
-                      "notes": [n for n in report.notes if n]}
+    record["load"] = {
+        "ok": True,
+        "seconds": round(time.perf_counter() - started, 1),
+        "verified": report.verified,
+        "max_abs_diff": report.max_abs_diff,
+        "batch_checked": report.batch_checked,
+        "opset": report.opset,
+        "opset_used": report.opset_used,
+        "notes": [n for n in report.notes if n],
+    }
     record["methods"] = dict(previous.get("methods", {}))
     save()
 
@@ -268,8 +315,11 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
     for name in names:
         method = registry.methods[name]
         if method.capabilities.needs_fitting:
-            record["methods"][name] = {"ok": False, "kind": "needs fit",
-                                       "message": f"needs `xplain fit {name}` on a data set first"}
+            record["methods"][name] = {
+                "ok": False,
+                "kind": "needs fit",
+                "message": f"needs `xplain fit {name}` on a data set first",
+            }
             save()
             continue
         started = time.perf_counter()
@@ -278,14 +328,24 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
             values = validate_params(method.params, _method_params(name, entry.size), name)
             attribution = run_method(model, method, x, target, values, seed=0)
             nonzero = bool(attribution.maps.abs().sum() > 0)
-            record["methods"][name] = {"ok": True, "seconds": round(time.perf_counter() - started, 2),
-                                       "nonzero": nonzero}
+            record["methods"][name] = {
+                "ok": True,
+                "seconds": round(time.perf_counter() - started, 2),
+                "nonzero": nonzero,
+            }
         except _MethodTimeout:
-            record["methods"][name] = {"ok": False, "kind": "timeout",
-                                       "message": f"did not finish in {method_timeout} s on the shared CPU"}
+            record["methods"][name] = {
+                "ok": False,
+                "kind": "timeout",
+                "message": f"did not finish in {method_timeout} s on the shared CPU",
+            }
         except xplain.XplainError as err:
             kind = "refused" if type(err).__name__ in ("UsageError", "ModelError") else "error"
-            record["methods"][name] = {"ok": False, "kind": kind, "message": str(err).splitlines()[0][:300]}
+            record["methods"][name] = {
+                "ok": False,
+                "kind": kind,
+                "message": str(err).splitlines()[0][:300],
+            }
         except Exception as err:  # noqa: BLE001 - out of memory and other crashes are recorded
             record["methods"][name] = {"ok": False, "kind": "error", "message": _one_line(err)}
         finally:
@@ -298,8 +358,9 @@ def worker(entry: Entry, exporter: str, out: Path, methods: str, method_timeout:
 # ----------------------------------------------------------------------------- driver
 def _limit_memory(gigabytes: float):
     def apply() -> None:
-        limit = int(gigabytes * 1024 ** 3)
+        limit = int(gigabytes * 1024**3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return apply
 
 
@@ -327,8 +388,16 @@ def _wanted_methods(methods: str) -> list[str]:
     return [n.strip() for n in methods.split(",") if n.strip()]
 
 
-def drive(entries: list[Entry], exporters: list[str], out: Path, timeout: float, mem_gb: float,
-          retry_failed: bool, methods: str, method_timeout: int) -> None:
+def drive(
+    entries: list[Entry],
+    exporters: list[str],
+    out: Path,
+    timeout: float,
+    mem_gb: float,
+    retry_failed: bool,
+    methods: str,
+    method_timeout: int,
+) -> None:
     wanted = _wanted_methods(methods)
     records = out / "records"
     records.mkdir(parents=True, exist_ok=True)
@@ -340,18 +409,43 @@ def drive(entries: list[Entry], exporters: list[str], out: Path, timeout: float,
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {entry.name} / {exporter} …", flush=True)
             started = time.perf_counter()
-            cmd = [sys.executable, __file__, "--worker", entry.name, exporter, "--out", str(out),
-                   "--methods", methods, "--method-timeout", str(method_timeout)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                entry.name,
+                exporter,
+                "--out",
+                str(out),
+                "--methods",
+                methods,
+                "--method-timeout",
+                str(method_timeout),
+            ]
             try:
-                proc = subprocess.run(cmd, timeout=timeout, preexec_fn=_limit_memory(mem_gb),
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    cmd,
+                    timeout=timeout,
+                    preexec_fn=_limit_memory(mem_gb),
+                    capture_output=True,
+                    text=True,
+                )
                 tail = (proc.stderr or "").strip().splitlines()[-1:] if proc.returncode else []
                 outcome = f"exit {proc.returncode}" + (f": {tail[0][:300]}" if tail else "")
             except subprocess.TimeoutExpired:
                 outcome = f"timeout after {timeout:.0f} s"
-            record = json.loads(path.read_text()) if path.exists() else {
-                "family": entry.family, "source": entry.source, "model": entry.name, "exporter": exporter,
-                "size": entry.size, "export": {"ok": False, "errors": []}}
+            record = (
+                json.loads(path.read_text())
+                if path.exists()
+                else {
+                    "family": entry.family,
+                    "source": entry.source,
+                    "model": entry.name,
+                    "exporter": exporter,
+                    "size": entry.size,
+                    "export": {"ok": False, "errors": []},
+                }
+            )
             if record.get("status") != "done" and not outcome.startswith("exit 0"):
                 record["status"] = f"{record.get('status', 'running')} ({outcome})"
                 record["crash"] = outcome
@@ -390,13 +484,26 @@ def _row(record: dict) -> list[str]:
         verified = f"yes ({diff:.1e})" if load.get("verified") and diff is not None else "no"
     methods = record.get("methods", {})
     ran = sorted(n for n, m in methods.items() if m.get("ok"))
-    refused = sorted((n, m) for n, m in methods.items() if not m.get("ok") and m.get("kind") != "needs fit")
+    refused = sorted(
+        (n, m) for n, m in methods.items() if not m.get("ok") and m.get("kind") != "needs fit"
+    )
     ran_cell = f"{len(ran)}: " + ", ".join(ran) if ran else "–"
     if load and load.get("ok") and record.get("status") != "done":
         ran_cell += " (unfinished: " + _md(record.get("crash", record.get("status", "")), 60) + ")"
-    refused_cell = "; ".join(f"{n} ({m.get('kind')}: {_md(m.get('message', ''), 90)})" for n, m in refused) or "–"
-    return [record["family"], f"`{record['model']}`", record["exporter"], _export_cell(record), loads, verified,
-            ran_cell, refused_cell]
+    refused_cell = (
+        "; ".join(f"{n} ({m.get('kind')}: {_md(m.get('message', ''), 90)})" for n, m in refused)
+        or "–"
+    )
+    return [
+        record["family"],
+        f"`{record['model']}`",
+        record["exporter"],
+        _export_cell(record),
+        loads,
+        verified,
+        ran_cell,
+        refused_cell,
+    ]
 
 
 def write_outputs(out: Path) -> dict:
@@ -408,10 +515,22 @@ def write_outputs(out: Path) -> dict:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):
             continue
-    records.sort(key=lambda r: order.get((r.get("model"), r.get("exporter")), 10 ** 6))
+    records.sort(key=lambda r: order.get((r.get("model"), r.get("exporter")), 10**6))
     seen = {(r.get("model"), r.get("exporter")) for r in records}
-    missing = [{"family": e.family, "source": e.source, "model": e.name, "exporter": x, "size": e.size,
-                "status": "not run"} for e in MODELS if e.default for x in EXPORTERS if (e.name, x) not in seen]
+    missing = [
+        {
+            "family": e.family,
+            "source": e.source,
+            "model": e.name,
+            "exporter": x,
+            "size": e.size,
+            "status": "not run",
+        }
+        for e in MODELS
+        if e.default
+        for x in EXPORTERS
+        if (e.name, x) not in seen
+    ]
     summary = {}
     for exporter in EXPORTERS:
         rows = [r for r in records if r.get("exporter") == exporter]
@@ -429,18 +548,26 @@ def write_outputs(out: Path) -> dict:
         "refused / failed |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(records + missing, key=lambda r: order.get((r.get("model"), r.get("exporter")), 10 ** 6)):
+    for r in sorted(
+        records + missing, key=lambda r: order.get((r.get("model"), r.get("exporter")), 10**6)
+    ):
         if r.get("status") == "not run":
             lines.append(f"| {r['family']} | `{r['model']}` | {r['exporter']} | not run | | | | |")
         else:
             lines.append("| " + " | ".join(_row(r)) + " |")
-    totals = "; ".join(f"{x}: {s['loaded']}/{s['rows']} rows run load, {s['verified']}/{s['rows']} verify"
-                       for x, s in summary.items() if s["rows"])
+    totals = "; ".join(
+        f"{x}: {s['loaded']}/{s['rows']} rows run load, {s['verified']}/{s['rows']} verify"
+        for x, s in summary.items()
+        if s["rows"]
+    )
     if missing:
         totals += f"; {len(missing)} rows not run"
-    lines += ["", f"Totals — {totals}.",
-              "¹ the exporter refused a dynamic batch axis; exported with a fixed batch of 1 (xplain then runs "
-              "one sample at a time). Methods needing `xplain fit` (mip-in) are not run here."]
+    lines += [
+        "",
+        f"Totals — {totals}.",
+        "¹ the exporter refused a dynamic batch axis; exported with a fixed batch of 1 (xplain then runs "
+        "one sample at a time). Methods needing `xplain fit` (mip-in) are not run here.",
+    ]
     (out / "coverage.md").write_text("\n".join(lines) + "\n")
     return data
 
@@ -461,18 +588,28 @@ def update_readme(readme: Path, table: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "coverage")
-    parser.add_argument("--families", default="", help="comma-separated family or model names (default: all)")
+    parser.add_argument(
+        "--families", default="", help="comma-separated family or model names (default: all)"
+    )
     parser.add_argument("--exporters", default=",".join(EXPORTERS))
     parser.add_argument("--all", action="store_true", help="every size of the multi-size families")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per (model, exporter)")
     parser.add_argument("--mem-gb", type=float, default=12, help="address-space limit per worker")
     parser.add_argument("--retry-failed", action="store_true")
-    parser.add_argument("--methods", default="all", help="none (export, load and verify only), core (gradient, "
-                        "grad-cam, integrated-gradients), all, or comma-separated names")
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="none (export, load and verify only), core (gradient, "
+        "grad-cam, integrated-gradients), all, or comma-separated names",
+    )
     parser.add_argument("--method-timeout", type=int, default=300, help="seconds per method")
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="also put the table into this README, between the coverage markers")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also put the table into this README, between the coverage markers",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "EXPORTER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -495,8 +632,16 @@ def main(argv: list[str] | None = None) -> int:
         entries = [e for e in MODELS if e.default or args.all]
     exporters = [x for x in args.exporters.split(",") if x in EXPORTERS]
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    drive(entries, exporters, args.out, args.timeout, args.mem_gb, args.retry_failed, args.methods,
-          args.method_timeout)
+    drive(
+        entries,
+        exporters,
+        args.out,
+        args.timeout,
+        args.mem_gb,
+        args.retry_failed,
+        args.methods,
+        args.method_timeout,
+    )
     if args.readme:
         update_readme(args.readme, args.out / "coverage.md")
     return 0

@@ -61,13 +61,22 @@ def export(name: str, out: Path) -> Path:
     net = getattr(torchvision.models, name)(weights=None).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, H, W),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+        torch.onnx.export(
+            net,
+            (torch.randn(1, 3, H, W),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
+        )
     return path
 
 
-def images(folder: Path, n: int, size=(500, 375), seed: int = 0, classes=4, boxes: Path | None = None) -> Path:
+def images(
+    folder: Path, n: int, size=(500, 375), seed: int = 0, classes=4, boxes: Path | None = None
+) -> Path:
     """``n`` smooth random JPEGs (JPEG-realistic sizes) in WordNet-id class folders, VOC boxes."""
     from PIL import Image
 
@@ -90,7 +99,8 @@ def images(folder: Path, n: int, size=(500, 375), seed: int = 0, classes=4, boxe
             w, h = size
             (boxes / f"{stem}.xml").write_text(
                 f"<annotation><object><name>{wnid}</name><bndbox><xmin>{w // 4}</xmin><ymin>{h // 4}</ymin>"
-                f"<xmax>{3 * w // 4}</xmax><ymax>{3 * h // 4}</ymax></bndbox></object></annotation>")
+                f"<xmax>{3 * w // 4}</xmax><ymax>{3 * h // 4}</ymax></bndbox></object></annotation>"
+            )
     return folder
 
 
@@ -117,13 +127,19 @@ def part_pipeline(out: Path, n: int = 48) -> dict:
     folder = images(out / "pipeline", n)
     samples = read_dataset(folder)
     pre = Preprocess.from_options((3, H, W), preset="imagenet")
-    batches = [list(enumerate(samples))[k:k + 16] for k in range(0, len(samples), 16)]
+    batches = [list(enumerate(samples))[k : k + 16] for k in range(0, len(samples), 16)]
     rows = {}
-    for label, workers, kind in [("no pool", 0, "thread"), ("1 thread", 1, "thread"), ("2 threads", 2, "thread"),
-                                 ("2 processes", 2, "process")]:
+    for label, workers, kind in [
+        ("no pool", 0, "thread"),
+        ("1 thread", 1, "thread"),
+        ("2 threads", 2, "thread"),
+        ("2 processes", 2, "process"),
+    ]:
+
         def run():
             for _ in prefetch(batches, pre, workers=workers, kind=kind):
                 pass
+
         run()  # warm (process start-up is then paid in every run below: it is part of the cost)
         rows[label] = n / timed(run, 3)
     log("\npipeline (decode+preprocess 500x375 JPEG -> 224x224), images/s")
@@ -152,8 +168,13 @@ def _run_metric(name, model, x, t, maps, params, context=None):
     metric = _metric(name)
     p = xplain.validate_params(metric.params, params, name)
     with torch.no_grad():
-        return metric.score(model, x, t, xplain.Attribution(maps), {"params": p, "seed": 0, "cache": {},
-                                                                     **(context or {})})
+        return metric.score(
+            model,
+            x,
+            t,
+            xplain.Attribution(maps),
+            {"params": p, "seed": 0, "cache": {}, **(context or {})},
+        )
 
 
 def _maps(model, x, t):
@@ -161,8 +182,9 @@ def _maps(model, x, t):
     out = model(xx).gather(1, t[:, None]).sum()
     (g,) = torch.autograd.grad(out, xx)
     m = g.abs().amax(1).detach()
-    return m + 1e-7 * m.flatten(1).amax(1).view(-1, 1, 1) * torch.rand(m.shape, generator=torch.Generator(
-        ).manual_seed(0)).to(m.device)  # untie: Quantus sorts unstably
+    return m + 1e-7 * m.flatten(1).amax(1).view(-1, 1, 1) * torch.rand(
+        m.shape, generator=torch.Generator().manual_seed(0)
+    ).to(m.device)  # untie: Quantus sorts unstably
 
 
 def part_metrics(model, device, b: int = 2) -> dict:
@@ -184,14 +206,23 @@ def part_metrics(model, device, b: int = 2) -> dict:
         for _ in range(2):  # interleaved rounds
             with torch.no_grad():
                 fwd.append(timed(lambda: (model(x[:1]), sync(device)), 3))
-            ours.append(timed(lambda: (_run_metric(name, model, x, t, maps, params), sync(device)), 1) / (b * steps))
+            ours.append(
+                timed(lambda: (_run_metric(name, model, x, t, maps, params), sync(device)), 1)
+                / (b * steps)
+            )
         f, o = statistics.median(fwd), statistics.median(ours)
-        rows[name] = {"ms_per_image_step": 1000 * o, "forward_ms": 1000 * f, "ratio_to_forward": o / f,
-                      "image_steps": b * steps}
+        rows[name] = {
+            "ms_per_image_step": 1000 * o,
+            "forward_ms": 1000 * f,
+            "ratio_to_forward": o / f,
+            "image_steps": b * steps,
+        }
     log("\nperturbation metrics, ms per image-step and x one forward (batch 1) in the same rounds")
     for k, r in rows.items():
-        log(f"  {k:20s} {r['ms_per_image_step']:7.1f} ms  forward {r['forward_ms']:6.1f} ms  "
-            f"ratio {r['ratio_to_forward']:.2f}")
+        log(
+            f"  {k:20s} {r['ms_per_image_step']:7.1f} ms  forward {r['forward_ms']:6.1f} ms  "
+            f"ratio {r['ratio_to_forward']:.2f}"
+        )
     return rows
 
 
@@ -215,46 +246,74 @@ def part_quantus(model, device, b: int = 2) -> dict:
     ours_t = timed(lambda: _run_metric("deletion", model, x, t, maps, {"step": str(step)}), 1)
     r = _run_metric("deletion", model, x, t, maps, {"step": str(step)})
     pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline=0.0, **q)
-    theirs_t = timed(lambda: pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1)
+    theirs_t = timed(
+        lambda: pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1
+    )
     pf_curve = np.array(pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)))
     ours_curve = r["deletion-curve"].cpu().numpy()[:, 1:]
     same = pf_curve[:, 2::3]
     rows["deletion vs PixelFlipping"] = {
         "ours_ms_per_image_step": 1000 * ours_t / (b * (n_steps + 1)),
         "quantus_ms_per_image_step": 1000 * theirs_t / (b * pf_curve.shape[-1]),
-        "ours_seconds_per_curve": ours_t / b, "quantus_seconds_per_curve": theirs_t / b,
-        "max_abs_difference": float(np.abs(ours_curve - same).max()) if same.shape == ours_curve.shape else None}
+        "ours_seconds_per_curve": ours_t / b,
+        "quantus_seconds_per_curve": theirs_t / b,
+        "max_abs_difference": float(np.abs(ours_curve - same).max())
+        if same.shape == ours_curve.shape
+        else None,
+    }
     # pixel-perturbation MoRF (16x16 tiles, one tile per step: 196 steps) vs RegionPerturbation
     tile, regions = 16, 32
     tiles = (H // tile) * (W // tile)
     params = {"tile": str(tile), "steps": str(tiles)}
-    rp = quantus.RegionPerturbation(patch_size=tile, order="morf", regions_evaluation=regions,
-                                    perturb_baseline=0.0, **q)
-    theirs_t = timed(lambda: rp(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1)
+    rp = quantus.RegionPerturbation(
+        patch_size=tile, order="morf", regions_evaluation=regions, perturb_baseline=0.0, **q
+    )
+    theirs_t = timed(
+        lambda: rp(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1
+    )
     rq = np.array(rp(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)))
     ours_t = timed(lambda: _run_metric("pixel-perturbation", model, x, t, maps, params), 1)
     r = _run_metric("pixel-perturbation", model, x, t, maps, params)
     morf = r["morf-curve"].cpu().numpy()
-    diff = float(np.abs((morf[:, :1] - morf[:, 1:regions + 1]) - rq).max()) if rq.shape == (b, regions) else None
+    diff = (
+        float(np.abs((morf[:, :1] - morf[:, 1 : regions + 1]) - rq).max())
+        if rq.shape == (b, regions)
+        else None
+    )
     rows["pixel-perturbation vs RegionPerturbation"] = {
         "ours_ms_per_image_step": 1000 * ours_t / (b * 2 * (tiles + 1)),
-        "quantus_ms_per_image_step": 1000 * theirs_t / (b * regions), "max_abs_difference": diff,
-        "note": f"ours: MoRF and LeRF over all {tiles} tiles; Quantus: MoRF over the first {regions}"}
+        "quantus_ms_per_image_step": 1000 * theirs_t / (b * regions),
+        "max_abs_difference": diff,
+        "note": f"ours: MoRF and LeRF over all {tiles} tiles; Quantus: MoRF over the first {regions}",
+    }
     # bbox-accuracy on one-pixel boxes == PointingGame
     flat = maps.flatten(1)
     where = [int(flat[0].argmax()), int(flat[1].argmin())]
-    boxes = [torch.tensor([[p % W, p // W, p % W + 1, p // W + 1]], dtype=torch.float32) for p in where]
-    ours = _run_metric("bbox-accuracy", model, x, t, maps, {}, {"boxes": boxes, "box_labels": [None] * b})
+    boxes = [
+        torch.tensor([[p % W, p // W, p % W + 1, p // W + 1]], dtype=torch.float32) for p in where
+    ]
+    ours = _run_metric(
+        "bbox-accuracy", model, x, t, maps, {}, {"boxes": boxes, "box_labels": [None] * b}
+    )
     mask = np.zeros((b, 1, H, W), np.uint8)
     for i, p in enumerate(where):
         mask[i, 0, p // W, p % W] = 1
-    pg = np.array(quantus.PointingGame(**q)(model=None, x_batch=X, y_batch=Y, a_batch=A, s_batch=mask), float)
+    pg = np.array(
+        quantus.PointingGame(**q)(model=None, x_batch=X, y_batch=Y, a_batch=A, s_batch=mask), float
+    )
     rows["bbox-accuracy (1-pixel boxes) vs PointingGame"] = {
-        "ours": ours["bbox-accuracy"].cpu().tolist(), "quantus": pg.tolist(),
-        "max_abs_difference": float(np.abs(ours["bbox-accuracy"].cpu().numpy() - pg).max())}
+        "ours": ours["bbox-accuracy"].cpu().tolist(),
+        "quantus": pg.tolist(),
+        "max_abs_difference": float(np.abs(ours["bbox-accuracy"].cpu().numpy() - pg).max()),
+    }
     log("\nagainst Quantus (same model, images, maps)")
     for k, r in rows.items():
-        log(f"  {k}: " + ", ".join(f"{a}={v:.4g}" if isinstance(v, float) else f"{a}={v}" for a, v in r.items()))
+        log(
+            f"  {k}: "
+            + ", ".join(
+                f"{a}={v:.4g}" if isinstance(v, float) else f"{a}={v}" for a, v in r.items()
+            )
+        )
     return rows
 
 
@@ -270,25 +329,52 @@ def part_defaults(device) -> dict:
     maps = _maps(model, x, t)
     X, Y, A = x.cpu().numpy(), t.cpu().numpy(), maps[:, None].cpu().numpy()
     pf = quantus.PixelFlipping(perturb_baseline=0.0, disable_warnings=True)  # features_in_step=1
-    theirs = timed(lambda: pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1)
+    theirs = timed(
+        lambda: pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)), 1
+    )
     curve = np.array(pf(model=model.graph, x_batch=X, y_batch=Y, a_batch=A, device=str(device)))
     ours = timed(lambda: _run_metric("deletion", model, x, t, maps, {"step": "1"}), 1)
     r = _run_metric("deletion", model, x, t, maps, {"step": "1"})
     diff = float(np.abs(r["deletion-curve"].cpu().numpy()[:, 1:] - curve).max())
-    row = {"image_steps": 4 * 784, "ours_seconds": ours, "quantus_seconds": theirs, "ours_over_quantus": ours / theirs,
-           "max_abs_difference": diff}
-    log(f"\nQuantus defaults (PixelFlipping, 1 pixel/step, digits 28x28, 4 images): ours {ours:.2f} s, "
-        f"Quantus {theirs:.2f} s, ratio {ours / theirs:.3f}, max |diff| {diff:.2g}")
+    row = {
+        "image_steps": 4 * 784,
+        "ours_seconds": ours,
+        "quantus_seconds": theirs,
+        "ours_over_quantus": ours / theirs,
+        "max_abs_difference": diff,
+    }
+    log(
+        f"\nQuantus defaults (PixelFlipping, 1 pixel/step, digits 28x28, 4 images): ours {ours:.2f} s, "
+        f"Quantus {theirs:.2f} s, ratio {ours / theirs:.3f}, max |diff| {diff:.2g}"
+    )
     return row
 
 
 def part_eval(model_path: Path, out: Path, device: str, n: int = 16) -> dict:
     folder, boxes = out / "eval-images", out / "eval-boxes"
     images(folder, n, boxes=boxes)
-    args = ["eval", str(model_path), str(folder), "--boxes", str(boxes), "--methods", "saliency,grad-cam",
-            "--metrics", "deletion,insertion,ebpg,bbox-accuracy", "--metric-param", f"deletion.step={W * 16}",
-            "--metric-param", f"insertion.step={W * 16}", "--batch-size", "4", "--device", device, "--no-plots",
-            "--preset", "imagenet"]
+    args = [
+        "eval",
+        str(model_path),
+        str(folder),
+        "--boxes",
+        str(boxes),
+        "--methods",
+        "saliency,grad-cam",
+        "--metrics",
+        "deletion,insertion,ebpg,bbox-accuracy",
+        "--metric-param",
+        f"deletion.step={W * 16}",
+        "--metric-param",
+        f"insertion.step={W * 16}",
+        "--batch-size",
+        "4",
+        "--device",
+        device,
+        "--no-plots",
+        "--preset",
+        "imagenet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     rows = {}
 
@@ -296,9 +382,16 @@ def part_eval(model_path: Path, out: Path, device: str, n: int = 16) -> dict:
         target = out / f"eval-{label.replace(' ', '-')}"
         subprocess.run(["rm", "-rf", str(target)], check=True)
         start = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-m", "xplain", *args, "--out", str(target), *extra],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for extra in commands]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "xplain", *args, "--out", str(target), *extra],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for extra in commands
+        ]
         for p in procs:
             if p.wait() != 0:
                 raise SystemExit(f"{label}: {p.stderr.read()}")
@@ -313,7 +406,9 @@ def part_eval(model_path: Path, out: Path, device: str, n: int = 16) -> dict:
         run("ray 2 workers", [["--ray", "local", "--ray-workers", "2", *gpus]])
     except ImportError:
         log("ray not installed: skipped")
-    log(f"\nxplain eval, {n} images 224x224 (2 methods x 4 metrics, incl. process start-up), images/s")
+    log(
+        f"\nxplain eval, {n} images 224x224 (2 methods x 4 metrics, incl. process start-up), images/s"
+    )
     for k, v in rows.items():
         log(f"  {k:14s} {v:6.2f}")
     return {"images": n, "images_per_second": rows}
@@ -348,14 +443,31 @@ def part_rss(out: Path, n: int = 5000) -> dict:
     target = out / "rss-run"
     subprocess.run(["rm", "-rf", str(target)], check=True)
     start = time.perf_counter()
-    xplain.evaluate(model, folder, methods=["random"], metrics=["ibd"], out_dir=target, batch_size=32,
-                    preprocess=Preprocess.from_options((3, 16, 16), preset="unit"), plots=False, progress=progress)
+    xplain.evaluate(
+        model,
+        folder,
+        methods=["random"],
+        metrics=["ibd"],
+        out_dir=target,
+        batch_size=32,
+        preprocess=Preprocess.from_options((3, 16, 16), preset="unit"),
+        plots=False,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
-    log(f"\nRSS over {n} images (MB at images done): " + ", ".join(f"{d}: {m:.0f}" for d, m in samples))
+    log(
+        f"\nRSS over {n} images (MB at images done): "
+        + ", ".join(f"{d}: {m:.0f}" for d, m in samples)
+    )
     after_warmup = [m for d, m in samples if d >= 1000]
     growth = (after_warmup[-1] - after_warmup[0]) if len(after_warmup) > 1 else None
     log(f"  growth from 1,000 to {n} images: {growth:.1f} MB; {n / seconds:.0f} images/s")
-    return {"images": n, "rss_mb": samples, "growth_mb_after_1000": growth, "images_per_second": n / seconds}
+    return {
+        "images": n,
+        "rss_mb": samples,
+        "growth_mb_after_1000": growth,
+        "images_per_second": n / seconds,
+    }
 
 
 def main() -> None:
@@ -372,8 +484,13 @@ def main() -> None:
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     model_path = export(a.model, out)
     model = xplain.load_model(model_path, a.device)
-    report = {"device": a.device, "model": a.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpus": len(os.sched_getaffinity(0))}
+    report = {
+        "device": a.device,
+        "model": a.model,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0)),
+    }
     if a.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
     if "pipeline" in parts:

@@ -45,10 +45,24 @@ def run(model, x, targets, overrides, seed=0, every=1, quiet=False):
     layer, _ = _iba.resolve_layer(model, params["layer"], "input-iba", spatial=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        split, gens, mean, std, active, _, _ = _iba._stats_and_gens(model, x, params, seed, "input-iba", layer)
+        split, gens, mean, std, active, _, _ = _iba._stats_and_gens(
+            model, x, params, seed, "input-iba", layer
+        )
     capacity, lam, r, _ = _iba.feature_bottleneck(
-        split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
-        copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["feat_sigma"])
+        split,
+        x,
+        targets,
+        mean,
+        std,
+        active,
+        gens,
+        beta=params["beta"],
+        steps=params["steps"],
+        lr=params["lr"],
+        copies=params["batch_size"],
+        initial_alpha=params["initial_alpha"],
+        sigma=params["feat_sigma"],
+    )
     feat_map = _iba.saliency_bits(capacity, (model.spec.height, model.spec.width))
     sampler = iba_input._target_sampler(r, lam, capacity, mean, std, active, gens, params)
     rows, start = [], {}
@@ -58,24 +72,39 @@ def run(model, x, targets, overrides, seed=0, every=1, quiet=False):
         if epoch == 0:
             start["mask"] = mask
         moved = (mask - start["mask"]).abs().flatten(1)
-        row = {"epoch": epoch, "wasserstein": info["wasserstein"].tolist(), "w2": info["w2"].tolist(),
-               "mask_grad_max": info["mask_grad"].tolist(), "moved_max": moved.amax(1).tolist(),
-               "moved_mean": moved.mean(1).tolist(), "mask_mean": mask.flatten(1).mean(1).tolist(),
-               "mask_min": mask.flatten(1).amin(1).tolist(), "mask_max": mask.flatten(1).amax(1).tolist()}
+        row = {
+            "epoch": epoch,
+            "wasserstein": info["wasserstein"].tolist(),
+            "w2": info["w2"].tolist(),
+            "mask_grad_max": info["mask_grad"].tolist(),
+            "moved_max": moved.amax(1).tolist(),
+            "moved_mean": moved.mean(1).tolist(),
+            "mask_mean": mask.flatten(1).mean(1).tolist(),
+            "mask_min": mask.flatten(1).amin(1).tolist(),
+            "mask_max": mask.flatten(1).amax(1).tolist(),
+        }
         rows.append(row)
         if not quiet and (epoch % every == 0 or epoch == params["gan_epochs"]):
             fmt = lambda v: " ".join(f"{u:9.3g}" for u in v)  # noqa: E731
-            print(f"epoch {epoch:3d}  W {fmt(row['wasserstein'])}  w2 {fmt(row['w2'])}  |dL/dlogit| "
-                  f"{fmt(row['mask_grad_max'])}  moved max {fmt(row['moved_max'])}  mean {fmt(row['moved_mean'])}"
-                  f"  mask mean {fmt(row['mask_mean'])}", flush=True)
+            print(
+                f"epoch {epoch:3d}  W {fmt(row['wasserstein'])}  w2 {fmt(row['w2'])}  |dL/dlogit| "
+                f"{fmt(row['mask_grad_max'])}  moved max {fmt(row['moved_max'])}  mean {fmt(row['moved_mean'])}"
+                f"  mask mean {fmt(row['mask_mean'])}",
+                flush=True,
+            )
 
     prior, counts = iba_input.gan_stage(split, x, feat_map, sampler, gens, params, monitor=monitor)
     return rows, prior, counts, feat_map
 
 
 def load(names, model):
-    pre = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width), sidecar=model.sidecar)
-    xs = [torch.from_numpy(pre(load_image(ROOT / "sample_models" / "images" / f"{n}.png"))[0]) for n in names]
+    pre = Preprocess.from_options(
+        (model.spec.channels, model.spec.height, model.spec.width), sidecar=model.sidecar
+    )
+    xs = [
+        torch.from_numpy(pre(load_image(ROOT / "sample_models" / "images" / f"{n}.png"))[0])
+        for n in names
+    ]
     return torch.stack(xs)
 
 
@@ -97,15 +126,23 @@ def main():
     overrides = {k: _value(v) for k, v in overrides.items()}
     rows, prior, counts, feat = run(model, x, targets, overrides, args.seed, args.every)
     first, last = rows[0], rows[-1]
-    print(f"{counts}; w2 start {[round(v, 4) for v in first['w2']]} -> end {[round(v, 4) for v in last['w2']]}"
-          f" (ratio {[round(b / a, 3) if a > 0 else math.nan for a, b in zip(first['w2'], last['w2'])]})")
+    print(
+        f"{counts}; w2 start {[round(v, 4) for v in first['w2']]} -> end {[round(v, 4) for v in last['w2']]}"
+        f" (ratio {[round(b / a, 3) if a > 0 else math.nan for a, b in zip(first['w2'], last['w2'])]})"
+    )
     if args.save:
         import numpy as np
 
-        np.savez_compressed(args.save, start=(1 / (1 + np.exp(-feat.numpy()))), end=prior.mean(1).numpy(),
-                            w2=np.array([first["w2"], last["w2"]]))
+        np.savez_compressed(
+            args.save,
+            start=(1 / (1 + np.exp(-feat.numpy()))),
+            end=prior.mean(1).numpy(),
+            w2=np.array([first["w2"], last["w2"]]),
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"params": overrides, "counts": counts, "rows": rows}))
+        Path(args.json).write_text(
+            json.dumps({"params": overrides, "counts": counts, "rows": rows})
+        )
 
 
 if __name__ == "__main__":

@@ -42,22 +42,31 @@ def main():
     model = xplain.load_model(ROOT / "sample_models/shapes_cnn.onnx", device=args.device)
     names = model.labels or ["circle", "square", "triangle", "cross"]
     pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
-    rows = (ROOT / "sample_models/shapes_eval/manifest.csv").read_text().splitlines()[1:args.images + 1]
+    rows = (
+        (ROOT / "sample_models/shapes_eval/manifest.csv")
+        .read_text()
+        .splitlines()[1 : args.images + 1]
+    )
     xs, targets, boxes = [], [], []
     for row in rows:
         path, label, ann = row.split(",")
         xs.append(torch.from_numpy(pre(load_image(ROOT / "sample_models/shapes_eval" / path))[0]))
         targets.append(names.index(label))
         root = ET.parse(ROOT / "sample_models/shapes_eval" / ann).getroot()
-        boxes.append([[float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
-                      for o in root.iter("object") if o.find("name").text == label])
+        boxes.append(
+            [
+                [float(o.find("bndbox").find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+                for o in root.iter("object")
+                if o.find("name").text == label
+            ]
+        )
     x = torch.stack(xs).to(model.device)
     t = torch.tensor(targets, device=model.device)
     with torch.no_grad():  # one forward pass per image, measured at the same batch size
-        model(x[:args.batch])
+        model(x[: args.batch])
         began = time.perf_counter()
         for _ in range(20):
-            model(x[:args.batch])
+            model(x[: args.batch])
         forward = (time.perf_counter() - began) / 20 / args.batch
     registry = get_registry()
     metrics = {m: registry.metric(m) for m in ("insertion", "deletion", "ebpg")}
@@ -67,8 +76,14 @@ def main():
         maps, stages, total = [], {}, 0.0
         for s in range(0, len(rows), args.batch):
             began = time.perf_counter()
-            a = xplain.explain(model, x[s:s + args.batch], targets=t[s:s + args.batch], method=method, params=params,
-                               seed=args.seed)
+            a = xplain.explain(
+                model,
+                x[s : s + args.batch],
+                targets=t[s : s + args.batch],
+                method=method,
+                params=params,
+                seed=args.seed,
+            )
             total += time.perf_counter() - began
             maps.append(a.maps)
             for k, v in a.info.get("stage_seconds", {}).items():
@@ -80,8 +95,11 @@ def main():
             scores[mname] = round(float(torch.nanmean(value.float())), 4)
         per_image = total / len(rows)
         out["configs"][name] = {
-            "s_per_image": round(per_image, 3), "x_forward": round(per_image / forward),
-            "stage_x_forward": {k: round(v / len(rows) / forward) for k, v in stages.items()}, **scores}
+            "s_per_image": round(per_image, 3),
+            "x_forward": round(per_image / forward),
+            "stage_x_forward": {k: round(v / len(rows) / forward) for k, v in stages.items()},
+            **scores,
+        }
         print(name, json.dumps(out["configs"][name]), flush=True)
     print(json.dumps(out, indent=1))
 

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent / "models"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*",
-                        help=f"any of {', '.join(BENCH_MODELS)} (default: all)")
+    parser.add_argument(
+        "models", nargs="*", help=f"any of {', '.join(BENCH_MODELS)} (default: all)"
+    )
     parser.add_argument("--size", type=int, default=SIZE)
     parser.add_argument("--out", type=Path, default=ROOT)
     args = parser.parse_args(argv)

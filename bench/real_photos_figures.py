@@ -39,7 +39,9 @@ def _load(out: Path, name: str):
 
 def _image(out: Path, pre, stem: str):
     raw = load_image(out / "photos" / "images" / f"{stem}.png")
-    return torch.from_numpy(pre(raw)[0])[None], np.asarray(raw.convert("RGB")) if hasattr(raw, "convert") else None
+    return torch.from_numpy(pre(raw)[0])[None], np.asarray(raw.convert("RGB")) if hasattr(
+        raw, "convert"
+    ) else None
 
 
 def _rgb(out: Path, stem: str) -> np.ndarray:
@@ -54,7 +56,7 @@ def _boxes(out: Path, stem: str) -> dict[str, np.ndarray]:
         bb = obj.find("bndbox")
         x0, y0, x1, y1 = (int(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
         m = np.zeros((224, 224), bool)
-        m[y0 - 1:y1, x0 - 1:x1] = True
+        m[y0 - 1 : y1, x0 - 1 : x1] = True
         boxes[obj.find("name").text] = m
     return boxes
 
@@ -85,8 +87,10 @@ def shares(out: Path) -> None:
     BatchNorm network (EfficientNet-Lite0, trained), VGG16's convolutions (random weights) and
     digits_cnn (trained, VGG-like, no BatchNorm); maps of one photo with all layers, with the
     early layers only, and without biases."""
-    nets = [("efficientnet_lite0", "EfficientNet-Lite0 (ImageNet, BatchNorm folded)"),
-            ("vgg16_random", "VGG16 convolutions, random weights (no BatchNorm)")]
+    nets = [
+        ("efficientnet_lite0", "EfficientNet-Lite0 (ImageNet, BatchNorm folded)"),
+        ("vgg16_random", "VGG16 convolutions, random weights (no BatchNorm)"),
+    ]
     fig = Figure(figsize=(9, 4.2))
     rows = []
     for k, (name, title) in enumerate(nets):
@@ -108,8 +112,14 @@ def shares(out: Path) -> None:
         by_grid: dict[str, float] = {}
         for g, v in zip(grids, mean):
             by_grid[g] = by_grid.get(g, 0.0) + float(v)
-        rows.append((name, float(mean[0]), by_grid, [(k2, float(v)) for k2, v in
-                                                      sorted(zip(keys, mean), key=lambda kv: -kv[1])[:3]]))
+        rows.append(
+            (
+                name,
+                float(mean[0]),
+                by_grid,
+                [(k2, float(v)) for k2, v in sorted(zip(keys, mean), key=lambda kv: -kv[1])[:3]],
+            )
+        )
     fig.tight_layout()
     _save(fig, "tr-gbp-shares.png")
     for name, inp, by_grid, top in rows:
@@ -122,8 +132,11 @@ def shares(out: Path) -> None:
         model, pre = _load(out, name)
         x = _image(out, pre, "coffee")[0]
         early = [t.name for t in bias_terms(model) if t.in_hw and t.in_hw[0] >= 56]
-        variants = [("default (all layers)", {}), (f"layers = the {len(early)} layers at >= 56x56", {"layers": ",".join(early)}),
-                    ("bias=false (GBP + centring)", {"bias": False})]
+        variants = [
+            ("default (all layers)", {}),
+            (f"layers = the {len(early)} layers at >= 56x56", {"layers": ",".join(early)}),
+            ("bias=false (GBP + centring)", {"bias": False}),
+        ]
         ax = fig.add_subplot(2, 4, 4 * k + 1)
         ax.imshow(_rgb(out, "coffee"))
         ax.set_title(title.split(" (")[0], fontsize=8)
@@ -131,7 +144,11 @@ def shares(out: Path) -> None:
         for j, (label, params) in enumerate(variants):
             a = _explain(model, x, "tr-gbp", **params)
             inp = a.sample_info[0]["map_shares"]["input"]
-            _signed(fig.add_subplot(2, 4, 4 * k + j + 2), a.maps[0].numpy(), f"{label}\ninput share {inp:.3f}")
+            _signed(
+                fig.add_subplot(2, 4, 4 * k + j + 2),
+                a.maps[0].numpy(),
+                f"{label}\ninput share {inp:.3f}",
+            )
             print(f"{name}: {label}: input share {inp:.4f}")
     fig.tight_layout()
     _save(fig, "tr-gbp-layers.png")
@@ -153,9 +170,11 @@ def classes(out: Path) -> None:
         with torch.no_grad():
             order = model(x)[0].argsort(descending=True).tolist()
         xs = x.repeat(2, 1, 1, 1)
-        runs = {"tr": _explain(model, xs, "tr-gbp", t).maps.numpy(),
-                "none": _explain(model, xs, "tr-gbp", t, fc_bias="none").maps.numpy(),
-                "gbp": _explain(model, xs, "guided-backprop", t).maps.numpy()}
+        runs = {
+            "tr": _explain(model, xs, "tr-gbp", t).maps.numpy(),
+            "none": _explain(model, xs, "tr-gbp", t, fc_bias="none").maps.numpy(),
+            "gbp": _explain(model, xs, "guided-backprop", t).maps.numpy(),
+        }
         ax = fig.add_subplot(len(PAIRS), 5, 5 * r + 1)
         ax.imshow(_rgb(out, stem))
         ax.axis("off")
@@ -165,16 +184,28 @@ def classes(out: Path) -> None:
                 pos = np.clip(maps[i], 0, None)
                 own, other = pos[boxes[n]].sum(), pos[boxes[names[1 - i]]].sum()
                 ratio[key] = own / max(own + other, 1e-30)  # share of the two boxes' positive mass
-            print(f"| {stem} | {n} | {order.index(int(t[i])) + 1} | {ratio['tr']:.2f} | {ratio['none']:.2f} | "
-                  f"{ratio['gbp']:.2f} |")
-            _signed(fig.add_subplot(len(PAIRS), 5, 5 * r + 2 + i), runs["tr"][i], f"TR-GBP: {n}\nown share {ratio['tr']:.2f}")
-            _signed(fig.add_subplot(len(PAIRS), 5, 5 * r + 4 + i), runs["gbp"][i], f"GBP: {n}\nown share {ratio['gbp']:.2f}")
+            print(
+                f"| {stem} | {n} | {order.index(int(t[i])) + 1} | {ratio['tr']:.2f} | {ratio['none']:.2f} | "
+                f"{ratio['gbp']:.2f} |"
+            )
+            _signed(
+                fig.add_subplot(len(PAIRS), 5, 5 * r + 2 + i),
+                runs["tr"][i],
+                f"TR-GBP: {n}\nown share {ratio['tr']:.2f}",
+            )
+            _signed(
+                fig.add_subplot(len(PAIRS), 5, 5 * r + 4 + i),
+                runs["gbp"][i],
+                f"GBP: {n}\nown share {ratio['gbp']:.2f}",
+            )
     fig.tight_layout()
     _save(fig, "tr-gbp-classes.png")
 
 
 # ----------------------------------------------------------------------------- InputIBA
-def inputiba(out: Path, state: Path | None = None, stems=("coffee", "chelsea+coffee"), **params) -> None:
+def inputiba(
+    out: Path, state: Path | None = None, stems=("coffee", "chelsea+coffee"), **params
+) -> None:
     model, pre = _load(out, "efficientnet_lite0")
     if state is not None:
         model.state_dir = state
@@ -184,15 +215,24 @@ def inputiba(out: Path, state: Path | None = None, stems=("coffee", "chelsea+cof
         a = _explain(model, x, "input-iba", **params)
         feat = a.extras["feature_map"][0].numpy()
         gan = a.extras["gan_mask"][0].numpy()
-        panels = [("photo", _rgb(out, stem), None), ("stage 1 (bits)", feat, "viridis"),
-                  ("lambda_G (stage 2)", gan, "viridis"), ("Lambda* (InputIBA)", a.maps[0].numpy(), "viridis")]
+        panels = [
+            ("photo", _rgb(out, stem), None),
+            ("stage 1 (bits)", feat, "viridis"),
+            ("lambda_G (stage 2)", gan, "viridis"),
+            ("Lambda* (InputIBA)", a.maps[0].numpy(), "viridis"),
+        ]
         for j, (title, img, cmap) in enumerate(panels):
             ax = fig.add_subplot(len(stems), 4, 4 * r + j + 1)
             ax.imshow(img, cmap=cmap)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-        print(stem, json.dumps({k: v for k, v in a.info.items() if k in ("stage_seconds", "layer", "stats")}),
-              json.dumps(a.sample_info[0]))
+        print(
+            stem,
+            json.dumps(
+                {k: v for k, v in a.info.items() if k in ("stage_seconds", "layer", "stats")}
+            ),
+            json.dumps(a.sample_info[0]),
+        )
     fig.tight_layout()
     _save(fig, "input-iba-photos.png")
 
@@ -246,8 +286,11 @@ def main() -> None:
         params = {}
         for p in args.param:
             k, v = p.split("=", 1)
-            params[k] = (int(v) if v.isdigit() else float(v)) if v.replace(".", "", 1).replace("-", "", 1).isdigit() \
+            params[k] = (
+                (int(v) if v.isdigit() else float(v))
+                if v.replace(".", "", 1).replace("-", "", 1).isdigit()
                 else v
+            )
         inputiba(args.out, args.state, args.stems.split(","), **params)
     else:
         {"shares": shares, "classes": classes, "summary": summary}[args.what](args.out)

@@ -10,7 +10,9 @@ import numpy as np
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")  # ImageNet classes 0, 1, 2, 3
 
 
-def make_imagenet_folder(root: Path, per_class: int = 50, size: int = 24, seed: int = 0) -> tuple[Path, Path]:
+def make_imagenet_folder(
+    root: Path, per_class: int = 50, size: int = 24, seed: int = 0
+) -> tuple[Path, Path]:
     """``root/val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG`` and ``root/boxes/<stem>.xml`` (Pascal VOC,
     one object named by WordNet id, a few images without annotation); returns (val, boxes)."""
     from PIL import Image
@@ -34,7 +36,8 @@ def make_imagenet_folder(root: Path, per_class: int = 50, size: int = 24, seed: 
                 (boxes / f"{stem}.xml").write_text(
                     f"<annotation><filename>{stem}</filename><size><width>{w}</width><height>{h}</height>"
                     f"<depth>3</depth></size><object><name>{wnid}</name><bndbox><xmin>{x0 + 1}</xmin>"
-                    f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>")
+                    f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>"
+                )
     return val, boxes
 
 
@@ -46,8 +49,13 @@ def tiny_imagenet_model(path: Path, size: int = 16) -> Path:
     from .conftest import export_classic
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                          nn.Linear(96, 1000))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(96, 1000),
+    )
     with torch.no_grad():
         model[4].weight[:4] *= 8  # the four classes of the folder dominate, so predictions vary
     return export_classic(model, path, (1, 3, size, size))

@@ -43,33 +43,74 @@ def build_model(kind: str) -> nn.Module:
     if kind == "vit":
         from torchvision.models import VisionTransformer
 
-        model = VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                                  mlp_dim=64, num_classes=CLASSES)
+        model = VisionTransformer(
+            image_size=SIZE,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=64,
+            num_classes=CLASSES,
+        )
     elif kind in ("swin", "swin_v2"):
         from torchvision.models import SwinTransformer
         from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
-        extra = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if kind == "swin_v2" else {}
-        model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
-                                num_classes=CLASSES, **extra)
+        extra = (
+            {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2}
+            if kind == "swin_v2"
+            else {}
+        )
+        model = SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=16,
+            depths=[2, 2],
+            num_heads=[2, 2],
+            window_size=[4, 4],
+            num_classes=CLASSES,
+            **extra,
+        )
     elif kind == "convnext":
         from torchvision.models import ConvNeXt
         from torchvision.models.convnext import CNBlockConfig
 
-        model = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=CLASSES)
+        model = ConvNeXt(
+            [CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=CLASSES
+        )
     elif kind == "maxvit":
         from torchvision.models import MaxVit
 
-        model = MaxVit(input_size=(SIZE, SIZE), stem_channels=8, partition_size=2, block_channels=[16, 32],
-                       block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=CLASSES)
+        model = MaxVit(
+            input_size=(SIZE, SIZE),
+            stem_channels=8,
+            partition_size=2,
+            block_channels=[16, 32],
+            block_layers=[1, 1],
+            head_dim=8,
+            stochastic_depth_prob=0.0,
+            num_classes=CLASSES,
+        )
     elif kind in TIMM_KINDS:
         timm = pytest.importorskip("timm")
         if kind == "deit":
-            model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=SIZE, patch_size=8,
-                                      depth=2, num_heads=2, embed_dim=32, num_classes=CLASSES)
+            model = timm.create_model(
+                "deit_tiny_patch16_224",
+                pretrained=False,
+                img_size=SIZE,
+                patch_size=8,
+                depth=2,
+                num_heads=2,
+                embed_dim=32,
+                num_classes=CLASSES,
+            )
         else:
-            model = timm.create_model("convnextv2_atto", pretrained=False, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16),
-                                      num_classes=CLASSES)
+            model = timm.create_model(
+                "convnextv2_atto",
+                pretrained=False,
+                depths=(1, 1, 1, 1),
+                dims=(8, 8, 16, 16),
+                num_classes=CLASSES,
+            )
     else:
         raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
     with torch.no_grad():  # non-trivial norms and biases, so a wrong conversion shows in the logits
@@ -82,15 +123,33 @@ def build_model(kind: str) -> nn.Module:
 
 
 def _export(model: nn.Module, path: Path, exporter: str, dynamic: bool) -> None:
-    x = torch.randn(2 if dynamic else 1, 3, SIZE, SIZE)  # a batch of 1 would be specialised by torch.export
+    x = torch.randn(
+        2 if dynamic else 1, 3, SIZE, SIZE
+    )  # a batch of 1 would be specialised by torch.export
     if exporter == "dynamo":
         shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
-        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
-                          dynamic_shapes=shapes, verbose=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
     else:
         axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["logits"], dynamic_axes=axes)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+        )
 
 
 @cache
@@ -100,7 +159,10 @@ def export_model(kind: str, exporter: str) -> str:
         raise ValueError(f"unknown exporter {exporter!r}; one of {EXPORTERS}")
     model = build_model(kind)
     path = _DIR / f"{kind}_{exporter}.onnx"
-    quiet = [logging.getLogger(name) for name in ("torch._guards", "torch.export", "torch._dynamo", "torch.onnx")]
+    quiet = [
+        logging.getLogger(name)
+        for name in ("torch._guards", "torch.export", "torch._dynamo", "torch.onnx")
+    ]
     levels = [log.level for log in quiet]
     try:
         for log in quiet:

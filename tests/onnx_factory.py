@@ -41,11 +41,26 @@ def tensor_info(name: str, shape, elem=TensorProto.FLOAT) -> onnx.ValueInfoProto
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def make_model(nodes, inputs, outputs, initializers=(), *, opset: int = OPSET, extra_opsets=(),
-               ir_version: int = IR_VERSION, sparse_initializers=()) -> onnx.ModelProto:
+def make_model(
+    nodes,
+    inputs,
+    outputs,
+    initializers=(),
+    *,
+    opset: int = OPSET,
+    extra_opsets=(),
+    ir_version: int = IR_VERSION,
+    sparse_initializers=(),
+) -> onnx.ModelProto:
     """Wrap graph parts into a model with the given default-domain opset (+ ``(domain, ver)`` pairs)."""
-    graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), list(initializers),
-                              sparse_initializer=list(sparse_initializers))
+    graph = helper.make_graph(
+        list(nodes),
+        "g",
+        list(inputs),
+        list(outputs),
+        list(initializers),
+        sparse_initializer=list(sparse_initializers),
+    )
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="xplain-tests")
     model.ir_version = ir_version
@@ -115,18 +130,31 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 # ------------------------------------------------------------------------------ bad models
 #: shape-safe ops (N×C×H×W in, N×C×h×w out, default attributes valid at opset 13) that a
 #: converter may or may not exist for; tests pick the ones ``unsupported_ops`` reports missing
-UNSUPPORTED_CANDIDATES = ("GlobalMaxPool", "ThresholdedRelu", "Shrink", "GlobalLpPool", "Hardmax",
-                          "LpNormalization", "MeanVarianceNormalization")
+UNSUPPORTED_CANDIDATES = (
+    "GlobalMaxPool",
+    "ThresholdedRelu",
+    "Shrink",
+    "GlobalLpPool",
+    "Hardmax",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+)
 
 
 def single_op_model(op: str, domain: str = "") -> onnx.ModelProto:
     """A one-node model (not necessarily a valid classifier) for probing converter coverage."""
     extra = [(domain, 1)] if domain else []
-    return make_model([helper.make_node(op, ["x"], ["y"], domain=domain)], [tensor_info("x", ["N", C, H, W])],
-                      [tensor_info("y", None)], extra_opsets=extra)
+    return make_model(
+        [helper.make_node(op, ["x"], ["y"], domain=domain)],
+        [tensor_info("x", ["N", C, H, W])],
+        [tensor_info("y", None)],
+        extra_opsets=extra,
+    )
 
 
-def unsupported_ops_model(twice: str = "GlobalMaxPool", once: str = "ThresholdedRelu") -> onnx.ModelProto:
+def unsupported_ops_model(
+    twice: str = "GlobalMaxPool", once: str = "ThresholdedRelu"
+) -> onnx.ModelProto:
     """A classifier-shaped graph with ops onnx2torch may lack: ``twice`` two times, ``once``
     once, and a custom ``com.example.Foo`` once; the ops around them are convertible::
 
@@ -144,8 +172,13 @@ def unsupported_ops_model(twice: str = "GlobalMaxPool", once: str = "Thresholded
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
     inits = [numpy_helper.from_array(w[n], n) for n in ("conv_w", "conv_b", "fc_w", "fc_b")]
-    return make_model(nodes, [tensor_info("x", ["N", C, H, W])], [tensor_info("y", ["N", K])], inits,
-                      extra_opsets=[("com.example", 1)])
+    return make_model(
+        nodes,
+        [tensor_info("x", ["N", C, H, W])],
+        [tensor_info("y", ["N", K])],
+        inits,
+        extra_opsets=[("com.example", 1)],
+    )
 
 
 def undefined_input_model() -> onnx.ModelProto:
@@ -167,19 +200,28 @@ def wrong_attribute_type_model() -> onnx.ModelProto:
 def rank3_input_model() -> onnx.ModelProto:
     """B×C×L input (a 1-D signal model), B×K output."""
     g = _rng()
-    inits = [numpy_helper.from_array((g.standard_normal((K, C * 8))).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(np.zeros(K, np.float32), "fc_b")]
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]
+    inits = [
+        numpy_helper.from_array((g.standard_normal((K, C * 8))).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(K, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
     return make_model(nodes, [tensor_info("x", ["N", C, 8])], [tensor_info("y", ["N", K])], inits)
 
 
 def rank4_output_model() -> onnx.ModelProto:
     """B×C×H×W in, B×K×H×W out (a segmentation-style head, not a classifier)."""
     w = weights()
-    inits = [numpy_helper.from_array(w["conv_w"], "conv_w"), numpy_helper.from_array(w["conv_b"], "conv_b")]
+    inits = [
+        numpy_helper.from_array(w["conv_w"], "conv_w"),
+        numpy_helper.from_array(w["conv_b"], "conv_b"),
+    ]
     nodes = [helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["y"], pads=[1, 1, 1, 1])]
-    return make_model(nodes, [tensor_info("x", ["N", C, H, W])], [tensor_info("y", ["N", K, H, W])], inits)
+    return make_model(
+        nodes, [tensor_info("x", ["N", C, H, W])], [tensor_info("y", ["N", K, H, W])], inits
+    )
 
 
 def two_inputs_model() -> onnx.ModelProto:
@@ -204,7 +246,9 @@ def sparse_initializer_model() -> onnx.ModelProto:
 
 
 # ------------------------------------------------------------------------------ external data
-def externalize(tensor: onnx.TensorProto, location: str, offset=None, length=None, **extra) -> onnx.TensorProto:
+def externalize(
+    tensor: onnx.TensorProto, location: str, offset=None, length=None, **extra
+) -> onnx.TensorProto:
     """Turn ``tensor`` into an external-data reference (its payload is dropped from the proto).
 
     ``offset``/``length`` are written verbatim as strings (so ``"-4"`` or ``"abc"`` work)."""
@@ -224,7 +268,9 @@ def externalize(tensor: onnx.TensorProto, location: str, offset=None, length=Non
     return tensor
 
 
-def external_classifier(location: str = "weights.bin", offset=None, length=None, **extra) -> onnx.ModelProto:
+def external_classifier(
+    location: str = "weights.bin", offset=None, length=None, **extra
+) -> onnx.ModelProto:
     """The classifier with ``conv_w`` (432 bytes) stored as external data at ``location``."""
     model = classifier()
     conv_w = next(t for t in model.graph.initializer if t.name == "conv_w")
@@ -270,7 +316,9 @@ def external_constant_classifier(location: str, **kw) -> onnx.ModelProto:
     value.name = ""
     model.graph.initializer.remove(fc_b)
     externalize(value, location, **kw)
-    model.graph.node.insert(0, helper.make_node("Constant", [], ["fc_b"], name="const", value=value))
+    model.graph.node.insert(
+        0, helper.make_node("Constant", [], ["fc_b"], name="const", value=value)
+    )
     return model
 
 
@@ -287,6 +335,14 @@ def external_subgraph_classifier(location: str) -> onnx.ModelProto:
         return helper.make_graph([const], f"branch_{tag}", [], [tensor_info(f"b_{tag}", [K])])
 
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
-    model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], name="if",
-                                             then_branch=branch("then"), else_branch=branch("else")))
+    model.graph.node.append(
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["unused"],
+            name="if",
+            then_branch=branch("then"),
+            else_branch=branch("else"),
+        )
+    )
     return model

@@ -19,13 +19,17 @@ def shapes_eval_batch(limit: int):
     from xplain_builtins.metrics.localisation import box_masks
 
     model = xplain.load_model(SAMPLES / "shapes_cnn.onnx", device="cpu")
-    samples = read_dataset(SAMPLES / "shapes_eval" / "manifest.csv", class_names=class_names_of(model), limit=limit)
+    samples = read_dataset(
+        SAMPLES / "shapes_eval" / "manifest.csv", class_names=class_names_of(model), limit=limit
+    )
     pre = Preprocess.from_options((3, 64, 64), sidecar=model.sidecar)
     xs, boxes, labels = [], [], []
     for s in samples:
         arr, geo = pre(load_image(s.path))
         xs.append(torch.from_numpy(arr))
-        boxes.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes]))
+        boxes.append(
+            torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes])
+        )
         labels.append(torch.tensor([b.label for b in s.boxes]))
     x = torch.stack(xs)
     t = torch.tensor([s.label for s in samples])

@@ -44,7 +44,9 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None
     assert diff <= tol * scale, f"max |diff| {diff:.3g} > {tol} * {scale:.3g}"
 
 
-def export_torch(module: nn.Module, path, shape, exporter=17, dynamic: bool = True, **kwargs) -> str:
+def export_torch(
+    module: nn.Module, path, shape, exporter=17, dynamic: bool = True, **kwargs
+) -> str:
     """Export ``module`` for input ``shape`` (C, H, W) with the classic exporter at opset
     ``exporter`` (an int) or with the default dynamo exporter (``DYNAMO``)."""
     module = module.eval()
@@ -52,27 +54,53 @@ def export_torch(module: nn.Module, path, shape, exporter=17, dynamic: bool = Tr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == DYNAMO:
-            dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+            dynamic_shapes = (
+                {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+            )
             # as users run it: opset 18+, the weights in an external PATH.data file
-            torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
-                              dynamic_shapes=dynamic_shapes, verbose=False, **kwargs)
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+                **kwargs,
+            )
             assert Path(f"{path}.data").exists()
         else:
             axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=exporter, input_names=["x"],
-                              output_names=["logits"], dynamic_axes=axes, **kwargs)
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=exporter,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes=axes,
+                **kwargs,
+            )
     return str(path)
 
 
 def onnx_file(path, nodes, initializers, in_shape, out_classes, opset=13, batch="batch") -> str:
     """Write a single-input classifier graph built with onnx.helper; input ``x``, output ``logits``."""
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *in_shape])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, out_classes])],
-        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in initializers.items()],
+        initializer=[
+            numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
+            for k, v in initializers.items()
+        ],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test"
+    )
     proto.ir_version = 8
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
@@ -128,8 +156,12 @@ class SmallCNN(nn.Module):
     def __init__(self, channels: int = 3, classes: int = 10, head: str = "flatten"):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = head
         self.fc = nn.Linear(16 * 4 * 4, classes)
@@ -177,7 +209,9 @@ class Block(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
@@ -189,7 +223,9 @@ class ResNetLike(nn.Module):
 
     def __init__(self, classes: int = 6):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.block1, self.block2 = Block(8, 8), Block(8, 16, stride=2)
         self.fc = nn.Linear(16, classes)
         randomize_bn(self, seed=1)
@@ -294,8 +330,11 @@ def matmul_add_model(path) -> tuple[str, dict]:
     """A tf2onnx/Keras-style dense net: mean subtraction and scaling inside the graph, then
     Flatten → MatMul → Add → Relu → MatMul → Add (no Gemm, so no nn.Linear)."""
     w = {
-        "mean": rand(1, 3, 1, 1, seed=1), "inv_std": np.abs(rand(1, 3, 1, 1, seed=2)) + 0.5,
-        "w1": rand(48, 16, seed=3, scale=0.3), "b1": rand(16, seed=4), "w2": rand(16, 5, seed=5, scale=0.3),
+        "mean": rand(1, 3, 1, 1, seed=1),
+        "inv_std": np.abs(rand(1, 3, 1, 1, seed=2)) + 0.5,
+        "w1": rand(48, 16, seed=3, scale=0.3),
+        "b1": rand(16, seed=4),
+        "w2": rand(16, 5, seed=5, scale=0.3),
         "b2": rand(5, seed=6),
     }
     nodes = [
@@ -314,12 +353,22 @@ def matmul_add_model(path) -> tuple[str, dict]:
 def same_pad_model(path, mode: str = "SAME_UPPER") -> str:
     """TF-style ``auto_pad`` (never written by torch): stride-2 convs on an even size, where
     SAME pads asymmetrically, and a SAME maxpool; the second conv has no kernel_shape."""
-    w = {"w1": rand(8, 3, 3, 3, seed=1, scale=0.3), "b1": rand(8, seed=2), "w2": rand(8, 8, 3, 3, seed=3, scale=0.2),
-         "b2": rand(8, seed=4), "wf": rand(4, 8, seed=5), "bf": rand(4, seed=6)}
+    w = {
+        "w1": rand(8, 3, 3, 3, seed=1, scale=0.3),
+        "b1": rand(8, seed=2),
+        "w2": rand(8, 8, 3, 3, seed=3, scale=0.2),
+        "b2": rand(8, seed=4),
+        "wf": rand(4, 8, seed=5),
+        "bf": rand(4, seed=6),
+    }
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], auto_pad=mode, kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], auto_pad=mode, kernel_shape=[3, 3], strides=[2, 2]
+        ),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("MaxPool", ["r1"], ["p1"], auto_pad=mode, kernel_shape=[2, 2], strides=[1, 1]),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], auto_pad=mode, kernel_shape=[2, 2], strides=[1, 1]
+        ),
         helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], auto_pad=mode, strides=[2, 2]),
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
@@ -331,9 +380,16 @@ def same_pad_model(path, mode: str = "SAME_UPPER") -> str:
 
 def constant_weight_model(path) -> tuple[str, dict]:
     """Conv and Gemm weights in Constant nodes (PaddlePaddle and other exporters)."""
-    w = {"w": rand(4, 3, 3, 3, seed=1, scale=0.3), "b": rand(4, seed=2), "wf": rand(4 * 6 * 6, 3, seed=3, scale=0.2),
-         "bf": rand(3, seed=4)}
-    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k)) for k, v in w.items()]
+    w = {
+        "w": rand(4, 3, 3, 3, seed=1, scale=0.3),
+        "b": rand(4, seed=2),
+        "wf": rand(4 * 6 * 6, 3, seed=3, scale=0.2),
+        "bf": rand(3, seed=4),
+    }
+    nodes = [
+        helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k))
+        for k, v in w.items()
+    ]
     nodes += [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -345,7 +401,12 @@ def constant_weight_model(path) -> tuple[str, dict]:
 
 def global_max_pool_model(path) -> str:
     """Keras' GlobalMaxPooling2D as the ONNX op GlobalMaxPool."""
-    w = {"w": rand(6, 3, 3, 3, seed=1, scale=0.3), "b": rand(6, seed=2), "wf": rand(6, 3, seed=3), "bf": rand(3, seed=4)}
+    w = {
+        "w": rand(6, 3, 3, 3, seed=1, scale=0.3),
+        "b": rand(6, seed=2),
+        "wf": rand(6, 3, seed=3),
+        "bf": rand(3, seed=4),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -368,7 +429,9 @@ class Zoo:
         if key not in self.cache:
             torch.manual_seed(0)
             module = build().eval()
-            path = export_torch(module, self.root / f"{key}.onnx", shape, exporter, dynamic, **kwargs)
+            path = export_torch(
+                module, self.root / f"{key}.onnx", shape, exporter, dynamic, **kwargs
+            )
             self.cache[key] = (xplain.load_model(path), module, path)
         return self.cache[key]
 
@@ -388,8 +451,13 @@ def zoo(tmp_path_factory):
 def check_logits(model, module: nn.Module, batch: int = 3, seed: int = 1):
     """Loaded model and source model agree on a random batch; returns (x, logits)."""
     assert model.report.verified
-    x = torch.randn(batch, model.spec.channels, model.spec.height, model.spec.width,
-                    generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        batch,
+        model.spec.channels,
+        model.spec.height,
+        model.spec.width,
+        generator=torch.Generator().manual_seed(seed),
+    )
     with torch.no_grad():
         got, ref = model(x), module(x)
     assert_close(got, ref)
@@ -446,7 +514,9 @@ def test_plain_cnn_graph_knowledge(zoo):
     assert biases[0].bias.shape == (1, 8, 1, 1) and biases[0].shape == (1, 8, 16, 16)
     assert isinstance(biases[2].module, nn.Linear)
     # cut vertices input → output; the default (Grad-CAM) layer is the last maxpool's output
-    assert [f.shape for f in model.feature_layers()] == [(8, 16, 16)] * 2 + [(8, 8, 8)] + [(16, 8, 8)] * 2 + [(16, 4, 4)]
+    assert [f.shape for f in model.feature_layers()] == [(8, 16, 16)] * 2 + [(8, 8, 8)] + [
+        (16, 8, 8)
+    ] * 2 + [(16, 4, 4)]
     default = model.default_feature_layer()
     assert isinstance(model.module(default.name), nn.MaxPool2d)
     maps = xplain.explain(model, model.example_input(2), method="saliency").maps
@@ -456,7 +526,12 @@ def test_plain_cnn_graph_knowledge(zoo):
 def test_mlp(zoo):
     model, module, _ = zoo("mlp", MLP, (1, 28, 28), 17)
     check_logits(model, module)
-    assert (model.spec.channels, model.spec.height, model.spec.width, model.num_classes) == (1, 28, 28, 10)
+    assert (model.spec.channels, model.spec.height, model.spec.width, model.num_classes) == (
+        1,
+        28,
+        28,
+        10,
+    )
     assert kinds(model) == ["relu"]
     assert [b.kind for b in model.bias_layers()] == ["linear", "linear"]
     assert model.feature_layers() == [] and model.default_feature_layer() is None  # nothing spatial
@@ -465,8 +540,11 @@ def test_mlp(zoo):
 
 @pytest.mark.parametrize("how", ["preserve", "no_folding"])
 def test_batchnorm_unfolded(zoo, how):
-    kwargs = ({"training": torch.onnx.TrainingMode.PRESERVE} if how == "preserve"
-              else {"do_constant_folding": False})
+    kwargs = (
+        {"training": torch.onnx.TrainingMode.PRESERVE}
+        if how == "preserve"
+        else {"do_constant_folding": False}
+    )
     model, module, _ = zoo(f"bn_{how}", BNNet, (3, 8, 8), 17, **kwargs)
     check_logits(model, module)
     assert model.report.op_counts["BatchNormalization"] == 3
@@ -476,7 +554,9 @@ def test_batchnorm_unfolded(zoo, how):
     # the conv's bias layer sits after its BatchNorm, with the BN folded into the bias
     assert isinstance(model.module(first.node), nn.BatchNorm2d)
     assert isinstance(model.module(first.layer), nn.Conv2d)
-    assert_close(first.bias.flatten(), bn_effective_bias(module.bn1, module.conv1.bias).detach(), 1e-5)
+    assert_close(
+        first.bias.flatten(), bn_effective_bias(module.bn1, module.conv1.bias).detach(), 1e-5
+    )
     assert_close(second.bias.flatten(), bn_effective_bias(module.bn2, None).detach(), 1e-5)
     assert_close(lone.bias.flatten(), bn_effective_bias(module.bn3, None).detach(), 1e-5)
     assert lone.module is None and isinstance(model.module(lone.node), nn.BatchNorm2d)
@@ -496,10 +576,15 @@ ACTIVATIONS = {
 }
 
 
-@pytest.mark.parametrize(("name", "exporter"), [
-    (name, exporter) for name in sorted(ACTIVATIONS) for exporter in (11, 17, DYNAMO)
-    if not (name == "hardswish" and exporter == 11)  # HardSwish is an ONNX op from opset 14
-])
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    [
+        (name, exporter)
+        for name in sorted(ACTIVATIONS)
+        for exporter in (11, 17, DYNAMO)
+        if not (name == "hardswish" and exporter == 11)  # HardSwish is an ONNX op from opset 14
+    ],
+)
 def test_activation_kinds(zoo, name, exporter):
     factory, kind, bounds = ACTIVATIONS[name]
 
@@ -519,7 +604,9 @@ def test_activation_kinds(zoo, name, exporter):
         assert all(a.bounds == bounds for a in acts)
     assert all(a.rectifier == (kind not in ("hardswish", "sigmoid")) for a in acts)
     if name == "clamp_min0" and exporter != DYNAMO:  # written as Clip(x, min, "")
-        assert any("dropped 2 omitted trailing inputs" in n for n in model.report.notes), model.report.notes
+        assert any("dropped 2 omitted trailing inputs" in n for n in model.report.notes), (
+            model.report.notes
+        )
     if name == "leaky_relu":
         assert all(math.isclose(a.module.negative_slope, 0.1, rel_tol=1e-6) for a in acts)
 
@@ -540,7 +627,9 @@ def test_tf_same_padding_with_pad_nodes(zoo, exporter):
     # dynamo folds the zero pad in front of the conv into the conv's pads; the other stays
     assert model.report.op_counts.get("Pad") == (1 if exporter == DYNAMO else 2)
     if exporter == DYNAMO:  # onnx has no Pad 18 -> 17 adapter: the loader carries it over
-        assert any("converted opset" in n and "1 Pad nodes carried over" in n for n in model.report.notes)
+        assert any(
+            "converted opset" in n and "1 Pad nodes carried over" in n for n in model.report.notes
+        )
     assert [b.kind for b in model.bias_layers()] == ["conv", "linear"]
     assert model.default_feature_layer().shape == (8, 4, 4)
 
@@ -566,7 +655,9 @@ def test_tf_same_padding_auto_pad(zoo, mode):
 
 
 def test_residual_default_feature_layer(zoo):
-    model, module, _ = zoo("resnet_17", ResNetLike, (3, 8, 8), 17, training=torch.onnx.TrainingMode.PRESERVE)
+    model, module, _ = zoo(
+        "resnet_17", ResNetLike, (3, 8, 8), 17, training=torch.onnx.TrainingMode.PRESERVE
+    )
     check_logits(model, module)
     default = model.default_feature_layer()
     assert isinstance(model.module(default.name), nn.ReLU)
@@ -597,7 +688,9 @@ POOLS = {
 @pytest.mark.parametrize("name", sorted(POOLS))
 def test_pooling(zoo, name, exporter):
     pool, flat, op = POOLS[name]
-    model, module, _ = zoo(f"pool_{name}_{exporter}", lambda: PoolNet(pool(), flat), (3, 8, 8), exporter)
+    model, module, _ = zoo(
+        f"pool_{name}_{exporter}", lambda: PoolNet(pool(), flat), (3, 8, 8), exporter
+    )
     check_logits(model, module)
     if exporter != DYNAMO:
         assert op in model.report.op_counts
@@ -619,7 +712,9 @@ def test_global_max_pool_op(zoo):
 @pytest.mark.parametrize("exporter", [9, 17, DYNAMO])
 @pytest.mark.parametrize("head", ["flatten", "reshape"])
 def test_flatten_vs_reshape_head(zoo, head, exporter):
-    model, module, _ = zoo(f"head_{head}_{exporter}", lambda: SmallCNN(head=head), (3, 16, 16), exporter)
+    model, module, _ = zoo(
+        f"head_{head}_{exporter}", lambda: SmallCNN(head=head), (3, 16, 16), exporter
+    )
     check_logits(model, module, batch=5)
     ops = model.report.op_counts
     if exporter == DYNAMO:
@@ -652,7 +747,9 @@ def test_matmul_add_head(zoo):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_input_channels(zoo, channels):
-    model, module, _ = zoo(f"channels_{channels}", lambda: SmallCNN(channels=channels), (channels, 16, 16), 17)
+    model, module, _ = zoo(
+        f"channels_{channels}", lambda: SmallCNN(channels=channels), (channels, 16, 16), 17
+    )
     check_logits(model, module)
     assert model.spec.channels == channels
     assert model.report.input_shape == [None, channels, 16, 16]
@@ -662,8 +759,13 @@ def test_input_channels(zoo, channels):
 @pytest.mark.parametrize("exporter", [17, DYNAMO])
 @pytest.mark.parametrize("head", ["flatten", "reshape"])
 def test_fixed_batch_one(zoo, head, exporter):
-    model, module, _ = zoo(f"fixed_{head}_{exporter}", lambda: SmallCNN(head=head), (3, 16, 16), exporter,
-                           dynamic=False)
+    model, module, _ = zoo(
+        f"fixed_{head}_{exporter}",
+        lambda: SmallCNN(head=head),
+        (3, 16, 16),
+        exporter,
+        dynamic=False,
+    )
     assert model.spec.fixed_batch and model.report.input_shape[0] == 1
     assert not model.report.batch_checked
     check_logits(model, module, batch=3)  # a batch of 3 runs one sample at a time
@@ -680,7 +782,9 @@ def test_dynamic_batch(zoo):
 @pytest.mark.parametrize("exporter", [11, 17, DYNAMO])
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 def test_trailing_softmax_stripped(zoo, log, exporter):
-    model, module, _ = zoo(f"softmax_{log}_{exporter}", lambda: SoftmaxNet(log), (3, 16, 16), exporter)
+    model, module, _ = zoo(
+        f"softmax_{log}_{exporter}", lambda: SoftmaxNet(log), (3, 16, 16), exporter
+    )
     assert model.report.verified  # verified against the probabilities onnxruntime computes
     assert model.report.softmax_stripped == ("LogSoftmax" if log else "Softmax")
     check_logits(model, module.inner)  # the model now returns the logits
@@ -705,8 +809,12 @@ def test_constant_node_weights(zoo):
     with torch.no_grad():
         assert_close(model(x), ort_logits(path, x))
     conv, gemm = model.bias_layers()
-    assert isinstance(conv.module, nn.Conv2d) and torch.equal(conv.bias.flatten(), torch.from_numpy(w["b"]))
-    assert gemm.kind in ("linear", "gemm") and torch.equal(gemm.bias.flatten(), torch.from_numpy(w["bf"]))
+    assert isinstance(conv.module, nn.Conv2d) and torch.equal(
+        conv.bias.flatten(), torch.from_numpy(w["b"])
+    )
+    assert gemm.kind in ("linear", "gemm") and torch.equal(
+        gemm.bias.flatten(), torch.from_numpy(w["bf"])
+    )
 
 
 # ============================================================================= FullGrad completeness
@@ -723,16 +831,21 @@ def completeness_terms(model, x: torch.Tensor, target: int):
 
 FULLGRAD_CASES = {
     "cnn": lambda zoo: zoo("cnn_17", SmallCNN, (3, 16, 16), 17)[0],
-    "bn_unfolded": lambda zoo: zoo("bn_preserve", BNNet, (3, 8, 8), 17,
-                                   training=torch.onnx.TrainingMode.PRESERVE)[0],
-    "resnet_bn_unfolded": lambda zoo: zoo("resnet_17", ResNetLike, (3, 8, 8), 17,
-                                          training=torch.onnx.TrainingMode.PRESERVE)[0],
-    "resnet_opset9": lambda zoo: zoo("resnet_9", ResNetLike, (3, 8, 8), 9,
-                                     training=torch.onnx.TrainingMode.PRESERVE)[0],
+    "bn_unfolded": lambda zoo: zoo(
+        "bn_preserve", BNNet, (3, 8, 8), 17, training=torch.onnx.TrainingMode.PRESERVE
+    )[0],
+    "resnet_bn_unfolded": lambda zoo: zoo(
+        "resnet_17", ResNetLike, (3, 8, 8), 17, training=torch.onnx.TrainingMode.PRESERVE
+    )[0],
+    "resnet_opset9": lambda zoo: zoo(
+        "resnet_9", ResNetLike, (3, 8, 8), 9, training=torch.onnx.TrainingMode.PRESERVE
+    )[0],
     "resnet_dynamo": lambda zoo: zoo(f"resnet_{DYNAMO}", ResNetLike, (3, 8, 8), DYNAMO)[0],
     "tfpad": lambda zoo: zoo("tfpad_17", TFPadNet, (3, 16, 16), 17)[0],
     "matmul_add": lambda zoo: zoo.onnx("matmul_add", matmul_add_model)[0],
-    "auto_pad": lambda zoo: zoo.onnx("autopad_SAME_UPPER", lambda p: same_pad_model(p, "SAME_UPPER"))[0],
+    "auto_pad": lambda zoo: zoo.onnx(
+        "autopad_SAME_UPPER", lambda p: same_pad_model(p, "SAME_UPPER")
+    )[0],
     "depthwise_relu6": lambda zoo: zoo("depthwise", DepthwiseNet, (3, 16, 16), 17)[0],
 }
 
@@ -750,11 +863,15 @@ def test_fullgrad_completeness(zoo, case):
         f, input_term, terms = completeness_terms(model, x, target)
         total = input_term + sum(terms.values())
         tol = 1e-4 * max(1.0, abs(f))
-        assert abs(total - f) <= tol, f"completeness off by {total - f:.3g} (f = {f:.4g}, terms {terms})"
+        assert abs(total - f) <= tol, (
+            f"completeness off by {total - f:.3g} (f = {f:.4g}, terms {terms})"
+        )
         # the identity is a proof of discovery only because every bias term matters: dropping
         # any one bias layer (a missed bias source) breaks it by far more than the tolerance
         for node, term in terms.items():
-            assert abs(total - term - f) > tol, f"bias layer {node} contributes nothing ({term:.3g})"
+            assert abs(total - term - f) > tol, (
+                f"bias layer {node} contributes nothing ({term:.3g})"
+            )
 
 
 def test_fullgrad_detects_a_missed_bias_source(zoo):
@@ -783,13 +900,16 @@ def test_tap_restores_graph(resnet):
     code, x = resnet.graph.code, resnet.example_input(2)
     with torch.no_grad():
         before = resnet(x)
+
     def hooks():
         return sum(len(m._forward_hooks) for m in resnet.graph.modules())
 
     names = [b.node for b in resnet.bias_layers()]
     placeholder = next(n.name for n in resnet.graph.graph.nodes if n.op == "placeholder")
     with resnet.tap(names + [placeholder], gradients=False) as tap:
-        assert hooks() == len(names)  # module nodes: forward hooks; the input: an inserted pass-through
+        assert hooks() == len(
+            names
+        )  # module nodes: forward hooks; the input: an inserted pass-through
         assert resnet.graph.code != code
         with torch.no_grad():
             assert torch.equal(resnet(x), before)
@@ -867,8 +987,11 @@ def test_bias_layers_follow_weights_edited_in_place(tiny_cnn_path):
     """Randomisation tests edit weights in place; the effective biases must not be stale."""
     model = xplain.load_model(tiny_cnn_path, device="cpu")
     before = {b.node: b.bias.clone() for b in model.bias_layers()}
-    bn = next(m for m in model.graph.modules() if isinstance(m, torch.nn.BatchNorm2d)) \
-        if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.graph.modules()) else None
+    bn = (
+        next(m for m in model.graph.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.graph.modules())
+        else None
+    )
     with torch.no_grad():
         for p in model.graph.parameters():
             p.add_(1.0)

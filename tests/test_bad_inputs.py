@@ -72,11 +72,14 @@ def test_empty_file(tmp_path, capsys):
     _inspect_error(capsys, path, "empty file")
 
 
-@pytest.mark.parametrize("text", [
-    "hello, this is not a model\n",
-    "ir_version: 8\ngraph { node { op_type: 'Relu' } }\n",  # onnx's *text* format is not accepted either
-    "\x89PNG\r\n\x1a\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello, this is not a model\n",
+        "ir_version: 8\ngraph { node { op_type: 'Relu' } }\n",  # onnx's *text* format is not accepted either
+        "\x89PNG\r\n\x1a\n",
+    ],
+)
 def test_text_file_named_onnx(tmp_path, capsys, text):
     path = tmp_path / "model.onnx"
     path.write_text(text)
@@ -151,7 +154,9 @@ def lacking():
 def test_custom_domain_op_is_unsupported():
     from xplain.onnx.converters import unsupported_ops
 
-    assert dict(unsupported_ops(factory.single_op_model("Foo", "com.example"))) == {"com.example.Foo": 1}
+    assert dict(unsupported_ops(factory.single_op_model("Foo", "com.example"))) == {
+        "com.example.Foo": 1
+    }
     assert not unsupported_ops(factory.classifier())
 
 
@@ -171,7 +176,9 @@ def test_unsupported_ops_counted_by_preflight(lacking):
 def test_unsupported_ops_all_listed_with_counts(tmp_path, capsys, lacking):
     model, expected = _unsupported(lacking)
     path = factory.save(model, tmp_path / "unsup.onnx")
-    line = _inspect_error(capsys, path, "unsupported ONNX ops", *(f"{op} x{n}" for op, n in expected.items()))
+    line = _inspect_error(
+        capsys, path, "unsupported ONNX ops", *(f"{op} x{n}" for op, n in expected.items())
+    )
     listed = line.split("unsupported ONNX ops: ")[1].split(", ")
     assert sorted(listed) == sorted(f"{op} x{n}" for op, n in expected.items())  # and nothing else
 
@@ -212,12 +219,16 @@ def test_fixed_batch_one_is_fine(tmp_path):
     assert model.spec.fixed_batch and model.report.verified
 
 
-@pytest.mark.parametrize("build, fragment", [
-    (factory.rank3_input_model, "not an image classifier"),
-    (factory.rank4_output_model, "not a classifier"),
-    (factory.two_inputs_model, "2 inputs"),
-    (lambda: factory.classifier(batch=4), "batch fixed at 4"),
-], ids=["rank3", "rank4out", "two-inputs", "batch4"])
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (factory.rank3_input_model, "not an image classifier"),
+        (factory.rank4_output_model, "not a classifier"),
+        (factory.two_inputs_model, "2 inputs"),
+        (lambda: factory.classifier(batch=4), "batch fixed at 4"),
+    ],
+    ids=["rank3", "rank4out", "two-inputs", "batch4"],
+)
 def test_not_a_classifier_api(tmp_path, build, fragment):
     path = factory.save(build(), tmp_path / "m.onnx")
     with pytest.raises(ModelError, match=fragment.replace("(", r"\(")) as info:
@@ -232,27 +243,54 @@ def test_sparse_initializer_error_names_the_file(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ bad command lines
 def test_unknown_method(tmp_path, capsys, good_model, good_image):
-    cli_error(capsys, ["explain", good_model, good_image, "--method", "nope", "--out", tmp_path / "out"],
-              USAGE, "unknown method 'nope'")
+    cli_error(
+        capsys,
+        ["explain", good_model, good_image, "--method", "nope", "--out", tmp_path / "out"],
+        USAGE,
+        "unknown method 'nope'",
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_method_suggests_close_name(tmp_path, capsys, good_model, good_image):
-    cli_error(capsys, ["explain", good_model, good_image, "--method", "salincy", "--out", tmp_path / "out"],
-              USAGE, "unknown method 'salincy'", "did you mean saliency")
+    cli_error(
+        capsys,
+        ["explain", good_model, good_image, "--method", "salincy", "--out", tmp_path / "out"],
+        USAGE,
+        "unknown method 'salincy'",
+        "did you mean saliency",
+    )
 
 
 def test_unknown_param_lists_valid_ones(tmp_path, capsys, good_model, good_image):
-    cli_error(capsys, ["explain", good_model, good_image, "--method", "saliency", "--param", "unknown=1",
-                       "--out", tmp_path / "out"],
-              USAGE, "method 'saliency' has no parameter 'unknown'", "valid: none")
+    cli_error(
+        capsys,
+        [
+            "explain",
+            good_model,
+            good_image,
+            "--method",
+            "saliency",
+            "--param",
+            "unknown=1",
+            "--out",
+            tmp_path / "out",
+        ],
+        USAGE,
+        "method 'saliency' has no parameter 'unknown'",
+        "valid: none",
+    )
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("param", ["foo", "=1", " =1"])
 def test_malformed_param(tmp_path, capsys, good_model, good_image, param):
-    cli_error(capsys, ["explain", good_model, good_image, "--param", param, "--out", tmp_path / "out"],
-              USAGE, f"--param {param!r} is not key=value")
+    cli_error(
+        capsys,
+        ["explain", good_model, good_image, "--param", param, "--out", tmp_path / "out"],
+        USAGE,
+        f"--param {param!r} is not key=value",
+    )
 
 
 def test_unknown_param_api(good_model):
@@ -289,7 +327,10 @@ def test_explain_missing_image(tmp_path, capsys, good_model):
 
 
 def test_explain_folder_without_images(tmp_path, capsys, good_model):
-    image, out = tmp_path / "pics.png", tmp_path / "out"  # a folder is its images; this one has none
+    image, out = (
+        tmp_path / "pics.png",
+        tmp_path / "out",
+    )  # a folder is its images; this one has none
     image.mkdir()
     (image / "notes.txt").write_text("no pictures here")
     cli_error(capsys, _explain_args(good_model, [image], out), INPUT, image, "no images found")
@@ -300,7 +341,9 @@ def test_explain_corrupt_image(tmp_path, capsys, good_model, good_image):
     data = good_image.read_bytes()
     image, out = tmp_path / "broken.png", tmp_path / "out"
     image.write_bytes(data[: len(data) // 2])
-    cli_error(capsys, _explain_args(good_model, [image], out), INPUT, image, "corrupt or truncated image")
+    cli_error(
+        capsys, _explain_args(good_model, [image], out), INPUT, image, "corrupt or truncated image"
+    )
     assert _files(out) == []
 
 
@@ -315,7 +358,13 @@ def test_explain_bad_image_after_a_good_one(tmp_path, capsys, good_model, good_i
     """The good image (its own batch) is written completely; nothing at all for the bad one."""
     image, out = tmp_path / "broken.png", tmp_path / "out"
     image.write_text("garbage")
-    cli_error(capsys, _explain_args(good_model, [good_image, image], out), INPUT, image, "not an image file")
+    cli_error(
+        capsys,
+        _explain_args(good_model, [good_image, image], out),
+        INPUT,
+        image,
+        "not an image file",
+    )
     names = _files(out)
     assert not [n for n in names if n.startswith("broken")], names
     assert not [n for n in names if n.startswith(".")], names  # no leftover temp files

@@ -35,8 +35,23 @@ def images(tmp_path) -> Path:
 
 
 def _eval(data, out, *extra):
-    return main(["eval", SHAPES, str(data), "--methods", "gradient", "--metrics", "ebpg", "--device", "cpu",
-                 "--no-plots", "--out", str(out), *extra])
+    return main(
+        [
+            "eval",
+            SHAPES,
+            str(data),
+            "--methods",
+            "gradient",
+            "--metrics",
+            "ebpg",
+            "--device",
+            "cpu",
+            "--no-plots",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_eval_out_is_a_file(images, tmp_path, capsys):
@@ -60,7 +75,9 @@ def test_eval_out_below_a_file(images, tmp_path, capsys):
 def test_explain_out_is_a_file(tmp_path, capsys):
     out = tmp_path / "taken.txt"
     out.write_text("mine")
-    code = main(["explain", SHAPES, str(IMAGE), "--method", "tr-gbp", "--device", "cpu", "--out", str(out)])
+    code = main(
+        ["explain", SHAPES, str(IMAGE), "--method", "tr-gbp", "--device", "cpu", "--out", str(out)]
+    )
     assert code == xplain.ExitCode.USAGE
     assert str(out) in _one_line_error(capsys)
     assert out.read_text() == "mine"
@@ -69,7 +86,18 @@ def test_explain_out_is_a_file(tmp_path, capsys):
 def test_fit_state_dir_is_a_file(tmp_path, capsys, monkeypatch):
     state = tmp_path / "state.txt"
     state.write_text("mine")
-    args = ["fit", "mip-in", MLP, str(SAMPLES / "digits_data"), "--device", "cpu", "--classes", "0", "--samples", "2"]
+    args = [
+        "fit",
+        "mip-in",
+        MLP,
+        str(SAMPLES / "digits_data"),
+        "--device",
+        "cpu",
+        "--classes",
+        "0",
+        "--samples",
+        "2",
+    ]
     assert main([*args, "--state-dir", str(state)]) == xplain.ExitCode.USAGE
     line = _one_line_error(capsys)
     assert str(state) in line and "--state-dir is a file" in line
@@ -88,18 +116,34 @@ def test_fit_class_without_images_names_the_data(tmp_path, capsys):
         shutil.copy(SAMPLES / "digits_data" / "0" / name, data / "0" / name)
     (data / "1" / "readme.txt").write_text("no images here")
     state = tmp_path / "state"
-    code = main(["fit", "mip-in", MLP, str(data), "--device", "cpu", "--classes", "0,1", "--state-dir", str(state)])
+    code = main(
+        [
+            "fit",
+            "mip-in",
+            MLP,
+            str(data),
+            "--device",
+            "cpu",
+            "--classes",
+            "0,1",
+            "--state-dir",
+            str(state),
+        ]
+    )
     assert code == xplain.ExitCode.INPUT
     line = _one_line_error(capsys)
     assert f"{data}: mip-in needs at least 2 samples" in line and "[1]" in line
     assert not list(state.rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("text, problem", [
-    (b"", "the manifest is empty"),
-    (b"images/a.png,square\n", "needs a header with a 'path' column"),
-    (b"\xff\xfe\x00garbage\x81", "cannot read the manifest"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (b"", "the manifest is empty"),
+        (b"images/a.png,square\n", "needs a header with a 'path' column"),
+        (b"\xff\xfe\x00garbage\x81", "cannot read the manifest"),
+    ],
+)
 def test_eval_unusable_manifest(tmp_path, capsys, text, problem):
     manifest = tmp_path / "manifest.csv"
     manifest.write_bytes(text)
@@ -146,16 +190,48 @@ def test_manifest_row_naming_a_folder_says_so(tmp_path):
 def test_mip_in_state_of_another_version_names_the_model(tmp_path, capsys):
     state = tmp_path / "state"
     data = str(SAMPLES / "digits_data")
-    assert main(["fit", "mip-in", MLP, data, "--device", "cpu", "--classes", "0", "--samples", "2",
-                 "--state-dir", str(state)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "mip-in",
+                MLP,
+                data,
+                "--device",
+                "cpu",
+                "--classes",
+                "0",
+                "--samples",
+                "2",
+                "--state-dir",
+                str(state),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     (meta_path,) = state.rglob("mip-in.json")
     meta = json.loads(meta_path.read_text())
     meta["state_version"] = -1
     meta_path.write_text(json.dumps(meta))
     out = tmp_path / "out"
-    code = main(["explain", MLP, str(SAMPLES / "images" / "digit_3.png"), "--method", "mip-in", "--target", "0",
-                 "--device", "cpu", "--state-dir", str(state), "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            MLP,
+            str(SAMPLES / "images" / "digit_3.png"),
+            "--method",
+            "mip-in",
+            "--target",
+            "0",
+            "--device",
+            "cpu",
+            "--state-dir",
+            str(state),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == xplain.ExitCode.INPUT
     line = _one_line_error(capsys)
     assert f"{MLP}: mip-in state was written by another version" in line
@@ -175,20 +251,48 @@ def _digits_manifest(tmp_path, extra_rows: list[str]) -> Path:
 def test_fit_with_only_bad_rows_says_why(tmp_path, capsys):
     manifest = tmp_path / "bad.csv"
     manifest.write_text(f"path,label\n{SAMPLES / 'digits_data' / '0' / '004.png'},99\n")
-    code = main(["fit", "mip-in", MLP, str(manifest), "--device", "cpu", "--state-dir", str(tmp_path / "state")])
+    code = main(
+        [
+            "fit",
+            "mip-in",
+            MLP,
+            str(manifest),
+            "--device",
+            "cpu",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+    )
     assert code == xplain.ExitCode.INPUT
     line = _one_line_error(capsys)
-    assert f"{manifest}: no usable images (1 unusable row(s), e.g. line 2: label index 99 is out of range" in line
+    assert (
+        f"{manifest}: no usable images (1 unusable row(s), e.g. line 2: label index 99 is out of range"
+        in line
+    )
 
 
 def test_fit_skipping_bad_rows_warns(tmp_path, capsys):
     manifest = _digits_manifest(tmp_path, ["missing.png,0"])
     state = tmp_path / "state"
-    code = main(["fit", "mip-in", MLP, str(manifest), "--device", "cpu", "--classes", "0,1",
-                 "--state-dir", str(state)])
+    code = main(
+        [
+            "fit",
+            "mip-in",
+            MLP,
+            str(manifest),
+            "--device",
+            "cpu",
+            "--classes",
+            "0,1",
+            "--state-dir",
+            str(state),
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"xplain: warning: {manifest}: skipped 1 unusable row(s), e.g. line 6: image not found: missing.png"]
+    assert err == [
+        f"xplain: warning: {manifest}: skipped 1 unusable row(s), e.g. line 6: image not found: missing.png"
+    ]
     assert json.loads(next(state.rglob("mip-in.json")).read_text())["samples"] == 4
 
 
@@ -198,8 +302,11 @@ def test_eval_out_not_writable(images, tmp_path, capsys, monkeypatch):
     out = tmp_path / "readonly"
     out.mkdir()
     real = os.access
-    monkeypatch.setattr(cli.os, "access",  # root may write anywhere: pretend it may not write here
-                        lambda path, mode: real(path, mode) and not (Path(path) == out and mode & os.W_OK))
+    monkeypatch.setattr(
+        cli.os,
+        "access",  # root may write anywhere: pretend it may not write here
+        lambda path, mode: real(path, mode) and not (Path(path) == out and mode & os.W_OK),
+    )
     assert _eval(images, out) == xplain.ExitCode.USAGE
     assert _one_line_error(capsys) == f"xplain: error: {out}: --out is not writable"
     assert not list(out.iterdir())

@@ -34,7 +34,9 @@ except ImportError:  # pragma: no cover
     import onnx_factory as factory
 
 cli_error = factory.cli_error
-USAGE, MODEL, PLUGIN, INPUT = (int(c) for c in (ExitCode.USAGE, ExitCode.MODEL, ExitCode.PLUGIN, ExitCode.INPUT))
+USAGE, MODEL, PLUGIN, INPUT = (
+    int(c) for c in (ExitCode.USAGE, ExitCode.MODEL, ExitCode.PLUGIN, ExitCode.INPUT)
+)
 CONTROL = ("\x1b", "\x9b", "\x07", "\x9d", "\x90")
 
 
@@ -47,8 +49,11 @@ def model(tmp_path) -> Path:
 def _image(path: Path, size=(12, 10), value=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(str(path)))
-    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8) if value is None else \
-        np.full((size[1], size[0], 3), value, np.uint8)
+    pixels = (
+        rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        if value is None
+        else np.full((size[1], size[0], 3), value, np.uint8)
+    )
     Image.fromarray(pixels).save(path)
     return path
 
@@ -71,8 +76,21 @@ def _explain(model, images, out, *extra) -> list[str]:
 
 
 def _eval(model, data, out, *extra) -> list[str]:
-    return ["eval", str(model), str(data), "--methods", "gradient", "--metrics", "ebpg", "--device", "cpu",
-            "--no-plots", "--out", str(out), *extra]
+    return [
+        "eval",
+        str(model),
+        str(data),
+        "--methods",
+        "gradient",
+        "--metrics",
+        "ebpg",
+        "--device",
+        "cpu",
+        "--no-plots",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _fifo(path: Path) -> Path:
@@ -115,12 +133,18 @@ def _constant_of_shape_bomb() -> object:
     g = model.graph
     g.initializer.append(numpy_helper.from_array(np.array([15000, 15000], np.int64), "bomb_shape"))
     g.node[-1].output[0] = "y0"
-    g.node.extend([
-        helper.make_node("ConstantOfShape", ["bomb_shape"], ["bomb"],
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("ReduceSum", ["bomb"], ["bomb_sum"], keepdims=0),
-        helper.make_node("Add", ["y0", "bomb_sum"], ["y"]),
-    ])
+    g.node.extend(
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["bomb_shape"],
+                ["bomb"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+            ),
+            helper.make_node("ReduceSum", ["bomb"], ["bomb_sum"], keepdims=0),
+            helper.make_node("Add", ["y0", "bomb_sum"], ["y"]),
+        ]
+    )
     return model
 
 
@@ -128,15 +152,30 @@ def _constant_of_shape_bomb() -> object:
 def test_memory_bombs_are_refused_before_allocating(tmp_path, model):
     """A declared 5000² input and a graph building a 15000² tensor: exit 3 with one line, in a
     process that may allocate only 600 MB more than it already has (either bomb needs more)."""
-    big_input = factory.make_model(factory.classifier_nodes(), [factory.tensor_info("x", ["N", 3, 5000, 5000])],
-                                   [factory.tensor_info("y", ["N", 4])],
-                                   [numpy_helper.from_array(a, n) for n, a in factory.weights().items()])
-    paths = [factory.save(big_input, tmp_path / "big_input.onnx"),
-             factory.save(_constant_of_shape_bomb(), tmp_path / "constant_of_shape.onnx")]
+    big_input = factory.make_model(
+        factory.classifier_nodes(),
+        [factory.tensor_info("x", ["N", 3, 5000, 5000])],
+        [factory.tensor_info("y", ["N", 4])],
+        [numpy_helper.from_array(a, n) for n, a in factory.weights().items()],
+    )
+    paths = [
+        factory.save(big_input, tmp_path / "big_input.onnx"),
+        factory.save(_constant_of_shape_bomb(), tmp_path / "constant_of_shape.onnx"),
+    ]
     assert all(p.stat().st_size < 4096 for p in paths)
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "XPLAIN_MAX_INPUT_PIXELS": ""}
-    proc = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(model), "600", *map(str, paths)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "MALLOC_ARENA_MAX": "2",
+        "OMP_NUM_THREADS": "1",
+        "XPLAIN_MAX_INPUT_PIXELS": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHILD, str(model), "600", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _no_control(proc.stderr)  # nothing printed below Python either (onnxruntime's C++ log)
     (rc1, err1), (rc2, err2) = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -198,14 +237,24 @@ def test_overlay_of_a_large_original_is_drawn_downscaled(tmp_path, model, monkey
     assert record["geometry"]["original_size"] == [80, 60]  # the record keeps the true size
 
 
-@pytest.mark.parametrize("args, code, fragment", [
-    (["--method", "smoothgrad", "-p", "noise=nan"], USAGE, "finite"),
-    (["--method", "smoothgrad", "-p", "noise=inf"], USAGE, "finite"),
-    (["--method", "integrated-gradients", "-p", "steps=20000"], USAGE, "steps must be <= 1000"),
-    (["--method", "occlusion", "-p", "baseline=1e300"], USAGE, "baseline must be <="),  # no declared max
-    (["--method", "smoothgrad", "-p", "samples=" + "9" * 5000], USAGE, "samples"),
-], ids=["nan", "inf", "steps", "default-range", "5000-digits"])
-def test_every_numeric_parameter_is_range_checked(tmp_path, model, image, capsys, args, code, fragment):
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["--method", "smoothgrad", "-p", "noise=nan"], USAGE, "finite"),
+        (["--method", "smoothgrad", "-p", "noise=inf"], USAGE, "finite"),
+        (["--method", "integrated-gradients", "-p", "steps=20000"], USAGE, "steps must be <= 1000"),
+        (
+            ["--method", "occlusion", "-p", "baseline=1e300"],
+            USAGE,
+            "baseline must be <=",
+        ),  # no declared max
+        (["--method", "smoothgrad", "-p", "samples=" + "9" * 5000], USAGE, "samples"),
+    ],
+    ids=["nan", "inf", "steps", "default-range", "5000-digits"],
+)
+def test_every_numeric_parameter_is_range_checked(
+    tmp_path, model, image, capsys, args, code, fragment
+):
     cli_error(capsys, _explain(model, [image], tmp_path / "out", *args), code, fragment)
     assert not (tmp_path / "out").exists()
 
@@ -222,14 +271,17 @@ def test_parameter_schema_bounds_every_plugin():
         q.parse("100001")
 
 
-@pytest.mark.parametrize("sidecar, fragment", [
-    ({"resize": 70000}, "'resize' must be"),
-    ({"resize": 60000}, "resize 60000 is larger than 2048"),
-    ({"resize": 5000}, "resize 5000 is larger than 2048"),
-    ({"std": 1e-300}, "std values must lie in"),
-    ({"mean": [1e300]}, "mean values must lie in"),
-    ({"crop": 10**30}, "'crop' must be"),
-])
+@pytest.mark.parametrize(
+    "sidecar, fragment",
+    [
+        ({"resize": 70000}, "'resize' must be"),
+        ({"resize": 60000}, "resize 60000 is larger than 2048"),
+        ({"resize": 5000}, "resize 5000 is larger than 2048"),
+        ({"std": 1e-300}, "std values must lie in"),
+        ({"mean": [1e300]}, "mean values must lie in"),
+        ({"crop": 10**30}, "'crop' must be"),
+    ],
+)
 def test_sidecar_numbers_have_sane_ranges(tmp_path, model, image, capsys, sidecar, fragment):
     (model.parent / "tiny.onnx.json").write_text(json.dumps(sidecar))
     cli_error(capsys, _explain(model, [image], tmp_path / "out"), INPUT, "tiny.onnx.json", fragment)
@@ -238,14 +290,29 @@ def test_sidecar_numbers_have_sane_ranges(tmp_path, model, image, capsys, sideca
 def test_extreme_aspect_ratio_is_refused(tmp_path, model, capsys, monkeypatch):
     from xplain.data import images
 
-    monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 100_000)  # 224-px models reach 2**26 at 1×1500
+    monkeypatch.setattr(
+        images, "MAX_RESIZED_PIXELS", 100_000
+    )  # 224-px models reach 2**26 at 1×1500
     thin = _image(tmp_path / "thin.png", size=(1, 20_000))  # 8 × 160,000 after the resize
     cli_error(capsys, _explain(model, [thin], tmp_path / "out"), INPUT, thin, "aspect ratio")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
-@pytest.mark.parametrize("kind", ["image", "model", "external", "state", "dev_zero_state", "labels", "manifest",
-                                  "boxes", "sidecar", "data"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "image",
+        "model",
+        "external",
+        "state",
+        "dev_zero_state",
+        "labels",
+        "manifest",
+        "boxes",
+        "sidecar",
+        "data",
+    ],
+)
 def test_only_regular_files_are_opened(tmp_path, model, image, capsys, kind):
     """A FIFO blocks forever when opened, /dev/zero never ends: both refused unopened, one line."""
     timer = threading.Timer(60, _thread.interrupt_main)  # a hang fails the test instead of CI
@@ -255,10 +322,22 @@ def test_only_regular_files_are_opened(tmp_path, model, image, capsys, kind):
         fifo = tmp_path / "fifo"
         if kind == "image":
             _fifo(tmp_path / "pipe.png")
-            cli_error(capsys, _explain(model, [tmp_path / "pipe.png"], out), INPUT, "pipe.png", "not a regular file")
+            cli_error(
+                capsys,
+                _explain(model, [tmp_path / "pipe.png"], out),
+                INPUT,
+                "pipe.png",
+                "not a regular file",
+            )
         elif kind == "model":
             _fifo(tmp_path / "pipe.onnx")
-            cli_error(capsys, ["inspect", tmp_path / "pipe.onnx"], MODEL, "pipe.onnx", "not a regular file")
+            cli_error(
+                capsys,
+                ["inspect", tmp_path / "pipe.onnx"],
+                MODEL,
+                "pipe.onnx",
+                "not a regular file",
+            )
         elif kind == "external":
             folder = tmp_path / "ext"
             folder.mkdir()
@@ -280,24 +359,48 @@ def test_only_regular_files_are_opened(tmp_path, model, image, capsys, kind):
                 if not Path("/dev/zero").exists():  # pragma: no cover
                     pytest.skip("no /dev/zero")
                 tensors.symlink_to("/dev/zero")
-            cli_error(capsys, _explain(model, [image], out, "--method", "iba", "--state-dir", tmp_path / "state"),
-                      INPUT, tensors, "not a regular file")
+            cli_error(
+                capsys,
+                _explain(model, [image], out, "--method", "iba", "--state-dir", tmp_path / "state"),
+                INPUT,
+                tensors,
+                "not a regular file",
+            )
         elif kind == "labels":
             _fifo(fifo)
-            cli_error(capsys, _explain(model, [image], out, "--labels", fifo), INPUT, fifo, "not a regular file")
+            cli_error(
+                capsys,
+                _explain(model, [image], out, "--labels", fifo),
+                INPUT,
+                fifo,
+                "not a regular file",
+            )
         elif kind == "manifest":
             _fifo(tmp_path / "m.csv")
-            cli_error(capsys, _eval(model, tmp_path / "m.csv", out), INPUT, "m.csv", "not a regular file")
+            cli_error(
+                capsys, _eval(model, tmp_path / "m.csv", out), INPUT, "m.csv", "not a regular file"
+            )
         elif kind == "boxes":
             _fifo(tmp_path / "boxes.json")
-            cli_error(capsys, _eval(model, image.parent, out, "--boxes", tmp_path / "boxes.json"), INPUT,
-                      "boxes.json", "not a regular file")
+            cli_error(
+                capsys,
+                _eval(model, image.parent, out, "--boxes", tmp_path / "boxes.json"),
+                INPUT,
+                "boxes.json",
+                "not a regular file",
+            )
         elif kind == "sidecar":
             _fifo(model.parent / "tiny.onnx.json")
             cli_error(capsys, ["inspect", model], INPUT, "tiny.onnx.json", "not a regular file")
         else:
             _fifo(tmp_path / "data.png")
-            cli_error(capsys, _eval(model, tmp_path / "data.png", out), INPUT, "data.png", "not a regular file")
+            cli_error(
+                capsys,
+                _eval(model, tmp_path / "data.png", out),
+                INPUT,
+                "data.png",
+                "not a regular file",
+            )
     finally:
         timer.cancel()
 
@@ -314,7 +417,12 @@ def test_printable_escapes_every_control_sequence():
 
     shown = printable(f"a{PAYLOAD}b\u202ec\x00\x7f\r\nz é 猫")
     _no_control(shown)
-    assert shown.startswith("a\\x1b[2J") and "\\x9b" in shown and "\\u202e" in shown and shown.endswith("z é 猫")
+    assert (
+        shown.startswith("a\\x1b[2J")
+        and "\\x9b" in shown
+        and "\\u202e" in shown
+        and shown.endswith("z é 猫")
+    )
     assert "\\x0d\\x0a" in shown and printable("x\ny", keep_newlines=True) == "x\ny"
 
 
@@ -324,7 +432,9 @@ def test_untrusted_strings_never_reach_the_terminal(tmp_path, capsys):
     proto = factory.classifier()
     proto.producer_name = "evil" + PAYLOAD
     path = factory.save(proto, tmp_path / "m" / "evil.onnx")
-    (tmp_path / "m" / "labels.txt").write_text("\n".join(f"class{k}{PAYLOAD}" for k in range(4)) + "\n")
+    (tmp_path / "m" / "labels.txt").write_text(
+        "\n".join(f"class{k}{PAYLOAD}" for k in range(4)) + "\n"
+    )
     (tmp_path / "m" / "evil.onnx.json").write_text(json.dumps({"labels": "labels.txt"}))
     assert main(["inspect", str(path)]) == 0
     captured = capsys.readouterr()
@@ -337,7 +447,9 @@ def test_untrusted_strings_never_reach_the_terminal(tmp_path, capsys):
     _no_control(captured.out + captured.err)
     assert "class1\\x1b[2J" in captured.out
 
-    unsupported = factory.single_op_model("Evil" + PAYLOAD.replace("\x07", ""), domain="com.evil" + CSI)
+    unsupported = factory.single_op_model(
+        "Evil" + PAYLOAD.replace("\x07", ""), domain="com.evil" + CSI
+    )
     bad = factory.save(unsupported, tmp_path / "ops.onnx")
     line = cli_error(capsys, ["inspect", bad], MODEL)
     _no_control(line)
@@ -352,7 +464,11 @@ def test_untrusted_strings_never_reach_the_terminal(tmp_path, capsys):
 # ============================================================================== silent wrong results
 def test_output_stems_are_unique_across_the_run(tmp_path, model):
     folder = tmp_path / "imgs"
-    images = [_image(folder / "a.png", value=10), _image(folder / "a.jpg", value=200), _image(folder / "a-2.png")]
+    images = [
+        _image(folder / "a.png", value=10),
+        _image(folder / "a.jpg", value=200),
+        _image(folder / "a-2.png"),
+    ]
     assert main(_explain(model, images, tmp_path / "out", "--target", "0")) == 0
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
     assert sorted(r["image"] for r in records) == sorted(map(str, images))
@@ -386,8 +502,12 @@ def test_state_pair_from_two_fits_is_refused(tmp_path, model, image, capsys):
     assert str(tensors) in str(info.value)
     # a state lacking a tensor a method needs names the file, not "KeyError: 'std'"
     save_state(digest, "iba", {"mean": torch.zeros(4)}, {"layer": layer}, root=tmp_path)
-    line = cli_error(capsys, _explain(model, [image], tmp_path / "out", "--method", "iba", "--state-dir", tmp_path),
-                     INPUT, tensors.name)
+    line = cli_error(
+        capsys,
+        _explain(model, [image], tmp_path / "out", "--method", "iba", "--state-dir", tmp_path),
+        INPUT,
+        tensors.name,
+    )
     assert "refit" in line
 
 
@@ -397,8 +517,15 @@ def _plugin(**methods) -> object:
         @xplain.hookimpl
         def register_methods(register):
             for name, fn in methods.items():
-                register(xplain.Method(name=name.replace("_", "-"), summary="test", explain=fn,
-                                       capabilities=xplain.Capabilities(needs_gradients=False)))
+                register(
+                    xplain.Method(
+                        name=name.replace("_", "-"),
+                        summary="test",
+                        explain=fn,
+                        capabilities=xplain.Capabilities(needs_gradients=False),
+                    )
+                )
+
     return Plugin()
 
 
@@ -424,7 +551,10 @@ def test_eval_fails_a_method_that_changes_the_model_and_restores_it(tmp_path, mo
     base = ["eval", str(model), str(data), "--metrics", "deletion", "--device", "cpu", "--no-plots"]
     assert main([*base, "--methods", "gradient", "--out", str(tmp_path / "alone")]) == 0
     assert main([*base, "--methods", "vandal,gradient", "--out", str(tmp_path / "both")]) == 0
-    alone = {r["image"]: r["scores"] for r in map(json.loads, (tmp_path / "alone" / "results.jsonl").open())}
+    alone = {
+        r["image"]: r["scores"]
+        for r in map(json.loads, (tmp_path / "alone" / "results.jsonl").open())
+    }
     both = [json.loads(line) for line in (tmp_path / "both" / "results.jsonl").open()]
     assert all("changed the model" in r["error"] for r in both if r["method"] == "vandal")
     assert {r["image"]: r["scores"] for r in both if r["method"] == "gradient"} == alone
@@ -446,8 +576,20 @@ def test_out_inside_class_folder_data_is_not_read_as_data(tmp_path, model):
         _image(data / "0" / f"{k}.png")
         _image(data / "1" / f"{k}.png")
     out = data / "1" / "eval-out"
-    args = ["eval", str(model), str(data), "--methods", "gradient", "--metrics", "ebpg", "--device", "cpu",
-            "--out", str(out), "--json"]
+    args = [
+        "eval",
+        str(model),
+        str(data),
+        "--methods",
+        "gradient",
+        "--metrics",
+        "ebpg",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     assert list((out / "plots").glob("*.png"))  # the run wrote PNGs inside DATA
     assert main(args) == 0
@@ -474,20 +616,38 @@ DEEP = "[" * 100_000 + "]" * 100_000
 HUGE = "1" * 5000
 
 
-@pytest.mark.parametrize("case", ["box_deep", "box_huge", "box_huge_float", "sidecar_deep", "sidecar_huge",
-                                  "labels_deep", "labels_key_huge", "manifest_nul", "manifest_label_huge",
-                                  "manifest_empty", "target_huge"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "box_deep",
+        "box_huge",
+        "box_huge_float",
+        "sidecar_deep",
+        "sidecar_huge",
+        "labels_deep",
+        "labels_key_huge",
+        "manifest_nul",
+        "manifest_label_huge",
+        "manifest_empty",
+        "target_huge",
+    ],
+)
 def test_malformed_text_inputs_are_one_line_errors(tmp_path, model, image, capsys, case):
     out = tmp_path / "out"
     kind, what = case.split("_", 1)
     if kind == "box":
         boxes = tmp_path / "boxes.json"
-        text = {"deep": DEEP, "huge": '{"photo": [[' + HUGE + ", 1, 2, 3]]}",
-                "huge_float": '{"photo": [[' + "1" * 4000 + ", 1, 2, 3]]}"}[what]
+        text = {
+            "deep": DEEP,
+            "huge": '{"photo": [[' + HUGE + ", 1, 2, 3]]}",
+            "huge_float": '{"photo": [[' + "1" * 4000 + ", 1, 2, 3]]}",
+        }[what]
         boxes.write_text(text)
         line = cli_error(capsys, _eval(model, image.parent, out, "--boxes", boxes), INPUT, boxes)
     elif kind == "sidecar":
-        (model.parent / "tiny.onnx.json").write_text(DEEP if what == "deep" else '{"resize": ' + HUGE + "}")
+        (model.parent / "tiny.onnx.json").write_text(
+            DEEP if what == "deep" else '{"resize": ' + HUGE + "}"
+        )
         line = cli_error(capsys, ["inspect", model], INPUT, "tiny.onnx.json")
     elif kind == "labels":
         labels = tmp_path / "labels.json"
@@ -495,15 +655,21 @@ def test_malformed_text_inputs_are_one_line_errors(tmp_path, model, image, capsy
         line = cli_error(capsys, _explain(model, [image], out, "--labels", labels), INPUT, labels)
     elif kind == "manifest":
         manifest = tmp_path / "m.csv"
-        manifest.write_bytes({"nul": b"path,label\nphoto\x00.png,0\n",
-                              "label_huge": b"path,label\n../img/photo.png," + HUGE.encode() + b"\n",
-                              "empty": b"path,label\n\n"}[what])
+        manifest.write_bytes(
+            {
+                "nul": b"path,label\nphoto\x00.png,0\n",
+                "label_huge": b"path,label\n../img/photo.png," + HUGE.encode() + b"\n",
+                "empty": b"path,label\n\n",
+            }[what]
+        )
         if what == "label_huge":  # one bad row: recorded, and a run where every row failed exits 5
             line = cli_error(capsys, _eval(model, manifest, out), INPUT, "digits")
         else:
             line = cli_error(capsys, _eval(model, manifest, out), INPUT, manifest)
     else:
-        line = cli_error(capsys, _explain(model, [image], out, "--target", HUGE), USAGE, "out of range")
+        line = cli_error(
+            capsys, _explain(model, [image], out, "--target", HUGE), USAGE, "out of range"
+        )
     assert len(line) < 600
 
 
@@ -518,8 +684,24 @@ def test_non_utf8_file_names(tmp_path, model):
     assert written == [".json", ".npy", ".png", ".png"]  # all four, the JSON record included
     record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
     assert "\\xe9" in record["image"] or "\udce9" in record["image"]
-    assert main(["eval", str(model), str(folder), "--methods", "gradient", "--metrics", "ebpg", "--device", "cpu",
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(model),
+                str(folder),
+                "--methods",
+                "gradient",
+                "--metrics",
+                "ebpg",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval" / "plots" / "montage.png").is_file()
 
 
@@ -541,26 +723,41 @@ def test_load_model_hook_returning_a_non_model(tmp_path, model, registry, capsys
     cli_error(capsys, ["inspect", model], PLUGIN, "returned str, not an xplain.Model")
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("batch", "batch size 2 first"),
-    ("info", "not finite JSON"),
-    ("escape", "'../escaped'"),
-    ("reserved", "'json'"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("batch", "batch size 2 first"),
+        ("info", "not finite JSON"),
+        ("escape", "'../escaped'"),
+        ("reserved", "'json'"),
+    ],
+)
 def test_plugin_extras_and_info_are_checked(tmp_path, model, registry, capsys, case, fragment):
     import torch
 
     def method(m, x, targets, params, seed):
         maps = _ones(m, x, targets, params, seed)
-        extras = {"../escaped" if case == "escape" else "json" if case == "reserved" else "extra":
-                  torch.zeros(x.shape[0] + (case == "batch"), 2)}
+        extras = {
+            "../escaped"
+            if case == "escape"
+            else "json"
+            if case == "reserved"
+            else "extra": torch.zeros(x.shape[0] + (case == "batch"), 2)
+        }
         info = {"value": object()} if case == "info" else {}
         return xplain.Attribution(maps, extras, info)
 
     registry.register_plugin(_plugin(sneaky=method), "sneaky-plugin")
     images = [_image(tmp_path / "i" / "a.png"), _image(tmp_path / "i" / "b.png")]
-    cli_error(capsys, _explain(model, images, tmp_path / "o" / "out", "--method", "sneaky"), PLUGIN, fragment)
-    assert not (tmp_path / "o" / "escaped.npy").exists() and not list((tmp_path / "o").rglob("*.npy"))
+    cli_error(
+        capsys,
+        _explain(model, images, tmp_path / "o" / "out", "--method", "sneaky"),
+        PLUGIN,
+        fragment,
+    )
+    assert not (tmp_path / "o" / "escaped.npy").exists() and not list(
+        (tmp_path / "o").rglob("*.npy")
+    )
 
 
 def test_out_is_a_dangling_symlink(tmp_path, model, image, capsys):
@@ -573,13 +770,19 @@ def test_damaged_results_lines_are_skipped_and_reported(tmp_path, model, image, 
     out = tmp_path / "out"
     assert main(_eval(model, image.parent, out)) == 0
     good = (out / "results.jsonl").read_bytes()
-    (out / "results.jsonl").write_bytes(b'\xff\xfe{"key": 1}\n{"key": ["x"]}\n{"key": "k", "scores": {"a": "b"}}\n'
-                                        + b"[" * 50_000 + b"\n" + good)
+    (out / "results.jsonl").write_bytes(
+        b'\xff\xfe{"key": 1}\n{"key": ["x"]}\n{"key": "k", "scores": {"a": "b"}}\n'
+        + b"[" * 50_000
+        + b"\n"
+        + good
+    )
     capsys.readouterr()
     assert main(_eval(model, image.parent, out)) == 0
     err = capsys.readouterr().err
     assert "skipped 4 damaged line(s)" in err and "results.jsonl" in err
-    assert (out / "results.jsonl").read_bytes().endswith(good)  # resume: the good line counts, nothing redone
+    assert (
+        (out / "results.jsonl").read_bytes().endswith(good)
+    )  # resume: the good line counts, nothing redone
 
 
 def test_disk_full_leaves_all_files_of_an_image_or_none(tmp_path, model, monkeypatch, capsys):
@@ -599,11 +802,17 @@ def test_disk_full_leaves_all_files_of_an_image_or_none(tmp_path, model, monkeyp
 
     monkeypatch.setattr(fileio._Group, "add", add)
     out = tmp_path / "out"
-    line = cli_error(capsys, _explain(model, images, out, "--target", "0", "--batch-size", "1"), USAGE,
-                     "No space left on device")
+    line = cli_error(
+        capsys,
+        _explain(model, images, out, "--target", "0", "--batch-size", "1"),
+        USAGE,
+        "No space left on device",
+    )
     assert str(out) in line
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"a.saliency.0.{s}" for s in ("heatmap.png", "overlay.png", "npy", "json"))
+    assert names == sorted(
+        f"a.saliency.0.{s}" for s in ("heatmap.png", "overlay.png", "npy", "json")
+    )
 
 
 # ============================================================================== plugins
@@ -646,10 +855,35 @@ def test_sys_exit_and_ctrl_c_inside_methods_and_metrics(tmp_path, model, image, 
 
     registry.register_plugin(_plugin(exits=exits, interrupts=interrupts), "exit-methods")
     registry.register_plugin(Metric(), "exit-metric")
-    cli_error(capsys, _explain(model, [image], tmp_path / "o1", "--method", "exits"), PLUGIN, "sys.exit(0)")
-    assert main(_explain(model, [image], tmp_path / "o2", "--method", "interrupts")) == ExitCode.INTERRUPTED
-    assert main(["eval", str(model), str(image.parent), "--methods", "gradient", "--metrics", "exits-metric",
-                 "--device", "cpu", "--no-plots", "--out", str(tmp_path / "o3")]) == 0
+    cli_error(
+        capsys,
+        _explain(model, [image], tmp_path / "o1", "--method", "exits"),
+        PLUGIN,
+        "sys.exit(0)",
+    )
+    assert (
+        main(_explain(model, [image], tmp_path / "o2", "--method", "interrupts"))
+        == ExitCode.INTERRUPTED
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(model),
+                str(image.parent),
+                "--methods",
+                "gradient",
+                "--metrics",
+                "exits-metric",
+                "--device",
+                "cpu",
+                "--no-plots",
+                "--out",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "o3" / "results.jsonl").read_text())
     assert "SystemExit" in record["metric_errors"]["exits-metric"]
 
@@ -657,7 +891,9 @@ def test_sys_exit_and_ctrl_c_inside_methods_and_metrics(tmp_path, model, image, 
 def test_plugin_rejected_for_a_duplicate_registers_nothing(registry):
     plugin = _plugin(fresh_method=_ones, saliency=_ones)  # the second name is taken by a built-in
     registry.register_plugin(plugin, "half-dup")
-    assert "fresh-method" not in registry.methods and registry.methods["saliency"].plugin == "saliency"
+    assert (
+        "fresh-method" not in registry.methods and registry.methods["saliency"].plugin == "saliency"
+    )
     assert "nothing of this plugin was registered" in registry.plugins["half-dup"].error
     assert not registry.pm.is_registered(plugin)
 
@@ -667,15 +903,25 @@ def _forever(m, x, targets, params, seed):
         time.sleep(0.01)
 
 
-def test_timeout_and_ctrl_c_stop_a_method_that_never_returns(tmp_path, model, image, registry, capsys):
+def test_timeout_and_ctrl_c_stop_a_method_that_never_returns(
+    tmp_path, model, image, registry, capsys
+):
     registry.register_plugin(_plugin(forever=_forever), "forever-plugin")
     started = time.monotonic()
-    cli_error(capsys, _explain(model, [image], tmp_path / "o1", "--method", "forever", "--timeout", "0.5"),
-              PLUGIN, "'forever'", "--timeout 0.5")
+    cli_error(
+        capsys,
+        _explain(model, [image], tmp_path / "o1", "--method", "forever", "--timeout", "0.5"),
+        PLUGIN,
+        "'forever'",
+        "--timeout 0.5",
+    )
     timer = threading.Timer(0.5, _thread.interrupt_main)  # Ctrl-C half a second in
     timer.start()
     try:
-        assert main(_explain(model, [image], tmp_path / "o2", "--method", "forever")) == ExitCode.INTERRUPTED
+        assert (
+            main(_explain(model, [image], tmp_path / "o2", "--method", "forever"))
+            == ExitCode.INTERRUPTED
+        )
     finally:
         timer.cancel()
     assert time.monotonic() - started < 30
@@ -708,7 +954,9 @@ def test_onnxruntime_log_stays_quiet(tmp_path, capfd):
     """onnxruntime logs its own errors in colour straight to fd 2; only our one line may appear."""
     proto = factory.classifier()
     proto.graph.node[-1].output[0] = "y0"
-    proto.graph.initializer.append(numpy_helper.from_array(np.array([7, -1], np.int64), "bad_shape"))
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.array([7, -1], np.int64), "bad_shape")
+    )
     proto.graph.node.append(helper.make_node("Reshape", ["y0", "bad_shape"], ["y"]))
     path = factory.save(proto, tmp_path / "fails_in_ort.onnx")
     assert main(["inspect", str(path)]) == MODEL

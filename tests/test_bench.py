@@ -20,20 +20,45 @@ from xplain.run.bench import CAPTUM_ADAPTERS, bench, captum_counterpart
 from .conftest import REPO, export_classic
 
 #: the methods bench/README.md and issue 3 name as having a Captum counterpart
-DOCUMENTED = {"saliency", "gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop",
-              "deconvnet", "grad-cam", "occlusion", "lrp-epsilon"}
+DOCUMENTED = {
+    "saliency",
+    "gradient",
+    "input-x-gradient",
+    "integrated-gradients",
+    "smoothgrad",
+    "guided-backprop",
+    "deconvnet",
+    "grad-cam",
+    "occlusion",
+    "lrp-epsilon",
+}
 
 FAST = ["--repeats", "1", "--warmup", "0", "--device", "cpu"]
 
 
 def _one_line_error(capsys):
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: plugin")]
+    err = [
+        line
+        for line in capsys.readouterr().err.strip().splitlines()
+        if not line.startswith("warning: plugin")
+    ]
     assert len(err) == 1 and "Traceback" not in err[0], err
     return err[0]
 
 
 def test_bench_json(tiny_cnn_path, capsys):
-    code = main(["bench", str(tiny_cnn_path), "--methods", "saliency,random", "--batch-size", "2", "--json", *FAST])
+    code = main(
+        [
+            "bench",
+            str(tiny_cnn_path),
+            "--methods",
+            "saliency,random",
+            "--batch-size",
+            "2",
+            "--json",
+            *FAST,
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     for key in ("model", "device", "batch_size", "forward_seconds", "methods"):
@@ -42,19 +67,47 @@ def test_bench_json(tiny_cnn_path, capsys):
     rows = {row["name"]: row for row in data["methods"]}
     assert list(rows) == ["saliency", "random"]
     for row in rows.values():
-        for key in ("name", "seconds_per_image", "ratio_to_forward", "peak_memory_mb", "captum_seconds_per_image",
-                    "ratio_to_captum"):
+        for key in (
+            "name",
+            "seconds_per_image",
+            "ratio_to_forward",
+            "peak_memory_mb",
+            "captum_seconds_per_image",
+            "ratio_to_captum",
+        ):
             assert key in row
-        assert row["seconds_per_image"] > 0 and row["ratio_to_forward"] > 0 and (row["peak_memory_mb"] or 0) >= 0
+        assert (
+            row["seconds_per_image"] > 0
+            and row["ratio_to_forward"] > 0
+            and (row["peak_memory_mb"] or 0) >= 0
+        )
     assert rows["saliency"]["captum_status"] == "ok"
-    assert rows["saliency"]["captum_seconds_per_image"] > 0 and rows["saliency"]["ratio_to_captum"] > 0
-    assert rows["random"]["captum_seconds_per_image"] is None and rows["random"]["ratio_to_captum"] is None
+    assert (
+        rows["saliency"]["captum_seconds_per_image"] > 0 and rows["saliency"]["ratio_to_captum"] > 0
+    )
+    assert (
+        rows["random"]["captum_seconds_per_image"] is None
+        and rows["random"]["ratio_to_captum"] is None
+    )
     assert rows["random"]["captum"] is None
 
 
 def test_bench_table_and_images(tiny_cnn_path, rgb_image, capsys):
-    code = main(["bench", str(tiny_cnn_path), str(rgb_image), "--methods", "saliency", "--batch-size", "3",
-                 "--no-captum", "--preset", "unit", *FAST])
+    code = main(
+        [
+            "bench",
+            str(tiny_cnn_path),
+            str(rgb_image),
+            "--methods",
+            "saliency",
+            "--batch-size",
+            "3",
+            "--no-captum",
+            "--preset",
+            "unit",
+            *FAST,
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     for column in ("method", "s/image", "×forward", "peak mem", "ours/captum"):
@@ -62,13 +115,16 @@ def test_bench_table_and_images(tiny_cnn_path, rgb_image, capsys):
     assert "saliency" in out and "skipped" in out
 
 
-@pytest.mark.parametrize("args", [
-    ["--methods", "saliency,no-such-method"],
-    ["--methods", ","],
-    ["--methods", "saliency,random", "--param", "steps=3"],  # which method?
-    ["--methods", "saliency", "--param", "random.x=1"],  # not benchmarked
-    ["--methods", "saliency", "--param", "saliency.nope=1"],  # not a parameter of saliency
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--methods", "saliency,no-such-method"],
+        ["--methods", ","],
+        ["--methods", "saliency,random", "--param", "steps=3"],  # which method?
+        ["--methods", "saliency", "--param", "random.x=1"],  # not benchmarked
+        ["--methods", "saliency", "--param", "saliency.nope=1"],  # not a parameter of saliency
+    ],
+)
 def test_bench_usage_errors(tiny_cnn_path, capsys, args):
     assert main(["bench", str(tiny_cnn_path), *args, *FAST]) == 2
     line = _one_line_error(capsys)
@@ -79,7 +135,11 @@ def test_bench_usage_errors(tiny_cnn_path, capsys, args):
 def test_bench_python_api_leaves_graph_untouched(tiny_model):
     """Captum's LRP refuses onnx2torch modules: reported, not fatal, and no rules or hooks stay behind."""
     registry = xplain.get_registry()
-    names = [n for n in ("saliency", "guided-backprop", "lrp-epsilon", "grad-cam") if n in registry.methods]
+    names = [
+        n
+        for n in ("saliency", "guided-backprop", "lrp-epsilon", "grad-cam")
+        if n in registry.methods
+    ]
     before = [(type(m), sorted(vars(m))) for m in tiny_model.graph.modules()]
     code = tiny_model.graph.code
     result = bench(tiny_model, tiny_model.example_input(2), names, registry, repeats=1, warmup=0)
@@ -105,20 +165,38 @@ def test_captum_mapping_covers_the_documented_methods():
 
 def _relu_cnn():
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 5),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
 def relu_model(tmp_path_factory):
-    return xplain.load_model(export_classic(_relu_cnn(), tmp_path_factory.mktemp("b") / "relu.onnx", (1, 3, 16, 16)))
+    return xplain.load_model(
+        export_classic(_relu_cnn(), tmp_path_factory.mktemp("b") / "relu.onnx", (1, 3, 16, 16))
+    )
 
 
 # deterministic methods whose Captum counterpart runs on converted ReLU graphs
-@pytest.mark.parametrize("name, params", [
-    ("saliency", {}), ("gradient", {}), ("input-x-gradient", {}), ("integrated-gradients", {"steps": 8}),
-    ("guided-backprop", {}), ("deconvnet", {}), ("grad-cam", {}), ("occlusion", {"patch": 4, "stride": 2}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("saliency", {}),
+        ("gradient", {}),
+        ("input-x-gradient", {}),
+        ("integrated-gradients", {"steps": 8}),
+        ("guided-backprop", {}),
+        ("deconvnet", {}),
+        ("grad-cam", {}),
+        ("occlusion", {"patch": 4, "stride": 2}),
+    ],
+)
 def test_captum_counterpart_computes_our_map(relu_model, name, params):
     """The mapping runs the same algorithm: Captum's map equals ours on a ReLU network."""
     pytest.importorskip("captum")
@@ -140,9 +218,15 @@ def test_stage_split_per_image_and_per_forward():
     from xplain.plugins.plugin_api import Attribution
     from xplain.run.bench import _stages
 
-    got = _stages(Attribution(maps=None, info={"stage_seconds": {"feature": 0.4, "gan": 2.0}}), batch=4, forward_s=0.1)
-    assert got == {"feature": {"seconds_per_image": 0.1, "ratio_to_forward": pytest.approx(4.0)},
-                   "gan": {"seconds_per_image": 0.5, "ratio_to_forward": pytest.approx(20.0)}}
+    got = _stages(
+        Attribution(maps=None, info={"stage_seconds": {"feature": 0.4, "gan": 2.0}}),
+        batch=4,
+        forward_s=0.1,
+    )
+    assert got == {
+        "feature": {"seconds_per_image": 0.1, "ratio_to_forward": pytest.approx(4.0)},
+        "gan": {"seconds_per_image": 0.5, "ratio_to_forward": pytest.approx(20.0)},
+    }
     assert _stages(Attribution(maps=None), batch=4, forward_s=0.1) is None
 
 
@@ -153,27 +237,78 @@ def test_bench_metrics_counts_the_images_a_metric_forwards(tiny_model):
 
     x = tiny_model.example_input(2, seed=4)
     h, w = x.shape[2:]
-    report = bench_metrics(tiny_model, x, ["deletion", "ebpg"], "gradient", params={"deletion": {"step": str(w)}},
-                           repeats=1, warmup=0)
+    report = bench_metrics(
+        tiny_model,
+        x,
+        ["deletion", "ebpg"],
+        "gradient",
+        params={"deletion": {"step": str(w)}},
+        repeats=1,
+        warmup=0,
+    )
     rows = {row["name"]: row for row in report["metrics"]}
     assert report["method"] == "gradient" and report["forward_seconds_per_image"] > 0
     assert rows["deletion"]["forward_images"] == h + 1  # per explained image
-    assert rows["deletion"]["seconds_per_step"] == pytest.approx(rows["deletion"]["seconds_per_image"] / (h + 1))
+    assert rows["deletion"]["seconds_per_step"] == pytest.approx(
+        rows["deletion"]["seconds_per_image"] / (h + 1)
+    )
     assert rows["deletion"]["ratio_to_forward"] > 0
-    assert rows["ebpg"]["forward_images"] == 0 and rows["ebpg"]["ratio_to_forward"] is None  # boxes only
+    assert (
+        rows["ebpg"]["forward_images"] == 0 and rows["ebpg"]["ratio_to_forward"] is None
+    )  # boxes only
 
 
 def test_bench_cli_metrics_table_and_errors(tiny_cnn_path, capsys):
-    code = main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metrics", "deletion",
-                 "--metric-param", "deletion.step=8", "--batch-size", "2", "--no-captum", "--json", *FAST])
+    code = main(
+        [
+            "bench",
+            str(tiny_cnn_path),
+            "--methods",
+            "gradient",
+            "--metrics",
+            "deletion",
+            "--metric-param",
+            "deletion.step=8",
+            "--batch-size",
+            "2",
+            "--no-captum",
+            "--json",
+            *FAST,
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     (row,) = data["metric_bench"]["metrics"]
     assert row["name"] == "deletion" and row["params"]["step"] == 8 and row["forward_images"] > 0
-    assert main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metrics", "no-such-metric", *FAST]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny_cnn_path),
+                "--methods",
+                "gradient",
+                "--metrics",
+                "no-such-metric",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "no-such-metric" in _one_line_error(capsys)
-    assert main(["bench", str(tiny_cnn_path), "--methods", "gradient", "--metric-param", "deletion.step=8",
-                 *FAST]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny_cnn_path),
+                "--methods",
+                "gradient",
+                "--metric-param",
+                "deletion.step=8",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "--metrics" in _one_line_error(capsys)
 
 
@@ -188,8 +323,22 @@ def test_bench_model_names(capsys, tmp_path):
 
 
 def test_bench_cpu_clock(tiny_model):
-    report = bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, captum=False,
-                   clock="cpu")
+    report = bench(
+        tiny_model,
+        tiny_model.example_input(2),
+        ["gradient"],
+        repeats=1,
+        warmup=0,
+        captum=False,
+        clock="cpu",
+    )
     assert report["clock"] == "cpu" and report["methods"][0]["seconds_per_image"] > 0
     with pytest.raises(xplain.UsageError, match="clock"):
-        bench(tiny_model, tiny_model.example_input(2), ["gradient"], repeats=1, warmup=0, clock="sundial")
+        bench(
+            tiny_model,
+            tiny_model.example_input(2),
+            ["gradient"],
+            repeats=1,
+            warmup=0,
+            clock="sundial",
+        )

@@ -32,8 +32,17 @@ def export(module: nn.Module, path, shape, dynamic: bool = True, **kwargs):
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(1, *shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes=axes, **kwargs)
+        torch.onnx.export(
+            module,
+            (torch.randn(1, *shape),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            **kwargs,
+        )
     return str(path)
 
 
@@ -56,7 +65,9 @@ class ResNetLike(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)
+        )
         self.block1, self.block2 = Block(8, 8), Block(8, 16, stride=2)
         self.fc = nn.Linear(16, 5)
         randomize_bn(self, seed=1)
@@ -72,8 +83,14 @@ class PlainCNN(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(1)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Linear(8 * 4 * 4, 4)
 
     def forward(self, x):
@@ -114,7 +131,11 @@ def models(tmp_path_factory):
                 "resnet_preserve": (ResNetLike, (3, 16, 16), UNFOLDED["preserve"]),
                 "resnet_no_folding": (ResNetLike, (3, 16, 16), UNFOLDED["no_folding"]),
                 "plain": (PlainCNN, (3, 16, 16), {}),
-                "hand_fixed_batch": (HandNet, (1, 6, 6), {"dynamic": False, **UNFOLDED["preserve"]}),
+                "hand_fixed_batch": (
+                    HandNet,
+                    (1, 6, 6),
+                    {"dynamic": False, **UNFOLDED["preserve"]},
+                ),
             }[key]
             module = build().eval()
             path = export(module, root / f"{key}.onnx", shape, **kwargs)
@@ -148,7 +169,9 @@ def captum_gradcam(model, layer: str, x, targets, relu: bool, align_corners: boo
 
     module = model.graph.get_submodule(model.node(layer).target)
     with torch.enable_grad():
-        attr = LayerGradCam(model.graph, module).attribute(x.clone(), target=targets, relu_attributions=relu)
+        attr = LayerGradCam(model.graph, module).attribute(
+            x.clone(), target=targets, relu_attributions=relu
+        )
     attr = attr.detach()
     size = (model.spec.height, model.spec.width)
     if align_corners:
@@ -161,7 +184,11 @@ GRADCAM_CASES = {
     "resnet_default": ("resnet_preserve", None, True),
     "resnet_default_signed": ("resnet_preserve", None, False),
     "resnet_block1_out": ("resnet_preserve", lambda relus, m: relus[2], True),  # 8×8: 2× upsampling
-    "resnet_branch_conv": ("resnet_preserve", lambda relus, m: m.node(relus[3]).args[0].args[0].name, False),
+    "resnet_branch_conv": (
+        "resnet_preserve",
+        lambda relus, m: m.node(relus[3]).args[0].args[0].name,
+        False,
+    ),
     "plain_default": ("plain", None, True),
     "plain_first_relu": ("plain", lambda relus, m: relus[0], True),
 }
@@ -208,15 +235,27 @@ def test_gradcam_layer_errors(models):
     x = model.example_input(1)
     with pytest.raises(xplain.UsageError, match="no layer named 'nope'"):
         xplain.explain(model, x, [0], "grad-cam", params={"layer": "nope"})
-    fc = [n.name for n in model.graph.graph.nodes if n.op == "call_module"
-          and isinstance(model.graph.get_submodule(n.target), nn.Linear)][-1]
+    fc = [
+        n.name
+        for n in model.graph.graph.nodes
+        if n.op == "call_module" and isinstance(model.graph.get_submodule(n.target), nn.Linear)
+    ][-1]
     with pytest.raises(xplain.UsageError, match="not a spatial feature map"):
         xplain.explain(model, x, [0], "grad-cam", params={"layer": fc})
 
 
 def test_gradcam_cli_layer_param(tiny_cnn_path, rgb_image, tmp_path, capsys):
-    base = ["explain", str(tiny_cnn_path), str(rgb_image), "--method", "grad-cam", "--device", "cpu",
-            "--out", str(tmp_path / "o")]
+    base = [
+        "explain",
+        str(tiny_cnn_path),
+        str(rgb_image),
+        "--method",
+        "grad-cam",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main([*base, "--param", "layer=nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "Traceback" not in err[0]
@@ -239,8 +278,9 @@ def test_gradcam_tiny_default_is_post_add_rectifier(tiny_model):
 def test_fullgrad_completeness_relu_bn_residual(models, how):
     """input term + all bias terms == target logit (ReLU net, BN unfolded, residual adds)."""
     model, module = models(f"resnet_{how}")
-    bn_nodes = [b.node for b in model.bias_layers()
-                if isinstance(model.module(b.node), nn.BatchNorm2d)]
+    bn_nodes = [
+        b.node for b in model.bias_layers() if isinstance(model.module(b.node), nn.BatchNorm2d)
+    ]
     assert len(bn_nodes) == 6  # stem (folded with its biased conv) + 2 per block + projection
     x = model.example_input(4, seed=6)
     with torch.no_grad():
@@ -300,9 +340,11 @@ def test_fullgrad_matches_hand_computation(models):
     got = xplain.explain(model, x, targets, "fullgrad")
     assert got.maps.shape == (2, 6, 6)
     bn = module.bn1
-    bn_shift = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    bn_shift = (
+        bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    ).detach()
     for i, t in enumerate(targets):
-        xi = x[i:i + 1].clone().requires_grad_(True)
+        xi = x[i : i + 1].clone().requires_grad_(True)
         keep = []
         out = module(xi, keep)
         out[0, t].backward()
@@ -319,7 +361,9 @@ def test_fullgrad_matches_hand_computation(models):
         hand_total = float(input_term.sum()) + sum(float(v.sum()) for v in terms) + fc_term
         assert abs(hand_total - logit) <= 1e-4 * max(1.0, abs(logit))
         assert got.info["completeness_gap"][i] <= 1e-4 * max(1.0, abs(logit))
-        assert abs(got.info["input_term"][i] - float(input_term.sum())) <= 1e-5 * max(1.0, abs(logit))
+        assert abs(got.info["input_term"][i] - float(input_term.sum())) <= 1e-5 * max(
+            1.0, abs(logit)
+        )
         ours_terms = sorted(v[i] for v in got.info["bias_terms"].values())
         hand_terms = sorted([float(v.sum()) for v in terms] + [fc_term])
         np.testing.assert_allclose(ours_terms, hand_terms, rtol=1e-4, atol=1e-6)
@@ -329,4 +373,6 @@ def test_fullgrad_matches_hand_computation(models):
         expected = (a / (a.max() + 1e-6)).sum(axis=0)
         for term in terms:
             expected = expected + _hand_postprocess(term.detach().numpy().astype(np.float64), 6)
-        np.testing.assert_allclose(got.maps[i].numpy(), expected, rtol=1e-5, atol=1e-5 * expected.max())
+        np.testing.assert_allclose(
+            got.maps[i].numpy(), expected, rtol=1e-5, atol=1e-5 * expected.max()
+        )

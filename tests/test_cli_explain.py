@@ -25,8 +25,22 @@ def _one_line_error(capsys):
 
 def test_explain_writes_outputs_and_json(tiny_cnn_path, rgb_image, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["explain", str(tiny_cnn_path), str(rgb_image), "--method", "saliency", "--out", str(out),
-                 "--device", "cpu", "--json", "--preset", "unit"])
+    code = main(
+        [
+            "explain",
+            str(tiny_cnn_path),
+            str(rgb_image),
+            "--method",
+            "saliency",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--json",
+            "--preset",
+            "unit",
+        ]
+    )
     assert code == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 1
@@ -44,7 +58,9 @@ def test_explain_writes_outputs_and_json(tiny_cnn_path, rgb_image, tmp_path, cap
     x = torch.from_numpy(array)[None]
     top = int(model(x).argmax())
     assert rec["target"] == top
-    np.testing.assert_allclose(saved, xplain.explain(model, x, [top], "saliency").maps[0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        saved, xplain.explain(model, x, [top], "saliency").maps[0].numpy(), rtol=1e-5
+    )
     assert Image.open(rec["files"]["overlay"]).size == (30, 40)  # the original image size
     assert Image.open(rec["files"]["heatmap"]).size == (16, 16)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
@@ -53,8 +69,23 @@ def test_explain_writes_outputs_and_json(tiny_cnn_path, rgb_image, tmp_path, cap
 def test_explain_top5_and_several_images(tiny_cnn_path, rgb_image, tmp_path, capsys):
     other = tmp_path / "b.png"
     Image.open(rgb_image).rotate(90).save(other)
-    code = main(["explain", str(tiny_cnn_path), str(rgb_image), str(other), "--target", "top5", "--out",
-                 str(tmp_path / "o"), "--device", "cpu", "--json", "--batch-size", "3"])
+    code = main(
+        [
+            "explain",
+            str(tiny_cnn_path),
+            str(rgb_image),
+            str(other),
+            "--target",
+            "top5",
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--json",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert code == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 8  # 4 classes: top5 is every class, for two images
@@ -66,35 +97,84 @@ def test_explain_top5_and_several_images(tiny_cnn_path, rgb_image, tmp_path, cap
 def test_explain_target_by_index_and_label(tiny_cnn_path, rgb_image, tmp_path, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("ant\nbee\ncat\ndog\n")
-    assert main(["explain", str(tiny_cnn_path), str(rgb_image), "--target", "cat", "--labels", str(labels),
-                 "--out", str(tmp_path), "--device", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(tiny_cnn_path),
+                str(rgb_image),
+                "--target",
+                "cat",
+                "--labels",
+                str(labels),
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rec = json.loads(capsys.readouterr().out)[0]
     assert rec["target"] == 2 and rec["target_label"] == "cat"
-    assert main(["explain", str(tiny_cnn_path), str(rgb_image), "--target", "7", "--out", str(tmp_path),
-                 "--device", "cpu"]) == xplain.ExitCode.USAGE
+    assert (
+        main(
+            [
+                "explain",
+                str(tiny_cnn_path),
+                str(rgb_image),
+                "--target",
+                "7",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == xplain.ExitCode.USAGE
+    )
     assert "7" in _one_line_error(capsys)
 
 
-def test_interrupted_explain_leaves_only_whole_files(tiny_cnn_path, rgb_image, tmp_path, monkeypatch, capsys):
+def test_interrupted_explain_leaves_only_whole_files(
+    tiny_cnn_path, rgb_image, tmp_path, monkeypatch, capsys
+):
     import xplain.run.explaining as explaining
 
     interrupt_on_call(monkeypatch, explaining, "save_overlay")
     second = tmp_path / "second.png"
     Image.open(rgb_image).save(second)
     out = tmp_path / "out"
-    code = main(["explain", str(tiny_cnn_path), str(rgb_image), str(second), "--out", str(out), "--device", "cpu",
-                 "--batch-size", "1"])
+    code = main(
+        [
+            "explain",
+            str(tiny_cnn_path),
+            str(rgb_image),
+            str(second),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+        ]
+    )
     assert code == xplain.ExitCode.INTERRUPTED
     names = sorted(p.name for p in out.iterdir())
     assert all(not n.startswith(".") and not n.endswith(".tmp") for n in names)
-    assert any(n.startswith("photo.") and n.endswith(".json") for n in names)  # the first image is complete
+    assert any(
+        n.startswith("photo.") and n.endswith(".json") for n in names
+    )  # the first image is complete
     assert not any(n.startswith("second.") and n.endswith(".json") for n in names)
 
 
 def test_inspect_json(tiny_cnn_path, capsys):
     assert main(["inspect", str(tiny_cnn_path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["num_classes"] == 4 and data["verified"] is True and data["softmax_stripped"] is None
+    assert (
+        data["num_classes"] == 4 and data["verified"] is True and data["softmax_stripped"] is None
+    )
     assert data["input"]["shape"] == [None, 3, 16, 16]
     kinds = [a["kind"] for a in data["activations"]]
     assert kinds.count("relu") == 2 and kinds.count("relu6") == 1
@@ -108,11 +188,14 @@ def test_inspect_json(tiny_cnn_path, capsys):
     assert "verified" in text and "iba" in text
 
 
-@pytest.mark.parametrize("argv, code", [
-    (["explain"], 2),
-    (["bogus-command"], 2),
-    (["inspect", "--no-such-flag", "x"], 2),
-])
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["explain"], 2),
+        (["bogus-command"], 2),
+        (["inspect", "--no-such-flag", "x"], 2),
+    ],
+)
 def test_usage_errors_exit_2(argv, code):
     assert main(argv) == code
 
@@ -142,8 +225,26 @@ def test_each_record_carries_its_own_samples_facts(tiny_cnn_path, rgb_image, tmp
     """Per-sample facts (FullGrad's completeness terms) are split per record, not copied whole."""
     other = tmp_path / "other.png"
     Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(other)
-    assert main(["explain", str(tiny_cnn_path), str(rgb_image), str(other), "--method", "fullgrad", "--out",
-                 str(tmp_path / "out"), "--device", "cpu", "--json", "--preset", "unit"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(tiny_cnn_path),
+                str(rgb_image),
+                str(other),
+                "--method",
+                "fullgrad",
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--json",
+                "--preset",
+                "unit",
+            ]
+        )
+        == 0
+    )
     records = json.loads(capsys.readouterr().out)
     model = xplain.load_model(tiny_cnn_path)
     pre = Preprocess.from_options((3, 16, 16), preset="unit")
@@ -156,7 +257,9 @@ def test_each_record_carries_its_own_samples_facts(tiny_cnn_path, rgb_image, tmp
     assert records[0]["info"]["logit"] != records[1]["info"]["logit"]
 
 
-def test_explain_no_verify_skips_the_onnxruntime_check(tiny_cnn_path, rgb_image, tmp_path, capsys, monkeypatch):
+def test_explain_no_verify_skips_the_onnxruntime_check(
+    tiny_cnn_path, rgb_image, tmp_path, capsys, monkeypatch
+):
     import xplain.onnx.loader
 
     def refuse(*args, **kwargs):

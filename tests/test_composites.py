@@ -21,9 +21,13 @@ def test_named_composites_reproduce_the_methods(tiny_model):
     guided = _input_gradient(tiny_model, xplain.composite("guided"), x, t).sum(dim=1)
     want = xplain.explain(tiny_model, x, t, "guided-backprop", params={"reduce": "sum"}).maps
     torch.testing.assert_close(guided, want)
-    relevance = (x * _input_gradient(tiny_model, xplain.composite("lrp-epsilon", eps=1e-6), x, t)).sum(dim=1)
+    relevance = (
+        x * _input_gradient(tiny_model, xplain.composite("lrp-epsilon", eps=1e-6), x, t)
+    ).sum(dim=1)
     torch.testing.assert_close(relevance, xplain.explain(tiny_model, x, t, "lrp-epsilon").maps)
-    plain = _input_gradient(tiny_model, xplain.composite("plain"), x, t)  # the rule form of the gradient
+    plain = _input_gradient(
+        tiny_model, xplain.composite("plain"), x, t
+    )  # the rule form of the gradient
     torch.testing.assert_close(plain, _input_gradient(tiny_model, lambda *a: None, x, t))
     assert {"guided", "deconvnet", "lrp-epsilon", "lrp-zplus"} <= set(xplain.composites())
 

@@ -57,7 +57,9 @@ def test_positional_explain_still_works_with_a_deprecation_warning(tiny_model):
     assert caught[0].filename == __file__  # the warning points at the plugin's declaration
     x = tiny_model.example_input(2, seed=1)
     t = torch.tensor([1, 2])
-    torch.testing.assert_close(run_method(tiny_model, old, x, t, {}, 0).maps, run_method(tiny_model, new, x, t, {}, 0).maps)
+    torch.testing.assert_close(
+        run_method(tiny_model, old, x, t, {}, 0).maps, run_method(tiny_model, new, x, t, {}, 0).maps
+    )
 
 
 def test_positional_score_gets_the_old_context_dict(tiny_model):
@@ -71,8 +73,9 @@ def test_positional_score_gets_the_old_context_dict(tiny_model):
         metric = xplain.Metric("old", "s", score=old_score)
     x = tiny_model.example_input(2)
     maps = torch.ones(2, 16, 16)
-    out = metric.compute(tiny_model, x, torch.tensor([0, 1]), xplain.Attribution(maps), seed=4,
-                         boxes=[None, None])
+    out = metric.compute(
+        tiny_model, x, torch.tensor([0, 1]), xplain.Attribution(maps), seed=4, boxes=[None, None]
+    )
     torch.testing.assert_close(out["old"], torch.full((2,), 256.0))
     assert seen["seed"] == 4 and seen["boxes"] == [None, None] and seen["params"] == {}
     assert {"cache", "explain", "method", "forward_batch", "box_labels"} <= set(seen)
@@ -86,17 +89,25 @@ def test_a_callable_of_another_shape_is_refused_at_declaration():
 
 
 def test_lazy_reference_is_imported_on_first_use(tiny_model, tmp_path, monkeypatch):
-    (tmp_path / "lazy_impl_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "lazy_impl_mod.py").write_text(
+        textwrap.dedent("""
         import torch
 
         def explain(request):
             return torch.full((request.x.shape[0], 16, 16), float(request.params["v"]))
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    method = xplain.Method("lazy", "s", explain="lazy_impl_mod:explain",
-                           params=[xplain.Param("v", "float", 2.0, "value")])
+    method = xplain.Method(
+        "lazy",
+        "s",
+        explain="lazy_impl_mod:explain",
+        params=[xplain.Param("v", "float", 2.0, "value")],
+    )
     assert "lazy_impl_mod" not in sys.modules  # declaring (registering) imports nothing
-    maps = run_method(tiny_model, method, tiny_model.example_input(1), torch.tensor([0]), {"v": 3.0}, 0).maps
+    maps = run_method(
+        tiny_model, method, tiny_model.example_input(1), torch.tensor([0]), {"v": 3.0}, 0
+    ).maps
     assert "lazy_impl_mod" in sys.modules and float(maps.mean()) == 3.0
     monkeypatch.delitem(sys.modules, "lazy_impl_mod")
     broken = xplain.Method("broken", "s", explain="lazy_impl_mod:missing")

@@ -34,8 +34,10 @@ def data(tmp_path_factory) -> Path:
                 shutil.copy(src / row[col], root / row[col])
             rows.append(row)
     (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    rows += [{"path": "images/missing.png", "label": "circle", "boxes": ""},
-             {"path": "images/broken.png", "label": "square", "boxes": ""}]
+    rows += [
+        {"path": "images/missing.png", "label": "circle", "boxes": ""},
+        {"path": "images/broken.png", "label": "square", "boxes": ""},
+    ]
     with open(root / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["path", "label", "boxes"])
         w.writeheader()
@@ -47,8 +49,20 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-ARGS = ["--methods", "saliency,random", "--metrics", "ebpg,bbox-accuracy,ehr,deletion", "--metric-param",
-        "deletion.step=256", "--batch-size", "4", "--device", "cpu", "--montage", "2"]
+ARGS = [
+    "--methods",
+    "saliency,random",
+    "--metrics",
+    "ebpg,bbox-accuracy,ehr,deletion",
+    "--metric-param",
+    "deletion.step=256",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--montage",
+    "2",
+]
 
 
 def test_eval_results_summary_plots_resume_and_errors(data, tmp_path, capsys):
@@ -90,20 +104,43 @@ def test_eval_results_summary_plots_resume_and_errors(data, tmp_path, capsys):
     again = _lines(out / "results.jsonl")
     assert len(again) == 16 and len({r["key"] for r in again}) == 16
     assert {r["key"] for r in again} == {r["key"] for r in lines}
-    assert printed["table"]["saliency"]["ebpg"]["mean"] == pytest.approx(summary["table"]["saliency"]["ebpg"]["mean"])
+    assert printed["table"]["saliency"]["ebpg"]["mean"] == pytest.approx(
+        summary["table"]["saliency"]["ebpg"]["mean"]
+    )
 
     # --no-resume starts over; another seed is another configuration (not skipped)
     assert main(["eval", MODEL, str(data), "--out", str(out), *ARGS, "--no-resume"]) == 0
     assert len(_lines(out / "results.jsonl")) == 16
-    assert main(["eval", MODEL, str(data), "--out", str(out), *ARGS, "--seed", "1", "--limit", "2"]) == 0
+    assert (
+        main(["eval", MODEL, str(data), "--out", str(out), *ARGS, "--seed", "1", "--limit", "2"])
+        == 0
+    )
     assert len(_lines(out / "results.jsonl")) == 20
 
 
 def test_eval_resumes_after_being_killed(data, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "xplain", "eval", MODEL, str(data), "--out", str(out), "--methods", "saliency",
-           "--metrics", "sensitivity-n,ebpg", "--metric-param", "sensitivity-n.subsets=40", "--batch-size", "1",
-           "--device", "cpu", "--no-plots"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xplain",
+        "eval",
+        MODEL,
+        str(data),
+        "--out",
+        str(out),
+        "--methods",
+        "saliency",
+        "--metrics",
+        "sensitivity-n,ebpg",
+        "--metric-param",
+        "sensitivity-n.subsets=40",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--no-plots",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     results = out / "results.jsonl"
@@ -128,11 +165,55 @@ def test_eval_resumes_after_being_killed(data, tmp_path):
 
 
 def test_eval_usage_and_input_errors(data, tmp_path, capsys):
-    assert main(["eval", MODEL, str(data), "--methods", "saliency", "--metrics", "nope", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                MODEL,
+                str(data),
+                "--methods",
+                "saliency",
+                "--metrics",
+                "nope",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "unknown metric 'nope'" in capsys.readouterr().err
-    assert main(["eval", MODEL, str(tmp_path / "none.csv"), "--methods", "saliency", "--metrics", "ebpg"]) == 5
-    assert main(["eval", MODEL, str(data), "--methods", "saliency", "--metrics", "ebpg",
-                 "--metric-param", "ebpg.energy=loud", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                MODEL,
+                str(tmp_path / "none.csv"),
+                "--methods",
+                "saliency",
+                "--metrics",
+                "ebpg",
+            ]
+        )
+        == 5
+    )
+    assert (
+        main(
+            [
+                "eval",
+                MODEL,
+                str(data),
+                "--methods",
+                "saliency",
+                "--metrics",
+                "ebpg",
+                "--metric-param",
+                "ebpg.energy=loud",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
 
 
 def test_box_to_input_through_resize_and_crop():
@@ -159,8 +240,16 @@ def test_example_plugin_metric_runs_in_eval(data, tmp_path):
             sys.path.pop(0)
         registry.register_plugin(xplain_example, "example")
     model = xplain.load_model(MODEL, device="cpu")
-    summary = xplain.evaluate(model, data, methods=["random"], metrics=["example-map-mean"], out_dir=tmp_path,
-                              limit=3, registry=registry, plots=False)
+    summary = xplain.evaluate(
+        model,
+        data,
+        methods=["random"],
+        metrics=["example-map-mean"],
+        out_dir=tmp_path,
+        limit=3,
+        registry=registry,
+        plots=False,
+    )
     assert summary["table"]["random"]["example-map-mean"]["count"] == 3
     assert 0.4 < summary["table"]["random"]["example-map-mean"]["mean"] < 0.6  # U[0, 1) noise
 
@@ -170,10 +259,26 @@ def test_eval_where_every_image_fails_exits_5(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\nmissing.png,circle\nbroken.png,square\n")
-    code = main(["eval", MODEL, str(manifest), "--methods", "saliency", "--metrics", "ebpg", "--device", "cpu",
-                 "--out", str(tmp_path / "out"), "--no-plots"])
+    code = main(
+        [
+            "eval",
+            MODEL,
+            str(manifest),
+            "--methods",
+            "saliency",
+            "--metrics",
+            "ebpg",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-plots",
+        ]
+    )
     assert code == 5
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"xplain: error: {manifest}: nothing could be evaluated: 2 error(s)")
     lines = _lines(tmp_path / "out" / "results.jsonl")
-    assert len(lines) == 2 and all("error" in line for line in lines)  # the errors are still recorded
+    assert len(lines) == 2 and all(
+        "error" in line for line in lines
+    )  # the errors are still recorded

@@ -24,8 +24,21 @@ from xplain.run.shards import Shard, parse_shard, shard_of
 
 from .imagenet_style import WNIDS, make_imagenet_folder, tiny_imagenet_model
 
-ARGS = ["--methods", "saliency,random", "--metrics", "deletion,ebpg,bbox-accuracy", "--metric-param",
-        "deletion.step=48", "--batch-size", "8", "--device", "cpu", "--preset", "unit", "--no-plots"]
+ARGS = [
+    "--methods",
+    "saliency,random",
+    "--metrics",
+    "deletion,ebpg,bbox-accuracy",
+    "--metric-param",
+    "deletion.step=48",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--preset",
+    "unit",
+    "--no-plots",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -49,7 +62,11 @@ def _same(a: dict[str, dict], b: dict[str, dict], tol: float = 0.0) -> None:
     assert a.keys() == b.keys()
     for k, ra in a.items():
         rb = b[k]
-        assert (ra["image"], ra["method"], ra["target"]) == (rb["image"], rb["method"], rb["target"])
+        assert (ra["image"], ra["method"], ra["target"]) == (
+            rb["image"],
+            rb["method"],
+            rb["target"],
+        )
         assert ra["scores"].keys() == rb["scores"].keys()
         for name, va in ra["scores"].items():
             vb = rb["scores"][name]
@@ -63,8 +80,23 @@ def reference(inet, tmp_path_factory):
     """The unsharded single-process run (two decoding threads)."""
     model, val, boxes = inet
     out = tmp_path_factory.mktemp("reference")
-    assert main(["eval", str(model), str(val), "--boxes", str(boxes), "--out", str(out), "--workers", "2",
-                 *ARGS]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(model),
+                str(val),
+                "--boxes",
+                str(boxes),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -77,7 +109,9 @@ def test_imagenet_folder_wordnet_ids_and_voc_boxes(inet):
     assert len(boxed) == 90 and all(b.label == s.label for s in boxed for b in s.boxes)
     assert all(s.boxes is None for s in samples if s not in boxed)
     # a model with other class names does not read WordNet ids as ImageNet's classes
-    assert all(s.label is None for s in read_dataset(val, class_names=["circle", "square", "star", "ring"]))
+    assert all(
+        s.label is None for s in read_dataset(val, class_names=["circle", "square", "star", "ring"])
+    )
     assert [s.label for s in read_dataset(val, class_names=list(WNIDS[::-1]))[::25]] == [3, 2, 1, 0]
 
 
@@ -92,13 +126,15 @@ def test_prefetch_yields_the_batches_in_order_whatever_the_workers(inet, tmp_pat
     broken = tmp_path / "broken.JPEG"
     broken.write_bytes(b"not a jpeg")
     samples[5] = dataclasses.replace(samples[5], path=broken)
-    batches = [list(enumerate(samples))[k:k + 4] for k in range(0, 18, 4)]
+    batches = [list(enumerate(samples))[k : k + 4] for k in range(0, 18, 4)]
     pre = Preprocess.from_options((3, 16, 16), preset="unit")
     plain = list(prefetch(batches, pre, workers=0))
     threads = list(prefetch(batches, pre, workers=3, depth=2))
     assert [[p.index for p in b] for b in threads] == [[i for i, _ in b] for b in batches]
     for a, b in zip(sum(plain, []), sum(threads, [])):
-        assert (a.error is None) == (b.error is None) and (a.array is None or np.array_equal(a.array, b.array))
+        assert (a.error is None) == (b.error is None) and (
+            a.array is None or np.array_equal(a.array, b.array)
+        )
     assert "broken.JPEG" in sum(threads, [])[5].error
 
 
@@ -111,8 +147,10 @@ def test_shards_partition_by_key_and_read_the_environment():
     assert parse_shard("2/4", {}) == Shard(2, 4)
     assert parse_shard(None, {"RANK": "1", "WORLD_SIZE": "3"}) == Shard(1, 3)  # torchrun
     assert parse_shard(None, {}) == Shard(0, 1)
-    assert parse_shard("env", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4",
-                               "SLURM_ARRAY_TASK_MIN": "1"}) == Shard(3, 4)
+    assert parse_shard(
+        "env",
+        {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"},
+    ) == Shard(3, 4)
     from xplain.errors import UsageError
 
     for bad in ("4/4", "1/0", "a/b", "1-2"):
@@ -122,22 +160,34 @@ def test_shards_partition_by_key_and_read_the_environment():
         parse_shard("env", {})
 
 
-def test_shards_sequential_and_concurrent_merge_into_the_unsharded_records(inet, reference, tmp_path, capsys):
+def test_shards_sequential_and_concurrent_merge_into_the_unsharded_records(
+    inet, reference, tmp_path, capsys
+):
     model, val, boxes = inet
     ref = _records(reference / "results.jsonl")
     assert len(ref) == 200 and not any("error" in r for r in ref.values())
     common = [str(model), str(val), "--boxes", str(boxes), *ARGS]
     seq = tmp_path / "sequential"
     for i in range(2):
-        assert main(["eval", *common, "--out", str(seq), "--shard", f"{i}/2", "--workers", "0"]) == 0
+        assert (
+            main(["eval", *common, "--out", str(seq), "--shard", f"{i}/2", "--workers", "0"]) == 0
+        )
     files = sorted(seq.glob("results.shard-*-of-2.jsonl"))
     assert [p.name for p in files] == ["results.shard-0-of-2.jsonl", "results.shard-1-of-2.jsonl"]
     assert not (seq / "summary.json").exists()  # a shard does not summarise the run
     _same(_records(files), ref)
     conc = tmp_path / "concurrent"
     cmd = [sys.executable, "-m", "xplain", "eval", *common, "--out", str(conc)]
-    procs = [subprocess.Popen(cmd, env={**ENV, "RANK": str(i), "WORLD_SIZE": "2"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env={**ENV, "RANK": str(i), "WORLD_SIZE": "2"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     _same(_records(sorted(conc.glob("results.shard-*.jsonl"))), ref)
@@ -165,7 +215,8 @@ def test_summarize_needs_an_eval_folder(tmp_path, capsys):
 
 
 def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_worker_dying(
-        inet, reference, tmp_path, monkeypatch):
+    inet, reference, tmp_path, monkeypatch
+):
     """One local cluster (ray.init(num_cpus=2)) for two runs: the first driver is interrupted after
     two batches; the second resumes it, adds a method whose first call kills its worker process,
     and must end with exactly the single-process records, each once."""
@@ -189,10 +240,23 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
     flaky = dataclasses.replace(saliency, name="flaky-saliency", explain=dies_once)
     model = xplain.load_model(model_path, "cpu")
     out = tmp_path / "ray"
-    common = dict(boxes=boxes, metrics=["deletion", "ebpg", "bbox-accuracy"], out_dir=out, batch_size=8,
-                  metric_params={"deletion": {"step": "48"}}, preprocess=Preprocess.from_options((3, 16, 16),
-                  preset="unit"), plots=False, ray={"address": "local", "workers": 2})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    common = dict(
+        boxes=boxes,
+        metrics=["deletion", "ebpg", "bbox-accuracy"],
+        out_dir=out,
+        batch_size=8,
+        metric_params={"deletion": {"step": "48"}},
+        preprocess=Preprocess.from_options((3, 16, 16), preset="unit"),
+        plots=False,
+        ray={"address": "local", "workers": 2},
+    )
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     try:
         real = evaluation._append
         interrupt_on_call(monkeypatch, evaluation, "_append", n=3)
@@ -207,9 +271,14 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
     assert os.path.exists(marker)  # a worker did die mid-batch
     got = _records(out / "results.jsonl")  # asserts every key is there once
     assert len(got) == 300
-    assert all(got[k] == r for k, r in partial.items())  # the first driver's lines are kept as written
-    _same({k: r for k, r in got.items() if r["method"] != "flaky-saliency"},
-          _records(reference / "results.jsonl"), tol=1e-6)
+    assert all(
+        got[k] == r for k, r in partial.items()
+    )  # the first driver's lines are kept as written
+    _same(
+        {k: r for k, r in got.items() if r["method"] != "flaky-saliency"},
+        _records(reference / "results.jsonl"),
+        tol=1e-6,
+    )
     by_image = {r["image"]: r for r in got.values() if r["method"] == "saliency"}
     flaky_records = [r for r in got.values() if r["method"] == "flaky-saliency"]
     assert len(flaky_records) == 100

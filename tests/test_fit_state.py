@@ -33,9 +33,16 @@ def _explain(request):
 class _Plugin:
     @xplain.hookimpl
     def register_methods(self, register):
-        register(xplain.Method(name="test-mean", summary="distance to the fitted mean image", explain=_explain,
-                               fit=_fit, params=[xplain.Param("epochs", "int", 2, "passes over the data")],
-                               capabilities=xplain.Capabilities(needs_fitting=True, needs_gradients=False)))
+        register(
+            xplain.Method(
+                name="test-mean",
+                summary="distance to the fitted mean image",
+                explain=_explain,
+                fit=_fit,
+                params=[xplain.Param("epochs", "int", 2, "passes over the data")],
+                capabilities=xplain.Capabilities(needs_fitting=True, needs_gradients=False),
+            )
+        )
 
 
 @pytest.fixture()
@@ -46,7 +53,9 @@ def registry_with_fit_method():
     return registry
 
 
-def test_fit_saves_safetensors_state_that_explain_finds(registry_with_fit_method, tiny_cnn_path, tmp_path, capsys):
+def test_fit_saves_safetensors_state_that_explain_finds(
+    registry_with_fit_method, tiny_cnn_path, tmp_path, capsys
+):
     data = tmp_path / "data" / "class_a"
     data.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -55,12 +64,42 @@ def test_fit_saves_safetensors_state_that_explain_finds(registry_with_fit_method
     state = tmp_path / "state"
     img = data / "0.png"
     # explain before fitting: a clear error that names the fit command
-    code = main(["explain", str(tiny_cnn_path), str(img), "--method", "test-mean", "--state-dir", str(state),
-                 "--device", "cpu", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "explain",
+            str(tiny_cnn_path),
+            str(img),
+            "--method",
+            "test-mean",
+            "--state-dir",
+            str(state),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == xplain.ExitCode.INPUT
     assert "xplain fit test-mean" in capsys.readouterr().err
-    assert main(["fit", "test-mean", str(tiny_cnn_path), str(tmp_path / "data"), "--state-dir", str(state),
-                 "--device", "cpu", "--batch-size", "2", "--preset", "unit"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "test-mean",
+                str(tiny_cnn_path),
+                str(tmp_path / "data"),
+                "--state-dir",
+                str(state),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--preset",
+                "unit",
+            ]
+        )
+        == 0
+    )
     saved = list(state.rglob("test-mean.safetensors"))
     assert len(saved) == 1
     meta = json.loads(saved[0].with_suffix(".json").read_text())
@@ -69,14 +108,37 @@ def test_fit_saves_safetensors_state_that_explain_finds(registry_with_fit_method
     model.state_dir = state
     tensors, _ = model.fitted_state("test-mean")
     pre = Preprocess.from_options((3, 16, 16), preset="unit")
-    expected = torch.stack([torch.from_numpy(pre(load_image(data / f"{i}.png"))[0]) for i in range(5)]).mean(0)
+    expected = torch.stack(
+        [torch.from_numpy(pre(load_image(data / f"{i}.png"))[0]) for i in range(5)]
+    ).mean(0)
     torch.testing.assert_close(tensors["mean"], expected)
     capsys.readouterr()
-    assert main(["explain", str(tiny_cnn_path), str(img), "--method", "test-mean", "--state-dir", str(state),
-                 "--device", "cpu", "--out", str(tmp_path / "o"), "--json", "--preset", "unit"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(tiny_cnn_path),
+                str(img),
+                "--method",
+                "test-mean",
+                "--state-dir",
+                str(state),
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "o"),
+                "--json",
+                "--preset",
+                "unit",
+            ]
+        )
+        == 0
+    )
     rec = json.loads(capsys.readouterr().out)[0]
     x = torch.from_numpy(pre(load_image(img))[0])
-    np.testing.assert_allclose(np.load(rec["files"]["npy"]), (x - expected).sum(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(rec["files"]["npy"]), (x - expected).sum(0).numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fit_refuses_methods_without_fit(tiny_cnn_path, tmp_path, capsys):

@@ -22,9 +22,17 @@ from .conftest import export_classic
 
 def _relu_cnn():
     torch.manual_seed(7)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1),
-                         nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 3 * 3, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 3 * 3, 5),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,10 @@ def test_gradient_family_agrees_with_captum(model):
     _close(xplain.explain(model, x, t, "gradient").maps, grad.sum(dim=1))
     _close(xplain.explain(model, x, t, "gradient", {"reduce": "mean"}).maps, grad.mean(dim=1))
     idx = grad.abs().argmax(dim=1, keepdim=True)
-    _close(xplain.explain(model, x, t, "gradient", {"reduce": "max-abs"}).maps, grad.gather(1, idx)[:, 0])
+    _close(
+        xplain.explain(model, x, t, "gradient", {"reduce": "max-abs"}).maps,
+        grad.gather(1, idx)[:, 0],
+    )
     sal = Saliency(model.graph).attribute(xr, target=t, abs=True).amax(dim=1)
     _close(xplain.explain(model, x, t, "saliency").maps, sal)
     ixg = InputXGradient(model.graph).attribute(xr, target=t)
@@ -106,17 +117,24 @@ def test_gradient_and_input_x_gradient_match_finite_differences(model):
 
 
 # ----------------------------------------------------------------------------- integrated gradients
-@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid", "riemann_right", "riemann_left",
-                                  "riemann_middle"])
+@pytest.mark.parametrize(
+    "rule",
+    ["gausslegendre", "riemann_trapezoid", "riemann_right", "riemann_left", "riemann_middle"],
+)
 def test_integrated_gradients_agrees_with_captum(model, rule):
     from captum.attr import IntegratedGradients
 
     x = model.example_input(3, seed=12)
     t = _targets(model, 3)
     ours = xplain.explain(model, x, t, "integrated-gradients", {"steps": 24, "method": rule}).maps
-    ref = IntegratedGradients(model.graph).attribute(x.clone(), baselines=torch.zeros_like(x), target=t,
-                                                     n_steps=24, method=rule).sum(dim=1)
-    if rule == "riemann_trapezoid":  # Captum's trapezoid weights sum to 1 − 1/n; ours to 1 (documented)
+    ref = (
+        IntegratedGradients(model.graph)
+        .attribute(x.clone(), baselines=torch.zeros_like(x), target=t, n_steps=24, method=rule)
+        .sum(dim=1)
+    )
+    if (
+        rule == "riemann_trapezoid"
+    ):  # Captum's trapezoid weights sum to 1 − 1/n; ours to 1 (documented)
         ref = ref * 24 / 23
     _close(ours, ref, scale=1e-5)
 
@@ -130,16 +148,26 @@ def test_integrated_gradients_other_baselines_agree_with_captum(relu_model, kind
     baseline = G.integrated_gradients_baseline(x, kind, blur_sigma=2.0, seed=5)
     if kind == "blur":  # gaussian_blur is checked against a dense 2-D Gaussian below
         torch.testing.assert_close(baseline, G.gaussian_blur(x, 2.0), rtol=0, atol=0)
-    ours = xplain.explain(relu_model, x, t, "integrated-gradients", {"baseline": kind, "blur_sigma": 2.0}, seed=5).maps
-    ref = IntegratedGradients(relu_model.graph).attribute(x.clone(), baselines=baseline, target=t).sum(dim=1)
+    ours = xplain.explain(
+        relu_model, x, t, "integrated-gradients", {"baseline": kind, "blur_sigma": 2.0}, seed=5
+    ).maps
+    ref = (
+        IntegratedGradients(relu_model.graph)
+        .attribute(x.clone(), baselines=baseline, target=t)
+        .sum(dim=1)
+    )
     _close(ours, ref, scale=1e-5)  # defaults: 50 steps, gausslegendre, as Captum's
     if kind == "uniform":
         lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
-        assert (baseline.amin(dim=(1, 2, 3)) >= lo).all() and (baseline.amax(dim=(1, 2, 3)) <= hi).all()
+        assert (baseline.amin(dim=(1, 2, 3)) >= lo).all() and (
+            baseline.amax(dim=(1, 2, 3)) <= hi
+        ).all()
         assert (baseline.amax(dim=(1, 2, 3)) - baseline.amin(dim=(1, 2, 3)) > 0.9 * (hi - lo)).all()
         other = G.integrated_gradients_baseline(x, kind, seed=6)
         assert not torch.allclose(baseline, other)
-        torch.testing.assert_close(G.integrated_gradients_baseline(x[1:], kind, seed=5), baseline[1:])
+        torch.testing.assert_close(
+            G.integrated_gradients_baseline(x[1:], kind, seed=5), baseline[1:]
+        )
 
 
 def test_gaussian_blur_is_a_normalised_gaussian():
@@ -148,10 +176,12 @@ def test_gaussian_blur_is_a_normalised_gaussian():
     sigma = 1.7
     radius = int(4 * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k2 = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma ** 2))
+    k2 = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2 * sigma**2))
     k2 = k2 / k2.sum()  # dense 2-D kernel, float64
     padded = torch.nn.functional.pad(x.double(), (radius,) * 4, mode="replicate")
-    dense = torch.nn.functional.conv2d(padded.reshape(6, 1, *padded.shape[2:]), k2[None, None]).reshape(x.shape)
+    dense = torch.nn.functional.conv2d(
+        padded.reshape(6, 1, *padded.shape[2:]), k2[None, None]
+    ).reshape(x.shape)
     torch.testing.assert_close(G.gaussian_blur(x, sigma), dense.float(), rtol=1e-5, atol=1e-6)
     flat = torch.full((1, 3, 5, 7), 0.3)
     torch.testing.assert_close(G.gaussian_blur(flat, 5.0), flat)  # kernel wider than the image
@@ -166,8 +196,13 @@ def test_integrated_gradients_completeness(model):
         delta = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None])[:, 0]
 
     def gap(steps, rule):
-        maps = xplain.explain(model, x, t, "integrated-gradients", {"steps": steps, "method": rule,
-                                                                 "internal_batch": 512}).maps
+        maps = xplain.explain(
+            model,
+            x,
+            t,
+            "integrated-gradients",
+            {"steps": steps, "method": rule, "internal_batch": 512},
+        ).maps
         return (maps.sum(dim=(1, 2)) - delta).abs(), maps.abs().sum(dim=(1, 2))
 
     for rule in ("gausslegendre", "riemann_trapezoid", "riemann_right"):
@@ -179,10 +214,17 @@ def test_integrated_gradients_completeness(model):
 
 def test_integrated_gradients_exact_on_a_linear_model(linear_model):
     x = linear_model.example_input(2, seed=3)
-    w = linear_model.graph(torch.eye(9).view(9, 1, 3, 3)) - linear_model.graph(torch.zeros(1, 1, 3, 3))
+    w = linear_model.graph(torch.eye(9).view(9, 1, 3, 3)) - linear_model.graph(
+        torch.zeros(1, 1, 3, 3)
+    )
     for target in (0, 1):
-        maps = xplain.explain(linear_model, x, [target] * 2, "integrated-gradients",
-                              {"steps": 2, "method": "riemann_right"}).maps
+        maps = xplain.explain(
+            linear_model,
+            x,
+            [target] * 2,
+            "integrated-gradients",
+            {"steps": 2, "method": "riemann_right"},
+        ).maps
         torch.testing.assert_close(maps, x[:, 0] * w[:, target].view(3, 3), rtol=1e-5, atol=1e-6)
 
 
@@ -190,11 +232,15 @@ def test_integrated_gradients_internal_batch_changes_nothing_but_the_passes(tiny
     x = tiny_model.example_input(3, seed=15)
     t = torch.tensor([0, 3, 1])
     seen = []
-    handle = tiny_model.graph.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    handle = tiny_model.graph.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[0])
+    )
     try:
         small = xplain.explain(tiny_model, x, t, "integrated-gradients", {"internal_batch": 7}).maps
         small_passes, seen[:] = list(seen), []
-        large = xplain.explain(tiny_model, x, t, "integrated-gradients", {"internal_batch": 64}).maps
+        large = xplain.explain(
+            tiny_model, x, t, "integrated-gradients", {"internal_batch": 64}
+        ).maps
         large_passes = list(seen)
     finally:
         handle.remove()
@@ -205,17 +251,21 @@ def test_integrated_gradients_internal_batch_changes_nothing_but_the_passes(tiny
 
 # ----------------------------------------------------------------------------- smoothgrad
 @pytest.mark.parametrize("square", [False, True])
-def test_smoothgrad_agrees_with_captum_noise_tunnel_under_the_same_noise(model, monkeypatch, square):
+def test_smoothgrad_agrees_with_captum_noise_tunnel_under_the_same_noise(
+    model, monkeypatch, square
+):
     from captum.attr import NoiseTunnel, Saliency
 
     x = model.example_input(2, seed=16)
     x[1] *= 2.5  # another value range, so another σ
     t = _targets(model, 2) + 2
     samples, seed = 12, 4
-    ours = xplain.explain(model, x, t, "smoothgrad", {"samples": samples, "square": square}, seed=seed).maps
+    ours = xplain.explain(
+        model, x, t, "smoothgrad", {"samples": samples, "square": square}, seed=seed
+    ).maps
     real_normal = torch.normal
     for b in range(2):
-        xb = x[b:b + 1]
+        xb = x[b : b + 1]
         sigma = 0.15 * float(xb.max() - xb.min())
         noise = G.smoothgrad_noise(xb, seed=seed, samples=samples)[0]
 
@@ -226,10 +276,15 @@ def test_smoothgrad_agrees_with_captum_noise_tunnel_under_the_same_noise(model, 
 
         monkeypatch.setattr(torch, "normal", same_noise)
         ref = NoiseTunnel(Saliency(model.graph)).attribute(
-            xb.clone(), nt_type="smoothgrad_sq" if square else "smoothgrad", nt_samples=samples, stdevs=sigma,
-            target=t[b:b + 1], abs=False)
+            xb.clone(),
+            nt_type="smoothgrad_sq" if square else "smoothgrad",
+            nt_samples=samples,
+            stdevs=sigma,
+            target=t[b : b + 1],
+            abs=False,
+        )
         monkeypatch.setattr(torch, "normal", real_normal)
-        _close(ours[b:b + 1], ref.sum(dim=1))
+        _close(ours[b : b + 1], ref.sum(dim=1))
     if square:
         assert (ours >= 0).all()
 
@@ -241,7 +296,9 @@ def test_smoothgrad_is_seeded_and_internal_batch_free(tiny_model):
     a = xplain.explain(tiny_model, x, t, "smoothgrad", params, seed=1).maps
     again = xplain.explain(tiny_model, x, t, "smoothgrad", params, seed=1).maps
     other = xplain.explain(tiny_model, x, t, "smoothgrad", params, seed=2).maps
-    chunked = xplain.explain(tiny_model, x, t, "smoothgrad", {**params, "internal_batch": 3}, seed=1).maps
+    chunked = xplain.explain(
+        tiny_model, x, t, "smoothgrad", {**params, "internal_batch": 3}, seed=1
+    ).maps
     torch.testing.assert_close(a, again, rtol=0, atol=0)
     assert not torch.allclose(a, other, rtol=1e-2, atol=1e-3 * float(a.abs().max()))
     _close(a, chunked)
@@ -261,26 +318,43 @@ def test_smoothgrad_noise_is_gaussian_with_a_sigma_of_15_percent_of_the_range():
         sigma = 0.15 * float(x[b].max() - x[b].min())
         assert abs(float(noise[b].std()) / sigma - 1) < 0.01
         assert abs(float(noise[b].mean())) < 0.01 * sigma
-    torch.testing.assert_close(G.smoothgrad_noise(x[1:], seed=3, samples=400)[0], noise[1])  # batch-free
+    torch.testing.assert_close(
+        G.smoothgrad_noise(x[1:], seed=3, samples=400)[0], noise[1]
+    )  # batch-free
     torch.testing.assert_close(G.smoothgrad_noise(x, seed=3, samples=400, noise=0.3), 2 * noise)
     assert not torch.allclose(G.smoothgrad_noise(x, seed=4, samples=400), noise)
 
 
 # ----------------------------------------------------------------------------- occlusion
-@pytest.mark.parametrize("patch, stride, baseline, batch", [(0, 0, 0.0, 256), (8, 4, 0.0, 64), (5, 3, 0.5, 7),
-                                                            (4, 4, -1.0, 64)])
+@pytest.mark.parametrize(
+    "patch, stride, baseline, batch",
+    [(0, 0, 0.0, 256), (8, 4, 0.0, 64), (5, 3, 0.5, 7), (4, 4, -1.0, 64)],
+)
 def test_occlusion_agrees_with_captum(model, patch, stride, baseline, batch):
     from captum.attr import Occlusion
 
     x = model.example_input(2, seed=18)
     t = _targets(model, 2) + 1
-    result = xplain.explain(model, x, t, "occlusion", {"patch": patch, "stride": stride, "baseline": baseline,
-                                                       "batch": batch})
+    result = xplain.explain(
+        model,
+        x,
+        t,
+        "occlusion",
+        {"patch": patch, "stride": stride, "baseline": baseline, "batch": batch},
+    )
     p, s = result.info["patch"], result.info["stride"]
     assert (p, s) == ((patch, stride) if patch else (2, 1))  # auto on 16×16: patch 2, stride 1
-    ref = Occlusion(model.graph).attribute(x.clone(), sliding_window_shapes=(3, p, p), strides=(3, s, s),
-                                           baselines=baseline, target=t, perturbations_per_eval=128)
-    torch.testing.assert_close(ref, ref[:, :1].expand_as(ref))  # Captum's value is the same in every channel
+    ref = Occlusion(model.graph).attribute(
+        x.clone(),
+        sliding_window_shapes=(3, p, p),
+        strides=(3, s, s),
+        baselines=baseline,
+        target=t,
+        perturbations_per_eval=128,
+    )
+    torch.testing.assert_close(
+        ref, ref[:, :1].expand_as(ref)
+    )  # Captum's value is the same in every channel
     _close(result.maps, ref[:, 0])
 
 
@@ -296,8 +370,10 @@ def test_occlusion_hand_computed_on_a_linear_model(linear_model):
     torch.testing.assert_close(occ(patch=2, stride=1), expected)
     torch.testing.assert_close(occ(patch=2, stride=1, baseline=1.0), expected - 4)
     # stride 2: windows at 0 and 2, the second cut off at the border (Captum's positions)
-    torch.testing.assert_close(occ(patch=2, stride=2),
-                               torch.tensor([[12.0, 12.0, 9.0], [12.0, 12.0, 9.0], [15.0, 15.0, 9.0]]))
+    torch.testing.assert_close(
+        occ(patch=2, stride=2),
+        torch.tensor([[12.0, 12.0, 9.0], [12.0, 12.0, 9.0], [15.0, 15.0, 9.0]]),
+    )
     torch.testing.assert_close(occ(patch=1, stride=1), x[0, 0])
     assert O.occlusion_windows(3, 3, 2, 2) == [(0, 0), (0, 2), (2, 0), (2, 2)]
 
@@ -314,6 +390,8 @@ def test_reduce_channels_hand_case():
     attr = torch.tensor([[[[1.0]], [[-3.0]], [[2.0]]]])  # B=1, C=3, 1×1
     assert xplain.reduce_channels(attr, "sum").item() == 0.0
     assert xplain.reduce_channels(attr, "mean").item() == 0.0
-    assert xplain.reduce_channels(attr, "max-abs").item() == -3.0  # signed value of the largest magnitude
+    assert (
+        xplain.reduce_channels(attr, "max-abs").item() == -3.0
+    )  # signed value of the largest magnitude
     with pytest.raises(ValueError, match="reduce must be one of"):
         xplain.reduce_channels(attr, "median")

@@ -13,8 +13,15 @@ from .conftest import export_classic
 
 def _relu_cnn():
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 5),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +30,26 @@ def relu_model(tmp_path_factory):
     return xplain.load_model(path)
 
 
-@pytest.mark.parametrize("name, captum_cls", [("guided-backprop", "GuidedBackprop"), ("deconvnet", "Deconvolution")])
+@pytest.mark.parametrize(
+    "name, captum_cls", [("guided-backprop", "GuidedBackprop"), ("deconvnet", "Deconvolution")]
+)
 def test_agrees_with_captum_on_relu_networks(relu_model, name, captum_cls):
     import captum.attr
 
     x = relu_model.example_input(3, seed=4)
     targets = torch.tensor([0, 4, 2])
     ours = xplain.explain(relu_model, x, targets, name).maps
-    ref = getattr(captum.attr, captum_cls)(relu_model.graph).attribute(x.clone(), target=targets).sum(dim=1)
+    ref = (
+        getattr(captum.attr, captum_cls)(relu_model.graph)
+        .attribute(x.clone(), target=targets)
+        .sum(dim=1)
+    )
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
-    plain = xplain.explain(relu_model, x, targets, "gradient").maps if "gradient" in xplain.get_registry().methods else None
+    plain = (
+        xplain.explain(relu_model, x, targets, "gradient").maps
+        if "gradient" in xplain.get_registry().methods
+        else None
+    )
     if plain is not None:
         assert not torch.allclose(ours, plain, atol=1e-6)
 
@@ -98,7 +115,9 @@ def test_captum_silently_ignores_relu6_but_we_do_not(relu6_model):
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     captum_gbp = captum.attr.GuidedBackprop(model.graph).attribute(x.clone(), target=1).sum(dim=1)
     plain = _hand_reference(net, x, 1, "plain").sum(dim=1)
-    torch.testing.assert_close(captum_gbp, plain, rtol=1e-5, atol=1e-5)  # Captum = plain gradient here
+    torch.testing.assert_close(
+        captum_gbp, plain, rtol=1e-5, atol=1e-5
+    )  # Captum = plain gradient here
     ours = xplain.explain(model, x, [1, 1], "guided-backprop").maps
     assert (ours - captum_gbp).abs().max() > 1e-3
 
@@ -106,8 +125,14 @@ def test_captum_silently_ignores_relu6_but_we_do_not(relu6_model):
 @pytest.mark.parametrize("kind", ["leaky_relu", "prelu", "clip"])
 def test_rules_cover_other_rectifiers(tmp_path, kind):
     torch.manual_seed(0)
-    act = {"leaky_relu": nn.LeakyReLU(0.1), "prelu": nn.PReLU(4, init=0.2), "clip": nn.Hardtanh(-1.0, 2.0)}[kind]
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    act = {
+        "leaky_relu": nn.LeakyReLU(0.1),
+        "prelu": nn.PReLU(4, init=0.2),
+        "clip": nn.Hardtanh(-1.0, 2.0),
+    }[kind]
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), act, nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
     model = xplain.load_model(export_classic(net, tmp_path / f"{kind}.onnx", (1, 3, 8, 8)))
     x = model.example_input(1)
     with torch.enable_grad():

@@ -42,7 +42,7 @@ def _box_mask(name, folder=IMAGES):
     box = root.find("object").find("bndbox")
     x0, y0, x1, y1 = (int(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
     mask = torch.zeros(64, 64)
-    mask[y0:y1 + 1, x0:x1 + 1] = 1
+    mask[y0 : y1 + 1, x0 : x1 + 1] = 1
     return mask.bool()
 
 
@@ -74,7 +74,7 @@ def test_iba_capacity_matches_hand_computed_gaussian_kl():
     expected = []
     for ri, mi, si, li in zip(r.tolist(), mean.tolist(), std.tolist(), lam.tolist()):
         m1, s1 = li * (ri - mi) / si, 1 - li
-        expected.append(0.5 * (s1 ** 2 + m1 ** 2 - 1) - math.log(s1))
+        expected.append(0.5 * (s1**2 + m1**2 - 1) - math.log(s1))
     # first element by hand: m1 = 0.25, s1 = 0.5 → ½(0.25 + 0.0625 − 1) + ln 2 = 0.3494...
     assert expected[0] == pytest.approx(0.5 * (0.25 + 0.0625 - 1) + math.log(2))
     torch.testing.assert_close(iba.iba_capacity(r, mean, std, lam), torch.tensor(expected))
@@ -90,14 +90,27 @@ def _numerical_kl(m1, s1, m2, s2):
     return float(torch.trapezoid(logp.exp() * (logp - logq), grid))
 
 
-@pytest.mark.parametrize("x,mu,sigma,lam,prior", [
-    (1.5, 0.2, 0.7, 0.6, 0.3), (-0.4, 0.5, 1.3, 0.95, 0.8), (0.0, 0.0, 1.0, 0.3, 0.0), (2.0, -1.0, 0.5, 0.1, 0.99)])
+@pytest.mark.parametrize(
+    "x,mu,sigma,lam,prior",
+    [
+        (1.5, 0.2, 0.7, 0.6, 0.3),
+        (-0.4, 0.5, 1.3, 0.95, 0.8),
+        (0.0, 0.0, 1.0, 0.3, 0.0),
+        (2.0, -1.0, 0.5, 0.1, 0.99),
+    ],
+)
 def test_proposition3_matches_numerical_kl(x, mu, sigma, lam, prior):
     # Remark 2: P(Z_I|I) = N(Λx + (1−Λ)μ, (1−Λ)²σ²)
     # Remark 1: P(Z_I) = N(λ_GΛx + (1−λ_GΛ)μ, (1−λ_GΛ)²σ²)
-    numeric = _numerical_kl(lam * x + (1 - lam) * mu, (1 - lam) * sigma,
-                            prior * lam * x + (1 - prior * lam) * mu, (1 - prior * lam) * sigma)
-    closed = iba.input_kl(*(torch.tensor([v], dtype=torch.float64) for v in (x, mu, sigma, lam, prior)))
+    numeric = _numerical_kl(
+        lam * x + (1 - lam) * mu,
+        (1 - lam) * sigma,
+        prior * lam * x + (1 - prior * lam) * mu,
+        (1 - prior * lam) * sigma,
+    )
+    closed = iba.input_kl(
+        *(torch.tensor([v], dtype=torch.float64) for v in (x, mu, sigma, lam, prior))
+    )
     assert float(closed) == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
@@ -107,7 +120,9 @@ def test_proposition3_limits():
     # λ_G = 1: the prior already passes everything the mask passes → no information
     assert float(iba.input_kl(x, mu, sigma, lam, torch.ones(2)).abs().max()) < 1e-6
     # λ_G = 0: the prior is N(μ, σ²) → IBA's capacity with r̃ = (x − μ)/σ
-    torch.testing.assert_close(iba.input_kl(x, mu, sigma, lam, torch.zeros(2)), iba.iba_capacity(x, mu, sigma, lam))
+    torch.testing.assert_close(
+        iba.input_kl(x, mu, sigma, lam, torch.zeros(2)), iba.iba_capacity(x, mu, sigma, lam)
+    )
 
 
 def test_welford_matches_batch_statistics():
@@ -153,8 +168,10 @@ def test_grouped_critic_scores_each_image_with_its_own_critic():
     kw = {"device": x.device, "dtype": x.dtype}
     both = iba_input.GroupedCritic(2, 4, 8, 8, sample_generators(x, 0), **kw)(feats)
     for i in range(2):
-        one = iba_input.GroupedCritic(1, 4, 8, 8, sample_generators(x[i:i + 1], 0), **kw)(feats[i:i + 1])
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-5, atol=1e-6)
+        one = iba_input.GroupedCritic(1, 4, 8, 8, sample_generators(x[i : i + 1], 0), **kw)(
+            feats[i : i + 1]
+        )
+        torch.testing.assert_close(both[i : i + 1], one, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- shapes model
@@ -186,7 +203,9 @@ def shapes_train_stats(shapes, tmp_path_factory):
     for i, img in enumerate(images):
         Image.fromarray(img, "RGB").save(data / f"train_{i:03d}.png")
     state = tmp_path_factory.mktemp("state")
-    fit_method(shapes, get_registry().method("iba"), data, params={}, state_dir=state, batch_size=100)
+    fit_method(
+        shapes, get_registry().method("iba"), data, params={}, state_dir=state, batch_size=100
+    )
     return state
 
 
@@ -209,7 +228,9 @@ def _one_object_eval_images(model):
     return torch.stack(xs), torch.tensor(targets), masks
 
 
-def test_iba_with_fitted_statistics_and_converged_steps_puts_most_mass_in_the_box(shapes, shapes_train_stats):
+def test_iba_with_fitted_statistics_and_converged_steps_puts_most_mass_in_the_box(
+    shapes, shapes_train_stats
+):
     """The issue's claim "most of the mass inside the object's box" for `iba` holds on shapes_cnn
     with data-set statistics once the optimisation has converged (steps=60). At the paper's 10
     steps the mask has not left its uniform descent yet (docs/input-iba.md): in-box share 0.16."""
@@ -247,7 +268,9 @@ def test_input_iba_localises_the_circle(shapes):
     assert _density_ratio(heat, mask) > 2.5
     assert set(a.info["stage_seconds"]) == {"feature", "gan", "input"}
     assert a.extras["feature_map"].shape == a.extras["gan_mask"].shape == (1, 64, 64)
-    feature_only = _quiet_explain(shapes, x, targets=[0], method="input-iba", params={"return": "feature"})
+    feature_only = _quiet_explain(
+        shapes, x, targets=[0], method="input-iba", params={"return": "feature"}
+    )
     torch.testing.assert_close(feature_only.maps, a.extras["feature_map"])
 
 
@@ -256,7 +279,9 @@ def test_input_iba_puts_most_of_the_circle_mask_in_the_box_with_a_converged_stag
     circle, and stage 3 keeps it: most of the input mask lies inside the box."""
     x = _image(shapes, "shapes_circle")
     mask = _box_mask("shapes_circle")
-    heat = _quiet_explain(shapes, x, targets=[0], method="input-iba", params={**FAST_GAN, "steps": 30}).maps[0]
+    heat = _quiet_explain(
+        shapes, x, targets=[0], method="input-iba", params={**FAST_GAN, "steps": 30}
+    ).maps[0]
     # measured: 0.76, 0.71, 0.78 (seeds 0, 1, 2); at the paper's 10 steps 0.42, 0.32, 0.50; box area 0.12
     assert _mass_inside(heat, mask) > 0.5
 
@@ -266,8 +291,20 @@ def test_input_bottleneck_beta_limits(shapes, beta, low, high):
     x = _image(shapes, "shapes_circle")
     prior = torch.full_like(x, 0.5)
     mask, _, _ = iba_input.input_bottleneck(
-        shapes, x, torch.tensor([0]), prior, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1),
-        sample_generators(x, 0), beta=beta, steps=60, lr=1.0, copies=4, initial_alpha=5.0, sigma=1.0)
+        shapes,
+        x,
+        torch.tensor([0]),
+        prior,
+        torch.zeros(1, 3, 1, 1),
+        torch.ones(1, 3, 1, 1),
+        sample_generators(x, 0),
+        beta=beta,
+        steps=60,
+        lr=1.0,
+        copies=4,
+        initial_alpha=5.0,
+        sigma=1.0,
+    )
     assert low <= float(mask.mean()) <= high
 
 
@@ -275,10 +312,16 @@ def test_input_iba_is_sensitive_to_cascading_randomisation(shapes):
     """Section 4.3: randomising the weights from the top down moves the map away from the original."""
     x = _image(shapes, "shapes_circle")
     params = {**FAST_GAN, "input_steps": 30}
-    original = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=params, seed=0).maps[0]
-    rerun = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=params, seed=1).maps[0]
+    original = _quiet_explain(
+        shapes, x, targets=[0], method="input-iba", params=params, seed=0
+    ).maps[0]
+    rerun = _quiet_explain(shapes, x, targets=[0], method="input-iba", params=params, seed=1).maps[
+        0
+    ]
     model = xplain.load_model(SHAPES, device="cpu", verify=False)
-    layers = [m for m in model.graph.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][::-1]
+    layers = [
+        m for m in model.graph.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ][::-1]
     gen = torch.Generator().manual_seed(0)
 
     def corr(a, b):  # on 8×8 blocks: pixel-level masks are noisy from run to run, the layout is not
@@ -289,7 +332,9 @@ def test_input_iba_is_sensitive_to_cascading_randomisation(shapes):
     for layer in layers[:2]:  # the linear head, then the last convolution
         with torch.no_grad():
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * layer.weight.std())
-        randomised = _quiet_explain(model, x, targets=[0], method="input-iba", params=params, seed=0).maps[0]
+        randomised = _quiet_explain(
+            model, x, targets=[0], method="input-iba", params=params, seed=0
+        ).maps[0]
         similarity.append(corr(original, randomised))
     same = corr(original, rerun)  # measured: 0.81 (seed 0 vs 1); after two layers: -0.55
     assert same > 0.6
@@ -326,10 +371,21 @@ def test_fitted_statistics_saved_and_reloaded_give_identical_maps(shapes, tmp_pa
     # in memory, straight from the fit (no file) …
     split = shapes.split_at(meta["layer"])
     active = (saved["active_fraction"] > 0.01).float().expand(2, *saved["mean"].shape)
-    cap, *_ = iba.feature_bottleneck(split, x, targets, saved["mean"].expand(2, -1, -1, -1),
-                                     saved["std"].clamp_min(0.01).expand(2, -1, -1, -1), active,
-                                     sample_generators(x, 5), beta=10.0, steps=10, lr=1.0, copies=10,
-                                     initial_alpha=5.0, sigma=1.0)
+    cap, *_ = iba.feature_bottleneck(
+        split,
+        x,
+        targets,
+        saved["mean"].expand(2, -1, -1, -1),
+        saved["std"].clamp_min(0.01).expand(2, -1, -1, -1),
+        active,
+        sample_generators(x, 5),
+        beta=10.0,
+        steps=10,
+        lr=1.0,
+        copies=10,
+        initial_alpha=5.0,
+        sigma=1.0,
+    )
     direct = iba.saliency_bits(cap, (64, 64))
     # … and through the saved file
     shapes.state_dir = tmp_path
@@ -347,7 +403,9 @@ def test_fitted_statistics_saved_and_reloaded_give_identical_maps(shapes, tmp_pa
     shapes.state_dir = tmp_path
     try:
         with pytest.warns(UserWarning, match="no fitted statistics"):
-            c = xplain.explain(shapes, x, targets=targets, method="iba", params={"layer": "n00009_relu"}, seed=5)
+            c = xplain.explain(
+                shapes, x, targets=targets, method="iba", params={"layer": "n00009_relu"}, seed=5
+            )
     finally:
         shapes.state_dir = None
     assert "n00013_clip" in c.info["stats_note"]
@@ -362,16 +420,22 @@ def test_fallback_warns_and_records(shapes):
 
 def test_unknown_layer_is_a_usage_error(shapes):
     with pytest.raises(xplain.UsageError):
-        xplain.explain(shapes, _image(shapes, "shapes_circle"), method="iba", params={"layer": "nope"})
+        xplain.explain(
+            shapes, _image(shapes, "shapes_circle"), method="iba", params={"layer": "nope"}
+        )
 
 
-@pytest.mark.parametrize("method,params", [("iba", {}), ("input-iba", {"gan_epochs": 1, "gan_dataset": 8,
-                                                                       "input_steps": 5})])
+@pytest.mark.parametrize(
+    "method,params",
+    [("iba", {}), ("input-iba", {"gan_epochs": 1, "gan_dataset": 8, "input_steps": 5})],
+)
 def test_graph_fixed_at_batch_one_gives_the_same_maps(tmp_path, tiny_model, method, params):
     """A batch-1 graph runs the split prefix/suffix row by row; the maps must not change."""
     from .conftest import export_classic, tiny_cnn
 
-    fixed = xplain.load_model(export_classic(tiny_cnn(), tmp_path / "fixed.onnx", (1, 3, 16, 16), dynamic=False))
+    fixed = xplain.load_model(
+        export_classic(tiny_cnn(), tmp_path / "fixed.onnx", (1, 3, 16, 16), dynamic=False)
+    )
     assert fixed.spec.fixed_batch
     x = tiny_model.example_input(2, seed=3)
     targets = torch.tensor([1, 2])
@@ -387,12 +451,23 @@ def test_fit_and_gan_stage_stop_at_the_bottleneck(shapes, tmp_path):
     batches = []
     handle = head.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     try:
-        fit_method(shapes, get_registry().method("iba"), SAMPLES / "shapes_eval" / "images", params={},
-                   state_dir=tmp_path, batch_size=20)
+        fit_method(
+            shapes,
+            get_registry().method("iba"),
+            SAMPLES / "shapes_eval" / "images",
+            params={},
+            state_dir=tmp_path,
+            batch_size=20,
+        )
         assert batches == []
         x = _image(shapes, "shapes_circle")
-        _quiet_explain(shapes, x, targets=[0], method="input-iba",
-                       params={**FAST_GAN, "gan_batch": 7, "return": "gan"})
+        _quiet_explain(
+            shapes,
+            x,
+            targets=[0],
+            method="input-iba",
+            params={**FAST_GAN, "gan_batch": 7, "return": "gan"},
+        )
         assert batches == [10] * 10  # only stage 1's 10 steps × 10 noise copies reach the head
     finally:
         handle.remove()
@@ -406,12 +481,47 @@ def test_cli_fit_then_explain_records_stats_stages_and_extras(tmp_path, capsys):
     from xplain.cli.app import main
 
     state = tmp_path / "state"
-    assert main(["fit", "iba", str(SHAPES), str(SAMPLES / "shapes_eval" / "images"), "--state-dir", str(state),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "iba",
+                str(SHAPES),
+                str(SAMPLES / "shapes_eval" / "images"),
+                "--state-dir",
+                str(state),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["explain", str(SHAPES), str(IMAGES / "shapes_circle.png"), "--method", "input-iba",
-                 "--state-dir", str(state), "--device", "cpu", "--out", str(tmp_path / "out"), "--json",
-                 "--param", "gan_epochs=1", "--param", "gan_dataset=32", "--param", "input_steps=5"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(SHAPES),
+                str(IMAGES / "shapes_circle.png"),
+                "--method",
+                "input-iba",
+                "--state-dir",
+                str(state),
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+                "--param",
+                "gan_epochs=1",
+                "--param",
+                "gan_dataset=32",
+                "--param",
+                "input_steps=5",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)[0]
     assert record["info"]["stats"] == "fitted (40 images)"
     assert record["info"]["input_noise"] == "fitted per-channel mean/std"
@@ -431,20 +541,24 @@ def test_gan_target_samples_follow_the_chosen_distribution():
     base = {"gan_dataset": 400, "gan_subset": 400}
     idx = torch.arange(400).expand(2, 400)
     # paper: Z* = λR + (1−λ)ε — λ = 1 gives R, λ = 0 gives ε ~ N(μ, σ²)
-    keep = iba_input._target_sampler(r, torch.ones_like(r), None, mean, std, active, gens,
-                                     {**base, "gan_target": "paper"})(idx)
+    keep = iba_input._target_sampler(
+        r, torch.ones_like(r), None, mean, std, active, gens, {**base, "gan_target": "paper"}
+    )(idx)
     torch.testing.assert_close(keep, r[:, None].expand_as(keep))
-    noise = iba_input._target_sampler(r, torch.zeros_like(r), None, mean, std, active, gens,
-                                      {**base, "gan_target": "paper"})(idx)
+    noise = iba_input._target_sampler(
+        r, torch.zeros_like(r), None, mean, std, active, gens, {**base, "gan_target": "paper"}
+    )(idx)
     assert float(noise.mean()) == pytest.approx(0.7, abs=0.05)
     assert float(noise.std()) == pytest.approx(2.0, rel=0.05)
     # reference: C⊙R + (1−C)⊙(s·N(0,1) + m), one (s, m) per sub-data set, s ~ U(0,5), m ~ U(−2,2)
-    ref = iba_input._target_sampler(r, None, torch.zeros_like(r), mean, std, active, gens,
-                                    {**base, "gan_target": "reference"})(idx)
+    ref = iba_input._target_sampler(
+        r, None, torch.zeros_like(r), mean, std, active, gens, {**base, "gan_target": "reference"}
+    )(idx)
     for i in range(2):
         assert -2 <= float(ref[i].mean()) <= 2 and 0 < float(ref[i].std()) <= 5.2
-    same = iba_input._target_sampler(r, None, torch.ones_like(r), mean, std, active, gens,
-                                     {**base, "gan_target": "reference"})(idx)
+    same = iba_input._target_sampler(
+        r, None, torch.ones_like(r), mean, std, active, gens, {**base, "gan_target": "reference"}
+    )(idx)
     torch.testing.assert_close(same, r[:, None].expand_as(same))
 
 
@@ -458,8 +572,14 @@ def test_sanity_reestimates_fitted_statistics_and_marks_stateful_methods(shapes,
     registry = get_registry()
     method = registry.method("iba")
     metric = registry.metric("sanity")
-    fit_method(shapes, method, SAMPLES / "shapes_eval" / "images", params={}, state_dir=tmp_path / "fit",
-               batch_size=20)
+    fit_method(
+        shapes,
+        method,
+        SAMPLES / "shapes_eval" / "images",
+        params={},
+        state_dir=tmp_path / "fit",
+        batch_size=20,
+    )
     x = _image(shapes, "shapes_circle")
     t = torch.tensor([0])
     mparams = xplain.validate_params(method.params, {}, "iba")
@@ -470,17 +590,29 @@ def test_sanity_reestimates_fitted_statistics_and_marks_stateful_methods(shapes,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 a = run_method(shapes, m, x, t, mparams, 0)
-                return a, metric.compute(shapes, x, t, a, params={"layers": 2}, seed=0, method=m,
-                                         explain=lambda xx, tt: run_method(shapes, m, xx, tt, mparams, 0))
+                return a, metric.compute(
+                    shapes,
+                    x,
+                    t,
+                    a,
+                    params={"layers": 2},
+                    seed=0,
+                    method=m,
+                    explain=lambda xx, tt: run_method(shapes, m, xx, tt, mparams, 0),
+                )
         finally:
             shapes.state_dir = None
 
     fitted_map, fitted = sanity(tmp_path / "fit", method)
     plain_map, plain = sanity(tmp_path / "empty", method)
-    assert fitted_map.info["stats"].startswith("fitted") and not torch.equal(fitted_map.maps, plain_map.maps)
+    assert fitted_map.info["stats"].startswith("fitted") and not torch.equal(
+        fitted_map.maps, plain_map.maps
+    )
     assert float(fitted["sanity-comparable"][0]) == 1.0
     torch.testing.assert_close(fitted["sanity"], plain["sanity"], rtol=0, atol=0)
-    torch.testing.assert_close(fitted["sanity-spearman-curve"], plain["sanity-spearman-curve"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        fitted["sanity-spearman-curve"], plain["sanity-spearman-curve"], rtol=0, atol=0
+    )
 
     def needs_state(model, xx, tt, params, seed):  # reads the fitted mean, like mip-in its inverse
         tensors, _ = model.fitted_state("iba")
@@ -511,17 +643,40 @@ def test_bottleneck_layer_is_the_papers_one_eighth_grid(tmp_path):
     from torch import nn
 
     def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()]
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.ReLU(),
+        ]
 
     torch.manual_seed(0)
-    net = nn.Sequential(*block(3, 4), nn.MaxPool2d(2), *block(4, 4), nn.MaxPool2d(2),  # 64 → 32 → 16
-                        *block(4, 8), nn.MaxPool2d(2), *block(8, 8),  # → 8×8 (1/8): conv4_1 … relu4_2
-                        nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),  # 9×9 → 4×4
-                        nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    net = nn.Sequential(
+        *block(3, 4),
+        nn.MaxPool2d(2),
+        *block(4, 4),
+        nn.MaxPool2d(2),  # 64 → 32 → 16
+        *block(4, 8),
+        nn.MaxPool2d(2),
+        *block(8, 8),  # → 8×8 (1/8): conv4_1 … relu4_2
+        nn.ZeroPad2d((0, 1, 0, 1)),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.ReLU(),  # 9×9 → 4×4
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+    ).eval()
     path = tmp_path / "vgg_like.onnx"
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "b"}})
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, 64, 64),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "b"}},
+        )
     model = xplain.load_model(path, device="cpu")
     shapes = [f.shape for f in model.feature_layers()]
     assert (8, 9, 9) in shapes  # the padded map is a feature layer …
@@ -540,10 +695,13 @@ def test_marginal_w2_hand_cases():
     real = torch.randn(2, 500, 3, 2, 2, generator=gen)
     torch.testing.assert_close(iba_input.marginal_w2(real, real), torch.zeros(2))
     std = real.flatten(2).std(1, keepdim=True).reshape(2, 1, 3, 2, 2)
-    torch.testing.assert_close(iba_input.marginal_w2(real + std, real), torch.ones(2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        iba_input.marginal_w2(real + std, real), torch.ones(2), rtol=1e-4, atol=1e-4
+    )
     mean = real.mean(1, keepdim=True)
-    torch.testing.assert_close(iba_input.marginal_w2(mean + 2 * (real - mean), real), torch.ones(2),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        iba_input.marginal_w2(mean + 2 * (real - mean), real), torch.ones(2), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
@@ -555,19 +713,46 @@ def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
     method = get_registry().method("input-iba")
     grads = {}
     for critic in ("clip", "gp"):
-        params = xplain.validate_params(method.params, {**FAST_GAN, "gan_critic": critic}, "input-iba")
+        params = xplain.validate_params(
+            method.params, {**FAST_GAN, "gan_critic": critic}, "input-iba"
+        )
         layer, _ = iba.resolve_layer(shapes, "", "input-iba", spatial=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            split, gens, mean, std, active, _, _ = iba._stats_and_gens(shapes, x, params, 0, "input-iba", layer)
-        cap, lam, r, _ = iba.feature_bottleneck(split, x, targets, mean, std, active, gens, beta=10.0, steps=10,
-                                                lr=1.0, copies=10, initial_alpha=5.0, sigma=1.0)
+            split, gens, mean, std, active, _, _ = iba._stats_and_gens(
+                shapes, x, params, 0, "input-iba", layer
+            )
+        cap, lam, r, _ = iba.feature_bottleneck(
+            split,
+            x,
+            targets,
+            mean,
+            std,
+            active,
+            gens,
+            beta=10.0,
+            steps=10,
+            lr=1.0,
+            copies=10,
+            initial_alpha=5.0,
+            sigma=1.0,
+        )
         sampler = iba_input._target_sampler(r, lam, cap, mean, std, active, gens, params)
         seen = {}
-        iba_input.gan_stage(split, x, iba.saliency_bits(cap, (64, 64)), sampler, gens, params,
-                            monitor=lambda e, v, seen=seen: seen.__setitem__(e, v), monitor_epochs={2})
+        iba_input.gan_stage(
+            split,
+            x,
+            iba.saliency_bits(cap, (64, 64)),
+            sampler,
+            gens,
+            params,
+            monitor=lambda e, v, seen=seen: seen.__setitem__(e, v),
+            monitor_epochs={2},
+        )
         grads[critic] = float(seen[2]["mask_grad"].max())
     assert grads["clip"] < 1e-4 < 1e-2 < grads["gp"], grads  # measured ~5e-7 and ~5
-    a = _quiet_explain(shapes, x[:1], targets=[0], method="input-iba", params={**FAST_GAN, "input_steps": 2})
+    a = _quiet_explain(
+        shapes, x[:1], targets=[0], method="input-iba", params={**FAST_GAN, "input_steps": 2}
+    )
     before, after = a.sample_info[0]["gan_w2"]
     assert before > 0 and after > 0 and math.isfinite(before) and math.isfinite(after)

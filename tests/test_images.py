@@ -93,9 +93,15 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     assert np.asarray(img).min() >= 250  # no ink = white
 
 
-@pytest.mark.parametrize("fmt,ext,kw", [("WEBP", "webp", {"lossless": True}),
-                                        ("TIFF", "tif", {}), ("BMP", "bmp", {}),
-                                        ("PNG", "png", {})])
+@pytest.mark.parametrize(
+    "fmt,ext,kw",
+    [
+        ("WEBP", "webp", {"lossless": True}),
+        ("TIFF", "tif", {}),
+        ("BMP", "bmp", {}),
+        ("PNG", "png", {}),
+    ],
+)
 def test_lossless_formats_roundtrip(tmp_path, fmt, ext, kw):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -131,8 +137,9 @@ def test_exif_orientation_applied(tmp_path):
 
 def test_truncated_png(tmp_path):
     rng = np.random.default_rng(1)
-    good = _save(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
-                 tmp_path / "good.png")
+    good = _save(
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), tmp_path / "good.png"
+    )
     data = good.read_bytes()
     bad = tmp_path / "bad.png"
     bad.write_bytes(data[: len(data) // 2])
@@ -159,9 +166,15 @@ def test_directory_and_missing(tmp_path):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims ``width``×``height`` and that has no pixel data at all."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -171,8 +184,9 @@ def test_decompression_bomb_header(tmp_path):
     path.write_bytes(_png_header_only(100_000, 100_000))
     with pytest.raises(InputDataError) as e:
         load_image(path)
-    assert ("image too large: 10000000000 pixels exceeds the limit of "
-            f"{Image.MAX_IMAGE_PIXELS}") in str(e.value)
+    assert (
+        f"image too large: 10000000000 pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}"
+    ) in str(e.value)
 
 
 @pytest.mark.parametrize("size", [(4, 4), (100, 100)])  # Pillow warns at 16 px, errors at 10000
@@ -181,8 +195,10 @@ def test_decompression_bomb_low_limit(tmp_path, monkeypatch, size):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(InputDataError,
-                           match=rf"image too large: {size[0] * size[1]} pixels exceeds the limit of 10"):
+        with pytest.raises(
+            InputDataError,
+            match=rf"image too large: {size[0] * size[1]} pixels exceeds the limit of 10",
+        ):
             load_image(path)
     assert not caught  # Pillow's warning became the error; nothing leaks to stderr
 
@@ -383,9 +399,14 @@ def test_matches_torchvision_pipeline():
     transforms = pytest.importorskip("torchvision.transforms")
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
-    ref = transforms.Compose([
-        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(img).numpy()
+    ref = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )(img).numpy()
     x, _ = Preprocess.from_options((3, 224, 224))(img)
     np.testing.assert_allclose(x, ref, atol=1e-5)
 
@@ -398,25 +419,39 @@ def test_matches_torchvision_pipeline():
 def test_read_sidecar(tmp_path):
     model = tmp_path / "m.onnx"
     assert read_sidecar(model) == {}
-    (tmp_path / "sub").mkdir()  # the labels file must exist beside the model (confined like external data)
+    (
+        tmp_path / "sub"
+    ).mkdir()  # the labels file must exist beside the model (confined like external data)
     (tmp_path / "sub" / "labels.txt").write_text("a\nb\n")
-    (tmp_path / "m.onnx.json").write_text(json.dumps(
-        {"preset": "unit", "resize": 40, "crop": [32, 32], "mean": 0.5, "std": [0.2, 0.2, 0.2],
-         "labels": "sub/labels.txt"}))
+    (tmp_path / "m.onnx.json").write_text(
+        json.dumps(
+            {
+                "preset": "unit",
+                "resize": 40,
+                "crop": [32, 32],
+                "mean": 0.5,
+                "std": [0.2, 0.2, 0.2],
+                "labels": "sub/labels.txt",
+            }
+        )
+    )
     sc = read_sidecar(model)
     assert sc["labels"] == str((tmp_path / "sub" / "labels.txt").resolve())
     assert sc["crop"] == [32, 32] and sc["resize"] == 40 and sc["preset"] == "unit"
 
 
-@pytest.mark.parametrize("content,match", [
-    ("[1, 2]", "JSON object"),
-    ("{bad", "invalid JSON"),
-    ('{"presett": "unit"}', "unknown sidecar key"),
-    ('{"resize": "big"}', "'resize' must be"),
-    ('{"crop": [1, 2, 3]}', "'crop' must be"),
-    ('{"mean": "x"}', "'mean' must be"),
-    ('{"labels": 5}', "'labels' must be"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("[1, 2]", "JSON object"),
+        ("{bad", "invalid JSON"),
+        ('{"presett": "unit"}', "unknown sidecar key"),
+        ('{"resize": "big"}', "'resize' must be"),
+        ('{"crop": [1, 2, 3]}', "'crop' must be"),
+        ('{"mean": "x"}', "'mean' must be"),
+        ('{"labels": 5}', "'labels' must be"),
+    ],
+)
 def test_read_sidecar_errors_name_file(tmp_path, content, match):
     (tmp_path / "m.onnx.json").write_text(content)
     with pytest.raises(InputDataError, match=match) as e:
@@ -443,13 +478,16 @@ def test_load_labels_text_and_json(tmp_path):
     assert load_labels(tmp_path / "k.json") == ["cat", "dog"]
 
 
-@pytest.mark.parametrize("name,content,match", [
-    ("gap.json", '{"0": "a", "2": "b"}', "without gaps"),
-    ("keys.json", '{"a": "b"}', "class indices"),
-    ("mid.txt", "a\n\nb\n", "line 2 is empty"),
-    ("empty.txt", "\n\n", "empty"),
-    ("bad.json", "[1, 2]", "label 0"),
-])
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        ("gap.json", '{"0": "a", "2": "b"}', "without gaps"),
+        ("keys.json", '{"a": "b"}', "class indices"),
+        ("mid.txt", "a\n\nb\n", "line 2 is empty"),
+        ("empty.txt", "\n\n", "empty"),
+        ("bad.json", "[1, 2]", "label 0"),
+    ],
+)
 def test_load_labels_errors(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(InputDataError, match=match) as e:
@@ -482,14 +520,17 @@ def test_resolve_target_exact_beats_case_insensitive():
         resolve_target("CAT", ["cat", "Cat"], 2)
 
 
-@pytest.mark.parametrize("spec,labels,n,match", [
-    ("10", None, 10, "out of range"),
-    ("-1", None, 10, "out of range"),
-    ("top0", None, 10, "at least 1"),
-    ("cat", None, 10, "no class labels"),
-    ("top1,3", None, 10, "cannot be combined"),
-    ("tabb", "imagenet", 1000, "did you mean: 'tabby'"),
-])
+@pytest.mark.parametrize(
+    "spec,labels,n,match",
+    [
+        ("10", None, 10, "out of range"),
+        ("-1", None, 10, "out of range"),
+        ("top0", None, 10, "at least 1"),
+        ("cat", None, 10, "no class labels"),
+        ("top1,3", None, 10, "cannot be combined"),
+        ("tabb", "imagenet", 1000, "did you mean: 'tabby'"),
+    ],
+)
 def test_resolve_target_errors(spec, labels, n, match):
     labels = imagenet_labels() if labels == "imagenet" else labels
     with pytest.raises(UsageError, match=match):

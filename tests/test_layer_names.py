@@ -31,9 +31,12 @@ def named_model_path(tmp_path_factory):
     """conv → relu → conv(EVIL) → relu → global pool → flatten → gemm; 3×8×8 in, 4 classes."""
     gen = np.random.default_rng(0)
     inits = {
-        "w1": gen.standard_normal((4, 3, 3, 3)) * 0.3, "b1": gen.standard_normal(4) * 0.1,
-        "w2": gen.standard_normal((6, 4, 3, 3)) * 0.3, "b2": gen.standard_normal(6) * 0.1,
-        "wf": gen.standard_normal((4, 6)) * 0.3, "bf": gen.standard_normal(4) * 0.1,
+        "w1": gen.standard_normal((4, 3, 3, 3)) * 0.3,
+        "b1": gen.standard_normal(4) * 0.1,
+        "w2": gen.standard_normal((6, 4, 3, 3)) * 0.3,
+        "b2": gen.standard_normal(6) * 0.1,
+        "wf": gen.standard_normal((4, 6)) * 0.3,
+        "bf": gen.standard_normal(4) * 0.1,
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name=CONV1, pads=[1, 1, 1, 1]),
@@ -45,10 +48,13 @@ def named_model_path(tmp_path_factory):
         helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="/classifier/Gemm", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "named",
+        nodes,
+        "named",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+        initializer=[
+            numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -87,7 +93,9 @@ def test_layer_param_accepts_either_name(named_model, method):
     """The same map whether the layer is given by its safe id or by the exporter's name."""
     x = named_model.example_input(2, seed=3)
     for original in (RELU1, EVIL):
-        by_id = xplain.explain(named_model, x, method=method, params={"layer": _safe_id(named_model, original)})
+        by_id = xplain.explain(
+            named_model, x, method=method, params={"layer": _safe_id(named_model, original)}
+        )
         by_name = xplain.explain(named_model, x, method=method, params={"layer": original})
         torch.testing.assert_close(by_name.maps, by_id.maps, rtol=0, atol=0)
     first = xplain.explain(named_model, x, method="grad-cam", params={"layer": RELU1}).maps
@@ -101,7 +109,12 @@ def test_inspect_json_shows_original_names(named_model_path, capsys):
     assert "\x1b" not in raw  # JSON escapes control characters
     data = json.loads(raw)
     by_layer = {f["onnx_name"]: f["layer"] for f in data["feature_layers"]}
-    assert by_layer == {CONV1: "n00000_conv", RELU1: "n00001_relu", EVIL: "n00002_conv", RELU2: "n00003_relu"}
+    assert by_layer == {
+        CONV1: "n00000_conv",
+        RELU1: "n00001_relu",
+        EVIL: "n00002_conv",
+        RELU2: "n00003_relu",
+    }
     names = {a["onnx_name"] for a in data["activations"]}
     assert names == {RELU1, RELU2}
     bias = {b["onnx_name"] for b in data["bias_layers"]}

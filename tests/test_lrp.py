@@ -31,7 +31,9 @@ class _BiasFreeResNet(nn.Module):
 @pytest.fixture(scope="module")
 def resnet(tmp_path_factory):
     net = _BiasFreeResNet().eval()
-    return net, xplain.load_model(export_classic(net, tmp_path_factory.mktemp("lrp") / "res.onnx", (1, 3, 16, 16)))
+    return net, xplain.load_model(
+        export_classic(net, tmp_path_factory.mktemp("lrp") / "res.onnx", (1, 3, 16, 16))
+    )
 
 
 @pytest.mark.parametrize("name", ["lrp-epsilon", "lrp-zplus"])
@@ -43,7 +45,9 @@ def test_relevance_is_conserved_through_residual_adds(resnet, name):
         logits = model(x).gather(1, targets[:, None])[:, 0]
     result = xplain.explain(model, x, targets, name, params={"epsilon": "1e-9"})
     torch.testing.assert_close(result.maps.flatten(1).sum(1), logits, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(result.info["relevance_sum"]), logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(result.info["relevance_sum"]), logits, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_epsilon_to_zero_equals_input_times_gradient_on_relu_nets(resnet):
@@ -91,8 +95,14 @@ def test_epsilon_rule_matches_textbook_computation_with_biases(tmp_path):
 
 def test_zplus_and_zbox_match_textbook_computation(tmp_path):
     torch.manual_seed(8)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False),
-                        nn.ReLU(), nn.Linear(4, 3, bias=False)).eval()
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(12, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 4, bias=False),
+        nn.ReLU(),
+        nn.Linear(4, 3, bias=False),
+    ).eval()
     model = xplain.load_model(export_classic(net, tmp_path / "mlp.onnx", (1, 3, 2, 2)))
     x = model.example_input(1, seed=6)
     target = 1

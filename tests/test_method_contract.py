@@ -26,7 +26,9 @@ _FITTED: dict = {}
 
 
 def _meets(model, method) -> bool:
-    return all(model.requirement_problem(r) is None for r in getattr(method.capabilities, "requires", ()))
+    return all(
+        model.requirement_problem(r) is None for r in getattr(method.capabilities, "requires", ())
+    )
 
 
 @pytest.fixture()
@@ -39,7 +41,9 @@ def prepared(tiny_model, tiny_transformer, tmp_path_factory):
 
     def prepare(method):
         if not _meets(tiny_model, method):
-            assert _meets(tiny_transformer, method), f"{method.name}: no test model meets {method.capabilities}"
+            assert _meets(tiny_transformer, method), (
+                f"{method.name}: no test model meets {method.capabilities}"
+            )
             return tiny_transformer
         if method.capabilities.needs_fitting:
             if method.name not in _FITTED:
@@ -98,8 +102,11 @@ def test_checks_catch_a_method_that_breaks_the_contract(tiny_model):
     noisy = xplain.Method("noisy", "", explain=lambda r: torch.rand(r.x.shape[0], *r.x.shape[2:]))
     xt.check_output(noisy, tiny_model)  # the global RNG is seeded per call: still deterministic
     calls = itertools.count()
-    unseeded = xplain.Method("unseeded", "", explain=lambda r: torch.full((r.x.shape[0], *r.x.shape[2:]),
-                                                                          float(next(calls))))
+    unseeded = xplain.Method(
+        "unseeded",
+        "",
+        explain=lambda r: torch.full((r.x.shape[0], *r.x.shape[2:]), float(next(calls))),
+    )
     with pytest.raises(AssertionError, match="'unseeded'.*not deterministic"):
         xt.check_output(unseeded, tiny_model)
 
@@ -127,18 +134,28 @@ def test_saliency_matches_finite_differences(tiny_model):
     grad = torch.zeros_like(x)
     h = 1e-2
     rng = torch.Generator().manual_seed(0)
-    picks = [(int(torch.randint(3, (1,), generator=rng)), int(torch.randint(16, (1,), generator=rng)),
-              int(torch.randint(16, (1,), generator=rng))) for _ in range(12)]
+    picks = [
+        (
+            int(torch.randint(3, (1,), generator=rng)),
+            int(torch.randint(16, (1,), generator=rng)),
+            int(torch.randint(16, (1,), generator=rng)),
+        )
+        for _ in range(12)
+    ]
     with torch.no_grad():
         for c, i, j in picks:
             e = torch.zeros_like(x)
             e[0, c, i, j] = h
-            grad[0, c, i, j] = (tiny_model(x + e)[0, target] - tiny_model(x - e)[0, target]) / (2 * h)
+            grad[0, c, i, j] = (tiny_model(x + e)[0, target] - tiny_model(x - e)[0, target]) / (
+                2 * h
+            )
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(tiny_model(xr)[0, target], xr)
     for c, i, j in picks:
-        assert abs(g[0, c, i, j] - grad[0, c, i, j]) <= 2e-3 * max(1.0, abs(float(grad[0, c, i, j])))
+        assert abs(g[0, c, i, j] - grad[0, c, i, j]) <= 2e-3 * max(
+            1.0, abs(float(grad[0, c, i, j]))
+        )
     torch.testing.assert_close(maps, g[0].abs().amax(dim=0))
 
 

@@ -71,7 +71,14 @@ def test_deletion_hand_case():
 def test_insertion_hand_case():
     # blur_size 3 with a huge sigma is a 1/9 box filter with zero padding: a 2x2 image of ones
     # becomes 4/9 everywhere; then pixels of weight 3, 2, 1, 0 are restored in that order.
-    r = _score("insertion", Linear(W), ONES, T0, W[:, 0], params={"step": 1, "blur_size": 3, "blur_sigma": 1e6})
+    r = _score(
+        "insertion",
+        Linear(W),
+        ONES,
+        T0,
+        W[:, 0],
+        params={"step": 1, "blur_size": 3, "blur_sigma": 1e6},
+    )
     b = 4 / 9
     logits = [6 * b, 3 + 3 * b, 5 + b, 6, 6]
     torch.testing.assert_close(r["insertion-curve"][0], torch.tensor([sig(v) for v in logits]))
@@ -86,14 +93,23 @@ def test_pixel_perturbation_hand_case():
     torch.testing.assert_close(r["lerf-curve"][0], torch.tensor(lerf))
     assert float(r["pixel-perturbation"][0]) == pytest.approx(trap(lerf) - trap(morf), rel=1e-5)
     # mean baseline of a constant image changes nothing: flat curves
-    flat = _score("pixel-perturbation", Linear(W), ONES, T0, W[:, 0], params={"steps": 4, "baseline": "mean"})
+    flat = _score(
+        "pixel-perturbation", Linear(W), ONES, T0, W[:, 0], params={"steps": 4, "baseline": "mean"}
+    )
     torch.testing.assert_close(flat["morf-curve"][0], torch.full((5,), sig(6)))
     # tiles: a 4x4 image in 2x2 tiles ranks tiles by their mean relevance
     w4 = torch.zeros(1, 1, 4, 4)
     w4[..., 2:, 2:] = 1.0  # only the bottom-right tile matters
     rel = torch.zeros(1, 4, 4)
     rel[:, 2:, 2:] = 5.0
-    t = _score("pixel-perturbation", Linear(w4), torch.ones(1, 1, 4, 4), T0, rel, params={"tile": 2, "steps": 4})
+    t = _score(
+        "pixel-perturbation",
+        Linear(w4),
+        torch.ones(1, 1, 4, 4),
+        T0,
+        rel,
+        params={"tile": 2, "steps": 4},
+    )
     torch.testing.assert_close(t["morf-curve"][0], torch.tensor([sig(4)] + [sig(0)] * 4))
     torch.testing.assert_close(t["lerf-curve"][0], torch.tensor([sig(4)] * 4 + [sig(0)]))
 
@@ -106,11 +122,15 @@ def test_sensitivity_n_is_one_for_the_exact_attribution_of_a_linear_model():
     x = torch.rand(1, 1, 6, 6, generator=g) + 0.5
     exact = (w * x)[:, 0]
     r = _score("sensitivity-n", Linear(w), x, T0, exact, params={"num_n": 5, "subsets": 20})
-    torch.testing.assert_close(r["sensitivity-n-curve"], torch.ones(1, len(r["sensitivity-n-curve@x"])))
+    torch.testing.assert_close(
+        r["sensitivity-n-curve"], torch.ones(1, len(r["sensitivity-n-curve@x"]))
+    )
     assert r["sensitivity-n-curve@x"].tolist() == sorted(set(r["sensitivity-n-curve@x"].tolist()))
     anti = _score("sensitivity-n", Linear(w), x, T0, -exact, params={"num_n": 5, "subsets": 20})
     assert float(anti["sensitivity-n"][0]) == pytest.approx(-1.0, abs=1e-5)
-    const = _score("sensitivity-n", Linear(w), x, T0, torch.ones(1, 6, 6), params={"num_n": 5, "subsets": 20})
+    const = _score(
+        "sensitivity-n", Linear(w), x, T0, torch.ones(1, 6, 6), params={"num_n": 5, "subsets": 20}
+    )
     assert float(const["sensitivity-n"][0]) == 0.0  # subset sums never vary: r defined as 0
 
 
@@ -121,17 +141,40 @@ def test_ebpg_bbox_accuracy_hand_cases():
     r = _score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, maps, boxes=box)
     assert float(r["ebpg"][0]) == pytest.approx(2 / 10)
     neg = torch.tensor([[[-5.0, 2.0], [3.0, -1.0]]])  # negative values carry no energy
-    assert float(_score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, neg, boxes=box)["ebpg"][0]) == pytest.approx(2 / 5)
+    assert float(
+        _score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, neg, boxes=box)["ebpg"][0]
+    ) == pytest.approx(2 / 5)
     m3 = torch.tensor([[[9.0, 8.0, 0.0], [0.0, 7.0, 0.0], [0.0, 0.0, 0.0]]])
-    box2 = [torch.tensor([[0.0, 1.0, 2.0, 2.0]])]  # row 1, columns 0-1: 2 pixels; top-2 = (0,0), (0,1)
-    acc = _score("bbox-accuracy", None, torch.zeros(1, 1, 3, 3), T0, m3, boxes=box2)["bbox-accuracy"]
+    box2 = [
+        torch.tensor([[0.0, 1.0, 2.0, 2.0]])
+    ]  # row 1, columns 0-1: 2 pixels; top-2 = (0,0), (0,1)
+    acc = _score("bbox-accuracy", None, torch.zeros(1, 1, 3, 3), T0, m3, boxes=box2)[
+        "bbox-accuracy"
+    ]
     assert float(acc[0]) == 0.0
-    box3 = [torch.tensor([[1.0, 0.0, 2.0, 2.0]])]  # column 1, rows 0-1: pixels 8 and 7; top-2 = 9, 8
-    assert float(_score("bbox-accuracy", None, torch.zeros(1, 1, 3, 3), T0, m3, boxes=box3)["bbox-accuracy"][0]) == 0.5
+    box3 = [
+        torch.tensor([[1.0, 0.0, 2.0, 2.0]])
+    ]  # column 1, rows 0-1: pixels 8 and 7; top-2 = 9, 8
+    assert (
+        float(
+            _score("bbox-accuracy", None, torch.zeros(1, 1, 3, 3), T0, m3, boxes=box3)[
+                "bbox-accuracy"
+            ][0]
+        )
+        == 0.5
+    )
     # class filter: a box of another class does not count; no box at all -> NaN
     lab = [torch.tensor([1])]
-    assert math.isnan(float(_score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, maps, boxes=box, box_labels=lab)["ebpg"][0]))
-    assert math.isnan(float(_score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, maps, boxes=[None])["ebpg"][0]))
+    assert math.isnan(
+        float(
+            _score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, maps, boxes=box, box_labels=lab)[
+                "ebpg"
+            ][0]
+        )
+    )
+    assert math.isnan(
+        float(_score("ebpg", None, torch.zeros(1, 1, 2, 2), T0, maps, boxes=[None])["ebpg"][0])
+    )
 
 
 def test_ehr_hand_case():
@@ -158,7 +201,9 @@ def test_ehr_paper_form_sums_heat_and_keeps_unit_maps():
 
     def ehr(**params):  # a mask: the method says its map is in [0, 1]
         mask = xplain.Attribution(heat, info={"map_range": "unit"})
-        return float(REG.metric("ehr").compute(None, x, T0, mask, params=params, boxes=box)["ehr"][0])
+        return float(
+            REG.metric("ehr").compute(None, x, T0, mask, params=params, boxes=box)["ehr"][0]
+        )
 
     # poi = four 0.4 and four 0.8: q <= 0.4 -> t = 0.4, 8 pixels above, heat inside 3.2 -> 0.4;
     # q >= 0.5 -> t in (0.4, 0.792], the 4 box pixels, heat 3.2 -> 0.8
@@ -191,7 +236,7 @@ def test_ssim_and_spearman_hand_cases():
     from xplain_builtins.metrics.properties import spearman, ssim
 
     a, b = 0.3, 0.8
-    c1 = 0.01 ** 2
+    c1 = 0.01**2
     got = ssim(torch.full((1, 16, 16), a), torch.full((1, 16, 16), b))
     assert float(got[0]) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-6)
     x = torch.rand(2, 20, 20, generator=torch.Generator().manual_seed(1))
@@ -209,6 +254,7 @@ def test_class_sensitivity_hand_case():
     class Fixed(Linear):
         def __call__(self, x):
             return torch.tensor([[0.0, 5.0, 3.0, -1.0]]).expand(x.shape[0], 4)
+
     Fixed.num_classes = 4
     seen = {}
 
@@ -217,14 +263,37 @@ def test_class_sensitivity_hand_case():
         return xplain.Attribution(torch.tensor([[[0.0, 4.0]]]))
 
     a = torch.tensor([[[3.0, 0.0]]])
-    r = _score("class-sensitivity", Fixed(None), torch.zeros(1, 1, 1, 2), torch.tensor([1]), a, explain=explain,
-               params={"normalise": "none"})
+    r = _score(
+        "class-sensitivity",
+        Fixed(None),
+        torch.zeros(1, 1, 1, 2),
+        torch.tensor([1]),
+        a,
+        explain=explain,
+        params={"normalise": "none"},
+    )
     assert seen["other"] == [2] and float(r["class-sensitivity"][0]) == pytest.approx(5.0)
-    _score("class-sensitivity", Fixed(None), torch.zeros(1, 1, 1, 2), torch.tensor([1]), a, explain=explain,
-           params={"other": "last"})
+    _score(
+        "class-sensitivity",
+        Fixed(None),
+        torch.zeros(1, 1, 1, 2),
+        torch.tensor([1]),
+        a,
+        explain=explain,
+        params={"other": "last"},
+    )
     assert seen["other"] == [3]
-    r = _score("class-sensitivity", Fixed(None), torch.zeros(1, 1, 1, 2), torch.tensor([1]), a, explain=explain)
-    assert float(r["class-sensitivity"][0]) == pytest.approx(math.sqrt(2))  # unit vectors at right angles
+    r = _score(
+        "class-sensitivity",
+        Fixed(None),
+        torch.zeros(1, 1, 1, 2),
+        torch.tensor([1]),
+        a,
+        explain=explain,
+    )
+    assert float(r["class-sensitivity"][0]) == pytest.approx(
+        math.sqrt(2)
+    )  # unit vectors at right angles
 
 
 def test_completeness_hand_case():
@@ -233,15 +302,20 @@ def test_completeness_hand_case():
     model = Linear(W)  # logit0(x) = 6 and -6
     r = _score("completeness", model, x, t, torch.zeros(2, 2, 2), extras={"source": 0.5 * x})
     torch.testing.assert_close(r["completeness"], torch.tensor([50.0, 50.0]))
-    torch.testing.assert_close(r["completeness-positive"], torch.tensor([50.0, 0.0]))  # -3 > -6: sufficient
+    torch.testing.assert_close(
+        r["completeness-positive"], torch.tensor([50.0, 0.0])
+    )  # -3 > -6: sufficient
     exact = _score("completeness", model, x, t, torch.zeros(2, 2, 2), extras={"source": x})
     torch.testing.assert_close(exact["completeness"], torch.zeros(2))
     none = _score("completeness", model, x, t, torch.zeros(2, 2, 2))
     assert torch.isnan(none["completeness"]).all()
     # a source signal at an inner layer: the method reports its logit Φ(S₀) per sample instead
     metric = REG.metric("completeness")
-    inner = xplain.Attribution(torch.zeros(2, 2, 2), {"source_signal": torch.zeros(2, 5)},
-                               sample_info=[{"source_logit": 3.0}, {"source_logit": -3.0}])
+    inner = xplain.Attribution(
+        torch.zeros(2, 2, 2),
+        {"source_signal": torch.zeros(2, 5)},
+        sample_info=[{"source_logit": 3.0}, {"source_logit": -3.0}],
+    )
     r = metric.compute(model, x, t, inner)
     torch.testing.assert_close(r["completeness"], torch.tensor([50.0, 50.0]))
     torch.testing.assert_close(r["completeness-positive"], torch.tensor([50.0, 0.0]))
@@ -258,13 +332,21 @@ def test_sanity_restores_the_model_and_separates_model_dependent_maps(tiny_model
     for name in ("saliency", "random"):
         method = REG.method(name)
         a = run_method(tiny_model, method, x, t, {}, 0)
-        results[name] = _score("sanity", tiny_model, x, t, a.maps,
-                               explain=lambda xx, tt, m=method: run_method(tiny_model, m, xx, tt, {}, 0))
+        results[name] = _score(
+            "sanity",
+            tiny_model,
+            x,
+            t,
+            a.maps,
+            explain=lambda xx, tt, m=method: run_method(tiny_model, m, xx, tt, {}, 0),
+        )
     after = tiny_model.graph.state_dict()
     assert tiny_model.graph.code == code and all(torch.equal(before[k], after[k]) for k in before)
     layers = len(weight_layers(tiny_model))
     assert layers >= 4 and results["saliency"]["sanity-ssim-curve"].shape == (2, layers + 1)
-    torch.testing.assert_close(results["random"]["sanity"], torch.ones(2))  # ignores the model entirely
+    torch.testing.assert_close(
+        results["random"]["sanity"], torch.ones(2)
+    )  # ignores the model entirely
     assert (results["saliency"]["sanity"] < 0.9).all()
     assert (results["saliency"]["sanity-ssim-curve"][:, 0] == 1).all()
 
@@ -279,14 +361,27 @@ def shapes():
     return model, x, t, ctx, {"oracle": oracle, "random": rand, "anti": anti}
 
 
-@pytest.mark.parametrize("name,key", [("ebpg", "ebpg"), ("bbox-accuracy", "bbox-accuracy"), ("ehr", "ehr"),
-                                      ("deletion", "deletion"), ("insertion", "insertion"),
-                                      ("pixel-perturbation", "pixel-perturbation"),
-                                      ("sensitivity-n", "sensitivity-n")])
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("ebpg", "ebpg"),
+        ("bbox-accuracy", "bbox-accuracy"),
+        ("ehr", "ehr"),
+        ("deletion", "deletion"),
+        ("insertion", "insertion"),
+        ("pixel-perturbation", "pixel-perturbation"),
+        ("sensitivity-n", "sensitivity-n"),
+    ],
+)
 def test_direction_oracle_beats_random_beats_anti(shapes, name, key):
     model, x, t, ctx, maps = shapes
-    params = {"num_n": 6, "subsets": 30} if name == "sensitivity-n" else \
-        {"steps": 32} if name == "pixel-perturbation" else {}
+    params = (
+        {"num_n": 6, "subsets": 30}
+        if name == "sensitivity-n"
+        else {"steps": 32}
+        if name == "pixel-perturbation"
+        else {}
+    )
     if name == "deletion":
         # Deleting to black paints the box itself as a black rectangle, which this model reads as
         # a square (and a deleted disc as a circle): for square targets the box oracle is *not*
@@ -295,8 +390,10 @@ def test_direction_oracle_beats_random_beats_anti(shapes, name, key):
         x, t = x[keep], t[keep]
         ctx = {k: [v for v, ok in zip(vs, keep) if ok] for k, vs in ctx.items()}
         maps = {k: m[keep] for k, m in maps.items()}
-    means = {k: float(torch.nanmean(_score(name, model, x, t, m, params=dict(params), **ctx)[key]))
-             for k, m in maps.items()}
+    means = {
+        k: float(torch.nanmean(_score(name, model, x, t, m, params=dict(params), **ctx)[key]))
+        for k, m in maps.items()
+    }
     sign = 1 if REG.metric(name).higher_is_better_for(key) else -1
     assert sign * means["oracle"] > sign * means["random"] > sign * means["anti"], means
 
@@ -306,8 +403,10 @@ def test_ibd_direction(shapes):
     border = torch.ones(8, 64, 64)
     border[:, 5:59, 5:59] = 0
     centre, noise = 1 - border, torch.rand(8, 64, 64, generator=torch.Generator().manual_seed(3))
-    ibd = {k: float(_score("ibd", model, x, t, m)["ibd"].mean()) for k, m in
-           (("centre", centre), ("random", noise), ("border", border))}
+    ibd = {
+        k: float(_score("ibd", model, x, t, m)["ibd"].mean())
+        for k, m in (("centre", centre), ("random", noise), ("border", border))
+    }
     assert ibd["centre"] < ibd["random"] < ibd["border"]  # lower is better
 
 
@@ -317,13 +416,29 @@ def test_class_sensitivity_and_completeness_direction(shapes):
     scores = {}
     for m in (sal, rnd):
         a = run_method(model, m, x, t, {}, 0)
-        scores[m.name] = float(_score("class-sensitivity", model, x, t, a.maps,
-                                      explain=lambda xx, tt, m=m: run_method(model, m, xx, tt, {}, 0))[
-                                          "class-sensitivity"].mean())
+        scores[m.name] = float(
+            _score(
+                "class-sensitivity",
+                model,
+                x,
+                t,
+                a.maps,
+                explain=lambda xx, tt, m=m: run_method(model, m, xx, tt, {}, 0),
+            )["class-sensitivity"].mean()
+        )
     assert scores["saliency"] > 0.1 and scores["random"] == 0.0
-    apc = {k: float(_score("completeness", model, x, t, maps["oracle"], extras={"source": s})["completeness"].mean())
-           for k, s in (("exact", x), ("noisy", x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))),
-                        ("blank", torch.zeros_like(x)))}
+    apc = {
+        k: float(
+            _score("completeness", model, x, t, maps["oracle"], extras={"source": s})[
+                "completeness"
+            ].mean()
+        )
+        for k, s in (
+            ("exact", x),
+            ("noisy", x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))),
+            ("blank", torch.zeros_like(x)),
+        )
+    }
     assert apc["exact"] == 0 and apc["exact"] < apc["noisy"] < apc["blank"]  # lower is better
 
 
@@ -332,8 +447,11 @@ def test_class_sensitivity_and_completeness_direction(shapes):
 def test_metric_contract(name, tiny_model):
     """Per-sample (B,) scores, finite or NaN; batch of 3 == three batches of 1; model unchanged
     (:func:`xplain.testing.check_metric`, small settings for the expensive metrics)."""
-    small = {"sensitivity-n": {"num_n": 3, "subsets": 5}, "pixel-perturbation": {"steps": 8},
-             "sanity": {"layers": 2}}.get(name, {})
+    small = {
+        "sensitivity-n": {"num_n": 3, "subsets": 5},
+        "pixel-perturbation": {"steps": 8},
+        "sanity": {"layers": 2},
+    }.get(name, {})
     xt.check_metric(REG.metric(name), tiny_model, params=small, registry=REG)
 
 

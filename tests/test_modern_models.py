@@ -25,8 +25,14 @@ import xplain
 
 from .modern_models import EXPORTERS, STATIC_BATCH, build_model, export_model
 
-CASES = [(kind, exporter) for kind in ("vit", "swin", "convnext", "maxvit", "deit") for exporter in EXPORTERS]
-CASES.append(("swin_v2", "classic"))  # the classic exporter's Clip(x, "", max) in SwinV2's logit scale
+CASES = [
+    (kind, exporter)
+    for kind in ("vit", "swin", "convnext", "maxvit", "deit")
+    for exporter in EXPORTERS
+]
+CASES.append(
+    ("swin_v2", "classic")
+)  # the classic exporter's Clip(x, "", max) in SwinV2's logit scale
 TOL = 1e-4
 
 
@@ -50,7 +56,9 @@ def test_loads_verifies_and_matches_torch(case):
     assert model.spec.fixed_batch == ((kind, exporter) in STATIC_BATCH)
     assert report.batch_checked == (not model.spec.fixed_batch)
     if exporter == "dynamo":
-        assert any("xplain's converters" in note and "Gelu-20" in note for note in report.notes), report.notes
+        assert any("xplain's converters" in note and "Gelu-20" in note for note in report.notes), (
+            report.notes
+        )
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         _close(model(x), build_model(kind)(x))
@@ -69,19 +77,28 @@ def test_input_gradient_equals_torch_autograd(case):
     assert got.abs().max() > 0
 
 
-@pytest.mark.parametrize("method,params", [
-    ("gradient", {}),
-    ("integrated-gradients", {"steps": 4}),
-    ("occlusion", {"patch": 16, "stride": 16}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("gradient", {}),
+        ("integrated-gradients", {"steps": 4}),
+        ("occlusion", {"patch": 16, "stride": 16}),
+    ],
+)
 def test_methods_run_batch_consistent(case, method, params):
     _, _, model = case
     x = model.example_input(2, seed=3)
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     both = xplain.explain(model, x, targets=targets, method=method, params=params).maps
-    singles = torch.cat([xplain.explain(model, x[i:i + 1], targets=targets[i:i + 1], method=method,
-                                        params=params).maps for i in range(2)])
+    singles = torch.cat(
+        [
+            xplain.explain(
+                model, x[i : i + 1], targets=targets[i : i + 1], method=method, params=params
+            ).maps
+            for i in range(2)
+        ]
+    )
     assert both.shape == (2, 32, 32) and torch.isfinite(both).all()
     assert both.abs().amax(dim=(1, 2)).min() > 0  # a map for each image, not all zeros
     _close(both, singles, tol=1e-4)

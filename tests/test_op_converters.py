@@ -38,8 +38,13 @@ def run_both(model, feeds: dict[str, np.ndarray], tol: float = 1e-5) -> list[np.
     assert not unsupported_ops(model), unsupported_ops(model)
     module = convert(infer_shapes(model)).eval()
     with torch.no_grad():
-        got = module(*[torch.from_numpy(feeds[i.name]) for i in model.graph.input
-                       if i.name not in {t.name for t in model.graph.initializer}])
+        got = module(
+            *[
+                torch.from_numpy(feeds[i.name])
+                for i in model.graph.input
+                if i.name not in {t.name for t in model.graph.initializer}
+            ]
+        )
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -50,11 +55,15 @@ def run_both(model, feeds: dict[str, np.ndarray], tol: float = 1e-5) -> list[np.
     return expected
 
 
-def unary(op, shape, opset=18, extra_inputs=(), inits=(), out_shape=None, out_type=F32, n_out=1, **attrs):
+def unary(
+    op, shape, opset=18, extra_inputs=(), inits=(), out_shape=None, out_type=F32, n_out=1, **attrs
+):
     """``op(x, *extra_inputs)`` with ``x`` a float graph input; outputs y0..y{n_out-1}."""
     node = helper.make_node(op, ["x", *extra_inputs], [f"y{i}" for i in range(n_out)], **attrs)
     outputs = [helper.make_tensor_value_info(f"y{i}", out_type, None) for i in range(n_out)]
-    return _model([node], [helper.make_tensor_value_info("x", F32, list(shape))], outputs, inits, opset)
+    return _model(
+        [node], [helper.make_tensor_value_info("x", F32, list(shape))], outputs, inits, opset
+    )
 
 
 def const(name, values, dtype=np.int64):
@@ -80,8 +89,10 @@ def test_gelu20_both_modes(approximate):
     # the two modes differ by ~1e-3 somewhere in [-3, 3]: a converter ignoring the attribute fails
     other = "tanh" if approximate == "none" else "none"
     x = torch.linspace(-3, 3, 101)
-    assert (torch.nn.functional.gelu(x, approximate=approximate) - torch.nn.functional.gelu(x, approximate=other)
-            ).abs().max() > 1e-4
+    assert (
+        torch.nn.functional.gelu(x, approximate=approximate)
+        - torch.nn.functional.gelu(x, approximate=other)
+    ).abs().max() > 1e-4
 
 
 def test_mish18_and_erf():
@@ -91,20 +102,37 @@ def test_mish18_and_erf():
 
 def test_einsum_attention_scores():
     nodes = [helper.make_node("Einsum", ["x", "k"], ["y0"], equation="bhqd,bhkd->bhqk")]
-    model = _model(nodes, [helper.make_tensor_value_info("x", F32, [2, 2, 3, 4]),
-                           helper.make_tensor_value_info("k", F32, [2, 2, 5, 4])],
-                   [helper.make_tensor_value_info("y0", F32, None)])
+    model = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", F32, [2, 2, 3, 4]),
+            helper.make_tensor_value_info("k", F32, [2, 2, 5, 4]),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+    )
     run_both(model, {**x_of(2, 2, 3, 4), "k": RNG.standard_normal((2, 2, 5, 4)).astype(np.float32)})
 
 
 # ----------------------------------------------------------------------------- Reduce*-18
-@pytest.mark.parametrize("op,axes,keepdims", [
-    ("ReduceMean", [-1], 1), ("ReduceMean", [1, -1], 0), ("ReduceMax", [-2], 0), ("ReduceMin", [0, 2], 1),
-    ("ReduceSum", [1], 0), ("ReduceL2", [-1], 1), ("ReduceL1", [2], 0), ("ReduceProd", [1, 2], 0),
-    ("ReduceSumSquare", [0], 1), ("ReduceLogSumExp", [-1], 0),
-])
+@pytest.mark.parametrize(
+    "op,axes,keepdims",
+    [
+        ("ReduceMean", [-1], 1),
+        ("ReduceMean", [1, -1], 0),
+        ("ReduceMax", [-2], 0),
+        ("ReduceMin", [0, 2], 1),
+        ("ReduceSum", [1], 0),
+        ("ReduceL2", [-1], 1),
+        ("ReduceL1", [2], 0),
+        ("ReduceProd", [1, 2], 0),
+        ("ReduceSumSquare", [0], 1),
+        ("ReduceLogSumExp", [-1], 0),
+    ],
+)
 def test_reduce18_axes_input(op, axes, keepdims):
-    model = unary(op, [2, 3, 4], extra_inputs=["axes"], inits=[const("axes", axes)], keepdims=keepdims)
+    model = unary(
+        op, [2, 3, 4], extra_inputs=["axes"], inits=[const("axes", axes)], keepdims=keepdims
+    )
     run_both(model, x_of(2, 3, 4))
 
 
@@ -118,9 +146,15 @@ def test_reduce18_empty_axes(noop):
 
 def test_reduce18_runtime_axes_and_max20():
     node = helper.make_node("ReduceMax", ["x", "axes"], ["y0"], keepdims=1)
-    model = _model([node], [helper.make_tensor_value_info("x", F32, [2, 3, 4]),
-                            helper.make_tensor_value_info("axes", I64, [1])],
-                   [helper.make_tensor_value_info("y0", F32, None)], opset=20)
+    model = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", F32, [2, 3, 4]),
+            helper.make_tensor_value_info("axes", I64, [1]),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        opset=20,
+    )
     run_both(model, {**x_of(2, 3, 4), "axes": np.array([-2], dtype=np.int64)})
 
 
@@ -135,7 +169,9 @@ def test_split18_num_outputs_uneven(length, parts, axis):
 
 
 def test_split18_sizes_input():
-    model = unary("Split", [2, 7], extra_inputs=["split"], inits=[const("split", [2, 5])], n_out=2, axis=1)
+    model = unary(
+        "Split", [2, 7], extra_inputs=["split"], inits=[const("split", [2, 5])], n_out=2, axis=1
+    )
     run_both(model, x_of(2, 7))
 
 
@@ -147,45 +183,84 @@ def test_pad19_modes_all_axes(mode):
     if mode == "constant":
         inputs.append("value")
         inits.append(const("value", 1.5, np.float32))
-    run_both(unary("Pad", [2, 3, 4, 5], opset=19, extra_inputs=inputs, inits=inits, mode=mode), x_of(2, 3, 4, 5))
+    run_both(
+        unary("Pad", [2, 3, 4, 5], opset=19, extra_inputs=inputs, inits=inits, mode=mode),
+        x_of(2, 3, 4, 5),
+    )
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
 def test_pad19_axes_input(mode):
     """Pads only for the listed (negative) axes; the others untouched."""
-    model = unary("Pad", [2, 3, 4, 5], opset=19, extra_inputs=["pads", "", "axes"],
-                  inits=[const("pads", [1, 2, 3, 1]), const("axes", [-1, 2])], mode=mode)
+    model = unary(
+        "Pad",
+        [2, 3, 4, 5],
+        opset=19,
+        extra_inputs=["pads", "", "axes"],
+        inits=[const("pads", [1, 2, 3, 1]), const("axes", [-1, 2])],
+        mode=mode,
+    )
     out = run_both(model, x_of(2, 3, 4, 5))
     assert out[0].shape == (2, 3, 4 + 2 + 1, 5 + 1 + 3)
 
 
 def test_pad18_negative_pads_crop():
-    model = unary("Pad", [2, 3, 6], extra_inputs=["pads"], inits=[const("pads", [0, 0, -1, 0, 1, -2])])
+    model = unary(
+        "Pad", [2, 3, 6], extra_inputs=["pads"], inits=[const("pads", [0, 0, -1, 0, 1, -2])]
+    )
     out = run_both(model, x_of(2, 3, 6))
     assert out[0].shape == (2, 4, 3)
 
 
 def test_pad19_runtime_pads():
     node = helper.make_node("Pad", ["x", "pads"], ["y0"], mode="reflect")
-    model = _model([node], [helper.make_tensor_value_info("x", F32, [1, 2, 5]),
-                            helper.make_tensor_value_info("pads", I64, [6])],
-                   [helper.make_tensor_value_info("y0", F32, None)], opset=19)
+    model = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", F32, [1, 2, 5]),
+            helper.make_tensor_value_info("pads", I64, [6]),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        opset=19,
+    )
     run_both(model, {**x_of(1, 2, 5), "pads": np.array([0, 0, 2, 0, 1, 3], dtype=np.int64)})
 
 
 # ----------------------------------------------------------------------------- AveragePool-19
-@pytest.mark.parametrize("attrs,shape", [
-    ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 0}, [1, 2, 7, 7]),
-    ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}, [1, 2, 7, 7]),
-    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, [1, 2, 8, 8]),
-    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1, "pads": [1, 1, 1, 1], "count_include_pad": 1},
-     [1, 2, 8, 9]),
-    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1, "pads": [1, 1, 1, 1], "count_include_pad": 0},
-     [1, 2, 8, 9]),
-    ({"kernel_shape": [2, 3], "pads": [0, 1, 1, 0], "count_include_pad": 0}, [2, 3, 6, 5]),  # asymmetric
-    ({"kernel_shape": [2, 3], "pads": [0, 1, 1, 0], "count_include_pad": 1}, [2, 3, 6, 5]),
-    ({"kernel_shape": [3], "strides": [2], "pads": [1, 0], "ceil_mode": 1}, [2, 3, 10]),  # 1-D
-])
+@pytest.mark.parametrize(
+    "attrs,shape",
+    [
+        ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 0}, [1, 2, 7, 7]),
+        ({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}, [1, 2, 7, 7]),
+        ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, [1, 2, 8, 8]),
+        (
+            {
+                "kernel_shape": [3, 3],
+                "strides": [2, 2],
+                "ceil_mode": 1,
+                "pads": [1, 1, 1, 1],
+                "count_include_pad": 1,
+            },
+            [1, 2, 8, 9],
+        ),
+        (
+            {
+                "kernel_shape": [3, 3],
+                "strides": [2, 2],
+                "ceil_mode": 1,
+                "pads": [1, 1, 1, 1],
+                "count_include_pad": 0,
+            },
+            [1, 2, 8, 9],
+        ),
+        (
+            {"kernel_shape": [2, 3], "pads": [0, 1, 1, 0], "count_include_pad": 0},
+            [2, 3, 6, 5],
+        ),  # asymmetric
+        ({"kernel_shape": [2, 3], "pads": [0, 1, 1, 0], "count_include_pad": 1}, [2, 3, 6, 5]),
+        ({"kernel_shape": [3], "strides": [2], "pads": [1, 0], "ceil_mode": 1}, [2, 3, 10]),  # 1-D
+    ],
+)
 def test_average_pool19(attrs, shape):
     run_both(unary("AveragePool", shape, opset=19, **attrs), x_of(*shape))
 
@@ -202,9 +277,15 @@ def test_scatter_nd18(reduction):
     """Rows of a 3-D tensor replaced/combined at (negative) 2-D indices."""
     indices = [[0, 1], [-1, 0], [1, -2]]  # distinct targets: 'none' is then well defined
     node = helper.make_node("ScatterND", ["x", "idx", "upd"], ["y0"], reduction=reduction)
-    model = _model([node], [helper.make_tensor_value_info("x", F32, [2, 3, 4]),
-                            helper.make_tensor_value_info("upd", F32, [3, 4])],
-                   [helper.make_tensor_value_info("y0", F32, None)], [const("idx", indices)])
+    model = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", F32, [2, 3, 4]),
+            helper.make_tensor_value_info("upd", F32, [3, 4]),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        [const("idx", indices)],
+    )
     run_both(model, {**x_of(2, 3, 4), "upd": RNG.standard_normal((3, 4)).astype(np.float32)})
 
 
@@ -213,13 +294,22 @@ def test_constant_of_shape20_equal19():
     """``Cast(Equal(Round(x), ConstantOfShape(Shape(x), 0)))``: the zero mask of rounded x."""
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("ConstantOfShape", ["s"], ["zeros"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        helper.make_node(
+            "ConstantOfShape",
+            ["s"],
+            ["zeros"],
+            value=numpy_helper.from_array(np.zeros(1, np.float32)),
+        ),
         helper.make_node("Round", ["x"], ["r"]),
         helper.make_node("Equal", ["r", "zeros"], ["eq"]),
         helper.make_node("Cast", ["eq"], ["y0"], to=F32),
     ]
-    model = _model(nodes, [helper.make_tensor_value_info("x", F32, [2, 3])],
-                   [helper.make_tensor_value_info("y0", F32, None)], opset=20)
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 3])],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        opset=20,
+    )
     feeds = {"x": np.array([[0.2, 1.4, -0.3], [2.6, -0.1, 0.7]], dtype=np.float32)}
     out = run_both(model, feeds)
     np.testing.assert_array_equal(out[0], [[1, 0, 1], [0, 1, 0]])
@@ -231,10 +321,19 @@ def test_layer_norm_axes_and_unknown_dims(axis, shape):
     """Unknown (symbolic) leading dims — Swin's windows under the classic exporter — and any axis."""
     concrete = [2 if isinstance(d, str) else d for d in shape]
     norm = concrete[axis:]
-    inits = [numpy_helper.from_array(RNG.standard_normal(norm).astype(np.float32), "scale"),
-             numpy_helper.from_array(RNG.standard_normal(norm).astype(np.float32), "bias")]
-    model = unary("LayerNormalization", shape, opset=17, extra_inputs=["scale", "bias"], inits=inits, axis=axis,
-                  epsilon=1e-3)
+    inits = [
+        numpy_helper.from_array(RNG.standard_normal(norm).astype(np.float32), "scale"),
+        numpy_helper.from_array(RNG.standard_normal(norm).astype(np.float32), "bias"),
+    ]
+    model = unary(
+        "LayerNormalization",
+        shape,
+        opset=17,
+        extra_inputs=["scale", "bias"],
+        inits=inits,
+        axis=axis,
+        epsilon=1e-3,
+    )
     run_both(model, x_of(*concrete), tol=2e-5)
     module = convert(infer_shapes(model))
     assert any(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
@@ -243,34 +342,53 @@ def test_layer_norm_axes_and_unknown_dims(axis, shape):
 def test_layer_norm_runtime_scale_and_unused_stat_outputs():
     """A scale fed at run time uses the general module; Mean/InvStdDev outputs nobody reads are dropped."""
     node = helper.make_node("LayerNormalization", ["x", "scale"], ["y0", "mean", "inv"], axis=-1)
-    model = _model([node], [helper.make_tensor_value_info("x", F32, [2, 3, 4]),
-                            helper.make_tensor_value_info("scale", F32, [4])],
-                   [helper.make_tensor_value_info("y0", F32, None)], opset=17)
+    model = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", F32, [2, 3, 4]),
+            helper.make_tensor_value_info("scale", F32, [4]),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        opset=17,
+    )
     assert "dropped 2" in drop_unused_optional_outputs(model)
     run_both(model, {**x_of(2, 3, 4), "scale": RNG.standard_normal(4).astype(np.float32)})
 
 
 # ----------------------------------------------------------------------------- Clip with omitted/runtime bounds
 def test_clip_omitted_min_and_runtime_bounds():
-    model = unary("Clip", [3, 4], opset=13, extra_inputs=["", "hi"], inits=[const("hi", 0.5, np.float32)])
+    model = unary(
+        "Clip", [3, 4], opset=13, extra_inputs=["", "hi"], inits=[const("hi", 0.5, np.float32)]
+    )
     run_both(model, x_of(3, 4))
     node = helper.make_node("Clip", ["x", "lo"], ["y0"])
-    model = _model([node], [helper.make_tensor_value_info("x", F32, [3, 4]),
-                            helper.make_tensor_value_info("lo", F32, [])],
-                   [helper.make_tensor_value_info("y0", F32, None)], opset=13)
+    model = _model(
+        [node],
+        [
+            helper.make_tensor_value_info("x", F32, [3, 4]),
+            helper.make_tensor_value_info("lo", F32, []),
+        ],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        opset=13,
+    )
     run_both(model, {**x_of(3, 4), "lo": np.array(-0.2, dtype=np.float32)})
-    relu = unary("Clip", [3, 4], opset=13, extra_inputs=["lo"], inits=[const("lo", 0.0, np.float32)])
+    relu = unary(
+        "Clip", [3, 4], opset=13, extra_inputs=["lo"], inits=[const("lo", 0.0, np.float32)]
+    )
     assert any(isinstance(m, torch.nn.ReLU) for m in convert(infer_shapes(relu)).modules())
 
 
 # ----------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("module,shape", [
-    (ops.OnnxPad18("reflect", [0, 0, 1, 2, 0, 0, 2, 1], None, None), (1, 2, 4, 5)),
-    (ops.OnnxPad18("wrap", [1, 2], None, [-1]), (2, 5)),
-    (ops.OnnxAveragePool([3, 3], [2, 2], [1, 0, 0, 1], True, False), (1, 2, 6, 7)),
-    (ops.OnnxReduce18("ReduceL2", [-1], False, False), (2, 3, 4)),
-    (ops.OnnxLayerNormalization(-2, 1e-5), (2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    "module,shape",
+    [
+        (ops.OnnxPad18("reflect", [0, 0, 1, 2, 0, 0, 2, 1], None, None), (1, 2, 4, 5)),
+        (ops.OnnxPad18("wrap", [1, 2], None, [-1]), (2, 5)),
+        (ops.OnnxAveragePool([3, 3], [2, 2], [1, 0, 0, 1], True, False), (1, 2, 6, 7)),
+        (ops.OnnxReduce18("ReduceL2", [-1], False, False), (2, 3, 4)),
+        (ops.OnnxLayerNormalization(-2, 1e-5), (2, 3, 4)),
+    ],
+)
 def test_gradients_match_finite_differences(module, shape):
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     if isinstance(module, ops.OnnxLayerNormalization):
@@ -284,7 +402,9 @@ def test_scatter_nd_gradient():
     data = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     updates = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     idx = torch.tensor([[0], [-1]])
-    assert torch.autograd.gradcheck(lambda d, u: ops.OnnxScatterND18("none")(d, idx, u), (data, updates))
+    assert torch.autograd.gradcheck(
+        lambda d, u: ops.OnnxScatterND18("none")(d, idx, u), (data, updates)
+    )
 
 
 # ----------------------------------------------------------------------------- Resize-18/19
@@ -292,15 +412,24 @@ def test_scatter_nd_gradient():
 def test_resize18_default_attributes(mode, opset):
     """Resize-18/19 with the attributes they added at their defaults is Resize-13."""
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")
-    model = unary("Resize", [1, 2, 3, 4], opset=opset, extra_inputs=["", "scales"], inits=[scales], mode=mode)
+    model = unary(
+        "Resize", [1, 2, 3, 4], opset=opset, extra_inputs=["", "scales"], inits=[scales], mode=mode
+    )
     out = run_both(model, x_of(1, 2, 3, 4))
     assert out[0].shape == (1, 2, 6, 8)
 
 
 def test_resize18_refuses_antialias():
     scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], dtype=np.float32), "scales")
-    model = unary("Resize", [1, 2, 4, 4], opset=18, extra_inputs=["", "scales"], inits=[scales], mode="linear",
-                  antialias=1)
+    model = unary(
+        "Resize",
+        [1, 2, 4, 4],
+        opset=18,
+        extra_inputs=["", "scales"],
+        inits=[scales],
+        mode="linear",
+        antialias=1,
+    )
     with pytest.raises(NotImplementedError, match="antialias"):
         convert(infer_shapes(model))
 
@@ -309,12 +438,22 @@ def test_resize18_refuses_antialias():
 @pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 1, 2, 1]])
 def test_conv_with_computed_weight(pads):
     """Weight standardisation exports the kernel as a subgraph (here ``w * s``); asymmetric pads, groups."""
-    nodes = [helper.make_node("Mul", ["w", "s"], ["wk"]),
-             helper.make_node("Conv", ["x", "wk", "b"], ["y0"], pads=pads, strides=[1, 2], group=2)]
-    inits = [numpy_helper.from_array(RNG.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.float32(0.5) + RNG.random((4, 1, 1, 1)).astype(np.float32), "s"),
-             numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b")]
-    model = _model(nodes, [helper.make_tensor_value_info("x", F32, [2, 4, 6, 7])],
-                   [helper.make_tensor_value_info("y0", F32, None)], inits)
+    nodes = [
+        helper.make_node("Mul", ["w", "s"], ["wk"]),
+        helper.make_node("Conv", ["x", "wk", "b"], ["y0"], pads=pads, strides=[1, 2], group=2),
+    ]
+    inits = [
+        numpy_helper.from_array(RNG.standard_normal((4, 2, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.float32(0.5) + RNG.random((4, 1, 1, 1)).astype(np.float32), "s"),
+        numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 4, 6, 7])],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        inits,
+    )
     run_both(model, x_of(2, 4, 6, 7))
-    assert any(isinstance(m, ops.OnnxConvRuntimeWeight) for m in convert(infer_shapes(model)).modules())
+    assert any(
+        isinstance(m, ops.OnnxConvRuntimeWeight) for m in convert(infer_shapes(model)).modules()
+    )

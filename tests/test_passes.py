@@ -17,7 +17,8 @@ def _close(ours, ref):
 def _pass_sizes(model, fn):
     seen = []
     handle = model.graph.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].shape[0]))
+        lambda module, args: seen.append(args[0].shape[0])
+    )
     try:
         return fn(), seen
     finally:
@@ -52,19 +53,34 @@ def test_default_budget_is_a_quarter_of_free_memory_capped(monkeypatch):
     assert passes.default_budget_mb(cpu) == passes.DEFAULT_BUDGET_MB
 
 
-@pytest.mark.parametrize("method,params", [
-    ("integrated-gradients", {"steps": 6}),
-    ("smoothgrad", {"samples": 5}),
-    ("occlusion", {"patch": 4, "stride": 2}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("integrated-gradients", {"steps": 6}),
+        ("smoothgrad", {"samples": 5}),
+        ("occlusion", {"patch": 4, "stride": 2}),
+    ],
+)
 def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
     x = tiny_model.example_input(3, seed=21)
     t = torch.tensor([0, 2, 1])
     one = passes.image_cost_bytes(tiny_model) / 2**20  # MB of one image
-    small, small_passes = _pass_sizes(tiny_model, lambda: xplain.explain(
-        tiny_model, x, t, method, {**params, "memory_budget_mb": one}, seed=3).maps)
-    large, large_passes = _pass_sizes(tiny_model, lambda: xplain.explain(
-        tiny_model, x, t, method, {**params, "memory_budget_mb": 1e6}, seed=3).maps)
+    small, small_passes = _pass_sizes(
+        tiny_model,
+        lambda: (
+            xplain.explain(
+                tiny_model, x, t, method, {**params, "memory_budget_mb": one}, seed=3
+            ).maps
+        ),
+    )
+    large, large_passes = _pass_sizes(
+        tiny_model,
+        lambda: (
+            xplain.explain(
+                tiny_model, x, t, method, {**params, "memory_budget_mb": 1e6}, seed=3
+            ).maps
+        ),
+    )
     _close(small, large)
     extra = 1 if method == "occlusion" else 0  # occlusion's reference forward of the whole batch
     assert set(small_passes[extra:]) == {1}  # a budget of one image: one image per pass
@@ -72,10 +88,18 @@ def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
     assert sum(small_passes[extra:]) == sum(large_passes[extra:])  # the same work
 
 
-@pytest.mark.parametrize("method,key", [("integrated-gradients", "internal_batch"),
-                                        ("smoothgrad", "internal_batch"), ("occlusion", "batch")])
-@pytest.mark.parametrize("bad", [("count", "-1"), ("count", "2.5"), ("count", "5000"),
-                                 ("budget", "-1"), ("budget", "lots")])
+@pytest.mark.parametrize(
+    "method,key",
+    [
+        ("integrated-gradients", "internal_batch"),
+        ("smoothgrad", "internal_batch"),
+        ("occlusion", "batch"),
+    ],
+)
+@pytest.mark.parametrize(
+    "bad",
+    [("count", "-1"), ("count", "2.5"), ("count", "5000"), ("budget", "-1"), ("budget", "lots")],
+)
 def test_pass_parameters_are_validated(tiny_model, method, key, bad):
     which, value = bad
     name = key if which == "count" else "memory_budget_mb"
@@ -87,10 +111,17 @@ def test_integrated_gradients_splits_a_batch_larger_than_the_budget(tiny_model):
     """Fewer images per pass than the batch: groups of images, one interpolation point each."""
     x = tiny_model.example_input(5, seed=22)
     t = torch.tensor([0, 1, 2, 3, 0])
-    split, sizes = _pass_sizes(tiny_model, lambda: xplain.explain(
-        tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 2}).maps)
-    whole = xplain.explain(tiny_model, x, t, "integrated-gradients",
-                           {"steps": 4, "internal_batch": 20}).maps
+    split, sizes = _pass_sizes(
+        tiny_model,
+        lambda: (
+            xplain.explain(
+                tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 2}
+            ).maps
+        ),
+    )
+    whole = xplain.explain(
+        tiny_model, x, t, "integrated-gradients", {"steps": 4, "internal_batch": 20}
+    ).maps
     assert sizes == [2] * 4 + [2] * 4 + [1] * 4  # images 0-1, 2-3, 4: four points each
     _close(split, whole)
 
@@ -101,9 +132,16 @@ def test_input_iba_stage3_passes_do_not_change_the_map(tiny_model):
     t = torch.tensor([1, 3])
     params = {"gan_epochs": 0, "input_steps": 3, "steps": 2, "batch_size": 3}
     one = passes.image_cost_bytes(tiny_model) / 2**20
-    small, sizes = _pass_sizes(tiny_model, lambda: xplain.explain(
-        tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 2 * one}, seed=5).maps)
-    large = xplain.explain(tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 1e6},
-                           seed=5).maps
+    small, sizes = _pass_sizes(
+        tiny_model,
+        lambda: (
+            xplain.explain(
+                tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 2 * one}, seed=5
+            ).maps
+        ),
+    )
+    large = xplain.explain(
+        tiny_model, x, t, "input-iba", {**params, "memory_budget_mb": 1e6}, seed=5
+    ).maps
     assert sizes[-3:] == [2, 2, 2]  # the last step's 2×3 copies in passes of two
     _close(small, large)

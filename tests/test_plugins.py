@@ -55,12 +55,15 @@ def fake_dist(tmp_path, monkeypatch):
 
 def test_broken_plugin_is_reported_and_skipped(fake_dist, capsys):
     fake_dist("broken", "raise ImportError('missing dependency frobnicate')\n")
-    fake_dist("good", """
+    fake_dist(
+        "good",
+        """
         import xplain
         @xplain.hookimpl
         def register_methods(register):
             register(xplain.Method(name="good-method", summary="ok", explain=lambda *a: None))
-    """)
+    """,
+    )
     registry = get_registry()
     assert "good-method" in registry.methods
     assert "frobnicate" in registry.plugins["broken"].error
@@ -86,18 +89,24 @@ def test_no_plugin_blocks_loading(fake_dist, capsys):
 
 
 def test_duplicate_and_invalid_registrations_are_plugin_errors(fake_dist):
-    fake_dist("dup", """
+    fake_dist(
+        "dup",
+        """
         import xplain
         @xplain.hookimpl
         def register_methods(register):
             register(xplain.Method(name="saliency", summary="again", explain=lambda *a: None))
-    """)
-    fake_dist("bad", """
+    """,
+    )
+    fake_dist(
+        "bad",
+        """
         import xplain
         @xplain.hookimpl
         def register_methods(register):
             register(xplain.Method(name="Bad Name", summary="x", explain=lambda *a: None))
-    """)
+    """,
+    )
     registry = get_registry()
     assert "already registered" in registry.plugins["dup"].error
     assert "lower-case" in registry.plugins["bad"].error
@@ -105,7 +114,9 @@ def test_duplicate_and_invalid_registrations_are_plugin_errors(fake_dist):
 
 
 def test_misspelled_hook_is_a_plugin_error(fake_dist, capsys):
-    fake_dist("badhook", """
+    fake_dist(
+        "badhook",
+        """
         import xplain
         @xplain.hookimpl
         def register_method(register):  # misspelled: the hook is register_methods
@@ -113,7 +124,8 @@ def test_misspelled_hook_is_a_plugin_error(fake_dist, capsys):
         @xplain.hookimpl
         def register_metrics(register):
             register(xplain.Metric(name="badhook-metric", summary="x", score=lambda *a: {}))
-    """)
+    """,
+    )
     registry = get_registry()
     assert "register_method" in registry.plugins["badhook"].error
     # skipped like any broken plugin: its valid hook does not run either, the others are unharmed
@@ -128,11 +140,14 @@ def test_misspelled_hook_is_a_plugin_error(fake_dist, capsys):
 
 
 def test_undecorated_hook_function_is_not_called(fake_dist):
-    fake_dist("goodplain", """
+    fake_dist(
+        "goodplain",
+        """
         import xplain
         def register_methods(register):  # no @xplain.hookimpl: pluggy must not call it
             raise RuntimeError("undecorated function was called")
-    """)
+    """,
+    )
     registry = get_registry(strict=True)  # a call would raise, and strict makes that fatal
     assert registry.plugins["goodplain"].error is None
     assert registry.plugins["goodplain"].methods == []
@@ -162,14 +177,26 @@ def test_onnx_loader_is_a_trylast_hookimpl():
 
 
 def test_params_are_validated_against_the_schema():
-    declared = [xplain.Param("steps", "int", 50, "steps", min=1), xplain.Param("mode", "str", "a", "m", choices=("a", "b")),
-                xplain.Param("smooth", "bool", True, "s"), xplain.Param("sigma", "float", 0.15, "noise")]
+    declared = [
+        xplain.Param("steps", "int", 50, "steps", min=1),
+        xplain.Param("mode", "str", "a", "m", choices=("a", "b")),
+        xplain.Param("smooth", "bool", True, "s"),
+        xplain.Param("sigma", "float", 0.15, "noise"),
+    ]
     assert validate_params(declared, {"steps": "7", "smooth": "off", "sigma": "1e-2"}, "m") == {
-        "steps": 7, "mode": "a", "smooth": False, "sigma": 0.01}
+        "steps": 7,
+        "mode": "a",
+        "smooth": False,
+        "sigma": 0.01,
+    }
     with pytest.raises(xplain.UsageError, match="valid: mode, sigma, smooth, steps"):
         validate_params(declared, {"stepz": "3"}, "method 'm'")
-    for bad, match in (({"steps": "x"}, "expects int"), ({"steps": "0"}, ">= 1"), ({"mode": "c"}, "one of a, b"),
-                       ({"smooth": "maybe"}, "true/false")):
+    for bad, match in (
+        ({"steps": "x"}, "expects int"),
+        ({"steps": "0"}, ">= 1"),
+        ({"mode": "c"}, "one of a, b"),
+        ({"smooth": "maybe"}, "true/false"),
+    ):
         with pytest.raises(xplain.UsageError, match=match):
             validate_params(declared, bad, "m")
 
@@ -205,7 +232,10 @@ def example_plugin_installed():
     """pip-install the out-of-tree example distribution into this environment, then remove it."""
     source = REPO / "plugins" / "example-plugin"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(source)], check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-build-isolation", "--no-index", str(source)],
+        check=True,
+    )
     clear_cache()
     yield
     subprocess.run([*pip, "uninstall", "-y", "xplain-example-plugin"], check=True)
@@ -213,20 +243,35 @@ def example_plugin_installed():
 
 
 def test_third_party_plugin_installed_with_pip_appears(example_plugin_installed, tiny_model):
-    out = subprocess.run([sys.executable, "-m", "xplain", "methods"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "xplain", "methods"], capture_output=True, text=True, check=True
+    ).stdout
     assert "example-center-prior" in out
-    out = subprocess.run([sys.executable, "-m", "xplain", "metrics"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "xplain", "metrics"], capture_output=True, text=True, check=True
+    ).stdout
     assert "example-map-mean" in out
     registry = get_registry()
     assert registry.methods["example-center-prior"].plugin == "example"
     import torch
 
     x = tiny_model.example_input(2)
-    maps = xplain.explain(tiny_model, x, method="example-center-prior", params={"sigma": "0.25"}).maps
+    maps = xplain.explain(
+        tiny_model, x, method="example-center-prior", params={"sigma": "0.25"}
+    ).maps
     assert maps.shape == (2, 16, 16)
-    assert torch.argmax(maps[0]).item() in {7 * 16 + 7, 7 * 16 + 8, 8 * 16 + 7, 8 * 16 + 8}  # peak at the centre
+    assert torch.argmax(maps[0]).item() in {
+        7 * 16 + 7,
+        7 * 16 + 8,
+        8 * 16 + 7,
+        8 * 16 + 8,
+    }  # peak at the centre
     # the plugin's own test suite (xplain.testing's contract checks) passes against the install
     own = REPO / "plugins" / "example-plugin" / "tests"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(own)],
-                          capture_output=True, text=True, cwd=own.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(own)],
+        capture_output=True,
+        text=True,
+        cwd=own.parent,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -36,8 +36,10 @@ def _score(name, model, x, targets, maps, **context):
     metric = REG.metric(name)
     params = xplain.validate_params(metric.params, context.pop("params", {}), name)
     ctx = {"params": params, "seed": 0, "cache": {}, "forward_batch": 64, **context}
-    return {k: v.detach().cpu().numpy() for k, v in
-            metric.compute(model, x, targets, xplain.Attribution(maps, {}), **ctx).items()}
+    return {
+        k: v.detach().cpu().numpy()
+        for k, v in metric.compute(model, x, targets, xplain.Attribution(maps, {}), **ctx).items()
+    }
 
 
 def _untie(maps):
@@ -48,7 +50,9 @@ def _untie(maps):
         if all(len(torch.unique(m)) == m.numel() for m in maps):
             return maps
         scale = maps.flatten(1).abs().amax(1).view(-1, 1, 1)
-        maps = maps + 1e-4 * scale * torch.rand(maps.shape, generator=torch.Generator().manual_seed(seed))
+        maps = maps + 1e-4 * scale * torch.rand(
+            maps.shape, generator=torch.Generator().manual_seed(seed)
+        )
     raise AssertionError("could not untie the maps")
 
 
@@ -85,7 +89,10 @@ class Wrapped:
 def shapes():
     """shapes_cnn (3×64×64) on four shapes_eval images with their boxes, as xplain eval builds them."""
     model, x, t, ctx, roi = shapes_eval_batch(4)
-    maps = {"saliency": _untie(_saliency(model.graph, x, t)), "gradient": _untie(_gradient(model.graph, x, t))}
+    maps = {
+        "saliency": _untie(_saliency(model.graph, x, t)),
+        "gradient": _untie(_gradient(model.graph, x, t)),
+    }
     assert (maps["gradient"] < 0).any() and (maps["saliency"] >= 0).all()
     # Quantus takes the same region as a binary mask B×1×H×W
     return model, x, t, ctx, roi[:, None].numpy().astype(np.uint8), maps
@@ -96,8 +103,12 @@ def digits():
     """digits_cnn (1×28×28) on the four shipped digit images; every image has a black pixel."""
     model = xplain.load_model(SAMPLES / "digits_cnn.onnx", device="cpu")
     pre = Preprocess.from_options((1, 28, 28), sidecar=model.sidecar)
-    x = torch.stack([torch.from_numpy(pre(load_image(SAMPLES / "images" / f"digit_{d}.png"))[0])
-                     for d in (0, 3, 7, 9)])
+    x = torch.stack(
+        [
+            torch.from_numpy(pre(load_image(SAMPLES / "images" / f"digit_{d}.png"))[0])
+            for d in (0, 3, 7, 9)
+        ]
+    )
     t = torch.tensor([0, 3, 7, 9])
     assert (x.flatten(1).min(1).values == 0).all()
     return model, x, t
@@ -116,25 +127,44 @@ def test_ebpg_equals_relevance_mass_accuracy_on_the_positive_part(shapes):
         ours = _score("ebpg", model, x, t, m, **ctx)["ebpg"]
         ours_abs = _score("ebpg", model, x, t, m, params={"energy": "abs"}, **ctx)["ebpg"]
         # RMA = sum(a inside) / sum(a) over the *signed* map: equal to ebpg on a^+ ...
-        rma_pos = np.array(quantus.RelevanceMassAccuracy(**Q)(model=None, x_batch=X, y_batch=Y,
-                                                               a_batch=a.clip(0), s_batch=s))
+        rma_pos = np.array(
+            quantus.RelevanceMassAccuracy(**Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a.clip(0), s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours, rma_pos, rtol=1e-5)
         # ... and to ebpg energy=abs with Quantus's abs=True
-        rma_abs = np.array(quantus.RelevanceMassAccuracy(abs=True, **Q)(model=None, x_batch=X, y_batch=Y,
-                                                                         a_batch=a, s_batch=s))
+        rma_abs = np.array(
+            quantus.RelevanceMassAccuracy(abs=True, **Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours_abs, rma_abs, rtol=1e-5)
         # AttributionLocalisation: defaults (abs=True) = energy=abs; positive_attributions = ebpg
-        al_abs = np.array(quantus.AttributionLocalisation(**Q)(model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s))
+        al_abs = np.array(
+            quantus.AttributionLocalisation(**Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours_abs, al_abs, rtol=1e-5)
-        al_pos = np.array(quantus.AttributionLocalisation(abs=False, positive_attributions=True, **Q)(
-            model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s))
+        al_pos = np.array(
+            quantus.AttributionLocalisation(abs=False, positive_attributions=True, **Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours, al_pos, rtol=1e-5)
-        rma_signed = np.array(quantus.RelevanceMassAccuracy(**Q)(model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s))
+        rma_signed = np.array(
+            quantus.RelevanceMassAccuracy(**Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         if name == "saliency":  # a non-negative map: RMA with Quantus's defaults is ebpg
             np.testing.assert_allclose(ours, rma_signed, rtol=1e-5)
         else:  # the documented difference: on a signed map RMA's ratio of signed sums is unbounded
             assert ((ours >= 0) & (ours <= 1)).all()
-            assert (np.abs(rma_signed - ours) > 0.1).any() and ((rma_signed < 0) | (rma_signed > 1)).any()
+            assert (np.abs(rma_signed - ours) > 0.1).any() and (
+                (rma_signed < 0) | (rma_signed > 1)
+            ).any()
 
 
 def test_bbox_accuracy_equals_relevance_rank_accuracy_and_top_k_intersection(shapes):
@@ -144,15 +174,29 @@ def test_bbox_accuracy_equals_relevance_rank_accuracy_and_top_k_intersection(sha
     for m in maps.values():
         a = m[:, None].numpy()
         ours = _score("bbox-accuracy", model, x, t, m, **ctx)["bbox-accuracy"]
-        rra = np.array(quantus.RelevanceRankAccuracy(**Q)(model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s))
+        rra = np.array(
+            quantus.RelevanceRankAccuracy(**Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours, rra, rtol=1e-6)
         for i in range(len(x)):  # TopKIntersection with k = the box area (k is one number per call)
-            tki = quantus.TopKIntersection(k=int(area[i]), **Q)(model=None, x_batch=X[i:i + 1], y_batch=Y[i:i + 1],
-                                                                a_batch=a[i:i + 1], s_batch=s[i:i + 1])
+            tki = quantus.TopKIntersection(k=int(area[i]), **Q)(
+                model=None,
+                x_batch=X[i : i + 1],
+                y_batch=Y[i : i + 1],
+                a_batch=a[i : i + 1],
+                s_batch=s[i : i + 1],
+            )
             assert float(ours[i]) == pytest.approx(float(tki[0]), rel=1e-6)
-        ours_abs = _score("bbox-accuracy", model, x, t, m, params={"absolute": True}, **ctx)["bbox-accuracy"]
-        rra_abs = np.array(quantus.RelevanceRankAccuracy(abs=True, **Q)(model=None, x_batch=X, y_batch=Y,
-                                                                         a_batch=a, s_batch=s))
+        ours_abs = _score("bbox-accuracy", model, x, t, m, params={"absolute": True}, **ctx)[
+            "bbox-accuracy"
+        ]
+        rra_abs = np.array(
+            quantus.RelevanceRankAccuracy(abs=True, **Q)(
+                model=None, x_batch=X, y_batch=Y, a_batch=a, s_batch=s
+            )
+        )
         np.testing.assert_allclose(ours_abs, rra_abs, rtol=1e-6)
     assert len(set(np.round(ours, 6))) > 1  # the images really differ
 
@@ -167,12 +211,21 @@ def test_bbox_accuracy_with_a_one_pixel_box_is_the_pointing_game(shapes):
     hit_at = flat.argmax(1).tolist()
     miss_at = flat.argmin(1).tolist()
     where = [hit_at[0], miss_at[1], hit_at[2], miss_at[3]]
-    boxes = [torch.tensor([[p % 64, p // 64, p % 64 + 1, p // 64 + 1]], dtype=torch.float32) for p in where]
-    ours = _score("bbox-accuracy", model, x, t, m, boxes=boxes, box_labels=[None] * 4)["bbox-accuracy"]
+    boxes = [
+        torch.tensor([[p % 64, p // 64, p % 64 + 1, p // 64 + 1]], dtype=torch.float32)
+        for p in where
+    ]
+    ours = _score("bbox-accuracy", model, x, t, m, boxes=boxes, box_labels=[None] * 4)[
+        "bbox-accuracy"
+    ]
     mask = np.zeros((4, 1, 64, 64), np.uint8)
     for i, p in enumerate(where):
         mask[i, 0, p // 64, p % 64] = 1
-    pg = np.array(quantus.PointingGame(**Q)(model=None, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), s_batch=mask))
+    pg = np.array(
+        quantus.PointingGame(**Q)(
+            model=None, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), s_batch=mask
+        )
+    )
     assert ours.tolist() == [1.0, 0.0, 1.0, 0.0] and pg.astype(float).tolist() == ours.tolist()
 
 
@@ -188,9 +241,11 @@ def test_pixel_perturbation_curves_are_region_perturbation_drops(shapes):
     r = _score("pixel-perturbation", model, x, t, m, params={"tile": 8, "steps": 64})
     p0 = torch.softmax(model(x), 1).gather(1, t[:, None]).detach().numpy()
     for order in ("morf", "lerf"):
-        q = np.array(quantus.RegionPerturbation(patch_size=8, order=order, regions_evaluation=64, perturb_baseline=0.0,
-                                                **Q)(model=model.graph, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(),
-                                                     device="cpu"))
+        q = np.array(
+            quantus.RegionPerturbation(
+                patch_size=8, order=order, regions_evaluation=64, perturb_baseline=0.0, **Q
+            )(model=model.graph, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), device="cpu")
+        )
         curve = r[f"{order}-curve"]
         assert q.shape == (4, 64) and curve.shape == (4, 65)
         np.testing.assert_allclose(curve[:, :1], p0, atol=1e-6)
@@ -208,8 +263,11 @@ def test_deletion_curve_is_pixel_flipping(digits):
     m = _untie(_saliency(model.graph, x, t))
     X, Y = _np(x, t)
     r = _score("deletion", model, x, t, m)
-    pf = np.array(quantus.PixelFlipping(features_in_step=28, **Q)(
-        model=model.graph, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), device="cpu"))
+    pf = np.array(
+        quantus.PixelFlipping(features_in_step=28, **Q)(
+            model=model.graph, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), device="cpu"
+        )
+    )
     assert pf.shape == (4, 28) and r["deletion-curve"].shape == (4, 29)
     np.testing.assert_allclose(r["deletion-curve"][:, 1:], pf, atol=1e-6)
     assert np.ptp(pf, axis=1).min() > 0.1  # the curves really move
@@ -231,11 +289,14 @@ def test_sensitivity_n_differs_from_quantus_by_definition():
     x = torch.rand(6, 1, 6, 6, generator=g) + 0.5
     t = torch.zeros(6, dtype=torch.long)
     exact = (w * x)[:, 0]
-    ours = _score("sensitivity-n", model, x, t, exact, params={"num_n": 5, "subsets": 20})["sensitivity-n"]
+    ours = _score("sensitivity-n", model, x, t, exact, params={"num_n": 5, "subsets": 20})[
+        "sensitivity-n"
+    ]
     np.testing.assert_allclose(ours, np.ones(6), atol=1e-5)
     X, Y = _np(x, t)
     q = quantus.SensitivityN(features_in_step=1, perturb_baseline=0.0, **Q)(
-        model=net, x_batch=X, y_batch=Y, a_batch=exact[:, None].numpy(), softmax=False, device="cpu")
+        model=net, x_batch=X, y_batch=Y, a_batch=exact[:, None].numpy(), softmax=False, device="cpu"
+    )
     a_sorted = -np.sort(-exact.reshape(6, -1).numpy().astype(np.float64), axis=1)
     drop = np.cumsum(a_sorted, axis=1)
     steps = int(0.8 * 36)
@@ -255,7 +316,9 @@ def test_sanity_spearman_equals_mprt_under_the_same_randomisation(digits, monkey
     model, x, t = digits
     X, Y = _np(x, t)
     layers = props.weight_layers(model)
-    assert [n for n, mod in model.graph.named_modules() if hasattr(mod, "reset_parameters")] == layers
+    assert [
+        n for n, mod in model.graph.named_modules() if hasattr(mod, "reset_parameters")
+    ] == layers
 
     def quantus_like(model_, name, seed):
         module = copy.deepcopy(model_.graph.get_submodule(model_.node(name).target))
@@ -265,7 +328,14 @@ def test_sanity_spearman_equals_mprt_under_the_same_randomisation(digits, monkey
 
     monkeypatch.setattr(props, "_randomised_copy", quantus_like)
     a0 = _gradient(model.graph, x, t)  # signed: both take |map| (absolute=true, abs=True)
-    ours = _score("sanity", model, x, t, a0, explain=lambda xx, tt: xplain.Attribution(_gradient(model.graph, xx, tt)))
+    ours = _score(
+        "sanity",
+        model,
+        x,
+        t,
+        a0,
+        explain=lambda xx, tt: xplain.Attribution(_gradient(model.graph, xx, tt)),
+    )
     monkeypatch.undo()
 
     def explain_func(model, inputs, targets, **kwargs):
@@ -273,10 +343,22 @@ def test_sanity_spearman_equals_mprt_under_the_same_randomisation(digits, monkey
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = quantus.MPRT(seed=42, **Q)(model=model.graph, x_batch=X, y_batch=Y, a_batch=None,
-                                       explain_func=explain_func, device="cpu")
+        q = quantus.MPRT(seed=42, **Q)(
+            model=model.graph,
+            x_batch=X,
+            y_batch=Y,
+            a_batch=None,
+            explain_func=explain_func,
+            device="cpu",
+        )
         q_avg = quantus.MPRT(seed=42, return_average_correlation=True, **Q)(
-            model=model.graph, x_batch=X, y_batch=Y, a_batch=None, explain_func=explain_func, device="cpu")
+            model=model.graph,
+            x_batch=X,
+            y_batch=Y,
+            a_batch=None,
+            explain_func=explain_func,
+            device="cpu",
+        )
     assert list(q) == ["original"] + layers[::-1]
     curve = ours["sanity-spearman-curve"]
     np.testing.assert_allclose(q["original"], curve[:, 0], atol=1e-6)
@@ -293,8 +375,12 @@ def test_class_sensitivity_equals_random_logit_with_two_classes():
     forced in both libraries, and with Quantus's similarity set to xplain's l2 distance of
     l2-normalised maps the scores agree."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(4 * 8 * 8, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 2),
+    )
     model = Wrapped(net, 2)
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 1, 1, 0, 1])
@@ -309,9 +395,18 @@ def test_class_sensitivity_equals_random_logit_with_two_classes():
 
     a = _gradient(net, x, t)
     for other in ("second", "random"):
-        ours = _score("class-sensitivity", model, x, t, a, explain=explain, params={"other": other})["class-sensitivity"]
+        ours = _score(
+            "class-sensitivity", model, x, t, a, explain=explain, params={"other": other}
+        )["class-sensitivity"]
         q = quantus.RandomLogit(num_classes=2, similarity_func=l2_of_unit, **Q)(
-            model=net, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a[:, None].numpy(),
-            explain_func=lambda model, inputs, targets, **kw: _gradient(model, inputs, targets).numpy(), device="cpu")
+            model=net,
+            x_batch=x.numpy(),
+            y_batch=t.numpy(),
+            a_batch=a[:, None].numpy(),
+            explain_func=lambda model, inputs, targets, **kw: _gradient(
+                model, inputs, targets
+            ).numpy(),
+            device="cpu",
+        )
         np.testing.assert_allclose(ours, np.array(q), rtol=1e-5)
     assert (ours > 0.05).all()

@@ -65,8 +65,12 @@ def test_signed_centre_is_zero_not_midrange():
 def test_unsigned_hand_case_and_scale_invariance():
     m = np.array([[0.0, 1.0], [2.0, 4.0]])
     out = colorize(m, percentile=MAX)
-    assert [out[0, 0].tolist(), out[0, 1].tolist(), out[1, 0].tolist(), out[1, 1].tolist()] == \
-        [seq(0.0), seq(0.25), seq(0.5), seq(1.0)]
+    assert [out[0, 0].tolist(), out[0, 1].tolist(), out[1, 0].tolist(), out[1, 1].tolist()] == [
+        seq(0.0),
+        seq(0.25),
+        seq(0.5),
+        seq(1.0),
+    ]
     np.testing.assert_array_equal(colorize(m * 7.0, percentile=MAX), out)
 
 
@@ -127,7 +131,9 @@ def test_percentile_scale_ignores_one_extreme_pixel():
     out = colorize(m)
     assert out[mid].tolist() == seq(float(m[mid]) / scale)
     assert out[0, 0].tolist() == seq(1.0)  # the extreme pixel saturates
-    assert colorize(m, percentile=MAX)[mid].tolist() == seq(float(m[mid]) / 1e6)  # the old, invisible way
+    assert colorize(m, percentile=MAX)[mid].tolist() == seq(
+        float(m[mid]) / 1e6
+    )  # the old, invisible way
     signed = m * np.where(np.arange(100) % 2, 1.0, -1.0)[None, :]  # same magnitudes, both signs
     assert display_scale(signed) == pytest.approx(scale)
 
@@ -202,7 +208,9 @@ def test_overlay_uses_model_map_normalisation(tmp_path):
     # and its opacity is 3/7 too (alpha = 1).
     image = Image.new("RGB", (2, 1), (0, 0, 0))
     g = Geometry((2, 1), (4, 1), (0, 0, 4, 1))
-    save_overlay(tmp_path / "o.png", image, np.array([[0.0, 0.0, 0.0, 4.0]]), g, alpha=1.0, percentile=MAX)
+    save_overlay(
+        tmp_path / "o.png", image, np.array([[0.0, 0.0, 0.0, 4.0]]), g, alpha=1.0, percentile=MAX
+    )
     out = np.asarray(Image.open(tmp_path / "o.png"))
     assert out[0].tolist() == [[0, 0, 0], _blend((0, 0, 0), seq(3 / 7)[:3], 3 / 7)]
 
@@ -234,7 +242,9 @@ def test_colorbar_shows_the_display_scale(tmp_path):
     assert [t.get_text() for t in bar.get_yticklabels()] == ["≤-4", "0", "≥4"]
     fig = heatmap_figure(np.abs(m), percentile=MAX)
     assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["0", "≥4"]
-    assert [t.get_text() for t in heatmap_figure(np.zeros((2, 2))).axes[1].get_yticklabels()] == ["0"]
+    assert [t.get_text() for t in heatmap_figure(np.zeros((2, 2))).axes[1].get_yticklabels()] == [
+        "0"
+    ]
     save_heatmap(tmp_path / "h.png", m, colorbar=True)
     img = Image.open(tmp_path / "h.png")
     assert img.width > img.height > 100  # a figure with a bar, not the 2x2 map

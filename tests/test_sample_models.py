@@ -37,7 +37,9 @@ def loaded():
 
 
 def _batch(model, paths):
-    pre = Preprocess.from_options((model.spec.channels, model.spec.height, model.spec.width), sidecar=model.sidecar)
+    pre = Preprocess.from_options(
+        (model.spec.channels, model.spec.height, model.spec.width), sidecar=model.sidecar
+    )
     return torch.stack([torch.from_numpy(pre(load_image(p))[0]) for p in paths])
 
 
@@ -73,8 +75,11 @@ def test_sample_model_classifies_its_shipped_images(name, loaded):
         assert predicted == expected
     else:
         for path, top2 in zip(paths, logits.topk(2).indices.tolist()):
-            objects = {o.findtext("name") for o in ET.parse(path.with_suffix(".xml")).getroot().iter("object")}
-            assert set(model.labels[i] for i in top2[:len(objects)]) == objects, path.name
+            objects = {
+                o.findtext("name")
+                for o in ET.parse(path.with_suffix(".xml")).getroot().iter("object")
+            }
+            assert set(model.labels[i] for i in top2[: len(objects)]) == objects, path.name
 
 
 def test_shapes_eval_split_is_complete():
@@ -88,7 +93,9 @@ def test_shapes_eval_split_is_complete():
         names = [o.findtext("name") for o in root.iter("object")]
         assert row["label"] == names[0] and set(names) <= set(labels)
         for box in root.iter("bndbox"):
-            xmin, ymin, xmax, ymax = (int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (
+                int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")
+            )
             assert 0 <= xmin < xmax <= 64 and 0 <= ymin < ymax <= 64
 
 
@@ -98,8 +105,23 @@ def test_cli_inspect_and_explain_every_sample_model(name, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["verified"] is True
     image = _model_images(name)[0]
-    assert main(["explain", str(SAMPLES / name), str(image), "--method", "saliency", "--out", str(tmp_path),
-                 "--device", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(SAMPLES / name),
+                str(image),
+                "--method",
+                "saliency",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)[0]
     saliency = np.load(record["files"]["npy"])
     assert saliency.shape == (info["input"]["shape"][2], info["input"]["shape"][3])

@@ -50,7 +50,9 @@ def _ort(model, x: np.ndarray) -> np.ndarray:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {model.graph.input[0].name: x})[0]
 
 
@@ -90,7 +92,14 @@ NODE_CASES = {
     "training": _with(1, "training"),
     "forward": _with(1, "forward"),
     "dunder": ["__class__", "__init__", "_modules", "self", "input_1", "getattr"],
-    "duplicates": ["", "", "", "Relu_1", "", ""],  # unnamed Relu, Relu -> Relu, Relu_1; then an explicit Relu_1
+    "duplicates": [
+        "",
+        "",
+        "",
+        "Relu_1",
+        "",
+        "",
+    ],  # unnamed Relu, Relu -> Relu, Relu_1; then an explicit Relu_1
     "empty_and_slashes": ["", "a/b", "/", "..", "", "x/"],
 }
 #: what plain onnx2torch does with each case (at least this must happen)
@@ -119,11 +128,27 @@ assert set(PLAIN_EXPECTED) == set(NODE_CASES)
 #: value (tensor) and initializer names; these never reach fx code in onnx2torch, but must
 #: survive our pipeline (inputs/outputs are looked up by name for onnxruntime)
 VALUE_CASES = {
-    "values": {"x": PAYLOADS["statement"], "c": PAYLOADS["newline"], "r": PAYLOADS["backslash"],
-               "g": "initializers", "f": "forward", "y": PAYLOADS["dunder_import"]},
-    "initializers": {"conv_w": "training", "conv_b": PAYLOADS["open_builtin"], "fc_w": "w" * 20_000,
-                     "fc_b": "ｆｃ＿ｂ"},
-    "collide_with_generated": {"x": "v1", "c": "v0", "r": "n00001_relu", "conv_w": "v2", "y": "input_1"},
+    "values": {
+        "x": PAYLOADS["statement"],
+        "c": PAYLOADS["newline"],
+        "r": PAYLOADS["backslash"],
+        "g": "initializers",
+        "f": "forward",
+        "y": PAYLOADS["dunder_import"],
+    },
+    "initializers": {
+        "conv_w": "training",
+        "conv_b": PAYLOADS["open_builtin"],
+        "fc_w": "w" * 20_000,
+        "fc_b": "ｆｃ＿ｂ",
+    },
+    "collide_with_generated": {
+        "x": "v1",
+        "c": "v0",
+        "r": "n00001_relu",
+        "conv_w": "v2",
+        "y": "input_1",
+    },
 }
 
 
@@ -133,8 +158,20 @@ def _hostile(case: str):
     if case in NODE_CASES:
         return factory.set_node_names(model, NODE_CASES[case])
     if case == "everything":
-        factory.set_node_names(model, [PAYLOADS[k] for k in ("statement", "dunder_import", "open_builtin",
-                                                             "pathlib", "newline", "backslash")])
+        factory.set_node_names(
+            model,
+            [
+                PAYLOADS[k]
+                for k in (
+                    "statement",
+                    "dunder_import",
+                    "open_builtin",
+                    "pathlib",
+                    "newline",
+                    "backslash",
+                )
+            ],
+        )
         mapping = {**VALUE_CASES["values"], **VALUE_CASES["initializers"]}
         return factory.rename_values(model, mapping)
     return factory.rename_values(model, VALUE_CASES[case])
@@ -190,7 +227,10 @@ def test_hostile_names_via_cli(tmp_path, monkeypatch, capsys):
     assert '"verified": true' in capsys.readouterr().out
     image = tmp_path / "img.png"
     Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(image)
-    assert main(["explain", str(path), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (
+        main(["explain", str(path), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"])
+        == 0
+    )
     assert (tmp_path / "out").is_dir() and any((tmp_path / "out").iterdir())
     assert _sentinels(tmp_path) == []
 
@@ -251,10 +291,15 @@ def test_duplicate_explicit_node_names(tmp_path, monkeypatch, capsys):
     """onnx's checker allows two nodes named alike, onnxruntime (the reference) does not:
     rejected with its reason when verifying; converted with unique modules when not."""
     monkeypatch.chdir(tmp_path)
-    path = factory.save(factory.set_node_names(factory.classifier(extra_relu=True),
-                                               ["dup", "dup", "dup_1", "dup", "dup_1", "dup_2"]),
-                        tmp_path / "dup.onnx")
-    cli_error(capsys, ["inspect", path], MODEL, path, "onnxruntime cannot run the model", "same node name")
+    path = factory.save(
+        factory.set_node_names(
+            factory.classifier(extra_relu=True), ["dup", "dup", "dup_1", "dup", "dup_1", "dup_2"]
+        ),
+        tmp_path / "dup.onnx",
+    )
+    cli_error(
+        capsys, ["inspect", path], MODEL, path, "onnxruntime cannot run the model", "same node name"
+    )
     model = xplain.load_model(path, verify=False)
     targets = [n.target for n in model.graph.graph.nodes if n.op == "call_module"]
     assert len(set(targets)) == len(targets) == 6 and all(SAFE_TARGET.match(t) for t in targets)
@@ -270,7 +315,9 @@ def test_every_sanitised_name_is_an_identifier():
     values = [v.name for v in list(g.input) + list(g.output)] + [t.name for t in g.initializer]
     values += [n for node in g.node for n in list(node.input) + list(node.output)]
     assert all(re.fullmatch(r"v\d+", v) for v in values), values
-    assert [n.name for n in g.node] == [f"n{i:05d}_{n.op_type.lower()}" for i, n in enumerate(g.node)]
+    assert [n.name for n in g.node] == [
+        f"n{i:05d}_{n.op_type.lower()}" for i, n in enumerate(g.node)
+    ]
     assert set(originals) == {n.name for n in g.node}
     assert note
 
@@ -279,8 +326,10 @@ def test_every_sanitised_name_is_an_identifier():
 def test_inspect_input_name_with_markup(tmp_path, capsys):
     from xplain.cli.app import main
 
-    path = factory.save(factory.rename_values(factory.classifier(), {"x": "in[/]put", "y": "[bold]out"}),
-                        tmp_path / "m.onnx")
+    path = factory.save(
+        factory.rename_values(factory.classifier(), {"x": "in[/]put", "y": "[bold]out"}),
+        tmp_path / "m.onnx",
+    )
     rc = main(["inspect", str(path)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -306,7 +355,9 @@ def test_explain_reports_image_path_verbatim(tmp_path, capsys):
     model = factory.save(factory.classifier(), tmp_path / "m.onnx")
     image = tmp_path / "img[bogus].png"
     Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(image)
-    rc = main(["explain", str(model), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    rc = main(
+        ["explain", str(model), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     heatmaps = list((tmp_path / "out").glob("*.heatmap.png"))
@@ -388,23 +439,30 @@ def test_external_symlinks_refused(ext, capsys, case):
     cli_error(capsys, ["inspect", path], MODEL, path, "symbolic links are refused", repr(location))
 
 
-@pytest.mark.parametrize("offset, length, reason", [
-    (8, 432, "exceeds"),  # 8 + 432 > 432
-    (0, 10_000, "exceeds"),
-    (10**6, None, "exceeds"),
-    (-4, None, "exceeds"),  # a negative offset
-    (0, -1, "exceeds"),
-    ("abc", None, "non-numeric"),
-    ("0x10", None, "non-numeric"),
-    (0, "1e3", "non-numeric"),
-])
+@pytest.mark.parametrize(
+    "offset, length, reason",
+    [
+        (8, 432, "exceeds"),  # 8 + 432 > 432
+        (0, 10_000, "exceeds"),
+        (10**6, None, "exceeds"),
+        (-4, None, "exceeds"),  # a negative offset
+        (0, -1, "exceeds"),
+        ("abc", None, "non-numeric"),
+        ("0x10", None, "non-numeric"),
+        (0, "1e3", "non-numeric"),
+    ],
+)
 def test_external_offset_and_length_checked(ext, capsys, offset, length, reason):
-    path = factory.save(factory.external_classifier("weights.bin", offset=offset, length=length), ext / "m.onnx")
+    path = factory.save(
+        factory.external_classifier("weights.bin", offset=offset, length=length), ext / "m.onnx"
+    )
     cli_error(capsys, ["inspect", path], MODEL, path, "'conv_w'", reason)
 
 
 def test_external_unknown_key_refused(ext, capsys):
-    path = factory.save(factory.external_classifier("weights.bin", basepath2="/etc"), ext / "m.onnx")
+    path = factory.save(
+        factory.external_classifier("weights.bin", basepath2="/etc"), ext / "m.onnx"
+    )
     cli_error(capsys, ["inspect", path], MODEL, path, "unknown external data keys", "basepath2")
 
 
@@ -419,7 +477,9 @@ def test_external_total_size_capped(ext, monkeypatch):
 
 def test_external_in_constant_node_refused(ext):
     path = factory.save(factory.external_constant_classifier("../secret.bin"), ext / "m.onnx")
-    with pytest.raises(ModelError, match=r"'\.\./secret\.bin' is not allowed .*'\.\.' are refused") as info:
+    with pytest.raises(
+        ModelError, match=r"'\.\./secret\.bin' is not allowed .*'\.\.' are refused"
+    ) as info:
         xplain.load_model(path)
     assert info.value.exit_code == ExitCode.MODEL and str(path) in str(info.value)
 
@@ -502,13 +562,19 @@ def test_state_round_trip(tmp_path):
 
     from xplain.run.state import load_state, save_state
 
-    tensors = {"mean": torch.arange(12.0).reshape(3, 4), "count": torch.tensor([1, 2, 3]),
-               "half": torch.ones(2, dtype=torch.float16), "flag": torch.tensor([True, False])}
+    tensors = {
+        "mean": torch.arange(12.0).reshape(3, 4),
+        "count": torch.tensor([1, 2, 3]),
+        "half": torch.ones(2, dtype=torch.float16),
+        "flag": torch.tensor([True, False]),
+    }
     path = save_state(DIGEST, "demo", tensors, {"epochs": 3, "layer": "n00001_relu"}, root=tmp_path)
     assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
     head = path.read_bytes()[:9]
     header_len = int.from_bytes(head[:8], "little")
-    assert 0 < header_len < path.stat().st_size and head[8:9] == b"{"  # safetensors: u64 + JSON header
+    assert (
+        0 < header_len < path.stat().st_size and head[8:9] == b"{"
+    )  # safetensors: u64 + JSON header
     got, meta = load_state(DIGEST, "demo", root=tmp_path)
     assert set(got) == set(tensors)
     for key, value in tensors.items():

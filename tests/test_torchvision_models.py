@@ -101,11 +101,27 @@ def export(module: nn.Module, path: Path, size: int, exporter: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":  # torch's default exporter, as a user calls it
-            torch.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}}, verbose=False)
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
+                verbose=False,
+            )
         else:
-            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                              output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            )
 
 
 @pytest.fixture(scope="module", params=[(n, e) for n in MODELS for e in EXPORTERS], ids="-".join)
@@ -120,8 +136,15 @@ def case(request, tmp_path_factory):
     exported = time.perf_counter()
     model = xplain.load_model(path, device="cpu")
     loaded = time.perf_counter()
-    yield Case(name, exporter, expect, source, path, model,
-               {"export": exported - began, "load": loaded - exported})
+    yield Case(
+        name,
+        exporter,
+        expect,
+        source,
+        path,
+        model,
+        {"export": exported - began, "load": loaded - exported},
+    )
     for file in root.iterdir():  # VGG writes 0.5 GB per export
         file.unlink()
 
@@ -155,20 +178,30 @@ def test_load_verifies(case):
     model, report = case.model, case.model.report
     assert report.verified and report.batch_checked
     assert model.num_classes == 1000 and not model.spec.fixed_batch
-    assert (model.spec.channels, model.spec.height, model.spec.width) == (3, case.expect.size, case.expect.size)
+    assert (model.spec.channels, model.spec.height, model.spec.width) == (
+        3,
+        case.expect.size,
+        case.expect.size,
+    )
     if case.exporter == "dynamo":
         assert Path(f"{case.path}.data").exists()  # weights in external data
         assert report.opset >= 18 and report.opset_used == 17
         assert any(f"converted opset {report.opset} -> 17" in n for n in report.notes), report.notes
     else:
         assert report.opset == report.opset_used == 17
-    x = torch.randn(2, 3, case.expect.size, case.expect.size, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(
+        2, 3, case.expect.size, case.expect.size, generator=torch.Generator().manual_seed(7)
+    )
     with torch.no_grad():
         got, ref = model(x).double(), case.source(x).double()
     assert ref.std() > 1e-2  # logits that vary: the comparison below means something
     diff = float((got - ref).abs().max())
-    assert diff <= TOL * float(ref.abs().max()), f"max |diff| {diff:.3g} vs max |logit| {float(ref.abs().max()):.3g}"
-    print(f"{case.name} {case.exporter}: export {case.seconds['export']:.1f}s, load {case.seconds['load']:.1f}s")
+    assert diff <= TOL * float(ref.abs().max()), (
+        f"max |diff| {diff:.3g} vs max |logit| {float(ref.abs().max()):.3g}"
+    )
+    print(
+        f"{case.name} {case.exporter}: export {case.seconds['export']:.1f}s, load {case.seconds['load']:.1f}s"
+    )
 
 
 def test_graph_knowledge(case):
@@ -210,7 +243,19 @@ def test_inspect_json(case, cli_load, capsys):
 
 def test_explain_cli_writes_four_files(case, cli_load, image, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli(["explain", str(case.path), str(image), "--method", "saliency", "--out", str(out), "--device", "cpu"])
+    code = cli(
+        [
+            "explain",
+            str(case.path),
+            str(image),
+            "--method",
+            "saliency",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 4, files

@@ -44,7 +44,7 @@ def _image(stem):
         bb = obj.find("bndbox")
         x0, y0, x1, y1 = (int(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
         mask = torch.zeros(64, 64, dtype=torch.bool)
-        mask[y0 - 1:y1, x0 - 1:x1] = True  # VOC: 1-based, inclusive
+        mask[y0 - 1 : y1, x0 - 1 : x1] = True  # VOC: 1-based, inclusive
         boxes[obj.find("name").text] = mask
     return torch.from_numpy(array).permute(2, 0, 1)[None], boxes
 
@@ -65,20 +65,30 @@ def test_ones_map_gradient_hand_case():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size,dilation",
-                         [(3, 2, 1, 9, 1), (5, 2, 2, 8, 1), (4, 3, 0, 11, 1), (2, 1, 0, 6, 1), (3, 2, 2, 10, 2)])
-def test_ones_map_gradient_is_the_transpose_of_the_window_mean(kernel, stride, padding, size, dilation):
+@pytest.mark.parametrize(
+    "kernel,stride,padding,size,dilation",
+    [(3, 2, 1, 9, 1), (5, 2, 2, 8, 1), (4, 3, 0, 11, 1), (2, 1, 0, 6, 1), (3, 2, 2, 10, 2)],
+)
+def test_ones_map_gradient_is_the_transpose_of_the_window_mean(
+    kernel, stride, padding, size, dilation
+):
     """<ones_map_gradient(S), O> == <S, window-mean of O padded with ones> for any O: the
     adjoint identity, checked with autograd on the forward it claims to transpose."""
     conv = nn.Conv2d(1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
     gen = torch.Generator().manual_seed(kernel * 100 + size)
     ones = torch.ones(2, 1, size, size, requires_grad=True)
-    field = F.conv2d(F.pad(ones, (padding,) * 4, value=1.0), torch.full((1, 1, kernel, kernel), 1 / kernel ** 2),
-                     stride=stride, dilation=dilation)
+    field = F.conv2d(
+        F.pad(ones, (padding,) * 4, value=1.0),
+        torch.full((1, 1, kernel, kernel), 1 / kernel**2),
+        stride=stride,
+        dilation=dilation,
+    )
     torch.testing.assert_close(field.detach(), torch.ones_like(field))  # the forward is unchanged
     weighted = torch.randn(field.shape, generator=gen)
     (want,) = torch.autograd.grad(field, ones, weighted)
-    torch.testing.assert_close(ones_map_gradient(weighted, conv, (size, size), (padding, padding)), want)
+    torch.testing.assert_close(
+        ones_map_gradient(weighted, conv, (size, size), (padding, padding)), want
+    )
 
 
 class _PositiveNet(nn.Module):
@@ -112,7 +122,9 @@ class _PositiveNet(nn.Module):
         """The same network with each conv bias fed by an all-ones map (eq. 8): b_c/(3·3) on
         every position of the 3×3 window of a one-channel map padded with ones."""
         s = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
-        b1 = (self.conv1.bias - self.bn.running_mean) * s + self.bn.bias  # BatchNorm's effective bias
+        b1 = (
+            self.conv1.bias - self.bn.running_mean
+        ) * s + self.bn.bias  # BatchNorm's effective bias
         k1 = (b1 / 9).reshape(4, 1, 1, 1).expand(4, 1, 3, 3)
         k2 = (self.conv2.bias / 9).reshape(5, 1, 1, 1).expand(5, 1, 3, 3)
         h = F.conv2d(x, self.conv1.weight, padding=1) * s.reshape(1, 4, 1, 1)
@@ -127,7 +139,9 @@ def test_bias_terms_match_finite_differences(tmp_path):
     difference of the logit w.r.t. each pixel of the layer's ones-map, computed in float64 on an
     independent torch re-statement of the network."""
     net = _PositiveNet().eval()
-    model = xplain.load_model(export_classic(net, tmp_path / "pos.onnx", (2, 3, 8, 8)), device="cpu")
+    model = xplain.load_model(
+        export_classic(net, tmp_path / "pos.onnx", (2, 3, 8, 8)), device="cpu"
+    )
     terms = [t for t in bias_terms(model) if t.mode == "conv"]
     assert len(terms) == 2 and all(t.in_hw == (8, 8) for t in terms)
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -151,11 +165,15 @@ def test_bias_terms_match_finite_differences(tmp_path):
                     e[0, 0, i, j] = h
                     args = [(ones + e, ones), (ones, ones + e)][which]
                     minus = [(ones - e, ones), (ones, ones - e)][which]
-                    fd[i, j] = (ref.with_ones(xd, *args)[0, target] - ref.with_ones(xd, *minus)[0, target]) / (2 * h)
+                    fd[i, j] = (
+                        ref.with_ones(xd, *args)[0, target] - ref.with_ones(xd, *minus)[0, target]
+                    ) / (2 * h)
             got = guided[1][term.name][0].double()
             assert fd.abs().max() > 1e-3  # the term is not trivially zero
             torch.testing.assert_close(got, fd, rtol=1e-4, atol=1e-5 * float(fd.abs().max()))
-            assert abs(float(guided[2][term.name][0]) - float(fd.sum())) < 1e-4 * float(fd.abs().sum())
+            assert abs(float(guided[2][term.name][0]) - float(fd.sum())) < 1e-4 * float(
+                fd.abs().sum()
+            )
 
 
 # ----------------------------------------------------------------------------- identities
@@ -168,8 +186,12 @@ def test_ablations_reduce_to_guided_backprop(tiny_model):
     terms = bias_terms(tiny_model)
     _, maps, totals = guided_terms(tiny_model, x, targets, terms)
     assert maps, "the tiny CNN has spatial bias layers"
-    torch.testing.assert_close(_explain(tiny_model, x, targets, center=False, fc_bias="none").maps,
-                               gbp + sum(maps.values()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        _explain(tiny_model, x, targets, center=False, fc_bias="none").maps,
+        gbp + sum(maps.values()),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     # eq. 9: a linear layer's ones-input is one value, psi(1x1 map) puts it on every pixel
     scalar = [t.name for t in terms if t.name not in maps]
     assert scalar, "the tiny CNN has a linear layer"
@@ -177,9 +199,16 @@ def test_ablations_reduce_to_guided_backprop(tiny_model):
     assert float(fc.abs().min()) > 1e-4  # the term is not trivially zero
     hw = x.shape[2] * x.shape[3]
     for mode, offset in (("upsample", fc), ("spread", fc / hw)):
-        torch.testing.assert_close(_explain(tiny_model, x, targets, center=False, fc_bias=mode).maps,
-                                   gbp + sum(maps.values()) + offset, rtol=1e-5, atol=1e-6)
-    assert xplain.explain(tiny_model, x, targets=targets, method="tr-gbp").info["fc_bias"] == "upsample"
+        torch.testing.assert_close(
+            _explain(tiny_model, x, targets, center=False, fc_bias=mode).maps,
+            gbp + sum(maps.values()) + offset,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert (
+        xplain.explain(tiny_model, x, targets=targets, method="tr-gbp").info["fc_bias"]
+        == "upsample"
+    )
 
 
 def test_centring_is_the_top_k_mean():
@@ -191,8 +220,12 @@ def test_centring_is_the_top_k_mean():
     top5, outside = order[:5], order[7]
     centred = _explain(model, x.repeat(5, 1, 1, 1), top5)
     assert centred.maps.abs().max() > 0
-    torch.testing.assert_close(centred.maps.sum(dim=0), torch.zeros(28, 28), rtol=0,
-                               atol=1e-5 * float(centred.maps.abs().max()))
+    torch.testing.assert_close(
+        centred.maps.sum(dim=0),
+        torch.zeros(28, 28),
+        rtol=0,
+        atol=1e-5 * float(centred.maps.abs().max()),
+    )
     assert all(sorted(s["classes"]) == sorted(top5) for s in centred.sample_info)
     classes = top5 + [outside]
     raw = _explain(model, x.repeat(6, 1, 1, 1), classes, center=False).maps
@@ -230,7 +263,9 @@ def test_all_classes_in_one_forward_and_one_backward(shapes, monkeypatch):
     assert calls == [(2, True)] and grads == [True]
     assert got.info["classes_per_pass"] == 8 and got.info["backward"] == "batched"
     monkeypatch.undo()
-    alone = torch.cat([_explain(shapes, rows[i:i + 1], targets[i:i + 1]).maps for i in range(8)])
+    alone = torch.cat(
+        [_explain(shapes, rows[i : i + 1], targets[i : i + 1]).maps for i in range(8)]
+    )
     torch.testing.assert_close(got.maps, alone, rtol=1e-4, atol=1e-5)
 
 
@@ -239,15 +274,22 @@ def test_fixed_batch_graph_uses_copies(tmp_path, tiny_model, monkeypatch):
     outside the top-k add one copy each. The maps equal the batched path's on the dynamic twin."""
     from .conftest import tiny_cnn
 
-    fixed = xplain.load_model(export_classic(tiny_cnn(), tmp_path / "fixed.onnx", (1, 3, 16, 16), dynamic=False))
+    fixed = xplain.load_model(
+        export_classic(tiny_cnn(), tmp_path / "fixed.onnx", (1, 3, 16, 16), dynamic=False)
+    )
     x = tiny_model.example_input(2, seed=6)
     order = tiny_model(x).argsort(dim=1, descending=True)
     targets = torch.stack([order[0, 3], order[1, 0]])  # the first outside its top-2
     want = _explain(tiny_model, x, targets, topk=2)
     calls, grads = _counting(monkeypatch, fixed)
     got = _explain(fixed, x, targets, topk=2)
-    assert calls == [(4, True), (1, True)] and grads == [False]  # Model.__call__ then splits per sample
-    assert got.info["backward"] == "copies" and got.sample_info[0]["classes"] == want.sample_info[0]["classes"]
+    assert calls == [(4, True), (1, True)] and grads == [
+        False
+    ]  # Model.__call__ then splits per sample
+    assert (
+        got.info["backward"] == "copies"
+        and got.sample_info[0]["classes"] == want.sample_info[0]["classes"]
+    )
     assert len(got.sample_info[0]["classes"]) == 3
     torch.testing.assert_close(got.maps, want.maps, rtol=1e-4, atol=1e-5)
 
@@ -257,7 +299,9 @@ def test_layers_parameter_and_shares(shapes):
     full = _explain(shapes, x, [1])
     info = full.sample_info[0]
     convs = ["n00000_conv", "n00003_conv", "n00005_conv", "n00007_conv", "n00010_conv"]
-    assert full.info["map_layers"] == convs + ["n00016_gemm"]  # eq. 9: the linear bias as a uniform map
+    assert full.info["map_layers"] == convs + [
+        "n00016_gemm"
+    ]  # eq. 9: the linear bias as a uniform map
     assert full.info["scalar_layers"] == ["n00016_gemm"]
     assert abs(sum(info["shares"].values()) - 1) < 1e-4
     assert set(info["shares"]) == {"input", *full.info["map_layers"], "n00016_gemm"}
@@ -274,7 +318,9 @@ def test_layers_parameter_and_shares(shapes):
     terms = bias_terms(shapes, "n00010_conv")
     _, maps, _ = guided_terms(shapes, torch.cat([x] * 4), torch.tensor([1, 3, 0, 2]), terms)
     extra = maps["n00010_conv"]
-    torch.testing.assert_close(one.maps[0] - none.maps[0], extra[0] - extra.mean(dim=0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        one.maps[0] - none.maps[0], extra[0] - extra.mean(dim=0), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(xplain.UsageError, match="unknown bias layer"):
         _explain(shapes, x, [1], layers="n00000_conv,nope")
 
@@ -304,7 +350,9 @@ def test_class_sensitivity_on_two_objects(shapes, stem):
     tr = _explain(shapes, x.repeat(2, 1, 1, 1), classes, fc_bias="none").maps
     eq9 = _explain(shapes, x.repeat(2, 1, 1, 1), classes).maps
     assert _pearson(eq9[0], eq9[1]) == pytest.approx(_pearson(tr[0], tr[1]), abs=1e-4)
-    gbp = xplain.explain(shapes, x.repeat(2, 1, 1, 1), targets=classes, method="guided-backprop").maps
+    gbp = xplain.explain(
+        shapes, x.repeat(2, 1, 1, 1), targets=classes, method="guided-backprop"
+    ).maps
     for i, name in enumerate(names):
         positive = tr[i].clamp(min=0)
         own, other = positive[boxes[name]].sum(), positive[boxes[names[1 - i]]].sum()
@@ -314,7 +362,14 @@ def test_class_sensitivity_on_two_objects(shapes, stem):
     assert _pearson(gbp[0], gbp[1]) - _pearson(tr[0], tr[1]) > 0.6
 
 
-_TOP_DOWN = ["n00016_gemm", "n00010_conv", "n00007_conv", "n00005_conv", "n00003_conv", "n00000_conv"]
+_TOP_DOWN = [
+    "n00016_gemm",
+    "n00010_conv",
+    "n00007_conv",
+    "n00005_conv",
+    "n00003_conv",
+    "n00000_conv",
+]
 
 
 def _randomised(model, layers, seed):
@@ -340,8 +395,10 @@ def test_cascading_randomisation_changes_tr_gbp_not_gbp(shapes, pristine):
         target = [int(shapes(x).argmax())]
         rand = _randomised(pristine, _TOP_DOWN[:2], seed=0)
         tr = _spearman(_explain(rand, x, target).maps, _explain(shapes, x, target).maps)
-        gbp = _spearman(xplain.explain(rand, x, targets=target, method="guided-backprop").maps,
-                        xplain.explain(shapes, x, targets=target, method="guided-backprop").maps)
+        gbp = _spearman(
+            xplain.explain(rand, x, targets=target, method="guided-backprop").maps,
+            xplain.explain(shapes, x, targets=target, method="guided-backprop").maps,
+        )
         assert tr < 0.3 and gbp > 0.6 and gbp - tr > 0.4, (stem, tr, gbp)
 
 
@@ -357,7 +414,11 @@ def test_fully_random_model_has_weak_borders(pristine, seed):
         x, _ = _image(stem)
         # the claim is about the convolutions: eq. 9's uniform linear-bias term has no border
         R = _explain(rand, x, [int(rand(x).argmax())], fc_bias="none").maps[0].abs()
-        assert R[border].mean() < 0.85 * R[~border].mean(), (stem, float(R[border].mean()), float(R[~border].mean()))
+        assert R[border].mean() < 0.85 * R[~border].mean(), (
+            stem,
+            float(R[border].mean()),
+            float(R[~border].mean()),
+        )
 
 
 class _OnesConv(nn.Module):
@@ -366,7 +427,12 @@ class _OnesConv(nn.Module):
 
     def __init__(self, weight, bias, stride, pads):
         super().__init__()
-        self.weight, self.bias, self.stride, self.pads = weight, bias, stride, pads  # pads: l, r, t, b
+        self.weight, self.bias, self.stride, self.pads = (
+            weight,
+            bias,
+            stride,
+            pads,
+        )  # pads: l, r, t, b
         self.ones = None
 
     def forward(self, x):
@@ -389,14 +455,21 @@ def test_asymmetric_padding_conv(tmp_path):
     fc_w = (g.standard_normal((3, 4)) * 0.5).astype(np.float32)
     fc_b = np.zeros(3, np.float32)
     nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[0, 1, 1, 0], strides=[2, 2]),  # top, left, bottom, right
+        helper.make_node(
+            "Conv", ["x", "w", "b"], ["c"], pads=[0, 1, 1, 0], strides=[2, 2]
+        ),  # top, left, bottom, right
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
     ]
-    inits = [numpy_helper.from_array(a, n) for n, a in (("w", w), ("b", b), ("fc_w", fc_w), ("fc_b", fc_b))]
-    onnx_model = make_model(nodes, [tensor_info("x", ["N", 3, 9, 9])], [tensor_info("y", ["N", 3])], inits)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for n, a in (("w", w), ("b", b), ("fc_w", fc_w), ("fc_b", fc_b))
+    ]
+    onnx_model = make_model(
+        nodes, [tensor_info("x", ["N", 3, 9, 9])], [tensor_info("y", ["N", 3])], inits
+    )
     model = xplain.load_model(save(onnx_model, tmp_path / "asym.onnx"), device="cpu")
     (term,) = [t for t in bias_terms(model) if t.mode == "conv"]
     assert term.in_hw == (9, 9) and term.pad_tl == (0, 1)
@@ -407,7 +480,9 @@ def test_asymmetric_padding_conv(tmp_path):
     restated.ones = torch.ones(1, 1, 9, 9, requires_grad=True)
     with model.swap_modules({term.node: restated}), torch.enable_grad():
         logits = model(x)
-        torch.testing.assert_close(logits, xplain.load_model(tmp_path / "asym.onnx")(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            logits, xplain.load_model(tmp_path / "asym.onnx")(x), rtol=1e-5, atol=1e-5
+        )
         (want,) = torch.autograd.grad(logits[0, 2], restated.ones)
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(maps[term.name], want[:, 0], rtol=1e-5, atol=1e-6)
@@ -461,15 +536,27 @@ def test_every_bias_kind_and_completeness(tmp_path):
     FullGrad identity), and the constant add's map is Σ_c ∂f/∂x_c · (−mean_c)."""
     net = _Unfolded().eval()
     path = tmp_path / "unfolded.onnx"
-    with warnings.catch_warnings():  # PRESERVE keeps BatchNormalization nodes instead of folding them
+    with (
+        warnings.catch_warnings()
+    ):  # PRESERVE keeps BatchNormalization nodes instead of folding them
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, 3, 11, 11),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], training=torch.onnx.TrainingMode.PRESERVE,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (torch.randn(2, 3, 11, 11),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            training=torch.onnx.TrainingMode.PRESERVE,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     model = xplain.load_model(path, device="cpu")
     terms = bias_terms(model)
     modes = sorted(t.mode for t in terms)
-    assert modes == ["conv", "conv", "elementwise", "elementwise", "scalar"], [(t.name, t.mode) for t in terms]
+    assert modes == ["conv", "conv", "elementwise", "elementwise", "scalar"], [
+        (t.name, t.mode) for t in terms
+    ]
     x = torch.rand(3, 3, 11, 11, generator=torch.Generator().manual_seed(1))
     classes = torch.tensor([0, 1, 2])
     with torch.no_grad():

@@ -70,9 +70,26 @@ _LAZY = {
 }
 
 __all__ = [
-    "CONTRACT_VERSION", "ExplainFn", "ExplainRequest", "FitFn", "MetricContext", "ScoreFn",
-    "Attribution", "Capabilities", "ExitCode", "InputDataError", "Method", "Metric", "ModelError",
-    "Param", "PluginError", "UnsupportedOpsError", "UsageError", "XplainError", "hookimpl", "hookspec",
+    "CONTRACT_VERSION",
+    "ExplainFn",
+    "ExplainRequest",
+    "FitFn",
+    "MetricContext",
+    "ScoreFn",
+    "Attribution",
+    "Capabilities",
+    "ExitCode",
+    "InputDataError",
+    "Method",
+    "Metric",
+    "ModelError",
+    "Param",
+    "PluginError",
+    "UnsupportedOpsError",
+    "UsageError",
+    "XplainError",
+    "hookimpl",
+    "hookspec",
     *_LAZY,
 ]
 

@@ -40,9 +40,17 @@ from .plugins.registry import Registry, get_registry, validate_params
 from .run.api import load_model, run_method
 
 __all__ = [
-    "METHOD_CHECKS", "check_batch_consistency", "check_fixed_batch", "check_graph_restored",
-    "check_method", "check_metric", "check_output", "example_models", "fit_example_state",
-    "graph_state", "tiny_cnn",
+    "METHOD_CHECKS",
+    "check_batch_consistency",
+    "check_fixed_batch",
+    "check_graph_restored",
+    "check_method",
+    "check_metric",
+    "check_output",
+    "example_models",
+    "fit_example_state",
+    "graph_state",
+    "tiny_cnn",
 ]
 
 
@@ -57,8 +65,12 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
-            self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)
+            )
+            self.branch = nn.Sequential(
+                nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+            )
             self.act = nn.ReLU6()
             self.head = nn.Linear(8, 4)
 
@@ -70,7 +82,11 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
     model = Tiny()
     with torch.no_grad():  # non-trivial BatchNorm statistics so folding matters
         bn = model.stem[1]
-        assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+        assert (
+            isinstance(bn, nn.BatchNorm2d)
+            and bn.running_mean is not None
+            and bn.running_var is not None
+        )
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.uniform_(0.5, 1.5)
@@ -78,17 +94,28 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export_classic(module: nn.Module, path: Path, shape: Sequence[int], dynamic: bool = True,
-                   opset: int = 17) -> Path:
+def export_classic(
+    module: nn.Module, path: Path, shape: Sequence[int], dynamic: bool = True, opset: int = 17
+) -> Path:
     """Export with the TorchScript exporter (classic opset ≤ 17 graphs), input ``input``,
     output ``logits``; ``dynamic`` makes the batch dimension dynamic."""
     module.eval()
     x = torch.randn(*shape)
-    kwargs: dict[str, Any] = {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic else {}
+    kwargs: dict[str, Any] = (
+        {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic else {}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], **kwargs)
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            **kwargs,
+        )
     return path
 
 
@@ -121,7 +148,7 @@ def fit_example_state(model: Model, method: Method, root: str | Path) -> None:
 
     def batches(labels: bool = False) -> Iterator[Any]:
         for i in range(0, 16, 8):
-            yield (x[i:i + 8], ys[i:i + 8]) if labels else x[i:i + 8]
+            yield (x[i : i + 8], ys[i : i + 8]) if labels else x[i : i + 8]
 
     params = validate_params(method.params, {}, method.name)
     tensors, meta = fit(model, batches, params, FitConsole())
@@ -164,14 +191,22 @@ def _targets(model: Model, picks: Sequence[int]) -> torch.Tensor:
 def graph_state(model: Model) -> tuple[str, int, dict[str, int]]:
     """What a method must leave as it found it: the graph's code, the number of hooks, and
     which module object sits at every name."""
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                for m in model.graph.modules())
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.graph.modules()
+    )
     modules = {name: id(m) for name, m in model.graph.named_modules()}
     return model.graph.code, hooks, modules
 
 
-def check_output(method: str | Method, model: Model | None = None, *, params: Mapping[str, Any] | None = None,
-                 registry: Registry | None = None, seed: int = 7) -> Attribution:
+def check_output(
+    method: str | Method,
+    model: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    seed: int = 7,
+) -> Attribution:
     """Maps are float32 B×H×W at the model's input size, finite, and identical when the method
     runs again with the same seed. Returns the first attribution."""
     m = _method(method, registry)
@@ -183,18 +218,27 @@ def check_output(method: str | Method, model: Model | None = None, *, params: Ma
         first = run_method(model, m, x, targets, values, seed=seed)
         expected = (3, model.spec.height, model.spec.width)
         assert tuple(first.maps.shape) == expected and first.maps.dtype == torch.float32, (
-            f"method {m.name!r}: maps {tuple(first.maps.shape)} {first.maps.dtype}, expected {expected} float32")
+            f"method {m.name!r}: maps {tuple(first.maps.shape)} {first.maps.dtype}, expected {expected} float32"
+        )
         assert torch.isfinite(first.maps).all(), f"method {m.name!r}: non-finite values in the maps"
         again = run_method(model, m, x, targets, values, seed=seed)
         assert torch.equal(first.maps, again.maps), (
             f"method {m.name!r}: not deterministic under a fixed seed (max difference "
-            f"{float((first.maps - again.maps).abs().max()):.3g}); draw noise from request.generators")
+            f"{float((first.maps - again.maps).abs().max()):.3g}); draw noise from request.generators"
+        )
     return first
 
 
-def check_batch_consistency(method: str | Method, model: Model | None = None, *,
-                            params: Mapping[str, Any] | None = None, registry: Registry | None = None,
-                            seed: int = 3, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+def check_batch_consistency(
+    method: str | Method,
+    model: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    seed: int = 3,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> None:
     """A batch of two gives the maps of two batches of one: a sample's map never depends on
     what else is in its batch (per-sample generators, no batch statistics)."""
     m = _method(method, registry)
@@ -204,13 +248,24 @@ def check_batch_consistency(method: str | Method, model: Model | None = None, *,
         x = model.example_input(2, seed=2)
         targets = _targets(model, (2, 1))
         both = run_method(model, m, x, targets, values, seed=seed).maps
-        one = torch.cat([run_method(model, m, x[i:i + 1], targets[i:i + 1], values, seed=seed).maps
-                         for i in range(2)])
-        _close(both, one, rtol, atol, f"method {m.name!r}: a batch of 2 differs from 2 batches of 1")
+        one = torch.cat(
+            [
+                run_method(model, m, x[i : i + 1], targets[i : i + 1], values, seed=seed).maps
+                for i in range(2)
+            ]
+        )
+        _close(
+            both, one, rtol, atol, f"method {m.name!r}: a batch of 2 differs from 2 batches of 1"
+        )
 
 
-def check_graph_restored(method: str | Method, model: Model | None = None, *,
-                         params: Mapping[str, Any] | None = None, registry: Registry | None = None) -> None:
+def check_graph_restored(
+    method: str | Method,
+    model: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> None:
     """The graph (code, hooks, modules) is as before after the method ran, and also after the
     model raised an error in the middle of the method."""
     m = _method(method, registry)
@@ -221,11 +276,15 @@ def check_graph_restored(method: str | Method, model: Model | None = None, *,
         x = model.example_input(2)
         targets = _targets(model, (0, 1))
         run_method(model, m, x, targets, values, seed=0)
-        assert graph_state(model) == before, f"method {m.name!r}: the graph was not restored after a run"
+        assert graph_state(model) == before, (
+            f"method {m.name!r}: the graph was not restored after a run"
+        )
         cls = type(model.graph)
         calls = {"n": 0}
 
-        def boom(self: Any, *args: Any, **kwargs: Any) -> Any:  # fail after the method prepared the graph
+        def boom(
+            self: Any, *args: Any, **kwargs: Any
+        ) -> Any:  # fail after the method prepared the graph
             calls["n"] += 1
             raise RuntimeError("injected failure")
 
@@ -246,18 +305,28 @@ def check_graph_restored(method: str | Method, model: Model | None = None, *,
                 del cls.__call__
         assert graph_state(model) == before, (
             f"method {m.name!r}: the graph was not restored after an error inside the method "
-            "(change it only through Model.swap_modules / insert_after / tap)")
+            "(change it only through Model.swap_modules / insert_after / tap)"
+        )
 
 
-def check_fixed_batch(method: str | Method, dynamic: Model | None = None, fixed: Model | None = None, *,
-                      params: Mapping[str, Any] | None = None, registry: Registry | None = None,
-                      rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def check_fixed_batch(
+    method: str | Method,
+    dynamic: Model | None = None,
+    fixed: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> None:
     """The same network with a graph fixed at batch 1 (run one sample per graph call) gives the
     maps of the dynamic-batch graph: a method must not assume one graph call sees the batch."""
     m = _method(method, registry)
     if dynamic is None or fixed is None:
         dynamic, fixed = example_models()
-    assert fixed.spec.fixed_batch and not dynamic.spec.fixed_batch, "check_fixed_batch needs a fixed and a dynamic graph"
+    assert fixed.spec.fixed_batch and not dynamic.spec.fixed_batch, (
+        "check_fixed_batch needs a fixed and a dynamic graph"
+    )
     values = validate_params(m.params, params or {}, m.name)
     x = dynamic.example_input(3, seed=5)
     targets = _targets(dynamic, (1, 0, 3))
@@ -277,8 +346,14 @@ METHOD_CHECKS: dict[str, Callable[..., Any]] = {
 }
 
 
-def check_method(name: str | Method, model: Model | None = None, *, params: Mapping[str, Any] | None = None,
-                 registry: Registry | None = None, checks: Sequence[str] = tuple(METHOD_CHECKS)) -> None:
+def check_method(
+    name: str | Method,
+    model: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    checks: Sequence[str] = tuple(METHOD_CHECKS),
+) -> None:
     """Run the method contract checks on ``name`` (a registered name or a :class:`Method`).
 
     ``model``: the model to check on (default: the example classifier); the fixed-batch check
@@ -288,10 +363,16 @@ def check_method(name: str | Method, model: Model | None = None, *, params: Mapp
         raise ValueError(f"unknown checks {unknown}; valid: {sorted(METHOD_CHECKS)}")
     method = _method(name, registry)
     if model is None:  # the example CNN: a method that needs more (attention) must bring a model
-        problems = [p for r in method.capabilities.requires if (p := example_models()[0].requirement_problem(r))]
+        problems = [
+            p
+            for r in method.capabilities.requires
+            if (p := example_models()[0].requirement_problem(r))
+        ]
         if problems:
-            raise ValueError(f"method {method.name!r} needs {', '.join(method.capabilities.requires)}; "
-                             f"the example CNN does not meet that ({problems[0]}): pass model=")
+            raise ValueError(
+                f"method {method.name!r} needs {', '.join(method.capabilities.requires)}; "
+                f"the example CNN does not meet that ({problems[0]}): pass model="
+            )
     for check in checks:
         if check == "fixed-batch":
             if model is None:
@@ -301,8 +382,14 @@ def check_method(name: str | Method, model: Model | None = None, *, params: Mapp
 
 
 # ----------------------------------------------------------------------------- metric checks
-def check_metric(name: str | Metric, model: Model | None = None, *, params: Mapping[str, Any] | None = None,
-                 method: str = "saliency", registry: Registry | None = None) -> None:
+def check_metric(
+    name: str | Metric,
+    model: Model | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    method: str = "saliency",
+    registry: Registry | None = None,
+) -> None:
     """The metric contract: a non-empty dict whose headline key is the metric's name; per-sample
     ``(B,)`` scores (``B×T`` only for declared curves), finite or NaN (never ±inf); a batch of 3
     scores as three batches of 1; the model's graph and weights untouched.
@@ -323,9 +410,20 @@ def check_metric(name: str | Metric, model: Model | None = None, *, params: Mapp
 
     def run(sl: slice) -> Mapping[str, Any]:
         return metric.compute(
-            model, x[sl], targets[sl], Attribution(attribution.maps[sl], {}), params=values, seed=0, cache={},
-            forward_batch=16, boxes=boxes[sl], box_labels=[None] * len(boxes[sl]), method=explainer,
-            method_params={}, explain=lambda xx, tt: run_method(model, explainer, xx, tt, {}, 0))
+            model,
+            x[sl],
+            targets[sl],
+            Attribution(attribution.maps[sl], {}),
+            params=values,
+            seed=0,
+            cache={},
+            forward_batch=16,
+            boxes=boxes[sl],
+            box_labels=[None] * len(boxes[sl]),
+            method=explainer,
+            method_params={},
+            explain=lambda xx, tt: run_method(model, explainer, xx, tt, {}, 0),
+        )
 
     full = {k: torch.as_tensor(v) for k, v in run(slice(0, 3)).items()}
     who = f"metric {metric.name!r}"
@@ -335,15 +433,24 @@ def check_metric(name: str | Metric, model: Model | None = None, *, params: Mapp
         if key.endswith("@x"):
             continue
         assert value.shape[0] == 3 and (value.ndim == 1 or key in metric.curves), (
-            f"{who}: {key!r} has shape {tuple(value.shape)}; expected (B,) or a declared curve (B, T)")
+            f"{who}: {key!r} has shape {tuple(value.shape)}; expected (B,) or a declared curve (B, T)"
+        )
         assert not torch.isinf(value).any(), f"{who}: {key!r} holds infinite values"
     parts = [run(slice(i, i + 1)) for i in range(3)]
     for key, value in full.items():
         if not key.endswith("@x"):
             joined = torch.cat([torch.as_tensor(p[key]) for p in parts])
-            _close(value, joined, 1e-4, 1e-5, f"{who}: {key!r} of a batch of 3 differs from 3 batches of 1")
+            _close(
+                value,
+                joined,
+                1e-4,
+                1e-5,
+                f"{who}: {key!r} of a batch of 3 differs from 3 batches of 1",
+            )
     assert model.graph.code == code, f"{who} left the graph changed"
-    assert all(torch.equal(state[k], v) for k, v in model.graph.state_dict().items()), f"{who} changed weights"
+    assert all(torch.equal(state[k], v) for k, v in model.graph.state_dict().items()), (
+        f"{who} changed weights"
+    )
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float, message: str) -> None:

@@ -28,12 +28,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["printable", "path_text", "safe_stem", "require_regular_file", "parse_json", "confined_file"]
+__all__ = [
+    "printable",
+    "path_text",
+    "safe_stem",
+    "require_regular_file",
+    "parse_json",
+    "confined_file",
+]
 
 # C0 (0x00-0x1f), DEL, C1 (0x80-0x9f), bidi embeddings/overrides/isolates, line/paragraph
 # separators, BOM/zero-width no-break and lone surrogates (from surrogateescape'd file names).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
-_UNSAFE_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+_UNSAFE_BUT_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
 
 
 def _escape(match: re.Match) -> str:
@@ -73,7 +84,9 @@ def safe_stem(stem: str) -> str:
     return text
 
 
-def require_regular_file(path: str | os.PathLike, error: Callable[..., Exception], what: str = "file") -> int:
+def require_regular_file(
+    path: str | os.PathLike, error: Callable[..., Exception], what: str = "file"
+) -> int:
     """Stat ``path`` (following links) and return its size; refuse anything but a regular file
     *before* it is opened. ``error(message, path=...)`` builds the exception to raise."""
     try:
@@ -83,13 +96,21 @@ def require_regular_file(path: str | os.PathLike, error: Callable[..., Exception
             raise error(f"{what} is a dangling symbolic link", path=path) from None
         raise error(f"{what} not found", path=path) from None
     except (OSError, ValueError) as e:  # ValueError: an embedded NUL byte
-        raise error(f"cannot access the {what}: {getattr(e, 'strerror', None) or e}", path=path) from None
+        raise error(
+            f"cannot access the {what}: {getattr(e, 'strerror', None) or e}", path=path
+        ) from None
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{what} is a directory, not a file", path=path)
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
-                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-                "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "special"
+        )
         raise error(f"{what} is not a regular file ({kind}); refused", path=path)
     return st.st_size
 
@@ -105,7 +126,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def parse_json(text: str | bytes, path: object, error: Callable[..., Exception], what: str = "JSON") -> Any:
+def parse_json(
+    text: str | bytes, path: object, error: Callable[..., Exception], what: str = "JSON"
+) -> Any:
     """``json.loads`` for untrusted text: every failure is ``error(one line, path=path)``.
 
     Refused: invalid JSON, nesting deeper than Python's recursion limit (the C parser checks it
@@ -127,7 +150,9 @@ def parse_json(text: str | bytes, path: object, error: Callable[..., Exception],
         raise error(f"invalid {what}: {first}", path=path) from None
 
 
-def confined_file(folder: Path, location: str, error: Callable[..., Exception], what: str, path: object) -> Path:
+def confined_file(
+    folder: Path, location: str, error: Callable[..., Exception], what: str, path: object
+) -> Path:
     """``folder / location`` for a plain relative ``location`` that stays inside ``folder``.
 
     Refused (``error(message, path=path)``): empty, absolute, ``..``, backslashes, drive
@@ -137,7 +162,11 @@ def confined_file(folder: Path, location: str, error: Callable[..., Exception], 
     if not location or "\x00" in location or "\\" in location or ":" in location:
         raise error(f"{bad} (must be a plain relative path)", path=path)
     rel = Path(location)
-    if rel.is_absolute() or location.startswith("/") or any(part in ("..", "") for part in rel.parts):
+    if (
+        rel.is_absolute()
+        or location.startswith("/")
+        or any(part in ("..", "") for part in rel.parts)
+    ):
         raise error(f"{bad} (absolute paths and '..' are refused)", path=path)
     candidate = folder
     for part in rel.parts:
@@ -150,6 +179,7 @@ def confined_file(folder: Path, location: str, error: Callable[..., Exception], 
         raise error(f"{what} {printable(repr(location))} not found beside the file", path=path)
     if os.path.commonpath([candidate.resolve(), folder]) != str(folder):
         raise error(f"{bad} (it leaves the folder)", path=path)
+
     def named(message: str, path: object = None, _where: object = path) -> Exception:
         return error(message, path=_where)
 

@@ -39,10 +39,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-methods_app = typer.Typer(help="List attribution methods, or show one.", invoke_without_command=True)
+methods_app = typer.Typer(
+    help="List attribution methods, or show one.", invoke_without_command=True
+)
 metrics_app = typer.Typer(help="List evaluation metrics, or show one.", invoke_without_command=True)
 app.add_typer(methods_app, name="methods")
 app.add_typer(metrics_app, name="metrics")
+
 
 class SafeConsole(Console):
     """A rich Console that never lets a control character through.
@@ -54,14 +57,19 @@ class SafeConsole(Console):
     progress bar) are left alone: they carry no untrusted text."""
 
     def print(self, *objects, **kwargs):  # noqa: A003 - rich's name
-        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+        super().print(
+            *(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects),
+            **kwargs,
+        )
 
     def render(self, renderable, options=None):
         for segment in super().render(renderable, options):
             if segment.control or segment.text.isprintable() or segment.text == "\n":
                 yield segment
             else:
-                yield Segment(printable(segment.text, keep_newlines=True), segment.style, segment.control)
+                yield Segment(
+                    printable(segment.text, keep_newlines=True), segment.style, segment.control
+                )
 
 
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
@@ -75,7 +83,10 @@ def _registry():
 
     registry = get_registry(strict=_options["strict"], blocked=_options["blocked"])
     for info in registry.broken():
-        err.print(f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error or '')}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] plugin {escape(repr(info.name))} skipped: {escape(info.error or '')}",
+            highlight=False,
+        )
     return registry
 
 
@@ -83,13 +94,23 @@ def _registry():
 def _main(
     ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    strict_plugins: bool = typer.Option(False, "--strict-plugins", help="A broken plugin is an error, not a warning."),
-    no_plugin: list[str] = typer.Option([], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    strict_plugins: bool = typer.Option(
+        False, "--strict-plugins", help="A broken plugin is an error, not a warning."
+    ),
+    no_plugin: list[str] = typer.Option(
+        [], "--no-plugin", metavar="NAME", help="Do not load this plugin (repeatable)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True
+    ),
     max_input_pixels: int | None = typer.Option(
-        None, "--max-input-pixels", min=1, metavar="N",
+        None,
+        "--max-input-pixels",
+        min=1,
+        metavar="N",
         help="Accept models whose declared input has up to N pixels (H×W; default 1024², "
-             "or $XPLAIN_MAX_INPUT_PIXELS)."),
+        "or $XPLAIN_MAX_INPUT_PIXELS).",
+    ),
 ):
     """Explain the decisions of ONNX image classifiers."""
     if version:
@@ -120,7 +141,12 @@ def _list(kind: str, as_json: bool) -> None:
     registry = _registry()
     items = registry.methods if kind == "method" else registry.metrics
     if as_json:
-        out.print_json(data=[{"name": n, "summary": m.summary, "plugin": m.plugin} for n, m in sorted(items.items())])
+        out.print_json(
+            data=[
+                {"name": n, "summary": m.summary, "plugin": m.plugin}
+                for n, m in sorted(items.items())
+            ]
+        )
         return
     table = Table(title=f"{kind}s", box=None)
     table.add_column("name", style="bold")
@@ -136,11 +162,24 @@ def _list(kind: str, as_json: bool) -> None:
 def _show(kind: str, name: str, as_json: bool) -> None:
     registry = _registry()
     item = registry.method(name) if kind == "method" else registry.metric(name)
-    params = [{"name": p.name, "type": p.type, "default": p.default, "help": p.help,
-               "choices": list(p.choices) if p.choices else None} for p in item.params]
+    params = [
+        {
+            "name": p.name,
+            "type": p.type,
+            "default": p.default,
+            "help": p.help,
+            "choices": list(p.choices) if p.choices else None,
+        }
+        for p in item.params
+    ]
     if as_json:
-        data = {"name": item.name, "summary": item.summary, "description": item.description,
-                "plugin": item.plugin, "params": params}
+        data = {
+            "name": item.name,
+            "summary": item.summary,
+            "description": item.description,
+            "plugin": item.plugin,
+            "params": params,
+        }
         if kind == "method":
             import dataclasses
 
@@ -149,20 +188,34 @@ def _show(kind: str, name: str, as_json: bool) -> None:
             data["higher_is_better"] = item.higher_is_better
         out.print_json(data=data)
         return
-    out.print(f"[bold]{escape(item.name)}[/] — {escape(item.summary)}  [dim](plugin {escape(item.plugin)})[/]")
+    out.print(
+        f"[bold]{escape(item.name)}[/] — {escape(item.summary)}  [dim](plugin {escape(item.plugin)})[/]"
+    )
     if item.description:
         out.print(f"\n{escape(item.description)}\n", highlight=False)
     if kind == "method":
         caps = item.capabilities
-        flags = [f for f, on in (("needs gradients", caps.needs_gradients), ("needs fitting", caps.needs_fitting),
-                                 ("stochastic", caps.stochastic), ("multi-class", caps.multi_class)) if on]
+        flags = [
+            f
+            for f, on in (
+                ("needs gradients", caps.needs_gradients),
+                ("needs fitting", caps.needs_fitting),
+                ("stochastic", caps.stochastic),
+                ("multi-class", caps.multi_class),
+            )
+            if on
+        ]
         out.print(f"capabilities: {', '.join(flags) or 'none'}")
         requires = getattr(caps, "requires", ())
         if requires:
             from ..graph.model import REQUIREMENTS
 
-            out.print("requires: " + "; ".join(f"{r} ({REQUIREMENTS.get(r, '?')})" for r in requires)
-                      + " — other models are refused before running (exit 2)", highlight=False)
+            out.print(
+                "requires: "
+                + "; ".join(f"{r} ({REQUIREMENTS.get(r, '?')})" for r in requires)
+                + " — other models are refused before running (exit 2)",
+                highlight=False,
+            )
     else:
         out.print(f"direction: {'higher' if item.higher_is_better else 'lower'} is better")
     if item.params:
@@ -172,7 +225,10 @@ def _show(kind: str, name: str, as_json: bool) -> None:
 
 
 @methods_app.callback()
-def methods(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+def methods(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
     """List attribution methods."""
     if ctx.invoked_subcommand is None:
         _list("method", as_json)
@@ -185,7 +241,10 @@ def methods_show(name: str, as_json: bool = typer.Option(False, "--json")):
 
 
 @metrics_app.callback()
-def metrics(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+def metrics(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
     """List evaluation metrics."""
     if ctx.invoked_subcommand is None:
         _list("metric", as_json)
@@ -211,8 +270,16 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Machine-readable
     for col in ("plugin", "distribution", "methods", "metrics", "status"):
         table.add_column(col)
     for p in rows:
-        status = "blocked" if p.blocked else (f"[red]error: {escape(p.error)}[/]" if p.error else "ok")
-        table.add_row(p.name, f"{p.distribution} {p.version}", ", ".join(p.methods), ", ".join(p.metrics), status)
+        status = (
+            "blocked" if p.blocked else (f"[red]error: {escape(p.error)}[/]" if p.error else "ok")
+        )
+        table.add_row(
+            p.name,
+            f"{p.distribution} {p.version}",
+            ", ".join(p.methods),
+            ", ".join(p.metrics),
+            status,
+        )
     out.print(table)
 
 
@@ -231,13 +298,28 @@ def _load(model_path: Path, device: str, labels: str | None = None, verify: bool
     from ..run.api import load_model
 
     with err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else _null():
-        return load_model(model_path, device=device, labels=labels, verify=verify, registry=_registry(),
-                          max_input_pixels=_options["max_input_pixels"])
+        return load_model(
+            model_path,
+            device=device,
+            labels=labels,
+            verify=verify,
+            registry=_registry(),
+            max_input_pixels=_options["max_input_pixels"],
+        )
 
 
-def _set_up(model_path: Path, device: str, labels: str | None = None, *, inputs: Sequence[Path] = (),
-            data: Path | None = None, out_dir: Path | None = None, out_flag: str = "--out",
-            state_dir: Path | None = None, verify: bool = True):
+def _set_up(
+    model_path: Path,
+    device: str,
+    labels: str | None = None,
+    *,
+    inputs: Sequence[Path] = (),
+    data: Path | None = None,
+    out_dir: Path | None = None,
+    out_flag: str = "--out",
+    state_dir: Path | None = None,
+    verify: bool = True,
+):
     """The one set-up of explain / eval / fit / bench, after their names and parameters were
     resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs
     exist → the model loads → the output folder is usable → fitted state is looked up in
@@ -270,10 +352,13 @@ class _null:
 def _attention_summary(model) -> dict:
     found = model.attention()
     first = found[0] if found else None
-    return {"layers": len(found), "tokens": first.tokens if first else None,
-            "windowed": any(a.windowed for a in found),
-            "prefix_tokens": first.layout.prefix if first and first.layout else None,
-            "softmax": [a.node for a in found]}
+    return {
+        "layers": len(found),
+        "tokens": first.tokens if first else None,
+        "windowed": any(a.windowed for a in found),
+        "prefix_tokens": first.layout.prefix if first and first.layout else None,
+        "softmax": [a.node for a in found],
+    }
 
 
 @app.command()
@@ -299,13 +384,33 @@ def inspect(
         "num_classes": model.num_classes,
         "fixed_batch": model.spec.fixed_batch,
         "op_counts": report.op_counts,
-        "activations": [{"layer": a.name, "onnx_name": model.onnx_name(a.name), "kind": a.kind}
-                        for a in model.activations()],
-        "bias_layers": [{"layer": b.layer, "onnx_name": model.onnx_name(b.layer), "at": b.node, "kind": b.kind, "channels": int(b.bias.numel())}
-                        for b in model.bias_layers()],
-        "feature_layers": [{"layer": f.name, "onnx_name": model.onnx_name(f.name), "shape": list(f.shape), "layout": f.layout.kind,
-                            "grid": list(f.layout.grid), "channels": f.layout.channels,
-                            "prefix_tokens": f.layout.prefix, "cut": f.cut} for f in model.feature_layers()],
+        "activations": [
+            {"layer": a.name, "onnx_name": model.onnx_name(a.name), "kind": a.kind}
+            for a in model.activations()
+        ],
+        "bias_layers": [
+            {
+                "layer": b.layer,
+                "onnx_name": model.onnx_name(b.layer),
+                "at": b.node,
+                "kind": b.kind,
+                "channels": int(b.bias.numel()),
+            }
+            for b in model.bias_layers()
+        ],
+        "feature_layers": [
+            {
+                "layer": f.name,
+                "onnx_name": model.onnx_name(f.name),
+                "shape": list(f.shape),
+                "layout": f.layout.kind,
+                "grid": list(f.layout.grid),
+                "channels": f.layout.channels,
+                "prefix_tokens": f.layout.prefix,
+                "cut": f.cut,
+            }
+            for f in model.feature_layers()
+        ],
         "default_feature_layer": default.name if default else None,
         "bottleneck_layer": bottleneck.name if bottleneck else None,
         "default_layout": default.layout.describe() if default else None,
@@ -326,41 +431,83 @@ def inspect(
         kinds[a.kind] = kinds.get(a.kind, 0) + 1
     shape = lambda s: "×".join("?" if d is None else str(d) for d in s)  # noqa: E731
     out.print(f"[bold]{escape(str(model_path))}[/]  sha256 {model.digest[:16]}…", highlight=False)
-    out.print(f"producer     {escape(report.producer or '?')}   IR {report.ir_version}   opset {report.opset}"
-              + (f" (converted to {report.opset_used})" if report.opset_used != report.opset else ""), highlight=False)
-    out.print(f"input        {escape(repr(report.input_name))} {shape(report.input_shape)}"
-              + ("  (fixed batch 1: run one sample at a time)" if model.spec.fixed_batch else ""), highlight=False)
-    out.print(f"output       {escape(repr(report.output_name))} {shape(report.output_shape)}   classes {model.num_classes}",
-              highlight=False)
-    out.print(f"softmax      {'stripped (' + report.softmax_stripped + ')' if report.softmax_stripped else 'none'}")
-    verdict = (f"[green]verified[/] against onnxruntime (max |diff| {report.max_abs_diff:.2g}"
-               f"{', batch 1 vs 2 checked' if report.batch_checked else ''})") if report.verified else "[yellow]not verified[/]"
+    out.print(
+        f"producer     {escape(report.producer or '?')}   IR {report.ir_version}   opset {report.opset}"
+        + (f" (converted to {report.opset_used})" if report.opset_used != report.opset else ""),
+        highlight=False,
+    )
+    out.print(
+        f"input        {escape(repr(report.input_name))} {shape(report.input_shape)}"
+        + ("  (fixed batch 1: run one sample at a time)" if model.spec.fixed_batch else ""),
+        highlight=False,
+    )
+    out.print(
+        f"output       {escape(repr(report.output_name))} {shape(report.output_shape)}   classes {model.num_classes}",
+        highlight=False,
+    )
+    out.print(
+        f"softmax      {'stripped (' + report.softmax_stripped + ')' if report.softmax_stripped else 'none'}"
+    )
+    verdict = (
+        (
+            f"[green]verified[/] against onnxruntime (max |diff| {report.max_abs_diff:.2g}"
+            f"{', batch 1 vs 2 checked' if report.batch_checked else ''})"
+        )
+        if report.verified
+        else "[yellow]not verified[/]"
+    )
     out.print(f"conversion   {verdict}")
-    out.print("ops          " + ", ".join(f"{k} {v}" for k, v in report.op_counts.items()), highlight=False)
-    out.print("activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), highlight=False)
-    out.print(f"bias layers  {len(data['bias_layers'])}  ("
-              + ", ".join(sorted({b['kind'] for b in data['bias_layers']})) + ")", highlight=False)
+    out.print(
+        "ops          " + ", ".join(f"{k} {v}" for k, v in report.op_counts.items()),
+        highlight=False,
+    )
+    out.print(
+        "activations  " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"),
+        highlight=False,
+    )
+    out.print(
+        f"bias layers  {len(data['bias_layers'])}  ("
+        + ", ".join(sorted({b["kind"] for b in data["bias_layers"]}))
+        + ")",
+        highlight=False,
+    )
     census = ", ".join(f"{k} {v}" for k, v in data["nonlinearities"].items())
     out.print("non-linear   " + (census or "none"), highlight=False)
     att = data["attention"]
     if att["layers"]:
-        out.print(f"attention    {att['layers']} softmax layers, {att['tokens']} tokens"
-                  + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix") , highlight=False)
+        out.print(
+            f"attention    {att['layers']} softmax layers, {att['tokens']} tokens"
+            + (" (windowed)" if att["windowed"] else f", {att['prefix_tokens']} prefix"),
+            highlight=False,
+        )
     if default is not None:
-        out.print(f"default layer {escape(default.name)}  {escape(default.layout.describe())}", highlight=False)
-    table = Table(title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck; `-p layer=` takes the id or the ONNX name)", box=None)
+        out.print(
+            f"default layer {escape(default.name)}  {escape(default.layout.describe())}",
+            highlight=False,
+        )
+    table = Table(
+        title="feature layers (default: CAM methods; iba: iba/input-iba bottleneck; `-p layer=` takes the id or the ONNX name)",
+        box=None,
+    )
     table.add_column("layer")
     table.add_column("ONNX name")
     table.add_column("shape")
     table.add_column("layout")
     table.add_column("")
     for f in model.feature_layers():
-        marks = ["default" if f.name == data["default_feature_layer"] else "",
-                 "iba" if f.name == data["bottleneck_layer"] else ""]
+        marks = [
+            "default" if f.name == data["default_feature_layer"] else "",
+            "iba" if f.name == data["bottleneck_layer"] else "",
+        ]
         # ONNX names are file content: escaped (control characters) and markup-escaped for rich
         onnx_name = model.onnx_name(f.name)
-        table.add_row(escape(f.name), escape(display_name(onnx_name)) if onnx_name else "–", shape(f.shape),
-                      escape(f.layout.describe()), " ".join(m for m in marks if m))
+        table.add_row(
+            escape(f.name),
+            escape(display_name(onnx_name)) if onnx_name else "–",
+            shape(f.shape),
+            escape(f.layout.describe()),
+            " ".join(m for m in marks if m),
+        )
     out.print(table)
     for note in data["notes"]:
         out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
@@ -369,36 +516,82 @@ def inspect(
 @app.command()
 def explain(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: list[Path] = typer.Argument(..., metavar="IMAGE...",
-                                        help="Image files (JPEG, PNG, BMP, WebP, TIFF) or folders of them (recursive)."),
-    method: list[str] = typer.Option(["saliency"], "--method", "-m", metavar="NAME[,NAME...]",
-                                     help="Attribution method(s): a,b,c or repeated (see `xplain methods`)."),
-    target: str = typer.Option("top1", help="top1, top5 (one map per class), a class index or a label name."),
+    images: list[Path] = typer.Argument(
+        ...,
+        metavar="IMAGE...",
+        help="Image files (JPEG, PNG, BMP, WebP, TIFF) or folders of them (recursive).",
+    ),
+    method: list[str] = typer.Option(
+        ["saliency"],
+        "--method",
+        "-m",
+        metavar="NAME[,NAME...]",
+        help="Attribution method(s): a,b,c or repeated (see `xplain methods`).",
+    ),
+    target: str = typer.Option(
+        "top1", help="top1, top5 (one map per class), a class index or a label name."
+    ),
     out_dir: Path = typer.Option(Path("xplain-out"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."),
-    param: list[str] = typer.Option([], "--param", "-p", metavar="[METHOD.]KEY=VALUE",
-                                    help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of the records to stdout."),
-    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    batch_size: int = typer.Option(
+        16, "--batch-size", min=1, help="Images (or image×target pairs) per batch."
+    ),
+    param: list[str] = typer.Option(
+        [],
+        "--param",
+        "-p",
+        metavar="[METHOD.]KEY=VALUE",
+        help="Method parameter (repeatable; METHOD.KEY=VALUE with several methods).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON array of the records to stdout."
+    ),
+    preset: str | None = typer.Option(
+        None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."
+    ),
+    resize: int | None = typer.Option(
+        None, help="Resize the shorter side to this many pixels before cropping."
+    ),
+    mean: str | None = typer.Option(
+        None, help="Per-channel mean, comma-separated (after scaling to [0,1])."
+    ),
     std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
     labels: str | None = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
-    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
-    percentile: float = typer.Option(99.5, "--percentile",
-                                     help="Display scale: this percentile of |map| gets full colour (100 = max)."),
-    grey: bool = typer.Option(False, "--grey", help="Show the photo in greyscale under the overlay's colours."),
-    colorbar: bool = typer.Option(False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."),
-    panel: bool | None = typer.Option(None, "--panel/--no-panel",
-                                         help="Write NAME.panel.png (photo + one overlay per method; default: "
-                                              "with several methods)."),
-    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
-                                            help="Stop a method call that runs longer (exit 4)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify",
-                                help="Check the conversion against onnxruntime at load (default). --no-verify "
-                                     "skips it for models already checked (`xplain inspect`): faster start-up."),
+    state_dir: Path | None = typer.Option(
+        None, help="Where fitted state is looked up (see `xplain fit`)."
+    ),
+    percentile: float = typer.Option(
+        99.5,
+        "--percentile",
+        help="Display scale: this percentile of |map| gets full colour (100 = max).",
+    ),
+    grey: bool = typer.Option(
+        False, "--grey", help="Show the photo in greyscale under the overlay's colours."
+    ),
+    colorbar: bool = typer.Option(
+        False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."
+    ),
+    panel: bool | None = typer.Option(
+        None,
+        "--panel/--no-panel",
+        help="Write NAME.panel.png (photo + one overlay per method; default: "
+        "with several methods).",
+    ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        min=0.001,
+        max=1e7,
+        metavar="SECONDS",
+        help="Stop a method call that runs longer (exit 4).",
+    ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Check the conversion against onnxruntime at load (default). --no-verify "
+        "skips it for models already checked (`xplain inspect`): faster start-up.",
+    ),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
@@ -418,8 +611,9 @@ def explain(
     from ..data.images import Preprocess
     from ..run.explaining import explain_files
 
-    preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=_floats(mean, "--mean"),
-                                      std=_floats(std, "--std"))
+    preprocess = Preprocess.for_model(
+        model, preset=preset, resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std")
+    )
     progress_cb, progress = None, None
     if len(images) > 1:
         from rich.progress import Progress
@@ -429,10 +623,23 @@ def explain(
         progress.start()
         progress_cb = lambda n: progress.advance(task, n)  # noqa: E731
     try:
-        records = explain_files(model, images, names, registry=registry, out_dir=out_dir, preprocess=preprocess,
-                                target=target, method_params=params, seed=seed, batch_size=batch_size,
-                                progress=progress_cb, render=render, panel=panel, stems=stems,
-                                timeout=timeout)
+        records = explain_files(
+            model,
+            images,
+            names,
+            registry=registry,
+            out_dir=out_dir,
+            preprocess=preprocess,
+            target=target,
+            method_params=params,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress_cb,
+            render=render,
+            panel=panel,
+            stems=stems,
+            timeout=timeout,
+        )
     finally:
         if progress is not None:
             progress.stop()
@@ -442,8 +649,12 @@ def explain(
     panels = []
     for r in records:
         label = f" ({r['target_label']})" if r["target_label"] else ""
-        out.print(f"{r['image']}: {r['method']} class {r['target']}{label} p={r['probability']:.3f}"
-                  f" -> {r['files']['heatmap']}", highlight=False, markup=False)
+        out.print(
+            f"{r['image']}: {r['method']} class {r['target']}{label} p={r['probability']:.3f}"
+            f" -> {r['files']['heatmap']}",
+            highlight=False,
+            markup=False,
+        )
         if "panel" in r["files"] and r["files"]["panel"] not in panels:
             panels.append(r["files"]["panel"])
     for path in panels:
@@ -456,7 +667,9 @@ def _method_list(items: list[str]) -> list[str]:
     if not names:
         raise UsageError("--method: no method given")
     if len(set(names)) != len(names):
-        raise UsageError(f"--method: {next(n for n in names if names.count(n) > 1)!r} is given twice")
+        raise UsageError(
+            f"--method: {next(n for n in names if names.count(n) > 1)!r} is given twice"
+        )
     return names
 
 
@@ -495,7 +708,9 @@ def _check_out_dir(folder: Path, flag: str) -> None:
     The folder itself is created by the first file written, so a run that fails on its input
     leaves nothing behind, not even an empty folder."""
     if folder.is_symlink() and not folder.exists():
-        raise UsageError(f"{flag} is a dangling symbolic link (to {os.readlink(folder)!r})", path=folder)
+        raise UsageError(
+            f"{flag} is a dangling symbolic link (to {os.readlink(folder)!r})", path=folder
+        )
     if folder.exists():
         if not folder.is_dir():
             raise UsageError(f"{flag} is a file, not a folder", path=folder)
@@ -506,29 +721,55 @@ def _check_out_dir(folder: Path, flag: str) -> None:
     if not parent.is_dir():
         raise UsageError(f"{flag}: cannot create the folder ({parent} is a file)", path=folder)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: cannot create the folder ({parent} is not writable)", path=folder)
+        raise UsageError(
+            f"{flag}: cannot create the folder ({parent} is not writable)", path=folder
+        )
 
 
 @app.command()
 def fit(
-    method: str = typer.Argument(..., help="A method that learns from data (see `xplain methods`)."),
+    method: str = typer.Argument(
+        ..., help="A method that learns from data (see `xplain methods`)."
+    ),
     model_path: Path = typer.Argument(..., metavar="MODEL"),
-    data: Path = typer.Argument(..., metavar="DATA",
-                                help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label)."),
+    data: Path = typer.Argument(
+        ...,
+        metavar="DATA",
+        help="A folder of images, a folder of class sub-folders, or a CSV manifest (path,label).",
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE"),
-    state_dir: Path | None = typer.Option(None, help="Where fitted state is kept (default ~/.cache/xplain/state)."),
+    state_dir: Path | None = typer.Option(
+        None, help="Where fitted state is kept (default ~/.cache/xplain/state)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    classes: str | None = typer.Option(None, help="Only these classes (comma-separated indices or names)."),
-    samples: int | None = typer.Option(None, min=1, help="At most N images per class (in total when DATA is unlabelled)."),
-    layer: str | None = typer.Option(None, help="Layer the method starts from (see `xplain inspect`)."),
-    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."),
-    resize: int | None = typer.Option(None, help="Resize the shorter side to this many pixels before cropping."),
-    mean: str | None = typer.Option(None, help="Per-channel mean, comma-separated (after scaling to [0,1])."),
+    classes: str | None = typer.Option(
+        None, help="Only these classes (comma-separated indices or names)."
+    ),
+    samples: int | None = typer.Option(
+        None, min=1, help="At most N images per class (in total when DATA is unlabelled)."
+    ),
+    layer: str | None = typer.Option(
+        None, help="Layer the method starts from (see `xplain inspect`)."
+    ),
+    preset: str | None = typer.Option(
+        None, help="Preprocessing: imagenet, unit or none (default: sidecar, else by input size)."
+    ),
+    resize: int | None = typer.Option(
+        None, help="Resize the shorter side to this many pixels before cropping."
+    ),
+    mean: str | None = typer.Option(
+        None, help="Per-channel mean, comma-separated (after scaling to [0,1])."
+    ),
     std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    class_names: str | None = typer.Option(None, "--class-names",
-                                              help="Class names: a text/JSON file, or 'imagenet' (default: sidecar)."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."
+    ),
+    class_names: str | None = typer.Option(
+        None,
+        "--class-names",
+        help="Class names: a text/JSON file, or 'imagenet' (default: sidecar).",
+    ),
 ):
     """Fit a method's state on DATA and save it (safetensors + JSON) keyed by the model's digest."""
     registry = _registry()
@@ -540,43 +781,94 @@ def fit(
     params = _parse_params(param)
     from ..run.state import state_dir as resolve_state_dir
 
-    model = _set_up(model_path, device, class_names, out_dir=resolve_state_dir(state_dir),
-                    out_flag="--state-dir" if state_dir else
-                    "XPLAIN_STATE_DIR" if os.environ.get("XPLAIN_STATE_DIR") else "the state folder",
-                    state_dir=state_dir)
-    path = fit_method(model, m, data, params=params, state_dir=state_dir, batch_size=batch_size, preset=preset,
-                      resize=resize, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), classes=classes,
-                      samples=samples, layer=layer, labels=labels, console=FitConsole(err))
+    model = _set_up(
+        model_path,
+        device,
+        class_names,
+        out_dir=resolve_state_dir(state_dir),
+        out_flag="--state-dir"
+        if state_dir
+        else "XPLAIN_STATE_DIR"
+        if os.environ.get("XPLAIN_STATE_DIR")
+        else "the state folder",
+        state_dir=state_dir,
+    )
+    path = fit_method(
+        model,
+        m,
+        data,
+        params=params,
+        state_dir=state_dir,
+        batch_size=batch_size,
+        preset=preset,
+        resize=resize,
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
+        classes=classes,
+        samples=samples,
+        layer=layer,
+        labels=labels,
+        console=FitConsole(err),
+    )
     out.print(f"saved {path}", markup=False, highlight=False)
 
 
 @app.command()
 def bench(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    images: list[Path] | None = typer.Argument(None, metavar="[IMAGE...]",
-                                                  help="Images to explain (default: random inputs)."),
-    methods: str = typer.Option(..., "--methods", "-m",
-                                help="Comma-separated methods to measure (see `xplain methods`)."),
+    images: list[Path] | None = typer.Argument(
+        None, metavar="[IMAGE...]", help="Images to explain (default: random inputs)."
+    ),
+    methods: str = typer.Option(
+        ..., "--methods", "-m", help="Comma-separated methods to measure (see `xplain methods`)."
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1,
-                                             help="Batch size (default 8; with images: their number, cycled to fill)."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Batch size (default 8; with images: their number, cycled to fill).",
+    ),
     repeats: int = typer.Option(5, min=1, help="Timed runs per method; the median is reported."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs before timing."),
-    param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE",
-                                    help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable)."),
-    preset: str | None = typer.Option(None,
-                                         help="Preprocessing for images: imagenet, unit or none (default: sidecar)."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."),
-    captum: bool = typer.Option(True, "--captum/--no-captum", help="Also time Captum's version of each method."),
-    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
-    clock: str = typer.Option("wall", "--clock",
-                              help="wall (elapsed time) or cpu (process CPU time: robust on a shared CPU)."),
-    size: int = typer.Option(224, "--size", min=1,
-                             help="Input size when MODEL names a benchmark network (resnet50, efficientnet_b0)."),
-    metrics: str | None = typer.Option(None, "--metrics",
-                                          help="Also time these metrics (comma-separated) on the first method's maps."),
-    metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
-                                           help="Metric parameter (repeatable)."),
+    param: list[str] = typer.Option(
+        [],
+        "--param",
+        "-p",
+        metavar="METHOD.KEY=VALUE",
+        help="Method parameter, e.g. integrated-gradients.steps=20 (repeatable).",
+    ),
+    preset: str | None = typer.Option(
+        None, help="Preprocessing for images: imagenet, unit or none (default: sidecar)."
+    ),
+    seed: int = typer.Option(
+        0, min=0, max=2**32 - 1, help="Seed for stochastic methods and random inputs."
+    ),
+    captum: bool = typer.Option(
+        True, "--captum/--no-captum", help="Also time Captum's version of each method."
+    ),
+    state_dir: Path | None = typer.Option(
+        None, help="Where fitted state is looked up (see `xplain fit`)."
+    ),
+    clock: str = typer.Option(
+        "wall",
+        "--clock",
+        help="wall (elapsed time) or cpu (process CPU time: robust on a shared CPU).",
+    ),
+    size: int = typer.Option(
+        224,
+        "--size",
+        min=1,
+        help="Input size when MODEL names a benchmark network (resnet50, efficientnet_b0).",
+    ),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="Also time these metrics (comma-separated) on the first method's maps.",
+    ),
+    metric_param: list[str] = typer.Option(
+        [], "--metric-param", metavar="METRIC.KEY=VALUE", help="Metric parameter (repeatable)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
@@ -588,19 +880,27 @@ def bench(
     names = [n.strip() for n in methods.split(",") if n.strip()]
     from ..run.bench import resolve_methods, resolve_metrics
 
-    chosen = [m.name for m in resolve_methods(names, registry)]  # fail fast, before loading the model
+    chosen = [
+        m.name for m in resolve_methods(names, registry)
+    ]  # fail fast, before loading the model
     params = _scoped_params(param, chosen, "--param")
     registry.resolve("method", chosen, params)
     chosen_metrics = [m.name for m in resolve_metrics((metrics or "").split(","), registry)]
     if metric_param and not chosen_metrics:
         raise UsageError("--metric-param without --metrics")
-    metric_params = _scoped_params(metric_param, chosen_metrics, "--metric-param") if chosen_metrics else {}
+    metric_params = (
+        _scoped_params(metric_param, chosen_metrics, "--metric-param") if chosen_metrics else {}
+    )
     registry.resolve("metric", chosen_metrics, metric_params)
     if not model_path.exists():
         from ..run.bench_models import BENCH_MODELS, bench_model_path
 
         if str(model_path) in BENCH_MODELS:
-            with err.status(f"exporting {model_path}…", spinner="dots") if err.is_terminal else _null():
+            with (
+                err.status(f"exporting {model_path}…", spinner="dots")
+                if err.is_terminal
+                else _null()
+            ):
                 model_path = bench_model_path(str(model_path), size)
     images = list(images or [])
     _check_images(images)
@@ -622,28 +922,56 @@ def bench(
         x = model.example_input(batch_size or 8, seed=seed)
     status = err.status("benchmarking…", spinner="dots") if err.is_terminal else _null()
     with status:
-        report = run_bench(model, x, chosen, registry=registry, params=params, repeats=repeats, warmup=warmup,
-                           seed=seed, captum=captum, clock=clock,
-                           progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
-                           if err.is_terminal else None)
+        report = run_bench(
+            model,
+            x,
+            chosen,
+            registry=registry,
+            params=params,
+            repeats=repeats,
+            warmup=warmup,
+            seed=seed,
+            captum=captum,
+            clock=clock,
+            progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
+            if err.is_terminal
+            else None,
+        )
     if chosen_metrics:
         from ..run.bench import bench_metrics
 
         report["metric_bench"] = bench_metrics(
-            model, x, chosen_metrics, chosen[0], registry=registry, params=metric_params,
-            method_params=params.get(chosen[0]), repeats=repeats, warmup=warmup, seed=seed, clock=clock)
+            model,
+            x,
+            chosen_metrics,
+            chosen[0],
+            registry=registry,
+            params=metric_params,
+            method_params=params.get(chosen[0]),
+            repeats=repeats,
+            warmup=warmup,
+            seed=seed,
+            clock=clock,
+        )
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
         print(json.dumps(report, indent=2))
         return
     per_image = report["forward_seconds_per_image"]
-    out.print(f"[bold]{escape(str(model_path))}[/]  device {escape(report['device'])}  batch {report['batch_size']}"
-              f"  forward {per_image:.3g} s/image  clock {report['clock']}", highlight=False)
+    out.print(
+        f"[bold]{escape(str(model_path))}[/]  device {escape(report['device'])}  batch {report['batch_size']}"
+        f"  forward {per_image:.3g} s/image  clock {report['clock']}",
+        highlight=False,
+    )
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method",
-                         overflow="fold")
+        table.add_column(
+            col,
+            justify="left" if col == "method" else "right",
+            no_wrap=col == "method",
+            overflow="fold",
+        )
     notes = []
     for row in report["methods"]:
         status_ = row["captum_status"]
@@ -658,12 +986,20 @@ def bench(
             notes.append(f"{row['name']}: Captum {row['captum']} {status_}")
         fwd = "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}"
         if row.get("stages"):
-            split = ", ".join(f"{name} {st['ratio_to_forward']:.3g}×" for name, st in row["stages"].items()
-                              if st["ratio_to_forward"] is not None)
+            split = ", ".join(
+                f"{name} {st['ratio_to_forward']:.3g}×"
+                for name, st in row["stages"].items()
+                if st["ratio_to_forward"] is not None
+            )
             notes.append(f"{row['name']} stages (× forward): {split}")
-        table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", fwd,
-                      "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}",
-                      cap, ratio)
+        table.add_row(
+            escape(row["name"]),
+            f"{row['seconds_per_image']:.3g}",
+            fwd,
+            "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}",
+            cap,
+            ratio,
+        )
     out.print(table)
     out.print(f"[dim]peak mem: {escape(report['memory'])}[/]", highlight=False)
     for line in notes:
@@ -672,13 +1008,19 @@ def bench(
         mb = report["metric_bench"]
         table = Table(box=None, title=f"metrics on {escape(mb['method'])} maps")
         for col in ("metric", "s/image", "fwd/image", "ms/fwd", "×forward", "peak MB"):
-            table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+            table.add_column(
+                col, justify="left" if col == "metric" else "right", no_wrap=col == "metric"
+            )
         for row in mb["metrics"]:
             step = row["seconds_per_step"]
-            table.add_row(escape(row["name"]), f"{row['seconds_per_image']:.3g}", f"{row['forward_images']:.4g}",
-                          "—" if step is None else f"{1e3 * step:.3g}",
-                          "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}",
-                          "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}")
+            table.add_row(
+                escape(row["name"]),
+                f"{row['seconds_per_image']:.3g}",
+                f"{row['forward_images']:.4g}",
+                "—" if step is None else f"{1e3 * step:.3g}",
+                "—" if row["ratio_to_forward"] is None else f"{row['ratio_to_forward']:.2f}",
+                "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}",
+            )
         out.print(table)
 
 
@@ -712,44 +1054,94 @@ def _scoped_params(items: list[str], chosen: list[str], flag: str) -> dict[str, 
 @app.command("eval")
 def eval_command(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
-    data: Path = typer.Argument(..., metavar="DATA",
-                                help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes])."),
+    data: Path = typer.Argument(
+        ...,
+        metavar="DATA",
+        help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes]).",
+    ),
     methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
     metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
-    labels: Path | None = typer.Option(None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."),
-    boxes: Path | None = typer.Option(None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."
+    ),
+    boxes: Path | None = typer.Option(
+        None, "--boxes", help="Boxes: a folder of Pascal VOC XML or a JSON file."
+    ),
     out_dir: Path = typer.Option(Path("xplain-eval"), "--out", "-o", help="Output folder."),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Use only the first N images."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for stochastic methods and metrics."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip work already in OUT/results.jsonl."),
-    param: list[str] = typer.Option([], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."),
-    metric_param: list[str] = typer.Option([], "--metric-param", metavar="METRIC.KEY=VALUE",
-                                           help="Metric parameter (repeatable)."),
-    preset: str | None = typer.Option(None, help="Preprocessing: imagenet, unit or none (default: sidecar)."),
-    class_names: str | None = typer.Option(None, "--class-names",
-                                              help="The model's class names: a text/JSON file, or 'imagenet'."),
+    seed: int = typer.Option(
+        0, min=0, max=2**32 - 1, help="Seed for stochastic methods and metrics."
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Skip work already in OUT/results.jsonl."
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", metavar="METHOD.KEY=VALUE", help="Method parameter (repeatable)."
+    ),
+    metric_param: list[str] = typer.Option(
+        [], "--metric-param", metavar="METRIC.KEY=VALUE", help="Metric parameter (repeatable)."
+    ),
+    preset: str | None = typer.Option(
+        None, help="Preprocessing: imagenet, unit or none (default: sidecar)."
+    ),
+    class_names: str | None = typer.Option(
+        None, "--class-names", help="The model's class names: a text/JSON file, or 'imagenet'."
+    ),
     montage: int = typer.Option(4, min=0, max=64, help="Images in the montage of maps."),
-    report_images: int = typer.Option(8, "--report-images", min=0, max=256,
-                                      help="Images shown one by one, with every method's map, in DIR/report.html."),
+    report_images: int = typer.Option(
+        8,
+        "--report-images",
+        min=0,
+        max=256,
+        help="Images shown one by one, with every method's map, in DIR/report.html.",
+    ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
-    state_dir: Path | None = typer.Option(None, help="Where fitted state is looked up (see `xplain fit`)."),
+    state_dir: Path | None = typer.Option(
+        None, help="Where fitted state is looked up (see `xplain fit`)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
-    timeout: float | None = typer.Option(None, "--timeout", min=0.001, max=1e7, metavar="SECONDS",
-                                            help="Fail a method's batch that runs longer (error records)."),
-    workers: int | None = typer.Option(None, "--workers", min=0,
-                                          help="Image decoding workers (default: the number of cores; 0: none)."),
-    worker_kind: str = typer.Option("thread", "--worker-kind", help="Decoding workers: thread or process."),
-    shard: str | None = typer.Option(None, "--shard", metavar="I/N",
-                                        help="Evaluate shard I of N (0-based) into results.shard-I-of-N.jsonl; "
-                                             "'env' reads RANK/WORLD_SIZE or the SLURM array task."),
-    ray_address: str | None = typer.Option(None, "--ray", metavar="auto|ADDRESS|local",
-                                              help="Run on Ray (pip install 'xplain[ray]'): local starts a "
-                                                   "local cluster, auto joins the running one."),
-    ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray worker actors (one model each)."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
-                                          help="GPUs per Ray worker (0.5: two workers share a GPU)."),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        min=0.001,
+        max=1e7,
+        metavar="SECONDS",
+        help="Fail a method's batch that runs longer (error records).",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Image decoding workers (default: the number of cores; 0: none).",
+    ),
+    worker_kind: str = typer.Option(
+        "thread", "--worker-kind", help="Decoding workers: thread or process."
+    ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="Evaluate shard I of N (0-based) into results.shard-I-of-N.jsonl; "
+        "'env' reads RANK/WORLD_SIZE or the SLURM array task.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="auto|ADDRESS|local",
+        help="Run on Ray (pip install 'xplain[ray]'): local starts a "
+        "local cluster, auto joins the running one.",
+    ),
+    ray_workers: int = typer.Option(
+        2, "--ray-workers", min=1, help="Ray worker actors (one model each)."
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0,
+        "--gpus-per-worker",
+        min=0.0,
+        help="GPUs per Ray worker (0.5: two workers share a GPU).",
+    ),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
     report.html.
@@ -782,12 +1174,19 @@ def eval_command(
     model = _load(model_path, device, class_names)
     if [n.strip() for n in methods.split(",") if n.strip()] == ["all"]:
         # "all" means every method this model qualifies for (rectifiers, attention …)
-        skipped = [n for n in method_names
-                   if any(model.requirement_problem(r) for r in registry.method(n).capabilities.requires)]
+        skipped = [
+            n
+            for n in method_names
+            if any(model.requirement_problem(r) for r in registry.method(n).capabilities.requires)
+        ]
         method_names = [n for n in method_names if n not in skipped]
         if skipped:
-            err.print(f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
-                      "model does not meet; `xplain methods show NAME`)", highlight=False, markup=False)
+            err.print(
+                f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
+                "model does not meet; `xplain methods show NAME`)",
+                highlight=False,
+                markup=False,
+            )
     _check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
     from rich.progress import (
@@ -808,17 +1207,45 @@ def eval_command(
             return Text(f"{task.speed:.2f} images/s" if task.speed else "… images/s")
 
     preprocess = Preprocess.for_model(model, preset=preset)
-    progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), _Rate(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
+    progress = Progress(
+        TextColumn("eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     task = progress.add_task("eval", total=None)
     with progress:
-        summary = evaluate(model, data, methods=method_names, metrics=metric_names, out_dir=out_dir, labels=labels,
-                           boxes=boxes, limit=limit, batch_size=batch_size, seed=seed, resume=resume,
-                           preprocess=preprocess, method_params=method_params, metric_params=metric_params,
-                           registry=registry, montage=montage, plots=plots, report_images=report_images,
-                           workers=workers, worker_kind=worker_kind, shard=chosen_shard, ray=ray,
-                           timeout=timeout,
-                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+        summary = evaluate(
+            model,
+            data,
+            methods=method_names,
+            metrics=metric_names,
+            out_dir=out_dir,
+            labels=labels,
+            boxes=boxes,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            resume=resume,
+            preprocess=preprocess,
+            method_params=method_params,
+            metric_params=metric_params,
+            registry=registry,
+            montage=montage,
+            plots=plots,
+            report_images=report_images,
+            workers=workers,
+            worker_kind=worker_kind,
+            shard=chosen_shard,
+            ray=ray,
+            timeout=timeout,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     if as_json:
         print(json.dumps(summary, indent=2))
         _fail_if_nothing_evaluated(summary, data)
@@ -828,28 +1255,41 @@ def eval_command(
     out.print(matrix if width <= out.width else ranking_table(summary))
     failed = {m: n for m, n in summary["errors"].items() if n}
     for name, n in failed.items():
-        out.print(f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
-                  highlight=False)
+        out.print(
+            f"[yellow]{escape(name)}: {n} error(s), e.g. {escape(summary['error_examples'].get(name, ''))}[/]",
+            highlight=False,
+        )
     if "shard" in summary:
-        out.print(f"wrote {escape(str(out_dir))}/{chosen_shard.results_name} (shard {summary['shard']}); when every "
-                  f"shard is done: xplain eval summarize {escape(str(out_dir))}", highlight=False)
+        out.print(
+            f"wrote {escape(str(out_dir))}/{chosen_shard.results_name} (shard {summary['shard']}); when every "
+            f"shard is done: xplain eval summarize {escape(str(out_dir))}",
+            highlight=False,
+        )
     else:
         _print_missing(summary)
-        out.print(f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
-                  + (", plots/" if plots else ""), highlight=False)
+        out.print(
+            f"wrote {escape(str(out_dir))}/results.jsonl, summary.json, summary.csv, report.html"
+            + (", plots/" if plots else ""),
+            highlight=False,
+        )
     _fail_if_nothing_evaluated(summary, data)
 
 
 def _print_missing(summary: dict) -> None:
     if summary.get("missing"):
         examples = ", ".join(summary.get("missing_images", [])[:3])
-        out.print(f"[yellow]{summary['missing']} image(s) have no result in any results file, e.g. "
-                  f"{escape(examples)}[/]", highlight=False)
+        out.print(
+            f"[yellow]{summary['missing']} image(s) have no result in any results file, e.g. "
+            f"{escape(examples)}[/]",
+            highlight=False,
+        )
 
 
 @app.command("eval-summarize", hidden=True)
 def eval_summarize_command(
-    out_dir: Path = typer.Argument(..., metavar="DIR", help="The --out folder of `xplain eval` (its shards)."),
+    out_dir: Path = typer.Argument(
+        ..., metavar="DIR", help="The --out folder of `xplain eval` (its shards)."
+    ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write DIR/plots/*.png."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON to stdout."),
 ):
@@ -862,8 +1302,11 @@ def eval_summarize_command(
         return
     out.print(summary_table(summary))
     _print_missing(summary)
-    out.print(f"merged {', '.join(summary['results_files']) or 'no results files'} -> "
-              f"{escape(str(out_dir))}/summary.json, summary.csv" + (", plots/" if plots else ""), highlight=False)
+    out.print(
+        f"merged {', '.join(summary['results_files']) or 'no results files'} -> "
+        f"{escape(str(out_dir))}/summary.json, summary.csv" + (", plots/" if plots else ""),
+        highlight=False,
+    )
 
 
 def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
@@ -873,17 +1316,26 @@ def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
         example = next((e for e in summary["error_examples"].values() if e), "")
         from ..errors import InputDataError
 
-        raise InputDataError(f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data)
+        raise InputDataError(
+            f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data
+        )
 
 
 def summary_table(summary: dict) -> Table:
     """Methods × scores (means; standard errors are in summary.csv/json); the best per score has a *."""
-    table = Table(title=f"{summary['images']} images: mean per method (* best; ↑ higher / ↓ lower is better)",
-                  box=None, pad_edge=False)
+    table = Table(
+        title=f"{summary['images']} images: mean per method (* best; ↑ higher / ↓ lower is better)",
+        box=None,
+        pad_edge=False,
+    )
     table.add_column("method", style="bold", no_wrap=True)
     keys = summary["scores"]
     for k in keys:
-        table.add_column(f"{k} {'↑' if summary['higher_is_better'][k] else '↓'}", justify="right", overflow="fold")
+        table.add_column(
+            f"{k} {'↑' if summary['higher_is_better'][k] else '↓'}",
+            justify="right",
+            overflow="fold",
+        )
     table.add_column("errors", justify="right")
     for name, per in summary["table"].items():
         cells = []
@@ -900,20 +1352,34 @@ def summary_table(summary: dict) -> Table:
 
 def ranking_table(summary: dict) -> Table:
     """The narrow form for many scores: per score the best, runner-up and worst method."""
-    table = Table(title=f"{summary['images']} images: best / runner-up / worst method per score "
-                        "(full table: summary.csv)", box=None, pad_edge=False)
+    table = Table(
+        title=f"{summary['images']} images: best / runner-up / worst method per score "
+        "(full table: summary.csv)",
+        box=None,
+        pad_edge=False,
+    )
     for col in ("score", "", "best", "runner-up", "worst"):
         table.add_column(col, no_wrap=col in ("score", ""))
     for k in summary["scores"]:
-        ranked = sorted(((per[k]["mean"], name) for name, per in summary["table"].items()
-                         if k in per and per[k]["mean"] is not None),
-                        reverse=summary["higher_is_better"][k])
+        ranked = sorted(
+            (
+                (per[k]["mean"], name)
+                for name, per in summary["table"].items()
+                if k in per and per[k]["mean"] is not None
+            ),
+            reverse=summary["higher_is_better"][k],
+        )
         cells = [f"{escape(n)} {v:.3g}" for v, n in ranked]
         if not cells:
             table.add_row(escape(k), "", "n/a", "", "")
             continue
-        table.add_row(escape(k), "↑" if summary["higher_is_better"][k] else "↓", f"[bold green]{cells[0]}[/]",
-                      cells[1] if len(cells) > 2 else "", cells[-1] if len(cells) > 1 else "")
+        table.add_row(
+            escape(k),
+            "↑" if summary["higher_is_better"][k] else "↓",
+            f"[bold green]{cells[0]}[/]",
+            cells[1] if len(cells) > 2 else "",
+            cells[-1] if len(cells) > 1 else "",
+        )
     return table
 
 
@@ -933,7 +1399,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file():  # a sub-command of eval
+    if (
+        argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file()
+    ):  # a sub-command of eval
         argv = ["eval-summarize", *argv[2:]]
     debug = "--debug" in argv or os.environ.get("XPLAIN_DEBUG") == "1"
     command = typer.main.get_command(app)
@@ -968,8 +1436,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        err.print(f"xplain: internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
-                  highlight=False, markup=False)
+        err.print(
+            f"xplain: internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            highlight=False,
+            markup=False,
+        )
         return ExitCode.FAILURE
 
 

@@ -66,6 +66,7 @@ class Sample:
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+
 def _read_text(path: Path, what: str) -> str:
     size = require_regular_file(path, InputDataError, what)  # FIFOs and devices refused unopened
     if size > _MAX_TEXT_BYTES:
@@ -77,8 +78,11 @@ def _read_text(path: Path, what: str) -> str:
     except OSError as e:
         raise InputDataError(f"cannot read the {what}: {e.strerror}", path=path) from None
     if "\x00" in text:
-        raise InputDataError(f"the {what} contains a NUL byte (line {text[:text.index(chr(0))].count(chr(10)) + 1}); "
-                             "not a text file", path=path)
+        raise InputDataError(
+            f"the {what} contains a NUL byte (line {text[: text.index(chr(0))].count(chr(10)) + 1}); "
+            "not a text file",
+            path=path,
+        )
     return text
 
 
@@ -103,8 +107,10 @@ def resolve_label(text: str, class_names: list[str] | None) -> int:
             raise ValueError(f"label index {text[:20]}… ({len(text)} digits) is out of range")
         i = int(text)
         if i < 0 or (class_names is not None and i >= len(class_names)):
-            raise ValueError(f"label index {i} is out of range"
-                             + (f" (0..{len(class_names) - 1})" if class_names else ""))
+            raise ValueError(
+                f"label index {i} is out of range"
+                + (f" (0..{len(class_names) - 1})" if class_names else "")
+            )
         return i
     found = match_label(text, class_names)
     if isinstance(found, int):
@@ -165,8 +171,9 @@ def read_voc(path: Path, class_names: list[str] | None = None) -> tuple[Box, ...
         try:
             if bb is None:
                 raise ValueError("no <bndbox>")
-            xmin, ymin, xmax, ymax = (float((bb.findtext(t) or "").strip())
-                                      for t in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (
+                float((bb.findtext(t) or "").strip()) for t in ("xmin", "ymin", "xmax", "ymax")
+            )
         except ValueError as e:
             raise InputDataError(f"object {k + 1}: bad box ({e})", path=path) from None
         _check_box((xmin, ymin, xmax, ymax), path, k)
@@ -187,8 +194,9 @@ def _json_box(entry: Any, path: Path, k: int, class_names: list[str] | None) -> 
         try:
             coords = tuple(float(entry[t]) for t in ("xmin", "ymin", "xmax", "ymax"))
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise InputDataError(f"box {k + 1}: needs numeric xmin, ymin, xmax, ymax",
-                                 path=path) from None
+            raise InputDataError(
+                f"box {k + 1}: needs numeric xmin, ymin, xmax, ymax", path=path
+            ) from None
         raw = entry.get("label", entry.get("name", ""))
         name = str(raw) if raw is not None else ""
     elif isinstance(entry, (list, tuple)) and len(entry) in (4, 5):
@@ -198,11 +206,14 @@ def _json_box(entry: Any, path: Path, k: int, class_names: list[str] | None) -> 
             raise InputDataError(f"box {k + 1}: coordinates must be numbers", path=path) from None
         name = str(entry[4]) if len(entry) == 5 else ""
     else:
-        raise InputDataError(f"box {k + 1}: expected an object or [xmin, ymin, xmax, ymax(, name)]",
-                             path=path)
+        raise InputDataError(
+            f"box {k + 1}: expected an object or [xmin, ymin, xmax, ymax(, name)]", path=path
+        )
     _check_box(coords, path, k)
     xmin, ymin, xmax, ymax = coords
-    return Box(xmin, ymin, xmax, ymax, label=_box_label(name, class_names) if name else None, name=name)
+    return Box(
+        xmin, ymin, xmax, ymax, label=_box_label(name, class_names) if name else None, name=name
+    )
 
 
 def read_boxes_json(path: Path, class_names: list[str] | None = None) -> dict[str, tuple[Box, ...]]:
@@ -259,7 +270,10 @@ def read_labels_file(path: Path, class_names: list[str] | None) -> dict[str, int
     out: dict[str, int] = {}
     if path.suffix.lower() == ".csv":
         rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-        if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "label"], ["image", "label"]):
+        if rows and [c.strip().lower() for c in rows[0][:2]] in (
+            ["path", "label"],
+            ["image", "label"],
+        ):
             rows = rows[1:]
         start = 2
     else:
@@ -278,6 +292,7 @@ def read_labels_file(path: Path, class_names: list[str] | None) -> dict[str, int
 # ---------------------------------------------------------------------------------------------
 # the layouts
 
+
 def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample]:
     text = _read_text(csv_path, "manifest")
     reader = csv.reader(io.StringIO(text))
@@ -288,9 +303,12 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
     except csv.Error as e:
         raise InputDataError(f"invalid CSV: {e}", path=csv_path) from None
     if "path" not in header:
-        raise InputDataError("the manifest needs a header with a 'path' column "
-                             "(path,label[,boxes])", path=csv_path)
-    col: dict[str, int] = {name: header.index(name) for name in ("path", "label", "boxes") if name in header}
+        raise InputDataError(
+            "the manifest needs a header with a 'path' column (path,label[,boxes])", path=csv_path
+        )
+    col: dict[str, int] = {
+        name: header.index(name) for name in ("path", "label", "boxes") if name in header
+    }
     base = csv_path.parent
     samples = []
     try:
@@ -359,8 +377,9 @@ def output_exclusion(data: Path, out: Path | None) -> Path | None:
     return out_r
 
 
-def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str] | None
-                         ) -> list[int | None] | None:
+def _class_folder_labels(
+    folder: Path, images: list[Path], class_names: list[str] | None
+) -> list[int | None] | None:
     """Labels from class sub-folders, or None when the folder is not laid out that way.
 
     The layout counts as class folders when every image sits exactly one level down and at
@@ -380,13 +399,21 @@ def _class_folder_labels(folder: Path, images: list[Path], class_names: list[str
         return None
     bad = [n for n, v in resolved.items() if v is None]
     if bad:
-        raise InputDataError(f"sub-folder {bad[0]!r} names no class of the model", path=folder / bad[0])
+        raise InputDataError(
+            f"sub-folder {bad[0]!r} names no class of the model", path=folder / bad[0]
+        )
     return [resolved[p.parent.name] for p in images]
 
 
-def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: str | Path | None = None,
-                 boxes: str | Path | None = None, limit: int | None = None, exclude: Path | None = None
-                 ) -> list[Sample]:
+def read_dataset(
+    data: Path,
+    *,
+    class_names: list[str] | None = None,
+    labels: str | Path | None = None,
+    boxes: str | Path | None = None,
+    limit: int | None = None,
+    exclude: Path | None = None,
+) -> list[Sample]:
     """Read a data set description into samples (no pixels are loaded).
 
     ``data``: an image file; a folder of images (recursive, sorted by path; unlabelled unless
@@ -414,10 +441,13 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: st
     else:
         images = _folder_images(data, exclude)
         if not images:
-            raise InputDataError("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES))
-                                 + ")", path=data)
+            raise InputDataError(
+                "no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")", path=data
+            )
         found = _class_folder_labels(data, images, class_names)
-        samples = [Sample(p, None if found is None else found[i], None) for i, p in enumerate(images)]
+        samples = [
+            Sample(p, None if found is None else found[i], None) for i, p in enumerate(images)
+        ]
         root = data
     if exclude is not None:
         samples = [s for s in samples if not _inside(s.path, exclude)]
@@ -433,6 +463,7 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: st
     if boxes is not None:
         boxes = Path(boxes)
         if boxes.is_dir():
+
             def from_dir(s: Sample) -> Sample:
                 xml = boxes / (s.path.stem + ".xml")
                 if not xml.is_file():
@@ -440,11 +471,16 @@ def read_dataset(data: Path, *, class_names: list[str] | None = None, labels: st
                 try:
                     return dataclasses.replace(s, boxes=read_voc(xml, class_names))
                 except InputDataError as e:  # one bad annotation skips one image, not the run
-                    return dataclasses.replace(s, boxes=None, error="; ".join(filter(None, [s.error, str(e)])))
+                    return dataclasses.replace(
+                        s, boxes=None, error="; ".join(filter(None, [s.error, str(e)]))
+                    )
+
             samples = [from_dir(s) for s in samples]
         else:
             boxes_table = read_boxes_json(boxes, class_names)
-            samples = [dataclasses.replace(s, boxes=_lookup(boxes_table, s.path, root)) for s in samples]
+            samples = [
+                dataclasses.replace(s, boxes=_lookup(boxes_table, s.path, root)) for s in samples
+            ]
     return samples
 
 

@@ -51,14 +51,23 @@ PathLike = str | os.PathLike[str]
 # --------------------------------------------------------------------------------------------
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
-                  zlib.error)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
 
 
 def _bomb_error(pixels: int | None, limit: int, path: PathLike) -> InputDataError:
     size = f"{pixels} pixels" if pixels is not None else "the image"
-    return InputDataError(f"image too large: {size} exceeds the limit of {limit} "
-                          "(decompression bomb?)", path=path)
+    return InputDataError(
+        f"image too large: {size} exceeds the limit of {limit} (decompression bomb?)", path=path
+    )
 
 
 def load_image(path: PathLike) -> Image.Image:
@@ -132,7 +141,9 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
         return img.convert("L")
     if mode in _SIXTEEN_BIT_MODES:  # float32 (not 64): an 89-megapixel image stays < 1 GB
         a = np.asarray(img).astype(np.float32)
-        return Image.fromarray(np.clip(np.rint(a * np.float32(255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(
+            np.clip(np.rint(a * np.float32(255.0 / 65535.0)), 0, 255).astype(np.uint8), "L"
+        )
     if mode == "F":
         a = np.nan_to_num(np.asarray(img).astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         if a.size and a.max() <= 1.0:
@@ -160,10 +171,10 @@ def _on_white(img: Image.Image, out_mode: str) -> Image.Image:
     out = np.empty(src.shape[:-1] + (src.shape[-1] - 1,), np.uint8)
     rows = max(1, 2**20 // max(1, src.shape[1]))
     for top in range(0, src.shape[0], rows):
-        a = src[top:top + rows].astype(np.float32)
+        a = src[top : top + rows].astype(np.float32)
         alpha = a[..., -1:] / np.float32(255.0)
         band = a[..., :-1] * alpha + np.float32(255.0) * (1.0 - alpha)
-        out[top:top + rows] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
+        out[top : top + rows] = np.clip(np.rint(band), 0, 255).astype(np.uint8)
     return Image.fromarray(out[..., 0] if out_mode == "L" else out, out_mode)
 
 
@@ -197,21 +208,24 @@ class Geometry:
         m = np.asarray(map_hw, dtype=np.float32)  # float32: original-size arrays stay small
         left, top, right, bottom = self.crop_box
         if m.shape != (bottom - top, right - left):
-            raise ValueError(f"map shape {m.shape} does not match the crop "
-                             f"{(bottom - top, right - left)} (H, W)")
+            raise ValueError(
+                f"map shape {m.shape} does not match the crop {(bottom - top, right - left)} (H, W)"
+            )
         rw, rh = self.resized_size
         canvas = np.full((rh, rw), np.nan, dtype=np.float32)
         # Clip to the canvas: a crop is always inside the resized image when built by Preprocess.
         t0, l0 = max(top, 0), max(left, 0)
         b0, r0 = min(bottom, rh), min(right, rw)
-        canvas[t0:b0, l0:r0] = m[t0 - top:b0 - top, l0 - left:r0 - left]
+        canvas[t0:b0, l0:r0] = m[t0 - top : b0 - top, l0 - left : r0 - left]
         valid = np.isfinite(canvas)
         values = np.where(valid, canvas, np.float32(0.0))
         size = self.original_size
 
         def resize(a: np.ndarray) -> np.ndarray:
             im = Image.fromarray(a.astype(np.float32), "F")
-            return np.asarray(im.resize(size, Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
+            return np.asarray(
+                im.resize(size, Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32
+            )
 
         weight = resize(valid.astype(np.float32))
         total = resize(values)
@@ -220,8 +234,9 @@ class Geometry:
         out[inside] = total[inside] / weight[inside]
         return out.astype(np.float32)
 
-    def box_to_input(self, xmin: float, ymin: float, xmax: float, ymax: float,
-                     voc: bool = True) -> tuple[float, float, float, float]:
+    def box_to_input(
+        self, xmin: float, ymin: float, xmax: float, ymax: float, voc: bool = True
+    ) -> tuple[float, float, float, float]:
         """Map a box on the original image to continuous model-input coordinates.
 
         With ``voc`` the box is Pascal VOC (1-based, inclusive: pixels ``xmin..xmax``), i.e. the
@@ -241,8 +256,11 @@ class Geometry:
         return x0, y0, x1, y1
 
     def to_dict(self) -> dict[str, list[int]]:
-        return {"original_size": list(self.original_size), "resized_size": list(self.resized_size),
-                "crop_box": list(self.crop_box)}
+        return {
+            "original_size": list(self.original_size),
+            "resized_size": list(self.resized_size),
+            "crop_box": list(self.crop_box),
+        }
 
 
 PRESETS = ("imagenet", "unit", "none")
@@ -258,6 +276,8 @@ MAX_RESIZED_PIXELS = 2**26
 def max_resize(h: int, w: int) -> int:
     """The largest shorter-side target accepted for a model input of h x w."""
     return max(2048, 8 * max(h, w))
+
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # Single-channel ImageNet statistics: the means of the per-channel values (a grayscale image is
@@ -286,13 +306,19 @@ class Preprocess:
     preset: str
 
     @classmethod
-    def for_model(cls, model: Model, preset: str | None = None, resize: int | None = None,
-                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
-                  ) -> Preprocess:
+    def for_model(
+        cls,
+        model: Model,
+        preset: str | None = None,
+        resize: int | None = None,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+    ) -> Preprocess:
         """The one way the verbs (explain, eval, fit, bench) build a model's pipeline: its input
         spec and sidecar, overridden by the flags given (see :meth:`from_options`)."""
-        return cls.from_options(model.spec, preset=preset, sidecar=model.sidecar, resize=resize, mean=mean,
-                                std=std)
+        return cls.from_options(
+            model.spec, preset=preset, sidecar=model.sidecar, resize=resize, mean=mean, std=std
+        )
 
     @classmethod
     def from_options(
@@ -347,16 +373,21 @@ class Preprocess:
         if name is None:
             name = "imagenet" if c == 3 and h >= 128 else "unit"
         if not isinstance(name, str) or name.lower() not in PRESETS:
-            raise fail(src or "flag", f"unknown preprocessing preset {name!r}; "
-                                      f"valid presets: {', '.join(PRESETS)}")
+            raise fail(
+                src or "flag",
+                f"unknown preprocessing preset {name!r}; valid presets: {', '.join(PRESETS)}",
+            )
         name = name.lower()
 
         crop_v, src = pick("crop", crop)
         if crop_v is not None:
             ch, cw = _pair(crop_v, "crop", lambda m: fail(src, m))
             if (ch, cw) != (h, w):
-                raise fail(src, f"crop {ch}x{cw} differs from the model input {h}x{w}; the crop "
-                                "must equal the model input size (change resize instead)")
+                raise fail(
+                    src,
+                    f"crop {ch}x{cw} differs from the model input {h}x{w}; the crop "
+                    "must equal the model input size (change resize instead)",
+                )
 
         if "resize" in sidecar and sidecar["resize"] is None and resize is None:
             resize_v, src = 0, "sidecar"
@@ -369,36 +400,57 @@ class Preprocess:
             if isinstance(resize_v, bool) or not isinstance(resize_v, int) or resize_v < 0:
                 raise fail(src, f"resize must be a non-negative integer, got {resize_v!r}")
             if 0 < resize_v < max(h, w):
-                raise fail(src, f"resize {resize_v} is smaller than the model input {h}x{w}; the "
-                                f"shorter side must be at least {max(h, w)} for the crop to fit")
+                raise fail(
+                    src,
+                    f"resize {resize_v} is smaller than the model input {h}x{w}; the "
+                    f"shorter side must be at least {max(h, w)} for the crop to fit",
+                )
             limit = max_resize(h, w)
             if resize_v > limit:
-                raise fail(src, f"resize {resize_v} is larger than {limit} (8 x the model input, "
-                                "at least 2048); refused")
+                raise fail(
+                    src,
+                    f"resize {resize_v} is larger than {limit} (8 x the model input, "
+                    "at least 2048); refused",
+                )
 
         if name == "imagenet":
-            d_mean, d_std = ((_IMAGENET_MEAN, _IMAGENET_STD) if c == 3
-                             else (_IMAGENET_MEAN_GRAY, _IMAGENET_STD_GRAY))
+            d_mean, d_std = (
+                (_IMAGENET_MEAN, _IMAGENET_STD)
+                if c == 3
+                else (_IMAGENET_MEAN_GRAY, _IMAGENET_STD_GRAY)
+            )
         else:
             d_mean, d_std = (0.0,), (1.0,)
         mean_v, src_m = pick("mean", mean)
         std_v, src_s = pick("std", std)
-        mean_t = _per_channel(d_mean if mean_v is None else mean_v, c, "mean",
-                              lambda m: fail(src_m, m))
-        std_t = _per_channel(d_std if std_v is None else std_v, c, "std",
-                             lambda m: fail(src_s, m))
+        mean_t = _per_channel(
+            d_mean if mean_v is None else mean_v, c, "mean", lambda m: fail(src_m, m)
+        )
+        std_t = _per_channel(d_std if std_v is None else std_v, c, "std", lambda m: fail(src_s, m))
         if any(s <= 0 for s in std_t):
             raise fail(src_s or "flag", f"std values must be positive, got {list(std_t)}")
         if any(not STD_RANGE[0] <= s <= STD_RANGE[1] for s in std_t):
-            raise fail(src_s or "flag", f"std values must lie in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}], "
-                                        f"got {list(std_t)} (dividing by them would overflow)")
+            raise fail(
+                src_s or "flag",
+                f"std values must lie in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}], "
+                f"got {list(std_t)} (dividing by them would overflow)",
+            )
         if any(abs(m) > MEAN_LIMIT for m in mean_t):
-            raise fail(src_m or "flag", f"mean values must lie in [-{MEAN_LIMIT:g}, {MEAN_LIMIT:g}], "
-                                        f"got {list(mean_t)}")
+            raise fail(
+                src_m or "flag",
+                f"mean values must lie in [-{MEAN_LIMIT:g}, {MEAN_LIMIT:g}], got {list(mean_t)}",
+            )
 
-        return cls(channels=c, size=(h, w), resize=resize_v or None, crop=(h, w),
-                   scale=1.0 if name == "none" else 1.0 / 255.0, mean=mean_t, std=std_t,
-                   preset=name)
+        return cls(
+            channels=c,
+            size=(h, w),
+            resize=resize_v or None,
+            crop=(h, w),
+            scale=1.0 if name == "none" else 1.0 / 255.0,
+            mean=mean_t,
+            std=std_t,
+            preset=name,
+        )
 
     def geometry(self, original_size: tuple[int, int]) -> Geometry:
         """The resize and crop this pipeline applies to an image of ``original_size`` (W, H)."""
@@ -415,8 +467,10 @@ class Preprocess:
         else:
             rw, rh = int(r * w0 / h0), r
         if rw * rh > MAX_RESIZED_PIXELS:
-            raise InputDataError(f"image of {w0}x{h0} would be resized to {rw}x{rh} "
-                                 f"(more than {MAX_RESIZED_PIXELS} pixels); the aspect ratio is too extreme")
+            raise InputDataError(
+                f"image of {w0}x{h0} would be resized to {rw}x{rh} "
+                f"(more than {MAX_RESIZED_PIXELS} pixels); the aspect ratio is too extreme"
+            )
         ch, cw = self.crop
         # torchvision's CenterCrop rounding (Python's round: halves go to even).
         top = int(round((rh - ch) / 2.0))
@@ -449,25 +503,37 @@ class Preprocess:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description, recorded with every result so a run can be reproduced."""
-        return {"preset": self.preset, "channels": self.channels, "size": list(self.size),
-                "resize": self.resize, "crop": list(self.crop), "scale": self.scale,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "preset": self.preset,
+            "channels": self.channels,
+            "size": list(self.size),
+            "resize": self.resize,
+            "crop": list(self.crop),
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def _pair(value: Any, name: str, fail) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         raise fail(f"{name} must be a positive integer or a pair [H, W], got {value!r}")
     return int(value[0]), int(value[1])
 
 
 def _per_channel(value: Any, c: int, name: str, fail) -> tuple[float, ...]:
     seq = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if (not isinstance(seq, (list, tuple))
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seq)
-            or not all(math.isfinite(v) for v in seq)):
+    if (
+        not isinstance(seq, (list, tuple))
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seq)
+        or not all(math.isfinite(v) for v in seq)
+    ):
         raise fail(f"{name} must be a number or a list of numbers, got {value!r}")
     if len(seq) not in (1, c):
         raise fail(f"{name} has {len(seq)} values; the model has {c} channel(s), so give 1 or {c}")
@@ -506,7 +572,9 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
         return Sidecar({}, path)
     size = require_regular_file(path, InputDataError, "sidecar")
     if size > _MAX_SIDECAR_BYTES:
-        raise InputDataError(f"the sidecar is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB", path=path)
+        raise InputDataError(
+            f"the sidecar is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB", path=path
+        )
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -516,11 +584,15 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
         raise InputDataError("the sidecar must be a JSON object", path=path)
     unknown = sorted(set(data) - set(SIDECAR_KEYS))
     if unknown:
-        raise InputDataError(f"unknown sidecar key(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(SIDECAR_KEYS)}", path=path)
+        raise InputDataError(
+            f"unknown sidecar key(s) {', '.join(unknown)}; allowed: {', '.join(SIDECAR_KEYS)}",
+            path=path,
+        )
 
     def bad(key: str, expected: str) -> InputDataError:
-        return InputDataError(f"sidecar key {key!r} must be {expected}, got {data[key]!r}", path=path)
+        return InputDataError(
+            f"sidecar key {key!r} must be {expected}, got {data[key]!r}", path=path
+        )
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -534,24 +606,33 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
             raise bad(key, "a string")
         if key == "resize" and not (value is None or (is_int(value) and 0 <= value <= 65536)):
             raise bad(key, "a non-negative integer (at most 65536) or null")
-        if key == "crop" and not ((is_int(value) and 0 < value <= 65536) or (
-                isinstance(value, list) and len(value) == 2
-                and all(is_int(v) and 0 < v <= 65536 for v in value))):
+        if key == "crop" and not (
+            (is_int(value) and 0 < value <= 65536)
+            or (
+                isinstance(value, list)
+                and len(value) == 2
+                and all(is_int(v) and 0 < v <= 65536 for v in value)
+            )
+        ):
             raise bad(key, "a positive integer or [H, W]")
-        if key in ("mean", "std") and not (is_num(value) or (
-                isinstance(value, list) and 0 < len(value) <= 4 and all(is_num(v) for v in value))):
+        if key in ("mean", "std") and not (
+            is_num(value)
+            or (isinstance(value, list) and 0 < len(value) <= 4 and all(is_num(v) for v in value))
+        ):
             raise bad(key, "a number or a list of numbers")
         if key == "labels":
             if isinstance(value, str):
                 if value != "imagenet":  # confined like external data: only files beside the model
-                    value = str(confined_file(path.parent, value, InputDataError, "labels file", path))
+                    value = str(
+                        confined_file(path.parent, value, InputDataError, "labels file", path)
+                    )
             elif isinstance(value, list):
                 if not value or not all(isinstance(v, str) for v in value):
-                    raise bad(key, "a file name, \"imagenet\" or a list of strings")
+                    raise bad(key, 'a file name, "imagenet" or a list of strings')
             elif isinstance(value, dict):
                 value = _labels_from_json(value, path)
             else:
-                raise bad(key, "a file name, \"imagenet\" or a list of strings")
+                raise bad(key, 'a file name, "imagenet" or a list of strings')
         out[key] = value
     return Sidecar(out, path)
 
@@ -559,7 +640,8 @@ def read_sidecar(model_path: PathLike) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _imagenet_labels() -> tuple[str, ...]:
     text = (importlib.resources.files("xplain") / "data" / "imagenet_classes.txt").read_text(
-        encoding="utf-8")
+        encoding="utf-8"
+    )
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -572,8 +654,9 @@ def imagenet_labels() -> list[str]:
     return list(_imagenet_labels())
 
 
-def load_labels(spec: str | os.PathLike[str] | Sequence[str], base_dir: PathLike | None = None
-                ) -> list[str]:
+def load_labels(
+    spec: str | os.PathLike[str] | Sequence[str], base_dir: PathLike | None = None
+) -> list[str]:
     """Class names from a list, the string "imagenet", or a text/JSON file.
 
     Text files hold one label per line (whitespace stripped; trailing empty lines ignored; an
@@ -587,7 +670,7 @@ def load_labels(spec: str | os.PathLike[str] | Sequence[str], base_dir: PathLike
             raise InputDataError("labels must be a non-empty list of strings")
         return list(spec)
     if not isinstance(spec, (str, os.PathLike)):
-        raise InputDataError(f"labels must be a file name, \"imagenet\" or a list, got {spec!r}")
+        raise InputDataError(f'labels must be a file name, "imagenet" or a list, got {spec!r}')
     if isinstance(spec, str) and spec == "imagenet":
         return imagenet_labels()
     path = Path(spec)
@@ -595,7 +678,9 @@ def load_labels(spec: str | os.PathLike[str] | Sequence[str], base_dir: PathLike
         path = Path(base_dir) / path
     size = require_regular_file(path, InputDataError, "labels file")
     if size > _MAX_LABELS_BYTES:
-        raise InputDataError(f"the labels file is larger than {_MAX_LABELS_BYTES // 2**20} MiB", path=path)
+        raise InputDataError(
+            f"the labels file is larger than {_MAX_LABELS_BYTES // 2**20} MiB", path=path
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -622,15 +707,19 @@ def _labels_from_json(data: Any, path: PathLike) -> list[str]:
         names = [name(v) for v in data]
     elif isinstance(data, dict):
         try:
-            if any(len(k) > 12 for k in data):  # int() of a 5000-digit key raises, and no model has 10^12 classes
+            if any(
+                len(k) > 12 for k in data
+            ):  # int() of a 5000-digit key raises, and no model has 10^12 classes
                 raise ValueError
             index = {int(k): v for k, v in data.items()}
         except ValueError:
-            raise InputDataError("label keys must be class indices (\"0\", \"1\", ...)",
-                                 path=path) from None
+            raise InputDataError(
+                'label keys must be class indices ("0", "1", ...)', path=path
+            ) from None
         if sorted(index) != list(range(len(index))):
-            raise InputDataError(f"label indices must be 0..{len(index) - 1} without gaps",
-                                 path=path)
+            raise InputDataError(
+                f"label indices must be 0..{len(index) - 1} without gaps", path=path
+            )
         names = [name(index[i]) for i in range(len(index))]
     else:
         raise InputDataError("labels JSON must be a list or an object of index -> name", path=path)
@@ -683,44 +772,59 @@ def match_label(text: str, names: Sequence[str] | None) -> int | list[int] | Non
         return int(text)
     if not names:
         return None
-    hits = [i for i, n in enumerate(names) if n == text] or \
-        [i for i, n in enumerate(names) if n.casefold() == text.casefold()]
+    hits = [i for i, n in enumerate(names) if n == text] or [
+        i for i, n in enumerate(names) if n.casefold() == text.casefold()
+    ]
     return hits[0] if len(hits) == 1 else hits or None
 
 
-def _resolve_one(text: str, labels: list[str] | None, num_classes: int, *, raise_error: bool
-                 ) -> int | None:
+def _resolve_one(
+    text: str, labels: list[str] | None, num_classes: int, *, raise_error: bool
+) -> int | None:
     if _INT.fullmatch(text):
         if len(text) > 20:  # int() refuses more than 4300 digits; no class index needs 20
-            raise UsageError(f"target index {text[:20]}… ({len(text)} digits) is out of range; the model has "
-                             f"{num_classes} classes")
+            raise UsageError(
+                f"target index {text[:20]}… ({len(text)} digits) is out of range; the model has "
+                f"{num_classes} classes"
+            )
         i = int(text)
         if not 0 <= i < num_classes:
-            raise UsageError(f"target index {i} is out of range; the model has {num_classes} "
-                             f"classes (0..{num_classes - 1})")
+            raise UsageError(
+                f"target index {i} is out of range; the model has {num_classes} "
+                f"classes (0..{num_classes - 1})"
+            )
         return i
     found = match_label(text, labels)
     if isinstance(found, int):
         return _check_index(found, text, num_classes)
     if found:
-        raise UsageError(f"target {text!r} is ambiguous: it names classes "
-                         f"{', '.join(map(str, found))}; use an index")
+        raise UsageError(
+            f"target {text!r} is ambiguous: it names classes "
+            f"{', '.join(map(str, found))}; use an index"
+        )
     if not raise_error:
         return None
     if not labels:
-        raise UsageError(f"unknown target {text!r}: no class labels are known, so use a class "
-                         f"index (0..{num_classes - 1}), top1 or top5")
+        raise UsageError(
+            f"unknown target {text!r}: no class labels are known, so use a class "
+            f"index (0..{num_classes - 1}), top1 or top5"
+        )
     close = difflib.get_close_matches(text, labels, n=5, cutoff=0.6)
     if not close:  # case differences defeat get_close_matches; retry folded
         folded = {lab.casefold(): lab for lab in labels}
         close = [folded[c] for c in difflib.get_close_matches(text.casefold(), list(folded), n=5)]
-    hint = ("did you mean: " + ", ".join(repr(c) for c in close)) if close else \
-        f"use top1, top5, a class index 0..{num_classes - 1} or a label name"
+    hint = (
+        ("did you mean: " + ", ".join(repr(c) for c in close))
+        if close
+        else f"use top1, top5, a class index 0..{num_classes - 1} or a label name"
+    )
     raise UsageError(f"unknown target {text!r}", hint=hint)
 
 
 def _check_index(i: int, text: str, num_classes: int) -> int:
     if i >= num_classes:
-        raise UsageError(f"target {text!r} is label {i}, but the model has only {num_classes} "
-                         "classes (do the labels match the model?)")
+        raise UsageError(
+            f"target {text!r} is label {i}, but the model has only {num_classes} "
+            "classes (do the labels match the model?)"
+        )
     return i

@@ -65,8 +65,13 @@ def _prepare_batch(batch: list[tuple[int, Sample]], preprocess: Preprocess) -> l
     return [prepare(i, s, preprocess) for i, s in batch]
 
 
-def prefetch(batches: Iterable[list[tuple[int, Sample]]], preprocess: Preprocess, workers: int = 0,
-             kind: str = "thread", depth: int = 2) -> Iterator[list[Prepared]]:
+def prefetch(
+    batches: Iterable[list[tuple[int, Sample]]],
+    preprocess: Preprocess,
+    workers: int = 0,
+    kind: str = "thread",
+    depth: int = 2,
+) -> Iterator[list[Prepared]]:
     """Yield each batch of ``(index, sample)`` prepared, in order, decoding ahead in workers.
 
     ``workers`` 0 decodes in the calling thread (no pool). With a pool, every image of a batch is
@@ -86,6 +91,7 @@ def prefetch(batches: Iterable[list[tuple[int, Sample]]], preprocess: Preprocess
     pending: deque[list[cf.Future]] = deque()
     source = iter(batches)
     try:
+
         def submit() -> bool:
             batch = next(source, None)
             if batch is None:
@@ -94,8 +100,12 @@ def prefetch(batches: Iterable[list[tuple[int, Sample]]], preprocess: Preprocess
                 pending.append([pool.submit(prepare, i, s, preprocess) for i, s in batch])
             else:
                 step = max(1, -(-len(batch) // workers))
-                pending.append([pool.submit(_prepare_batch, batch[k:k + step], preprocess)
-                                for k in range(0, len(batch), step)])
+                pending.append(
+                    [
+                        pool.submit(_prepare_batch, batch[k : k + step], preprocess)
+                        for k in range(0, len(batch), step)
+                    ]
+                )
             return True
 
         for _ in range(max(1, depth)):

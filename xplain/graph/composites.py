@@ -27,7 +27,9 @@ def register_composite(name: str, factory: Callable[..., Chooser]) -> None:
 def composite(name: str, **options: Any) -> Chooser:
     """The chooser of the composite ``name`` with ``options`` (e.g. ``eps`` for LRP)."""
     if name not in _COMPOSITES:
-        raise UsageError(f"unknown rule composite {name!r}", hint=f"registered: {', '.join(composites())}")
+        raise UsageError(
+            f"unknown rule composite {name!r}", hint=f"registered: {', '.join(composites())}"
+        )
     return _COMPOSITES[name](**options)
 
 
@@ -39,5 +41,7 @@ def composites() -> list[str]:
 register_composite(GUIDED, lambda: rectifier_rules(GUIDED))  # guided backprop, every rectifier
 register_composite(DECONVNET, lambda: rectifier_rules(DECONVNET))
 register_composite(PLAIN, lambda: rectifier_rules(PLAIN))  # the ordinary gradient, as a rule
-register_composite("lrp-epsilon", lambda eps=1e-6, skip=(): lrp_rules(EPSILON, eps, skip=tuple(skip)))
+register_composite(
+    "lrp-epsilon", lambda eps=1e-6, skip=(): lrp_rules(EPSILON, eps, skip=tuple(skip))
+)
 register_composite("lrp-zplus", lambda eps=1e-6, skip=(): lrp_rules(ZPLUS, eps, skip=tuple(skip)))

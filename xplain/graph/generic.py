@@ -63,12 +63,16 @@ class GenericRule(nn.Module):
     Subclasses override :meth:`gradient_mapper` (and :meth:`input_modifier`) and pass a
     ``param_modifier`` (``module -> modified copy``); a rule with a modifier takes one input."""
 
-    def __init__(self, original: nn.Module, param_modifier: Callable[[nn.Module], nn.Module] | None = None):
+    def __init__(
+        self, original: nn.Module, param_modifier: Callable[[nn.Module], nn.Module] | None = None
+    ):
         super().__init__()
         self.original = original
         self.modified = param_modifier(original) if param_modifier is not None else None
 
-    def gradient_mapper(self, g: torch.Tensor, z: torch.Tensor, z_mod: torch.Tensor) -> torch.Tensor:
+    def gradient_mapper(
+        self, g: torch.Tensor, z: torch.Tensor, z_mod: torch.Tensor
+    ) -> torch.Tensor:
         return g
 
     def input_modifier(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,13 @@ from torch import nn
 
 #: Layers with a weight (and optional bias) that act linearly on their input.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
 )
 
 #: BatchNorm of any dimension (eval mode: an elementwise affine map).
@@ -37,7 +43,9 @@ def is_weight_layer(module: nn.Module) -> bool:
 
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm in eval mode is ``x * scale + shift``: (scale, shift), per channel."""
-    assert bn.running_var is not None and bn.running_mean is not None  # onnx2torch BN: eval-mode stats
+    assert (
+        bn.running_var is not None and bn.running_mean is not None
+    )  # onnx2torch BN: eval-mode stats
     var, mean = bn.running_var.detach(), bn.running_mean.detach()
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(mean)

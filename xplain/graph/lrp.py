@@ -159,7 +159,10 @@ class GateRule(nn.Module):
         self.original, self.gate, self.eps = original, gate, eps
 
     def forward(self, *args):
-        held = [a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+        held = [
+            a.detach() if i == self.gate and isinstance(a, torch.Tensor) else a
+            for i, a in enumerate(args)
+        ]
         return _EpsilonScale.apply(self.original(*held), self.eps)
 
 
@@ -227,9 +230,21 @@ def _is_linear_op(module: nn.Module) -> bool:
 
     if is_weight_layer(module):
         return True
-    if isinstance(module, (BATCHNORM, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                           nn.AdaptiveAvgPool2d, OnnxGemm, OnnxMatMul, OnnxGlobalAveragePool,
-                           OnnxGlobalAveragePoolWithKnownInputShape, OnnxReduceSumStaticAxes)):
+    if isinstance(
+        module,
+        (
+            BATCHNORM,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AvgPool3d,
+            nn.AdaptiveAvgPool2d,
+            OnnxGemm,
+            OnnxMatMul,
+            OnnxGlobalAveragePool,
+            OnnxGlobalAveragePoolWithKnownInputShape,
+            OnnxReduceSumStaticAxes,
+        ),
+    ):
         return True
     if isinstance(module, OnnxReduceStaticAxes):
         return module.operation_type in ("ReduceMean", "ReduceSum")
@@ -267,7 +282,10 @@ def lrp_rules(mode: str = EPSILON, eps: float = 1e-6, skip: tuple[str, ...] = ()
             return PassRule(module)
         if kind == "layernorm":
             return LayerNormRule(module, eps)
-        if kind in ("gelu", "silu", "hardswish", "gate", "divide", "product") or name in attention_products:
+        if (
+            kind in ("gelu", "silu", "hardswish", "gate", "divide", "product")
+            or name in attention_products
+        ):
             gate = model.product_gate(name)
             return UniformProductRule(module, eps) if gate is None else GateRule(module, gate, eps)
         if mode == ZPLUS and _is_weight_layer(module):
@@ -279,13 +297,23 @@ def lrp_rules(mode: str = EPSILON, eps: float = 1e-6, skip: tuple[str, ...] = ()
     return choose
 
 
-def zbox_relevance(module: nn.Module, x: torch.Tensor, relevance_out: torch.Tensor, low: torch.Tensor,
-                   high: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+def zbox_relevance(
+    module: nn.Module,
+    x: torch.Tensor,
+    relevance_out: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    eps: float = 1e-9,
+) -> torch.Tensor:
     """The zᴮ-rule for the first layer (Montavon et al. 2017), inputs bounded in [low, high].
 
     R_i = Σ_j (x_i w_ij − l_i w⁺_ij − h_i w⁻_ij) / (Σ_i same) · R_j; returns R for ``x``."""
     w = _weight(module).detach()
-    plain, pos, neg = module, _with_weight(module, w.clamp(min=0)), _with_weight(module, w.clamp(max=0))
+    plain, pos, neg = (
+        module,
+        _with_weight(module, w.clamp(min=0)),
+        _with_weight(module, w.clamp(max=0)),
+    )
     with torch.enable_grad():
         xs = [t.detach().clone().requires_grad_(True) for t in (x, low, high)]
         outs = [plain_no_bias(plain, xs[0]), pos(xs[1]), neg(xs[2])]

@@ -93,7 +93,7 @@ class Layout:
             return t.permute(0, 3, 1, 2)
         if self.kind == TOKENS:
             h, w = self.grid
-            return t[:, self.prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+            return t[:, self.prefix :].transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
         return t
 
     def from_spatial(self, s: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,7 +108,7 @@ class Layout:
             if like is None:
                 head = grid.new_zeros(grid.shape[0], self.prefix, grid.shape[2])
             else:
-                head = like[:, :self.prefix].expand(grid.shape[0], -1, -1)
+                head = like[:, : self.prefix].expand(grid.shape[0], -1, -1)
             return torch.cat([head.to(grid), grid], dim=1)
         return s
 
@@ -218,16 +218,37 @@ REQUIREMENTS = {
 }
 
 _DISPLAY = {
-    "relu": "ReLU", "relu6": "ReLU6", "clip": "Clip", "hardtanh": "Hardtanh", "leaky_relu": "LeakyReLU",
-    "prelu": "PReLU", "gelu": "GELU", "silu": "SiLU", "hardswish": "Hardswish", "sigmoid": "Sigmoid",
-    "hardsigmoid": "HardSigmoid", "tanh": "Tanh", "elu": "ELU", "celu": "CELU", "selu": "SELU",
-    "softplus": "Softplus", "erf": "Erf", "gate": "sigmoid gates", "layernorm": "LayerNormalization",
-    "groupnorm": "GroupNormalization", "instancenorm": "InstanceNormalization", "lrn": "LRN",
-    "softmax": "Softmax (attention)", "divide": "divisions by a signal", "product": "products of two signals",
+    "relu": "ReLU",
+    "relu6": "ReLU6",
+    "clip": "Clip",
+    "hardtanh": "Hardtanh",
+    "leaky_relu": "LeakyReLU",
+    "prelu": "PReLU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "hardswish": "Hardswish",
+    "sigmoid": "Sigmoid",
+    "hardsigmoid": "HardSigmoid",
+    "tanh": "Tanh",
+    "elu": "ELU",
+    "celu": "CELU",
+    "selu": "SELU",
+    "softplus": "Softplus",
+    "erf": "Erf",
+    "gate": "sigmoid gates",
+    "layernorm": "LayerNormalization",
+    "groupnorm": "GroupNormalization",
+    "instancenorm": "InstanceNormalization",
+    "lrn": "LRN",
+    "softmax": "Softmax (attention)",
+    "divide": "divisions by a signal",
+    "product": "products of two signals",
 }
 
 #: kinds the LRP composite has no rule for (``requirement_problem("lrp-rules")``)
-_NO_LRP_RULE = frozenset({"sigmoid", "hardsigmoid", "softplus", "erf", "groupnorm", "instancenorm", "lrn"})
+_NO_LRP_RULE = frozenset(
+    {"sigmoid", "hardsigmoid", "softplus", "erf", "groupnorm", "instancenorm", "lrn"}
+)
 
 
 def _census(kinds: dict[str, list[str]]) -> str:
@@ -235,7 +256,10 @@ def _census(kinds: dict[str, list[str]]) -> str:
 
 
 def _is_layer_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm) or type(module).__name__ in ("OnnxLayerNorm", "OnnxLayerNormalization")
+    return isinstance(module, nn.LayerNorm) or type(module).__name__ in (
+        "OnnxLayerNorm",
+        "OnnxLayerNormalization",
+    )
 
 
 def _product_kind(module: nn.Module) -> str | None:
@@ -267,16 +291,26 @@ class Attention:
 class Model:
     """A converted, verified classifier: call it with ``x`` (B×C×H×W) to get logits (B×K)."""
 
-    def __init__(self, graph: fx.GraphModule, spec: InputSpec, report: LoadReport,
-                 labels: list[str] | None = None, sidecar: dict | None = None):
+    def __init__(
+        self,
+        graph: fx.GraphModule,
+        spec: InputSpec,
+        report: LoadReport,
+        labels: list[str] | None = None,
+        sidecar: dict | None = None,
+    ):
         self.graph = graph
         self.spec = spec
         self.report = report
         self.labels = labels
         self.sidecar = sidecar or {}
         self._insert_ids = itertools.count()
-        self._tapped: set[str] = set()  #: module targets a live tap hooks (they must not be swapped)
-        self.state_dir: str | Path | None = None  #: where fitted state is looked up (None: the default state dir)
+        self._tapped: set[str] = (
+            set()
+        )  #: module targets a live tap hooks (they must not be swapped)
+        self.state_dir: str | Path | None = (
+            None  #: where fitted state is looked up (None: the default state dir)
+        )
         self._state_hidden = False  #: inside :meth:`without_fitted_state`
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
@@ -331,9 +365,11 @@ class Model:
         else:
             found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
-            raise InputDataError(f"no fitted state for method {method!r} and this model",
-                                 path=self.report.path,
-                                 hint=f"run `xplain fit {method} {self.report.path} DATA` first")
+            raise InputDataError(
+                f"no fitted state for method {method!r} and this model",
+                path=self.report.path,
+                hint=f"run `xplain fit {method} {self.report.path} DATA` first",
+            )
         return found
 
     @property
@@ -368,9 +404,13 @@ class Model:
             return self.node(matches[0])
         shown = display_name(name)
         if len(matches) > 1:
-            raise UsageError(f"layer name {shown} names {len(matches)} ONNX nodes",
-                             hint="use one of their ids: " + ", ".join(matches[:8]))
-        raise UsageError(f"no layer named {shown}", hint="see `xplain inspect MODEL` for layer names")
+            raise UsageError(
+                f"layer name {shown} names {len(matches)} ONNX nodes",
+                hint="use one of their ids: " + ", ".join(matches[:8]),
+            )
+        raise UsageError(
+            f"no layer named {shown}", hint="see `xplain inspect MODEL` for layer names"
+        )
 
     def onnx_name(self, name: str) -> str | None:
         """The original ONNX node name behind fx node ``name`` (None if it has none, e.g. an
@@ -420,8 +460,10 @@ class Model:
         reached: set[fx.Node] = set()
         out = []
         for node in self.graph.graph.nodes:
-            if node.op == "placeholder" or node.op in ("call_module", "call_function", "call_method") and any(
-                a in reached for a in node.all_input_nodes
+            if (
+                node.op == "placeholder"
+                or node.op in ("call_module", "call_function", "call_method")
+                and any(a in reached for a in node.all_input_nodes)
             ):
                 reached.add(node)
             else:
@@ -475,18 +517,45 @@ class Model:
                         consumed_bn.add(users[0].name)
                 if bias is None:
                     continue
-                found.append(BiasLayer(out_node.name, node.name, kind, _per_channel(bias, kind, self.shape(out_node.name)),
-                                       weight, self.shape(out_node.name)))
+                found.append(
+                    BiasLayer(
+                        out_node.name,
+                        node.name,
+                        kind,
+                        _per_channel(bias, kind, self.shape(out_node.name)),
+                        weight,
+                        self.shape(out_node.name),
+                    )
+                )
             elif isinstance(module, BATCHNORM) and node.name not in consumed_bn:
                 scale, shift = _bn_affine(module)
-                found.append(BiasLayer(node.name, node.name, "batchnorm", _per_channel(shift, "conv", self.shape(node.name)),
-                                       None, self.shape(node.name)))
+                found.append(
+                    BiasLayer(
+                        node.name,
+                        node.name,
+                        "batchnorm",
+                        _per_channel(shift, "conv", self.shape(node.name)),
+                        None,
+                        self.shape(node.name),
+                    )
+                )
             elif isinstance(module, OnnxGemm) and len(node.args) > 2:
                 c = self._constant(node.args[2])
                 if c is not None:
-                    found.append(BiasLayer(node.name, node.name, "gemm", (c * module.beta).detach(), module,
-                                           self.shape(node.name)))
-            elif isinstance(module, OnnxBinaryMathOperation) and module.math_op_function in (torch.add, torch.sub):
+                    found.append(
+                        BiasLayer(
+                            node.name,
+                            node.name,
+                            "gemm",
+                            (c * module.beta).detach(),
+                            module,
+                            self.shape(node.name),
+                        )
+                    )
+            elif isinstance(module, OnnxBinaryMathOperation) and module.math_op_function in (
+                torch.add,
+                torch.sub,
+            ):
                 a, b = node.args[:2]
                 ca, cb = self._constant(a), self._constant(b)
                 if (ca is None) == (cb is None):
@@ -495,7 +564,11 @@ class Model:
                 assert const is not None  # exactly one side is a constant
                 if module.math_op_function is torch.sub and cb is not None:
                     const = -const
-                found.append(BiasLayer(node.name, node.name, "add", const.detach(), None, self.shape(node.name)))
+                found.append(
+                    BiasLayer(
+                        node.name, node.name, "add", const.detach(), None, self.shape(node.name)
+                    )
+                )
         return found
 
     def _constant(self, arg: Any) -> torch.Tensor | None:
@@ -556,8 +629,12 @@ class Model:
             name = type(module).__name__
             if isinstance(module, (nn.LayerNorm, nn.Linear)) or "LayerNorm" in name:
                 score += 1
-            elif isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d)) \
-                    or "Pool" in name:
+            elif (
+                isinstance(
+                    module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d)
+                )
+                or "Pool" in name
+            ):
                 score -= 1
         return score
 
@@ -589,8 +666,12 @@ class Model:
         source = node.all_input_nodes[0] if node.all_input_nodes else None
         layout = known.get(source.name) if source is not None else None
         shape = self.shape(node.name)
-        return (layout is not None and layout.kind == NCHW and layout.channels == shape[1]
-                and layout.grid[0] * layout.grid[1] == shape[2])
+        return (
+            layout is not None
+            and layout.kind == NCHW
+            and layout.channels == shape[1]
+            and layout.grid[0] * layout.grid[1] == shape[2]
+        )
 
     @cached_property
     def _layouts(self) -> dict[str, Layout]:
@@ -603,7 +684,9 @@ class Model:
                 first, last = self._is_grid(shape[2], shape[3]), self._is_grid(shape[1], shape[2])
                 if last and (not first or self._channels_last_evidence(node) > 0):
                     out[node.name] = Layout(NHWC, shape[3], (shape[1], shape[2]))
-                elif first or (min(shape[2], shape[3]) > 1 and self._channels_last_evidence(node) <= 0):
+                elif first or (
+                    min(shape[2], shape[3]) > 1 and self._channels_last_evidence(node) <= 0
+                ):
                     # as before layouts: a rank-4 map with h, w > 1 is B×C×H×W (odd sizes such as
                     # Inception's 147×147 are not a clean downsampling); a 1×W "grid" that is not
                     # one is a pooled channels-last tensor (ConvNeXt's head: B×1×1×C)
@@ -631,7 +714,9 @@ class Model:
         if extra is not None and all(f.name != extra.name for f in layers):
             order = {n.name: i for i, n in enumerate(self.graph.graph.nodes)}
             layers = sorted([*layers, extra], key=lambda f: order[f.name])
-        self._default_name = extra.name if extra is not None else (layers[-1].name if layers else None)
+        self._default_name = (
+            extra.name if extra is not None else (layers[-1].name if layers else None)
+        )
         return layers
 
     def _token_default(self, layers: list[FeatureLayer]) -> FeatureLayer | None:
@@ -651,10 +736,14 @@ class Model:
             if not any(lo < s < hi for s in softmax):
                 continue
             for user in sorted(self.node(start.name).users, key=order.__getitem__):
-                if user.op == "call_module" and _is_layer_norm(self.graph.get_submodule(str(user.target))):
+                if user.op == "call_module" and _is_layer_norm(
+                    self.graph.get_submodule(str(user.target))
+                ):
                     layout = self._layouts.get(user.name)
                     if layout is not None:
-                        return FeatureLayer(user.name, tuple(self.shape(user.name)[1:]), layout, cut=False)
+                        return FeatureLayer(
+                            user.name, tuple(self.shape(user.name)[1:]), layout, cut=False
+                        )
             return start
         return None
 
@@ -685,7 +774,9 @@ class Model:
         layout = self._layouts.get(node.name)
         if layout is None:
             return None
-        return FeatureLayer(node.name, tuple(self.shape(node.name)[1:]), layout, cut=node in self._cuts)
+        return FeatureLayer(
+            node.name, tuple(self.shape(node.name)[1:]), layout, cut=node in self._cuts
+        )
 
     # ---------------------------------------------------------------- non-linearities
     def _signal_inputs(self, node: fx.Node) -> list[fx.Node]:
@@ -779,7 +870,9 @@ class Model:
                 continue
             for factor, other in ((a, b), (b, a)):
                 chain = self._chain_up(factor)
-                source = next((n for n in chain if kinds.get(n.name) in (*self_gated, "softmax")), None)
+                source = next(
+                    (n for n in chain if kinds.get(n.name) in (*self_gated, "softmax")), None
+                )
                 if source is None:
                     continue
                 if kinds[source.name] == "softmax":
@@ -817,7 +910,11 @@ class Model:
         if inputs[0] is other:
             return True
         step = inputs[0]
-        if step.op != "call_module" or type(self.graph.get_submodule(str(step.target))).__name__ != "OnnxBinaryMathOperation":
+        if (
+            step.op != "call_module"
+            or type(self.graph.get_submodule(str(step.target))).__name__
+            != "OnnxBinaryMathOperation"
+        ):
             return False
         return self._signal_inputs(step) == [other]
 
@@ -844,7 +941,10 @@ class Model:
             if self._kind_of(node) not in ("matmul", "mul"):
                 continue
             if self._feeds_softmax(node) or any(
-                    self._kind_of(n) == "softmax" for f in self._signal_inputs(node) for n in self._chain_up(f)):
+                self._kind_of(n) == "softmax"
+                for f in self._signal_inputs(node)
+                for n in self._chain_up(f)
+            ):
                 out.append(node.name)
         return out
 
@@ -912,13 +1012,25 @@ class Model:
             else:
                 layout = self._token_layout(tokens, 0)
                 windowed = layout is None
-            found.append(Attention(node.name, tokens, lead, None if windowed else layout, windowed, stream_name,
-                                   stream))
+            found.append(
+                Attention(
+                    node.name,
+                    tokens,
+                    lead,
+                    None if windowed else layout,
+                    windowed,
+                    stream_name,
+                    stream,
+                )
+            )
         return found
 
     def _feature_layers_cuts(self) -> list[FeatureLayer]:
-        return [FeatureLayer(n.name, tuple(self.shape(n.name)[1:]), self._layouts[n.name])
-                for n in self._cuts if n.name in self._layouts]
+        return [
+            FeatureLayer(n.name, tuple(self.shape(n.name)[1:]), self._layouts[n.name])
+            for n in self._cuts
+            if n.name in self._layouts
+        ]
 
     def attention(self) -> list[Attention]:
         """The attention-probability tensors: each Softmax over the key axis that lies between
@@ -947,8 +1059,10 @@ class Model:
                 return "needs attention layers; this model has none (no Softmax between a Q·Kᵀ and a ·V product)"
             lost = [a for a in found if a.windowed and a.stream_layout is None]
             if lost:
-                return (f"needs attention it can place on the image grid; attention {lost[0].node!r} "
-                        f"({lost[0].tokens} tokens) follows no spatial feature layer")
+                return (
+                    f"needs attention it can place on the image grid; attention {lost[0].node!r} "
+                    f"({lost[0].tokens} tokens) follows no spatial feature layer"
+                )
             return None
         raise ValueError(f"unknown requirement {requirement!r}")
 
@@ -962,9 +1076,18 @@ class Model:
         resolution keeps the paper's grid (finer prior than the last spatial layer, 1/32) and as
         much depth as the grid allows (on VGG16 it is conv4_3's ReLU, the grid of conv4_1)."""
         height, width = self.spec.height, self.spec.width
-        grids = [(f, f.spatial_shape[1:]) for f in self._feature_layers]  # token layouts: their grid
-        fine = [(f, g) for f, g in grids if len(g) == 2 and height and width
-                and g[0] >= height * fraction and g[1] >= width * fraction]
+        grids = [
+            (f, f.spatial_shape[1:]) for f in self._feature_layers
+        ]  # token layouts: their grid
+        fine = [
+            (f, g)
+            for f, g in grids
+            if len(g) == 2
+            and height
+            and width
+            and g[0] >= height * fraction
+            and g[1] >= width * fraction
+        ]
         if not fine:
             return self.default_feature_layer()
         area = min(g[0] * g[1] for _, g in fine)  # e.g. 28×28, not a padded 29×29 before a stride
@@ -981,8 +1104,10 @@ class Model:
             for name, new in replacements.items():
                 target = str((nodes[name] if name in nodes else self.node(name)).target)
                 if target in self._tapped:
-                    raise RuntimeError(f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
-                                       "so the tap's hook sits on the module that runs")
+                    raise RuntimeError(
+                        f"node {name!r} is tapped: enter Model.tap inside swap_modules/apply_rules, "
+                        "so the tap's hook sits on the module that runs"
+                    )
                 saved[target] = self.graph.get_submodule(target)
                 _set_submodule(self.graph, target, new.to(device))
             yield
@@ -1053,9 +1178,13 @@ class Model:
                 target = str(node.target)
                 if node.op == "call_module" and target not in self._tapped:
                     module = self.graph.get_submodule(target)
-                    handles.append(module.register_forward_hook(
-                        lambda _m, _args, out, name=name: tap.record(name, out) if isinstance(out, torch.Tensor)
-                        else None))  # record() returns the output to use: None keeps it
+                    handles.append(
+                        module.register_forward_hook(
+                            lambda _m, _args, out, name=name: (
+                                tap.record(name, out) if isinstance(out, torch.Tensor) else None
+                            )
+                        )
+                    )  # record() returns the output to use: None keeps it
                     self._tapped.add(target)
                     targets.append(target)
                 else:
@@ -1082,10 +1211,13 @@ class GraphSplit:
         target = model.node(layer)
         nodes = list(graph.nodes)
         cut = nodes.index(target)
-        before, after = nodes[:cut + 1], nodes[cut + 1:]
+        before, after = nodes[: cut + 1], nodes[cut + 1 :]
         later = set(after)
-        boundary = [target] + [n for n in before if n is not target and n.op != "get_attr"
-                               and any(u in later for u in n.users)]
+        boundary = [target] + [
+            n
+            for n in before
+            if n is not target and n.op != "get_attr" and any(u in later for u in n.users)
+        ]
         self.layer = target.name
         self.fixed_batch = model.spec.fixed_batch
         #: the layer's layout (tokens, channels-last or B×C×H×W; None when not spatial): the
@@ -1120,8 +1252,10 @@ class GraphSplit:
         if not self.fixed_batch or x.shape[0] == 1:
             return list(self._prefix(x))
         rows = [self._prefix(xi) for xi in x.split(1)]
-        return [torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
-                for i in range(len(rows[0]))]
+        return [
+            torch.cat([r[i] for r in rows]) if isinstance(rows[0][i], torch.Tensor) else rows[0][i]
+            for i in range(len(rows[0]))
+        ]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output R for a batch."""
@@ -1134,9 +1268,12 @@ class GraphSplit:
         n = z.shape[0]
 
         def row(i: int) -> list[Any]:
-            return [v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for v in rest]
+            return [
+                v[i : i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+                for v in rest
+            ]
 
-        return torch.cat([self._suffix(z[i:i + 1], *row(i)) for i in range(n)])
+        return torch.cat([self._suffix(z[i : i + 1], *row(i)) for i in range(n)])
 
 
 class Tap:
@@ -1167,7 +1304,10 @@ class Tap:
 
     @property
     def activations(self) -> dict[str, torch.Tensor]:
-        return {name: calls[0] if len(calls) == 1 else torch.cat(calls) for name, calls in self._activations.items()}
+        return {
+            name: calls[0] if len(calls) == 1 else torch.cat(calls)
+            for name, calls in self._activations.items()
+        }
 
     @property
     def gradients(self) -> dict[str, torch.Tensor]:

@@ -57,13 +57,17 @@ def _pass_region(act: Activation, x: torch.Tensor, slope: torch.Tensor | None) -
             mask &= x < hi
         return mask.to(x.dtype)
     if act.kind == "leaky_relu":
-        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, cast(float, act.module.negative_slope)))
+        return torch.where(
+            x > 0, torch.ones_like(x), torch.full_like(x, cast(float, act.module.negative_slope))
+        )
     if act.kind == "prelu":
         return torch.where(x > 0, torch.ones_like(x), _broadcast_slope(slope, x))
     raise ValueError(f"no rectifier rule for activation kind {act.kind!r}")
 
 
-def _negative_slope(act: Activation, g: torch.Tensor, slope: torch.Tensor | None) -> torch.Tensor | float:
+def _negative_slope(
+    act: Activation, g: torch.Tensor, slope: torch.Tensor | None
+) -> torch.Tensor | float:
     if act.kind == "leaky_relu":
         return cast(float, act.module.negative_slope)
     if act.kind == "prelu":
@@ -81,7 +85,9 @@ def _broadcast_slope(slope: torch.Tensor | None, like: torch.Tensor) -> torch.Te
     return slope.reshape(shape).expand_as(like)
 
 
-def _clamp_rule(g: torch.Tensor, act: Activation, x: torch.Tensor, guided: bool) -> torch.Tensor | None:
+def _clamp_rule(
+    g: torch.Tensor, act: Activation, x: torch.Tensor, guided: bool
+) -> torch.Tensor | None:
     """The plain (``g`` where lo < x < hi, else 0) or guided (the same of relu(g)) backward of a
     clamp-type rectifier, or None for other kinds.
 
@@ -108,8 +114,13 @@ def _clamp_rule(g: torch.Tensor, act: Activation, x: torch.Tensor, guided: bool)
 def _is_batched(t: torch.Tensor) -> bool:
     """Whether ``t`` is batched by vmap (``is_grads_batched`` uses the legacy batching)."""
     functorch = getattr(torch._C, "_functorch", None)
-    return any(check is not None and check(t) for check in (
-        getattr(functorch, "is_legacy_batchedtensor", None), getattr(functorch, "is_batchedtensor", None)))
+    return any(
+        check is not None and check(t)
+        for check in (
+            getattr(functorch, "is_legacy_batchedtensor", None),
+            getattr(functorch, "is_batchedtensor", None),
+        )
+    )
 
 
 class _RectifierFn(torch.autograd.Function):
@@ -132,9 +143,15 @@ class _RectifierFn(torch.autograd.Function):
             pass  # clamp-type rectifier, done above
         elif rule.mode == GUIDED:  # LeakyReLU / PReLU
             grad = g.clamp(min=0) * _pass_region(act, x, slope)
-        elif rule.mode == DECONVNET:  # Zeiler & Fergus: rectify the backward signal, ignore the forward
+        elif (
+            rule.mode == DECONVNET
+        ):  # Zeiler & Fergus: rectify the backward signal, ignore the forward
             neg = _negative_slope(act, g, slope)
-            grad = g.clamp(min=0) if isinstance(neg, float) and neg == 0.0 else torch.where(g > 0, g, g * neg)
+            grad = (
+                g.clamp(min=0)
+                if isinstance(neg, float) and neg == 0.0
+                else torch.where(g > 0, g, g * neg)
+            )
         else:
             grad = g * _pass_region(act, x, slope)
         return (grad, None, *([None] * (len(ctx.needs_input_grad) - 2)))

@@ -48,9 +48,17 @@ _ALIASES: dict[str, tuple[int, tuple[int, ...]]] = {
     **{op: (7, (22,)) for op in ("Sin", "Cos", "Tan", "Asin", "Acos", "Atan")},
 }
 #: the newest opset-24/25 bumps of the shape ops are type-only too
-for _op, _versions in (("Reshape", (24, 25)), ("Shape", (24, 25)), ("Flatten", (24, 25)), ("Transpose", (24, 25)),
-                       ("Identity", (24, 25)), ("Cast", (24, 25)), ("Constant", (24, 25)), ("Squeeze", (24, 25)),
-                       ("Unsqueeze", (24, 25))):
+for _op, _versions in (
+    ("Reshape", (24, 25)),
+    ("Shape", (24, 25)),
+    ("Flatten", (24, 25)),
+    ("Transpose", (24, 25)),
+    ("Identity", (24, 25)),
+    ("Cast", (24, 25)),
+    ("Constant", (24, 25)),
+    ("Squeeze", (24, 25)),
+    ("Unsqueeze", (24, 25)),
+):
     _ALIASES[_op] = (_ALIASES[_op][0], _ALIASES[_op][1] + _versions)
 
 _registered = False
@@ -73,10 +81,15 @@ def _register_global_max_pool(registry) -> None:
             return torch.amax(input_tensor, dim=tuple(range(2, input_tensor.dim())), keepdim=True)
 
     def convert(node, graph):  # noqa: ARG001 - the registry's signature
-        return OperationConverterResult(torch_module=OnnxGlobalMaxPool(), onnx_mapping=onnx_mapping_from_node(node))
+        return OperationConverterResult(
+            torch_module=OnnxGlobalMaxPool(), onnx_mapping=onnx_mapping_from_node(node)
+        )
 
     for version in (1, 22):
-        if registry.OperationDescription("", "GlobalMaxPool", version) not in registry._CONVERTER_REGISTRY:
+        if (
+            registry.OperationDescription("", "GlobalMaxPool", version)
+            not in registry._CONVERTER_REGISTRY
+        ):
             registry.add_converter(operation_type="GlobalMaxPool", version=version)(convert)
 
 
@@ -90,14 +103,21 @@ def _register_resize_18(registry) -> None:
         attrs = node.attributes
         policy = attrs.get("keep_aspect_ratio_policy", "stretch")
         mode = attrs.get("coordinate_transformation_mode", "half_pixel")
-        if (attrs.get("antialias", 0) or attrs.get("axes") is not None
-                or policy not in ("stretch", b"stretch") or mode in ("half_pixel_symmetric", b"half_pixel_symmetric")):
-            raise NotImplementedError("Resize with antialias, axes, keep_aspect_ratio_policy or "
-                                      "half_pixel_symmetric")
+        if (
+            attrs.get("antialias", 0)
+            or attrs.get("axes") is not None
+            or policy not in ("stretch", b"stretch")
+            or mode in ("half_pixel_symmetric", b"half_pixel_symmetric")
+        ):
+            raise NotImplementedError(
+                "Resize with antialias, axes, keep_aspect_ratio_policy or half_pixel_symmetric"
+            )
         return base(node, graph)
 
     for version in (18, 19):
-        registry._CONVERTER_REGISTRY.setdefault(registry.OperationDescription("", "Resize", version), convert)
+        registry._CONVERTER_REGISTRY.setdefault(
+            registry.OperationDescription("", "Resize", version), convert
+        )
 
 
 def _register_conv_runtime_weight(registry) -> None:
@@ -107,7 +127,9 @@ def _register_conv_runtime_weight(registry) -> None:
     for version in (1, 11):
         key = registry.OperationDescription("", "Conv", version)
         if key in registry._CONVERTER_REGISTRY:
-            registry._CONVERTER_REGISTRY[key] = conv_with_runtime_weight(registry._CONVERTER_REGISTRY[key])
+            registry._CONVERTER_REGISTRY[key] = conv_with_runtime_weight(
+                registry._CONVERTER_REGISTRY[key]
+            )
 
 
 def _register_own(registry) -> None:
@@ -143,7 +165,9 @@ def register_converters() -> None:
 
 
 #: set while :func:`convert` runs: the id of the ModelProto whose shapes xplain already inferred
-_INFERRED: contextvars.ContextVar[int | None] = contextvars.ContextVar("xplain_inferred", default=None)
+_INFERRED: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "xplain_inferred", default=None
+)
 _original_shape_inference = None
 
 
@@ -189,14 +213,21 @@ def xplain_converted_ops(model) -> Counter:
 
     register_converters()
     opsets = {imp.domain or "": imp.version for imp in model.opset_import}
-    own = set(CONVERTERS) | {("GlobalMaxPool", 1), ("GlobalMaxPool", 22), ("Resize", 18), ("Resize", 19)}
+    own = set(CONVERTERS) | {
+        ("GlobalMaxPool", 1),
+        ("GlobalMaxPool", 22),
+        ("Resize", 18),
+        ("Resize", 19),
+    }
     aliased = {(op, v) for op, (_, newer) in _ALIASES.items() for v in newer}
     used: Counter = Counter()
     for node in model.graph.node:
         if (node.domain or "") != "" or "" not in opsets:
             continue
         try:
-            since = onnx.defs.get_schema(node.op_type, max_inclusive_version=opsets[""], domain="").since_version
+            since = onnx.defs.get_schema(
+                node.op_type, max_inclusive_version=opsets[""], domain=""
+            ).since_version
         except Exception:  # noqa: BLE001 - unknown op: the pre-flight reports it
             continue
         if (node.op_type, since) in own or (node.op_type, since) in aliased:
@@ -220,10 +251,15 @@ def unsupported_ops(model) -> Counter:
             missing[label] += 1
             continue
         try:
-            since = onnx.defs.get_schema(node.op_type, max_inclusive_version=version, domain=domain).since_version
+            since = onnx.defs.get_schema(
+                node.op_type, max_inclusive_version=version, domain=domain
+            ).since_version
         except Exception:  # noqa: BLE001 - unknown op or domain
             missing[label] += 1
             continue
-        if registry.OperationDescription(domain, node.op_type, since) not in registry._CONVERTER_REGISTRY:
+        if (
+            registry.OperationDescription(domain, node.op_type, since)
+            not in registry._CONVERTER_REGISTRY
+        ):
             missing[f"{label}-{since}"] += 1
     return missing

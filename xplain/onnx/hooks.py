@@ -18,5 +18,9 @@ def load_model(path: str, options: dict) -> Any:
     """Load ``path`` as ONNX with the core's hardened loader."""
     from .loader import load_onnx
 
-    return load_onnx(path, device=options.get("device", "cpu"), verify=options.get("verify", True),
-                     max_pixels=options.get("max_input_pixels"))
+    return load_onnx(
+        path,
+        device=options.get("device", "cpu"),
+        verify=options.get("verify", True),
+        max_pixels=options.get("max_input_pixels"),
+    )

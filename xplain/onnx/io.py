@@ -55,7 +55,9 @@ def _check_path(path: Path) -> int:
     if size == 0:
         raise ModelError("empty file, not an ONNX model", path=path)
     if size > MAX_PROTO_BYTES:
-        raise ModelError("file larger than 2 GiB; such models must keep weights as external data", path=path)
+        raise ModelError(
+            "file larger than 2 GiB; such models must keep weights as external data", path=path
+        )
     return size
 
 
@@ -66,7 +68,11 @@ def resolve_external_location(model_path: Path, location: str) -> Path:
     if not location or "\x00" in location or "\\" in location or ":" in location:
         raise ModelError(f"{bad} (must be a plain relative path)", path=model_path)
     rel = Path(location)
-    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or location.startswith("/"):
+    if (
+        rel.is_absolute()
+        or any(part in ("..", "") for part in rel.parts)
+        or location.startswith("/")
+    ):
         raise ModelError(f"{bad} (absolute paths and '..' are refused)", path=model_path)
     candidate = folder
     for part in rel.parts:
@@ -77,7 +83,9 @@ def resolve_external_location(model_path: Path, location: str) -> Path:
             raise ModelError(f"{bad} (symbolic links are refused)", path=model_path)
     if not candidate.exists() or candidate.is_dir():
         what = " (a folder)" if candidate.is_dir() else ""
-        raise ModelError(f"external data file {location!r} not found beside the model{what}", path=model_path)
+        raise ModelError(
+            f"external data file {location!r} not found beside the model{what}", path=model_path
+        )
     if os.path.commonpath([candidate.resolve(), folder]) != str(folder):
         raise ModelError(f"{bad} (it leaves the model's folder)", path=model_path)
     try:
@@ -114,8 +122,10 @@ def _load_external(model, model_path: Path, digest) -> int:
         info = {e.key: e.value for e in tensor.external_data}
         unknown = set(info) - {"location", "offset", "length", "checksum", "basepath"}
         if unknown:
-            raise ModelError(f"tensor {name} has unknown external data keys {printable(sorted(unknown))}",
-                             path=model_path)
+            raise ModelError(
+                f"tensor {name} has unknown external data keys {printable(sorted(unknown))}",
+                path=model_path,
+            )
         file = resolve_external_location(model_path, info.get("location", ""))
         try:
             if len(info.get("offset", "")) > 20 or len(info.get("length", "")) > 20:
@@ -124,10 +134,15 @@ def _load_external(model, model_path: Path, digest) -> int:
             size = file.stat().st_size
             length = int(info["length"]) if "length" in info else size - offset
         except ValueError:
-            raise ModelError(f"tensor {name} has a non-numeric external offset/length", path=model_path) from None
+            raise ModelError(
+                f"tensor {name} has a non-numeric external offset/length", path=model_path
+            ) from None
         if offset < 0 or offset > size:
-            raise ModelError(f"tensor {name}: external offset {offset} exceeds the size of {file.name} "
-                             f"({size} bytes)", path=model_path)
+            raise ModelError(
+                f"tensor {name}: external offset {offset} exceeds the size of {file.name} "
+                f"({size} bytes)",
+                path=model_path,
+            )
         if length < 0 or offset + length > size:
             raise ModelError(
                 f"tensor {name}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
@@ -144,9 +159,12 @@ def _load_external(model, model_path: Path, digest) -> int:
     if total > MAX_EXTERNAL_BYTES:
         raise ModelError(f"external data exceeds the 16 GiB limit ({total} bytes)", path=model_path)
     if total - distinct > MAX_EXTERNAL_REUSE:
-        raise ModelError(f"external data reuses the same bytes: {total / 2**20:.0f} MiB referenced from "
-                         f"{distinct / 2**20:.0f} MiB of distinct ranges (more than "
-                         f"{MAX_EXTERNAL_REUSE // 2**20} MiB of reuse is refused)", path=model_path)
+        raise ModelError(
+            f"external data reuses the same bytes: {total / 2**20:.0f} MiB referenced from "
+            f"{distinct / 2**20:.0f} MiB of distinct ranges (more than "
+            f"{MAX_EXTERNAL_REUSE // 2**20} MiB of reuse is refused)",
+            path=model_path,
+        )
     handles: dict[Path, BinaryIO] = {}
     cache: dict[tuple, bytes] = {}
     try:
@@ -189,9 +207,13 @@ def read_model(path: str | os.PathLike):
         model = onnx.ModelProto()
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError):
-        raise ModelError("not an ONNX model, or the file is truncated (protobuf parse failed)", path=path) from None
+        raise ModelError(
+            "not an ONNX model, or the file is truncated (protobuf parse failed)", path=path
+        ) from None
     if not model.HasField("graph") or not model.graph.node or model.ir_version <= 0:
-        raise ModelError("not an ONNX model, or the file is truncated (no graph or IR version)", path=path)
+        raise ModelError(
+            "not an ONNX model, or the file is truncated (no graph or IR version)", path=path
+        )
     if _has_sparse(model.graph):
         raise ModelError("sparse initializers are not supported", path=path)
     external = _load_external(model, path, digest)

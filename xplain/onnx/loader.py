@@ -48,15 +48,26 @@ def max_input_pixels(override: int | None = None) -> int:
     if number < 1:
         raise UsageError(f"{source} must be a positive integer, got {printable(str(value)[:40])!r}")
     return number
-_SOFTMAX_PASS_THROUGH = ("Flatten", "OnnxFlatten", "OnnxCopyIdentity", "Identity", "OnnxReshape",
-                         "OnnxSqueezeStaticAxes", "OnnxSqueezeDynamicAxes")
+
+
+_SOFTMAX_PASS_THROUGH = (
+    "Flatten",
+    "OnnxFlatten",
+    "OnnxCopyIdentity",
+    "Identity",
+    "OnnxReshape",
+    "OnnxSqueezeStaticAxes",
+    "OnnxSqueezeDynamicAxes",
+)
 
 
 def _dims(value_info) -> list:
     tensor = value_info.type.tensor_type
     if not tensor.HasField("shape"):
         return []
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+    ]
 
 
 def _interface(model, path, pixel_limit: int = DEFAULT_MAX_INPUT_PIXELS):
@@ -67,27 +78,49 @@ def _interface(model, path, pixel_limit: int = DEFAULT_MAX_INPUT_PIXELS):
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
         names = ", ".join(repr(i.name) for i in inputs) or "none"
-        raise ModelError(f"model has {len(inputs)} inputs ({names}); xplain explains single-input image classifiers",
-                         path=path)
+        raise ModelError(
+            f"model has {len(inputs)} inputs ({names}); xplain explains single-input image classifiers",
+            path=path,
+        )
     inp = inputs[0]
     shape = _dims(inp)
-    if inp.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                              onnx.TensorProto.DOUBLE):
-        raise ModelError(f"input {inp.name!r} is not a float tensor; not an image classifier", path=path)
+    if inp.type.tensor_type.elem_type not in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+    ):
+        raise ModelError(
+            f"input {inp.name!r} is not a float tensor; not an image classifier", path=path
+        )
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}; not an image classifier "
-                         "(expected B×C×H×W with fixed C, H, W)", path=path)
+        raise ModelError(
+            f"input {inp.name!r} has shape {_fmt(shape)}; not an image classifier "
+            "(expected B×C×H×W with fixed C, H, W)",
+            path=path,
+        )
     if shape[1] not in (1, 3):
-        layout = " (it looks channels-last, B×H×W×C; export the model with NCHW input)" if shape[3] in (1, 3) else ""
-        raise ModelError(f"input {inp.name!r} has shape {_fmt(shape)}: {shape[1]} channels; xplain explains "
-                         f"1- or 3-channel images{layout}", path=path)
+        layout = (
+            " (it looks channels-last, B×H×W×C; export the model with NCHW input)"
+            if shape[3] in (1, 3)
+            else ""
+        )
+        raise ModelError(
+            f"input {inp.name!r} has shape {_fmt(shape)}: {shape[1]} channels; xplain explains "
+            f"1- or 3-channel images{layout}",
+            path=path,
+        )
     if shape[2] * shape[3] > pixel_limit:
-        raise ModelError(f"input {inp.name!r} is declared {_fmt(shape)}: {shape[2] * shape[3]} pixels, more than "
-                         f"the limit of {pixel_limit}", path=path,
-                         hint="raise it with --max-input-pixels N or XPLAIN_MAX_INPUT_PIXELS for real giant inputs")
+        raise ModelError(
+            f"input {inp.name!r} is declared {_fmt(shape)}: {shape[2] * shape[3]} pixels, more than "
+            f"the limit of {pixel_limit}",
+            path=path,
+            hint="raise it with --max-input-pixels N or XPLAIN_MAX_INPUT_PIXELS for real giant inputs",
+        )
     if isinstance(shape[0], int) and shape[0] > 1:
-        raise ModelError(f"input {inp.name!r} has a batch fixed at {shape[0]}; only dynamic or 1 is supported",
-                         path=path)
+        raise ModelError(
+            f"input {inp.name!r} has a batch fixed at {shape[0]}; only dynamic or 1 is supported",
+            path=path,
+        )
     outputs = list(model.graph.output)
     candidates = [o for o in outputs if len(_dims(o)) in (0, 2)]
     if len(outputs) == 1:
@@ -95,10 +128,15 @@ def _interface(model, path, pixel_limit: int = DEFAULT_MAX_INPUT_PIXELS):
     elif len(candidates) == 1:
         out = candidates[0]
     else:
-        raise ModelError(f"model has {len(outputs)} outputs and no single B×K class-score output", path=path)
+        raise ModelError(
+            f"model has {len(outputs)} outputs and no single B×K class-score output", path=path
+        )
     oshape = _dims(out)
     if oshape and len(oshape) != 2:
-        raise ModelError(f"output {out.name!r} has shape {_fmt(oshape)}; not a classifier (expected B×K)", path=path)
+        raise ModelError(
+            f"output {out.name!r} has shape {_fmt(oshape)}; not a classifier (expected B×K)",
+            path=path,
+        )
     return inp, out, shape, oshape
 
 
@@ -133,12 +171,19 @@ def _check_tensor_sizes(work, path, input_bytes: int, node_names: dict | None = 
             dims = [d.dim_value if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
             node = producer.get(info.name)
             original = (node_names or {}).get(node.name, node.name) if node is not None else ""
-            where = (f"value {info.name!r}" if node is None else
-                     f"the output of {node.op_type} node {original!r}" if original else
-                     f"the output of an unnamed {node.op_type} node")
-            raise ModelError(f"{printable(where)} would hold {count} elements {dims} "
-                             f"({count * itemsize / 2**20:.0f} MiB) during verification, more than "
-                             f"{limit / 2**20:.0f} MiB; refused", path=path)
+            where = (
+                f"value {info.name!r}"
+                if node is None
+                else f"the output of {node.op_type} node {original!r}"
+                if original
+                else f"the output of an unnamed {node.op_type} node"
+            )
+            raise ModelError(
+                f"{printable(where)} would hold {count} elements {dims} "
+                f"({count * itemsize / 2**20:.0f} MiB) during verification, more than "
+                f"{limit / 2**20:.0f} MiB; refused",
+                path=path,
+            )
 
 
 def _check_weights_finite(proto, path) -> None:
@@ -154,8 +199,11 @@ def _check_weights_finite(proto, path) -> None:
             continue
         if values.size and not np.isfinite(values).all():
             bad = int(values.size - np.isfinite(values).sum())
-            raise ModelError(f"weights are not finite: initializer {printable(repr(tensor.name))} has {bad} "
-                             "NaN/Inf value(s)", path=path)
+            raise ModelError(
+                f"weights are not finite: initializer {printable(repr(tensor.name))} has {bad} "
+                "NaN/Inf value(s)",
+                path=path,
+            )
 
 
 def _fmt(shape) -> str:
@@ -201,7 +249,11 @@ def _matmul_to_linear(gm) -> int:
 
     count = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or len(node.args) != 2 or not isinstance(gm.get_submodule(node.target), OnnxMatMul):
+        if (
+            node.op != "call_module"
+            or len(node.args) != 2
+            or not isinstance(gm.get_submodule(node.target), OnnxMatMul)
+        ):
             continue
         const = node.args[1]
         if getattr(const, "op", None) != "get_attr":
@@ -209,7 +261,11 @@ def _matmul_to_linear(gm) -> int:
         weight = gm
         for part in const.target.split("."):
             weight = getattr(weight, part)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        if (
+            not isinstance(weight, torch.Tensor)
+            or weight.dim() != 2
+            or not weight.is_floating_point()
+        ):
             continue
         linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
         linear.weight = nn.Parameter(weight.detach().T.clone(), requires_grad=False)
@@ -238,69 +294,107 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
     import torch
 
     report = model.report
-    ort.set_default_logger_severity(4)  # onnxruntime's own coloured log (errors too) must not reach the terminal
+    ort.set_default_logger_severity(
+        4
+    )  # onnxruntime's own coloured log (errors too) must not reach the terminal
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.log_verbosity_level = 0
     try:
         session = ort.InferenceSession(original, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises many types
-        raise ModelError(f"onnxruntime cannot run the model: {str(err).splitlines()[0][:200]}", path=path) from None
+        raise ModelError(
+            f"onnxruntime cannot run the model: {str(err).splitlines()[0][:200]}", path=path
+        ) from None
     batch = 1 if model.spec.fixed_batch else 2
     gen = np.random.default_rng(0)
-    xs = [gen.standard_normal((batch, model.spec.channels, model.spec.height, model.spec.width), dtype=np.float32)
-          for _ in range(2)]
+    xs = [
+        gen.standard_normal(
+            (batch, model.spec.channels, model.spec.height, model.spec.width), dtype=np.float32
+        )
+        for _ in range(2)
+    ]
     in_type = {"tensor(float16)": 10, "tensor(double)": 11}.get(
-        next(i.type for i in session.get_inputs() if i.name == input_name), 1)
+        next(i.type for i in session.get_inputs() if i.name == input_name), 1
+    )
     worst = 0.0
     for x in xs:
-        feed = x.astype(np.float16) if in_type == 10 else (x.astype(np.float64) if in_type == 11 else x)
+        feed = (
+            x.astype(np.float16)
+            if in_type == 10
+            else (x.astype(np.float64) if in_type == 11 else x)
+        )
         try:
             ref = session.run([output_name], {input_name: feed})[0].astype(np.float64)
         except Exception as err:  # noqa: BLE001
-            raise ModelError(f"onnxruntime failed on a random input: {str(err).splitlines()[0][:200]}",
-                             path=path) from None
+            raise ModelError(
+                f"onnxruntime failed on a random input: {str(err).splitlines()[0][:200]}", path=path
+            ) from None
         try:
             with torch.no_grad():
                 logits = model(torch.from_numpy(x).to(model.device))
         except Exception as err:  # noqa: BLE001 - a converted graph can fail anywhere
-            raise ModelError(f"converted model fails to run: {type(err).__name__}: {str(err).splitlines()[0][:160]}",
-                             path=path) from None
+            raise ModelError(
+                f"converted model fails to run: {type(err).__name__}: {str(err).splitlines()[0][:160]}",
+                path=path,
+            ) from None
         with torch.no_grad():
             if report.softmax_stripped == "Softmax":
                 logits = torch.softmax(logits, dim=1)
             elif report.softmax_stripped == "LogSoftmax":
                 logits = torch.log_softmax(logits, dim=1)
             got = logits.double().cpu().numpy()
-        if got.ndim == 2 and ref.size == got.size and ref.ndim >= 1 and ref.shape[0] == got.shape[0]:
+        if (
+            got.ndim == 2
+            and ref.size == got.size
+            and ref.ndim >= 1
+            and ref.shape[0] == got.shape[0]
+        ):
             ref = ref.reshape(got.shape)  # e.g. onnxruntime's N×K×1×1 for the converted N×K
         if got.ndim != 2 or ref.shape != got.shape:
-            raise ModelError(f"the output is not B×K: the converted model gives shape {list(got.shape)} "
-                             f"({got.ndim}-D) and onnxruntime {list(ref.shape)} ({ref.ndim}-D) for a batch of "
-                             f"{batch}; a classifier's output must be 2-D, batch × classes", path=path)
+            raise ModelError(
+                f"the output is not B×K: the converted model gives shape {list(got.shape)} "
+                f"({got.ndim}-D) and onnxruntime {list(ref.shape)} ({ref.ndim}-D) for a batch of "
+                f"{batch}; a classifier's output must be 2-D, batch × classes",
+                path=path,
+            )
         if not np.isfinite(ref).all() or not np.isfinite(got).all():
             which = "onnxruntime's" if not np.isfinite(ref).all() else "the converted model's"
-            raise ModelError(f"{which} output on a random input is not finite (NaN/Inf); "
-                             "non-finite weights or an overflowing graph", path=path)
+            raise ModelError(
+                f"{which} output on a random input is not finite (NaN/Inf); "
+                "non-finite weights or an overflowing graph",
+                path=path,
+            )
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
         if diff > VERIFY_TOL * max(1.0, float(np.abs(ref).max())):
-            raise ModelError(f"conversion does not match onnxruntime (max |diff| = {diff:.3g})", path=path)
+            raise ModelError(
+                f"conversion does not match onnxruntime (max |diff| = {diff:.3g})", path=path
+            )
         if batch == 2:
             with torch.no_grad():
                 single = model(torch.from_numpy(x[:1]).to(model.device)).double().cpu().numpy()
                 full = model(torch.from_numpy(x).to(model.device)).double().cpu().numpy()
             scale = max(1.0, float(np.abs(full).max()))
             if np.abs(single - full[:1]).max() > VERIFY_TOL * scale:
-                raise ModelError("batch of 1 and batch of 2 give different outputs "
-                                 "(a batch size folded into the graph?)", path=path)
+                raise ModelError(
+                    "batch of 1 and batch of 2 give different outputs "
+                    "(a batch size folded into the graph?)",
+                    path=path,
+                )
             report.batch_checked = True
     report.verified = True
     report.max_abs_diff = worst
 
 
-def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dict | None = None,
-              max_pixels: int | None = None):
+def load_onnx(
+    path,
+    device="cpu",
+    verify: bool = True,
+    labels=None,
+    sidecar: dict | None = None,
+    max_pixels: int | None = None,
+):
     """Load an ONNX classifier file as a :class:`~xplain.graph.model.Model` on ``device``.
 
     ``max_pixels`` bounds the declared input (H × W; see :func:`max_input_pixels`). Every failure
@@ -314,16 +408,25 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     check_model(proto, path)
     inp, out, in_shape, out_shape = _interface(proto, path, max_input_pixels(max_pixels))
     if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] < 1:
-        raise ModelError(f"output {printable(repr(out.name))} has {out_shape[1]} classes; not a classifier",
-                         path=path)
+        raise ModelError(
+            f"output {printable(repr(out.name))} has {out_shape[1]} classes; not a classifier",
+            path=path,
+        )
     _check_weights_finite(proto, path)
     # what onnxruntime runs: the untouched file, or a copy with external data materialised
-    original = (file_bytes if file_bytes is not None else proto.SerializeToString()) if verify else None
+    original = (
+        (file_bytes if file_bytes is not None else proto.SerializeToString()) if verify else None
+    )
     report = LoadReport(
-        path=str(path), digest=digest, producer=f"{proto.producer_name} {proto.producer_version}".strip(),
-        ir_version=proto.ir_version, opset=passes.default_opset(proto),
-        op_counts=dict(sorted(passes.op_counts(proto).items())), input_name=inp.name,
-        input_shape=[d if isinstance(d, int) else None for d in in_shape], output_name=out.name,
+        path=str(path),
+        digest=digest,
+        producer=f"{proto.producer_name} {proto.producer_version}".strip(),
+        ir_version=proto.ir_version,
+        opset=passes.default_opset(proto),
+        op_counts=dict(sorted(passes.op_counts(proto).items())),
+        input_name=inp.name,
+        input_shape=[d if isinstance(d, int) else None for d in in_shape],
+        output_name=out.name,
         output_shape=[d if isinstance(d, int) else None for d in out_shape],
         outputs=[o.name for o in proto.graph.output],
     )
@@ -347,7 +450,9 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
         if note := step(work):
             report.notes.append(note)
     work = passes.infer_shapes(work)
-    _check_tensor_sizes(work, path, 2 * in_shape[1] * in_shape[2] * in_shape[3] * 4, report.original_names)
+    _check_tensor_sizes(
+        work, path, 2 * in_shape[1] * in_shape[2] * in_shape[3] * 4, report.original_names
+    )
     passes.attach_weights(work, stash)
     report.opset_used = passes.default_opset(work)
 
@@ -355,15 +460,19 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     if missing:
         raise UnsupportedOpsError(missing, path=path)
     if used := xplain_converted_ops(work):
-        report.notes.append("converted with xplain's converters: "
-                            + ", ".join(f"{op} ×{n}" for op, n in sorted(used.items())))
+        report.notes.append(
+            "converted with xplain's converters: "
+            + ", ".join(f"{op} ×{n}" for op, n in sorted(used.items()))
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = convert(work)  # shapes were inferred above, on the weight-free graph
     except Exception as err:  # noqa: BLE001 - converters raise anything
-        raise ModelError(f"conversion failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
-                         path=path) from None
+        raise ModelError(
+            f"conversion failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+            path=path,
+        ) from None
     targets = [n.target for n in gm.graph.nodes if n.op == "call_module"]
     if len(set(targets)) != len(targets):
         raise ModelError("conversion produced shared modules (duplicate node names)", path=path)
@@ -372,23 +481,37 @@ def load_onnx(path, device="cpu", verify: bool = True, labels=None, sidecar: dic
     _select_output(gm, output_index, output_count)
     report.softmax_stripped = _strip_softmax(gm)
     if converted := _matmul_to_linear(gm):
-        report.notes.append(f"turned {converted} MatMul nodes with constant weights into Linear layers")
+        report.notes.append(
+            f"turned {converted} MatMul nodes with constant weights into Linear layers"
+        )
 
     num_classes = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
-    spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], fixed_batch=in_shape[0] == 1,
-                     num_classes=num_classes or 0)
+    spec = InputSpec(
+        input_name,
+        in_shape[1],
+        in_shape[2],
+        in_shape[3],
+        fixed_batch=in_shape[0] == 1,
+        num_classes=num_classes or 0,
+    )
     model = Model(gm, spec, report, labels=labels, sidecar=sidecar).to(torch.device(device))
     if not num_classes:  # output size not declared: find it with one forward pass
         try:
             with torch.no_grad():
                 logits = model(model.example_input(1))
         except Exception as err:  # noqa: BLE001 - a converted graph can fail anywhere
-            raise ModelError(f"converted model fails to run: {type(err).__name__}", path=path) from None
+            raise ModelError(
+                f"converted model fails to run: {type(err).__name__}", path=path
+            ) from None
         if logits.dim() != 2:
-            raise ModelError(f"output has shape {list(logits.shape)}; not a classifier (expected B×K)", path=path)
+            raise ModelError(
+                f"output has shape {list(logits.shape)}; not a classifier (expected B×K)", path=path
+            )
         if logits.shape[1] < 1:
             raise ModelError("the model has 0 output classes; not a classifier", path=path)
-        model.spec = InputSpec(input_name, in_shape[1], in_shape[2], in_shape[3], in_shape[0] == 1, logits.shape[1])
+        model.spec = InputSpec(
+            input_name, in_shape[1], in_shape[2], in_shape[3], in_shape[0] == 1, logits.shape[1]
+        )
     if verify:
         _verify(model, original, path, input_name, output_name)
     return model

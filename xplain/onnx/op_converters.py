@@ -41,6 +41,7 @@ def _converter(op: str, *versions: int) -> Callable[[Converter], Converter]:
         for version in versions:
             CONVERTERS[(op, version)] = fn
         return fn
+
     return deco
 
 
@@ -85,14 +86,17 @@ def _gelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa
         approximate = approximate.decode()
     if approximate not in ("none", "tanh"):
         raise NotImplementedError(f"Gelu approximate={approximate!r}")
-    return OperationConverterResult(torch_module=nn.GELU(approximate=approximate),
-                                    onnx_mapping=onnx_mapping_from_node(node))
+    return OperationConverterResult(
+        torch_module=nn.GELU(approximate=approximate), onnx_mapping=onnx_mapping_from_node(node)
+    )
 
 
 @_converter("Mish", 18, 22)
 def _mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:  # noqa: ARG001
     """``Mish(x) = x·tanh(softplus(x))`` is ``nn.Mish``."""
-    return OperationConverterResult(torch_module=nn.Mish(), onnx_mapping=onnx_mapping_from_node(node))
+    return OperationConverterResult(
+        torch_module=nn.Mish(), onnx_mapping=onnx_mapping_from_node(node)
+    )
 
 
 # ----------------------------------------------------------------------------- Reduce*-18
@@ -148,10 +152,15 @@ def _make_reduce18(op: str) -> Converter:
         attrs = node.attributes
         axes_name = _present(node, 1)
         axes = _constant(graph, axes_name)
-        module = OnnxReduce18(op, _ints(axes), bool(attrs.get("keepdims", 1)),
-                              bool(attrs.get("noop_with_empty_axes", 0)))
+        module = OnnxReduce18(
+            op,
+            _ints(axes),
+            bool(attrs.get("keepdims", 1)),
+            bool(attrs.get("noop_with_empty_axes", 0)),
+        )
         inputs = [node.input_values[0]] + ([axes_name] if axes_name and axes is None else [])
         return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, inputs))
+
     return convert
 
 
@@ -170,7 +179,9 @@ class OnnxSplit18(_RuntimeOrStatic):
         super().__init__()
         self.axis, self.split, self.num_outputs = axis, split, num_outputs
 
-    def forward(self, x: torch.Tensor, split: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, split: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         sizes = self._pick(self.split, split)
         if sizes is None:
             length = x.shape[self.axis]
@@ -183,8 +194,11 @@ class OnnxSplit18(_RuntimeOrStatic):
 def _split18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     split_name = _present(node, 1)
     split = _constant(graph, split_name)
-    module = OnnxSplit18(int(node.attributes.get("axis", 0)), _ints(split),
-                         int(node.attributes.get("num_outputs", len(node.output_values))))
+    module = OnnxSplit18(
+        int(node.attributes.get("axis", 0)),
+        _ints(split),
+        int(node.attributes.get("num_outputs", len(node.output_values))),
+    )
     inputs = [node.input_values[0]] + ([split_name] if split_name and split is None else [])
     return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, inputs))
 
@@ -198,12 +212,19 @@ class OnnxPad18(_RuntimeOrStatic):
     computed from the definition (reflect mirrors without repeating the edge, edge repeats it,
     wrap is periodic), which works on every axis, unlike ``F.pad``'s reflect/replicate/circular."""
 
-    def __init__(self, mode: str, pads: list[int] | None, value: float | None, axes: list[int] | None):
+    def __init__(
+        self, mode: str, pads: list[int] | None, value: float | None, axes: list[int] | None
+    ):
         super().__init__()
         self.mode, self.pads, self.value, self.axes = mode, pads, value, axes
 
-    def forward(self, x: torch.Tensor, pads: torch.Tensor | None = None, value: torch.Tensor | None = None,
-                axes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        pads: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        axes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         pad_list = self._pick(self.pads, pads)
         axis_list = self._pick(self.axes, axes)
         rank = x.dim()
@@ -213,7 +234,11 @@ class OnnxPad18(_RuntimeOrStatic):
             raise ValueError("Pad without pads")
         begins, ends = pad_list[:count], pad_list[count:]
         if self.mode == "constant":
-            fill = self.value if self.value is not None else (float(value.reshape(-1)[0]) if value is not None else 0.0)
+            fill = (
+                self.value
+                if self.value is not None
+                else (float(value.reshape(-1)[0]) if value is not None else 0.0)
+            )
             torch_pads = [0] * (2 * rank)
             for axis, b, e in zip(axis_list, begins, ends):
                 torch_pads[2 * (rank - 1 - axis)] = b
@@ -244,14 +269,27 @@ def _pad18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise NotImplementedError(f"Pad mode {mode!r}")
     pads_name, value_name, axes_name = _present(node, 1), _present(node, 2), _present(node, 3)
-    pads, value, axes = _constant(graph, pads_name), _constant(graph, value_name), _constant(graph, axes_name)
-    runtime = [pads_name if pads is None else "", value_name if value_name and value is None else "",
-               axes_name if axes_name and axes is None else ""]
+    pads, value, axes = (
+        _constant(graph, pads_name),
+        _constant(graph, value_name),
+        _constant(graph, axes_name),
+    )
+    runtime = [
+        pads_name if pads is None else "",
+        value_name if value_name and value is None else "",
+        axes_name if axes_name and axes is None else "",
+    ]
     while runtime and runtime[-1] == "":
         runtime.pop()
-    fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else (0.0 if not value_name else None)
+    fill = (
+        float(value.reshape(-1)[0])
+        if value is not None and value.numel()
+        else (0.0 if not value_name else None)
+    )
     module = OnnxPad18(mode, _ints(pads), fill, _ints(axes))
-    return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0], *runtime]))
+    return OperationConverterResult(
+        torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0], *runtime])
+    )
 
 
 # ----------------------------------------------------------------------------- AveragePool-19
@@ -264,8 +302,14 @@ class OnnxAveragePool(nn.Module, OnnxToTorchModule):
     the padded input never count those extra positions. A window that would start beyond the
     input and its begin padding is dropped, as in onnxruntime and torch."""
 
-    def __init__(self, kernel: list[int], strides: list[int], pads: list[int], ceil_mode: bool,
-                 count_include_pad: bool):
+    def __init__(
+        self,
+        kernel: list[int],
+        strides: list[int],
+        pads: list[int],
+        ceil_mode: bool,
+        count_include_pad: bool,
+    ):
         super().__init__()
         self.kernel, self.strides, self.pads = kernel, strides, pads
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
@@ -299,7 +343,9 @@ class OnnxAveragePool(nn.Module, OnnxToTorchModule):
         if not any(torch_pads):
             return sums / area
         ones = torch.ones((1, 1, *sizes), dtype=x.dtype, device=x.device)
-        mask = F.pad(F.pad(ones, mask_pads, value=1.0 if self.count_include_pad else 0.0), ceil_pads)
+        mask = F.pad(
+            F.pad(ones, mask_pads, value=1.0 if self.count_include_pad else 0.0), ceil_pads
+        )
         counts = pool(mask, self.kernel, self.strides) * area
         return sums / counts.clamp_min(1.0)
 
@@ -314,13 +360,22 @@ def _average_pool19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResul
     auto_pad = attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad not in ("NOTSET", "VALID"):
-        raise NotImplementedError(f"AveragePool auto_pad={auto_pad}")  # the loader makes SAME_* explicit
+        raise NotImplementedError(
+            f"AveragePool auto_pad={auto_pad}"
+        )  # the loader makes SAME_* explicit
     if any(d != 1 for d in attrs.get("dilations", [1] * n)):
         raise NotImplementedError("AveragePool with dilations")
     pads = list(attrs.get("pads", [0] * (2 * n))) if auto_pad == "NOTSET" else [0] * (2 * n)
-    module = OnnxAveragePool(kernel, list(attrs.get("strides", [1] * n)), pads, bool(attrs.get("ceil_mode", 0)),
-                             bool(attrs.get("count_include_pad", 0)))
-    return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0]]))
+    module = OnnxAveragePool(
+        kernel,
+        list(attrs.get("strides", [1] * n)),
+        pads,
+        bool(attrs.get("ceil_mode", 0)),
+        bool(attrs.get("count_include_pad", 0)),
+    )
+    return OperationConverterResult(
+        torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0]])
+    )
 
 
 # ----------------------------------------------------------------------------- ScatterND-18
@@ -334,7 +389,9 @@ class OnnxScatterND18(nn.Module, OnnxToTorchModule):
         super().__init__()
         self.reduction = reduction
 
-    def forward(self, data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
+    ) -> torch.Tensor:
         k = indices.shape[-1]
         lead = data.shape[:k]
         idx = indices.reshape(-1, k).long()
@@ -363,7 +420,9 @@ def _scatter_nd18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
     if reduction not in ("none", "add", "mul", "max", "min"):
         raise NotImplementedError(f"ScatterND reduction={reduction!r}")
-    return OperationConverterResult(torch_module=OnnxScatterND18(reduction), onnx_mapping=onnx_mapping_from_node(node))
+    return OperationConverterResult(
+        torch_module=OnnxScatterND18(reduction), onnx_mapping=onnx_mapping_from_node(node)
+    )
 
 
 # ----------------------------------------------------------------------------- LayerNormalization
@@ -378,7 +437,9 @@ class OnnxLayerNormalization(nn.Module, OnnxToTorchModule):
         super().__init__()
         self.axis, self.epsilon = axis, epsilon
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dims = tuple(range(self.axis % x.dim(), x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
         var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
@@ -408,16 +469,25 @@ def _layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     scale, bias = _constant(graph, scale_name), _constant(graph, bias_name)
     rank = _input_rank(graph, x_name)
     normalized = -axis if axis < 0 else (rank - axis if rank is not None else None)
-    if (scale is not None and (bias is not None or not bias_name) and normalized is not None
-            and scale.dim() == normalized and (bias is None or bias.shape == scale.shape)):
-        module = nn.LayerNorm(tuple(scale.shape), eps=epsilon, elementwise_affine=True, bias=bias is not None)
+    if (
+        scale is not None
+        and (bias is not None or not bias_name)
+        and normalized is not None
+        and scale.dim() == normalized
+        and (bias is None or bias.shape == scale.shape)
+    ):
+        module = nn.LayerNorm(
+            tuple(scale.shape), eps=epsilon, elementwise_affine=True, bias=bias is not None
+        )
         with torch.no_grad():
             module.weight.copy_(scale)
             if bias is not None:
                 module.bias.copy_(bias)
         return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, [x_name]))
-    return OperationConverterResult(torch_module=OnnxLayerNormalization(axis, epsilon),
-                                    onnx_mapping=_mapping(node, [n for n in node.input_values if n]))
+    return OperationConverterResult(
+        torch_module=OnnxLayerNormalization(axis, epsilon),
+        onnx_mapping=_mapping(node, [n for n in node.input_values if n]),
+    )
 
 
 # ----------------------------------------------------------------------------- Clip-11+
@@ -447,8 +517,10 @@ def _clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     low, high = _constant(graph, min_name), _constant(graph, max_name)
     if (min_name and low is None) or (max_name and high is None):
         runtime = [n for n in (min_name, max_name) if n]
-        return OperationConverterResult(torch_module=OnnxClipDynamic(bool(min_name), bool(max_name)),
-                                        onnx_mapping=_mapping(node, [node.input_values[0], *runtime]))
+        return OperationConverterResult(
+            torch_module=OnnxClipDynamic(bool(min_name), bool(max_name)),
+            onnx_mapping=_mapping(node, [node.input_values[0], *runtime]),
+        )
     low_v = None if low is None else float(low)
     high_v = None if high is None else float(high)
     if low_v == 0 and high_v is None:
@@ -459,7 +531,9 @@ def _clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         module = nn.Identity()
     else:
         module = OnnxClip(min_val=low_v, max_val=high_v)
-    return OperationConverterResult(torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0]]))
+    return OperationConverterResult(
+        torch_module=module, onnx_mapping=_mapping(node, [node.input_values[0]])
+    )
 
 
 # ----------------------------------------------------------------------------- Conv with computed weights
@@ -472,7 +546,9 @@ class OnnxConvRuntimeWeight(nn.Module, OnnxToTorchModule):
         super().__init__()
         self.strides, self.pads, self.dilations, self.groups = strides, pads, dilations, groups
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n = weight.dim() - 2
         begins, ends = self.pads[:n], self.pads[n:]
         if begins != ends:
@@ -486,6 +562,7 @@ class OnnxConvRuntimeWeight(nn.Module, OnnxToTorchModule):
 
 def conv_with_runtime_weight(base: Converter) -> Converter:
     """onnx2torch's Conv converter for constant weights, :class:`OnnxConvRuntimeWeight` otherwise."""
+
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         weight_name, bias_name = _present(node, 1), _present(node, 2)
         if weight_name in graph.initializers and (not bias_name or bias_name in graph.initializers):
@@ -496,13 +573,23 @@ def conv_with_runtime_weight(base: Converter) -> Converter:
         if auto_pad not in ("NOTSET", "VALID"):
             raise NotImplementedError(f"Conv with a computed weight and auto_pad={auto_pad}")
         info = graph.value_info.get(weight_name)
-        rank = len(info.type.tensor_type.shape.dim) if info is not None and info.type.tensor_type.HasField("shape") \
+        rank = (
+            len(info.type.tensor_type.shape.dim)
+            if info is not None and info.type.tensor_type.HasField("shape")
             else len(attrs.get("kernel_shape", [])) + 2
+        )
         n = rank - 2
         if n not in (1, 2, 3):
             raise NotImplementedError("Conv with a computed weight of unknown rank")
         pads = list(attrs.get("pads", [0] * (2 * n))) if auto_pad == "NOTSET" else [0] * (2 * n)
-        module = OnnxConvRuntimeWeight(list(attrs.get("strides", [1] * n)), pads,
-                                       list(attrs.get("dilations", [1] * n)), int(attrs.get("group", 1)))
-        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+        module = OnnxConvRuntimeWeight(
+            list(attrs.get("strides", [1] * n)),
+            pads,
+            list(attrs.get("dilations", [1] * n)),
+            int(attrs.get("group", 1)),
+        )
+        return OperationConverterResult(
+            torch_module=module, onnx_mapping=onnx_mapping_from_node(node)
+        )
+
     return convert

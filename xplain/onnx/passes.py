@@ -66,7 +66,9 @@ def sanitize_names(model) -> tuple[dict[str, str], str]:
 
 
 #: ops whose outputs after the first are optional extras (statistics, masks, indices)
-_OPTIONAL_EXTRA_OUTPUTS = frozenset({"LayerNormalization", "Dropout", "BatchNormalization", "MaxPool"})
+_OPTIONAL_EXTRA_OUTPUTS = frozenset(
+    {"LayerNormalization", "Dropout", "BatchNormalization", "MaxPool"}
+)
 
 
 def drop_unused_optional_outputs(model) -> str:
@@ -202,7 +204,10 @@ def normalize_opset(model):
         converted = version_converter.convert_version(model, target)
     except Exception as err:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         _unhide_ops(model)
-        return model, f"opset {opset} kept (version converter failed: {str(err).splitlines()[0][:120]})"
+        return (
+            model,
+            f"opset {opset} kept (version converter failed: {str(err).splitlines()[0][:120]})",
+        )
     _unhide_ops(model)
     _unhide_ops(converted)
     extra = f" ({hidden} Pad nodes carried over unchanged)" if hidden else ""
@@ -335,7 +340,10 @@ def _value_shapes(model) -> dict[str, list]:
     graph = inferred.graph
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            out[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None
+                for d in vi.type.tensor_type.shape.dim
+            ]
     for t in graph.initializer:
         out[t.name] = list(t.dims)
     return out

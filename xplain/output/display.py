@@ -16,7 +16,11 @@ def display_name(text: str, limit: int = 80) -> str:
             out.append("\\" + char)
         elif unicodedata.category(char)[0] in ("C", "Z") and char != " ":
             code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"))
+            out.append(
+                f"\\x{code:02x}"
+                if code < 0x100
+                else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            )
         else:
             out.append(char)
     shown = "".join(out)

@@ -25,8 +25,16 @@ import numpy as np
 from ..errors import UsageError
 from ..untrusted import path_text
 
-__all__ = ["atomic_write", "atomic_open", "atomic_group", "append_line", "write_json", "save_npy", "json_ready",
-           "write_failed"]
+__all__ = [
+    "atomic_write",
+    "atomic_open",
+    "atomic_group",
+    "append_line",
+    "write_json",
+    "save_npy",
+    "json_ready",
+    "write_failed",
+]
 
 
 def write_failed(target: object, err: OSError) -> UsageError:
@@ -73,7 +81,9 @@ class _Group:
         self.pending = []
 
 
-_group: contextvars.ContextVar[_Group | None] = contextvars.ContextVar("xplain_atomic_group", default=None)
+_group: contextvars.ContextVar[_Group | None] = contextvars.ContextVar(
+    "xplain_atomic_group", default=None
+)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,10 @@ from __future__ import annotations
 from .plugin_api import Param
 
 REDUCTIONS = ("sum", "mean", "max-abs")
-_HELP = ("how the C input channels become one map: sum, mean, or max-abs (the signed value of the "
-         "channel with the largest magnitude)")
+_HELP = (
+    "how the C input channels become one map: sum, mean, or max-abs (the signed value of the "
+    "channel with the largest magnitude)"
+)
 
 
 def reduce_param(default: str = "sum", help: str = _HELP) -> Param:

@@ -116,11 +116,23 @@ def images_per_pass(model: Model, internal_batch: int = 0, memory_budget_mb: flo
 def pass_params(what: str) -> list[Param]:
     """The parameters every many-pass method declares: ``internal_batch``, ``memory_budget_mb``."""
     return [
-        Param("internal_batch", "int", 0,
-              f"{what} per forward/backward pass; 0 = as many as fit in memory_budget_mb. Bounds "
-              "memory and speed, never changes the map", min=0, max=4096),
-        Param("memory_budget_mb", "float", 0.0,
-              "activation memory one pass may use when internal_batch is 0; 0 = a quarter of the "
-              f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB, with no single activation over "
-              f"{DEFAULT_TENSOR_MB:.0f} MB (raise it on a GPU)", min=0.0, max=1e7),
+        Param(
+            "internal_batch",
+            "int",
+            0,
+            f"{what} per forward/backward pass; 0 = as many as fit in memory_budget_mb. Bounds "
+            "memory and speed, never changes the map",
+            min=0,
+            max=4096,
+        ),
+        Param(
+            "memory_budget_mb",
+            "float",
+            0.0,
+            "activation memory one pass may use when internal_batch is 0; 0 = a quarter of the "
+            f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB, with no single activation over "
+            f"{DEFAULT_TENSOR_MB:.0f} MB (raise it on a GPU)",
+            min=0.0,
+            max=1e7,
+        ),
     ]

@@ -117,8 +117,11 @@ class Param:
         else:
             if isinstance(text, str) and len(text) > MAX_STR_PARAM:
                 raise ValueError(f"{self.name}: value longer than {MAX_STR_PARAM} characters")
-            if (self.type == "int" and isinstance(text, float)
-                    and not (math.isfinite(text) and text == int(text))):
+            if (
+                self.type == "int"
+                and isinstance(text, float)
+                and not (math.isfinite(text) and text == int(text))
+            ):
                 raise ValueError(f"{self.name} expects int, got {text!r}")
             try:
                 value = _PARAM_TYPES[self.type](text)
@@ -128,7 +131,9 @@ class Param:
         if self.type == "float" and not math.isfinite(value):
             raise ValueError(f"{self.name} must be a finite number; got {text!r}")
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {text!r}")
+            raise ValueError(
+                f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {text!r}"
+            )
         bounds = self.bounds()
         if bounds is not None and value < bounds[0]:
             raise ValueError(f"{self.name} must be >= {bounds[0]}; got {text!r}")
@@ -232,14 +237,19 @@ class MetricContext:
     def reexplain(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         """Run the method under evaluation again (same parameters and seed)."""
         if self.explain is None:
-            raise ValueError("this metric re-runs the method, but no method was given "
-                             "(MetricContext.explain is None)")
+            raise ValueError(
+                "this metric re-runs the method, but no method was given "
+                "(MetricContext.explain is None)"
+            )
         return self.explain(x, targets)
 
     def as_dict(self) -> dict[str, Any]:
         """The pre-v1 ``context`` dict, for metrics still written in the positional form."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("model", "x", "targets", "attribution")}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("model", "x", "targets", "attribution")
+        }
 
 
 class ExplainFn(Protocol):
@@ -257,8 +267,9 @@ class ScoreFn(Protocol):
 class FitFn(Protocol):
     """``fit(model, batches, params, console) -> (tensors, meta)`` for methods that learn."""
 
-    def __call__(self, model: Model, batches: Callable[..., Any], params: Mapping[str, Any],
-                 console: Any, /) -> tuple[dict[str, Any], dict[str, Any]]: ...
+    def __call__(
+        self, model: Model, batches: Callable[..., Any], params: Mapping[str, Any], console: Any, /
+    ) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
 
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -274,7 +285,9 @@ def _import_reference(reference: str, owner: str) -> Callable[..., Any]:
         for part in attr.split("."):
             value = getattr(value, part)
     except Exception as err:  # noqa: BLE001 - a broken plugin module is reported, not raised raw
-        raise PluginError(f"{owner}: cannot load {reference!r}: {type(err).__name__}: {err}") from None
+        raise PluginError(
+            f"{owner}: cannot load {reference!r}: {type(err).__name__}: {err}"
+        ) from None
     if not callable(value):
         raise PluginError(f"{owner}: {reference!r} is not callable")
     return value
@@ -293,7 +306,9 @@ def _call_style(fn: Callable[..., Any], legacy_arity: int, owner: str) -> str:
         except TypeError:
             continue
         return style
-    raise TypeError(f"{owner}: expected a callable taking one argument (contract v1), got {fn!r}{sig}")
+    raise TypeError(
+        f"{owner}: expected a callable taking one argument (contract v1), got {fn!r}{sig}"
+    )
 
 
 def _adapt(fn: Callable[..., Any], kind: str, owner: str, stacklevel: int) -> Callable[..., Any]:
@@ -301,13 +316,24 @@ def _adapt(fn: Callable[..., Any], kind: str, owner: str, stacklevel: int) -> Ca
     legacy_arity = 5
     if _call_style(fn, legacy_arity, owner) == "v1":
         return fn
-    form = ("explain(model, x, targets, params, seed)" if kind == "explain"
-            else "score(model, x, targets, attribution, context)")
-    new = "explain(request: xplain.ExplainRequest)" if kind == "explain" else "score(context: xplain.MetricContext)"
-    warnings.warn(f"{owner}: the positional {form} is deprecated (plugin contract v1 passes one "
-                  f"object: {new}); it keeps working until contract v2", DeprecationWarning,
-                  stacklevel=stacklevel)
+    form = (
+        "explain(model, x, targets, params, seed)"
+        if kind == "explain"
+        else "score(model, x, targets, attribution, context)"
+    )
+    new = (
+        "explain(request: xplain.ExplainRequest)"
+        if kind == "explain"
+        else "score(context: xplain.MetricContext)"
+    )
+    warnings.warn(
+        f"{owner}: the positional {form} is deprecated (plugin contract v1 passes one "
+        f"object: {new}); it keeps working until contract v2",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
     if kind == "explain":
+
         def explain(request: ExplainRequest) -> Any:
             return fn(request.model, request.x, request.targets, request.params, request.seed)
 
@@ -322,19 +348,25 @@ def _adapt(fn: Callable[..., Any], kind: str, owner: str, stacklevel: int) -> Ca
 class _Lazy:
     """Resolves a callable given directly or as a ``"module:function"`` reference, once."""
 
-    def _resolve(self, value: Callable[..., Any] | str, kind: str, owner: str) -> Callable[..., Any]:
+    def _resolve(
+        self, value: Callable[..., Any] | str, kind: str, owner: str
+    ) -> Callable[..., Any]:
         cache = self.__dict__.setdefault("_resolved", {})
         if kind not in cache:
             fn = _import_reference(value, owner) if isinstance(value, str) else value
-            cache[kind] = _adapt(fn, kind, owner, stacklevel=3) if kind in ("explain", "score") else fn
+            cache[kind] = (
+                _adapt(fn, kind, owner, stacklevel=3) if kind in ("explain", "score") else fn
+            )
         return cache[kind]
 
     @staticmethod
     def _check(value: object, field: str, owner: str) -> None:
         if isinstance(value, str):
             if not _REFERENCE.match(value):
-                raise ValueError(f"{owner}: {field} must be a callable or 'package.module:function', "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"{owner}: {field} must be a callable or 'package.module:function', "
+                    f"got {value!r}"
+                )
         elif not callable(value):
             raise TypeError(f"{owner}: {field} must be a callable or 'package.module:function'")
 
@@ -368,8 +400,9 @@ class Method(_Lazy):
         if self.fit is not None:
             self._check(self.fit, "fit", owner)
         if not isinstance(self.explain, str):  # detect the call form once, now (warns if legacy)
-            self.__dict__.setdefault("_resolved", {})["explain"] = _adapt(self.explain, "explain", owner,
-                                                                          stacklevel=4)
+            self.__dict__.setdefault("_resolved", {})["explain"] = _adapt(
+                self.explain, "explain", owner, stacklevel=4
+            )
 
     def param(self, name: str) -> Param:
         return {p.name: p for p in self.params}[name]
@@ -413,7 +446,9 @@ class Metric(_Lazy):
         owner = f"metric {self.name!r}"
         self._check(self.score, "score", owner)
         if not isinstance(self.score, str):
-            self.__dict__.setdefault("_resolved", {})["score"] = _adapt(self.score, "score", owner, stacklevel=4)
+            self.__dict__.setdefault("_resolved", {})["score"] = _adapt(
+                self.score, "score", owner, stacklevel=4
+            )
 
     def higher_is_better_for(self, key: str) -> bool:
         return bool(self.directions.get(key, self.higher_is_better))
@@ -422,12 +457,23 @@ class Metric(_Lazy):
         """Call the implementation (imported on first use) with ``context``."""
         return self._resolve(self.score, "score", f"metric {self.name!r}")(context)
 
-    def compute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, attribution: Attribution,
-                **context: Any) -> Mapping[str, Any]:
+    def compute(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        attribution: Attribution,
+        **context: Any,
+    ) -> Mapping[str, Any]:
         """Score outside ``xplain eval`` (notebooks, tests): ``context`` sets
         :class:`MetricContext` fields; ``params`` are validated and defaults filled in."""
         from .registry import validate_params
 
-        params = validate_params(self.params, context.pop("params", None) or {}, f"metric {self.name!r}")
-        return self.run(MetricContext(model=model, x=x, targets=targets, attribution=attribution,
-                                      params=params, **context))
+        params = validate_params(
+            self.params, context.pop("params", None) or {}, f"metric {self.name!r}"
+        )
+        return self.run(
+            MetricContext(
+                model=model, x=x, targets=targets, attribution=attribution, params=params, **context
+            )
+        )

@@ -63,7 +63,9 @@ class Registry:
 
         for ep in sorted(importlib.metadata.entry_points(group=PROJECT), key=builtin_first):
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
+            info = PluginInfo(
+                ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?"
+            )
             if ep.name in self.plugins:  # the same entry point seen twice (e.g. editable + wheel)
                 continue
             self.plugins[ep.name] = info
@@ -72,7 +74,9 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except SystemExit as err:  # sys.exit() at import time must not end xplain (exit 0, no output)
+            except (
+                SystemExit
+            ) as err:  # sys.exit() at import time must not end xplain (exit 0, no output)
                 self._fail(info, f"import called sys.exit({err.code!r})")
                 continue
             except Exception as err:  # noqa: BLE001 - a broken plugin must not take xplain down
@@ -115,8 +119,10 @@ class Registry:
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         staged: list[tuple[Any, Any, dict]] = []
         try:
-            for hook, kind, store in (("register_methods", Method, self.methods),
-                                      ("register_metrics", Metric, self.metrics)):
+            for hook, kind, store in (
+                ("register_methods", Method, self.methods),
+                ("register_metrics", Metric, self.metrics),
+            ):
                 impls = getattr(self.pm.hook, hook).get_hookimpls()
                 if not any(impl.plugin is plugin for impl in impls):
                     continue
@@ -144,11 +150,17 @@ class Registry:
     def _check(self, obj, kind, store: dict, staged: list) -> None:
         label = kind.__name__.lower()
         if not isinstance(obj, kind):
-            raise TypeError(f"register() expects an xplain.{kind.__name__}, got {type(obj).__name__}")
+            raise TypeError(
+                f"register() expects an xplain.{kind.__name__}, got {type(obj).__name__}"
+            )
         if not isinstance(obj.name, str) or not _NAME.match(obj.name) or len(obj.name) > 64:
-            raise ValueError(f"{label} name {obj.name!r} must be lower-case letters, digits and '-' (at most 64)")
+            raise ValueError(
+                f"{label} name {obj.name!r} must be lower-case letters, digits and '-' (at most 64)"
+            )
         if obj.name in store:
-            raise ValueError(f"{label} {obj.name!r} is already registered by plugin {store[obj.name].plugin!r}")
+            raise ValueError(
+                f"{label} {obj.name!r} is already registered by plugin {store[obj.name].plugin!r}"
+            )
         if any(o.name == obj.name and s is store for o, _, s in staged):
             raise ValueError(f"{label} {obj.name!r} is registered twice by this plugin")
         names = [p.name for p in obj.params]
@@ -167,9 +179,14 @@ class Registry:
     def metric(self, name: str) -> Metric:
         return _lookup(self.metrics, name, "metric", "xplain metrics")
 
-    def resolve(self, kind: str, items: Iterable[str | Method | Metric],
-                params: Mapping[str, Mapping[str, object]] | None = None, *,
-                duplicates: str = "error") -> list[tuple[Any, dict[str, object]]]:
+    def resolve(
+        self,
+        kind: str,
+        items: Iterable[str | Method | Metric],
+        params: Mapping[str, Mapping[str, object]] | None = None,
+        *,
+        duplicates: str = "error",
+    ) -> list[tuple[Any, dict[str, object]]]:
         """The one name resolver (CLI, eval, bench): method or metric names (or objects) ->
         ``(object, validated parameters)`` in the given order.
 
@@ -193,8 +210,13 @@ class Registry:
             objs.append(item)
         unknown = set(params) - {o.name for o in objs}
         if unknown:
-            raise UsageError(f"parameters given for {kind} {', '.join(sorted(unknown))} which is not chosen")
-        return [(o, validate_params(o.params, params.get(o.name, {}), f"{kind} {o.name!r}")) for o in objs]
+            raise UsageError(
+                f"parameters given for {kind} {', '.join(sorted(unknown))} which is not chosen"
+            )
+        return [
+            (o, validate_params(o.params, params.get(o.name, {}), f"{kind} {o.name!r}"))
+            for o in objs
+        ]
 
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
@@ -206,8 +228,9 @@ def _lookup(store: dict, name: str, label: str, command: str):
     import difflib
 
     close = difflib.get_close_matches(name, list(store), n=3)
-    hint = (f"did you mean {', '.join(close)}? " if close else "") + \
-        f"installed: {', '.join(sorted(store)) or 'none'} (see `{command}`)"
+    hint = (
+        f"did you mean {', '.join(close)}? " if close else ""
+    ) + f"installed: {', '.join(sorted(store)) or 'none'} (see `{command}`)"
     raise UsageError(f"unknown {label} {name!r}", hint=hint)
 
 
@@ -219,7 +242,9 @@ def validate_params(declared, given: Mapping[str, object], owner: str) -> dict[s
     unknown = sorted(set(given) - set(by_name))
     if unknown:
         valid = ", ".join(sorted(by_name)) or "none"
-        raise UsageError(f"{owner} has no parameter {', '.join(map(repr, unknown))}", hint=f"valid: {valid}")
+        raise UsageError(
+            f"{owner} has no parameter {', '.join(map(repr, unknown))}", hint=f"valid: {valid}"
+        )
     values = {p.name: p.default for p in declared}
     for key, raw in given.items():
         try:

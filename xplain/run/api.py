@@ -40,9 +40,15 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
     return device
 
 
-def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, verify: bool = True,
-               labels: list[str] | str | None = None, registry: Registry | None = None,
-               max_input_pixels: int | None = None) -> Model:
+def load_model(
+    path: str | Path,
+    device: str | torch.device | None = "cpu",
+    *,
+    verify: bool = True,
+    labels: list[str] | str | None = None,
+    registry: Registry | None = None,
+    max_input_pixels: int | None = None,
+) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
     Plugins implementing the ``load_model`` hook are asked first (other formats); the ONNX
@@ -61,13 +67,19 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
     except XplainError:
         raise
     except SystemExit as err:  # a plugin must not end the process
-        raise PluginError(f"a model-loader plugin called sys.exit({err.code!r})", path=path) from None
+        raise PluginError(
+            f"a model-loader plugin called sys.exit({err.code!r})", path=path
+        ) from None
     except Exception as err:  # noqa: BLE001 - a loader plugin's bug
-        raise PluginError(f"a model-loader plugin failed: {type(err).__name__}: {err}", path=path) from None
+        raise PluginError(
+            f"a model-loader plugin failed: {type(err).__name__}: {err}", path=path
+        ) from None
     if model is None:  # every registry holds the ONNX loader (trylast), which never passes
         raise PluginError("no model loader answered", path=path)
     if not isinstance(model, Model):
-        raise PluginError(f"a model-loader plugin returned {type(model).__name__}, not an xplain.Model", path=path)
+        raise PluginError(
+            f"a model-loader plugin returned {type(model).__name__}, not an xplain.Model", path=path
+        )
     sidecar = read_sidecar(path)
     model.sidecar = sidecar
     spec = labels if labels is not None else sidecar.get("labels")
@@ -75,7 +87,9 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, v
         names = load_labels(spec, base_dir=path.parent)
         if len(names) != model.num_classes:
             where = spec if isinstance(spec, str) else "labels"
-            raise ModelError(f"{len(names)} labels given for {model.num_classes} classes ({where})", path=path)
+            raise ModelError(
+                f"{len(names)} labels given for {model.num_classes} classes ({where})", path=path
+            )
         model.labels = names
     return model
 
@@ -87,8 +101,12 @@ def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
     image — not on its position in the batch — so batching never changes a map."""
     gens = []
     for sample in x.detach():
-        h = hashlib.blake2b(sample.float().cpu().numpy().tobytes(), digest_size=8, key=str(int(seed)).encode())
-        gens.append(torch.Generator(device=x.device).manual_seed(int.from_bytes(h.digest(), "little") >> 1))
+        h = hashlib.blake2b(
+            sample.float().cpu().numpy().tobytes(), digest_size=8, key=str(int(seed)).encode()
+        )
+        gens.append(
+            torch.Generator(device=x.device).manual_seed(int.from_bytes(h.digest(), "little") >> 1)
+        )
     return gens
 
 
@@ -101,7 +119,11 @@ def check_requirements(model: Model, method: Method) -> None:
         if problem is None:
             continue
         alternatives = list(getattr(method.capabilities, "alternatives", ()))
-        if requirement != "attention" and model.attention() and model.requirement_problem("attention") is None:
+        if (
+            requirement != "attention"
+            and model.attention()
+            and model.requirement_problem("attention") is None
+        ):
             alternatives.append("attention-rollout")
         hint = "try " + ", ".join(dict.fromkeys(alternatives)) if alternatives else None
         raise UsageError(f"{method.name} {problem}", hint=hint)
@@ -120,8 +142,11 @@ def time_limit(seconds: float | None, what: str):
     Ctrl-C does, so a method that loops forever stops at its next Python bytecode; a single
     long-running native call (one huge convolution) finishes first. Elsewhere (Windows, other
     threads) the limit is not enforced. ``None`` or 0 = no limit."""
-    usable = (seconds and hasattr(signal, "setitimer")
-              and threading.current_thread() is threading.main_thread())
+    usable = (
+        seconds
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
     if not usable:
         yield
         return
@@ -134,7 +159,9 @@ def time_limit(seconds: float | None, what: str):
     try:
         yield
     except _MethodTimeout:
-        raise PluginError(f"{what} did not finish within --timeout {seconds:g} s; stopped") from None
+        raise PluginError(
+            f"{what} did not finish within --timeout {seconds:g} s; stopped"
+        ) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -147,30 +174,50 @@ _RESERVED_EXTRAS = {"heatmap", "overlay", "npy", "json"}
 def _check_attribution(method: Method, attribution: Attribution, batch: int) -> None:
     """Extras, info and sample_info from a plugin are untrusted: names become file names, tensors
     are indexed per sample, info goes into JSON records."""
-    if not isinstance(attribution.extras, dict) or not isinstance(attribution.info, dict) \
-            or not isinstance(attribution.sample_info, list):
-        raise PluginError(f"method {method.name!r} returned an Attribution whose extras/info are not dicts "
-                          "or whose sample_info is not a list")
+    if (
+        not isinstance(attribution.extras, dict)
+        or not isinstance(attribution.info, dict)
+        or not isinstance(attribution.sample_info, list)
+    ):
+        raise PluginError(
+            f"method {method.name!r} returned an Attribution whose extras/info are not dicts "
+            "or whose sample_info is not a list"
+        )
     for name, value in attribution.extras.items():
         if not isinstance(name, str) or not _EXTRA_NAME.match(name) or name in _RESERVED_EXTRAS:
-            raise PluginError(f"method {method.name!r} returned an extra named {name!r}; names must be letters, "
-                              "digits, '-' and '_' (at most 64) and not heatmap/overlay/npy/json")
+            raise PluginError(
+                f"method {method.name!r} returned an extra named {name!r}; names must be letters, "
+                "digits, '-' and '_' (at most 64) and not heatmap/overlay/npy/json"
+            )
         if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != batch:
             got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise PluginError(f"method {method.name!r} returned extra {name!r} of shape {got}; expected a tensor "
-                              f"with the batch size {batch} first")
+            raise PluginError(
+                f"method {method.name!r} returned extra {name!r} of shape {got}; expected a tensor "
+                f"with the batch size {batch} first"
+            )
     if attribution.sample_info and len(attribution.sample_info) != batch:
-        raise PluginError(f"method {method.name!r} returned {len(attribution.sample_info)} sample_info entries "
-                          f"for a batch of {batch}")
+        raise PluginError(
+            f"method {method.name!r} returned {len(attribution.sample_info)} sample_info entries "
+            f"for a batch of {batch}"
+        )
     try:
         json.dumps([attribution.info, attribution.sample_info], allow_nan=False)
     except (TypeError, ValueError, RecursionError) as err:
-        raise PluginError(f"method {method.name!r} returned info that is not finite JSON: "
-                          f"{type(err).__name__}: {err}") from None
+        raise PluginError(
+            f"method {method.name!r} returned info that is not finite JSON: "
+            f"{type(err).__name__}: {err}"
+        ) from None
 
 
-def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Tensor,
-               params: dict, seed: int = 0, timeout: float | None = None) -> Attribution:
+def run_method(
+    model: Model,
+    method: Method,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    params: dict,
+    seed: int = 0,
+    timeout: float | None = None,
+) -> Attribution:
     """Call a method under the output contract: float32 maps B×H×W, finite, same device.
 
     The plugin boundary: ``sys.exit()`` inside a method is a :class:`PluginError` (exit 4),
@@ -198,15 +245,24 @@ def run_method(model: Model, method: Method, x: torch.Tensor, targets: torch.Ten
     expected = (x.shape[0], model.spec.height, model.spec.width)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise PluginError(f"method {method.name!r} returned maps of shape {got}, expected {expected}")
+        raise PluginError(
+            f"method {method.name!r} returned maps of shape {got}, expected {expected}"
+        )
     attribution.maps = maps.detach().to(torch.float32)
     if not torch.isfinite(attribution.maps).all():
         raise PluginError(f"method {method.name!r} returned non-finite values")
     return attribution
 
 
-def explain(model: Model, x: torch.Tensor, targets=None, method: str | Method = "saliency",
-            params: dict | None = None, seed: int = 0, registry: Registry | None = None) -> Attribution:
+def explain(
+    model: Model,
+    x: torch.Tensor,
+    targets=None,
+    method: str | Method = "saliency",
+    params: dict | None = None,
+    seed: int = 0,
+    registry: Registry | None = None,
+) -> Attribution:
     """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1)."""
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)

@@ -34,8 +34,15 @@ class ImageBatch:
     errors: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
-def load_batch(paths: Sequence[str | Path], preprocess: Preprocess, device: torch.device | str, *,
-               start: int = 0, keep_going: bool = False, skip: Sequence[int] = ()) -> ImageBatch:
+def load_batch(
+    paths: Sequence[str | Path],
+    preprocess: Preprocess,
+    device: torch.device | str,
+    *,
+    start: int = 0,
+    keep_going: bool = False,
+    skip: Sequence[int] = (),
+) -> ImageBatch:
     """Decode and preprocess ``paths`` (whose first one has index ``start``) into one batch.
 
     Without ``keep_going`` an unusable image raises its :class:`XplainError`; with it, the image
@@ -72,10 +79,22 @@ def load_batch(paths: Sequence[str | Path], preprocess: Preprocess, device: torc
     return ImageBatch(start, indices, x, images, geometries, errors)
 
 
-def iter_batches(paths: Sequence[str | Path], preprocess: Preprocess, batch_size: int,
-                 device: torch.device | str, *, keep_going: bool = False) -> Iterator[ImageBatch]:
+def iter_batches(
+    paths: Sequence[str | Path],
+    preprocess: Preprocess,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    keep_going: bool = False,
+) -> Iterator[ImageBatch]:
     """:func:`load_batch` over ``paths`` in chunks of ``batch_size``."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     for start in range(0, len(paths), batch_size):
-        yield load_batch(paths[start:start + batch_size], preprocess, device, start=start, keep_going=keep_going)
+        yield load_batch(
+            paths[start : start + batch_size],
+            preprocess,
+            device,
+            start=start,
+            keep_going=keep_going,
+        )

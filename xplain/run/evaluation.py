@@ -107,20 +107,32 @@ def read_results(path: Path, damaged: list[int] | None = None):
 
 
 def _number(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    return v is None or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    )
 
 
 def _well_formed(record: Any) -> bool:
     """A results line is used only when every field the summary reads has the right type."""
-    if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
-            or not isinstance(record.get("method", ""), str) or not isinstance(record.get("error", ""), str):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("key"), str)
+        or not isinstance(record.get("method", ""), str)
+        or not isinstance(record.get("error", ""), str)
+    ):
         return False
-    scores, curves, xs = record.get("scores", {}), record.get("curves", {}), record.get("curve_x", {})
+    scores, curves, xs = (
+        record.get("scores", {}),
+        record.get("curves", {}),
+        record.get("curve_x", {}),
+    )
     if not isinstance(scores, dict) or not isinstance(curves, dict) or not isinstance(xs, dict):
         return False
-    return (all(_number(v) for v in scores.values())
-            and all(isinstance(c, list) and all(_number(v) for v in c) for c in curves.values())
-            and all(isinstance(c, list) and all(_number(v) for v in c) for c in xs.values()))
+    return (
+        all(_number(v) for v in scores.values())
+        and all(isinstance(c, list) and all(_number(v) for v in c) for c in curves.values())
+        and all(isinstance(c, list) and all(_number(v) for v in c) for c in xs.values())
+    )
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -152,14 +164,33 @@ def _resolve(items, kind: str, registry: Registry, given: dict | None) -> list[t
     return registry.resolve(kind, items, given)
 
 
-def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, out_dir: str | Path = "xplain-eval",
-             labels: str | Path | None = None, boxes: str | Path | None = None, limit: int | None = None,
-             batch_size: int = 16, seed: int = 0, resume: bool = True, preprocess: Preprocess | None = None,
-             method_params: dict | None = None, metric_params: dict | None = None,
-             registry: Registry | None = None, progress: Callable[[int, int], None] | None = None,
-             montage: int = 4, plots: bool = True, report_images: int = 8,
-             timeout: float | None = None, workers: int | None = None, worker_kind: str = "thread",
-             shard: Shard | None = None, ray: dict | None = None) -> dict:
+def evaluate(
+    model: Model,
+    data: str | Path,
+    *,
+    methods: list,
+    metrics: list,
+    out_dir: str | Path = "xplain-eval",
+    labels: str | Path | None = None,
+    boxes: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    resume: bool = True,
+    preprocess: Preprocess | None = None,
+    method_params: dict | None = None,
+    metric_params: dict | None = None,
+    registry: Registry | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    montage: int = 4,
+    plots: bool = True,
+    report_images: int = 8,
+    timeout: float | None = None,
+    workers: int | None = None,
+    worker_kind: str = "thread",
+    shard: Shard | None = None,
+    ray: dict | None = None,
+) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
     ``methods``/``metrics`` are names (or Method/Metric objects); ``method_params`` and
@@ -190,8 +221,14 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         raise UsageError("batch size must be at least 1")
     preprocess = preprocess or Preprocess.for_model(model)
     out = Path(out_dir)
-    samples = read_dataset(Path(data), class_names=class_names_of(model), labels=labels, boxes=boxes, limit=limit,
-                           exclude=output_exclusion(Path(data), out))
+    samples = read_dataset(
+        Path(data),
+        class_names=class_names_of(model),
+        labels=labels,
+        boxes=boxes,
+        limit=limit,
+        exclude=output_exclusion(Path(data), out),
+    )
     shard = shard or Shard(0, 1)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -199,26 +236,80 @@ def evaluate(model: Model, data: str | Path, *, methods: list, metrics: list, ou
         raise write_failed(out, e) from None
     results = out / shard.results_name
     with lock_output(out) if shard.count == 1 else lock_results(results):
-        return _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess,
-                                batch_size, seed, resume, progress, montage, plots, report_images, timeout,
-                                workers, worker_kind, shard, ray)
+        return _evaluate_locked(
+            model,
+            data,
+            samples,
+            out,
+            results,
+            chosen_methods,
+            chosen_metrics,
+            preprocess,
+            batch_size,
+            seed,
+            resume,
+            progress,
+            montage,
+            plots,
+            report_images,
+            timeout,
+            workers,
+            worker_kind,
+            shard,
+            ray,
+        )
 
 
-def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_metrics, preprocess, batch_size,
-                     seed, resume, progress, montage, plots, report_images, timeout, workers, worker_kind, shard,
-                     ray) -> dict:
+def _evaluate_locked(
+    model,
+    data,
+    samples,
+    out,
+    results,
+    chosen_methods,
+    chosen_metrics,
+    preprocess,
+    batch_size,
+    seed,
+    resume,
+    progress,
+    montage,
+    plots,
+    report_images,
+    timeout,
+    workers,
+    worker_kind,
+    shard,
+    ray,
+) -> dict:
     if not resume and results.exists():
         results.unlink()
     _repair_tail(results)
 
     metric_config = {m.name: p for m, p in chosen_metrics}
-    base = {"model": model.digest, "seed": int(seed), "metrics": metric_config, "preprocess": preprocess.to_dict()}
+    base = {
+        "model": model.digest,
+        "seed": int(seed),
+        "metrics": metric_config,
+        "preprocess": preprocess.to_dict(),
+    }
     configs = {m.name: _digest({**base, "method": m.name, "params": p}) for m, p in chosen_methods}
     images = [str(s.path.resolve()) for s in samples]
-    write_run(out, {"configs": configs, "methods": {m.name: p for m, p in chosen_methods},
-                    "metrics": metric_config, "model": str(model.report.path),
-                    "digest": model.digest, "data": str(data), "seed": int(seed),
-                    "preprocess": preprocess.to_dict(), "montage": montage, "images": images})
+    write_run(
+        out,
+        {
+            "configs": configs,
+            "methods": {m.name: p for m, p in chosen_methods},
+            "metrics": metric_config,
+            "model": str(model.report.path),
+            "digest": model.digest,
+            "data": str(data),
+            "seed": int(seed),
+            "preprocess": preprocess.to_dict(),
+            "montage": montage,
+            "images": images,
+        },
+    )
 
     def key(image: str, method: str) -> str:
         return result_key(configs[method], image)
@@ -231,20 +322,25 @@ def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_
     if damaged:
         import warnings
 
-        warnings.warn(f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
-                      "their work is redone", stacklevel=2)
+        warnings.warn(
+            f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
+            "their work is redone",
+            stacklevel=2,
+        )
     jobs = []
     for i in mine:
         todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
         todo = {m: k for m, k in todo.items() if k not in done}
         if todo:
             jobs.append(Job(i, samples[i], todo))
-    batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
     handled = len(mine) - len(jobs)
     if progress is not None:
         progress(handled, len(mine))
 
-    def write(batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list) -> None:
+    def write(
+        batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list
+    ) -> None:
         # a retried batch writes once, and a key twice in one batch once
         firsts: dict[str, dict] = {}
         for r in batch_records:
@@ -271,11 +367,17 @@ def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_
             if progress is not None:
                 progress(handled, len(mine))
 
-        run_on_ray(model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray)
+        run_on_ray(
+            model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray
+        )
     else:
         n_workers = default_workers() if workers is None else max(0, int(workers))
-        stream = prefetch(([(j.index, j.sample) for j in b] for b in batches), preprocess, workers=n_workers,
-                          kind=worker_kind)
+        stream = prefetch(
+            ([(j.index, j.sample) for j in b] for b in batches),
+            preprocess,
+            workers=n_workers,
+            kind=worker_kind,
+        )
         for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
             write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan, guard))
             handled += len(batch)
@@ -283,8 +385,16 @@ def _evaluate_locked(model, data, samples, out, results, chosen_methods, chosen_
                 progress(handled, len(mine))
 
     summary = summarise(results, wanted, chosen_methods, chosen_metrics)
-    summary.update({"model": str(model.report.path), "digest": model.digest, "data": str(data),
-                    "images": len(mine), "seed": int(seed), "out": str(out)})
+    summary.update(
+        {
+            "model": str(model.report.path),
+            "digest": model.digest,
+            "data": str(data),
+            "images": len(mine),
+            "seed": int(seed),
+            "out": str(out),
+        }
+    )
     if shard.count > 1:
         summary["shard"] = shard.label
         return summary
@@ -320,12 +430,16 @@ class Plan:
 
 def _pixels(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     """A preprocessed C×H×W array back to [0, 1] pixel values, H×W×C (H×W for one channel)."""
-    img = arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
+    img = (
+        arr * np.asarray(preprocess.std)[:, None, None] + np.asarray(preprocess.mean)[:, None, None]
+    )
     img = np.clip(img / (preprocess.scale * 255.0), 0, 1)
     return img.transpose(1, 2, 0).squeeze(axis=2) if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preprocess: Preprocess) -> None:
+def _keep_view(
+    out: Path, index: int, sample: Sample, arr: np.ndarray, preprocess: Preprocess
+) -> None:
     """Save what the model saw of image ``index`` (``maps/NNNNN.image.png``) and where it came
     from (``maps/NNNNN.json``), so the report needs nothing outside OUT."""
     from PIL import Image
@@ -338,29 +452,56 @@ def _keep_view(out: Path, index: int, sample: Sample, arr: np.ndarray, preproces
     atomic_write(out / "maps" / f"{index:05d}.json", (json.dumps(facts) + "\n").encode())
 
 
-def _error_record(k: str, sample: Sample, method: str, params: dict, seed: int, message: str) -> dict:
-    return {"key": k, "image": path_text(sample.path), "method": method, "params": params, "seed": seed,
-            "error": printable(" ".join(str(message).split()))}
+def _error_record(
+    k: str, sample: Sample, method: str, params: dict, seed: int, message: str
+) -> dict:
+    return {
+        "key": k,
+        "image": path_text(sample.path),
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "error": printable(" ".join(str(message).split())),
+    }
 
 
-def check_model_unchanged(guard: ModelGuard | None, method_name: str, lines: list[dict], samples_by_key: dict,
-                          params: dict, seed: int) -> list[dict]:
+def check_model_unchanged(
+    guard: ModelGuard | None,
+    method_name: str,
+    lines: list[dict],
+    samples_by_key: dict,
+    params: dict,
+    seed: int,
+) -> list[dict]:
     """After a method ran: if it left the model changed, its records become error records and the
     model is restored (a :class:`PluginError` when that is impossible, since every later score
     would be wrong)."""
     if guard is None or not guard.changed():
         return lines
     if not guard.restore():
-        raise PluginError(f"method {method_name!r} changed the model's graph or weights and it could not be "
-                          "restored; stopping so no later score is computed on a corrupted model")
-    message = (f"method {method_name!r} changed the model's graph or weights (a hook left behind or weights "
-               "edited in place); its results are discarded and the model was restored")
-    return [_error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message) for r in lines]
+        raise PluginError(
+            f"method {method_name!r} changed the model's graph or weights and it could not be "
+            "restored; stopping so no later score is computed on a corrupted model"
+        )
+    message = (
+        f"method {method_name!r} changed the model's graph or weights (a hook left behind or weights "
+        "edited in place); its results are discarded and the model was restored"
+    )
+    return [
+        _error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message)
+        for r in lines
+    ]
 
 
-def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen_methods, chosen_metrics,
-                plan: Plan, guard: ModelGuard | None = None
-                ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
+def score_batch(
+    model: Model,
+    batch: list[Job],
+    prepared: list[Prepared],
+    chosen_methods,
+    chosen_metrics,
+    plan: Plan,
+    guard: ModelGuard | None = None,
+) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
     """Explain and score one batch: its result records, the maps of the first ``plan.montage``
     images (index, method, map) and what the model saw of them (index, sample, input array).
 
@@ -378,7 +519,9 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
         job = by_index[p.index]
         for m, params in chosen_methods:
             if m.name in job.keys:
-                records.append(_error_record(job.keys[m.name], job.sample, m.name, params, seed, p.error))
+                records.append(
+                    _error_record(job.keys[m.name], job.sample, m.name, params, seed, p.error)
+                )
     views = [(i, by_index[i].sample, p.array) for i, p in loaded.items() if i < montage]
     if not loaded:
         return records, maps_out, views
@@ -394,7 +537,9 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
         if label is not None and not 0 <= label < model.num_classes:
             bad[i] = f"label {label} is out of range for a model with {model.num_classes} classes"
         elif not bool(torch.isfinite(probs[row]).all()):
-            bad[i] = "the model's output for this image is not finite (NaN/Inf): check the preprocessing"
+            bad[i] = (
+                "the model's output for this image is not finite (NaN/Inf): check the preprocessing"
+            )
         targets.append(int(preds[row]) if label is None or i in bad else int(label))
     t_all = torch.tensor(targets, device=model.device, dtype=torch.long)
     box_all: list[torch.Tensor | None] = []
@@ -405,21 +550,47 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
             box_all.append(None)
             box_labels_all.append(None)
             continue
-        box_all.append(torch.tensor([geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes],
-                                    dtype=torch.float32).reshape(-1, 4))
-        box_labels_all.append(torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long))
+        box_all.append(
+            torch.tensor(
+                [geo.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax) for b in s.boxes],
+                dtype=torch.float32,
+            ).reshape(-1, 4)
+        )
+        box_labels_all.append(
+            torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long)
+        )
     cache: dict = {}  # method-independent work shared by every method on this batch
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
         for row in [r for r in rows if order[r] in bad]:
             job = by_index[order[row]]
-            records.append(_error_record(job.keys[method.name], job.sample, method.name, mparams, seed,
-                                         bad[order[row]]))
+            records.append(
+                _error_record(
+                    job.keys[method.name], job.sample, method.name, mparams, seed, bad[order[row]]
+                )
+            )
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            lines, maps = _score_method(model, method, mparams, chosen_metrics, rows, order, by_index, x_all,
-                                        t_all, probs, preds, box_all, box_labels_all, seed, batch_size, cache,
-                                        montage, plan.timeout)
+            lines, maps = _score_method(
+                model,
+                method,
+                mparams,
+                chosen_metrics,
+                rows,
+                order,
+                by_index,
+                x_all,
+                t_all,
+                probs,
+                preds,
+                box_all,
+                box_labels_all,
+                seed,
+                batch_size,
+                cache,
+                montage,
+                plan.timeout,
+            )
             by_key = {by_index[order[r]].keys[method.name]: by_index[order[r]].sample for r in rows}
             checked = check_model_unchanged(guard, method.name, lines, by_key, mparams, seed)
             records += checked
@@ -428,8 +599,26 @@ def score_batch(model: Model, batch: list[Job], prepared: list[Prepared], chosen
     return records, maps_out, views
 
 
-def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, by_index, x_all, t_all, probs, preds,
-                  box_all, box_labels_all, seed, batch_size, cache, montage, timeout=None):
+def _score_method(
+    model,
+    method: Method,
+    mparams,
+    chosen_metrics,
+    rows,
+    order,
+    by_index,
+    x_all,
+    t_all,
+    probs,
+    preds,
+    box_all,
+    box_labels_all,
+    seed,
+    batch_size,
+    cache,
+    montage,
+    timeout=None,
+):
     sel = torch.tensor(rows, device=x_all.device)
     x, targets = x_all[sel], t_all[sel]
     jobs = [by_index[order[r]] for r in rows]
@@ -438,12 +627,23 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
     try:
         attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
-        return [_error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e)) for j in jobs], []
+        return [
+            _error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e))
+            for j in jobs
+        ], []
     seconds = (time.perf_counter() - started) / len(rows)
     context = MetricContext(
-        model=model, x=x, targets=targets, attribution=attribution,
-        boxes=[box_all[r] for r in rows], box_labels=[box_labels_all[r] for r in rows],
-        method=method, method_params=mparams, seed=seed, batch_size=batch_size, cache=cache,
+        model=model,
+        x=x,
+        targets=targets,
+        attribution=attribution,
+        boxes=[box_all[r] for r in rows],
+        box_labels=[box_labels_all[r] for r in rows],
+        method=method,
+        method_params=mparams,
+        seed=seed,
+        batch_size=batch_size,
+        cache=cache,
         explain=lambda xx, tt: run_method(model, method, xx, tt, mparams, seed, timeout=timeout),
     )
     scores: dict[str, torch.Tensor] = {}
@@ -463,7 +663,9 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
                 else:
                     scores[name] = value.reshape(len(rows))
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
-            detail = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else ' '.join(str(e).split())
+            detail = (
+                f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else " ".join(str(e).split())
+            )
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
@@ -472,9 +674,16 @@ def _score_method(model, method: Method, mparams, chosen_metrics, rows, order, b
         index = order[r]
         t = int(targets[j])
         record = {
-            "key": job.keys[method.name], "image": path_text(s.path), "method": method.name, "params": mparams,
-            "seed": seed, "target": t, "target_label": model.label(t),
-            "label": s.label, "prediction": int(preds[r]), "probability": _finite(float(probs[r, t])),
+            "key": job.keys[method.name],
+            "image": path_text(s.path),
+            "method": method.name,
+            "params": mparams,
+            "seed": seed,
+            "target": t,
+            "target_label": model.label(t),
+            "label": s.label,
+            "prediction": int(preds[r]),
+            "probability": _finite(float(probs[r, t])),
             "seconds": seconds,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
@@ -509,7 +718,11 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
     seen = set()
     files = [results] if isinstance(results, Path) else list(results)
     for record in (r for path in files for r in read_results(path)):
-        if record["key"] not in wanted or record["key"] in seen or record.get("method") not in values:
+        if (
+            record["key"] not in wanted
+            or record["key"] in seen
+            or record.get("method") not in values
+        ):
             continue
         seen.add(record["key"])
         name = record["method"]
@@ -550,16 +763,24 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
     position = {m.name: i for i, (m, _) in enumerate(chosen_metrics)}
 
     def owner(k: str):  # the metric that returned score k
-        return next((m for m in metric_of.values() if k == m.name or k in m.directions), None) or \
-            next((m for m in metric_of.values() if k.startswith(m.name + "-")), None)
+        return next(
+            (m for m in metric_of.values() if k == m.name or k in m.directions), None
+        ) or next((m for m in metric_of.values() if k.startswith(m.name + "-")), None)
 
     for k in keys:
         direction[k] = owner(k).higher_is_better_for(k) if owner(k) is not None else True
-    keys.sort(key=lambda k: (position[owner(k).name] if owner(k) is not None else len(position), k != getattr(
-        owner(k), "name", k), k))
+    keys.sort(
+        key=lambda k: (
+            position[owner(k).name] if owner(k) is not None else len(position),
+            k != getattr(owner(k), "name", k),
+            k,
+        )
+    )
     best = {}
     for k in keys:
-        cands = [(v[k]["mean"], name) for name, v in table.items() if k in v and v[k]["mean"] is not None]
+        cands = [
+            (v[k]["mean"], name) for name, v in table.items() if k in v and v[k]["mean"] is not None
+        ]
         if len(cands) > 1:
             best[k] = (max if direction[k] else min)(cands)[1]
     curves: dict[str, dict[str, Any]] = {}
@@ -571,25 +792,46 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
             curves[k]["methods"][name] = [_finite(float(v)) for v in avg]
         length = len(next(iter(curves[k]["methods"].values())))
         curves[k]["x"] = curve_xs.get(k) or np.linspace(0, 1, length).tolist()
-    return {"methods": {m.name: p for m, p in chosen_methods}, "metrics": {m.name: p for m, p in chosen_metrics},
-            "scores": keys, "higher_is_better": direction, "table": table, "best": best, "errors": errors,
-            "error_examples": error_examples, "curves": curves}
+    return {
+        "methods": {m.name: p for m, p in chosen_methods},
+        "metrics": {m.name: p for m, p in chosen_metrics},
+        "scores": keys,
+        "higher_is_better": direction,
+        "table": table,
+        "best": best,
+        "errors": errors,
+        "error_examples": error_examples,
+        "curves": curves,
+    }
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    atomic_write(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    atomic_write(
+        out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
+    )
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "score", "mean", "stderr", "count", "nan", "errors", "higher_is_better", "best"])
+    w.writerow(
+        ["method", "score", "mean", "stderr", "count", "nan", "errors", "higher_is_better", "best"]
+    )
     for name, per in summary["table"].items():
         for k in summary["scores"]:
             cell = per.get(k)
             if cell is None:
                 continue
-            w.writerow([name, k, "" if cell["mean"] is None else f"{cell['mean']:.6g}",
-                        "" if cell["stderr"] is None else f"{cell['stderr']:.6g}", cell["count"], cell["nan"],
-                        summary["errors"].get(name, 0), summary["higher_is_better"][k],
-                        summary["best"].get(k) == name])
+            w.writerow(
+                [
+                    name,
+                    k,
+                    "" if cell["mean"] is None else f"{cell['mean']:.6g}",
+                    "" if cell["stderr"] is None else f"{cell['stderr']:.6g}",
+                    cell["count"],
+                    cell["nan"],
+                    summary["errors"].get(name, 0),
+                    summary["higher_is_better"][k],
+                    summary["best"].get(k) == name,
+                ]
+            )
     atomic_write(out / "summary.csv", buf.getvalue().encode())
 
 
@@ -603,8 +845,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[str], montage: int,
-                preprocess: Preprocess) -> list[Path]:
+def write_plots(
+    out: Path,
+    summary: dict,
+    samples: list[Sample],
+    methods: list[str],
+    montage: int,
+    preprocess: Preprocess,
+) -> list[Path]:
     """One PNG per curve (a line per method) and a montage; Agg canvas, no pyplot state."""
     from matplotlib.figure import Figure
 
@@ -635,7 +883,9 @@ def write_plots(out: Path, summary: dict, samples: list[Sample], methods: list[s
     return written
 
 
-def _montage(out: Path, samples: list[Sample], methods: list[str], preprocess: Preprocess) -> Path | None:
+def _montage(
+    out: Path, samples: list[Sample], methods: list[str], preprocess: Preprocess
+) -> Path | None:
     from matplotlib.figure import Figure
 
     from ..output.render import colorize

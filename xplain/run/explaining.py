@@ -80,8 +80,12 @@ def expand_images(paths: list[Path]) -> tuple[list[Path], list[str]]:
             continue
         found = _folder_images(path)
         if not found:
-            raise InputDataError("no images found in the folder (looked for "
-                                 + ", ".join(sorted(IMAGE_SUFFIXES)) + ")", path=path)
+            raise InputDataError(
+                "no images found in the folder (looked for "
+                + ", ".join(sorted(IMAGE_SUFFIXES))
+                + ")",
+                path=path,
+            )
         for image in found:
             rel = image.relative_to(path)
             images.append(image)
@@ -90,13 +94,19 @@ def expand_images(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _method_values(registry: Registry, names: list[str], params: dict | None,
-                   method_params: dict | None) -> list[tuple[Method, dict]]:
+def _method_values(
+    registry: Registry, names: list[str], params: dict | None, method_params: dict | None
+) -> list[tuple[Method, dict]]:
     """Validated parameters per method: ``params`` (flat) for a single method, or
     ``method_params`` ({method: {key: value}})."""
     if len(set(names)) != len(names):
@@ -106,8 +116,9 @@ def _method_values(registry: Registry, names: list[str], params: dict | None,
     scoped = dict(method_params or {})
     unknown = set(scoped) - set(names)
     if unknown:
-        raise UsageError(f"parameters given for method {', '.join(sorted(unknown))}, "
-                         "which is not run")
+        raise UsageError(
+            f"parameters given for method {', '.join(sorted(unknown))}, which is not run"
+        )
     if params:
         scoped[names[0]] = {**scoped.get(names[0], {}), **params}
     out = []
@@ -148,12 +159,25 @@ class _Batch:
     drawn: list = dataclasses.field(default_factory=list)
 
 
-def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
-                  registry: Registry, out_dir: Path, preprocess: Preprocess, target: str = "top1",
-                  params: dict | None = None, method_params: dict | None = None, seed: int = 0,
-                  batch_size: int = 16, progress=None, render: RenderOptions | None = None,
-                  panel: bool | None = None, stems: list[str] | None = None,
-                  timeout: float | None = None) -> list[dict]:
+def explain_files(
+    model: Model,
+    images: list[Path],
+    methods: str | list[str],
+    *,
+    registry: Registry,
+    out_dir: Path,
+    preprocess: Preprocess,
+    target: str = "top1",
+    params: dict | None = None,
+    method_params: dict | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress=None,
+    render: RenderOptions | None = None,
+    panel: bool | None = None,
+    stems: list[str] | None = None,
+    timeout: float | None = None,
+) -> list[dict]:
     """Explain every image for its target(s) with every method and write the outputs; returns
     the JSON records (one per image, method and target).
 
@@ -180,9 +204,12 @@ def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
     job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout)
     records: list[dict] = []
     common = {
-        "model": {"path": path_text(model.report.path), "digest": model.digest}, "seed": seed,
-        "device": str(model.device), "preprocess": preprocess.to_dict(),
-        "render": render.to_dict(), "versions": versions(),
+        "model": {"path": path_text(model.report.path), "digest": model.digest},
+        "seed": seed,
+        "device": str(model.device),
+        "preprocess": preprocess.to_dict(),
+        "render": render.to_dict(),
+        "versions": versions(),
     }
     for start in range(0, len(images), batch_size):
         batch = _load_batch(job, start, preprocess)
@@ -208,7 +235,7 @@ def explain_files(model: Model, images: list[Path], methods: str | list[str], *,
 
 def _load_batch(job: _Job, start: int, preprocess: Preprocess) -> _Batch:
     originals, geometries, drawn, arrays = [], [], [], []
-    paths = job.images[start:start + job.batch_size]
+    paths = job.images[start : start + job.batch_size]
     for path in paths:
         image = load_image(path)
         try:
@@ -225,8 +252,11 @@ def _load_batch(job: _Job, start: int, preprocess: Preprocess) -> _Batch:
         probs = torch.softmax(job.model(x).float(), dim=1)
     for row, path in enumerate(paths):
         if not bool(torch.isfinite(probs[row]).all()):
-            raise InputDataError("the model's output for this image is not finite (NaN/Inf); the "
-                                 "preprocessing (mean/std, sidecar) or the model overflows", path=path)
+            raise InputDataError(
+                "the model's output for this image is not finite (NaN/Inf); the "
+                "preprocessing (mean/std, sidecar) or the model overflows",
+                path=path,
+            )
     return _Batch(start, originals, geometries, x, probs, drawn)
 
 
@@ -238,7 +268,9 @@ def _drawable(image, geometry):
         return image, geometry
     from PIL import Image
 
-    return image.resize(size, Image.Resampling.BILINEAR), dataclasses.replace(geometry, original_size=size)
+    return image.resize(size, Image.Resampling.BILINEAR), dataclasses.replace(
+        geometry, original_size=size
+    )
 
 
 def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:
@@ -259,11 +291,13 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
     """Yield (record, map) for every item, running ``method`` on groups of ``batch_size``."""
     device = job.model.device
     for offset in range(0, len(items), job.batch_size):
-        group = items[offset:offset + job.batch_size]
+        group = items[offset : offset + job.batch_size]
         rows = torch.tensor([it.index - batch.start for it in group], device=device)
         targets = torch.tensor([it.target for it in group], device=device)
         began = time.perf_counter()
-        attribution = _run_halving(job.model, method, batch.x[rows], targets, values, job.seed, job.timeout)
+        attribution = _run_halving(
+            job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
+        )
         seconds = (time.perf_counter() - began) / len(group)
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
@@ -272,18 +306,34 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
             yield record, maps[j]
 
 
-def _write_panels(job: _Job, names: list[str], items: list[_Item], batch: _Batch,
-                  maps: dict, pending: list[dict]) -> None:
+def _write_panels(
+    job: _Job, names: list[str], items: list[_Item], batch: _Batch, maps: dict, pending: list[dict]
+) -> None:
     """``STEM.panel.png`` for every image of the batch; its path goes into the records."""
     for i in sorted({it.index for it in items}):
-        rows = [PanelRow(it.target, job.model.label(it.target), it.probability,
-                         {n: maps[(i, it.target, n)] for n in names if (i, it.target, n) in maps})
-                for it in items if it.index == i]
+        rows = [
+            PanelRow(
+                it.target,
+                job.model.label(it.target),
+                it.probability,
+                {n: maps[(i, it.target, n)] for n in names if (i, it.target, n) in maps},
+            )
+            for it in items
+            if it.index == i
+        ]
         path = job.out_dir / f"{job.stems[i]}.panel.png"
         k = i - batch.start
-        save_panel(path, batch.originals[k], batch.drawn[k], rows, names,
-                   title=path_text(job.images[i].name), percentile=job.render.percentile,
-                   grey=job.render.grey, alpha=job.render.alpha)
+        save_panel(
+            path,
+            batch.originals[k],
+            batch.drawn[k],
+            rows,
+            names,
+            title=path_text(job.images[i].name),
+            percentile=job.render.percentile,
+            grey=job.render.grey,
+            alpha=job.render.alpha,
+        )
         for record in pending:
             if record["_index"] == i:
                 record["files"]["panel"] = path_text(path)
@@ -298,31 +348,46 @@ def _run_halving(model, method, x, targets, values, seed, timeout=None):
         return run_method(model, method, x, targets, values, seed, **limit)
     except torch.cuda.OutOfMemoryError:
         if x.shape[0] == 1:
-            raise PluginError(f"method {method.name!r} ran out of GPU memory even for one image") from None
+            raise PluginError(
+                f"method {method.name!r} ran out of GPU memory even for one image"
+            ) from None
         torch.cuda.empty_cache()
         half = x.shape[0] // 2
         first = _run_halving(model, method, x[:half], targets[:half], values, seed, timeout)
         second = _run_halving(model, method, x[half:], targets[half:], values, seed, timeout)
         extras = {k: torch.cat([v, second.extras[k]]) for k, v in first.extras.items()}
-        per_sample = [first.record_info(i) for i in range(half)] + \
-                     [second.record_info(i) for i in range(x.shape[0] - half)]
+        per_sample = [first.record_info(i) for i in range(half)] + [
+            second.record_info(i) for i in range(x.shape[0] - half)
+        ]
         return Attribution(torch.cat([first.maps, second.maps]), extras, {}, per_sample)
 
 
-def _write_outputs(job: _Job, item: _Item, map_hw, attribution, j: int, batch: _Batch,
-                   method: str) -> dict:
+def _write_outputs(
+    job: _Job, item: _Item, map_hw, attribution, j: int, batch: _Batch, method: str
+) -> dict:
     """Write one map's .npy, heatmap and overlay (and the method's extras); the record."""
     label = job.model.label(item.target)
     k = item.index - batch.start
     original, geometry, drawn = batch.originals[k], batch.geometries[k], batch.drawn[k]
     render = job.render
     base = job.out_dir / f"{item.stem}.{method}.{item.target}"
-    paths = {"heatmap": Path(f"{base}.heatmap.png"), "overlay": Path(f"{base}.overlay.png"),
-             "npy": Path(f"{base}.npy"), "json": Path(f"{base}.json")}
+    paths = {
+        "heatmap": Path(f"{base}.heatmap.png"),
+        "overlay": Path(f"{base}.overlay.png"),
+        "npy": Path(f"{base}.npy"),
+        "json": Path(f"{base}.json"),
+    }
     save_npy(paths["npy"], map_hw)
     save_heatmap(paths["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
-    save_overlay(paths["overlay"], original, map_hw, drawn, alpha=render.alpha,
-                 percentile=render.percentile, grey=render.grey)
+    save_overlay(
+        paths["overlay"],
+        original,
+        map_hw,
+        drawn,
+        alpha=render.alpha,
+        percentile=render.percentile,
+        grey=render.grey,
+    )
     for name, tensor in attribution.extras.items():  # names checked by run_method: no separators
         paths[name] = Path(f"{base}.{name}.npy")
         save_npy(paths[name], tensor[j].detach().cpu().numpy())

@@ -33,15 +33,25 @@ from .batching import iter_batches as load_batches
 from .state import save_state
 
 
-def iter_batches(model: Model, paths: list[Path], preprocess: Preprocess, batch_size: int,
-                 labels: list[int] | None = None) -> Iterator:
+def iter_batches(
+    model: Model,
+    paths: list[Path],
+    preprocess: Preprocess,
+    batch_size: int,
+    labels: list[int] | None = None,
+) -> Iterator:
     """Preprocessed batches of ``paths``; ``(x, labels)`` pairs when ``labels`` is given."""
     for batch in load_batches(paths, preprocess, batch_size, model.device):
         start = batch.start
         if labels is None:
             yield batch.x
         else:
-            yield batch.x, torch.tensor(labels[start:start + batch_size], dtype=torch.long, device=model.device)
+            yield (
+                batch.x,
+                torch.tensor(
+                    labels[start : start + batch_size], dtype=torch.long, device=model.device
+                ),
+            )
 
 
 class _Task:
@@ -80,9 +90,15 @@ class FitConsole:
             TimeElapsedColumn,
         )
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=self.console, transient=False,
-                            disable=self.console is None or not getattr(self.console, "is_terminal", False))
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+            disable=self.console is None or not getattr(self.console, "is_terminal", False),
+        )
         task_id = progress.add_task(description, total=total)
         progress.start()
         return _Task(progress, task_id)
@@ -107,10 +123,24 @@ def _resolve_classes(text: str, class_names: list[str] | None, num_classes: int)
     return sorted(set(out))
 
 
-def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_dir=None, batch_size: int = 32,
-               preset: str | None = None, resize: int | None = None, mean=None, std=None,
-               classes: str | None = None, samples: int | None = None, layer: str | None = None,
-               labels: Path | None = None, console=None) -> Path:
+def fit_method(
+    model: Model,
+    method: Method,
+    data: Path,
+    *,
+    params: dict,
+    state_dir=None,
+    batch_size: int = 32,
+    preset: str | None = None,
+    resize: int | None = None,
+    mean=None,
+    std=None,
+    classes: str | None = None,
+    samples: int | None = None,
+    layer: str | None = None,
+    labels: Path | None = None,
+    console=None,
+) -> Path:
     from ..data.datasets import class_names_of, read_dataset
 
     params = dict(params)
@@ -145,8 +175,12 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
         else:
             found = found[:samples]
     if not found:
-        raise InputDataError("no usable images" + (" of the chosen classes" if wanted else "")
-                             + (f" ({len(bad)} unusable row(s), e.g. {bad[0]})" if bad else ""), path=data)
+        raise InputDataError(
+            "no usable images"
+            + (" of the chosen classes" if wanted else "")
+            + (f" ({len(bad)} unusable row(s), e.g. {bad[0]})" if bad else ""),
+            path=data,
+        )
     if bad:
         import warnings
 
@@ -156,7 +190,9 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     preprocess = Preprocess.for_model(model, preset=preset, resize=resize, mean=mean, std=std)
 
     def batches(labels: bool = False) -> Iterator:  # a fresh stream for each epoch a method needs
-        return iter_batches(model, paths, preprocess, batch_size, labels=labels_ if labels else None)
+        return iter_batches(
+            model, paths, preprocess, batch_size, labels=labels_ if labels else None
+        )
 
     fit_console = console if isinstance(console, FitConsole) else FitConsole(console)
     fit = method.fit_fn()
@@ -171,11 +207,23 @@ def fit_method(model: Model, method: Method, data: Path, *, params: dict, state_
     except XplainError:
         raise
     except SystemExit as e:  # the plugin boundary: sys.exit() inside fit is the plugin's failure
-        raise PluginError(f"method {method.name!r} called sys.exit({e.code!r}) while fitting") from None
+        raise PluginError(
+            f"method {method.name!r} called sys.exit({e.code!r}) while fitting"
+        ) from None
     except Exception as e:  # noqa: BLE001 - a fit's bug is the plugin's failure, not a traceback
-        raise PluginError(f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}") from None
+        raise PluginError(
+            f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}"
+        ) from None
     tensors, meta = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
     if not isinstance(tensors, dict) or not isinstance(meta, dict):
-        raise PluginError(f"method {method.name!r}: fit must return (dict of tensors, dict of metadata)")
-    meta = {**meta, "params": values, "samples": len(paths), "data": str(data), "preprocess": preprocess.to_dict()}
+        raise PluginError(
+            f"method {method.name!r}: fit must return (dict of tensors, dict of metadata)"
+        )
+    meta = {
+        **meta,
+        "params": values,
+        "samples": len(paths),
+        "data": str(data),
+        "preprocess": preprocess.to_dict(),
+    }
     return save_state(model.digest, method.name, tensors, meta, root=state_dir)

@@ -43,8 +43,11 @@ def lock_output(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError("another xplain run is writing to this --out folder (it is locked); wait for it "
-                             "or choose another --out", path=out) from None
+            raise UsageError(
+                "another xplain run is writing to this --out folder (it is locked); wait for it "
+                "or choose another --out",
+                path=out,
+            ) from None
         try:
             yield
         finally:
@@ -54,8 +57,14 @@ def lock_output(out: Path) -> Iterator[None]:
 
 
 def _hooks(module) -> tuple:
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-             "_state_dict_hooks", "_load_state_dict_pre_hooks")
+    names = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_state_dict_hooks",
+        "_load_state_dict_pre_hooks",
+    )
     return tuple(dict(getattr(module, n, {}) or {}) for n in names)
 
 
@@ -86,8 +95,10 @@ class ModelGuard:
         self.modules = dict(gm.named_modules())
         self.hooks = {name: _hooks(m) for name, m in self.modules.items()}
         self.graph = copy.deepcopy(gm.graph)
-        self.tensors = {name: t.detach().clone().cpu() for name, t in
-                        list(gm.named_parameters()) + list(gm.named_buffers())}
+        self.tensors = {
+            name: t.detach().clone().cpu()
+            for name, t in list(gm.named_parameters()) + list(gm.named_buffers())
+        }
         self.requires_grad = {name: p.requires_grad for name, p in gm.named_parameters()}
         self.fingerprint = model_fingerprint(model)
 
@@ -105,8 +116,14 @@ class ModelGuard:
             parent, _, leaf = name.rpartition(".")
             with contextlib.suppress(AttributeError):
                 setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
-        names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                 "_state_dict_hooks", "_load_state_dict_pre_hooks")
+        names = (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        )
         for name, module in self.modules.items():
             for attr, saved in zip(names, self.hooks[name]):
                 current = getattr(module, attr, None)

@@ -45,8 +45,12 @@ def connect(address: str, workers: int, gpus_per_worker: float) -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
-                              "logging_level": "ERROR", "configure_logging": False}
+    kwargs: dict[str, Any] = {
+        "ignore_reinit_error": True,
+        "log_to_driver": False,
+        "logging_level": "ERROR",
+        "configure_logging": False,
+    }
     try:
         if address == "local":
             # address="local": a new cluster even when `ray start` runs on this machine
@@ -54,8 +58,10 @@ def connect(address: str, workers: int, gpus_per_worker: float) -> bool:
         else:
             ray.init(address=address, **kwargs)
     except ConnectionError as e:
-        raise UsageError(f"--ray {address}: cannot connect: {' '.join(str(e).split())}",
-                         hint="start a cluster with `ray start --head`, or use --ray local") from None
+        raise UsageError(
+            f"--ray {address}: cannot connect: {' '.join(str(e).split())}",
+            hint="start a cluster with `ray start --head`, or use --ray local",
+        ) from None
     return True
 
 
@@ -88,7 +94,9 @@ def _fitted_state(model) -> dict[str, tuple[dict, dict]]:
 class _Worker:
     """One Ray actor: a model on its device, scoring the batches it is given."""
 
-    def __init__(self, model_bytes: bytes, state: dict, methods, metrics, preprocess, plan, use_gpu: bool):
+    def __init__(
+        self, model_bytes: bytes, state: dict, methods, metrics, preprocess, plan, use_gpu: bool
+    ):
         import torch
 
         torch.set_num_threads(1)
@@ -98,22 +106,36 @@ class _Worker:
         self.methods, self.metrics, self.preprocess, self.plan = methods, metrics, preprocess, plan
         from .guards import ModelGuard
 
-        self.guard = ModelGuard(self.model)  # a method that changes this worker's model is caught here
+        self.guard = ModelGuard(
+            self.model
+        )  # a method that changes this worker's model is caught here
 
     def score(self, jobs):
         from ..data.pipeline import prepare
         from .evaluation import score_batch
 
         prepared = [prepare(j.index, j.sample, self.preprocess) for j in jobs]
-        return score_batch(self.model, jobs, prepared, self.methods, self.metrics, self.plan, self.guard)
+        return score_batch(
+            self.model, jobs, prepared, self.methods, self.metrics, self.plan, self.guard
+        )
 
     def ping(self) -> bool:
         return True
 
 
-def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess, plan,
-               on_batch: Callable[[list, list, list, int], None], *, address: str = "local", workers: int = 2,
-               gpus_per_worker: float = 0.0) -> None:
+def run_on_ray(
+    model,
+    batches: list,
+    chosen_methods,
+    chosen_metrics,
+    preprocess,
+    plan,
+    on_batch: Callable[[list, list, list, int], None],
+    *,
+    address: str = "local",
+    workers: int = 2,
+    gpus_per_worker: float = 0.0,
+) -> None:
     """Score ``batches`` (lists of :class:`~xplain.evaluation.Job`) on ``workers`` actors;
     ``on_batch(records, maps, views, n_jobs)`` is called in this process for every finished batch."""
     if workers < 1:
@@ -125,18 +147,41 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
     ray = _import_ray()
     # Workers run in their own folder (on other nodes, too): they get absolute image paths, and the
     # records get back the path as the data set names it, as a single process writes it.
-    shown = {k: path_text(job.sample.path) for batch in batches for job in batch for k in job.keys.values()}
+    shown = {
+        k: path_text(job.sample.path)
+        for batch in batches
+        for job in batch
+        for k in job.keys.values()
+    }
     shown_path = {job.index: str(job.sample.path) for batch in batches for job in batch}
-    batches = [[dataclasses.replace(job, sample=dataclasses.replace(job.sample, path=job.sample.path.absolute()))
-                for job in batch] for batch in batches]
+    batches = [
+        [
+            dataclasses.replace(
+                job, sample=dataclasses.replace(job.sample, path=job.sample.path.absolute())
+            )
+            for job in batch
+        ]
+        for batch in batches
+    ]
     started = connect(address, workers, gpus_per_worker)
     try:
         model_ref = ray.put(_model_bytes(model))
         state_ref = ray.put(_fitted_state(model))
-        actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=2,
-                               max_task_retries=0)(_Worker)
-        actors = [actor_cls.remote(model_ref, state_ref, chosen_methods, chosen_metrics, preprocess, plan,
-                                   gpus_per_worker > 0) for _ in range(min(workers, len(batches)))]
+        actor_cls = ray.remote(
+            num_cpus=1, num_gpus=gpus_per_worker, max_restarts=2, max_task_retries=0
+        )(_Worker)
+        actors = [
+            actor_cls.remote(
+                model_ref,
+                state_ref,
+                chosen_methods,
+                chosen_metrics,
+                preprocess,
+                plan,
+                gpus_per_worker > 0,
+            )
+            for _ in range(min(workers, len(batches)))
+        ]
         queue = deque(range(len(batches)))
         attempts = [0] * len(batches)
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (batch, actor)
@@ -178,25 +223,33 @@ def run_on_ray(model, batches: list, chosen_methods, chosen_metrics, preprocess,
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
                     attempts[b] += 1  # the worker died while it held this batch
                     if attempts[b] >= _ATTEMPTS:
-                        raise XplainError(f"Ray workers died {attempts[b]} times on one batch: "
-                                          f"{' '.join(str(e).split())[:200]}") from None
+                        raise XplainError(
+                            f"Ray workers died {attempts[b]} times on one batch: "
+                            f"{' '.join(str(e).split())[:200]}"
+                        ) from None
                     queue.appendleft(b)  # another (or the restarted) actor takes it
                     lost(a)
                 except ray.exceptions.RayTaskError as e:
                     cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
                     if isinstance(cause, XplainError):
                         raise cause from None
-                    raise XplainError(f"a Ray worker failed: {' '.join(str(e).split())[:300]}") from None
+                    raise XplainError(
+                        f"a Ray worker failed: {' '.join(str(e).split())[:300]}"
+                    ) from None
                 else:
                     for record in records:
                         record["image"] = shown.get(record["key"], record["image"])
-                    views = [(i, dataclasses.replace(sample, path=Path(shown_path[i])), array)
-                             for i, sample, array in views]
+                    views = [
+                        (i, dataclasses.replace(sample, path=Path(shown_path[i])), array)
+                        for i, sample, array in views
+                    ]
                     on_batch(records, maps, views, len(batches[b]))
             for k in sorted(range(len(actors)), key=lambda k: load[k]):
                 submit(k)
         if queue:
-            raise XplainError(f"every Ray worker died; {len(queue)} batch(es) not scored (rerun to resume)")
+            raise XplainError(
+                f"every Ray worker died; {len(queue)} batch(es) not scored (rerun to resume)"
+            )
     finally:
         if started:
             ray.shutdown()

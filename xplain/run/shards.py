@@ -40,8 +40,10 @@ class Shard:
 
     def __post_init__(self):
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise UsageError(f"shard {self.index}/{self.count}: needs 0 <= I < N",
-                             hint="shards are numbered from 0, e.g. --shard 0/4 ... --shard 3/4")
+            raise UsageError(
+                f"shard {self.index}/{self.count}: needs 0 <= I < N",
+                hint="shards are numbered from 0, e.g. --shard 0/4 ... --shard 3/4",
+            )
 
     @property
     def label(self) -> str:
@@ -75,8 +77,10 @@ def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard
             return found
         if text is None:
             return Shard(0, 1)
-        raise UsageError("--shard env: none of RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT "
-                         "is set")
+        raise UsageError(
+            "--shard env: none of RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT "
+            "is set"
+        )
     m = _SHARD.fullmatch(text)
     if not m:
         raise UsageError(f"--shard {text!r}: expected I/N (e.g. 0/4) or 'env'")
@@ -155,8 +159,11 @@ def lock_results(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"another xplain run is writing {path.name} (it is locked); wait for it or choose "
-                             "another --shard or --out", path=path) from None
+            raise UsageError(
+                f"another xplain run is writing {path.name} (it is locked); wait for it or choose "
+                "another --shard or --out",
+                path=path,
+            ) from None
         try:
             yield
         finally:
@@ -172,7 +179,9 @@ def result_files(out: Path) -> list[Path]:
 
 def digest(obj: Any) -> str:
     """A short stable hash of a JSON-able object: configuration digests and result keys."""
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(
+        json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=12
+    ).hexdigest()
 
 
 def result_key(config: str, image: str) -> str:
@@ -180,13 +189,16 @@ def result_key(config: str, image: str) -> str:
     return digest({"config": config, "image": image})
 
 
-def missing_report(out: Path, configs: dict[str, str], images: list[str], files: list[Path],
-                   examples: int = 10) -> dict[str, Any]:
+def missing_report(
+    out: Path, configs: dict[str, str], images: list[str], files: list[Path], examples: int = 10
+) -> dict[str, Any]:
     """Images of the run with at least one method's record in none of ``files``."""
     from .evaluation import read_results
 
     have = {r["key"] for path in files for r in read_results(path)}
-    missing = [img for img in images if any(result_key(c, img) not in have for c in configs.values())]
+    missing = [
+        img for img in images if any(result_key(c, img) not in have for c in configs.values())
+    ]
     return {"missing": len(missing), "missing_images": missing[:examples]}
 
 
@@ -213,9 +225,17 @@ def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]
     wanted = {result_key(configs[m.name], img) for m, _ in methods for img in images}
     files = result_files(out)
     summary = summarise(files, wanted, methods, metrics)
-    summary.update({"model": run.get("model", ""), "digest": run.get("digest", ""), "data": run.get("data", ""),
-                    "images": len(images), "seed": run.get("seed", 0), "out": str(out),
-                    "results_files": [p.name for p in files]})
+    summary.update(
+        {
+            "model": run.get("model", ""),
+            "digest": run.get("digest", ""),
+            "data": run.get("data", ""),
+            "images": len(images),
+            "seed": run.get("seed", 0),
+            "out": str(out),
+            "results_files": [p.name for p in files],
+        }
+    )
     summary.update(missing_report(out, configs, images, files))
     write_summary(out, summary)
     if plots:
@@ -223,9 +243,16 @@ def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]
 
         pre = run.get("preprocess") or {}
         try:
-            preprocess = Preprocess(channels=int(pre["channels"]), size=tuple(pre["size"]), resize=pre["resize"],
-                                    crop=tuple(pre["crop"]), scale=float(pre["scale"]), mean=tuple(pre["mean"]),
-                                    std=tuple(pre["std"]), preset=str(pre["preset"]))
+            preprocess = Preprocess(
+                channels=int(pre["channels"]),
+                size=tuple(pre["size"]),
+                resize=pre["resize"],
+                crop=tuple(pre["crop"]),
+                scale=float(pre["scale"]),
+                mean=tuple(pre["mean"]),
+                std=tuple(pre["std"]),
+                preset=str(pre["preset"]),
+            )
         except (KeyError, TypeError, ValueError):
             preprocess = None
         montage = int(run.get("montage", 0))
@@ -238,5 +265,15 @@ def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]
     return summary
 
 
-__all__ = ["Shard", "data_root", "image_key", "missing_report", "parse_shard", "read_run", "result_files",
-           "shard_of", "summarize", "write_run"]
+__all__ = [
+    "Shard",
+    "data_root",
+    "image_key",
+    "missing_report",
+    "parse_shard",
+    "read_run",
+    "result_files",
+    "shard_of",
+    "summarize",
+    "write_run",
+]

@@ -33,8 +33,11 @@ class StateDict(dict):
         self.path, self.what = path, what
 
     def __missing__(self, key):
-        raise InputDataError(f"fitted state has no {self.what} {key!r} (damaged, or fitted by another version)",
-                             path=self.path, hint="refit with `xplain fit`")
+        raise InputDataError(
+            f"fitted state has no {self.what} {key!r} (damaged, or fitted by another version)",
+            path=self.path,
+            hint="refit with `xplain fit`",
+        )
 
 
 def state_dir(override: str | os.PathLike | None = None) -> Path:
@@ -56,8 +59,12 @@ def save_state(digest: str, method: str, tensors: dict, meta: dict, root=None) -
 
     tensor_path, meta_path = state_paths(digest, method, root)
     payload = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-    record = {"model_digest": digest, "method": method, **meta,
-              "tensors_sha256": hashlib.sha256(payload).hexdigest()}
+    record = {
+        "model_digest": digest,
+        "method": method,
+        **meta,
+        "tensors_sha256": hashlib.sha256(payload).hexdigest(),
+    }
     atomic_write(tensor_path, payload)
     write_json(meta_path, record)
     return tensor_path
@@ -69,7 +76,9 @@ def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict,
     from safetensors.torch import load
 
     tensor_path, meta_path = state_paths(digest, method, root)
-    if not (tensor_path.exists() or tensor_path.is_symlink()) or not (meta_path.exists() or meta_path.is_symlink()):
+    if not (tensor_path.exists() or tensor_path.is_symlink()) or not (
+        meta_path.exists() or meta_path.is_symlink()
+    ):
         return None
     # FIFOs and devices (/dev/zero) are refused before opening: one would block, the other never end
     meta_size = require_regular_file(meta_path, InputDataError, "fitted state metadata")
@@ -77,9 +86,13 @@ def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict,
     if size > MAX_STATE_BYTES or meta_size > MAX_META_BYTES:
         raise InputDataError("fitted state is larger than the 4 GiB limit", path=tensor_path)
     try:
-        meta = parse_json(meta_path.read_bytes(), meta_path, InputDataError, "fitted state metadata")
+        meta = parse_json(
+            meta_path.read_bytes(), meta_path, InputDataError, "fitted state metadata"
+        )
     except OSError as err:
-        raise InputDataError(f"fitted state is unreadable: {err.strerror}", path=meta_path) from None
+        raise InputDataError(
+            f"fitted state is unreadable: {err.strerror}", path=meta_path
+        ) from None
     except InputDataError as err:
         raise InputDataError(f"fitted state is unreadable: {err.message}", path=meta_path) from None
     if not isinstance(meta, dict):
@@ -92,8 +105,13 @@ def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict,
     except (OSError, ValueError, SafetensorError) as err:
         raise InputDataError(f"fitted state is unreadable: {err}", path=tensor_path) from None
     if meta.get("tensors_sha256") != hashlib.sha256(payload).hexdigest():
-        raise InputDataError("fitted state tensors and metadata do not belong together (a fit interrupted "
-                             f"between writing {tensor_path.name} and {meta_path.name}?)", path=tensor_path,
-                             hint="refit with `xplain fit`")
-    return (StateDict({k: v.to(device) for k, v in tensors.items()}, tensor_path, "tensor"),
-            StateDict(meta, meta_path, "metadata key"))
+        raise InputDataError(
+            "fitted state tensors and metadata do not belong together (a fit interrupted "
+            f"between writing {tensor_path.name} and {meta_path.name}?)",
+            path=tensor_path,
+            hint="refit with `xplain fit`",
+        )
+    return (
+        StateDict({k: v.to(device) for k, v in tensors.items()}, tensor_path, "tensor"),
+        StateDict(meta, meta_path, "metadata key"),
+    )

@@ -16,22 +16,30 @@ def _mean_map(context: xplain.MetricContext):
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="example-center-prior",
-        summary="a Gaussian centre prior (example plugin; ignores the model)",
-        description="Returns exp(-r^2 / 2 sigma^2) over image coordinates scaled to [-1, 1]. "
-                    "A control for the photographer's centre bias.",
-        explain="xplain_example.impl:center_prior",
-        params=[xplain.Param("sigma", "float", 0.5, "width of the Gaussian in half-image units", min=1e-3)],
-        capabilities=xplain.Capabilities(needs_gradients=False),
-    ))
+    register(
+        xplain.Method(
+            name="example-center-prior",
+            summary="a Gaussian centre prior (example plugin; ignores the model)",
+            description="Returns exp(-r^2 / 2 sigma^2) over image coordinates scaled to [-1, 1]. "
+            "A control for the photographer's centre bias.",
+            explain="xplain_example.impl:center_prior",
+            params=[
+                xplain.Param(
+                    "sigma", "float", 0.5, "width of the Gaussian in half-image units", min=1e-3
+                )
+            ],
+            capabilities=xplain.Capabilities(needs_gradients=False),
+        )
+    )
 
 
 @xplain.hookimpl
 def register_metrics(register):
-    register(xplain.Metric(
-        name="example-map-mean",
-        summary="mean attribution value (example plugin)",
-        score=_mean_map,
-        higher_is_better=True,
-    ))
+    register(
+        xplain.Metric(
+            name="example-map-mean",
+            summary="mean attribution value (example plugin)",
+            score=_mean_map,
+            higher_is_better=True,
+        )
+    )

@@ -16,7 +16,7 @@ def _per_sample(model, x, targets, run):
 
     if not model.spec.fixed_batch or x.shape[0] == 1:
         return run(x, targets)
-    parts = [run(x[i:i + 1], targets[i:i + 1]) for i in range(x.shape[0])]
+    parts = [run(x[i : i + 1], targets[i : i + 1]) for i in range(x.shape[0])]
     maps = torch.cat([m for m, _ in parts])
     info = dict(parts[0][1])
     for key, value in info.items():  # per-sample lists are concatenated, the rest kept
@@ -31,15 +31,19 @@ def _layer_shape(model, name):
     try:
         return tuple(model.shape(name))
     except KeyError:
-        raise xplain.UsageError(f"layer {name!r} does not carry a tensor",
-                                hint="see `xplain inspect MODEL` for layer names") from None
+        raise xplain.UsageError(
+            f"layer {name!r} does not carry a tensor",
+            hint="see `xplain inspect MODEL` for layer names",
+        ) from None
 
 
 # ----------------------------------------------------------------------------- grad-cam
 def _gradcam_layer(model, requested):
     """The feature layer (:class:`xplain.FeatureLayer`: name, layout, reshape to B×C×h×w)."""
     if requested:
-        requested = model.node(requested).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
+        requested = model.node(
+            requested
+        ).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
         _layer_shape(model, requested)
         layer = model.feature_layer(requested)
         if layer is None:
@@ -47,13 +51,17 @@ def _gradcam_layer(model, requested):
             raise xplain.UsageError(
                 f"grad-cam layer {requested!r} is not a spatial feature map: its output is "
                 f"{'×'.join(map(str, shape)) or 'a scalar'}, grad-cam needs B×C×H×W, B×H×W×C or tokens "
-                "B×N×C on a grid, with H×W > 1", hint="see `xplain inspect MODEL` for the feature layers")
+                "B×N×C on a grid, with H×W > 1",
+                hint="see `xplain inspect MODEL` for the feature layers",
+            )
         return layer
     layer = model.default_feature_layer()
     if layer is None:
-        raise xplain.UsageError("grad-cam needs a spatial feature map, and this model has none "
-                                "(no layer with a B×C×H×W, B×H×W×C or token output)",
-                                hint="use a gradient method for fully connected models")
+        raise xplain.UsageError(
+            "grad-cam needs a spatial feature map, and this model has none "
+            "(no layer with a B×C×H×W, B×H×W×C or token output)",
+            hint="use a gradient method for fully connected models",
+        )
     return layer
 
 
@@ -85,9 +93,15 @@ def _explain_gradcam(request: xplain.ExplainRequest):
         with model.tap([name], gradients=False, leaf=True) as tap, torch.enable_grad():
             logits = model(x.detach())
             acts = tap.activations[name]
-            if not (isinstance(acts, torch.Tensor) and acts.is_floating_point() and _from_input(model, name)):
+            if not (
+                isinstance(acts, torch.Tensor)
+                and acts.is_floating_point()
+                and _from_input(model, name)
+            ):
                 raise xplain.UsageError(f"grad-cam layer {name!r} carries no signal from the input")
-            (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True)
+            (grads,) = torch.autograd.grad(
+                logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True
+            )
         if grads is None:
             raise xplain.UsageError(f"grad-cam layer {name!r} does not reach the model's output")
         # tokens/channels-last as B×C×h×w; prefix tokens (class, distillation) are left out
@@ -100,8 +114,14 @@ def _explain_gradcam(request: xplain.ExplainRequest):
         return cam[:, 0], {}
 
     maps, _ = _per_sample(model, x, targets, run)
-    return xplain.Attribution(maps, info={"layer": name, "layer_shape": list(layer.spatial_shape),
-                                          "layout": layer.layout.kind if layer.layout else "nchw"})
+    return xplain.Attribution(
+        maps,
+        info={
+            "layer": name,
+            "layer_shape": list(layer.spatial_shape),
+            "layout": layer.layout.kind if layer.layout else "nchw",
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- fullgrad
@@ -156,8 +176,12 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
             logits = model(xg)
             score = logits.gather(1, targets[:, None])
             acts = [tap.activations[n] for n in nodes]
-            live = [i for i, a in enumerate(acts) if isinstance(a, torch.Tensor) and a.requires_grad]
-            grads = torch.autograd.grad(score.sum(), [xg, *(acts[i] for i in live)], allow_unused=True)
+            live = [
+                i for i, a in enumerate(acts) if isinstance(a, torch.Tensor) and a.requires_grad
+            ]
+            grads = torch.autograd.grad(
+                score.sum(), [xg, *(acts[i] for i in live)], allow_unused=True
+            )
         score = score[:, 0].detach()
         input_grad = grads[0] if grads[0] is not None else torch.zeros_like(xg)
         node_grad = {nodes[i]: g for i, g in zip(live, grads[1:])}
@@ -180,7 +204,12 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
                     # resizing is linear per channel, so summing the channels first is the same
                     # map as the reference's resize-then-sum, at 1/C of the cost
                     summed = _postprocess_summed(term, inplace=True)
-                    maps = maps + F.interpolate(summed, size=size, mode="bilinear", align_corners=True)[:, 0]
+                    maps = (
+                        maps
+                        + F.interpolate(summed, size=size, mode="bilinear", align_corners=True)[
+                            :, 0
+                        ]
+                    )
         return maps, {
             "logit": score.tolist(),
             "input_term": input_total.tolist(),
@@ -189,76 +218,92 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
         }
 
     maps, info = _per_sample(model, x, targets, run)
-    labels = [(label, len(layer.shape)) for layer in layers for label, _ in _bias_parts(model, layer)]
+    labels = [
+        (label, len(layer.shape)) for layer in layers for label, _ in _bias_parts(model, layer)
+    ]
     info["spatial_bias_terms"] = [label for label, rank in labels if rank == 4]
     info["scalar_bias_terms"] = [label for label, rank in labels if rank != 4]
-    per_sample = [{"logit": info["logit"][i], "input_term": info["input_term"][i],
-                   "completeness_gap": info["completeness_gap"][i],
-                   "bias_terms": {k: v[i] for k, v in info["bias_terms"].items()}} for i in range(x.shape[0])]
+    per_sample = [
+        {
+            "logit": info["logit"][i],
+            "input_term": info["input_term"][i],
+            "completeness_gap": info["completeness_gap"][i],
+            "bias_terms": {k: v[i] for k, v in info["bias_terms"].items()},
+        }
+        for i in range(x.shape[0])
+    ]
     return xplain.Attribution(maps, info=info, sample_info=per_sample)
 
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="grad-cam",
-        reference="captum.attr.LayerGradCam",
-        summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
-        description=(
-            "One forward and one backward pass of the target logit (never the softmax), the backward "
-            "stopping at the feature layer. At the layer's output A (K channels) the weights are the "
-            "spatial means of the gradient, w_k = mean_ij d logit / d A_k[i,j]; the map is "
-            "ReLU(sum_k w_k A_k) (`relu`, default true; false keeps the signed map), upsampled "
-            "bilinearly to the input size with align_corners=False — what Captum's LayerGradCam "
-            "followed by LayerAttribution.interpolate(..., 'bilinear') computes. `layer` (default: "
-            "the model's default feature layer, the last spatial map all information passes "
-            "through, e.g. the post-add ReLU of a ResNet's last block; `xplain inspect` lists the "
-            "layers) may name any node with a spatial layout; an unknown or non-spatial layer is a "
-            "usage error. Transformers: the layout comes from the graph (Model.feature_layer): "
-            "B×H×W×C maps (Swin, ConvNeXt blocks) are permuted, B×N×C tokens lose their prefix "
-            "tokens (class/distillation/register: N minus the grid cells) and are reshaped to the "
-            "grid, as pytorch-grad-cam's reshape_transform does; the class token's own gradient is "
-            "not part of the map. The default on class-token models (ViT, DeiT) is the tokens "
-            "entering the last block after its first LayerNorm (pytorch-grad-cam's "
-            "blocks[-1].norm1), since after the last block only the class token reaches the logits. "
-            "Not normalised (rendering decides colours). info records the layer, its C×h×w grid "
-            "shape and layout. A graph fixed at batch 1 runs one forward/backward per sample."
-        ),
-        explain=_explain_gradcam,
-        params=[
-            xplain.Param("layer", "str", "", "feature layer (fx node name); empty = the model's default"),
-            xplain.Param("relu", "bool", True, "apply ReLU to the weighted sum (positive evidence only)"),
-        ],
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
-    register(xplain.Method(
-        name="fullgrad",
-        summary="FullGrad: input-gradient and bias-gradients of every layer (Srinivas & Fleuret 2019)",
-        description=(
-            "One forward and one backward pass of the target logit. The full-gradient "
-            "decomposition: the input term x * df/dx and, for every bias source the loader finds "
-            "(conv/linear biases, BatchNorm's effective bias beta - gamma*mu/sqrt(var+eps), folded "
-            "after its conv, Gemm C, constant adds such as in-graph mean subtraction), the "
-            "bias-gradient term b * df/dz at the node z where the bias has been added. On ReLU "
-            "networks (max-pooling, residual adds included) the input term plus all bias terms "
-            "equals the logit; info.completeness_gap = |input + sum of bias terms - logit| per "
-            "sample (info.logit, info.input_term, info.bias_terms hold the terms; a gap on "
-            "ReLU6/Clip/sigmoid networks is their activations' implicit biases, which FullGrad "
-            "does not count; info's per-sample lists are in batch order). The map follows the "
-            "reference post-processing (idiap/fullgrad-saliency): each term is taken in absolute "
-            "value, min-max normalised per sample over C×H×W ((t - min) / (max + 1e-6), the "
-            "reference's absolute eps), resized bilinearly to the input size with "
-            "align_corners=True (the input term is already at input size), summed over channels "
-            "(xplain sums before resizing: the same map, as resizing is linear, at 1/C of the "
-            "cost), and all terms are summed — a "
-            "non-negative map, not rescaled to [0, 1]. Only terms with a spatial (B×C×H×W) output enter the map; "
-            "linear/Gemm bias terms are scalars that count for completeness only, as in the "
-            "reference (info.scalar_bias_terms lists them). A conv with its own bias followed by "
-            "BatchNorm contributes two maps (conv bias, BN shift), as the reference's separate "
-            "hooks do. Deviation: constant adds on spatial maps (which the reference's module "
-            "hooks cannot see) are bias terms and enter the map too. A graph fixed at batch 1 "
-            "runs one forward/backward per sample. No parameters."
-        ),
-        explain=_explain_fullgrad,
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
+    register(
+        xplain.Method(
+            name="grad-cam",
+            reference="captum.attr.LayerGradCam",
+            summary="Grad-CAM at a spatial feature layer (Selvaraju et al. 2017)",
+            description=(
+                "One forward and one backward pass of the target logit (never the softmax), the backward "
+                "stopping at the feature layer. At the layer's output A (K channels) the weights are the "
+                "spatial means of the gradient, w_k = mean_ij d logit / d A_k[i,j]; the map is "
+                "ReLU(sum_k w_k A_k) (`relu`, default true; false keeps the signed map), upsampled "
+                "bilinearly to the input size with align_corners=False — what Captum's LayerGradCam "
+                "followed by LayerAttribution.interpolate(..., 'bilinear') computes. `layer` (default: "
+                "the model's default feature layer, the last spatial map all information passes "
+                "through, e.g. the post-add ReLU of a ResNet's last block; `xplain inspect` lists the "
+                "layers) may name any node with a spatial layout; an unknown or non-spatial layer is a "
+                "usage error. Transformers: the layout comes from the graph (Model.feature_layer): "
+                "B×H×W×C maps (Swin, ConvNeXt blocks) are permuted, B×N×C tokens lose their prefix "
+                "tokens (class/distillation/register: N minus the grid cells) and are reshaped to the "
+                "grid, as pytorch-grad-cam's reshape_transform does; the class token's own gradient is "
+                "not part of the map. The default on class-token models (ViT, DeiT) is the tokens "
+                "entering the last block after its first LayerNorm (pytorch-grad-cam's "
+                "blocks[-1].norm1), since after the last block only the class token reaches the logits. "
+                "Not normalised (rendering decides colours). info records the layer, its C×h×w grid "
+                "shape and layout. A graph fixed at batch 1 runs one forward/backward per sample."
+            ),
+            explain=_explain_gradcam,
+            params=[
+                xplain.Param(
+                    "layer", "str", "", "feature layer (fx node name); empty = the model's default"
+                ),
+                xplain.Param(
+                    "relu", "bool", True, "apply ReLU to the weighted sum (positive evidence only)"
+                ),
+            ],
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )
+    register(
+        xplain.Method(
+            name="fullgrad",
+            summary="FullGrad: input-gradient and bias-gradients of every layer (Srinivas & Fleuret 2019)",
+            description=(
+                "One forward and one backward pass of the target logit. The full-gradient "
+                "decomposition: the input term x * df/dx and, for every bias source the loader finds "
+                "(conv/linear biases, BatchNorm's effective bias beta - gamma*mu/sqrt(var+eps), folded "
+                "after its conv, Gemm C, constant adds such as in-graph mean subtraction), the "
+                "bias-gradient term b * df/dz at the node z where the bias has been added. On ReLU "
+                "networks (max-pooling, residual adds included) the input term plus all bias terms "
+                "equals the logit; info.completeness_gap = |input + sum of bias terms - logit| per "
+                "sample (info.logit, info.input_term, info.bias_terms hold the terms; a gap on "
+                "ReLU6/Clip/sigmoid networks is their activations' implicit biases, which FullGrad "
+                "does not count; info's per-sample lists are in batch order). The map follows the "
+                "reference post-processing (idiap/fullgrad-saliency): each term is taken in absolute "
+                "value, min-max normalised per sample over C×H×W ((t - min) / (max + 1e-6), the "
+                "reference's absolute eps), resized bilinearly to the input size with "
+                "align_corners=True (the input term is already at input size), summed over channels "
+                "(xplain sums before resizing: the same map, as resizing is linear, at 1/C of the "
+                "cost), and all terms are summed — a "
+                "non-negative map, not rescaled to [0, 1]. Only terms with a spatial (B×C×H×W) output enter the map; "
+                "linear/Gemm bias terms are scalars that count for completeness only, as in the "
+                "reference (info.scalar_bias_terms lists them). A conv with its own bias followed by "
+                "BatchNorm contributes two maps (conv bias, BN shift), as the reference's separate "
+                "hooks do. Deviation: constant adds on spatial maps (which the reference's module "
+                "hooks cannot see) are bias terms and enter the map too. A graph fixed at batch 1 "
+                "runs one forward/backward per sample. No parameters."
+            ),
+            explain=_explain_fullgrad,
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )

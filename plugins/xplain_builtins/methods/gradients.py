@@ -43,7 +43,13 @@ def _explain_input_x_gradient(request: xplain.ExplainRequest):
 
 
 # ----------------------------------------------------------------------------- integrated gradients
-_IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_right", "riemann_left", "riemann_middle")
+_IG_RULES = (
+    "gausslegendre",
+    "riemann_trapezoid",
+    "riemann_right",
+    "riemann_left",
+    "riemann_middle",
+)
 
 
 def _quadrature(rule, steps):
@@ -112,7 +118,10 @@ def integrated_gradients_baseline(x, kind="zeros", blur_sigma=5.0, seed=0):
         out = []
         for sample, gen in zip(x.detach(), xplain.sample_generators(x, seed)):
             lo, hi = sample.min(), sample.max()
-            out.append(torch.rand(sample.shape, generator=gen, device=x.device, dtype=x.dtype) * (hi - lo) + lo)
+            out.append(
+                torch.rand(sample.shape, generator=gen, device=x.device, dtype=x.dtype) * (hi - lo)
+                + lo
+            )
         return torch.stack(out)
     raise xplain.UsageError(f"unknown integrated-gradients baseline {kind!r}")
 
@@ -137,19 +146,30 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
     total = torch.zeros_like(x)
     buffer = x.new_empty(min(points, steps), group, *x.shape[1:])  # reused by every pass
     for lo in range(0, batch, group):
-        base, diff, tgt = baseline[lo:lo + group], delta[lo:lo + group], targets[lo:lo + group]
+        base, diff, tgt = (
+            baseline[lo : lo + group],
+            delta[lo : lo + group],
+            targets[lo : lo + group],
+        )
         n = base.shape[0]
         for start in range(0, steps, points):
-            a, w = alphas_t[start:start + points], weights_t[start:start + points]
+            a, w = alphas_t[start : start + points], weights_t[start : start + points]
             k = a.numel()
             inputs = buffer[:k, :n]
             torch.addcmul(base[None], a.view(k, 1, 1, 1, 1), diff[None], out=inputs)
-            grads = _target_gradient(model, inputs.reshape(k * n, *x.shape[1:]), tgt.repeat(k),
-                                     fresh=True).view(k, n, *x.shape[1:])
-            total[lo:lo + n] += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
-    return xplain.Attribution(xplain.reduce_channels(total * delta, params["reduce"]),
-                              info={"steps": steps, "method": params["method"], "baseline": params["baseline"],
-                                    "images_per_pass": group * min(points, steps)})
+            grads = _target_gradient(
+                model, inputs.reshape(k * n, *x.shape[1:]), tgt.repeat(k), fresh=True
+            ).view(k, n, *x.shape[1:])
+            total[lo : lo + n] += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
+    return xplain.Attribution(
+        xplain.reduce_channels(total * delta, params["reduce"]),
+        info={
+            "steps": steps,
+            "method": params["method"],
+            "baseline": params["baseline"],
+            "images_per_pass": group * min(points, steps),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- smoothgrad
@@ -164,7 +184,10 @@ def _noise_stream(x, seed, samples, noise):
     for b, (sample, gen) in enumerate(zip(x.detach(), xplain.sample_generators(x, seed))):
         sigma = noise * (sample.max() - sample.min())
         for _ in range(samples):
-            yield b, torch.randn(sample.shape, generator=gen, device=x.device, dtype=x.dtype) * sigma
+            yield (
+                b,
+                torch.randn(sample.shape, generator=gen, device=x.device, dtype=x.dtype) * sigma,
+            )
 
 
 def smoothgrad_noise(x, seed=0, samples=50, noise=0.15):
@@ -201,104 +224,154 @@ def _explain_smoothgrad(request: xplain.ExplainRequest):
             flush()
     if pending:
         flush()
-    return xplain.Attribution(xplain.reduce_channels(total / samples, params["reduce"]),
-                              info={"samples": samples, "noise": params["noise"], "square": params["square"]})
+    return xplain.Attribution(
+        xplain.reduce_channels(total / samples, params["reduce"]),
+        info={"samples": samples, "noise": params["noise"], "square": params["square"]},
+    )
 
 
 # ----------------------------------------------------------------------------- registration
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="gradient",
-        reference="captum.attr.Saliency(abs=False)",
-        summary="signed d logit / d input, channels summed (vanilla gradient)",
-        description=(
-            "One forward and one backward pass: the gradient of the target class's logit (never the "
-            "softmax probability) with respect to the preprocessed input, kept signed and reduced over "
-            "colour channels by `reduce` (sum by default). Equals Captum's Saliency(abs=False) summed "
-            "over channels. `saliency` is its absolute value with a channel max."
-        ),
-        explain=_explain_gradient,
-        params=[xplain.reduce_param()],
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
-    register(xplain.Method(
-        name="input-x-gradient",
-        reference="captum.attr.InputXGradient",
-        summary="input × d logit / d input, channels summed (Shrikumar et al. 2016)",
-        description=(
-            "One forward and one backward pass: the preprocessed input times the gradient of the "
-            "target logit, elementwise, then reduced over colour channels by `reduce` (sum by "
-            "default, which is the first-order Taylor contribution of each pixel relative to an "
-            "all-zero input). Equals Captum's InputXGradient summed over channels. Note that 'zero' is "
-            "zero in the model's preprocessed input space (the dataset mean colour for mean/std "
-            "normalisation)."
-        ),
-        explain=_explain_input_x_gradient,
-        params=[xplain.reduce_param()],
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
-    register(xplain.Method(
-        name="integrated-gradients",
-        reference="captum.attr.IntegratedGradients",
-        summary="path integral of gradients from a baseline (Sundararajan et al. 2017)",
-        description=(
-            "IG_i = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα for the target logit f and baseline "
-            "x', the integral approximated by `steps` quadrature nodes α_k with weights w_k: "
-            "Σ_k w_k ∇f(x' + α_k(x − x')), times (x − x'), then reduced over channels by `reduce` "
-            "(sum by default). Exactly `steps` gradient evaluations per image; interpolation points of "
-            "all images share each forward/backward pass, `internal_batch` images per pass or, by "
-            "default, as many as fit in `memory_budget_mb` (xplain.images_per_pass: one image's "
-            "activations at a time, a quarter of free memory, at most 256 MB; fewer images than the "
-            "batch: the batch is split). `method` is Captum's quadrature: gausslegendre (default, as Captum), "
-            "riemann_trapezoid, riemann_right, riemann_left, riemann_middle, with Captum's nodes and "
-            "weights, so the map equals Captum's IntegratedGradients (same baseline, n_steps, method) "
-            "summed over channels — except riemann_trapezoid: Captum weights its nodes 0, 1/(n−1), …, 1 "
-            "by 1/n (halved at the ends), so its weights sum to 1 − 1/n and its map is too small by "
-            "that factor; xplain uses the trapezoid rule's 1/(n−1), so ours = Captum's × n/(n−1). "
-            "Completeness: the map sums to f(x) − f(x') up to the quadrature error, which shrinks "
-            "with `steps`. Baselines: zeros = 0 in the model's preprocessed input "
-            "space (Captum's default); blur = the image blurred by a separable Gaussian of "
-            "`blur_sigma` pixels (truncated at 4σ, replicated borders); uniform = uniform noise "
-            "between the image's min and max value, drawn per image from the run's seed and the image "
-            "(one draw, not an average over draws). Captum takes baselines as tensors; blur and uniform are xplain's."
-        ),
-        explain=_explain_integrated_gradients,
-        params=[
-            xplain.Param("steps", "int", 50, "quadrature nodes = gradient evaluations per image", min=1, max=1000),
-            xplain.Param("baseline", "str", "zeros", "the reference input x'", choices=("zeros", "blur", "uniform")),
-            xplain.Param("blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100),
-            xplain.Param("method", "str", "gausslegendre", "quadrature rule on [0, 1] (Captum's names)",
-                         choices=_IG_RULES),
-            *_pass_params("interpolation points"),
-            xplain.reduce_param(),
-        ],
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
-    register(xplain.Method(
-        name="smoothgrad",
-        reference="captum.attr.NoiseTunnel(Saliency)",
-        summary="gradient averaged over Gaussian-noised copies (Smilkov et al. 2017)",
-        description=(
-            "The signed gradient of the target logit averaged over `samples` noisy copies x + ε, "
-            "ε ~ N(0, σ²) per element with σ = `noise` × (max x − min x) of each image (Smilkov et "
-            "al.'s 10–20 % of the input range; default 15 %), then reduced over channels by `reduce` "
-            "(sum by default). `square` averages the squared gradient instead (SmoothGrad-Squared, "
-            "Captum's nt_type='smoothgrad_sq'; non-negative). Noise comes from generators seeded by "
-            "--seed and the image's pixels: the same seed gives the same map in any batch, another "
-            "seed another map. `samples` gradient evaluations per image, `internal_batch` noisy images "
-            "(of all batch images together) per forward/backward pass, by default as many as fit in "
-            "`memory_budget_mb` (as integrated-gradients). Equals Captum's "
-            "NoiseTunnel(Saliency(abs=False)) with stdevs = σ, summed over channels, given the same "
-            "noise; Captum takes one absolute σ for the whole batch where xplain scales σ per image."
-        ),
-        explain=_explain_smoothgrad,
-        params=[
-            xplain.Param("samples", "int", 50, "noisy copies = gradient evaluations per image", min=1, max=10000),
-            xplain.Param("noise", "float", 0.15, "noise σ as a fraction of each image's value range", min=0.0),
-            xplain.Param("square", "bool", False, "average squared gradients (SmoothGrad-Squared)"),
-            *_pass_params("noisy copies"),
-            xplain.reduce_param(),
-        ],
-        capabilities=xplain.Capabilities(needs_gradients=True, stochastic=True),
-    ))
+    register(
+        xplain.Method(
+            name="gradient",
+            reference="captum.attr.Saliency(abs=False)",
+            summary="signed d logit / d input, channels summed (vanilla gradient)",
+            description=(
+                "One forward and one backward pass: the gradient of the target class's logit (never the "
+                "softmax probability) with respect to the preprocessed input, kept signed and reduced over "
+                "colour channels by `reduce` (sum by default). Equals Captum's Saliency(abs=False) summed "
+                "over channels. `saliency` is its absolute value with a channel max."
+            ),
+            explain=_explain_gradient,
+            params=[xplain.reduce_param()],
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )
+    register(
+        xplain.Method(
+            name="input-x-gradient",
+            reference="captum.attr.InputXGradient",
+            summary="input × d logit / d input, channels summed (Shrikumar et al. 2016)",
+            description=(
+                "One forward and one backward pass: the preprocessed input times the gradient of the "
+                "target logit, elementwise, then reduced over colour channels by `reduce` (sum by "
+                "default, which is the first-order Taylor contribution of each pixel relative to an "
+                "all-zero input). Equals Captum's InputXGradient summed over channels. Note that 'zero' is "
+                "zero in the model's preprocessed input space (the dataset mean colour for mean/std "
+                "normalisation)."
+            ),
+            explain=_explain_input_x_gradient,
+            params=[xplain.reduce_param()],
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )
+    register(
+        xplain.Method(
+            name="integrated-gradients",
+            reference="captum.attr.IntegratedGradients",
+            summary="path integral of gradients from a baseline (Sundararajan et al. 2017)",
+            description=(
+                "IG_i = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα for the target logit f and baseline "
+                "x', the integral approximated by `steps` quadrature nodes α_k with weights w_k: "
+                "Σ_k w_k ∇f(x' + α_k(x − x')), times (x − x'), then reduced over channels by `reduce` "
+                "(sum by default). Exactly `steps` gradient evaluations per image; interpolation points of "
+                "all images share each forward/backward pass, `internal_batch` images per pass or, by "
+                "default, as many as fit in `memory_budget_mb` (xplain.images_per_pass: one image's "
+                "activations at a time, a quarter of free memory, at most 256 MB; fewer images than the "
+                "batch: the batch is split). `method` is Captum's quadrature: gausslegendre (default, as Captum), "
+                "riemann_trapezoid, riemann_right, riemann_left, riemann_middle, with Captum's nodes and "
+                "weights, so the map equals Captum's IntegratedGradients (same baseline, n_steps, method) "
+                "summed over channels — except riemann_trapezoid: Captum weights its nodes 0, 1/(n−1), …, 1 "
+                "by 1/n (halved at the ends), so its weights sum to 1 − 1/n and its map is too small by "
+                "that factor; xplain uses the trapezoid rule's 1/(n−1), so ours = Captum's × n/(n−1). "
+                "Completeness: the map sums to f(x) − f(x') up to the quadrature error, which shrinks "
+                "with `steps`. Baselines: zeros = 0 in the model's preprocessed input "
+                "space (Captum's default); blur = the image blurred by a separable Gaussian of "
+                "`blur_sigma` pixels (truncated at 4σ, replicated borders); uniform = uniform noise "
+                "between the image's min and max value, drawn per image from the run's seed and the image "
+                "(one draw, not an average over draws). Captum takes baselines as tensors; blur and uniform are xplain's."
+            ),
+            explain=_explain_integrated_gradients,
+            params=[
+                xplain.Param(
+                    "steps",
+                    "int",
+                    50,
+                    "quadrature nodes = gradient evaluations per image",
+                    min=1,
+                    max=1000,
+                ),
+                xplain.Param(
+                    "baseline",
+                    "str",
+                    "zeros",
+                    "the reference input x'",
+                    choices=("zeros", "blur", "uniform"),
+                ),
+                xplain.Param(
+                    "blur_sigma",
+                    "float",
+                    5.0,
+                    "Gaussian σ in pixels for baseline=blur",
+                    min=0.0,
+                    max=100,
+                ),
+                xplain.Param(
+                    "method",
+                    "str",
+                    "gausslegendre",
+                    "quadrature rule on [0, 1] (Captum's names)",
+                    choices=_IG_RULES,
+                ),
+                *_pass_params("interpolation points"),
+                xplain.reduce_param(),
+            ],
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )
+    register(
+        xplain.Method(
+            name="smoothgrad",
+            reference="captum.attr.NoiseTunnel(Saliency)",
+            summary="gradient averaged over Gaussian-noised copies (Smilkov et al. 2017)",
+            description=(
+                "The signed gradient of the target logit averaged over `samples` noisy copies x + ε, "
+                "ε ~ N(0, σ²) per element with σ = `noise` × (max x − min x) of each image (Smilkov et "
+                "al.'s 10–20 % of the input range; default 15 %), then reduced over channels by `reduce` "
+                "(sum by default). `square` averages the squared gradient instead (SmoothGrad-Squared, "
+                "Captum's nt_type='smoothgrad_sq'; non-negative). Noise comes from generators seeded by "
+                "--seed and the image's pixels: the same seed gives the same map in any batch, another "
+                "seed another map. `samples` gradient evaluations per image, `internal_batch` noisy images "
+                "(of all batch images together) per forward/backward pass, by default as many as fit in "
+                "`memory_budget_mb` (as integrated-gradients). Equals Captum's "
+                "NoiseTunnel(Saliency(abs=False)) with stdevs = σ, summed over channels, given the same "
+                "noise; Captum takes one absolute σ for the whole batch where xplain scales σ per image."
+            ),
+            explain=_explain_smoothgrad,
+            params=[
+                xplain.Param(
+                    "samples",
+                    "int",
+                    50,
+                    "noisy copies = gradient evaluations per image",
+                    min=1,
+                    max=10000,
+                ),
+                xplain.Param(
+                    "noise",
+                    "float",
+                    0.15,
+                    "noise σ as a fraction of each image's value range",
+                    min=0.0,
+                ),
+                xplain.Param(
+                    "square", "bool", False, "average squared gradients (SmoothGrad-Squared)"
+                ),
+                *_pass_params("noisy copies"),
+                xplain.reduce_param(),
+            ],
+            capabilities=xplain.Capabilities(needs_gradients=True, stochastic=True),
+        )
+    )

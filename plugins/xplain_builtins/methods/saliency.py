@@ -16,16 +16,18 @@ def _explain(request: xplain.ExplainRequest):
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="saliency",
-        reference="captum.attr.Saliency(abs=True)",
-        summary="|d logit / d input|, max over channels (Simonyan et al. 2014)",
-        description=(
-            "One forward and one backward pass: the gradient of the target class's logit (never "
-            "the softmax probability) with respect to the preprocessed input, in absolute value, "
-            "reduced over colour channels by the maximum, as in Simonyan et al. and Captum's "
-            "Saliency followed by a channel max. Non-negative. No parameters."
-        ),
-        explain=_explain,
-        capabilities=xplain.Capabilities(needs_gradients=True),
-    ))
+    register(
+        xplain.Method(
+            name="saliency",
+            reference="captum.attr.Saliency(abs=True)",
+            summary="|d logit / d input|, max over channels (Simonyan et al. 2014)",
+            description=(
+                "One forward and one backward pass: the gradient of the target class's logit (never "
+                "the softmax probability) with respect to the preprocessed input, in absolute value, "
+                "reduced over colour channels by the maximum, as in Simonyan et al. and Captum's "
+                "Saliency followed by a channel max. Non-negative. No parameters."
+            ),
+            explain=_explain,
+            capabilities=xplain.Capabilities(needs_gradients=True),
+        )
+    )

@@ -68,7 +68,11 @@ def _conv_geometry(model, layer):
         return None
     if len(in_shape) != 4:
         return None
-    return module, (int(in_shape[2]), int(in_shape[3])), (pad_t + module.padding[0], pad_l + module.padding[1])
+    return (
+        module,
+        (int(in_shape[2]), int(in_shape[3])),
+        (pad_t + module.padding[0], pad_l + module.padding[1]),
+    )
 
 
 def bias_terms(model, spec=_ALL):
@@ -85,8 +89,10 @@ def bias_terms(model, spec=_ALL):
         unknown = [w for w in wanted if w not in known]
         if unknown or not wanted:
             names = ", ".join(dict.fromkeys(b.layer for b in layers)) or "none"
-            raise xplain.UsageError(f"tr-gbp: unknown bias layer(s) {', '.join(unknown) or repr(spec)}",
-                                    hint=f"use all, conv or a comma-separated list of: {names}")
+            raise xplain.UsageError(
+                f"tr-gbp: unknown bias layer(s) {', '.join(unknown) or repr(spec)}",
+                hint=f"use all, conv or a comma-separated list of: {names}",
+            )
         chosen = [b for b in layers if b.node in wanted or b.layer in wanted]
     terms = []
     for b in chosen:
@@ -96,7 +102,12 @@ def bias_terms(model, spec=_ALL):
         if geometry is not None and geometry[1][0] * geometry[1][1] > 1:
             conv, in_hw, pad_tl = geometry
             terms.append(_Term(b.layer, b.node, b.bias, "conv", conv, in_hw, pad_tl))
-        elif b.kind not in ("linear", "gemm") and spatial and shape[2] * shape[3] > 1 and geometry is None:
+        elif (
+            b.kind not in ("linear", "gemm")
+            and spatial
+            and shape[2] * shape[3] > 1
+            and geometry is None
+        ):
             # the bias broadcasts against the node's output exactly as the graph adds it
             terms.append(_Term(b.layer, b.node, b.bias, "elementwise", in_hw=(shape[2], shape[3])))
         else:
@@ -124,13 +135,15 @@ def ones_map_gradient(weighted, conv, in_hw, pad_tl):
             weighted = grid
         full = F.avg_pool2d(F.pad(weighted, (kw - 1, kw - 1, kh - 1, kh - 1)), (kh, kw), stride=1)
     else:
-        kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), device=weighted.device, dtype=weighted.dtype)
+        kernel = torch.full(
+            (1, 1, kh, kw), 1.0 / (kh * kw), device=weighted.device, dtype=weighted.dtype
+        )
         full = F.conv_transpose2d(weighted, kernel, stride=conv.stride, dilation=conv.dilation)
     (height, width), (top, left) = in_hw, pad_tl
     need_h, need_w = top + height, left + width
     if full.shape[2] < need_h or full.shape[3] < need_w:  # trailing rows no window reached
         full = F.pad(full, (0, max(0, need_w - full.shape[3]), 0, max(0, need_h - full.shape[2])))
-    return full[:, :, top:top + height, left:left + width]
+    return full[:, :, top : top + height, left : left + width]
 
 
 # ----------------------------------------------------------------------------- the passes
@@ -151,21 +164,35 @@ def _gradients(model, images, pick, copies, nodes, rule, batched):
     {node: U×L×… gradient})``."""
     import torch
 
-    with xplain.apply_rules(model, xplain.rectifier_rules(rule)), model.tap(nodes, gradients=not batched) as tap, \
-            torch.enable_grad():
+    with (
+        xplain.apply_rules(model, xplain.rectifier_rules(rule)),
+        model.tap(nodes, gradients=not batched) as tap,
+        torch.enable_grad(),
+    ):
         if batched:
             xg = images.detach().clone().requires_grad_(True)
             logits = model(xg)
             classes = pick(logits.detach())
             valid = classes >= 0
-            outputs = torch.zeros(classes.shape[1], *logits.shape, device=logits.device, dtype=logits.dtype)
+            outputs = torch.zeros(
+                classes.shape[1], *logits.shape, device=logits.device, dtype=logits.dtype
+            )
             cols, rows = valid.T.nonzero(as_tuple=True)
             outputs[cols, rows, classes[rows, cols]] = 1.0
             acts = tap.activations
-            live = [n for n in nodes if n in acts and isinstance(acts[n], torch.Tensor) and acts[n].requires_grad]
+            live = [
+                n
+                for n in nodes
+                if n in acts and isinstance(acts[n], torch.Tensor) and acts[n].requires_grad
+            ]
             try:
-                grads = torch.autograd.grad(logits, [xg, *(acts[n] for n in live)], outputs,
-                                            is_grads_batched=True, allow_unused=True)
+                grads = torch.autograd.grad(
+                    logits,
+                    [xg, *(acts[n] for n in live)],
+                    outputs,
+                    is_grads_batched=True,
+                    allow_unused=True,
+                )
             except RuntimeError as err:
                 raise _NotBatchable(str(err)) from err
             grads = [None if g is None else g.transpose(0, 1) for g in grads]
@@ -188,8 +215,10 @@ def _gradients(model, images, pick, copies, nodes, rule, batched):
     def spread(main_and_extra):
         """Rows in call order (U·copies main, then extras) → U×L×…"""
         out = main_and_extra.new_zeros(n_images, classes.shape[1], *main_and_extra.shape[1:])
-        out[:, :copies] = main_and_extra[:n_images * copies].view(n_images, copies, *main_and_extra.shape[1:])
-        out[extra_u, extra_j] = main_and_extra[n_images * copies:]
+        out[:, :copies] = main_and_extra[: n_images * copies].view(
+            n_images, copies, *main_and_extra.shape[1:]
+        )
+        out[extra_u, extra_j] = main_and_extra[n_images * copies :]
         return out
 
     return classes, spread(torch.cat(flat)), {n: spread(g) for n, g in tapped.items()}
@@ -217,8 +246,11 @@ def _core(model, images, pick, copies, terms, reduce, rule):
         g = grads.get(term.node)
         if g is None:  # the node carries no signal from the input: no gradient, no term
             zeros = dict(device=images.device, dtype=images.dtype)
-            natives[term.name] = torch.zeros(shape, **zeros) if term.mode == "scalar" else \
-                torch.zeros(*shape, *term.in_hw, **zeros)
+            natives[term.name] = (
+                torch.zeros(shape, **zeros)
+                if term.mode == "scalar"
+                else torch.zeros(*shape, *term.in_hw, **zeros)
+            )
             if term.mode != "scalar":
                 maps[term.name] = torch.zeros(*shape, *size, **zeros)
             continue
@@ -246,8 +278,12 @@ def guided_terms(model, x, classes, terms, reduce="sum", rule="guided"):
     ``input_map`` is R̃⁰ reduced over channels, the maps are at the input size and the totals
     are Σ R̃ˡ at the layer's own grid (for scalar terms Σ G·b). ``rule`` is ``guided`` for
     TR-GBP; ``plain`` gives the ordinary gradient (tests)."""
-    _, input_map, maps, natives, _ = _core(model, x, lambda logits: classes.reshape(-1, 1), 1, terms, reduce, rule)
-    totals = {n: t[:, 0].flatten(1).sum(dim=1) if t.dim() > 2 else t[:, 0] for n, t in natives.items()}
+    _, input_map, maps, natives, _ = _core(
+        model, x, lambda logits: classes.reshape(-1, 1), 1, terms, reduce, rule
+    )
+    totals = {
+        n: t[:, 0].flatten(1).sum(dim=1) if t.dim() > 2 else t[:, 0] for n, t in natives.items()
+    }
     return input_map[:, 0], {n: m[:, 0] for n, m in maps.items()}, totals
 
 
@@ -272,12 +308,17 @@ def _explain(request: xplain.ExplainRequest):
     def pick(logits):
         """Each image's top-k classes, then its targets outside them; -1 pads the rows."""
         top = logits.topk(k, dim=1).indices
-        lists = [top[u].tolist() + [t for t in wanted[u] if t not in top[u].tolist()] for u in range(n_unique)]
+        lists = [
+            top[u].tolist() + [t for t in wanted[u] if t not in top[u].tolist()]
+            for u in range(n_unique)
+        ]
         width_l = max(len(row) for row in lists)
         found["top"] = top.tolist()
         return torch.tensor([row + [-1] * (width_l - len(row)) for row in lists], device=x.device)
 
-    classes, input_map, maps, natives, backward = _core(model, unique, pick, k, terms, params["reduce"], "guided")
+    classes, input_map, maps, natives, backward = _core(
+        model, unique, pick, k, terms, params["reduce"], "guided"
+    )
     scalar = [t.name for t in terms if t.mode == "scalar"]
     if params["fc_bias"] != _NONE:
         # eq. 9 sums psi(R^l) over every bias layer; a linear layer's ones-input is one value, and
@@ -286,7 +327,9 @@ def _explain(request: xplain.ExplainRequest):
         size = (model.spec.height, model.spec.width)
         scale = 1.0 if params["fc_bias"] == _UPSAMPLE else 1.0 / (size[0] * size[1])
         for name in scalar:
-            maps[name] = (natives[name] * scale)[..., None, None].expand(*natives[name].shape, *size)
+            maps[name] = (natives[name] * scale)[..., None, None].expand(
+                *natives[name].shape, *size
+            )
     column = [{c: j for j, c in enumerate(row) if c >= 0} for row in classes.tolist()]
     parts = {"input": input_map, **maps}
     full = input_map + sum(maps.values()) if maps else input_map
@@ -306,12 +349,14 @@ def _explain(request: xplain.ExplainRequest):
         in_map = {name: float(centred(m).abs().sum()) for name, m in parts.items()}
         native = {"input": in_map["input"]}  # each term at its own grid: |R⁰|, |Rˡ| before ψ
         native.update({n: float(centred(v).abs().sum()) for n, v in natives.items()})
-        sample_info.append({
-            "classes": members if params["center"] else [t],
-            "shares": _fractions(native),
-            "map_shares": _fractions(in_map),
-            "layer_totals": {n: round(float(centred(v).sum()), 6) for n, v in natives.items()},
-        })
+        sample_info.append(
+            {
+                "classes": members if params["center"] else [t],
+                "shares": _fractions(native),
+                "map_shares": _fractions(in_map),
+                "layer_totals": {n: round(float(centred(v).sum()), 6) for n, v in natives.items()},
+            }
+        )
     info = {
         "topk": k,
         "map_layers": [t.name for t in terms if t.mode != "scalar" or params["fc_bias"] != _NONE],
@@ -326,76 +371,106 @@ def _explain(request: xplain.ExplainRequest):
 # ----------------------------------------------------------------------------- registration
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="tr-gbp",
-        summary="TR-GBP: guided backprop + bias ones-maps + top-K class-mean subtraction",
-        description=(
-            "Theoretical Refinements of Guided BackPropagation (ICLR 2022 submission). (1) Guided "
-            "backprop (eq. 4) through every rectifier (ReLU, ReLU6, Clip, Hardtanh, LeakyReLU, PReLU; "
-            "the guided-backprop rule set): R0 = guided d logit_k / d x, reduced over colour channels "
-            "by `reduce` (default sum, the signed sum; the paper leaves it open). The input term is the "
-            "guided gradient itself, not gradient x input, as in eq. 9. (2) Biases as all-ones inputs "
-            "(eq. 8): for each bias layer (`layers`, default all: conv/linear biases with BatchNorm's "
-            "effective bias beta - gamma*mu/sqrt(var+eps) folded in, lone BatchNorm, Gemm C, constant "
-            "adds) the guided gradient with respect to its ones-map. A conv's ones-map is one channel "
-            "at the conv's INPUT resolution; the bias b_c is spread evenly over the kh x kw window "
-            "(b_c/(kh*kw) per position; the same as the paper's b/p per element of a C_in-channel "
-            "ones-map, summed over channels), and the ones-map is padded with ones, so the forward is "
-            "unchanged and Rl = conv_transpose(sum_c G_c*b_c, ones/(kh*kw), stride, dilation), "
-            "cropped to the input grid (G = guided gradient where the bias is added). Window parts on "
-            "padding are not attributed, so borders are weaker (section 4.2 (2)). Lone BatchNorm, "
-            "constant adds and transposed convs use a 1x1 window (map at their own grid). Linear/Gemm "
-            "layers, and layers whose map would be 1x1, have a one-value ones-input: R^l = sum_j G_j b_j; "
-            "eq. 9 sums psi(R^l) over all l, and bilinear upsampling of a 1x1 map puts R^l on every "
-            "pixel (fc_bias=upsample, default). fc_bias=spread puts R^l/(H*W) on every pixel (the "
-            "map's total gains R^l once); fc_bias=none leaves them out of the map (as FullGrad; the "
-            "former default) and only reports them. After the class-mean subtraction they are a "
-            "uniform offset: they change no ranking, but they move the sign balance, so positive-"
-            "energy scores (EBPG, IBD with energy=positive) depend on this choice (docs/tr-gbp.md). "
-            "(3) Aggregation (eq. 9): R = R0 + "
-            "sum_l psi(Rl), psi = bilinear upsampling to the input size (align_corners=False; the "
-            "paper does not say). (4) Class-mean subtraction (eq. 10): R_k minus the mean of R over "
-            "the top-`topk` predicted classes (default 5, clamped to the number of classes) and the "
-            "target when it is not among them (then the mean is over K+1 maps). Cost: one forward of "
-            "the distinct images of the batch (the top-K are read off its logits) and ONE backward, "
-            "batched over the K classes (torch.autograd.grad with is_grads_batched: the backward graph "
-            "is vmapped over K one-hot output gradients, equivalent to a batch of B*K copies sharing "
-            "their forward). Graphs fixed at batch 1, or a backward vmap cannot run, use K real "
-            "copies per image instead (one forward of the copies, one backward; a target outside "
-            "the top-K adds one copy in a second forward). Identical rows (--target top5) share one "
-            "image's pass. Output: the signed R_k (the paper displays ReLU(R_k), appendix A: regions "
-            "more relevant for k than the top-K average). `bias=false` gives guided backprop + "
-            "centring, `center=false` the un-centred eq. 9 (ablations). Record info per sample: "
-            "classes (those averaged), shares (each term's L1 mass of its centred map at its own "
-            "grid, before psi: input, every bias layer incl. those without a map, whose ones-map is "
-            "one value), map_shares (the terms' L1 mass in the output map, after psi), layer_totals "
-            "(the centred sum of each layer's ones-map gradient at its own grid); per batch: topk, "
-            "map_layers, scalar_layers, fc_bias, backward (batched or copies). What to expect: on BatchNorm "
-            "networks the folded BN biases are large and psi multiplies a coarse term's mass by its area "
-            "ratio, so the map is mostly upsampled deep-layer bias terms, a smooth CAM-like map (measured: "
-            "the input term is 0.3% of the map on an ImageNet EfficientNet-Lite0, 92% on the BN-free "
-            "digits_cnn; see map_shares in the record and docs/tr-gbp.md). For fine detail pass `layers` "
-            "with the early bias layers only (e.g. those at >= 1/4 of the input resolution; `xplain "
-            "inspect` lists them) or bias=false (guided backprop + centring). "
-            + NON_RECTIFIER
-        ),
-        explain=_explain,
-        params=[
-            xplain.Param("topk", "int", 5, "classes averaged for the class-mean subtraction (clamped to "
-                         "the number of classes; the target is added when outside them)", min=2, max=100000),
-            xplain.Param("bias", "bool", True, "add the bias ones-map terms (false: guided backprop + "
-                         "centring, an ablation)"),
-            xplain.Param("center", "bool", True, "subtract the top-K class mean (false: the un-centred "
-                         "eq. 9 map, an ablation)"),
-            xplain.Param("layers", "str", _ALL, "bias layers: all, conv, or comma-separated layer names "
-                         "(see `xplain inspect`)"),
-            xplain.Param("fc_bias", "str", _UPSAMPLE, "bias layers without a spatial map (linear/Gemm, 1x1 "
-                         "maps): upsample = eq. 9, psi of the 1x1 map, the value on every pixel; spread = "
-                         "the value / (H*W) on every pixel; none = left out (FullGrad)",
-                         choices=(_UPSAMPLE, _SPREAD, _NONE)),
-            xplain.reduce_param(help="how the C input channels of the input term become one map"),
-        ],
-        capabilities=xplain.Capabilities(needs_gradients=True, multi_class=True, requires=("rectifiers",),
-                                         alternatives=("gradient", "integrated-gradients", "grad-cam",
-                                                       "lrp-epsilon")),
-    ))
+    register(
+        xplain.Method(
+            name="tr-gbp",
+            summary="TR-GBP: guided backprop + bias ones-maps + top-K class-mean subtraction",
+            description=(
+                "Theoretical Refinements of Guided BackPropagation (ICLR 2022 submission). (1) Guided "
+                "backprop (eq. 4) through every rectifier (ReLU, ReLU6, Clip, Hardtanh, LeakyReLU, PReLU; "
+                "the guided-backprop rule set): R0 = guided d logit_k / d x, reduced over colour channels "
+                "by `reduce` (default sum, the signed sum; the paper leaves it open). The input term is the "
+                "guided gradient itself, not gradient x input, as in eq. 9. (2) Biases as all-ones inputs "
+                "(eq. 8): for each bias layer (`layers`, default all: conv/linear biases with BatchNorm's "
+                "effective bias beta - gamma*mu/sqrt(var+eps) folded in, lone BatchNorm, Gemm C, constant "
+                "adds) the guided gradient with respect to its ones-map. A conv's ones-map is one channel "
+                "at the conv's INPUT resolution; the bias b_c is spread evenly over the kh x kw window "
+                "(b_c/(kh*kw) per position; the same as the paper's b/p per element of a C_in-channel "
+                "ones-map, summed over channels), and the ones-map is padded with ones, so the forward is "
+                "unchanged and Rl = conv_transpose(sum_c G_c*b_c, ones/(kh*kw), stride, dilation), "
+                "cropped to the input grid (G = guided gradient where the bias is added). Window parts on "
+                "padding are not attributed, so borders are weaker (section 4.2 (2)). Lone BatchNorm, "
+                "constant adds and transposed convs use a 1x1 window (map at their own grid). Linear/Gemm "
+                "layers, and layers whose map would be 1x1, have a one-value ones-input: R^l = sum_j G_j b_j; "
+                "eq. 9 sums psi(R^l) over all l, and bilinear upsampling of a 1x1 map puts R^l on every "
+                "pixel (fc_bias=upsample, default). fc_bias=spread puts R^l/(H*W) on every pixel (the "
+                "map's total gains R^l once); fc_bias=none leaves them out of the map (as FullGrad; the "
+                "former default) and only reports them. After the class-mean subtraction they are a "
+                "uniform offset: they change no ranking, but they move the sign balance, so positive-"
+                "energy scores (EBPG, IBD with energy=positive) depend on this choice (docs/tr-gbp.md). "
+                "(3) Aggregation (eq. 9): R = R0 + "
+                "sum_l psi(Rl), psi = bilinear upsampling to the input size (align_corners=False; the "
+                "paper does not say). (4) Class-mean subtraction (eq. 10): R_k minus the mean of R over "
+                "the top-`topk` predicted classes (default 5, clamped to the number of classes) and the "
+                "target when it is not among them (then the mean is over K+1 maps). Cost: one forward of "
+                "the distinct images of the batch (the top-K are read off its logits) and ONE backward, "
+                "batched over the K classes (torch.autograd.grad with is_grads_batched: the backward graph "
+                "is vmapped over K one-hot output gradients, equivalent to a batch of B*K copies sharing "
+                "their forward). Graphs fixed at batch 1, or a backward vmap cannot run, use K real "
+                "copies per image instead (one forward of the copies, one backward; a target outside "
+                "the top-K adds one copy in a second forward). Identical rows (--target top5) share one "
+                "image's pass. Output: the signed R_k (the paper displays ReLU(R_k), appendix A: regions "
+                "more relevant for k than the top-K average). `bias=false` gives guided backprop + "
+                "centring, `center=false` the un-centred eq. 9 (ablations). Record info per sample: "
+                "classes (those averaged), shares (each term's L1 mass of its centred map at its own "
+                "grid, before psi: input, every bias layer incl. those without a map, whose ones-map is "
+                "one value), map_shares (the terms' L1 mass in the output map, after psi), layer_totals "
+                "(the centred sum of each layer's ones-map gradient at its own grid); per batch: topk, "
+                "map_layers, scalar_layers, fc_bias, backward (batched or copies). What to expect: on BatchNorm "
+                "networks the folded BN biases are large and psi multiplies a coarse term's mass by its area "
+                "ratio, so the map is mostly upsampled deep-layer bias terms, a smooth CAM-like map (measured: "
+                "the input term is 0.3% of the map on an ImageNet EfficientNet-Lite0, 92% on the BN-free "
+                "digits_cnn; see map_shares in the record and docs/tr-gbp.md). For fine detail pass `layers` "
+                "with the early bias layers only (e.g. those at >= 1/4 of the input resolution; `xplain "
+                "inspect` lists them) or bias=false (guided backprop + centring). " + NON_RECTIFIER
+            ),
+            explain=_explain,
+            params=[
+                xplain.Param(
+                    "topk",
+                    "int",
+                    5,
+                    "classes averaged for the class-mean subtraction (clamped to "
+                    "the number of classes; the target is added when outside them)",
+                    min=2,
+                    max=100000,
+                ),
+                xplain.Param(
+                    "bias",
+                    "bool",
+                    True,
+                    "add the bias ones-map terms (false: guided backprop + centring, an ablation)",
+                ),
+                xplain.Param(
+                    "center",
+                    "bool",
+                    True,
+                    "subtract the top-K class mean (false: the un-centred eq. 9 map, an ablation)",
+                ),
+                xplain.Param(
+                    "layers",
+                    "str",
+                    _ALL,
+                    "bias layers: all, conv, or comma-separated layer names (see `xplain inspect`)",
+                ),
+                xplain.Param(
+                    "fc_bias",
+                    "str",
+                    _UPSAMPLE,
+                    "bias layers without a spatial map (linear/Gemm, 1x1 "
+                    "maps): upsample = eq. 9, psi of the 1x1 map, the value on every pixel; spread = "
+                    "the value / (H*W) on every pixel; none = left out (FullGrad)",
+                    choices=(_UPSAMPLE, _SPREAD, _NONE),
+                ),
+                xplain.reduce_param(
+                    help="how the C input channels of the input term become one map"
+                ),
+            ],
+            capabilities=xplain.Capabilities(
+                needs_gradients=True,
+                multi_class=True,
+                requires=("rectifiers",),
+                alternatives=("gradient", "integrated-gradients", "grad-cam", "lrp-epsilon"),
+            ),
+        )
+    )

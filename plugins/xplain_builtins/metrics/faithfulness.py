@@ -53,9 +53,12 @@ def _score_perturbed(model, fill, count, targets_of, chunk, like, kind="prob"):
             stop = min(start + chunk, count)
             try:
                 if buffer is None or buffer.shape[0] < stop - start:
-                    buffer = torch.empty((min(chunk, count),) + tuple(like.shape[1:]), device=like.device,
-                                         dtype=like.dtype)
-                out = buffer[:stop - start]
+                    buffer = torch.empty(
+                        (min(chunk, count),) + tuple(like.shape[1:]),
+                        device=like.device,
+                        dtype=like.dtype,
+                    )
+                out = buffer[: stop - start]
                 fill(start, stop, out)
                 idx = torch.arange(start, stop, device=like.device)
                 result[start:stop] = _forward_scores(model, out, targets_of(idx), kind)
@@ -105,10 +108,12 @@ def _perturbation_curve(model, base, other, ranks, counts, targets, chunk):
             s, k0 = divmod(pos, t)
             k1 = min(t, k0 + (stop - pos))
             mask = (ranks[s][None, :] < counts[k0:k1, None]).view(k1 - k0, 1, h, w)
-            torch.where(mask, other[s], base[s], out=out[pos - start:pos - start + k1 - k0])
+            torch.where(mask, other[s], base[s], out=out[pos - start : pos - start + k1 - k0])
             pos += k1 - k0
 
-    return _score_perturbed(model, fill, b * t, lambda idx: targets[idx // t], chunk, base).view(b, t)
+    return _score_perturbed(model, fill, b * t, lambda idx: targets[idx // t], chunk, base).view(
+        b, t
+    )
 
 
 def gaussian_blur(x, size, sigma):
@@ -117,7 +122,7 @@ def gaussian_blur(x, size, sigma):
     import torch.nn.functional as F
 
     r = torch.arange(size, device=x.device, dtype=x.dtype) - (size - 1) / 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(r**2) / (2 * sigma**2))
     k2 = g[:, None] * g[None, :]
     k2 = k2 / k2.sum()
     c = x.shape[1]
@@ -130,7 +135,12 @@ def _step(params, h, w):
 
 def _deletion_insertion(kind):
     def score(context: xplain.MetricContext):
-        model, x, targets, attribution = context.model, context.x, context.targets, context.attribution
+        model, x, targets, attribution = (
+            context.model,
+            context.x,
+            context.targets,
+            context.attribution,
+        )
         import torch
 
         params = context.params
@@ -145,6 +155,7 @@ def _deletion_insertion(kind):
             base, other = gaussian_blur(x, int(params["blur_size"]), float(params["blur_sigma"])), x
         curve = _perturbation_curve(model, base, other, ranks, counts, targets, _chunk(context, x))
         return {kind: auc(curve), f"{kind}-curve": curve}
+
     return score
 
 
@@ -159,7 +170,9 @@ def _pixel_perturbation(context: xplain.MetricContext):
     m = attribution.maps.to(x.device, torch.float32)
     if params["absolute"]:
         m = m.abs()
-    rel = F.avg_pool2d(m[:, None], tile, ceil_mode=True)[:, 0]  # tile relevance (mean over the tile)
+    rel = F.avg_pool2d(m[:, None], tile, ceil_mode=True)[
+        :, 0
+    ]  # tile relevance (mean over the tile)
     th, tw = rel.shape[1:]
     tiles = th * tw
     counts = torch.tensor([round(k * tiles / steps) for k in range(steps + 1)], device=x.device)
@@ -169,16 +182,29 @@ def _pixel_perturbation(context: xplain.MetricContext):
         sub = torch.zeros_like(x)
 
     def pixel_ranks(tile_ranks):  # a pixel takes its tile's rank
-        r = tile_ranks.view(b, th, tw).repeat_interleave(tile, 1).repeat_interleave(tile, 2)[:, :h, :w]
+        r = (
+            tile_ranks.view(b, th, tw)
+            .repeat_interleave(tile, 1)
+            .repeat_interleave(tile, 2)[:, :h, :w]
+        )
         return r.reshape(b, h * w)
 
     flat = rel.reshape(b, tiles)
     chunk = _chunk(context, x)
-    morf = _perturbation_curve(model, x, sub, pixel_ranks(_ranks(flat, True)), counts, targets, chunk)
-    lerf = _perturbation_curve(model, x, sub, pixel_ranks(_ranks(flat, False)), counts, targets, chunk)
+    morf = _perturbation_curve(
+        model, x, sub, pixel_ranks(_ranks(flat, True)), counts, targets, chunk
+    )
+    lerf = _perturbation_curve(
+        model, x, sub, pixel_ranks(_ranks(flat, False)), counts, targets, chunk
+    )
     a_morf, a_lerf = auc(morf), auc(lerf)
-    return {"pixel-perturbation": a_lerf - a_morf, "morf": a_morf, "lerf": a_lerf,
-            "morf-curve": morf, "lerf-curve": lerf}
+    return {
+        "pixel-perturbation": a_lerf - a_morf,
+        "morf": a_morf,
+        "lerf": a_lerf,
+        "morf-curve": morf,
+        "lerf-curve": lerf,
+    }
 
 
 def _sensitivity_n(context: xplain.MetricContext):
@@ -193,12 +219,19 @@ def _sensitivity_n(context: xplain.MetricContext):
     n_pix = h * w
     subsets, num_n = int(params["subsets"]), int(params["num_n"])
     top = max(1.0, float(params["max_fraction"]) * n_pix)
-    ns = sorted({max(1, int(v)) for v in torch.logspace(0, math.log10(top), num_n, dtype=torch.float64).tolist()})
+    ns = sorted(
+        {
+            max(1, int(v))
+            for v in torch.logspace(0, math.log10(top), num_n, dtype=torch.float64).tolist()
+        }
+    )
     seed = int(context.seed)
     # The perturbed forward passes depend on the image, the target and the masks — not on the
     # method — so they are cached for the batch and shared by every method evaluated on it.
-    digest = hashlib.blake2b(x.detach().float().cpu().numpy().tobytes()
-                             + targets.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(
+        x.detach().float().cpu().numpy().tobytes() + targets.detach().cpu().numpy().tobytes(),
+        digest_size=16,
+    ).hexdigest()
     key = ("sensitivity-n", digest, tuple(ns), subsets, seed)
     cache = context.cache
     if cache is not None and key in cache:
@@ -220,16 +253,25 @@ def _sensitivity_n(context: xplain.MetricContext):
                 s, k0 = divmod(pos, total)
                 k1 = min(total, k0 + (stop - pos))
                 drop = masks[k0:k1].view(k1 - k0, 1, h, w)
-                torch.where(drop, zero, x[s], out=out[pos - start:pos - start + k1 - k0])
+                torch.where(drop, zero, x[s], out=out[pos - start : pos - start + k1 - k0])
                 pos += k1 - k0
 
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        pert = _score_perturbed(model, fill, b * total, lambda idx: targets[idx // total], _chunk(context, x), x,
-                                "logit")
+        pert = _score_perturbed(
+            model,
+            fill,
+            b * total,
+            lambda idx: targets[idx // total],
+            _chunk(context, x),
+            x,
+            "logit",
+        )
         delta = clean[:, None] - pert.view(b, total)
         if cache is not None:
             cache[key] = (masks, delta)
-    sums = attribution.maps.to(x.device, torch.float32).reshape(b, n_pix) @ masks.T.float()  # B×total
+    sums = (
+        attribution.maps.to(x.device, torch.float32).reshape(b, n_pix) @ masks.T.float()
+    )  # B×total
     a = sums.view(b, len(ns), subsets)
     d = delta.view(b, len(ns), subsets)
     a = a - a.mean(-1, keepdim=True)
@@ -237,7 +279,11 @@ def _sensitivity_n(context: xplain.MetricContext):
     denom = a.norm(dim=-1) * d.norm(dim=-1)
     corr = torch.where(denom > 0, (a * d).sum(-1) / denom.clamp_min(1e-30), torch.zeros_like(denom))
     xs = torch.tensor(ns, dtype=torch.float32, device=x.device)
-    return {"sensitivity-n": corr.mean(dim=1), "sensitivity-n-curve": corr, "sensitivity-n-curve@x": xs}
+    return {
+        "sensitivity-n": corr.mean(dim=1),
+        "sensitivity-n-curve": corr,
+        "sensitivity-n-curve@x": xs,
+    }
 
 
 _DEL_INS_COMMON = (
@@ -253,69 +299,105 @@ _DEL_INS_COMMON = (
 
 @xplain.hookimpl
 def register_metrics(register):
-    step = xplain.Param("step", "int", 0, "pixels changed per step (0 = image width)", min=0, max=1000000)
-    register(xplain.Metric(
-        name="deletion",
-        summary="RISE deletion AUC: target probability as top pixels are set to zero (lower is better)",
-        description="Petsiuk et al. 2018 (RISE), as in eclique/RISE evaluation.py. Starting from the "
-                    "image, the most relevant pixels are replaced by zeros in the model's input space "
-                    "(after normalisation; all channels). " + _DEL_INS_COMMON,
-        score=_deletion_insertion("deletion"), params=[step], higher_is_better=False,
-        curves={"deletion-curve": "fraction of pixels deleted"},
-    ))
-    register(xplain.Metric(
-        name="insertion",
-        summary="RISE insertion AUC: target probability as top pixels are restored into a blurred image",
-        description="Petsiuk et al. 2018 (RISE). Starting from a blurred copy of the image, the most "
-                    "relevant pixels of the original are inserted. Blur: a normalised "
-                    "blur_size x blur_size Gaussian (default 11, sigma 5) per channel with zero "
-                    "padding, as RISE's conv2d blur; deviation: RISE builds its kernel by "
-                    "scipy-filtering a delta with reflecting borders, which is slightly flatter "
-                    "than the sampled Gaussian used here. " + _DEL_INS_COMMON,
-        score=_deletion_insertion("insertion"), higher_is_better=True,
-        params=[step, xplain.Param("blur_size", "int", 11, "Gaussian kernel size (odd)", min=1, max=255),
-                xplain.Param("blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3, max=1e6)],
-        curves={"insertion-curve": "fraction of pixels inserted"},
-    ))
-    register(xplain.Metric(
-        name="pixel-perturbation",
-        summary="MoRF/LeRF pixel perturbation (TR-GBP Fig. 6, Samek et al.): LeRF AUC - MoRF AUC",
-        description="Samek et al. 2016 as used by TR-GBP (Figure 6, Appendix D). The map is pooled "
-                    "into tile x tile tiles (mean; default 1 = single pixels as TR-GBP); at fractions "
-                    "k/steps (k = 0..steps, default 100) of the tiles, the most relevant first (MoRF) "
-                    "or the least relevant first (LeRF) are replaced by the baseline (zero = TR-GBP, "
-                    "default; mean = per-image per-channel mean colour as IBA-paper's degradation). "
-                    "Scores are softmax probabilities of the target; `morf` is the AUC of the MoRF "
-                    "curve (lower is better), `lerf` the AUC of the LeRF curve (higher is better), and "
-                    "the headline `pixel-perturbation` = lerf - morf (higher is better). Deviation: "
-                    "TR-GBP plots the output decrease, so its MoRF is 'higher is better'; here the "
-                    "probability itself is integrated. Ranking uses signed values unless absolute=true "
-                    "(TR-GBP applies abs for GBP/GIG only).",
-        score=_pixel_perturbation, higher_is_better=True,
-        directions={"morf": False, "lerf": True},
-        params=[xplain.Param("tile", "int", 1, "tile size in pixels", min=1, max=4096),
-                xplain.Param("steps", "int", 100, "number of perturbation fractions", min=1, max=1000),
-                xplain.Param("baseline", "str", "zero", "replacement value", choices=("zero", "mean")),
-                xplain.Param("absolute", "bool", False, "rank by |map| instead of the signed map")],
-        curves={"morf-curve": "fraction of tiles removed (most relevant first)",
-                "lerf-curve": "fraction of tiles removed (least relevant first)"},
-    ))
-    register(xplain.Metric(
-        name="sensitivity-n",
-        summary="Sensitivity-n (Ancona et al.): Pearson r of sum of attribution vs logit drop, mean over n",
-        description="Ancona et al. 2018, computed as InputIBA does (per image, then averaged): for "
-                    "num_n (default 16) log-spaced n from 1 to max_fraction (default 0.8) of the "
-                    "pixels (IBA-paper's range; InputIBA uses int(logspace(0, 4.5, 45)) for 224x224), "
-                    "`subsets` (default 100) random pixel subsets of size n, shared by all images and "
-                    "methods (seeded by --seed), are set to zero (all channels); the Pearson "
-                    "correlation between the sum of the map over the subset and the drop of the "
-                    "target logit is taken per image and n. The score is the mean over n (higher is "
-                    "better); the per-n curve is also returned. A map whose subset sums do not vary "
-                    "(e.g. constant) gets r = 0. The perturbed forwards are shared across methods.",
-        score=_sensitivity_n, higher_is_better=True,
-        params=[xplain.Param("num_n", "int", 16, "number of subset sizes", min=1, max=1000),
+    step = xplain.Param(
+        "step", "int", 0, "pixels changed per step (0 = image width)", min=0, max=1000000
+    )
+    register(
+        xplain.Metric(
+            name="deletion",
+            summary="RISE deletion AUC: target probability as top pixels are set to zero (lower is better)",
+            description="Petsiuk et al. 2018 (RISE), as in eclique/RISE evaluation.py. Starting from the "
+            "image, the most relevant pixels are replaced by zeros in the model's input space "
+            "(after normalisation; all channels). " + _DEL_INS_COMMON,
+            score=_deletion_insertion("deletion"),
+            params=[step],
+            higher_is_better=False,
+            curves={"deletion-curve": "fraction of pixels deleted"},
+        )
+    )
+    register(
+        xplain.Metric(
+            name="insertion",
+            summary="RISE insertion AUC: target probability as top pixels are restored into a blurred image",
+            description="Petsiuk et al. 2018 (RISE). Starting from a blurred copy of the image, the most "
+            "relevant pixels of the original are inserted. Blur: a normalised "
+            "blur_size x blur_size Gaussian (default 11, sigma 5) per channel with zero "
+            "padding, as RISE's conv2d blur; deviation: RISE builds its kernel by "
+            "scipy-filtering a delta with reflecting borders, which is slightly flatter "
+            "than the sampled Gaussian used here. " + _DEL_INS_COMMON,
+            score=_deletion_insertion("insertion"),
+            higher_is_better=True,
+            params=[
+                step,
+                xplain.Param("blur_size", "int", 11, "Gaussian kernel size (odd)", min=1, max=255),
+                xplain.Param(
+                    "blur_sigma", "float", 5.0, "Gaussian sigma in pixels", min=1e-3, max=1e6
+                ),
+            ],
+            curves={"insertion-curve": "fraction of pixels inserted"},
+        )
+    )
+    register(
+        xplain.Metric(
+            name="pixel-perturbation",
+            summary="MoRF/LeRF pixel perturbation (TR-GBP Fig. 6, Samek et al.): LeRF AUC - MoRF AUC",
+            description="Samek et al. 2016 as used by TR-GBP (Figure 6, Appendix D). The map is pooled "
+            "into tile x tile tiles (mean; default 1 = single pixels as TR-GBP); at fractions "
+            "k/steps (k = 0..steps, default 100) of the tiles, the most relevant first (MoRF) "
+            "or the least relevant first (LeRF) are replaced by the baseline (zero = TR-GBP, "
+            "default; mean = per-image per-channel mean colour as IBA-paper's degradation). "
+            "Scores are softmax probabilities of the target; `morf` is the AUC of the MoRF "
+            "curve (lower is better), `lerf` the AUC of the LeRF curve (higher is better), and "
+            "the headline `pixel-perturbation` = lerf - morf (higher is better). Deviation: "
+            "TR-GBP plots the output decrease, so its MoRF is 'higher is better'; here the "
+            "probability itself is integrated. Ranking uses signed values unless absolute=true "
+            "(TR-GBP applies abs for GBP/GIG only).",
+            score=_pixel_perturbation,
+            higher_is_better=True,
+            directions={"morf": False, "lerf": True},
+            params=[
+                xplain.Param("tile", "int", 1, "tile size in pixels", min=1, max=4096),
+                xplain.Param(
+                    "steps", "int", 100, "number of perturbation fractions", min=1, max=1000
+                ),
+                xplain.Param(
+                    "baseline", "str", "zero", "replacement value", choices=("zero", "mean")
+                ),
+                xplain.Param("absolute", "bool", False, "rank by |map| instead of the signed map"),
+            ],
+            curves={
+                "morf-curve": "fraction of tiles removed (most relevant first)",
+                "lerf-curve": "fraction of tiles removed (least relevant first)",
+            },
+        )
+    )
+    register(
+        xplain.Metric(
+            name="sensitivity-n",
+            summary="Sensitivity-n (Ancona et al.): Pearson r of sum of attribution vs logit drop, mean over n",
+            description="Ancona et al. 2018, computed as InputIBA does (per image, then averaged): for "
+            "num_n (default 16) log-spaced n from 1 to max_fraction (default 0.8) of the "
+            "pixels (IBA-paper's range; InputIBA uses int(logspace(0, 4.5, 45)) for 224x224), "
+            "`subsets` (default 100) random pixel subsets of size n, shared by all images and "
+            "methods (seeded by --seed), are set to zero (all channels); the Pearson "
+            "correlation between the sum of the map over the subset and the drop of the "
+            "target logit is taken per image and n. The score is the mean over n (higher is "
+            "better); the per-n curve is also returned. A map whose subset sums do not vary "
+            "(e.g. constant) gets r = 0. The perturbed forwards are shared across methods.",
+            score=_sensitivity_n,
+            higher_is_better=True,
+            params=[
+                xplain.Param("num_n", "int", 16, "number of subset sizes", min=1, max=1000),
                 xplain.Param("subsets", "int", 100, "random subsets per n", min=2, max=10000),
-                xplain.Param("max_fraction", "float", 0.8, "largest n as a fraction of the pixels",
-                             min=0.0, max=1.0)],
-        curves={"sensitivity-n-curve": "n (pixels set to zero)"},
-    ))
+                xplain.Param(
+                    "max_fraction",
+                    "float",
+                    0.8,
+                    "largest n as a fraction of the pixels",
+                    min=0.0,
+                    max=1.0,
+                ),
+            ],
+            curves={"sensitivity-n-curve": "n (pixels set to zero)"},
+        )
+    )

@@ -126,7 +126,9 @@ def _ehr(context: xplain.MetricContext):
         heat = ehr_scale(attribution.maps[i].to(x.device).float(), params["scale"], unit)
         if not bool(valid[i]) or heat.max() <= 0:
             continue
-        out[i] = ehr_score(heat, roi[i], qs, float(params["base_threshold"]), bool(params["weight"]))
+        out[i] = ehr_score(
+            heat, roi[i], qs, float(params["base_threshold"]), bool(params["weight"])
+        )
     return {"ehr": out}
 
 
@@ -140,82 +142,129 @@ def _ibd(context: xplain.MetricContext):
     bh = max(1, round(border * h / params["reference_size"]))
     bw = max(1, round(border * w / params["reference_size"]))
     mask = torch.ones(h, w, dtype=torch.bool, device=x.device)
-    mask[bh:h - bh, bw:w - bw] = False
+    mask[bh : h - bh, bw : w - bw] = False
     e = _energy(attribution.maps.to(x.device).float(), params["energy"]).reshape(b, -1)
     total = e.sum(1)
     inside = (e * mask.reshape(-1)).sum(1)
     return {"ibd": _nan_where(inside / total.clamp_min(1e-30), total > 0)}
 
 
-_BOXES = ("Boxes: VOC boxes mapped through the resize and crop into model-input pixels; a pixel "
-          "counts when its centre is inside; the union of the boxes of the target class is used "
-          "(all boxes when the annotation names no known class). NaN without a box.")
-_ENERGY = xplain.Param("energy", "str", "positive", "how signed maps become energy",
-                       choices=("positive", "abs"))
+_BOXES = (
+    "Boxes: VOC boxes mapped through the resize and crop into model-input pixels; a pixel "
+    "counts when its centre is inside; the union of the boxes of the target class is used "
+    "(all boxes when the annotation names no known class). NaN without a box."
+)
+_ENERGY = xplain.Param(
+    "energy", "str", "positive", "how signed maps become energy", choices=("positive", "abs")
+)
 
 
 @xplain.hookimpl
 def register_metrics(register):
-    register(xplain.Metric(
-        name="ebpg",
-        summary="energy-based pointing game: share of the map's energy inside the box (TR-GBP Table 1)",
-        description="Wang et al. 2020 (Score-CAM), as TR-GBP's Table 1: sum(E in box) / sum(E), with E "
-                    "the positive part of the map (energy=positive, default; Score-CAM maps are "
-                    "non-negative) or |map| (energy=abs). Boxes are indexed rows = y, columns = x (the "
-                    "official Score-CAM file transposes them). Deviations: the reference filters "
-                    "images with one box covering < 50% of the image; eval scores every image and "
-                    "uses the union of the target's boxes. NaN when the map has no energy. "
-                    + _BOXES,
-        score=_ebpg, params=[_ENERGY], higher_is_better=True, needs=("boxes",),
-    ))
-    register(xplain.Metric(
-        name="bbox-accuracy",
-        summary="bounding-box accuracy: share of the top-n pixels inside the box, n = box area (MIP-IN)",
-        description="MIP-IN section 6.3 / Table 2 (after Schulz et al.): with n the number of box "
-                    "pixels, the n highest-ranked pixels of the signed map (ties keep pixel order; "
-                    "absolute=true ranks |map|) are taken and the fraction m/n inside the box is the "
-                    "score. Deviation: the paper keeps only boxes covering < 33% of the image; eval "
-                    "scores every image. " + _BOXES,
-        score=_bbox_accuracy, higher_is_better=True, needs=("boxes",),
-        params=[xplain.Param("absolute", "bool", False, "rank by |map|")],
-    ))
-    register(xplain.Metric(
-        name="ehr",
-        summary="effective heat ratio: AUC over quantile thresholds of the heat inside the box (InputIBA)",
-        description="InputIBA section 4.5 / Table 2: \"at each quantile threshold, we compute the sum of "
-                    "attribution within the bounding box divided by the total number of pixels above this "
-                    "threshold\", then the AUC over the quantiles. Heat = positive part of the map; a map "
-                    "its method declares to be in [0, 1] (Attribution.info map_range=unit: a mask, e.g. "
-                    "InputIBA's) is used as it is, any other map (arbitrary scale) is divided by its "
-                    "maximum (scale=auto; scale=max always divides, as the former default). Pixels "
-                    "below base_threshold (0.1) are zeroed and excluded (effective_heat_ratios.py); for "
-                    "quantiles q = linspace(0, 1, 11) of the remaining heat, t = min(quantile(q), 0.99 max), "
-                    "ratio = sum(heat >= t inside the box) / |heat >= t| (weight=true, default, the paper's "
-                    "definition and the reference function's default) or |heat >= t inside| / |heat >= t| "
-                    "(weight=false: pixel counts, the reference CLI's default and xplain's former one; it "
-                    "ranks coarse maps higher); EHR = trapezoid over q. The former default is weight=false "
-                    "scale=max. Deviations: the reference's driver skips images whose boxes cover > 33% of "
-                    "the image or whose target probability is < 0.6; eval scores every image. NaN for a map "
-                    "with no heat above the base threshold. " + _BOXES,
-        score=_ehr, higher_is_better=True, needs=("boxes",),
-        params=[xplain.Param("base_threshold", "float", 0.1, "heat below this is ignored", min=0.0, max=1.0),
-                xplain.Param("quantiles", "int", 11, "number of quantile thresholds in [0, 1]", min=2, max=1000),
-                xplain.Param("weight", "bool", True, "ratio = heat inside / pixels above t (the paper); false: "
-                             "pixels inside / pixels above t"),
-                xplain.Param("scale", "str", "auto", "auto: maps declared in [0, 1] (info map_range=unit) as "
-                             "they are, others / max; max: always / max", choices=("auto", "max"))],
-    ))
-    register(xplain.Metric(
-        name="ibd",
-        summary="intensity of boundary dependency: share of the energy on the image border (TR-GBP eq. 12)",
-        description="TR-GBP eq. 12: sum(E on the border) / sum(E), with E the positive part of the map "
-                    "(energy=abs for |map|). The border is `border` (16) pixels at `reference_size` "
-                    "(224), scaled to the model's input size and rounded (5 px at 64x64). Lower is "
-                    "better here: boundary attribution indicates dependence on the image edge, which "
-                    "TR-GBP links to prediction errors. Deviation: TR-GBP reports the ROC AUC of IBD "
-                    "as a predictor of wrong predictions over the worst half of ImageNet; eval reports "
-                    "the per-image IBD (no boxes needed).",
-        score=_ibd, higher_is_better=False,
-        params=[_ENERGY, xplain.Param("border", "float", 16.0, "border width at the reference size", min=0.0),
-                xplain.Param("reference_size", "float", 224.0, "image size the border refers to", min=1.0)],
-    ))
+    register(
+        xplain.Metric(
+            name="ebpg",
+            summary="energy-based pointing game: share of the map's energy inside the box (TR-GBP Table 1)",
+            description="Wang et al. 2020 (Score-CAM), as TR-GBP's Table 1: sum(E in box) / sum(E), with E "
+            "the positive part of the map (energy=positive, default; Score-CAM maps are "
+            "non-negative) or |map| (energy=abs). Boxes are indexed rows = y, columns = x (the "
+            "official Score-CAM file transposes them). Deviations: the reference filters "
+            "images with one box covering < 50% of the image; eval scores every image and "
+            "uses the union of the target's boxes. NaN when the map has no energy. " + _BOXES,
+            score=_ebpg,
+            params=[_ENERGY],
+            higher_is_better=True,
+            needs=("boxes",),
+        )
+    )
+    register(
+        xplain.Metric(
+            name="bbox-accuracy",
+            summary="bounding-box accuracy: share of the top-n pixels inside the box, n = box area (MIP-IN)",
+            description="MIP-IN section 6.3 / Table 2 (after Schulz et al.): with n the number of box "
+            "pixels, the n highest-ranked pixels of the signed map (ties keep pixel order; "
+            "absolute=true ranks |map|) are taken and the fraction m/n inside the box is the "
+            "score. Deviation: the paper keeps only boxes covering < 33% of the image; eval "
+            "scores every image. " + _BOXES,
+            score=_bbox_accuracy,
+            higher_is_better=True,
+            needs=("boxes",),
+            params=[xplain.Param("absolute", "bool", False, "rank by |map|")],
+        )
+    )
+    register(
+        xplain.Metric(
+            name="ehr",
+            summary="effective heat ratio: AUC over quantile thresholds of the heat inside the box (InputIBA)",
+            description='InputIBA section 4.5 / Table 2: "at each quantile threshold, we compute the sum of '
+            "attribution within the bounding box divided by the total number of pixels above this "
+            'threshold", then the AUC over the quantiles. Heat = positive part of the map; a map '
+            "its method declares to be in [0, 1] (Attribution.info map_range=unit: a mask, e.g. "
+            "InputIBA's) is used as it is, any other map (arbitrary scale) is divided by its "
+            "maximum (scale=auto; scale=max always divides, as the former default). Pixels "
+            "below base_threshold (0.1) are zeroed and excluded (effective_heat_ratios.py); for "
+            "quantiles q = linspace(0, 1, 11) of the remaining heat, t = min(quantile(q), 0.99 max), "
+            "ratio = sum(heat >= t inside the box) / |heat >= t| (weight=true, default, the paper's "
+            "definition and the reference function's default) or |heat >= t inside| / |heat >= t| "
+            "(weight=false: pixel counts, the reference CLI's default and xplain's former one; it "
+            "ranks coarse maps higher); EHR = trapezoid over q. The former default is weight=false "
+            "scale=max. Deviations: the reference's driver skips images whose boxes cover > 33% of "
+            "the image or whose target probability is < 0.6; eval scores every image. NaN for a map "
+            "with no heat above the base threshold. " + _BOXES,
+            score=_ehr,
+            higher_is_better=True,
+            needs=("boxes",),
+            params=[
+                xplain.Param(
+                    "base_threshold", "float", 0.1, "heat below this is ignored", min=0.0, max=1.0
+                ),
+                xplain.Param(
+                    "quantiles",
+                    "int",
+                    11,
+                    "number of quantile thresholds in [0, 1]",
+                    min=2,
+                    max=1000,
+                ),
+                xplain.Param(
+                    "weight",
+                    "bool",
+                    True,
+                    "ratio = heat inside / pixels above t (the paper); false: "
+                    "pixels inside / pixels above t",
+                ),
+                xplain.Param(
+                    "scale",
+                    "str",
+                    "auto",
+                    "auto: maps declared in [0, 1] (info map_range=unit) as "
+                    "they are, others / max; max: always / max",
+                    choices=("auto", "max"),
+                ),
+            ],
+        )
+    )
+    register(
+        xplain.Metric(
+            name="ibd",
+            summary="intensity of boundary dependency: share of the energy on the image border (TR-GBP eq. 12)",
+            description="TR-GBP eq. 12: sum(E on the border) / sum(E), with E the positive part of the map "
+            "(energy=abs for |map|). The border is `border` (16) pixels at `reference_size` "
+            "(224), scaled to the model's input size and rounded (5 px at 64x64). Lower is "
+            "better here: boundary attribution indicates dependence on the image edge, which "
+            "TR-GBP links to prediction errors. Deviation: TR-GBP reports the ROC AUC of IBD "
+            "as a predictor of wrong predictions over the worst half of ImageNet; eval reports "
+            "the per-image IBD (no boxes needed).",
+            score=_ibd,
+            higher_is_better=False,
+            params=[
+                _ENERGY,
+                xplain.Param(
+                    "border", "float", 16.0, "border width at the reference size", min=0.0
+                ),
+                xplain.Param(
+                    "reference_size", "float", 224.0, "image size the border refers to", min=1.0
+                ),
+            ],
+        )
+    )

@@ -23,7 +23,7 @@ def ssim(a, b, window=11, sigma=1.5, data_range=1.0):
     win = min(window, a.shape[-1], a.shape[-2])
     win -= 1 - win % 2
     r = torch.arange(win, dtype=torch.float64, device=a.device) - (win - 1) / 2
-    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(r**2) / (2 * sigma**2))
     g = g / g.sum()
     k = (g[:, None] * g[None, :])[None, None]
 
@@ -32,10 +32,10 @@ def ssim(a, b, window=11, sigma=1.5, data_range=1.0):
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_a, mu_b = filt(a), filt(b)
-    saa = filt(a * a) - mu_a ** 2
-    sbb = filt(b * b) - mu_b ** 2
+    saa = filt(a * a) - mu_a**2
+    sbb = filt(b * b) - mu_b**2
     sab = filt(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
     return s.flatten(1).mean(1).float()
 
 
@@ -61,7 +61,9 @@ def spearman(a, b):
         rx, ry = _average_ranks(x), _average_ranks(y)
         rx, ry = rx - rx.mean(), ry - ry.mean()
         d = rx.norm() * ry.norm()
-        out.append((rx @ ry / d) if d > 0 else torch.zeros((), dtype=torch.float64, device=a.device))
+        out.append(
+            (rx @ ry / d) if d > 0 else torch.zeros((), dtype=torch.float64, device=a.device)
+        )
     return torch.stack(out).float()
 
 
@@ -88,8 +90,12 @@ def _class_sensitivity(context: xplain.MetricContext):
     elif params["other"] == "last":
         other = logits.scatter(1, targets[:, None], float("inf")).argmin(1)
     else:  # random class != target, drawn per sample (seed + image) so batching never changes it
-        shift = torch.stack([torch.randint(1, model.num_classes, (), generator=g, device=x.device)
-                             for g in xplain.sample_generators(x, int(context.seed))])
+        shift = torch.stack(
+            [
+                torch.randint(1, model.num_classes, (), generator=g, device=x.device)
+                for g in xplain.sample_generators(x, int(context.seed))
+            ]
+        )
         other = (targets + shift.to(targets.device)) % model.num_classes
     a = attribution.maps.to(x.device).float()
     b = context.reexplain(x, other).maps.to(x.device).float()
@@ -155,7 +161,7 @@ def _sanity(context: xplain.MetricContext):
     params = context.params
     layers = list(reversed(weight_layers(model)))  # cascading: from the top (the logits) down
     if params["layers"] > 0:
-        layers = layers[:params["layers"]]
+        layers = layers[: params["layers"]]
     seed = int(context.seed)
     prep = (lambda m: m.abs()) if params["absolute"] else (lambda m: m)
     ref = prep(attribution.maps.to(x.device).float())
@@ -184,14 +190,24 @@ def _sanity(context: xplain.MetricContext):
         return {"sanity": nan, "sanity-spearman": nan}
     s, r = torch.stack(ssims, 1), torch.stack(ranks, 1)
     steps = torch.arange(len(layers) + 1, dtype=torch.float32, device=x.device)
-    out = {"sanity-ssim-curve": s, "sanity-ssim-curve@x": steps,
-           "sanity-spearman-curve": r, "sanity-spearman-curve@x": steps,
-           "sanity-comparable": torch.full((x.shape[0],), float(comparable), device=x.device)}
+    out = {
+        "sanity-ssim-curve": s,
+        "sanity-ssim-curve@x": steps,
+        "sanity-spearman-curve": r,
+        "sanity-spearman-curve@x": steps,
+        "sanity-comparable": torch.full((x.shape[0],), float(comparable), device=x.device),
+    }
     if comparable:
         out.update({"sanity": s[:, 1:].mean(1), "sanity-spearman": r[:, 1:].mean(1)})
     else:
-        out.update({"sanity": nan, "sanity-spearman": nan,
-                    "sanity-stale": s[:, 1:].mean(1), "sanity-spearman-stale": r[:, 1:].mean(1)})
+        out.update(
+            {
+                "sanity": nan,
+                "sanity-spearman": nan,
+                "sanity-stale": s[:, 1:].mean(1),
+                "sanity-spearman-stale": r[:, 1:].mean(1),
+            }
+        )
     return out
 
 
@@ -205,7 +221,9 @@ def _completeness(context: xplain.MetricContext):
     nan = torch.full((x.shape[0],), float("nan"), device=x.device)
     given = [info.get("source_logit") for info in (attribution.sample_info or [])]
     if len(given) == x.shape[0] and all(isinstance(v, (int, float)) for v in given):
-        zs = torch.tensor(given, device=x.device, dtype=torch.float32)  # Φ(S₀) fed in at an inner layer
+        zs = torch.tensor(
+            given, device=x.device, dtype=torch.float32
+        )  # Φ(S₀) fed in at an inner layer
     elif source is None or tuple(source.shape) != tuple(x.shape):
         return {"completeness": nan, "completeness-positive": nan}
     else:
@@ -214,69 +232,107 @@ def _completeness(context: xplain.MetricContext):
     with torch.no_grad():
         zx = model(x).float().gather(1, targets[:, None])[:, 0]
     denom = zx.abs().clamp_min(1e-12)
-    return {"completeness": 100 * (zx - zs).abs() / denom,
-            "completeness-positive": 100 * (zx - zs).clamp_min(0) / denom}
+    return {
+        "completeness": 100 * (zx - zs).abs() / denom,
+        "completeness-positive": 100 * (zx - zs).clamp_min(0) / denom,
+    }
 
 
 @xplain.hookimpl
 def register_metrics(register):
-    register(xplain.Metric(
-        name="class-sensitivity",
-        summary="l2 distance between the maps of the target and another class (MIP-IN 6.4)",
-        description="MIP-IN section 6.4.2: the method is re-run for a second class and the l2 "
-                    "distance between the two maps is the score (higher = more class-sensitive). "
-                    "The second class is the highest-scoring other class (other=second, default), the "
-                    "lowest (last) or a seeded random one (MIP-IN used two fixed ImageNet classes, "
-                    "981 and 589, which do not transfer to other models). Maps are divided by their "
-                    "l2 norm first (normalise=l2, default; distance in [0, 2]); MIP-IN does not say "
-                    "how it scales maps, so maxabs and none are offered. A method that ignores the "
-                    "class (random, guided backprop on many nets) scores near 0.",
-        score=_class_sensitivity, higher_is_better=True, needs=("method",),
-        params=[xplain.Param("other", "str", "second", "which other class", choices=("second", "last", "random")),
-                xplain.Param("normalise", "str", "l2", "map scaling before the distance",
-                             choices=("l2", "maxabs", "none"))],
-    ))
-    register(xplain.Metric(
-        name="sanity",
-        summary="cascading randomisation (Adebayo et al.): mean SSIM to the original map (lower is better)",
-        description="Adebayo et al. 2018, cascading parameter randomisation: the modules with "
-                    "parameters (conv, linear; BatchNorm folded by the exporter) are randomised one by "
-                    "one from the top (logits) down, cumulatively, each parameter redrawn from N(0, "
-                    "std of the original) (Adebayo re-initialise with the layer's initialiser); after "
-                    "each step the method is re-run and compared with the original map: SSIM "
-                    "(11-tap Gaussian window, sigma 1.5, maps min-max scaled to [0, 1]) and Spearman "
-                    "rank correlation (ties averaged), on |map| (absolute=true, default, Adebayo's "
-                    "visualisation variant) or the signed map. `sanity` = mean SSIM over the steps and "
-                    "`sanity-spearman` = mean rank correlation (both lower is better: a faithful map "
-                    "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
-                    "how many layers are randomised (0 = all). The model is restored afterwards. "
-                    "Fitted state (`xplain fit`: IBA's feature statistics, MIP-IN's inverse) describes "
-                    "the trained model only: a method that has a fit is re-run with the state hidden, "
-                    "so it re-estimates its statistics on each randomised model and on the trained "
-                    "one for the reference map (iba/input-iba: per-image estimates); a method that "
-                    "cannot run without its state (mip-in) is not comparable: `sanity` and "
-                    "`sanity-spearman` are NaN and the scores with the reused state are reported as "
-                    "`sanity-stale` / `sanity-spearman-stale`. `sanity-comparable` is 1 or 0 "
-                    "accordingly.",
-        score=_sanity, higher_is_better=False, needs=("method",),
-        directions={"sanity-comparable": True},
-        params=[xplain.Param("layers", "int", 0, "randomise at most this many layers from the top (0 = all)", min=0, max=100000),
-                xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps")],
-        curves={"sanity-ssim-curve": "layers randomised from the top",
-                "sanity-spearman-curve": "layers randomised from the top"},
-    ))
-    register(xplain.Metric(
-        name="completeness",
-        summary="APC of the source signal's target logit, percent (MIP-IN eq. 10; lower is better)",
-        description="MIP-IN eq. 10-11 for methods that return a source signal in "
-                    "Attribution.extras['source'] or ['source_signal'] (B×C×H×W in model-input space), or "
-                    "that report Φ(S₀) as sample_info['source_logit'] (MIP-IN's head mode, whose source "
-                    "signal lives at a feature layer): APC = "
-                    "100 |z_t(X) - z_t(S)| / |z_t(X)| and positive APC = 100 relu(z_t(X) - z_t(S)) / "
-                    "|z_t(X)|, with z_t the target logit (the paper writes Phi(X), the logits; xplain "
-                    "reads it as the target's logit). The paper averages per class, then over classes; "
-                    "eval's summary averages over images (the same on a class-balanced set). Methods "
-                    "without a source signal get NaN (not applicable) and are counted as such.",
-        score=_completeness, higher_is_better=False, needs=("method",),
-        directions={"completeness-positive": False},
-    ))
+    register(
+        xplain.Metric(
+            name="class-sensitivity",
+            summary="l2 distance between the maps of the target and another class (MIP-IN 6.4)",
+            description="MIP-IN section 6.4.2: the method is re-run for a second class and the l2 "
+            "distance between the two maps is the score (higher = more class-sensitive). "
+            "The second class is the highest-scoring other class (other=second, default), the "
+            "lowest (last) or a seeded random one (MIP-IN used two fixed ImageNet classes, "
+            "981 and 589, which do not transfer to other models). Maps are divided by their "
+            "l2 norm first (normalise=l2, default; distance in [0, 2]); MIP-IN does not say "
+            "how it scales maps, so maxabs and none are offered. A method that ignores the "
+            "class (random, guided backprop on many nets) scores near 0.",
+            score=_class_sensitivity,
+            higher_is_better=True,
+            needs=("method",),
+            params=[
+                xplain.Param(
+                    "other",
+                    "str",
+                    "second",
+                    "which other class",
+                    choices=("second", "last", "random"),
+                ),
+                xplain.Param(
+                    "normalise",
+                    "str",
+                    "l2",
+                    "map scaling before the distance",
+                    choices=("l2", "maxabs", "none"),
+                ),
+            ],
+        )
+    )
+    register(
+        xplain.Metric(
+            name="sanity",
+            summary="cascading randomisation (Adebayo et al.): mean SSIM to the original map (lower is better)",
+            description="Adebayo et al. 2018, cascading parameter randomisation: the modules with "
+            "parameters (conv, linear; BatchNorm folded by the exporter) are randomised one by "
+            "one from the top (logits) down, cumulatively, each parameter redrawn from N(0, "
+            "std of the original) (Adebayo re-initialise with the layer's initialiser); after "
+            "each step the method is re-run and compared with the original map: SSIM "
+            "(11-tap Gaussian window, sigma 1.5, maps min-max scaled to [0, 1]) and Spearman "
+            "rank correlation (ties averaged), on |map| (absolute=true, default, Adebayo's "
+            "visualisation variant) or the signed map. `sanity` = mean SSIM over the steps and "
+            "`sanity-spearman` = mean rank correlation (both lower is better: a faithful map "
+            "changes when the model does); the curves start at step 0 (1.0). `layers` limits "
+            "how many layers are randomised (0 = all). The model is restored afterwards. "
+            "Fitted state (`xplain fit`: IBA's feature statistics, MIP-IN's inverse) describes "
+            "the trained model only: a method that has a fit is re-run with the state hidden, "
+            "so it re-estimates its statistics on each randomised model and on the trained "
+            "one for the reference map (iba/input-iba: per-image estimates); a method that "
+            "cannot run without its state (mip-in) is not comparable: `sanity` and "
+            "`sanity-spearman` are NaN and the scores with the reused state are reported as "
+            "`sanity-stale` / `sanity-spearman-stale`. `sanity-comparable` is 1 or 0 "
+            "accordingly.",
+            score=_sanity,
+            higher_is_better=False,
+            needs=("method",),
+            directions={"sanity-comparable": True},
+            params=[
+                xplain.Param(
+                    "layers",
+                    "int",
+                    0,
+                    "randomise at most this many layers from the top (0 = all)",
+                    min=0,
+                    max=100000,
+                ),
+                xplain.Param("absolute", "bool", True, "compare |map| instead of signed maps"),
+            ],
+            curves={
+                "sanity-ssim-curve": "layers randomised from the top",
+                "sanity-spearman-curve": "layers randomised from the top",
+            },
+        )
+    )
+    register(
+        xplain.Metric(
+            name="completeness",
+            summary="APC of the source signal's target logit, percent (MIP-IN eq. 10; lower is better)",
+            description="MIP-IN eq. 10-11 for methods that return a source signal in "
+            "Attribution.extras['source'] or ['source_signal'] (B×C×H×W in model-input space), or "
+            "that report Φ(S₀) as sample_info['source_logit'] (MIP-IN's head mode, whose source "
+            "signal lives at a feature layer): APC = "
+            "100 |z_t(X) - z_t(S)| / |z_t(X)| and positive APC = 100 relu(z_t(X) - z_t(S)) / "
+            "|z_t(X)|, with z_t the target logit (the paper writes Phi(X), the logits; xplain "
+            "reads it as the target's logit). The paper averages per class, then over classes; "
+            "eval's summary averages over images (the same on a class-balanced set). Methods "
+            "without a source signal get NaN (not applicable) and are counted as such.",
+            score=_completeness,
+            higher_is_better=False,
+            needs=("method",),
+            directions={"completeness-positive": False},
+        )
+    )

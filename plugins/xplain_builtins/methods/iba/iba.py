@@ -27,8 +27,10 @@ def resolve_layer(model, requested, method, spatial=True):
     else:
         default = model.bottleneck_layer()
         if default is None:
-            raise xplain.UsageError(f"{method} needs a spatial feature map and this model has none",
-                                    hint="pass --param layer=NAME (see `xplain inspect MODEL`)")
+            raise xplain.UsageError(
+                f"{method} needs a spatial feature map and this model has none",
+                hint="pass --param layer=NAME (see `xplain inspect MODEL`)",
+            )
         name = default.name
     try:
         shape = tuple(model.shape(name))
@@ -38,8 +40,11 @@ def resolve_layer(model, requested, method, spatial=True):
         raise xplain.UsageError(f"{method}: layer {name!r} has no feature dimension ({shape})")
     if spatial and model.feature_layer(name) is None:
         dims = "×".join(map(str, shape[1:]))
-        raise xplain.UsageError(f"{method}: layer {name!r} is not a spatial feature map ({dims}); "
-                                "its capacity cannot be drawn over the image", hint="use input-iba, or a conv layer")
+        raise xplain.UsageError(
+            f"{method}: layer {name!r} is not a spatial feature map ({dims}); "
+            "its capacity cannot be drawn over the image",
+            hint="use input-iba, or a conv layer",
+        )
     return name, shape
 
 
@@ -53,7 +58,7 @@ def iba_capacity(r, mean, std, lam):
     r_norm = (r - mean) / std
     mu_z = lam * r_norm
     sd_z = (1 - lam).clamp_min(1e-12)
-    return -0.5 * (1 + 2 * torch.log(sd_z) - mu_z ** 2 - sd_z ** 2)
+    return -0.5 * (1 + 2 * torch.log(sd_z) - mu_z**2 - sd_z**2)
 
 
 def input_kl(x, mean, std, lam, prior):
@@ -64,8 +69,13 @@ def input_kl(x, mean, std, lam, prior):
 
     keep = (1 - lam).clamp_min(1e-12)
     joint = (1 - prior * lam).clamp_min(1e-12)
-    return (torch.log(joint) - torch.log(keep) + keep ** 2 / (2 * joint ** 2)
-            + (x - mean) ** 2 * (lam - prior * lam) ** 2 / (2 * joint ** 2 * std ** 2) - 0.5)
+    return (
+        torch.log(joint)
+        - torch.log(keep)
+        + keep**2 / (2 * joint**2)
+        + (x - mean) ** 2 * (lam - prior * lam) ** 2 / (2 * joint**2 * std**2)
+        - 0.5
+    )
 
 
 def gaussian_smooth(t, sigma):
@@ -78,7 +88,7 @@ def gaussian_smooth(t, sigma):
         return t
     half = int(round(2 * sigma))
     coords = torch.arange(-half, half + 1, device=t.device, dtype=t.dtype)
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = g[:, None] * g[None, :]
     kernel = (kernel / kernel.sum()).expand(t.shape[1], 1, 2 * half + 1, 2 * half + 1)
     mode = "reflect" if min(t.shape[-2:]) > half else "replicate"
@@ -135,7 +145,7 @@ class Welford:
         total = self.n + count
         delta = bmean - self.mean
         self.mean = self.mean + delta * count / total
-        self.m2 = self.m2 + bm2 + delta ** 2 * self.n * count / total
+        self.m2 = self.m2 + bm2 + delta**2 * self.n * count / total
         self.nonzero = self.nonzero + nz
         self.n = total
 
@@ -143,7 +153,11 @@ class Welford:
         import torch
 
         std = torch.sqrt(self.m2 / max(self.n - 1, 1))
-        return {"mean": self.mean.float(), "std": std.float(), "active_fraction": (self.nonzero / self.n).float()}
+        return {
+            "mean": self.mean.float(),
+            "std": std.float(),
+            "active_fraction": (self.nonzero / self.n).float(),
+        }
 
 
 def _fit(model, batches, params, console=None):
@@ -160,17 +174,24 @@ def _fit(model, batches, params, console=None):
             if limit and feats.n >= limit:
                 break
             if limit:
-                x = x[:limit - feats.n]
+                x = x[: limit - feats.n]
             feats.update(split.features(x))
             pixels.update(x.transpose(0, 1).flatten(1).T)  # every pixel a sample, per channel
     if feats.n < 2:
         raise xplain.InputDataError("iba fit needs at least 2 images")
     stats = feats.result()
     inp = pixels.result()
-    tensors = {"mean": stats["mean"], "std": stats["std"], "active_fraction": stats["active_fraction"],
-               "input_mean": inp["mean"], "input_std": inp["std"]}
+    tensors = {
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "active_fraction": stats["active_fraction"],
+        "input_mean": inp["mean"],
+        "input_std": inp["std"],
+    }
     if console is not None and feats.n < 1000:
-        console.print(f"iba: statistics from {feats.n} images; the IBA authors recommend 1000–10000")
+        console.print(
+            f"iba: statistics from {feats.n} images; the IBA authors recommend 1000–10000"
+        )
     return tensors, {"layer": layer, "layer_shape": list(shape[1:]), "n": feats.n}
 
 
@@ -188,7 +209,7 @@ def augment(x, gen, copies):
     kw = {"device": x.device, "dtype": x.dtype}
     th, tw = max(h // 8, 1), max(w // 8, 1)
     gh, gw = h // th, w // tw
-    core = x[:, :, :gh * th, :gw * tw]
+    core = x[:, :, : gh * th, : gw * tw]
     tiles = core.reshape(c, gh, th, gw, tw).permute(1, 3, 0, 2, 4).reshape(gh * gw, c, th, tw)
     scale = x.std().clamp_min(1e-3)
     out = []
@@ -200,7 +221,7 @@ def augment(x, gen, copies):
         t = torch.where(flips[:, 1, None, None, None], t.flip(-2), t)
         img = x.clone()
         grid = t.reshape(gh, gw, c, th, tw).permute(2, 0, 3, 1, 4)
-        img[:, :, :gh * th, :gw * tw] = grid.reshape(1, c, gh * th, gw * tw)
+        img[:, :, : gh * th, : gw * tw] = grid.reshape(1, c, gh * th, gw * tw)
         out.append(img + 0.05 * scale * torch.randn(img.shape, generator=gen, **kw))
     return torch.cat(out)
 
@@ -216,7 +237,9 @@ def feature_stats(model, split, x, params, gens, method):
 
     info = {}
     state = None
-    for name in dict.fromkeys((method, "iba")):  # input-iba: its own fit, else iba's (the same statistics)
+    for name in dict.fromkeys(
+        (method, "iba")
+    ):  # input-iba: its own fit, else iba's (the same statistics)
         try:
             tensors, meta = model.fitted_state(name)
         except xplain.InputDataError as err:
@@ -226,7 +249,9 @@ def feature_stats(model, split, x, params, gens, method):
         if meta.get("layer") == split.layer:
             state = tensors
             break
-        info["stats_note"] = f"fitted {name} statistics are for layer {meta.get('layer')!r}, not {split.layer!r}"
+        info["stats_note"] = (
+            f"fitted {name} statistics are for layer {meta.get('layer')!r}, not {split.layer!r}"
+        )
     if state is not None:
         info["stats"] = f"fitted ({meta.get('n')} images)"
         b = x.shape[0]
@@ -239,22 +264,35 @@ def feature_stats(model, split, x, params, gens, method):
     with torch.no_grad():
         for i, gen in enumerate(gens):
             acc = Welford()
-            acc.update(split.features(torch.cat([x[i:i + 1], augment(x[i:i + 1], gen, copies - 1)])))
+            acc.update(
+                split.features(torch.cat([x[i : i + 1], augment(x[i : i + 1], gen, copies - 1)]))
+            )
             r = acc.result()
             means.append(r["mean"])
             stds.append(r["std"])
             actives.append((r["active_fraction"] > params["active_threshold"]).float())
-    info["stats"] = f"estimated from each explained image and {copies - 1} augmented copies (not fitted)"
-    warnings.warn(f"{method}: no fitted statistics for layer {split.layer!r}; estimating them from the "
-                  f"explained images (run `xplain fit iba MODEL DATA` for the paper's setting)", stacklevel=2)
+    info["stats"] = (
+        f"estimated from each explained image and {copies - 1} augmented copies (not fitted)"
+    )
+    warnings.warn(
+        f"{method}: no fitted statistics for layer {split.layer!r}; estimating them from the "
+        f"explained images (run `xplain fit iba MODEL DATA` for the paper's setting)",
+        stacklevel=2,
+    )
     kw = {"device": x.device, "dtype": x.dtype}
-    return (torch.stack(means).to(**kw), torch.stack(stds).to(**kw).clamp_min(params["min_std"]),
-            torch.stack(actives).to(**kw), info, None)
+    return (
+        torch.stack(means).to(**kw),
+        torch.stack(stds).to(**kw).clamp_min(params["min_std"]),
+        torch.stack(actives).to(**kw),
+        info,
+        None,
+    )
 
 
 # ----------------------------------------------------------------------------- the bottleneck
-def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, steps, lr, copies, initial_alpha,
-                       sigma):
+def feature_bottleneck(
+    split, x, targets, mean, std, active, gens, *, beta, steps, lr, copies, initial_alpha, sigma
+):
     """Optimise the per-sample bottleneck Z = λR + (1−λ)ε at the split layer.
 
     Loss per image: CE(target) averaged over ``copies`` noise draws + β·mean capacity; Adam on
@@ -280,13 +318,17 @@ def feature_bottleneck(split, x, targets, mean, std, active, gens, *, beta, step
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             lam = smooth_layout(split.feature, torch.sigmoid(alpha), sigma)
-            noise = torch.stack([torch.randn((copies, *r.shape[1:]), generator=g, **kw) for g in gens])
+            noise = torch.stack(
+                [torch.randn((copies, *r.shape[1:]), generator=g, **kw) for g in gens]
+            )
             eps = mean[:, None] + std[:, None] * noise
             z = (lam[:, None] * r[:, None] + (1 - lam[:, None]) * eps) * active[:, None]
             logits = split.suffix(z.flatten(0, 1), rest)
             ce = F.cross_entropy(logits, tgt, reduction="none").reshape(b, copies).mean(1)
             cap = iba_capacity(r, mean, std, lam) * active
-            loss = (ce + beta * cap.flatten(1).mean(1)).sum()  # images independent: sum of per-image losses
+            loss = (
+                ce + beta * cap.flatten(1).mean(1)
+            ).sum()  # images independent: sum of per-image losses
             loss.backward()
             opt.step()
             capacity = cap.detach()
@@ -310,11 +352,27 @@ def _explain_iba(request: xplain.ExplainRequest):
     began = time.perf_counter()
     split, gens, mean, std, active, info, _ = _stats_and_gens(model, x, params, seed, "iba", layer)
     capacity, _, _, _ = feature_bottleneck(
-        split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
-        copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["sigma"])
+        split,
+        x,
+        targets,
+        mean,
+        std,
+        active,
+        gens,
+        beta=params["beta"],
+        steps=params["steps"],
+        lr=params["lr"],
+        copies=params["batch_size"],
+        initial_alpha=params["initial_alpha"],
+        sigma=params["sigma"],
+    )
     maps = saliency_bits(spatial(split.feature, capacity), (model.spec.height, model.spec.width))
-    info.update(layer=layer, layer_shape=list(shape[1:]), seconds=round(time.perf_counter() - began, 4))
-    per_image = [{"total_bits": round(float(v), 4)} for v in (capacity.flatten(1).sum(1) / LN2).tolist()]
+    info.update(
+        layer=layer, layer_shape=list(shape[1:]), seconds=round(time.perf_counter() - began, 4)
+    )
+    per_image = [
+        {"total_bits": round(float(v), 4)} for v in (capacity.flatten(1).sum(1) / LN2).tolist()
+    ]
     return xplain.Attribution(maps, info=info, sample_info=per_image)
 
 
@@ -322,21 +380,71 @@ def _explain_iba(request: xplain.ExplainRequest):
 def common_params(beta=10.0, steps=10):
     P = xplain.Param
     return [
-        P("layer", "str", "", "bottleneck layer (fx node name, see `xplain inspect`); empty = the last "
-          "feature layer at >= 1/8 of the input resolution (the papers' VGG16 conv4_1 / ResNet-50 layer2 grid; "
-          "`inspect` marks it 'iba')"),
-        P("beta", "float", beta, "weight β of the mean capacity (information) term in the loss", min=0),
-        P("steps", "int", steps, "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
-          "model the mask may still be uniform after 10, see docs/input-iba.md)", min=1, max=10000),
+        P(
+            "layer",
+            "str",
+            "",
+            "bottleneck layer (fx node name, see `xplain inspect`); empty = the last "
+            "feature layer at >= 1/8 of the input resolution (the papers' VGG16 conv4_1 / ResNet-50 layer2 grid; "
+            "`inspect` marks it 'iba')",
+        ),
+        P(
+            "beta",
+            "float",
+            beta,
+            "weight β of the mean capacity (information) term in the loss",
+            min=0,
+        ),
+        P(
+            "steps",
+            "int",
+            steps,
+            "Adam steps optimising the bottleneck mask (paper: 10; on a very confident "
+            "model the mask may still be uniform after 10, see docs/input-iba.md)",
+            min=1,
+            max=10000,
+        ),
         P("lr", "float", 1.0, "Adam learning rate for the mask logits α", min=0),
-        P("batch_size", "int", 10, "noise draws per image and step (the image is copied this many times)", min=1, max=1024),
-        P("initial_alpha", "float", 5.0, "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)"),
+        P(
+            "batch_size",
+            "int",
+            10,
+            "noise draws per image and step (the image is copied this many times)",
+            min=1,
+            max=1024,
+        ),
+        P(
+            "initial_alpha",
+            "float",
+            5.0,
+            "initial mask logit α (λ = sigmoid(5) ≈ 0.993: nearly all passes)",
+        ),
         P("min_std", "float", 0.01, "floor on the feature standard deviation σ_R", min=0),
-        P("active_threshold", "float", 0.01, "a unit is active (kept) when non-zero in more than this fraction "
-          "of the samples", min=0, max=1),
-        P("fallback_copies", "int", 32, "without fitted statistics: the image plus this many minus one "
-          "tile-scrambled copies estimate them", min=2, max=1024),
-        P("fit_samples", "int", 10000, "`xplain fit iba`: use at most this many images (0 = all)", min=0, max=10000000),
+        P(
+            "active_threshold",
+            "float",
+            0.01,
+            "a unit is active (kept) when non-zero in more than this fraction of the samples",
+            min=0,
+            max=1,
+        ),
+        P(
+            "fallback_copies",
+            "int",
+            32,
+            "without fitted statistics: the image plus this many minus one "
+            "tile-scrambled copies estimate them",
+            min=2,
+            max=1024,
+        ),
+        P(
+            "fit_samples",
+            "int",
+            10000,
+            "`xplain fit iba`: use at most this many images (0 = all)",
+            min=0,
+            max=10000000,
+        ),
     ]
 
 
@@ -364,13 +472,26 @@ _IBA_DESCRIPTION = (
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name="iba",
-        summary="per-sample information bottleneck at a feature layer (Schulz et al. 2020), bits per pixel",
-        description=_IBA_DESCRIPTION,
-        explain=_explain_iba,
-        fit=_fit,
-        params=common_params() + [xplain.Param("sigma", "float", 1.0, "σ of the Gaussian smoothing of λ (0 = none)",
-                                               min=0, max=50)],
-        capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
-    ))
+    register(
+        xplain.Method(
+            name="iba",
+            summary="per-sample information bottleneck at a feature layer (Schulz et al. 2020), bits per pixel",
+            description=_IBA_DESCRIPTION,
+            explain=_explain_iba,
+            fit=_fit,
+            params=common_params()
+            + [
+                xplain.Param(
+                    "sigma",
+                    "float",
+                    1.0,
+                    "σ of the Gaussian smoothing of λ (0 = none)",
+                    min=0,
+                    max=50,
+                )
+            ],
+            capabilities=xplain.Capabilities(
+                needs_gradients=True, needs_fitting=False, stochastic=True
+            ),
+        )
+    )

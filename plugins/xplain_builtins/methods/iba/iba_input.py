@@ -51,7 +51,9 @@ class GroupedCritic:
 
         def uniform(shape, fan_in):
             bound = 1 / math.sqrt(fan_in)
-            return torch.stack([(torch.rand(shape, generator=g, **kw) * 2 - 1) * bound for g in gens])
+            return torch.stack(
+                [(torch.rand(shape, generator=g, **kw) * 2 - 1) * bound for g in gens]
+            )
 
         self.conv_w, self.conv_b, self.bn_w, self.bn_b = [], [], [], []
         for cin, cout, k, _, _ in convs:
@@ -78,7 +80,9 @@ class GroupedCritic:
 
         b, n = feats.shape[:2]
         h = feats.transpose(0, 1).flatten(1, 2)  # N×(B·C)×h×w
-        for (_cin, _cout, _k, s, p), w, bias, gw, gb in zip(self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b):
+        for (_cin, _cout, _k, s, p), w, bias, gw, gb in zip(
+            self.convs, self.conv_w, self.conv_b, self.bn_w, self.bn_b
+        ):
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
             if self.batch_norm:
                 h = F.batch_norm(h, None, None, gw, gb, training=True)
@@ -119,7 +123,9 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
         probe = split.features(x[:1])
     layout = split.feature.layout if split.feature is not None else None
 
-    def feats(t):  # critic input: B×n×C×h×w (tokens/channels-last on their grid, prefix tokens left out)
+    def feats(
+        t,
+    ):  # critic input: B×n×C×h×w (tokens/channels-last on their grid, prefix tokens left out)
         if layout is not None and layout.kind != "nchw":
             flat = split.feature.to_spatial(t.flatten(0, 1))
             return flat.reshape(*t.shape[:2], *flat.shape[1:])
@@ -132,9 +138,13 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
     noise_mean = torch.zeros((b, cin, 1, 1), **kw).requires_grad_(True)
     noise_scale = torch.ones((b, cin, 1, 1), **kw).requires_grad_(True)
     d_opt = torch.optim.RMSprop(critic.params, lr=params["gan_lr"])
-    g_opt = torch.optim.RMSprop([{"params": [noise_mean], "lr": params["gen_mean_lr"]},
-                                 {"params": [noise_scale], "lr": params["gen_scale_lr"]},
-                                 {"params": [mask_logit], "lr": params["gen_mask_lr"]}])
+    g_opt = torch.optim.RMSprop(
+        [
+            {"params": [noise_mean], "lr": params["gen_mean_lr"]},
+            {"params": [noise_scale], "lr": params["gen_scale_lr"]},
+            {"params": [mask_logit], "lr": params["gen_mask_lr"]},
+        ]
+    )
     size, batch, clip = params["gan_dataset"], params["gan_batch"], params["weight_clip"]
 
     def generate(z):  # B×n×C×H×W noise → features at the bottleneck, B×n×…
@@ -150,7 +160,10 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
         probe_idx = torch.arange(probe_n, device=x.device).expand(b, probe_n)
         probe_gen = torch.Generator(device=x.device).manual_seed(12345)
         states = [g.get_state() for g in gens]  # the probe must not change the run's random draws
-        probe = (z_star(probe_idx), torch.randn((b, probe_n, *x.shape[1:]), generator=probe_gen, **kw))
+        probe = (
+            z_star(probe_idx),
+            torch.randn((b, probe_n, *x.shape[1:]), generator=probe_gen, **kw),
+        )
         for g, st in zip(gens, states):
             g.set_state(st)
 
@@ -161,9 +174,17 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
         grad = torch.autograd.grad(score.sum(), mask_logit)[0]  # what a generator step would see
         with torch.no_grad():
             w = critic(feats(real)).mean(1) - score
-            monitor(epoch, {"wasserstein": w.detach(), "mask": torch.sigmoid(mask_logit.detach()),
-                            "w2": marginal_w2(fake.detach(), real), "mask_grad": grad.abs().flatten(1).amax(1),
-                            "noise_mean": noise_mean.detach().clone(), "noise_scale": noise_scale.detach().clone()})
+            monitor(
+                epoch,
+                {
+                    "wasserstein": w.detach(),
+                    "mask": torch.sigmoid(mask_logit.detach()),
+                    "w2": marginal_w2(fake.detach(), real),
+                    "mask_grad": grad.abs().flatten(1).amax(1),
+                    "noise_mean": noise_mean.detach().clone(),
+                    "noise_scale": noise_scale.detach().clone(),
+                },
+            )
 
     def wanted(epoch):
         return monitor is not None and (monitor_epochs is None or epoch in monitor_epochs)
@@ -172,12 +193,16 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
         if wanted(0):
             report(0)
         for _epoch in range(params["gan_epochs"]):
-            order = torch.stack([torch.randperm(size, generator=g, device=x.device) for g in gens])  # B×size
+            order = torch.stack(
+                [torch.randperm(size, generator=g, device=x.device) for g in gens]
+            )  # B×size
             starts = list(range(0, size, batch))
-            if len(starts) > 1 and size - starts[-1] == 1:  # batch norm needs 2 samples: merge a last single one
+            if (
+                len(starts) > 1 and size - starts[-1] == 1
+            ):  # batch norm needs 2 samples: merge a last single one
                 starts.pop()
             for i, start in enumerate(starts):
-                idx = order[:, start:starts[i + 1] if i + 1 < len(starts) else size]
+                idx = order[:, start : starts[i + 1] if i + 1 < len(starts) else size]
                 n = idx.shape[1]
                 real = z_star(idx)
                 z = torch.stack([torch.randn((n, *x.shape[1:]), generator=g, **kw) for g in gens])
@@ -190,8 +215,9 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                 d_opt.zero_grad(set_to_none=True)
                 d_loss = (critic(feats(fake.detach())).mean(1) - critic(feats(real)).mean(1)).sum()
                 if gp:
-                    d_loss = d_loss + params["gp_weight"] * _gradient_penalty(critic, feats(real), feats(fake.detach()),
-                                                                              gens)
+                    d_loss = d_loss + params["gp_weight"] * _gradient_penalty(
+                        critic, feats(real), feats(fake.detach()), gens
+                    )
                 d_loss.backward()
                 d_opt.step()
                 if not gp:
@@ -207,7 +233,10 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                     gen_steps += 1
             if wanted(_epoch + 1):
                 report(_epoch + 1)
-    return torch.sigmoid(mask_logit.detach()), {"critic_steps": critic_steps, "generator_steps": gen_steps}
+    return torch.sigmoid(mask_logit.detach()), {
+        "critic_steps": critic_steps,
+        "generator_steps": gen_steps,
+    }
 
 
 def _gradient_penalty(critic, real, fake, gens):
@@ -216,7 +245,9 @@ def _gradient_penalty(critic, real, fake, gens):
     import torch
 
     b, n = real.shape[:2]
-    t = torch.stack([torch.rand((n,), generator=g, device=real.device, dtype=real.dtype) for g in gens])
+    t = torch.stack(
+        [torch.rand((n,), generator=g, device=real.device, dtype=real.dtype) for g in gens]
+    )
     t = t.reshape(b, n, *([1] * (real.dim() - 2)))
     mixed = (t * real + (1 - t) * fake).requires_grad_(True)
     grad = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)[0]
@@ -236,7 +267,9 @@ def _target_sampler(split_r, lam, capacity, mean, std, active, gens, params):
     size, sub = params["gan_dataset"], params["gan_subset"]
     if params["gan_target"] == "reference":
         groups = math.ceil(size / sub)
-        draws = torch.stack([torch.rand((groups, 2), generator=g, **kw) for g in gens])  # B×groups×2
+        draws = torch.stack(
+            [torch.rand((groups, 2), generator=g, **kw) for g in gens]
+        )  # B×groups×2
         s_k, m_k = draws[..., 0] * 5, draws[..., 1] * 4 - 2
 
     def sample(idx):
@@ -256,8 +289,23 @@ def _target_sampler(split_r, lam, capacity, mean, std, active, gens, params):
 
 
 # ----------------------------------------------------------------------------- stage 3
-def input_bottleneck(model, x, targets, prior, in_mean, in_std, gens, *, beta, steps, lr, copies, initial_alpha,
-                     sigma, per_pass=None):
+def input_bottleneck(
+    model,
+    x,
+    targets,
+    prior,
+    in_mean,
+    in_std,
+    gens,
+    *,
+    beta,
+    steps,
+    lr,
+    copies,
+    initial_alpha,
+    sigma,
+    per_pass=None,
+):
     """Optimise Λ of Z_I = Λx + (1−Λ)ε, ε ~ N(μ_I, σ_I²), with the KL of Proposition 3 and
     λ_G = ``prior``. Returns (sigmoid(α) unsmoothed, smoothed Λ, capacity of the last pass).
 
@@ -281,7 +329,9 @@ def input_bottleneck(model, x, targets, prior, in_mean, in_std, gens, *, beta, s
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             lam = _iba.gaussian_smooth(torch.sigmoid(alpha), sigma)
-            noise = torch.stack([torch.randn((copies, *x.shape[1:]), generator=g, **kw) for g in gens])
+            noise = torch.stack(
+                [torch.randn((copies, *x.shape[1:]), generator=g, **kw) for g in gens]
+            )
             eps = (in_mean[:, None] + in_std[:, None] * noise).flatten(0, 1)
             kl = _iba.input_kl(x, in_mean, in_std, lam, prior)
             if per_pass >= rows:  # one pass: the plain graph
@@ -291,11 +341,15 @@ def input_bottleneck(model, x, targets, prior, in_mean, in_std, gens, *, beta, s
             else:
                 leaf = lam.detach().requires_grad_(True)
                 for lo in range(0, rows, per_pass):
-                    idx = image[lo:lo + per_pass]
-                    z = leaf[idx] * x[idx] + (1 - leaf[idx]) * eps[lo:lo + per_pass]
-                    ce = F.cross_entropy(model(z), tgt[lo:lo + per_pass], reduction="sum") / copies
+                    idx = image[lo : lo + per_pass]
+                    z = leaf[idx] * x[idx] + (1 - leaf[idx]) * eps[lo : lo + per_pass]
+                    ce = (
+                        F.cross_entropy(model(z), tgt[lo : lo + per_pass], reduction="sum") / copies
+                    )
                     ce.backward()
-                torch.autograd.backward([lam, (beta * kl.flatten(1).mean(1)).sum()], [leaf.grad, None])
+                torch.autograd.backward(
+                    [lam, (beta * kl.flatten(1).mean(1)).sum()], [leaf.grad, None]
+                )
             opt.step()
             cap = kl.detach()
     final = alpha.detach()
@@ -334,15 +388,32 @@ def _explain_input_iba(request: xplain.ExplainRequest):
     size = (model.spec.height, model.spec.width)
     times = {}
     t0 = time.perf_counter()
-    split, gens, mean, std, active, info, state = _iba._stats_and_gens(model, x, params, seed, "input-iba", layer)
+    split, gens, mean, std, active, info, state = _iba._stats_and_gens(
+        model, x, params, seed, "input-iba", layer
+    )
     capacity, lam, r, _ = _iba.feature_bottleneck(
-        split, x, targets, mean, std, active, gens, beta=params["beta"], steps=params["steps"], lr=params["lr"],
-        copies=params["batch_size"], initial_alpha=params["initial_alpha"], sigma=params["feat_sigma"])
+        split,
+        x,
+        targets,
+        mean,
+        std,
+        active,
+        gens,
+        beta=params["beta"],
+        steps=params["steps"],
+        lr=params["lr"],
+        copies=params["batch_size"],
+        initial_alpha=params["initial_alpha"],
+        sigma=params["feat_sigma"],
+    )
     feat_map = _iba.saliency_bits(_iba.spatial(split.feature, capacity), size)
     times["feature"] = time.perf_counter() - t0
     extras = {"feature_map": feat_map}
     info.update(layer=layer, layer_shape=list(shape[1:]))
-    per_image = [{"stage1_bits": round(float(v), 4)} for v in (capacity.flatten(1).sum(1) / math.log(2)).tolist()]
+    per_image = [
+        {"stage1_bits": round(float(v), 4)}
+        for v in (capacity.flatten(1).sum(1) / math.log(2)).tolist()
+    ]
     maps = feat_map
     if params["return"] != "feature":
         t1 = time.perf_counter()
@@ -352,8 +423,16 @@ def _explain_input_iba(request: xplain.ExplainRequest):
         def monitor(epoch, values):
             w2[epoch] = values["w2"].tolist()
 
-        prior, counts = gan_stage(split, x, feat_map, sampler, gens, params, monitor=monitor,
-                                  monitor_epochs={0, params["gan_epochs"]})
+        prior, counts = gan_stage(
+            split,
+            x,
+            feat_map,
+            sampler,
+            gens,
+            params,
+            monitor=monitor,
+            monitor_epochs={0, params["gan_epochs"]},
+        )
         times["gan"] = time.perf_counter() - t1
         info.update(counts)
         for row, start, end in zip(per_image, w2[0], w2[params["gan_epochs"]]):
@@ -364,17 +443,30 @@ def _explain_input_iba(request: xplain.ExplainRequest):
             t2 = time.perf_counter()
             in_mean, in_std = _input_noise(x, params, state, info)
             mask, _, _ = input_bottleneck(
-                model, x, targets, prior, in_mean, in_std, gens, beta=params["beta_input"],
-                steps=params["input_steps"], lr=params["input_lr"], copies=params["batch_size"],
-                initial_alpha=params["initial_alpha"], sigma=params["input_sigma"],
-                per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]))
+                model,
+                x,
+                targets,
+                prior,
+                in_mean,
+                in_std,
+                gens,
+                beta=params["beta_input"],
+                steps=params["input_steps"],
+                lr=params["input_lr"],
+                copies=params["batch_size"],
+                initial_alpha=params["initial_alpha"],
+                sigma=params["input_sigma"],
+                per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]),
+            )
             times["input"] = time.perf_counter() - t2
             maps = mask.mean(dim=1)
     info["stage_seconds"] = {k: round(v, 4) for k, v in times.items()}
     if params["return"] != "feature":
         info["map_range"] = "unit"  # a mask in [0, 1]: EHR reads it as it is (InputIBA's EHR)
     info["stage1_map"] = "extras: feature_map (bits per pixel, B×H×W)"
-    return xplain.Attribution(maps.to(torch.float32), extras=extras, info=info, sample_info=per_image)
+    return xplain.Attribution(
+        maps.to(torch.float32), extras=extras, info=info, sample_info=per_image
+    )
 
 
 _DESCRIPTION = (
@@ -416,30 +508,116 @@ _DESCRIPTION = (
 def input_iba_method():
     P = xplain.Param
     params = _iba.common_params() + [
-        P("feat_sigma", "float", 1.0, "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)", min=0, max=50),
+        P(
+            "feat_sigma",
+            "float",
+            1.0,
+            "σ of the Gaussian smoothing of the stage-1 λ (the released code: 0)",
+            min=0,
+            max=50,
+        ),
         P("gan_epochs", "int", 20, "GAN epochs (stage 2)", min=0, max=1000),
         P("gan_dataset", "int", 200, "target samples from P(Z*) per epoch", min=2, max=100000),
-        P("gan_subset", "int", 20, "gan_target=reference: items per noise sub-data set", min=1, max=100000),
-        P("gan_batch", "int", 32, "GAN batch size (a last batch of one joins the one before)", min=2, max=4096),
-        P("gan_lr", "float", 5e-5, "RMSProp learning rate of the critic (the paper's GAN rate)", min=0),
-        P("gen_mask_lr", "float", 0.003, "RMSProp learning rate of the generator's mask logits (released code)",
-          min=0),
-        P("gen_mean_lr", "float", 0.1, "RMSProp learning rate of the generator's noise mean (released code)", min=0),
-        P("gen_scale_lr", "float", 0.05, "RMSProp learning rate of the generator's noise scale (released code)",
-          min=0),
-        P("weight_clip", "float", 0.01, "WGAN weight clipping of every critic parameter (gan_critic=clip)", min=0),
-        P("gan_critic", "str", "gp", "clip: weight-clipped critic with batch norm (the paper's WGAN [30], released "
-          "code); gp: gradient penalty (WGAN-GP), no batch norm, no clipping", choices=("clip", "gp")),
+        P(
+            "gan_subset",
+            "int",
+            20,
+            "gan_target=reference: items per noise sub-data set",
+            min=1,
+            max=100000,
+        ),
+        P(
+            "gan_batch",
+            "int",
+            32,
+            "GAN batch size (a last batch of one joins the one before)",
+            min=2,
+            max=4096,
+        ),
+        P(
+            "gan_lr",
+            "float",
+            5e-5,
+            "RMSProp learning rate of the critic (the paper's GAN rate)",
+            min=0,
+        ),
+        P(
+            "gen_mask_lr",
+            "float",
+            0.003,
+            "RMSProp learning rate of the generator's mask logits (released code)",
+            min=0,
+        ),
+        P(
+            "gen_mean_lr",
+            "float",
+            0.1,
+            "RMSProp learning rate of the generator's noise mean (released code)",
+            min=0,
+        ),
+        P(
+            "gen_scale_lr",
+            "float",
+            0.05,
+            "RMSProp learning rate of the generator's noise scale (released code)",
+            min=0,
+        ),
+        P(
+            "weight_clip",
+            "float",
+            0.01,
+            "WGAN weight clipping of every critic parameter (gan_critic=clip)",
+            min=0,
+        ),
+        P(
+            "gan_critic",
+            "str",
+            "gp",
+            "clip: weight-clipped critic with batch norm (the paper's WGAN [30], released "
+            "code); gp: gradient penalty (WGAN-GP), no batch norm, no clipping",
+            choices=("clip", "gp"),
+        ),
         P("gp_weight", "float", 10.0, "weight of the gradient penalty (gan_critic=gp)", min=0),
-        P("critic_iter", "int", 5, "one generator step every this many critic batches", min=1, max=1000),
-        P("gan_target", "str", "paper", "how target samples of P(Z*) are drawn", choices=GAN_TARGETS),
+        P(
+            "critic_iter",
+            "int",
+            5,
+            "one generator step every this many critic batches",
+            min=1,
+            max=1000,
+        ),
+        P(
+            "gan_target",
+            "str",
+            "paper",
+            "how target samples of P(Z*) are drawn",
+            choices=GAN_TARGETS,
+        ),
         P("beta_input", "float", 20.0, "β of the input bottleneck (stage 3)", min=0),
         P("input_steps", "int", 60, "Adam steps of the input bottleneck", min=1, max=10000),
         P("input_lr", "float", 1.0, "Adam learning rate of the input mask logits", min=0),
-        P("input_sigma", "float", 1.0, "σ of the Gaussian smoothing of the input mask Λ", min=0, max=50),
-        P("input_noise", "str", "data", "input noise ε: data statistics or N(0,1)", choices=INPUT_NOISE),
-        P("return", "str", "input", "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
-          choices=RETURNS),
+        P(
+            "input_sigma",
+            "float",
+            1.0,
+            "σ of the Gaussian smoothing of the input mask Λ",
+            min=0,
+            max=50,
+        ),
+        P(
+            "input_noise",
+            "str",
+            "data",
+            "input noise ε: data statistics or N(0,1)",
+            choices=INPUT_NOISE,
+        ),
+        P(
+            "return",
+            "str",
+            "input",
+            "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
+            choices=RETURNS,
+        ),
         xplain.pass_params("")[1],  # memory_budget_mb: stage 3's B×batch_size copies per pass
     ]
     return xplain.Method(
@@ -449,7 +627,9 @@ def input_iba_method():
         explain=_explain_input_iba,
         params=params,
         fit=_iba._fit,  # the same statistics as `xplain fit iba`, which input-iba also finds
-        capabilities=xplain.Capabilities(needs_gradients=True, needs_fitting=False, stochastic=True),
+        capabilities=xplain.Capabilities(
+            needs_gradients=True, needs_fitting=False, stochastic=True
+        ),
     )
 
 

@@ -46,8 +46,12 @@ def _classify(model, node):
         return "maxpool", module
     if isinstance(module, nn.BatchNorm2d):
         return "affine", module
-    if isinstance(module, (nn.Flatten, nn.Unflatten)) or cls in ("OnnxReshape", "OnnxFlatten", "OnnxSqueezeStaticAxes",
-                                                                    "OnnxUnsqueezeStaticAxes"):
+    if isinstance(module, (nn.Flatten, nn.Unflatten)) or cls in (
+        "OnnxReshape",
+        "OnnxFlatten",
+        "OnnxSqueezeStaticAxes",
+        "OnnxUnsqueezeStaticAxes",
+    ):
         return "reshape", None
     if isinstance(module, (nn.Dropout, nn.Identity)):
         return "identity", None
@@ -55,7 +59,11 @@ def _classify(model, node):
         return "gap", None
     if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
         return "gap", None
-    if cls == "OnnxReduceStaticAxes" and module.operation_type == "ReduceMean" and list(module.axes or []) == [2, 3]:
+    if (
+        cls == "OnnxReduceStaticAxes"
+        and module.operation_type == "ReduceMean"
+        and list(module.axes or []) == [2, 3]
+    ):
         return "gap", None
     raise _NotChain(node.name, f"no MIP-IN inverse for {cls}")
 
@@ -64,8 +72,10 @@ def _signal_nodes(model) -> set:
     """Nodes whose value depends on the input (constants and shapes are not signal)."""
     reached = set()
     for node in model.graph.graph.nodes:
-        if node.op == "placeholder" or (node.op in ("call_module", "call_function", "call_method")
-                                        and any(a in reached for a in node.all_input_nodes)):
+        if node.op == "placeholder" or (
+            node.op in ("call_module", "call_function", "call_method")
+            and any(a in reached for a in node.all_input_nodes)
+        ):
             reached.add(node)
     return reached
 
@@ -87,14 +97,26 @@ def _walk(model, start: str | None) -> list[dict]:
             break
         inputs = [a for a in cur.all_input_nodes if a in signal]
         if len(inputs) != 1:
-            raise _NotChain(cur.name, f"has {len(inputs)} signal inputs (a residual or branching graph)")
+            raise _NotChain(
+                cur.name, f"has {len(inputs)} signal inputs (a residual or branching graph)"
+            )
         kind, module = _classify(model, cur)
-        steps.append({"node": cur.name, "kind": kind, "input": inputs[0].name, "module": module,
-                      "in_shape": list(model.shape(inputs[0].name)[1:]), "out_shape": list(model.shape(cur.name)[1:])})
+        steps.append(
+            {
+                "node": cur.name,
+                "kind": kind,
+                "input": inputs[0].name,
+                "module": module,
+                "in_shape": list(model.shape(inputs[0].name)[1:]),
+                "out_shape": list(model.shape(cur.name)[1:]),
+            }
+        )
         cur = inputs[0]
     steps.reverse()
     if not steps or steps[-1]["kind"] != "dense":
-        raise _NotChain(steps[-1]["node"] if steps else "output", "the logits must come from a dense layer")
+        raise _NotChain(
+            steps[-1]["node"] if steps else "output", "the logits must come from a dense layer"
+        )
     for step in steps:
         if step["kind"] == "conv":
             conv = step["module"]
@@ -106,40 +128,59 @@ def _walk(model, start: str | None) -> list[dict]:
 def build_chain(model, layer: str = "") -> tuple[str | None, list[dict]]:
     """(start node or None for the input, steps). Falls back to the head for non-chains."""
     if layer and layer != "input":
-        layer = model.node(layer).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
+        layer = model.node(
+            layer
+        ).name  # the fx id (an ONNX name is accepted too); UsageError if unknown
         try:
             return layer, _walk(model, layer)
         except _NotChain as err:
-            raise xplain.UsageError(f"mip-in cannot invert the graph above layer {layer!r}: {err}",
-                                    hint="choose a later feature layer (see `xplain inspect MODEL`)") from None
+            raise xplain.UsageError(
+                f"mip-in cannot invert the graph above layer {layer!r}: {err}",
+                hint="choose a later feature layer (see `xplain inspect MODEL`)",
+            ) from None
     try:
         return None, _walk(model, None)
     except _NotChain as err:
         if layer == "input":
-            raise xplain.UsageError(f"mip-in cannot invert the whole graph: {err}",
-                                    hint="leave `layer` empty to invert the head from the default feature layer") from None
+            raise xplain.UsageError(
+                f"mip-in cannot invert the whole graph: {err}",
+                hint="leave `layer` empty to invert the head from the default feature layer",
+            ) from None
         first = err
     default = model.default_feature_layer()
     if default is None:
-        raise xplain.UsageError(f"mip-in cannot invert this graph ({first}) and it has no feature layer to start from")
+        raise xplain.UsageError(
+            f"mip-in cannot invert this graph ({first}) and it has no feature layer to start from"
+        )
     try:
         return default.name, _walk(model, default.name)
     except _NotChain as err:
-        raise xplain.UsageError(f"mip-in cannot invert the head above feature layer {default.name!r}: {err}") from None
+        raise xplain.UsageError(
+            f"mip-in cannot invert the head above feature layer {default.name!r}: {err}"
+        ) from None
 
 
 def _step_meta(step: dict) -> dict:
     meta = {k: step[k] for k in ("node", "kind", "input", "in_shape", "out_shape")}
     if step["kind"] == "conv":
         conv = step["module"]
-        meta.update(stride=list(conv.stride), padding=list(conv.padding), dilation=list(conv.dilation),
-                    groups=conv.groups, kernel=list(conv.kernel_size))
+        meta.update(
+            stride=list(conv.stride),
+            padding=list(conv.padding),
+            dilation=list(conv.dilation),
+            groups=conv.groups,
+            kernel=list(conv.kernel_size),
+        )
     if step["kind"] == "maxpool":
         pool = step["module"]
-        meta.update(kernel=pool.kernel_size, stride=pool.stride, padding=pool.padding, dilation=pool.dilation,
-                    ceil_mode=pool.ceil_mode)
+        meta.update(
+            kernel=pool.kernel_size,
+            stride=pool.stride,
+            padding=pool.padding,
+            dilation=pool.dilation,
+            ceil_mode=pool.ceil_mode,
+        )
     return meta
-
 
 
 # ----------------------------------------------------------------------------- forward pass
@@ -155,7 +196,7 @@ def _activations(model, x, start, steps):
             return logits, {k: v.detach() for k, v in tap.activations.items()}
 
     if model.spec.fixed_batch and x.shape[0] > 1:  # a tap keeps one call: run sample by sample
-        parts = [run(x[i:i + 1]) for i in range(x.shape[0])]
+        parts = [run(x[i : i + 1]) for i in range(x.shape[0])]
         logits = torch.cat([p[0] for p in parts])
         acts = {k: torch.cat([p[1][k] for p in parts]) for k in names}
     else:

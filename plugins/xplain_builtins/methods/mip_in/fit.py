@@ -29,7 +29,9 @@ def _parse_classes(model, text: str) -> list[int] | None:
         elif model.labels and item in model.labels:
             idx = model.labels.index(item)
         else:
-            raise xplain.UsageError(f"mip-in: unknown class {item!r}", hint="give class indices or label names")
+            raise xplain.UsageError(
+                f"mip-in: unknown class {item!r}", hint="give class indices or label names"
+            )
         if not 0 <= idx < model.num_classes:
             raise xplain.UsageError(f"mip-in: class {idx} out of range 0..{model.num_classes - 1}")
         out.append(idx)
@@ -58,7 +60,7 @@ def _labelled(model, batches):
 class _ClassData:
     """The inputs of one class, cached in memory up to ``cache_bytes``, else re-streamed."""
 
-    def __init__(self, model, batches, cls, batch_size, cache_bytes=256 * 2 ** 20):
+    def __init__(self, model, batches, cls, batch_size, cache_bytes=256 * 2**20):
         self.model, self.batches, self.cls, self.batch_size = model, batches, cls, batch_size
         self.cached, self.count = [], 0
         size = 0
@@ -82,8 +84,8 @@ class _ClassData:
                 have += keep.shape[0]
             while have >= self.batch_size:
                 allx = torch.cat(pending)
-                yield allx[:self.batch_size]
-                pending, have = [allx[self.batch_size:]], have - self.batch_size
+                yield allx[: self.batch_size]
+                pending, have = [allx[self.batch_size :]], have - self.batch_size
         if have:
             yield torch.cat(pending)
 
@@ -108,7 +110,7 @@ def _fit_class(model, start, steps, data, cls, params, task):
         def pairs():  # (S at this step's output, true X at its input) per batch; used in this iteration
             for x in data:
                 logits, acts = _activations(model, x, start, steps)
-                s = logits[:, cls:cls + 1]
+                s = logits[:, cls : cls + 1]
                 s = _propagate(steps, inv, s, acts, k + 1, gating=gating)  # noqa: B023
                 yield s, _act(acts, step["input"], start)  # noqa: B023
 
@@ -152,15 +154,31 @@ def _fit_closed(step, pairs, lam):
         b = s.shape[0]
         if kind == "dense":
             s2, x2 = s.reshape(b, -1), x.reshape(b, -1)
-            terms = {"s": s2.sum(0), "x": x2.sum(0), "ss": s2.T @ s2, "xs": x2.T @ s2, "xx": (x2 * x2).sum()}
+            terms = {
+                "s": s2.sum(0),
+                "x": x2.sum(0),
+                "ss": s2.T @ s2,
+                "xs": x2.T @ s2,
+                "xx": (x2 * x2).sum(),
+            }
         elif kind == "gap":
             s2 = s.reshape(b, -1, 1, 1)
-            terms = {"s": s2.sum(0), "x": x.sum(0), "ss": (s2 * s2).sum(0), "xs": (x * s2).sum(0),
-                     "xx": (x * x).sum(0)}
+            terms = {
+                "s": s2.sum(0),
+                "x": x.sum(0),
+                "ss": (s2 * s2).sum(0),
+                "xs": (x * s2).sum(0),
+                "xx": (x * x).sum(0),
+            }
         else:  # affine: pool over positions
             hw = x.shape[2] * x.shape[3]
-            terms = {"s": s.sum((0, 2, 3)), "x": x.sum((0, 2, 3)), "ss": (s * s).sum((0, 2, 3)),
-                     "xs": (x * s).sum((0, 2, 3)), "xx": (x * x).sum((0, 2, 3))}
+            terms = {
+                "s": s.sum((0, 2, 3)),
+                "x": x.sum((0, 2, 3)),
+                "ss": (s * s).sum((0, 2, 3)),
+                "xs": (x * s).sum((0, 2, 3)),
+                "xx": (x * x).sum((0, 2, 3)),
+            }
             b = b * hw
         for key, value in terms.items():
             acc[key] = acc[key] + value if key in acc else value
@@ -197,8 +215,11 @@ def _fit_closed(step, pairs, lam):
         sse = (sst_el - 2 * w * cxs + w * w * css).sum()
         sst = sst_el.sum()
         count = n * mu_x.numel()
-    errors = {"mse": float(sse.clamp(min=0) / count), "relative": float(sse.clamp(min=0) / sst.clamp(min=1e-30)),
-              "samples": n}
+    errors = {
+        "mse": float(sse.clamp(min=0) / count),
+        "relative": float(sse.clamp(min=0) / sst.clamp(min=1e-30)),
+        "samples": n,
+    }
     return {"weight": w.float(), "bias": bias.float()}, errors
 
 
@@ -220,8 +241,15 @@ def _fit_conv(step, pairs, params, task):
             if weight is None:
                 c_s, c_x = s.shape[1], x.shape[1]
                 kh, kw = step["kernel"]
-                weight = torch.zeros(c_s, c_x // step["groups"], kh, kw, device=s.device, dtype=s.dtype,
-                                     requires_grad=True)
+                weight = torch.zeros(
+                    c_s,
+                    c_x // step["groups"],
+                    kh,
+                    kw,
+                    device=s.device,
+                    dtype=s.dtype,
+                    requires_grad=True,
+                )
                 bias = torch.zeros(c_x, device=s.device, dtype=s.dtype, requires_grad=True)
                 opt = torch.optim.Adam([weight, bias], lr=params["lr"])
             if epoch == 0:  # for the relative error: variance of X around its per-element mean
@@ -230,7 +258,10 @@ def _fit_conv(step, pairs, params, task):
                 sxx = (xd * xd).sum(0) if sxx is None else sxx + (xd * xd).sum(0)
                 count += x.shape[0]
             for part in range(0, s.shape[0], params["conv_batch"]):
-                sb, xb = s[part:part + params["conv_batch"]], x[part:part + params["conv_batch"]]
+                sb, xb = (
+                    s[part : part + params["conv_batch"]],
+                    x[part : part + params["conv_batch"]],
+                )
                 with torch.enable_grad():
                     rec = _inverse(step, {"weight": weight, "bias": bias}, sb, None)
                     loss = F.mse_loss(rec, xb)
@@ -274,9 +305,16 @@ def _conv_features(step, s):
     onehot = torch.zeros(c_s, n_f, kh, kw, device=s.device, dtype=s.dtype)
     idx = torch.arange(n_f, device=s.device)
     onehot[idx // (kh * kw), idx, (idx // kw) % kh, idx % kw] = 1
-    out = F.conv_transpose2d(s, onehot, None, stride=step["stride"], padding=step["padding"],
-                             dilation=step["dilation"], output_padding=_output_padding(step, s.shape[-2:]))
-    return out[..., :step["in_shape"][1], :step["in_shape"][2]]
+    out = F.conv_transpose2d(
+        s,
+        onehot,
+        None,
+        stride=step["stride"],
+        padding=step["padding"],
+        dilation=step["dilation"],
+        output_padding=_output_padding(step, s.shape[-2:]),
+    )
+    return out[..., : step["in_shape"][1], : step["in_shape"][2]]
 
 
 def _fit_conv_lstsq(step, pairs, lam):
@@ -284,15 +322,21 @@ def _fit_conv_lstsq(step, pairs, lam):
     import torch
 
     if step["groups"] != 1:
-        raise xplain.UsageError("conv_solver=lstsq supports only ungrouped convolutions; use conv_solver=adam")
+        raise xplain.UsageError(
+            "conv_solver=lstsq supports only ungrouped convolutions; use conv_solver=adam"
+        )
     gram = cross = None
     n = 0
     sx = sxx = None
     for s, x in pairs():
         for i in range(0, s.shape[0], 8):  # a few samples at a time: the regressors are large
-            phi = _conv_features(step, s[i:i + 8]).double()
-            xb = x[i:i + 8].double()
-            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], 1).transpose(0, 1).reshape(phi.shape[1] + 1, -1)
+            phi = _conv_features(step, s[i : i + 8]).double()
+            xb = x[i : i + 8].double()
+            phi = (
+                torch.cat([phi, torch.ones_like(phi[:, :1])], 1)
+                .transpose(0, 1)
+                .reshape(phi.shape[1] + 1, -1)
+            )
             target = xb.transpose(0, 1).reshape(xb.shape[1], -1)
             g, r = phi @ phi.T, phi @ target.T
             gram, cross = (g, r) if gram is None else (gram + g, cross + r)
@@ -313,7 +357,6 @@ def _fit_conv_lstsq(step, pairs, lam):
     var = float((sxx - sx * sx / n).sum()) / elems
     errors = {"mse": mse, "relative": mse / max(var, 1e-30), "samples": n, "solver": "lstsq"}
     return {"weight": weight.float().contiguous(), "bias": sol[-1].float()}, errors
-
 
 
 # ----------------------------------------------------------------------------- fit
@@ -344,8 +387,12 @@ def fit(model, batches, params, console=None):
     if missing:
         raise xplain.InputDataError(
             f"mip-in needs at least 2 samples of each class it fits; class(es) {missing} have "
-            f"{[present.get(c, 0) for c in missing]}", hint="add images of those classes or pass --classes")
-    units = sum(params["epochs"] if s["kind"] == "conv" else 1 for s in steps if s["kind"] in FITTED)
+            f"{[present.get(c, 0) for c in missing]}",
+            hint="add images of those classes or pass --classes",
+        )
+    units = sum(
+        params["epochs"] if s["kind"] == "conv" else 1 for s in steps if s["kind"] in FITTED
+    )
     tensors, errors, counts = {}, {}, {}
     t0 = time.perf_counter()
     batch = 64
@@ -382,4 +429,3 @@ def fit(model, batches, params, console=None):
         "fit_seconds": round(time.perf_counter() - t0, 3),
     }
     return tensors, meta
-

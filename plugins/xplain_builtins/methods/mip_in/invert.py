@@ -31,13 +31,22 @@ def _inverse(step, tensors, s, acts, *, bias=True, gating=True):
         return out.reshape(b, *step["in_shape"])
     if kind == "conv":
         x_in = step["in_shape"]
-        out = F.conv_transpose2d(s, tensors["weight"], tensors["bias"] if bias else None, stride=step["stride"],
-                                 padding=step["padding"], dilation=step["dilation"], groups=step["groups"],
-                                 output_padding=_output_padding(step, s.shape[-2:]))
-        return out[..., :x_in[1], :x_in[2]]
+        out = F.conv_transpose2d(
+            s,
+            tensors["weight"],
+            tensors["bias"] if bias else None,
+            stride=step["stride"],
+            padding=step["padding"],
+            dilation=step["dilation"],
+            groups=step["groups"],
+            output_padding=_output_padding(step, s.shape[-2:]),
+        )
+        return out[..., : x_in[1], : x_in[2]]
     if kind == "gap":
         c = step["in_shape"][0]
-        out = (s.reshape(b, c, 1, 1) * tensors["weight"].reshape(1, c, 1, 1)).expand(b, *step["in_shape"])
+        out = (s.reshape(b, c, 1, 1) * tensors["weight"].reshape(1, c, 1, 1)).expand(
+            b, *step["in_shape"]
+        )
         return out + tensors["bias"] if bias else out
     if kind == "affine":
         out = s * tensors["weight"].reshape(1, -1, 1, 1)
@@ -46,8 +55,15 @@ def _inverse(step, tensors, s, acts, *, bias=True, gating=True):
         return s * (acts[step["node"]] != 0).to(s.dtype) if gating else s
     if kind == "maxpool":  # eq. 8: put the signal where the sample's maxima were (switches)
         x = _act(acts, step["input"], None)
-        _, idx = F.max_pool2d(x, step["kernel"], step["stride"], step["padding"], step["dilation"],
-                              step["ceil_mode"], return_indices=True)
+        _, idx = F.max_pool2d(
+            x,
+            step["kernel"],
+            step["stride"],
+            step["padding"],
+            step["dilation"],
+            step["ceil_mode"],
+            return_indices=True,
+        )
         flat = torch.zeros(b, x.shape[1], x.shape[2] * x.shape[3], device=s.device, dtype=s.dtype)
         flat.scatter_add_(2, idx.flatten(2), s.flatten(2))
         return flat.reshape(x.shape)
@@ -72,13 +88,17 @@ def _propagate(steps, inv, s, acts, lowest, *, bias=True, gating=True):
     return s
 
 
-
 # ----------------------------------------------------------------------------- the fitted state
 def _cache_key(model):
     import os
 
-    return (str(model.state_dir), os.environ.get("XPLAIN_STATE_DIR"), model.digest, str(model.device),
-            model.fitted_state_hidden)  # inside Model.without_fitted_state the cached state must not be used
+    return (
+        str(model.state_dir),
+        os.environ.get("XPLAIN_STATE_DIR"),
+        model.digest,
+        str(model.device),
+        model.fitted_state_hidden,
+    )  # inside Model.without_fitted_state the cached state must not be used
 
 
 def _forget_state(model):
@@ -98,12 +118,17 @@ def load(model, params):
         tensors, meta = model.fitted_state(NAME)
         model._mip_in_state = (_cache_key(model), (tensors, meta))
     if meta.get("state_version") != STATE_VERSION or "steps" not in meta:
-        raise xplain.InputDataError("mip-in state was written by another version", path=model.report.path,
-                                    hint=f"refit: `xplain fit mip-in {model.report.path} DATA`")
+        raise xplain.InputDataError(
+            "mip-in state was written by another version",
+            path=model.report.path,
+            hint=f"refit: `xplain fit mip-in {model.report.path} DATA`",
+        )
     start = None if meta["start"] == "input" else meta["start"]
     if params.get("layer") and params["layer"] != meta["start"]:
-        raise xplain.UsageError(f"mip-in was fitted from layer {meta['start']!r}, not {params['layer']!r}",
-                                hint=f"refit with `--layer {params['layer']}` or drop the parameter")
+        raise xplain.UsageError(
+            f"mip-in was fitted from layer {meta['start']!r}, not {params['layer']!r}",
+            hint=f"refit with `--layer {params['layer']}` or drop the parameter",
+        )
     steps = meta["steps"]
     inv: dict[int, dict[int, dict]] = {}
     for key, value in tensors.items():
@@ -124,7 +149,8 @@ def invert(model, x, targets, params, state=None):
             f"mip-in was not fitted for class(es) {unknown} of this model (fitted: {meta['classes']})",
             path=model.report.path,
             hint=f"refit with every class you need: `xplain fit mip-in {model.report.path} DATA --classes "
-                 f"{','.join(map(str, sorted(set(meta['classes']) | set(unknown))))}`")
+            f"{','.join(map(str, sorted(set(meta['classes']) | set(unknown))))}`",
+        )
     gating = params["gating"]
     logits, acts = _activations(model, x, start, steps)
     y = logits.gather(1, targets[:, None])
@@ -137,13 +163,16 @@ def invert(model, x, targets, params, state=None):
         n = rows.numel()
         for k in range(len(steps) - 1, -1, -1):
             t = inv[c].get(k, {})
-            s = torch.cat([_inverse(steps[k], t, s[:n], sub, bias=True, gating=gating),
-                           _inverse(steps[k], t, s[n:], sub, bias=False, gating=gating)])
+            s = torch.cat(
+                [
+                    _inverse(steps[k], t, s[:n], sub, bias=True, gating=gating),
+                    _inverse(steps[k], t, s[n:], sub, bias=False, gating=gating),
+                ]
+            )
         if start is not None and gating:  # the paper also gates the start (input) layer
             s = s * (torch.cat([sub[start], sub[start]]) != 0).to(s.dtype)
         source[rows], attribution[rows] = s[:n], s[n:]
     return attribution, source, logits, start
-
 
 
 def source_logits(model, source, targets, start):
@@ -159,10 +188,17 @@ def source_logits(model, source, targets, start):
         if start is None:
             return model(source).gather(1, targets[:, None])[:, 0]
         if model.spec.fixed_batch and source.shape[0] > 1:
-            return torch.cat([source_logits(model, source[i:i + 1], targets[i:i + 1], start)
-                              for i in range(source.shape[0])])
+            return torch.cat(
+                [
+                    source_logits(model, source[i : i + 1], targets[i : i + 1], start)
+                    for i in range(source.shape[0])
+                ]
+            )
         with model.insert_after({start: _Replace()}):
-            return model.graph(torch.zeros((source.shape[0], model.spec.channels, model.spec.height,
-                                            model.spec.width), device=source.device, dtype=source.dtype)
-                               ).gather(1, targets[:, None])[:, 0]
-
+            return model.graph(
+                torch.zeros(
+                    (source.shape[0], model.spec.channels, model.spec.height, model.spec.width),
+                    device=source.device,
+                    dtype=source.dtype,
+                )
+            ).gather(1, targets[:, None])[:, 0]

@@ -43,28 +43,68 @@ from .fit import fit
 from .invert import NAME, invert, source_logits
 
 _PARAMS = [
-    xplain.Param("layer", "str", "",
-                 "start layer: '' = the input when the graph is a plain chain, else the default feature "
-                 "layer (the head is inverted from there); 'input' forces the full chain; or a layer name "
-                 "from `xplain inspect` (fit; explain checks it matches the fitted state)"),
-    xplain.Param("classes", "str", "", "fit only: comma-separated class indices or names ('' = every class "
-                                       "present in the data)"),
-    xplain.Param("ridge", "float", 0.001, "fit only: λ of the dense ridge solution (eq. 6, paper 0.001), on "
-                                          "sums over samples", min=0.0),
-    xplain.Param("epochs", "int", 20, "fit only: training epochs of each convolution inverse (paper E = 20)",
-                 min=1, max=1000),
-    xplain.Param("lr", "float", 0.01, "fit only: Adam learning rate of the convolution inverses", min=0.0),
-    xplain.Param("conv_batch", "int", 8, "fit only: mini-batch size of the convolution inverses", min=1, max=4096),
-    xplain.Param("conv_solver", "str", "adam",
-                 "fit only: 'adam' trains each convolution inverse for `epochs` (the paper); 'lstsq' solves the "
-                 "same transposed-convolution family exactly (ridge normal equations, one pass)",
-                 choices=("adam", "lstsq")),
-    xplain.Param("gating", "bool", True, "forward-ReLU gating (local adaptation, eq. 9); false gives the "
-                                         "global inverse of Figure 3"),
-    xplain.Param("relu", "bool", False, "explain only: keep only positive attribution (the paper does so "
-                                        "for ImageNet); false keeps the signed map"),
+    xplain.Param(
+        "layer",
+        "str",
+        "",
+        "start layer: '' = the input when the graph is a plain chain, else the default feature "
+        "layer (the head is inverted from there); 'input' forces the full chain; or a layer name "
+        "from `xplain inspect` (fit; explain checks it matches the fitted state)",
+    ),
+    xplain.Param(
+        "classes",
+        "str",
+        "",
+        "fit only: comma-separated class indices or names ('' = every class present in the data)",
+    ),
+    xplain.Param(
+        "ridge",
+        "float",
+        0.001,
+        "fit only: λ of the dense ridge solution (eq. 6, paper 0.001), on sums over samples",
+        min=0.0,
+    ),
+    xplain.Param(
+        "epochs",
+        "int",
+        20,
+        "fit only: training epochs of each convolution inverse (paper E = 20)",
+        min=1,
+        max=1000,
+    ),
+    xplain.Param(
+        "lr", "float", 0.01, "fit only: Adam learning rate of the convolution inverses", min=0.0
+    ),
+    xplain.Param(
+        "conv_batch",
+        "int",
+        8,
+        "fit only: mini-batch size of the convolution inverses",
+        min=1,
+        max=4096,
+    ),
+    xplain.Param(
+        "conv_solver",
+        "str",
+        "adam",
+        "fit only: 'adam' trains each convolution inverse for `epochs` (the paper); 'lstsq' solves the "
+        "same transposed-convolution family exactly (ridge normal equations, one pass)",
+        choices=("adam", "lstsq"),
+    ),
+    xplain.Param(
+        "gating",
+        "bool",
+        True,
+        "forward-ReLU gating (local adaptation, eq. 9); false gives the global inverse of Figure 3",
+    ),
+    xplain.Param(
+        "relu",
+        "bool",
+        False,
+        "explain only: keep only positive attribution (the paper does so "
+        "for ImageNet); false keeps the signed map",
+    ),
 ]
-
 
 
 def _explain(request: xplain.ExplainRequest):
@@ -77,14 +117,17 @@ def _explain(request: xplain.ExplainRequest):
         maps = attribution.sum(dim=1)  # input channels summed (one channel for digits)
     else:  # head: average over channels at the feature layer, resized like Grad-CAM
         maps = attribution.mean(dim=1, keepdim=True)
-        maps = F.interpolate(maps, size=(model.spec.height, model.spec.width), mode="bilinear",
-                             align_corners=False)[:, 0]
+        maps = F.interpolate(
+            maps, size=(model.spec.height, model.spec.width), mode="bilinear", align_corners=False
+        )[:, 0]
     if params["relu"]:
         maps = maps.clamp(min=0)
-    return xplain.Attribution(maps, extras={"source_signal": source, "attribution": attribution},
-                              info={"start": start or "input"},
-                              sample_info=[{"source_logit": float(v)} for v in phi.tolist()])
-
+    return xplain.Attribution(
+        maps,
+        extras={"source_signal": source, "attribution": attribution},
+        info={"start": start or "input"},
+        sample_info=[{"source_logit": float(v)} for v in phi.tolist()],
+    )
 
 
 def completeness(model, x, targets, params=None) -> dict:
@@ -96,10 +139,16 @@ def completeness(model, x, targets, params=None) -> dict:
     phi_s = source_logits(model, source, targets, start)
     rel = (phi_x - phi_s).abs() / phi_x.abs().clamp(min=1e-12)
     pos = (phi_x - phi_s).clamp(min=0) / phi_x.abs().clamp(min=1e-12)
-    per_class = [(float(rel[targets == c].mean()), float(pos[targets == c].mean())) for c in targets.unique().tolist()]
-    return {"apc": 100 * sum(a for a, _ in per_class) / len(per_class),
-            "positive_apc": 100 * sum(p for _, p in per_class) / len(per_class),
-            "classes": len(per_class), "samples": int(targets.numel())}
+    per_class = [
+        (float(rel[targets == c].mean()), float(pos[targets == c].mean()))
+        for c in targets.unique().tolist()
+    ]
+    return {
+        "apc": 100 * sum(a for a, _ in per_class) / len(per_class),
+        "positive_apc": 100 * sum(p for _, p in per_class) / len(per_class),
+        "classes": len(per_class),
+        "samples": int(targets.numel()),
+    }
 
 
 _DESCRIPTION = (
@@ -139,13 +188,19 @@ _DESCRIPTION = (
 
 @xplain.hookimpl
 def register_methods(register):
-    register(xplain.Method(
-        name=NAME,
-        summary="mutual-information-preserving inverse network, fitted per class (Deng et al. 2021)",
-        description=_DESCRIPTION,
-        explain=_explain,
-        fit=fit,
-        params=_PARAMS,
-        capabilities=xplain.Capabilities(needs_gradients=False, needs_fitting=True, requires=("rectifiers",),
-                                         alternatives=("gradient", "integrated-gradients", "grad-cam")),
-    ))
+    register(
+        xplain.Method(
+            name=NAME,
+            summary="mutual-information-preserving inverse network, fitted per class (Deng et al. 2021)",
+            description=_DESCRIPTION,
+            explain=_explain,
+            fit=fit,
+            params=_PARAMS,
+            capabilities=xplain.Capabilities(
+                needs_gradients=False,
+                needs_fitting=True,
+                requires=("rectifiers",),
+                alternatives=("gradient", "integrated-gradients", "grad-cam"),
+            ),
+        )
+    )
