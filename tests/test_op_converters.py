@@ -457,3 +457,38 @@ def test_conv_with_computed_weight(pads):
     assert any(
         isinstance(m, ops.OnnxConvRuntimeWeight) for m in convert(infer_shapes(model)).modules()
     )
+
+
+def test_max_pool_whose_input_shape_inference_left_untyped():
+    """timm's BiT (weight standardisation, classic exporter): shape inference stops at the
+    computed conv weight, so MaxPool's input has no shape and onnx2torch failed with "spatial
+    rank == -2". The rank comes from ``kernel_shape``; pads and ceil_mode still apply."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "MaxPool",
+            ["c"],
+            ["y0"],
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            ceil_mode=1,
+        ),
+    ]
+    inits = [numpy_helper.from_array(RNG.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 2, 7, 9])],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        inits,
+    )
+    typed = infer_shapes(model)
+    del typed.graph.value_info[:]  # what a failed inference leaves: no shape for "c"
+    module = convert(typed).eval()
+    feeds = x_of(2, 2, 7, 9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, feeds)
+    with torch.no_grad():
+        got = module(torch.from_numpy(feeds["x"])).numpy()
+    assert got.shape == expected.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -132,6 +132,36 @@ def _register_conv_runtime_weight(registry) -> None:
             )
 
 
+def _register_max_pool_rank(registry) -> None:
+    """MaxPool whose input shape inference could not type (e.g. after a convolution with weights
+    computed in the graph, as timm's BiT weight standardisation exports): onnx2torch reads the
+    spatial rank from the input's shape and fails ("spatial rank == -2"). ONNX requires
+    ``kernel_shape`` to have one entry per spatial axis, so the rank is known from the node
+    itself; give the converter a value info of that rank (dims unknown) and let it do the rest."""
+    import onnx
+
+    def wrap(base):
+        def convert(node, graph):
+            name = node.input_values[0]
+            info = graph.value_info.get(name)
+            if info is None or not info.type.tensor_type.shape.dim:
+                rank = 2 + len(node.attributes["kernel_shape"])
+                elem = (
+                    info.type.tensor_type.elem_type if info is not None else onnx.TensorProto.FLOAT
+                )
+                graph._value_info[name] = onnx.helper.make_tensor_value_info(
+                    name, elem or onnx.TensorProto.FLOAT, [None] * rank
+                )
+            return base(node, graph)
+
+        return convert
+
+    for version in (8, 10, 11, 12):
+        key = registry.OperationDescription("", "MaxPool", version)
+        if key in registry._CONVERTER_REGISTRY:
+            registry._CONVERTER_REGISTRY[key] = wrap(registry._CONVERTER_REGISTRY[key])
+
+
 def _register_own(registry) -> None:
     """xplain's converters (``op_converters.CONVERTERS``); they replace onnx2torch's for the same key."""
     from .op_converters import CONVERTERS
@@ -151,6 +181,7 @@ def register_converters() -> None:
     _register_own(registry)
     _register_resize_18(registry)
     _register_conv_runtime_weight(registry)
+    _register_max_pool_rank(registry)
 
     for op, spec in _ALIASES.items():
         base, newer = spec
