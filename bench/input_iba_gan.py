@@ -45,25 +45,12 @@ def run(model, x, targets, overrides, seed=0, every=1, quiet=False):
     layer, _ = _iba.resolve_layer(model, params["layer"], "input-iba", spatial=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        split, gens, mean, std, active, _, _ = _iba._stats_and_gens(
-            model, x, params, seed, "input-iba", layer
+        split, gens, mean, std, active, _, _, capacity, lam, r = _iba.stage_one(
+            model, x, targets, params, seed, "input-iba", layer, params["feat_sigma"]
         )
-    capacity, lam, r, _ = _iba.feature_bottleneck(
-        split,
-        x,
-        targets,
-        mean,
-        std,
-        active,
-        gens,
-        beta=params["beta"],
-        steps=params["steps"],
-        lr=params["lr"],
-        copies=params["batch_size"],
-        initial_alpha=params["initial_alpha"],
-        sigma=params["feat_sigma"],
+    feat_map = _iba.saliency_bits(
+        _iba.spatial(split.feature, capacity), (model.spec.height, model.spec.width)
     )
-    feat_map = _iba.saliency_bits(capacity, (model.spec.height, model.spec.width))
     sampler = iba_input._target_sampler(r, lam, capacity, mean, std, active, gens, params)
     rows, start = [], {}
 

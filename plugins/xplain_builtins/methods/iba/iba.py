@@ -343,15 +343,14 @@ def _stats_and_gens(model, x, params, seed, method, layer):
     return split, gens, mean, std, active, info, state
 
 
-def _explain_iba(request: xplain.ExplainRequest):
-    model, x, targets = request.model, request.x, request.targets
-    params, seed = request.params, request.seed
-    import time
-
-    layer, shape = resolve_layer(model, params["layer"], "iba")
-    began = time.perf_counter()
-    split, gens, mean, std, active, info, _ = _stats_and_gens(model, x, params, seed, "iba", layer)
-    capacity, _, _, _ = feature_bottleneck(
+def stage_one(model, x, targets, params, seed, method, layer, sigma):
+    """Statistics, generators and the per-sample feature bottleneck at ``layer``: the whole of
+    IBA and InputIBA's first stage (they differ only in the noise ``sigma`` they smooth with).
+    Returns ``(split, gens, mean, std, active, info, state, capacity, lam, r)``."""
+    split, gens, mean, std, active, info, state = _stats_and_gens(
+        model, x, params, seed, method, layer
+    )
+    capacity, lam, r, _ = feature_bottleneck(
         split,
         x,
         targets,
@@ -364,7 +363,20 @@ def _explain_iba(request: xplain.ExplainRequest):
         lr=params["lr"],
         copies=params["batch_size"],
         initial_alpha=params["initial_alpha"],
-        sigma=params["sigma"],
+        sigma=sigma,
+    )
+    return split, gens, mean, std, active, info, state, capacity, lam, r
+
+
+def _explain_iba(request: xplain.ExplainRequest):
+    model, x, targets = request.model, request.x, request.targets
+    params, seed = request.params, request.seed
+    import time
+
+    layer, shape = resolve_layer(model, params["layer"], "iba")
+    began = time.perf_counter()
+    split, _, _, _, _, info, _, capacity, _, _ = stage_one(
+        model, x, targets, params, seed, "iba", layer, params["sigma"]
     )
     maps = saliency_bits(spatial(split.feature, capacity), (model.spec.height, model.spec.width))
     info.update(

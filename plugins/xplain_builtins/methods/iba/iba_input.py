@@ -388,23 +388,8 @@ def _explain_input_iba(request: xplain.ExplainRequest):
     size = (model.spec.height, model.spec.width)
     times = {}
     t0 = time.perf_counter()
-    split, gens, mean, std, active, info, state = _iba._stats_and_gens(
-        model, x, params, seed, "input-iba", layer
-    )
-    capacity, lam, r, _ = _iba.feature_bottleneck(
-        split,
-        x,
-        targets,
-        mean,
-        std,
-        active,
-        gens,
-        beta=params["beta"],
-        steps=params["steps"],
-        lr=params["lr"],
-        copies=params["batch_size"],
-        initial_alpha=params["initial_alpha"],
-        sigma=params["feat_sigma"],
+    split, gens, mean, std, active, info, state, capacity, lam, r = _iba.stage_one(
+        model, x, targets, params, seed, "input-iba", layer, params["feat_sigma"]
     )
     feat_map = _iba.saliency_bits(_iba.spatial(split.feature, capacity), size)
     times["feature"] = time.perf_counter() - t0
