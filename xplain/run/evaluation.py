@@ -236,176 +236,140 @@ def evaluate(
         raise write_failed(out, e) from None
     results = out / shard.results_name
     with lock_output(out) if shard.count == 1 else lock_results(results):
-        return _evaluate_locked(
-            model,
-            data,
-            samples,
-            out,
-            results,
-            chosen_methods,
-            chosen_metrics,
-            preprocess,
-            batch_size,
-            seed,
-            resume,
-            progress,
-            montage,
-            plots,
-            report_images,
-            timeout,
-            workers,
-            worker_kind,
-            shard,
-            ray,
-        )
+        if not resume and results.exists():
+            results.unlink()
+        _repair_tail(results)
 
-
-def _evaluate_locked(
-    model,
-    data,
-    samples,
-    out,
-    results,
-    chosen_methods,
-    chosen_metrics,
-    preprocess,
-    batch_size,
-    seed,
-    resume,
-    progress,
-    montage,
-    plots,
-    report_images,
-    timeout,
-    workers,
-    worker_kind,
-    shard,
-    ray,
-) -> dict:
-    if not resume and results.exists():
-        results.unlink()
-    _repair_tail(results)
-
-    metric_config = {m.name: p for m, p in chosen_metrics}
-    base = {
-        "model": model.digest,
-        "seed": int(seed),
-        "metrics": metric_config,
-        "preprocess": preprocess.to_dict(),
-    }
-    configs = {m.name: _digest({**base, "method": m.name, "params": p}) for m, p in chosen_methods}
-    images = [str(s.path.resolve()) for s in samples]
-    write_run(
-        out,
-        {
-            "configs": configs,
-            "methods": {m.name: p for m, p in chosen_methods},
+        metric_config = {m.name: p for m, p in chosen_metrics}
+        base = {
+            "model": model.digest,
+            "seed": int(seed),
             "metrics": metric_config,
-            "model": str(model.report.path),
-            "digest": model.digest,
-            "data": str(data),
-            "seed": int(seed),
             "preprocess": preprocess.to_dict(),
-            "montage": montage,
-            "images": images,
-        },
-    )
-
-    def key(image: str, method: str) -> str:
-        return result_key(configs[method], image)
-
-    root = data_root(Path(data))
-    mine = [i for i, s in enumerate(samples) if shard.owns(image_key(s.path, root))]
-    wanted = {key(images[i], m.name) for i in mine for m, _ in chosen_methods}
-    damaged: list[int] = []
-    done = {r["key"] for r in read_results(results, damaged)} & wanted
-    if damaged:
-        import warnings
-
-        warnings.warn(
-            f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
-            "their work is redone",
-            stacklevel=2,
-        )
-    jobs = []
-    for i in mine:
-        todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
-        todo = {m: k for m, k in todo.items() if k not in done}
-        if todo:
-            jobs.append(Job(i, samples[i], todo))
-    batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
-    handled = len(mine) - len(jobs)
-    if progress is not None:
-        progress(handled, len(mine))
-
-    def write(
-        batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list
-    ) -> None:
-        # a retried batch writes once, and a key twice in one batch once
-        firsts: dict[str, dict] = {}
-        for r in batch_records:
-            if r["key"] not in done:
-                firsts.setdefault(r["key"], r)
-        fresh = list(firsts.values())
-        for index, method, array in maps:
-            save_npy(out / "maps" / f"{index:05d}.{method}.npy", array)
-        for index, sample, array in views:
-            _keep_view(out, index, sample, array, preprocess)
-        _append(results, fresh)
-        done.update(r["key"] for r in fresh)
-
-    keep = max(int(montage), int(report_images))  # images whose maps and views are kept in OUT/maps
-    plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep, timeout=timeout)
-    guard = ModelGuard(model)
-    if ray is not None:
-        from .ray_engine import run_on_ray
-
-        def on_batch(batch_records, maps, views, n_jobs):
-            nonlocal handled
-            write(batch_records, maps, views)
-            handled += n_jobs
-            if progress is not None:
-                progress(handled, len(mine))
-
-        run_on_ray(
-            model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray
-        )
-    else:
-        n_workers = default_workers() if workers is None else max(0, int(workers))
-        stream = prefetch(
-            ([(j.index, j.sample) for j in b] for b in batches),
-            preprocess,
-            workers=n_workers,
-            kind=worker_kind,
-        )
-        for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
-            write(*score_batch(model, batch, prepared, chosen_methods, chosen_metrics, plan, guard))
-            handled += len(batch)
-            if progress is not None:
-                progress(handled, len(mine))
-
-    summary = summarise(results, wanted, chosen_methods, chosen_metrics)
-    summary.update(
-        {
-            "model": str(model.report.path),
-            "digest": model.digest,
-            "data": str(data),
-            "images": len(mine),
-            "seed": int(seed),
-            "out": str(out),
         }
-    )
-    if shard.count > 1:
-        summary["shard"] = shard.label
-        return summary
-    summary.update(missing_report(out, configs, images, [results]))
-    write_summary(out, summary)
-    if plots:
-        write_plots(out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess)
-    from ..output.report import write_report
+        configs = {
+            m.name: _digest({**base, "method": m.name, "params": p}) for m, p in chosen_methods
+        }
+        images = [str(s.path.resolve()) for s in samples]
+        write_run(
+            out,
+            {
+                "configs": configs,
+                "methods": {m.name: p for m, p in chosen_methods},
+                "metrics": metric_config,
+                "model": str(model.report.path),
+                "digest": model.digest,
+                "data": str(data),
+                "seed": int(seed),
+                "preprocess": preprocess.to_dict(),
+                "montage": montage,
+                "images": images,
+            },
+        )
 
-    write_report(out)
-    return summary
+        def key(image: str, method: str) -> str:
+            return result_key(configs[method], image)
+
+        root = data_root(Path(data))
+        mine = [i for i, s in enumerate(samples) if shard.owns(image_key(s.path, root))]
+        wanted = {key(images[i], m.name) for i in mine for m, _ in chosen_methods}
+        damaged: list[int] = []
+        done = {r["key"] for r in read_results(results, damaged)} & wanted
+        if damaged:
+            import warnings
+
+            warnings.warn(
+                f"{path_text(results)}: skipped {len(damaged)} damaged line(s) (first: line {damaged[0]}); "
+                "their work is redone",
+                stacklevel=2,
+            )
+        jobs = []
+        for i in mine:
+            todo = {m.name: key(images[i], m.name) for m, _ in chosen_methods}
+            todo = {m: k for m, k in todo.items() if k not in done}
+            if todo:
+                jobs.append(Job(i, samples[i], todo))
+        batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
+        handled = len(mine) - len(jobs)
+        if progress is not None:
+            progress(handled, len(mine))
+
+        def write(
+            batch_records: list[dict], maps: list[tuple[int, str, np.ndarray]], views: list
+        ) -> None:
+            # a retried batch writes once, and a key twice in one batch once
+            firsts: dict[str, dict] = {}
+            for r in batch_records:
+                if r["key"] not in done:
+                    firsts.setdefault(r["key"], r)
+            fresh = list(firsts.values())
+            for index, method, array in maps:
+                save_npy(out / "maps" / f"{index:05d}.{method}.npy", array)
+            for index, sample, array in views:
+                _keep_view(out, index, sample, array, preprocess)
+            _append(results, fresh)
+            done.update(r["key"] for r in fresh)
+
+        keep = max(
+            int(montage), int(report_images)
+        )  # images whose maps and views are kept in OUT/maps
+        plan = Plan(seed=int(seed), batch_size=batch_size, montage=keep, timeout=timeout)
+        guard = ModelGuard(model)
+        if ray is not None:
+            from .ray_engine import run_on_ray
+
+            def on_batch(batch_records, maps, views, n_jobs):
+                nonlocal handled
+                write(batch_records, maps, views)
+                handled += n_jobs
+                if progress is not None:
+                    progress(handled, len(mine))
+
+            run_on_ray(
+                model, batches, chosen_methods, chosen_metrics, preprocess, plan, on_batch, **ray
+            )
+        else:
+            n_workers = default_workers() if workers is None else max(0, int(workers))
+            stream = prefetch(
+                ([(j.index, j.sample) for j in b] for b in batches),
+                preprocess,
+                workers=n_workers,
+                kind=worker_kind,
+            )
+            for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
+                write(
+                    *score_batch(
+                        model, batch, prepared, chosen_methods, chosen_metrics, plan, guard
+                    )
+                )
+                handled += len(batch)
+                if progress is not None:
+                    progress(handled, len(mine))
+
+        summary = summarise(results, wanted, chosen_methods, chosen_metrics)
+        summary.update(
+            {
+                "model": str(model.report.path),
+                "digest": model.digest,
+                "data": str(data),
+                "images": len(mine),
+                "seed": int(seed),
+                "out": str(out),
+            }
+        )
+        if shard.count > 1:
+            summary["shard"] = shard.label
+            return summary
+        summary.update(missing_report(out, configs, images, [results]))
+        write_summary(out, summary)
+        if plots:
+            write_plots(
+                out, summary, samples, [m.name for m, _ in chosen_methods], montage, preprocess
+            )
+        from ..output.report import write_report
+
+        write_report(out)
+        return summary
 
 
 @dataclasses.dataclass
