@@ -465,3 +465,161 @@ def test_perturbation_chunks_halve_on_out_of_memory():
     full = _score("deletion", Linear(W), ONES, T0, W[:, 0], params={"step": 1})["deletion-curve"]
     small = _score("deletion", Small(W), ONES, T0, W[:, 0], params={"step": 1})["deletion-curve"]
     torch.testing.assert_close(small, full)
+
+
+# ----------------------------------------------------------------------------- batched path == naive
+def _naive_curve(model, base, other, orders, counts, targets):
+    """Reference: every step's image built from scratch (``base`` with the first ``counts[k]``
+    pixels of ``orders[s]`` taken from ``other``) and forwarded alone; softmax of the target."""
+    b, c, h, w = base.shape
+    rows = []
+    with torch.no_grad():
+        for s in range(b):
+            row = []
+            for k in counts:
+                img = base[s].clone().view(c, h * w)
+                idx = orders[s][:k]
+                img[:, idx] = other[s].reshape(c, h * w)[:, idx]
+                p = torch.softmax(model(img.view(1, c, h, w)).float(), 1)[0, targets[s]]
+                row.append(float(p))
+            rows.append(row)
+    return torch.tensor(rows)
+
+
+# forward_batch 1..64 and a budget of ~one image: 1, 2 or 5 images per pass, chunks that split
+# and straddle samples' curves, and one pass for everything
+_PASSES = [
+    {"forward_batch": 1},
+    {"forward_batch": 2},
+    {"forward_batch": 5},
+    {"forward_batch": 64},
+    {"forward_batch": None, "params": {"memory_budget_mb": 1e-6}},
+    {"forward_batch": None},
+]
+
+
+def _curve_case(tiny_model):
+    x = tiny_model.example_input(3, seed=7)
+    with torch.no_grad():
+        targets = tiny_model(x).argmax(1)
+    maps = torch.randn(3, *x.shape[2:], generator=torch.Generator().manual_seed(2))
+    maps[:, :2] = 0.5  # ties: ranked by pixel order
+    return x, targets, maps
+
+
+def _case_model(tiny_model, kind, x):
+    """The real CNN, or a linear model of the same input (a model-like: the fallback pass size)
+    whose logits do not depend on the batch they are computed in."""
+    if kind == "cnn":
+        return tiny_model
+    w = torch.randn(1, *x.shape[1:], generator=torch.Generator().manual_seed(5))
+    return Linear(0.02 * w)  # logits of order 1: probabilities away from 0 and 1
+
+
+def _tolerance(kind, passes):
+    """Exact, except for the CNN at several images per pass: its convolutions' float rounding
+    depends on the batch (oneDNN's blocking), by a few 1e-8 — the model's, not the metric's."""
+    one = passes["forward_batch"] == 1 or "params" in passes
+    return 0.0 if kind == "linear" or one else 1e-6
+
+
+@pytest.mark.parametrize("kind", ["cnn", "linear"])
+@pytest.mark.parametrize("passes", _PASSES)
+def test_perturbation_curves_equal_a_naive_per_step_reference(tiny_model, passes, kind):
+    """Deletion, insertion and MoRF/LeRF from the batched, buffered path equal image-by-image
+    forwards of images built from scratch, for any number of images per forward pass."""
+    x, t, maps = _curve_case(tiny_model)
+    model, tol = _case_model(tiny_model, kind, x), _tolerance(kind, passes)
+    if kind == "linear":
+        t = t % 2
+    b, c, h, w = x.shape
+    n = h * w
+    step = 7
+    counts = [min(k * step, n) for k in range(-(-n // step) + 1)]
+    desc = [torch.argsort(m.flatten(), descending=True, stable=True) for m in maps]
+    ctx = {"forward_batch": passes["forward_batch"]}
+    extra = passes.get("params", {})
+    from xplain_builtins.metrics.faithfulness import gaussian_blur
+
+    got = _score("deletion", model, x, t, maps, params={"step": step, **extra}, **ctx)
+    want = _naive_curve(model, x, torch.zeros_like(x), desc, counts, t)
+    torch.testing.assert_close(got["deletion-curve"], want, rtol=0, atol=tol)
+    got = _score("insertion", model, x, t, maps, params={"step": step, **extra}, **ctx)
+    want = _naive_curve(model, gaussian_blur(x, 11, 5.0), x, desc, counts, t)
+    torch.testing.assert_close(got["insertion-curve"], want, rtol=0, atol=tol)
+    # pixel-perturbation with 2x2 tiles: a tile's pixels go together, tiles by mean relevance
+    tile, steps = 2, 6
+    rel = torch.nn.functional.avg_pool2d(maps[:, None], tile, ceil_mode=True)[:, 0]
+    th, tw = rel.shape[1:]
+    tile_of = (torch.arange(h)[:, None] // tile * tw + torch.arange(w)[None, :] // tile).flatten()
+    tcounts = [round(k * th * tw / steps) for k in range(steps + 1)]
+    got = _score(
+        "pixel-perturbation",
+        model,
+        x,
+        t,
+        maps,
+        params={"tile": tile, "steps": steps, **extra},
+        **ctx,
+    )
+    for key, descending in (("morf-curve", True), ("lerf-curve", False)):
+        rows = []
+        for s in range(b):
+            tiles = torch.argsort(rel[s].flatten(), descending=descending, stable=True)
+            rank = torch.empty_like(tiles)
+            rank[tiles] = torch.arange(tiles.numel())
+            pix = torch.argsort(rank[tile_of], stable=True)  # pixels in their tiles' order
+            done = [int((rank[tile_of] < k).sum()) for k in tcounts]  # pixels of the first k tiles
+            zero = torch.zeros_like(x[s : s + 1])
+            rows.append(_naive_curve(model, x[s : s + 1], zero, [pix], done, t[s : s + 1])[0])
+        torch.testing.assert_close(got[key], torch.stack(rows), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("passes", _PASSES)
+def test_sensitivity_n_equals_a_naive_per_subset_reference(tiny_model, passes):
+    """Sensitivity-n from the batched path equals one forward per (image, subset) and a plain
+    Pearson correlation, for any number of images per forward pass."""
+    from xplain_builtins.metrics.faithfulness import _subset_masks
+
+    x, t, maps = _curve_case(tiny_model)
+    b, c, h, w = x.shape
+    params = {"num_n": 3, "subsets": 4, **passes.get("params", {})}
+    got = _score(
+        "sensitivity-n",
+        tiny_model,
+        x,
+        t,
+        maps,
+        params=params,
+        forward_batch=passes["forward_batch"],
+    )
+    ns = [int(v) for v in got["sensitivity-n-curve@x"]]
+    masks = _subset_masks(h * w, tuple(ns), 4, 0, x.device)
+    assert [int(m.sum()) for m in masks[::4]] == ns
+    want = torch.zeros(b, len(ns))
+    with torch.no_grad():
+        for s in range(b):
+            clean = float(tiny_model(x[s : s + 1])[0, t[s]])
+            drops, sums = [], []
+            for m in masks:
+                img = torch.where(m.view(1, h, w), torch.zeros(()), x[s])
+                drops.append(clean - float(tiny_model(img[None])[0, t[s]]))
+                sums.append(float(maps[s].flatten()[m].sum()))
+            for j in range(len(ns)):
+                r = np.corrcoef(sums[4 * j : 4 * j + 4], drops[4 * j : 4 * j + 4])[0, 1]
+                want[s, j] = 0.0 if np.isnan(r) else r
+    torch.testing.assert_close(got["sensitivity-n-curve"], want, rtol=0, atol=1e-4)
+
+
+def test_a_method_with_gradients_runs_after_the_metrics_inference_mode(tiny_model):
+    """The perturbation metrics forward under torch.inference_mode: nothing of that may stay in
+    the model (a cached inference tensor would break the next batch's gradient method)."""
+    x, t, maps = _curve_case(tiny_model)
+    gradient = REG.method("gradient")
+    params = xplain.validate_params(gradient.params, {}, "gradient")
+    before = run_method(tiny_model, gradient, x, t, params, 0).maps
+    for name in ("deletion", "insertion", "pixel-perturbation", "sensitivity-n"):
+        small = {"sensitivity-n": {"num_n": 2, "subsets": 3}, "pixel-perturbation": {"steps": 4}}
+        _score(name, tiny_model, x, t, maps, params=small.get(name, {"step": 64}))
+    after = run_method(tiny_model, gradient, x, t, params, 0).maps
+    assert torch.equal(before, after)
