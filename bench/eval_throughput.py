@@ -1,6 +1,7 @@
 """Throughput of ``xplain eval`` at ImageNet size, and its perturbation metrics against Quantus.
 
-    python bench/eval_throughput.py [--device cpu|cuda] [--model efficientnet_b0] [--out DIR]
+    python bench/eval_throughput.py [--device cpu|cuda] [--model efficientnet_b0|efficientnet_lite0]
+                                    [--out DIR]
                                     [--parts pipeline,forward,metrics,quantus,defaults,eval,rss]
 
 Parts (each prints a table and adds to ``OUT/eval_throughput.json``):
@@ -54,6 +55,10 @@ def log(*args) -> None:
 def export(name: str, out: Path) -> Path:
     import torchvision
 
+    if name == "efficientnet_lite0":  # pretrained, built and cached by `xplain bench` itself
+        from xplain.run.bench_models import bench_model_path
+
+        return bench_model_path(name)
     path = out / f"{name}.onnx"
     if path.exists():
         return path
@@ -168,12 +173,8 @@ def _run_metric(name, model, x, t, maps, params, context=None):
     metric = _metric(name)
     p = xplain.validate_params(metric.params, params, name)
     with torch.no_grad():
-        return metric.score(
-            model,
-            x,
-            t,
-            xplain.Attribution(maps),
-            {"params": p, "seed": 0, "cache": {}, **(context or {})},
+        return metric.compute(
+            model, x, t, xplain.Attribution(maps), params=p, seed=0, cache={}, **(context or {})
         )
 
 
