@@ -169,6 +169,10 @@ class LoadReport:
     softmax_stripped: str | None = None
     verified: bool = False
     max_abs_diff: float | None = None
+    #: max |diff| / max(1, max |logit|): the quantity verification bounds by ``VERIFY_TOL``. A
+    #: model with huge logits (random-weight Inception v3: ~1e12) has a huge absolute difference
+    #: at float32 precision; this says how far off the conversion is at the output's own scale.
+    max_rel_diff: float | None = None
     batch_checked: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
     original_names: dict[str, str] = dataclasses.field(default_factory=dict)
