@@ -783,6 +783,13 @@ class Model:
         )
 
     # ---------------------------------------------------------------- non-linearities
+    def signal_inputs(self, node: fx.Node | str) -> list[fx.Node]:
+        """The inputs of ``node`` (an fx node or its name) whose *values* depend on the model
+        input's values. Constants are not signal, and neither is a tensor's shape nor what is
+        computed from it: the classic exporter writes ``x.view(b, -1)`` as Shape → Gather →
+        Unsqueeze → Concat → Reshape, a Reshape with one signal input, not two."""
+        return self._signal_inputs(self.node(node) if isinstance(node, str) else node)
+
     def _signal_inputs(self, node: fx.Node) -> list[fx.Node]:
         flowing = self._flowing_set
         return [a for a in node.all_input_nodes if a in flowing]
