@@ -1422,6 +1422,11 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
+                # raised by onnx2torch's Slice module on every call; about a library's internals,
+                # nothing a user can act on (torch 2.9+ indexing semantics it still gets right)
+                warnings.filterwarnings(
+                    "ignore", message="Using a non-tuple sequence for multidimensional indexing"
+                )
             code = command.main(args=argv, prog_name="xplain", standalone_mode=False)
         if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) without a word
             err.print("xplain: interrupted", highlight=False)
