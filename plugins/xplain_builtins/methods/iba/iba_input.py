@@ -106,7 +106,17 @@ def marginal_w2(fake, real):
     return d.sum(1) / r.var(1).sum(1).clamp_min(1e-30)
 
 
-def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_epochs=None):
+def gan_stage(
+    split,
+    x,
+    feat_map,
+    z_star,
+    gens,
+    params,
+    monitor=None,
+    monitor_epochs=None,
+    monitor_w2_only=False,
+):
     """Fit λ_G per image (section 3.3). ``z_star(k, count)`` draws ``count`` target samples
     from P(Z*) for all images (B×count×C×h×w); ``feat_map`` (B×H×W, bits) initialises the mask
     logits (as the reference code). Returns λ_G (B×C_in×H×W) and per-step counts.
@@ -114,7 +124,16 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
     ``monitor(epoch, info)``, when given, is called before the first epoch and after each one
     with the critic's Wasserstein estimate on a fixed probe batch (mean D(real) − mean D(fake)),
     the mask λ_G and the critic-free :func:`marginal_w2` on that batch (diagnostics, B values);
-    ``monitor_epochs`` limits the calls to those epochs (0 = before training)."""
+    ``monitor_epochs`` limits the calls to those epochs (0 = before training); with
+    ``monitor_w2_only`` it gets only ``w2`` (what a record keeps), from one gradient-free pass of
+    the probe batch through the model's prefix instead of a forward and backward pass plus two
+    critic passes. The probe never changes the run's random draws or parameters.
+
+    Only the gradients a step uses are computed (profile in docs/input-iba.md, "Speed"): a
+    critic step differentiates its loss for the critic's parameters only (not for the penalty's
+    interpolates), and a generator step for the generator's parameters only (not for the critic's
+    weights, which the next critic step would discard). Neither changes a number the optimisers
+    see, so λ_G is bit-identical to the plain full-backward loop (tests/test_iba.py)."""
     import torch
 
     b, cin = x.shape[:2]
@@ -145,6 +164,7 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
             {"params": [mask_logit], "lr": params["gen_mask_lr"]},
         ]
     )
+    gen_params = [noise_mean, noise_scale, mask_logit]
     size, batch, clip = params["gan_dataset"], params["gan_batch"], params["weight_clip"]
 
     def generate(z):  # B×n×C×H×W noise → features at the bottleneck, B×n×…
@@ -169,6 +189,10 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
 
     def report(epoch):
         real, z = probe
+        if monitor_w2_only:
+            with torch.no_grad():
+                monitor(epoch, {"w2": marginal_w2(generate(z), real)})
+            return
         fake = generate(z)
         score = critic(feats(fake)).mean(1)
         grad = torch.autograd.grad(score.sum(), mask_logit)[0]  # what a generator step would see
@@ -218,7 +242,7 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                     d_loss = d_loss + params["gp_weight"] * _gradient_penalty(
                         critic, feats(real), feats(fake.detach()), gens
                     )
-                d_loss.backward()
+                d_loss.backward(inputs=critic.params)  # not into the penalty's interpolates
                 d_opt.step()
                 if not gp:
                     with torch.no_grad():
@@ -228,7 +252,7 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                 if gen_step:
                     g_opt.zero_grad(set_to_none=True)
                     g_loss = -critic(feats(fake)).mean(1).sum()
-                    g_loss.backward()
+                    g_loss.backward(inputs=gen_params)  # the critic's weight gradients: unused
                     g_opt.step()
                     gen_steps += 1
             if wanted(_epoch + 1):
@@ -417,6 +441,7 @@ def _explain_input_iba(request: xplain.ExplainRequest):
             params,
             monitor=monitor,
             monitor_epochs={0, params["gan_epochs"]},
+            monitor_w2_only=True,
         )
         times["gan"] = time.perf_counter() - t1
         info.update(counts)
