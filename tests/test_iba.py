@@ -756,3 +756,77 @@ def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
     )
     before, after = a.sample_info[0]["gan_w2"]
     assert before > 0 and after > 0 and math.isfinite(before) and math.isfinite(after)
+
+
+def _gan_inputs(shapes, params):
+    """Stage 1 on the circle and the triangle: what gan_stage needs, for the GAN-stage tests."""
+    x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle")])
+    layer, _ = iba.resolve_layer(shapes, "", "input-iba", spatial=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        split, gens, mean, std, active, _, _ = iba._stats_and_gens(
+            shapes, x, params, 0, "input-iba", layer
+        )
+    cap, lam, r, _ = iba.feature_bottleneck(
+        split,
+        x,
+        torch.tensor([0, 2]),
+        mean,
+        std,
+        active,
+        gens,
+        beta=10.0,
+        steps=10,
+        lr=1.0,
+        copies=10,
+        initial_alpha=5.0,
+        sigma=1.0,
+    )
+    sampler = iba_input._target_sampler(r, lam, cap, mean, std, active, gens, params)
+    return split, x, iba.saliency_bits(cap, (64, 64)), sampler, gens
+
+
+@pytest.mark.parametrize("critic", ["gp", "clip"])
+def test_gan_stage_skipped_gradients_change_no_number(shapes, monkeypatch, critic):
+    """The GAN stage differentiates each loss only for the parameters its step updates, and the
+    recorded distance comes from a gradient-free probe pass; the generated samples go through the
+    prefix a few at a time. Against the plain loop (one pass, every ``backward`` into every leaf,
+    the full monitor), λ_G and the recorded W2 are bit-identical: the skipped gradients were never
+    used, and passes change no sample's arithmetic."""
+    method = get_registry().method("input-iba")
+    params = xplain.validate_params(
+        method.params,
+        {**FAST_GAN, "gan_dataset": 40, "gan_batch": 8, "critic_iter": 2, "gan_critic": critic},
+        "input-iba",
+    )
+
+    inputs = {True: _gan_inputs(shapes, params), False: _gan_inputs(shapes, params)}
+
+    def run(plain):
+        seen = {}
+        prior, counts = iba_input.gan_stage(
+            *inputs[plain],
+            params,
+            monitor=lambda e, v: seen.__setitem__(e, v["w2"]),
+            monitor_epochs={0, 2},
+            monitor_w2_only=not plain,
+            per_pass=None if plain else 12,  # 16 samples a batch: passes of 8 and 8
+        )
+        return prior, seen, counts
+
+    lean = run(plain=False)
+    original = torch.Tensor.backward
+    calls = []
+
+    def full_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        calls.append(inputs is not None)
+        original(self, gradient, retain_graph, create_graph)  # into every leaf, as before
+
+    monkeypatch.setattr(torch.Tensor, "backward", full_backward)
+    plain = run(plain=True)
+    assert calls and all(calls)  # every step's backward named its inputs in the lean run
+    assert lean[2] == plain[2] and lean[2]["generator_steps"] == 6
+    assert torch.equal(lean[0], plain[0])
+    assert (lean[0] != torch.sigmoid(torch.zeros(()))).any()  # λ_G is not a trivial constant
+    for epoch in (0, 2):
+        assert torch.equal(lean[1][epoch], plain[1][epoch])

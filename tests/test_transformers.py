@@ -496,3 +496,29 @@ def test_torchvision_transformers_run_every_attention_method(case, tmp_path):
         assert float(both.abs().max()) > 0
     with pytest.raises(xplain.UsageError, match="needs rectifier activations"):
         xplain.explain(model, x, targets=targets, method="guided-backprop")
+
+
+def test_row_vector_chain_equals_the_matrix_chain():
+    """Both attention methods read one row of R = F_L ⋯ F_1; backward_product forms it as
+    u·F_L⋯F_1 with vector–matrix products (O(T²) per block). It must equal the row of the
+    explicit product, with batched blocks, an unbatched carry between token spaces of different
+    sizes (Swin's patch merging) and a callable factor, in the chain's order (not reversed)."""
+    from xplain_builtins.methods.attention_maps import backward_product
+
+    g = torch.Generator().manual_seed(0)
+    b = 3
+    f1 = torch.rand(b, 6, 6, generator=g)
+    carry = torch.rand(4, 6, generator=g)  # 6 fine tokens -> 4 coarse tokens
+    f2 = torch.rand(b, 4, 4, generator=g)
+    f3 = torch.rand(b, 4, 4, generator=g)
+
+    def plus_identity(v):
+        return v + torch.bmm(v.unsqueeze(1), f3).squeeze(1)
+
+    u = torch.rand(b, 4, generator=g)
+    got = backward_product(u, [f1, carry, f2, plus_identity])
+    chain = (torch.eye(4) + f3) @ f2 @ carry @ f1  # R = F_4 F_3 F_2 F_1
+    expected = torch.bmm(u.unsqueeze(1), chain).squeeze(1)
+    torch.testing.assert_close(got, expected)
+    swapped = torch.bmm(u.unsqueeze(1), f2 @ (torch.eye(4) + f3) @ carry @ f1).squeeze(1)
+    assert not torch.allclose(got, swapped)

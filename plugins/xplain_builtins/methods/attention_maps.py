@@ -208,43 +208,71 @@ def full_matrix(model, att, mats, reduce="mean"):
     return out.reshape(b, size, size)
 
 
-def carry(model, att_from, att_to, relevance):
-    """Relevance rows (B×T_from×S) carried to the next block's token space (B×T_to×S): the same
-    rows when the spaces match, else each coarser cell the mean of the finer cells it covers
+def carry_matrix(model, att_from, att_to):
+    """The T_to×T_from matrix that carries relevance from one block's token space to the next's,
+    or None when the spaces match: each coarser cell the mean of the finer cells it covers
     (Swin's patch merging), prefix tokens kept."""
     import torch
 
     p0, (h0, w0) = token_space(model, att_from)
     p1, (h1, w1) = token_space(model, att_to)
     if (p0, h0, w0) == (p1, h1, w1):
-        return relevance
+        return None
     if p0 != p1:
         raise xplain.UsageError(
             f"attention blocks {att_from.node!r} and {att_to.node!r} have different "
             "prefix tokens; their relevance cannot be chained"
         )
-    ys = (torch.arange(h0, device=relevance.device) * h1) // h0
-    xs = (torch.arange(w0, device=relevance.device) * w1) // w0
+    ys = torch.arange(h0) * h1 // h0
+    xs = torch.arange(w0) * w1 // w0
     target = (ys[:, None] * w1 + xs[None, :]).flatten() + p1
-    source = torch.arange(h0 * w0, device=relevance.device) + p0
-    carry_m = relevance.new_zeros(p1 + h1 * w1, p0 + h0 * w0)
-    carry_m[target, source] = 1.0
+    source = torch.arange(h0 * w0) + p0
+    matrix = torch.zeros(p1 + h1 * w1, p0 + h0 * w0)
+    matrix[target, source] = 1.0
     if p0:
-        carry_m[torch.arange(p0), torch.arange(p0)] = 1.0
-    carry_m = carry_m / carry_m.sum(dim=1, keepdim=True).clamp_min(1)
-    return carry_m @ relevance
+        matrix[torch.arange(p0), torch.arange(p0)] = 1.0
+    return matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1)
 
 
-def token_map(model, relevance, first, last):
-    """The map from the final relevance R (B×T_last×T_first): the class token's (token 0's) row
-    when the model has prefix tokens, else the mean of all rows (models that average their
-    tokens, e.g. Swin); prefix columns dropped, reshaped to the first block's grid and upsampled
-    bilinearly (align_corners=False) to the input size."""
+def read_out(model, last, like):
+    """The row vector u (B×T_last) whose product with the final relevance R is the map's row:
+    the class token's (token 0's) row when the model has prefix tokens, else the mean of all
+    rows (models that average their tokens, e.g. Swin)."""
+    prefix, (h, w) = token_space(model, last)
+    u = like.new_zeros(like.shape[0], prefix + h * w)
+    if prefix:
+        u[:, 0] = 1.0
+    else:
+        u += 1.0 / u.shape[1]
+    return u
+
+
+def backward_product(u, factors):
+    """u · F_L · … · F_1 for ``factors`` = [F_1, …, F_L] (input side first): each F is a B×T×T
+    block matrix, an unbatched carry matrix, or a callable v -> v·F.
+
+    Why a row vector: the map needs one row of R = F_L ⋯ F_1, and a vector–matrix product per
+    block costs O(T²) where the matrix chain costs O(T³) — on Swin's first stage (T = 3136) that is
+    the difference between milliseconds and minutes per image."""
+    import torch
+
+    v = u
+    for f in reversed(factors):
+        if callable(f):
+            v = f(v)
+        elif f.dim() == 2:
+            v = v @ f.to(device=v.device, dtype=v.dtype)
+        else:
+            v = torch.bmm(v.unsqueeze(1), f).squeeze(1)
+    return v
+
+
+def token_map(model, row, first):
+    """The map from the row of R (B×T_first): prefix columns dropped, reshaped to the first
+    block's grid and upsampled bilinearly (align_corners=False) to the input size."""
     import torch.nn.functional as F
 
-    prefix, _ = token_space(model, last)
     first_prefix, (h, w) = token_space(model, first)
-    row = relevance[:, 0] if prefix else relevance.mean(dim=1)
     row = row[:, first_prefix:].reshape(-1, 1, h, w)
     size = (model.spec.height, model.spec.width)
     return F.interpolate(row, size=size, mode="bilinear", align_corners=False)[:, 0]

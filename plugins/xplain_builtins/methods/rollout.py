@@ -5,10 +5,12 @@ import xplain
 from .attention_maps import (
     WINDOWED,
     attention_layers,
+    backward_product,
     capture,
-    carry,
+    carry_matrix,
     full_matrix,
     identity,
+    read_out,
     token_map,
     token_space,
 )
@@ -17,15 +19,18 @@ _REDUCE = {"mean": "mean", "max": "amax", "min": "amin"}
 
 
 def rollout(model, attention, mats, fusion="mean", discard_ratio=0.0):
-    """R = Â_L ⋯ Â_1 with Â_l = rows normalised (½·A_l + ½·I), A_l the head-fused attention of
-    block l on its token space (relevance carried between spaces, see attention_maps).
+    """The map's row of R = Â_L ⋯ Â_1 (B×T_1) with Â_l = rows normalised (½·A_l + ½·I), A_l the
+    head-fused attention of block l on its token space (relevance carried between spaces, see
+    attention_maps); computed as a row vector times the chain, never the chain itself.
 
     ``mats``: per block B×maps×n×n probabilities. ``discard_ratio`` zeroes that fraction of
     each image's lowest fused weights (the class token's attention to itself is kept)."""
-    import torch
-
-    result, previous = None, None
+    factors, previous = [], None
     for att, a in zip(attention, mats):
+        if previous is not None:
+            between = carry_matrix(model, previous, att)
+            if between is not None:
+                factors.append(between)
         fused = full_matrix(model, att, a, _REDUCE[fusion])
         if discard_ratio > 0:
             flat = fused.flatten(1).clone()
@@ -37,18 +42,17 @@ def rollout(model, attention, mats, fusion="mean", discard_ratio=0.0):
                 flat[:, 0] = keep
             fused = flat.view_as(fused)
         step = 0.5 * fused + 0.5 * identity(model, att, fused)
-        step = step / step.sum(dim=-1, keepdim=True)
-        result = step if result is None else torch.bmm(step, carry(model, previous, att, result))
+        factors.append(step / step.sum(dim=-1, keepdim=True))
         previous = att
-    return result
+    return backward_product(read_out(model, attention[-1], mats[0]), factors)
 
 
 def _explain(request: xplain.ExplainRequest):
     model, x, params = request.model, request.x, request.params
     attention = attention_layers(model, "attention-rollout")
     mats, _ = capture(model, x, attention)
-    relevance = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])
-    maps = token_map(model, relevance, attention[0], attention[-1])
+    row = rollout(model, attention, mats, params["head_fusion"], params["discard_ratio"])
+    maps = token_map(model, row, attention[0])
     prefix, grid = token_space(model, attention[0])
     return xplain.Attribution(
         maps,

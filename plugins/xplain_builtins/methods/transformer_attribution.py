@@ -9,34 +9,42 @@ import xplain
 from .attention_maps import (
     WINDOWED,
     attention_layers,
+    backward_product,
     capture,
-    carry,
+    carry_matrix,
     full_matrix,
-    identity,
+    read_out,
     token_map,
     token_space,
 )
 
 
 def relevance(model, attention, mats, grads):
-    """R after all blocks: R = I, then R ← R + Ā_l R with Ā_l = mean over heads of (∇A_l ⊙ A_l)⁺
-    (on each block's token space; relevance carried between spaces, see attention_maps)."""
+    """The map's row of R (B×T_1), R = I, then R ← R + Ā_l R with Ā_l = mean over heads of
+    (∇A_l ⊙ A_l)⁺ (on each block's token space; relevance carried between spaces, see
+    attention_maps); computed as a row vector times the chain of (I + Ā_l), never R itself."""
     import torch
 
-    result, previous = identity(model, attention[0], mats[0]), attention[0]
+    factors, previous = [], attention[0]
     for att, a, g in zip(attention, mats, grads):
-        result = carry(model, previous, att, result)
+        between = carry_matrix(model, previous, att)
+        if between is not None:
+            factors.append(between)
         weighted = full_matrix(model, att, (g * a).clamp(min=0), "mean")
-        result = result + torch.bmm(weighted, result)
+
+        def plus_identity(v, w=weighted):  # v · (I + Ā_l) without forming I
+            return v + torch.bmm(v.unsqueeze(1), w).squeeze(1)
+
+        factors.append(plus_identity)
         previous = att
-    return result
+    return backward_product(read_out(model, attention[-1], mats[0]), factors)
 
 
 def _explain(request: xplain.ExplainRequest):
     model, x, targets = request.model, request.x, request.targets
     attention = attention_layers(model, "transformer-attribution")
     mats, grads = capture(model, x, attention, targets)
-    maps = token_map(model, relevance(model, attention, mats, grads), attention[0], attention[-1])
+    maps = token_map(model, relevance(model, attention, mats, grads), attention[0])
     prefix, grid = token_space(model, attention[0])
     return xplain.Attribution(
         maps,

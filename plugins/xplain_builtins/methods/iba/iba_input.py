@@ -106,7 +106,18 @@ def marginal_w2(fake, real):
     return d.sum(1) / r.var(1).sum(1).clamp_min(1e-30)
 
 
-def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_epochs=None):
+def gan_stage(
+    split,
+    x,
+    feat_map,
+    z_star,
+    gens,
+    params,
+    monitor=None,
+    monitor_epochs=None,
+    monitor_w2_only=False,
+    per_pass=None,
+):
     """Fit λ_G per image (section 3.3). ``z_star(k, count)`` draws ``count`` target samples
     from P(Z*) for all images (B×count×C×h×w); ``feat_map`` (B×H×W, bits) initialises the mask
     logits (as the reference code). Returns λ_G (B×C_in×H×W) and per-step counts.
@@ -114,7 +125,24 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
     ``monitor(epoch, info)``, when given, is called before the first epoch and after each one
     with the critic's Wasserstein estimate on a fixed probe batch (mean D(real) − mean D(fake)),
     the mask λ_G and the critic-free :func:`marginal_w2` on that batch (diagnostics, B values);
-    ``monitor_epochs`` limits the calls to those epochs (0 = before training)."""
+    ``monitor_epochs`` limits the calls to those epochs (0 = before training); with
+    ``monitor_w2_only`` it gets only ``w2`` (what a record keeps), from one gradient-free pass of
+    the probe batch through the model's prefix instead of a forward and backward pass plus two
+    critic passes. The probe never changes the run's random draws or parameters.
+
+    Only the gradients a step uses are computed (profile in docs/input-iba.md, "Speed"): a
+    critic step differentiates its loss for the critic's parameters only (not for the penalty's
+    interpolates), and a generator step for the generator's parameters only (not for the critic's
+    weights, which the next critic step would discard). Neither changes a number the optimisers
+    see, so λ_G is bit-identical to the plain full-backward loop (tests/test_iba.py).
+
+    The B×n generated inputs of a batch go through the model's prefix ``per_pass`` at a time
+    (None: all at once), the split of :func:`xplain.images_per_pass`: one pass of 8 images × 32
+    samples made activations of 67 MB on shapes_cnn, which the allocator maps fresh (and the
+    kernel zeroes) every batch. A pass is rounded down to a multiple of 8 images: then every
+    sample's features and gradients come out exactly as in one pass on the CPU (oneDNN blocks the
+    batch by 8; passes of 1 or 5 images differ in the last bits), and the test compares λ_G bit
+    for bit."""
     import torch
 
     b, cin = x.shape[:2]
@@ -145,12 +173,16 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
             {"params": [mask_logit], "lr": params["gen_mask_lr"]},
         ]
     )
+    gen_params = [noise_mean, noise_scale, mask_logit]
     size, batch, clip = params["gan_dataset"], params["gan_batch"], params["weight_clip"]
 
     def generate(z):  # B×n×C×H×W noise → features at the bottleneck, B×n×…
         m = torch.sigmoid(mask_logit)[:, None]
         noisy = m * x[:, None] + (1 - m) * (noise_scale[:, None] * z + noise_mean[:, None])
-        f = split.features(noisy.flatten(0, 1))
+        rows = noisy.flatten(0, 1)
+        step = rows.shape[0] if per_pass is None else max(1, int(per_pass))
+        step = step - step % 8 if step >= 8 else step  # see the docstring: multiples of 8
+        f = torch.cat([split.features(part) for part in rows.split(step)])
         return f.reshape(b, z.shape[1], *f.shape[1:])
 
     critic_steps = gen_steps = 0
@@ -169,6 +201,10 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
 
     def report(epoch):
         real, z = probe
+        if monitor_w2_only:
+            with torch.no_grad():
+                monitor(epoch, {"w2": marginal_w2(generate(z), real)})
+            return
         fake = generate(z)
         score = critic(feats(fake)).mean(1)
         grad = torch.autograd.grad(score.sum(), mask_logit)[0]  # what a generator step would see
@@ -218,7 +254,7 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                     d_loss = d_loss + params["gp_weight"] * _gradient_penalty(
                         critic, feats(real), feats(fake.detach()), gens
                     )
-                d_loss.backward()
+                d_loss.backward(inputs=critic.params)  # not into the penalty's interpolates
                 d_opt.step()
                 if not gp:
                     with torch.no_grad():
@@ -228,7 +264,7 @@ def gan_stage(split, x, feat_map, z_star, gens, params, monitor=None, monitor_ep
                 if gen_step:
                     g_opt.zero_grad(set_to_none=True)
                     g_loss = -critic(feats(fake)).mean(1).sum()
-                    g_loss.backward()
+                    g_loss.backward(inputs=gen_params)  # the critic's weight gradients: unused
                     g_opt.step()
                     gen_steps += 1
             if wanted(_epoch + 1):
@@ -417,6 +453,8 @@ def _explain_input_iba(request: xplain.ExplainRequest):
             params,
             monitor=monitor,
             monitor_epochs={0, params["gan_epochs"]},
+            monitor_w2_only=True,
+            per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]),
         )
         times["gan"] = time.perf_counter() - t1
         info.update(counts)
@@ -456,6 +494,10 @@ def _explain_input_iba(request: xplain.ExplainRequest):
 
 _DESCRIPTION = (
     "InputIBA (Zhang, Khakzar et al., NeurIPS 2021): the predictive information of input pixels. "
+    "Cost (docs/input-iba.md, measured on shapes_cnn): the paper's 20 GAN epochs are ~95% of the "
+    "work, ~29,000 forward passes per image; gan_epochs=0 (λ_G stays σ(stage-1 bits)) costs ~1/17 of "
+    "that and gan_epochs=2 ~1/6, at insertion/deletion/EBPG within the seed spread of the default "
+    "there (not checked on ImageNet). Use -p gan_epochs=0 when speed matters. "
     "Stage 1 is the `iba` feature bottleneck at `layer` (beta=10, steps=10, lr=1, batch_size=10 noise "
     "copies, initial_alpha=5, feat_sigma=1; same statistics, fitted with `xplain fit iba`, or estimated "
     "per image with a warning) → Z* = λ*R + (1−λ*)ε. Stage 2 (section 3.3) learns per image a generator: an "
@@ -501,7 +543,15 @@ def input_iba_method():
             min=0,
             max=50,
         ),
-        P("gan_epochs", "int", 20, "GAN epochs (stage 2)", min=0, max=1000),
+        P(
+            "gan_epochs",
+            "int",
+            20,
+            "GAN epochs (stage 2; the paper's 20 are ~95% of the cost, 0 is ~17x cheaper at the "
+            "same scores on shapes_cnn: docs/input-iba.md)",
+            min=0,
+            max=1000,
+        ),
         P("gan_dataset", "int", 200, "target samples from P(Z*) per epoch", min=2, max=100000),
         P(
             "gan_subset",
@@ -603,11 +653,11 @@ def input_iba_method():
             "which stage's map: input (Λ*), gan (λ_G) or feature (stage 1, bits)",
             choices=RETURNS,
         ),
-        xplain.pass_params("")[1],  # memory_budget_mb: stage 3's B×batch_size copies per pass
+        xplain.pass_params("")[1],  # memory_budget_mb: GAN samples and stage-3 copies per pass
     ]
     return xplain.Method(
         name="input-iba",
-        summary="InputIBA: input-resolution information bottleneck guided by a feature bottleneck (Zhang et al. 2021)",
+        summary="InputIBA: input-resolution information bottleneck guided by a feature bottleneck (Zhang et al. 2021); slow at paper defaults, -p gan_epochs=0 ~17x cheaper",
         description=_DESCRIPTION,
         explain=_explain_input_iba,
         params=params,
