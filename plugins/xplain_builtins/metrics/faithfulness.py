@@ -9,10 +9,11 @@ writing the perturbed images are below 1 %). Perturbed images are written into o
 on the model's device (``torch.where`` with ``out=``, never a fresh B×C×H×W tensor per step) and
 scored under ``torch.inference_mode`` in forward passes sized like the many-pass methods' passes
 (:func:`xplain.images_per_pass` with the metric's ``memory_budget_mb``, the same rule on CPU and
-CUDA): on a CPU, 64 images of 224x224 per forward spill the caches and make the kernel zero fresh
-pages for every pass, 2-3x the cost per image of a few. ``context.forward_batch`` overrides the
-size. Sensitivity-n's random subsets depend only on the image size, the subset sizes and the seed,
-so they are drawn once per process (6.6 s at its defaults at 224x224), not once per batch.
+CUDA): on a CPU, 16 images of 224x224 per forward spill the caches and make the kernel zero fresh
+pages for every pass, 1.8x the cost per image of 3 (Lite0), and 64 cost more.
+``context.forward_batch`` overrides the size. Sensitivity-n's random subsets depend only on the
+image size, the subset sizes and the seed, so they are drawn once per process (6.6 s at its
+defaults at 224x224), not once per batch.
 """
 
 import xplain
@@ -35,7 +36,7 @@ _BUDGET = xplain.Param(
 
 def _chunk(context, x):
     """Perturbed images per forward pass: the context's ``forward_batch``, else as many as fit
-    the metric's ``memory_budget_mb`` at one image's activations (:func:`xplain.images_per_pass`)."""
+    the metric's ``memory_budget_mb`` at one image's activations (``xplain.images_per_pass``)."""
     given = context.forward_batch
     if given:
         return int(given)
@@ -229,7 +230,7 @@ def _pixel_perturbation(context: xplain.MetricContext):
     }
 
 
-#: the last subsets drawn: ``(n_pix, ns, subsets, seed) -> {device: B×HW bool masks}``
+#: the last subsets drawn: ``(n_pix, ns, subsets, seed) -> {device: (len(ns)·subsets)×HW bool}``
 _MASKS: dict = {}
 
 
@@ -237,7 +238,7 @@ def _subset_masks(n_pix, ns, subsets, seed, device):
     """Sensitivity-n's subsets (``subsets`` per n in ``ns``, set pixels = True), drawn on the CPU
     from ``seed`` (the same masks on every device) and kept for the next call: they depend on
     nothing else, and drawing them (an argsort of subsets × n_pix per n) costs 6.6 s at the
-    defaults at 224x224, 15 % of a batch of 2. One entry; never modified by callers."""
+    defaults at 224x224, 8 % of a batch of 2. One entry; never modified by callers."""
     import torch
 
     key = (n_pix, ns, subsets, seed)
