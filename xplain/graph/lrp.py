@@ -32,11 +32,18 @@ import copy
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .generic import GenericRule
-from .kinds import BATCHNORM, is_weight_layer, unwrap
+from .kinds import (
+    BATCHNORM,
+    direct_layer,
+    forward_with,
+    input_gradient,
+    is_weight_layer,
+    prefix_modules,
+    unwrap,
+)
 from .model import Model
 from .rules import Chooser, _activation_of
 
@@ -201,61 +208,6 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-def _direct(layer: nn.Module) -> bool:
-    """Whether :func:`_forward_with` / :func:`_input_gradient` can run ``layer`` as plain aten
-    calls: linear layers and convolutions (also transposed) with numeric zero padding. A conv
-    with ``padding="same"`` or a non-zero padding mode goes through a modified copy instead."""
-    if isinstance(layer, nn.Linear):
-        return True
-    return (
-        isinstance(layer, nn.modules.conv._ConvNd)
-        and not isinstance(layer.padding, str)
-        and layer.padding_mode == "zeros"
-    )
-
-
-def _forward_with(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``layer``'s linear map with ``weight`` and no bias applied to ``x`` (a :func:`_direct`
-    layer), outside autograd."""
-    if isinstance(layer, nn.Linear):
-        return F.linear(x, weight)
-    conv = cast(nn.modules.conv._ConvNd, layer)
-    return torch.convolution(
-        x,
-        weight,
-        None,
-        conv.stride,
-        cast(tuple, conv.padding),
-        conv.dilation,
-        conv.transposed,
-        conv.output_padding,
-        conv.groups,
-    )
-
-
-def _input_gradient(
-    layer: nn.Module, s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
-    """The transpose of :func:`_forward_with` applied to ``s`` (``Wᵀs``, shaped like ``x``): the
-    input half of the layer's own backward kernel, without a graph or a second forward."""
-    if isinstance(layer, nn.Linear):
-        return s.matmul(weight)
-    conv = cast(nn.modules.conv._ConvNd, layer)
-    return torch.ops.aten.convolution_backward(
-        s,
-        x,
-        weight,
-        None,
-        conv.stride,
-        cast(tuple, conv.padding),
-        conv.dilation,
-        conv.transposed,
-        conv.output_padding,
-        conv.groups,
-        [True, False, False],
-    )[0]
-
-
 def _zplus_scale(g: torch.Tensor, z: torch.Tensor, z_pos: torch.Tensor) -> torch.Tensor:
     """``g · z / z_pos`` (``z_pos = z⁺ + ε``), 0 where the denominator is 0, written into
     ``z_pos`` (a temporary the caller owns): three kernels and no new tensor."""
@@ -280,14 +232,14 @@ class _ZPlusFn(torch.autograd.Function):
         x, *z = ctx.saved_tensors
         rule = ctx.rule
         w_pos = _weight(rule.layer).detach().clamp(min=0)
-        z_pos = _forward_with(rule.layer, x, w_pos)
+        z_pos = forward_with(rule.layer, x, w_pos)
         if rule.eps:
             z_pos.add_(rule.eps)
         if rule.relevance_in:
             s = torch.div(g, z_pos, out=z_pos).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         else:
             s = _zplus_scale(g, z[0], z_pos)
-        return _input_gradient(rule.layer, s, x, w_pos), None
+        return input_gradient(rule.layer, s, x, w_pos), None
 
 
 class ZPlusRule(GenericRule):
@@ -299,17 +251,17 @@ class ZPlusRule(GenericRule):
     that backward) and calls the two aten kernels a convolution's forward and input gradient are
     made of. Profiled on EfficientNet-Lite0, the former route (a deep copy of every layer with
     W⁺, re-running it, pads included, under autograd in the backward) cost 2.4× a gradient.
-    Layers :func:`_direct` cannot express keep that route (:class:`GenericRule`).
+    Layers :func:`~xplain.graph.kinds.direct_layer` cannot express keep that route (:class:`GenericRule`).
     ``relevance_in``: the layer feeds a :class:`RelevancePassRule` only, which hands back
     ``R = c · z`` (then ``c_in = W⁺ᵀ (R / (W⁺x + ε))``)."""
 
     def __init__(self, original: nn.Module, eps: float, relevance_in: bool = False):
         layer = unwrap(original)
-        direct = _direct(layer)
+        direct = direct_layer(layer)
         super().__init__(original, param_modifier=None if direct else _positive_weights)
         self.eps = eps
         self.layer = layer
-        self.prefix = _prefix(original)
+        self.prefix = prefix_modules(original)
         self.relevance_in = relevance_in and direct
 
     def gradient_mapper(self, g, z, z_mod):
@@ -522,14 +474,14 @@ def zbox_relevance(
     As W = W⁺ + W⁻, ``z = Wx − W⁺l − W⁻h = W⁺(x − l) + W⁻(x − h)``: one layer call over the two
     differences stacked along the input channels (weight ``[W⁺, W⁻]``), whose one backward gives
     the three input gradients. Profiled on EfficientNet-Lite0, three deep copies of the stem
-    and three forwards and backwards cost a quarter of a gradient. Grouped or non-:func:`_direct`
+    and three forwards and backwards cost a quarter of a gradient. Grouped or non-:func:`~xplain.graph.kinds.direct_layer`
     layers keep the three separate layers."""
     layer = unwrap(module)
     dims = _stack_dims(layer)
     if dims is None:
         return _zbox_separate(module, x, relevance_out, low, high, eps)
     input_dim, weight_dim = dims
-    prefix = _prefix(module)
+    prefix = prefix_modules(module)
     w = _weight(layer).detach()
     stacked_w = torch.cat([w.clamp(min=0), w.clamp(max=0)], dim=weight_dim)
     with torch.enable_grad():
@@ -537,7 +489,7 @@ def zbox_relevance(
         # pads with any constant value cancel in the differences
         padded = [_through(prefix, t) for t in xs]
         stacked = torch.cat([padded[0] - padded[1], padded[0] - padded[2]], dim=input_dim)
-        z = _forward_with(layer, stacked, stacked_w)
+        z = forward_with(layer, stacked, stacked_w)
         s = _divide(relevance_out, _stabilise(z.detach(), eps))
         gx, gl, gh = torch.autograd.grad(z, xs, s)
     return x.detach() * gx + low * gl + high * gh
@@ -546,7 +498,7 @@ def zbox_relevance(
 def _stack_dims(layer: nn.Module) -> tuple[int, int] | None:
     """(input dim, weight dim) along which inputs and weights of ``layer`` can be stacked so
     that one call sums the layers' outputs; None where they cannot (grouped convs)."""
-    if not _direct(layer):
+    if not direct_layer(layer):
         return None
     if isinstance(layer, nn.Linear):
         return -1, 1
@@ -554,11 +506,6 @@ def _stack_dims(layer: nn.Module) -> tuple[int, int] | None:
     if conv.groups != 1:
         return None
     return 1, 0 if conv.transposed else 1
-
-
-def _prefix(module: nn.Module) -> list[nn.Module]:
-    """The modules that run before the weight layer (:func:`unwrap`): a padded conv's pads."""
-    return list(module.children())[:-1] if unwrap(module) is not module else []
 
 
 def _through(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
