@@ -222,7 +222,10 @@ class _ZPlusFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rule):
         z = rule.layer(x)
-        ctx.save_for_backward(x) if rule.relevance_in else ctx.save_for_backward(x, z)
+        if rule.relevance_in:  # R arrives instead of c: z is not needed
+            ctx.save_for_backward(x)
+        else:
+            ctx.save_for_backward(x, z)
         ctx.rule = rule
         return z
 
@@ -251,7 +254,8 @@ class ZPlusRule(GenericRule):
     that backward) and calls the two aten kernels a convolution's forward and input gradient are
     made of. Profiled on EfficientNet-Lite0, the former route (a deep copy of every layer with
     W⁺, re-running it, pads included, under autograd in the backward) cost 2.4× a gradient.
-    Layers :func:`~xplain.graph.kinds.direct_layer` cannot express keep that route (:class:`GenericRule`).
+    Layers :func:`~xplain.graph.kinds.direct_layer` cannot express keep that route
+    (:class:`GenericRule`).
     ``relevance_in``: the layer feeds a :class:`RelevancePassRule` only, which hands back
     ``R = c · z`` (then ``c_in = W⁺ᵀ (R / (W⁺x + ε))``)."""
 
@@ -474,8 +478,8 @@ def zbox_relevance(
     As W = W⁺ + W⁻, ``z = Wx − W⁺l − W⁻h = W⁺(x − l) + W⁻(x − h)``: one layer call over the two
     differences stacked along the input channels (weight ``[W⁺, W⁻]``), whose one backward gives
     the three input gradients. Profiled on EfficientNet-Lite0, three deep copies of the stem
-    and three forwards and backwards cost a quarter of a gradient. Grouped or non-:func:`~xplain.graph.kinds.direct_layer`
-    layers keep the three separate layers."""
+    and three forwards and backwards cost a quarter of a gradient. Grouped layers and those
+    :func:`~xplain.graph.kinds.direct_layer` rejects keep the three separate layers."""
     layer = unwrap(module)
     dims = _stack_dims(layer)
     if dims is None:
