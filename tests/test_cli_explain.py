@@ -188,6 +188,30 @@ def test_inspect_json(tiny_cnn_path, capsys):
     assert "verified" in text and "iba" in text
 
 
+def test_inspect_reports_the_difference_relative_to_the_logits_scale(tmp_path, capsys):
+    """Verification bounds max |diff| by 1e-4 × max(1, max |logit|); with logits near 1e9 (as
+    random-weight Inception v3 has, near 1e12) float32 alone differs by a large absolute amount,
+    so the report carries the relative figure too, and it is the absolute one over the scale."""
+    from onnx import numpy_helper
+
+    from . import onnx_factory as f
+
+    model = f.classifier()
+    for init in model.graph.initializer:
+        if init.name in ("fc_w", "fc_b"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1e9, init.name))
+    path = f.save(model, tmp_path / "huge_logits.onnx")
+    report = xplain.load_model(path).report
+    assert report.verified and report.max_rel_diff is not None
+    assert report.max_rel_diff <= report.max_abs_diff / 1e7 + 1e-12
+    assert main(["inspect", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["max_rel_diff"] == report.max_rel_diff
+    small = xplain.load_model(f.save(f.classifier(), tmp_path / "small.onnx")).report
+    # logits near 1 (the scale floor): relative and absolute are (nearly) the same number
+    assert small.max_rel_diff == pytest.approx(small.max_abs_diff, rel=0.1)
+
+
 @pytest.mark.parametrize(
     "argv, code",
     [

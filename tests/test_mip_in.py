@@ -572,3 +572,42 @@ def test_sanity_marks_mip_in_not_comparable(mlp):
     assert (
         run_method(mlp, method, x[:2], y[:2], mparams, 0).maps.shape == a.maps.shape
     )  # state usable again
+
+
+def test_view_flatten_of_the_classic_exporter_is_one_reshape(tmp_path):
+    """``y.view(y.size(0), -1)``, exported classic, is Shape → Gather → Unsqueeze → Concat →
+    Reshape: the shape chain is not a second signal input (it used to refuse "has 2 signal
+    inputs"). The fit and the attribution equal those of the same network with ``nn.Flatten``."""
+    from torch import nn
+
+    from tests.conftest import export_classic
+    from xplain.run.state import save_state
+
+    class Net(nn.Module):
+        def __init__(self, view: bool):
+            super().__init__()
+            torch.manual_seed(0)
+            self.view = view
+            self.fc1, self.fc2 = nn.Linear(64, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            flat = x.view(x.size(0), -1) if self.view else torch.flatten(x, 1)
+            return self.fc2(torch.relu(self.fc1(flat)))
+
+    results = []
+    for view in (True, False):
+        path = export_classic(Net(view).eval(), tmp_path / f"view{view}.onnx", (2, 1, 8, 8))
+        model = xplain.load_model(path)
+        x = model.example_input(12, seed=3)
+        ys = torch.arange(12) % 3
+        batches = lambda labels=False, x=x, ys=ys: iter([(x, ys)] if labels else [x])  # noqa: E731
+        torch.manual_seed(0)
+        tensors, meta = fit(model, batches, _params(epochs=2), None)
+        assert meta["mode"] == "chain"
+        assert [s["kind"] for s in meta["steps"]] == ["reshape", "dense", "gate", "dense"]
+        save_state(model.digest, "mip-in", tensors, meta, root=tmp_path / f"s{view}")
+        model.state_dir = tmp_path / f"s{view}"
+        a, s0, _, start = invert(model, x[:3], ys[:3], _params())
+        assert start is None and a.shape == (3, 1, 8, 8)
+        results.append(a)
+    torch.testing.assert_close(results[0], results[1])

@@ -492,3 +492,80 @@ def test_max_pool_whose_input_shape_inference_left_untyped():
         got = module(torch.from_numpy(feeds["x"])).numpy()
     assert got.shape == expected.shape == (2, 3, 4, 5)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_global_average_pool_whose_input_shape_inference_left_untyped():
+    """onnx2torch took an untyped input for rank 0 and averaged over every axis (1×1×1×1 out)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("GlobalAveragePool", ["c"], ["y0"]),
+    ]
+    inits = [numpy_helper.from_array(RNG.standard_normal((3, 2, 1, 1)).astype(np.float32), "w")]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 2, 5, 6])],
+        [helper.make_tensor_value_info("y0", F32, None)],
+        inits,
+    )
+    typed = infer_shapes(model)
+    for info in typed.graph.value_info:  # typed, without a shape: what a failed inference leaves
+        info.type.tensor_type.ClearField("shape")
+    module = convert(typed).eval()
+    feeds = x_of(2, 2, 5, 6)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, feeds)
+    with torch.no_grad():
+        got = module(torch.from_numpy(feeds["x"])).numpy()
+    assert got.shape == expected.shape == (2, 3, 1, 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class _BiTLike(torch.nn.Module):
+    """timm's ResNetV2-BiT in miniature: a weight-standardised conv (``F.batch_norm`` in training
+    mode on the kernel, as timm's StdConv2d), GroupNorm, ReLU, global average pool, a 1×1-conv
+    head and a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.norm = torch.nn.GroupNorm(4, 8)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)  # exported as GlobalAveragePool
+        self.head = torch.nn.Conv2d(8, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.nn.functional.batch_norm(
+            self.weight.reshape(1, 8, -1), None, None, training=True, momentum=0.0, eps=1e-8
+        ).reshape_as(self.weight)
+        y = torch.relu(self.norm(torch.nn.functional.conv2d(x, w, padding=1)))
+        return self.head(self.pool(y)).flatten(1)
+
+
+def test_bit_like_classic_export_loads_and_verifies(tmp_path):
+    """The classic exporter's graph of :class:`_BiTLike` (GroupNorm as Reshape → Instance-
+    Normalization → Reshape(Shape) → Mul → Add, all untyped after the standardised kernel) used to
+    fail in the head: "expected input[1, 1, 1, 1] to have 8 channels"."""
+    import warnings
+
+    import xplain
+
+    path = tmp_path / "bit.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _BiTLike().eval(),
+            (torch.randn(2, 3, 16, 16),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    model = xplain.load_model(path, device="cpu")
+    assert model.report.verified and model.report.batch_checked
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model(x).numpy(), _BiTLike().eval()(x).numpy(), rtol=1e-4, atol=1e-4
+        )

@@ -349,6 +349,16 @@ class _null:
         pass
 
 
+def _relative_note(report) -> str:
+    """The difference relative to the logits' scale, shown when the logits exceed 1: the absolute
+    difference alone then looks alarming (random-weight Inception v3 has logits near 1e12 and a
+    float32-exact conversion differs from onnxruntime by ~5e5, i.e. 5e-7 of the scale)."""
+    rel, diff = report.max_rel_diff, report.max_abs_diff
+    if rel is None or diff is None or rel >= diff:
+        return ""
+    return f", {rel:.2g} of the logits' scale"
+
+
 def _attention_summary(model) -> dict:
     found = model.attention()
     first = found[0] if found else None
@@ -419,6 +429,7 @@ def inspect(
         "softmax_stripped": report.softmax_stripped,
         "verified": report.verified,
         "max_abs_diff": report.max_abs_diff,
+        "max_rel_diff": report.max_rel_diff,
         "batch_checked": report.batch_checked,
         "notes": [n for n in report.notes if n],
         "labels": bool(model.labels),
@@ -451,6 +462,7 @@ def inspect(
     verdict = (
         (
             f"[green]verified[/] against onnxruntime (max |diff| {report.max_abs_diff:.2g}"
+            f"{_relative_note(report)}"
             f"{', batch 1 vs 2 checked' if report.batch_checked else ''})"
         )
         if report.verified

@@ -169,6 +169,10 @@ class LoadReport:
     softmax_stripped: str | None = None
     verified: bool = False
     max_abs_diff: float | None = None
+    #: max |diff| / max(1, max |logit|): the quantity verification bounds by ``VERIFY_TOL``. A
+    #: model with huge logits (random-weight Inception v3: ~1e12) has a huge absolute difference
+    #: at float32 precision; this says how far off the conversion is at the output's own scale.
+    max_rel_diff: float | None = None
     batch_checked: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
     original_names: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -779,6 +783,13 @@ class Model:
         )
 
     # ---------------------------------------------------------------- non-linearities
+    def signal_inputs(self, node: fx.Node | str) -> list[fx.Node]:
+        """The inputs of ``node`` (an fx node or its name) whose *values* depend on the model
+        input's values. Constants are not signal, and neither is a tensor's shape nor what is
+        computed from it: the classic exporter writes ``x.view(b, -1)`` as Shape → Gather →
+        Unsqueeze → Concat → Reshape, a Reshape with one signal input, not two."""
+        return self._signal_inputs(self.node(node) if isinstance(node, str) else node)
+
     def _signal_inputs(self, node: fx.Node) -> list[fx.Node]:
         flowing = self._flowing_set
         return [a for a in node.all_input_nodes if a in flowing]

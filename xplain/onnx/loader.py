@@ -317,7 +317,7 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
     in_type = {"tensor(float16)": 10, "tensor(double)": 11}.get(
         next(i.type for i in session.get_inputs() if i.name == input_name), 1
     )
-    worst = 0.0
+    worst = worst_rel = 0.0
     for x in xs:
         feed = (
             x.astype(np.float16)
@@ -366,8 +366,9 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
                 path=path,
             )
         diff = float(np.abs(got - ref).max())
-        worst = max(worst, diff)
-        if diff > VERIFY_TOL * max(1.0, float(np.abs(ref).max())):
+        scale = max(1.0, float(np.abs(ref).max()))
+        worst, worst_rel = max(worst, diff), max(worst_rel, diff / scale)
+        if diff > VERIFY_TOL * scale:
             raise ModelError(
                 f"conversion does not match onnxruntime (max |diff| = {diff:.3g})", path=path
             )
@@ -385,6 +386,7 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
             report.batch_checked = True
     report.verified = True
     report.max_abs_diff = worst
+    report.max_rel_diff = worst_rel
 
 
 def load_onnx(

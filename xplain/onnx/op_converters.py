@@ -490,6 +490,31 @@ def _layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+# ----------------------------------------------------------------------------- GlobalAveragePool
+@_converter("GlobalAveragePool", 1, 22)
+def _global_average_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """onnx2torch's converter reads the input's rank from the inferred shape and, when shape
+    inference left the input untyped, takes the empty dim list for rank 0: the mean then runs
+    over *no* listed axis, which torch reads as every axis, and a B×C×H×W map becomes 1×1×1×1.
+    timm's BiT ResNetV2 exported by the classic exporter hit this (its weight standardisation is a
+    training-mode BatchNormalization that shape inference stops at, so nothing after it is typed;
+    the head's 1×1 conv then failed on "expected input[1, 1, 1, 1] to have 2048 channels"). With
+    a typed input of rank >= 3 the fixed-axes module is kept; otherwise the axes are taken from
+    the tensor at run time (every axis after the channel one, the op's definition)."""
+    from onnx2torch.node_converters.global_average_pool import (
+        OnnxGlobalAveragePool,
+        OnnxGlobalAveragePoolWithKnownInputShape,
+    )
+
+    rank = _input_rank(graph, node.input_values[0])
+    module: nn.Module
+    if rank is not None and rank >= 3:
+        module = OnnxGlobalAveragePoolWithKnownInputShape([0] * rank)
+    else:
+        module = OnnxGlobalAveragePool()
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
 # ----------------------------------------------------------------------------- Clip-11+
 class OnnxClipDynamic(nn.Module, OnnxToTorchModule):
     """Clip whose bounds are runtime values (``torch.clamp`` with tensor bounds)."""

@@ -68,21 +68,8 @@ def _classify(model, node):
     raise _NotChain(node.name, f"no MIP-IN inverse for {cls}")
 
 
-def _signal_nodes(model) -> set:
-    """Nodes whose value depends on the input (constants and shapes are not signal)."""
-    reached = set()
-    for node in model.graph.graph.nodes:
-        if node.op == "placeholder" or (
-            node.op in ("call_module", "call_function", "call_method")
-            and any(a in reached for a in node.all_input_nodes)
-        ):
-            reached.add(node)
-    return reached
-
-
 def _walk(model, start: str | None) -> list[dict]:
     """Steps from ``start`` (None: the input) to the logits, input side first."""
-    signal = _signal_nodes(model)
     output = next(n for n in model.graph.graph.nodes if n.op == "output")
     cur = output.args[0]
     if isinstance(cur, (tuple, list)):
@@ -95,7 +82,7 @@ def _walk(model, start: str | None) -> list[dict]:
             break
         if start is not None and cur.name == start:
             break
-        inputs = [a for a in cur.all_input_nodes if a in signal]
+        inputs = model.signal_inputs(cur)  # a shape computed from the signal is not signal
         if len(inputs) != 1:
             raise _NotChain(
                 cur.name, f"has {len(inputs)} signal inputs (a residual or branching graph)"
