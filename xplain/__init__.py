@@ -57,6 +57,8 @@ _LAZY = {
     "apply_rules": ("xplain.graph.rules", "apply_rules"),
     "rectifier_rules": ("xplain.graph.rules", "rectifier_rules"),
     "RectifierRule": ("xplain.graph.rules", "RectifierRule"),
+    "batched_backward": ("xplain.graph.rules", "batched_backward"),
+    "unbatched": ("xplain.graph.rules", "unbatched"),
     "lrp_rules": ("xplain.graph.lrp", "lrp_rules"),
     "composite": ("xplain.graph.composites", "composite"),
     "composites": ("xplain.graph.composites", "composites"),

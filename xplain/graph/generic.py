@@ -10,7 +10,8 @@ module's forward and changes the backward in two ways:
 
 Without modifiers the backward is the module's own autograd with ``c`` replaced by the mapped
 value (no second forward): the ε-rule. With a parameter modifier the modified forward is re-run
-in the backward and differentiated: the z⁺-rule (positive weights).
+in the backward and differentiated: the z⁺-rule (positive weights) on layers its faster aten
+route (:class:`xplain.graph.lrp.ZPlusRule`) does not cover.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ through :func:`weight_layer` so the answer never differs between the bias invent
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Layers with a weight (and optional bias) that act linearly on their input.
@@ -39,6 +42,67 @@ def weight_layer(module: nn.Module) -> nn.Module | None:
 
 def is_weight_layer(module: nn.Module) -> bool:
     return weight_layer(module) is not None
+
+
+def prefix_modules(module: nn.Module) -> list[nn.Module]:
+    """The modules that run before the weight layer (:func:`unwrap`): a padded conv's pads."""
+    return list(module.children())[:-1] if unwrap(module) is not module else []
+
+
+def direct_layer(layer: nn.Module) -> bool:
+    """Whether :func:`forward_with` / :func:`input_gradient` can run ``layer`` as plain aten
+    calls: linear layers and convolutions (also transposed) with numeric zero padding. A conv
+    with ``padding="same"`` or a non-zero padding mode needs the module's own forward."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return (
+        isinstance(layer, nn.modules.conv._ConvNd)
+        and not isinstance(layer.padding, str)
+        and layer.padding_mode == "zeros"
+    )
+
+
+def forward_with(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``layer``'s linear map with ``weight`` and no bias applied to ``x`` (a :func:`direct_layer`
+    layer), outside autograd."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight)
+    conv = cast(nn.modules.conv._ConvNd, layer)
+    return torch.convolution(
+        x,
+        weight,
+        None,
+        conv.stride,
+        cast(tuple, conv.padding),
+        conv.dilation,
+        conv.transposed,
+        conv.output_padding,
+        conv.groups,
+    )
+
+
+def input_gradient(
+    layer: nn.Module, s: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """The transpose of :func:`forward_with` applied to ``s`` (``Wᵀs``, shaped like ``x``): the
+    input half of the layer's own backward kernel, without a graph or a second forward. Only
+    ``x``'s shape, dtype and device are read (an expanded one-element tensor will do)."""
+    if isinstance(layer, nn.Linear):
+        return s.matmul(weight)
+    conv = cast(nn.modules.conv._ConvNd, layer)
+    return torch.ops.aten.convolution_backward(
+        s,
+        x,
+        weight,
+        None,
+        conv.stride,
+        cast(tuple, conv.padding),
+        conv.dilation,
+        conv.transposed,
+        conv.output_padding,
+        conv.groups,
+        [True, False, False],
+    )[0]
 
 
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,12 +46,17 @@ def _explain_zplus(request: xplain.ExplainRequest):
         raise xplain.UsageError("lrp-zplus needs a conv or linear layer")
     source = model.node(first).args[0].name  # the first layer's input (x, or x flattened/padded)
     chooser = xplain.lrp_rules("zplus", params["epsilon"], skip=(first,))
-    with xplain.apply_rules(model, chooser), model.tap([source, first]) as tap, torch.enable_grad():
+    with (
+        xplain.apply_rules(model, chooser),
+        model.tap([source]) as tap_in,
+        model.tap([first], leaf=True) as tap,  # the backward stops at the first layer's output
+        torch.enable_grad(),
+    ):
         xg = x.detach().clone().requires_grad_(True)
         logits = model(xg)
         logits.gather(1, targets[:, None]).sum().backward(retain_graph=True)
         a_in, z1, c1 = (
-            tap.activations[source],
+            tap_in.activations[source],
             tap.activations[first].detach(),
             tap.gradients[first],
         )

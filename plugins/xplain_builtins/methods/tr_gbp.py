@@ -37,9 +37,10 @@ class _Term:
     map at the node's own grid) or ``scalar`` (no spatial map: linear/Gemm layers and any layer
     whose map would be 1×1; only its total is reported)."""
 
-    def __init__(self, name, node, bias, mode, conv=None, in_hw=None, pad_tl=(0, 0)):
+    def __init__(self, name, node, bias, mode, conv=None, in_hw=None, pad_tl=(0, 0), dims=3):
         self.name, self.node, self.bias, self.mode = name, node, bias, mode
         self.conv, self.in_hw, self.pad_tl = conv, in_hw, pad_tl
+        self.dims = dims  # dimensions of the node's output per image (C×H×W: 3)
 
 
 def _conv_geometry(model, layer):
@@ -101,7 +102,9 @@ def bias_terms(model, spec=_ALL):
         geometry = _conv_geometry(model, b) if b.kind == "conv" and spatial else None
         if geometry is not None and geometry[1][0] * geometry[1][1] > 1:
             conv, in_hw, pad_tl = geometry
-            terms.append(_Term(b.layer, b.node, b.bias, "conv", conv, in_hw, pad_tl))
+            terms.append(
+                _Term(b.layer, b.node, b.bias, "conv", conv, in_hw, pad_tl, len(shape) - 1)
+            )
         elif (
             b.kind not in ("linear", "gemm")
             and spatial
@@ -109,9 +112,11 @@ def bias_terms(model, spec=_ALL):
             and geometry is None
         ):
             # the bias broadcasts against the node's output exactly as the graph adds it
-            terms.append(_Term(b.layer, b.node, b.bias, "elementwise", in_hw=(shape[2], shape[3])))
+            terms.append(
+                _Term(b.layer, b.node, b.bias, "elementwise", in_hw=(shape[2], shape[3]), dims=3)
+            )
         else:
-            terms.append(_Term(b.layer, b.node, b.bias, "scalar"))
+            terms.append(_Term(b.layer, b.node, b.bias, "scalar", dims=len(shape) - 1))
     return terms
 
 
@@ -151,21 +156,50 @@ class _NotBatchable(Exception):
     """The graph's backward cannot run under vmap: use copies instead."""
 
 
-def _gradients(model, images, pick, copies, nodes, rule, batched):
+def _contract(g, term):
+    """Σ_c G_c b_c of the gradient ``g`` at ``term``'s node (…×C×spatial, the last ``term.dims``
+    dimensions per image): …×1×spatial for map terms, … for scalar terms (summed over the
+    positions too). A per-channel bias is one matrix-vector product per image, without the
+    C-channel product ``G·b`` (on EfficientNet-Lite0 that product and its sum cost more than
+    a tenth of TR-GBP)."""
+    import torch
+
+    lead, image = g.shape[: g.dim() - term.dims], g.shape[g.dim() - term.dims :]
+    bias = term.bias.to(g)
+    per_channel = tuple(bias.shape[-term.dims :]) == (image[0],) + (1,) * (term.dims - 1)
+    if per_channel and bias.numel() == image[0]:
+        flat = g.reshape(-1, image[0], max(1, image[1:].numel()))
+        weighted = torch.matmul(bias.reshape(1, image[0]), flat).view(*lead, 1, *image[1:])
+    else:
+        weighted = (g * bias).sum(dim=g.dim() - term.dims, keepdim=True)
+    if term.mode == "scalar":
+        return weighted.flatten(len(lead)).sum(dim=-1)
+    return weighted
+
+
+def _gradients(model, images, pick, copies, terms, rule, batched):
     """Guided gradients of U images for up to L classes each, in one forward and one backward.
 
     ``pick(logits U×K) -> U×L`` class indices (-1: none) is called on the forward's logits, so
     the top-K can be read off the same pass. Batched (the default): one forward of the U images,
     then one backward run for all L one-hot output gradients at once (``is_grads_batched``: the
-    backward graph is vmapped over L, the forward shared). Copies (graphs fixed at batch 1, whose
-    tapped activations are per-call slices, or a backward that vmap cannot run): one forward of
-    ``copies`` copies of each image (a second forward only for classes beyond them) and one
-    backward of the sum of each copy's logit. Returns ``(classes U×L, input gradient U×L×C×H×W,
-    {node: U×L×… gradient})``."""
+    backward graph is vmapped over L, the forward shared; convolutions and pads fold L into
+    their batch, :func:`xplain.batched_backward`). Each term's node gradient is contracted
+    with its bias (:func:`_contract`) by a hook as it passes, on the L×… tensor beneath the
+    batched gradient (:func:`xplain.unbatched`), so no node gradient is kept. Copies (graphs
+    fixed at batch 1, whose tapped activations are per-call slices, or a backward that vmap
+    cannot run): one forward of ``copies`` copies of each image (a second forward only for
+    classes beyond them) and one backward of the sum of each copy's logit. Returns
+    ``(classes U×L, input gradient U×L×C×H×W, {term name: U×L×… contraction})``; terms whose
+    node no gradient reaches are missing."""
     import torch
 
+    nodes = list(dict.fromkeys(t.node for t in terms))
+    chooser = xplain.rectifier_rules(rule)
+    if batched:  # convolutions and pads whose backward folds the L classes into the batch
+        chooser = xplain.batched_backward(chooser)
     with (
-        xplain.apply_rules(model, xplain.rectifier_rules(rule)),
+        xplain.apply_rules(model, chooser),
         model.tap(nodes, gradients=not batched) as tap,
         torch.enable_grad(),
     ):
@@ -180,23 +214,31 @@ def _gradients(model, images, pick, copies, nodes, rule, batched):
             cols, rows = valid.T.nonzero(as_tuple=True)
             outputs[cols, rows, classes[rows, cols]] = 1.0
             acts = tap.activations
-            live = [
-                n
-                for n in nodes
-                if n in acts and isinstance(acts[n], torch.Tensor) and acts[n].requires_grad
-            ]
+            contracted = {}
+
+            def contract_at(node):
+                def hook(g):
+                    physical = xplain.unbatched(g)
+                    if physical is None:  # the gradient is out of reach: use copies
+                        raise RuntimeError("tr-gbp: a batched gradient could not be read")
+                    for term in terms:
+                        if term.node == node:  # noqa: B023 - the node of this hook
+                            contracted[term.name] = _contract(physical[0], term)
+
+                return hook
+
+            for n in nodes:
+                if n in acts and isinstance(acts[n], torch.Tensor) and acts[n].requires_grad:
+                    acts[n].register_hook(contract_at(n))
             try:
-                grads = torch.autograd.grad(
-                    logits,
-                    [xg, *(acts[n] for n in live)],
-                    outputs,
-                    is_grads_batched=True,
-                    allow_unused=True,
-                )
+                (grad,) = torch.autograd.grad(logits, [xg], outputs, is_grads_batched=True)
             except RuntimeError as err:
                 raise _NotBatchable(str(err)) from err
-            grads = [None if g is None else g.transpose(0, 1) for g in grads]
-            return classes, grads[0], {n: g for n, g in zip(live, grads[1:]) if g is not None}
+            return (
+                classes,
+                grad.transpose(0, 1),
+                {n: c.transpose(0, 1) for n, c in contracted.items()},
+            )
         n_images = images.shape[0]
         xg = images.detach().repeat_interleave(copies, dim=0).requires_grad_(True)
         logits = model(xg)
@@ -221,54 +263,57 @@ def _gradients(model, images, pick, copies, nodes, rule, batched):
         out[extra_u, extra_j] = main_and_extra[n_images * copies :]
         return out
 
-    return classes, spread(torch.cat(flat)), {n: spread(g) for n, g in tapped.items()}
+    contracted = {t.name: spread(_contract(tapped[t.node], t)) for t in terms if t.node in tapped}
+    return classes, spread(torch.cat(flat)), contracted
 
 
 def _core(model, images, pick, copies, terms, reduce, rule):
     """R̃⁰ and the bias terms for U images × L classes: ``(classes U×L, input map U×L×H×W,
-    {term: U×L×H×W map ψ(R̃ˡ)}, {term: U×L×h×w R̃ˡ at its own grid; U×L for scalar terms},
-    "batched" or "copies")``."""
+    {term: U×L×h×w R̃ˡ at its own grid; U×L for scalar terms}, "batched" or "copies")``;
+    :func:`_upsample` gives ψ(R̃ˡ)."""
     import torch
-    import torch.nn.functional as F
 
-    size = (model.spec.height, model.spec.width)
-    nodes = list(dict.fromkeys(t.node for t in terms))
     batched = not model.spec.fixed_batch
     try:
-        classes, input_grad, grads = _gradients(model, images, pick, copies, nodes, rule, batched)
+        classes, input_grad, grads = _gradients(model, images, pick, copies, terms, rule, batched)
     except _NotBatchable:
         batched = False
-        classes, input_grad, grads = _gradients(model, images, pick, copies, nodes, rule, False)
+        classes, input_grad, grads = _gradients(model, images, pick, copies, terms, rule, False)
     shape = classes.shape
+    size = (model.spec.height, model.spec.width)
     input_map = xplain.reduce_channels(input_grad.flatten(0, 1), reduce)
-    maps, natives = {}, {}
+    natives = {}
     for term in terms:
-        g = grads.get(term.node)
-        if g is None:  # the node carries no signal from the input: no gradient, no term
+        weighted = grads.get(term.name)
+        if weighted is None:  # the node carries no signal from the input: no gradient, no term
             zeros = dict(device=images.device, dtype=images.dtype)
             natives[term.name] = (
                 torch.zeros(shape, **zeros)
                 if term.mode == "scalar"
                 else torch.zeros(*shape, *term.in_hw, **zeros)
             )
-            if term.mode != "scalar":
-                maps[term.name] = torch.zeros(*shape, *size, **zeros)
             continue
-        g = g.flatten(0, 1)
-        weighted = g * term.bias.to(g)
         if term.mode == "scalar":
-            natives[term.name] = weighted.flatten(1).sum(dim=1).view(shape)
+            natives[term.name] = weighted
             continue
-        weighted = weighted.sum(dim=1, keepdim=True)  # Σ_c G_c b_c: the ones-map has one channel
+        weighted = weighted.flatten(0, 1)  # Σ_c G_c b_c: the ones-map has one channel
         if term.mode == "conv":
             native = ones_map_gradient(weighted, term.conv, term.in_hw, term.pad_tl)
         else:
             native = weighted
         natives[term.name] = native[:, 0].view(*shape, *native.shape[2:])
-        if tuple(native.shape[2:]) != size:
-            native = F.interpolate(native, size=size, mode="bilinear", align_corners=False)
-        maps[term.name] = native[:, 0].view(*shape, *size)
-    return classes, input_map.view(*shape, *size), maps, natives, "batched" if batched else "copies"
+    return classes, input_map.view(*shape, *size), natives, "batched" if batched else "copies"
+
+
+def _upsample(native, size):
+    """ψ: bilinear upsampling of …×h×w maps to ``size`` (align_corners=False)."""
+    import torch.nn.functional as F
+
+    if tuple(native.shape[-2:]) == tuple(size):
+        return native
+    lead = native.shape[:-2]
+    flat = native.reshape(-1, 1, *native.shape[-2:])
+    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).view(*lead, *size)
 
 
 def guided_terms(model, x, classes, terms, reduce="sum", rule="guided"):
@@ -278,13 +323,15 @@ def guided_terms(model, x, classes, terms, reduce="sum", rule="guided"):
     ``input_map`` is R̃⁰ reduced over channels, the maps are at the input size and the totals
     are Σ R̃ˡ at the layer's own grid (for scalar terms Σ G·b). ``rule`` is ``guided`` for
     TR-GBP; ``plain`` gives the ordinary gradient (tests)."""
-    _, input_map, maps, natives, _ = _core(
+    _, input_map, natives, _ = _core(
         model, x, lambda logits: classes.reshape(-1, 1), 1, terms, reduce, rule
     )
+    size = (model.spec.height, model.spec.width)
+    maps = {t.name: _upsample(natives[t.name][:, 0], size) for t in terms if t.mode != "scalar"}
     totals = {
         n: t[:, 0].flatten(1).sum(dim=1) if t.dim() > 2 else t[:, 0] for n, t in natives.items()
     }
-    return input_map[:, 0], {n: m[:, 0] for n, m in maps.items()}, totals
+    return input_map[:, 0], maps, totals
 
 
 def _fractions(mass):
@@ -316,47 +363,65 @@ def _explain(request: xplain.ExplainRequest):
         found["top"] = top.tolist()
         return torch.tensor([row + [-1] * (width_l - len(row)) for row in lists], device=x.device)
 
-    classes, input_map, maps, natives, backward = _core(
+    classes, input_map, natives, backward = _core(
         model, unique, pick, k, terms, params["reduce"], "guided"
     )
+    size = (model.spec.height, model.spec.width)
     scalar = [t.name for t in terms if t.mode == "scalar"]
-    if params["fc_bias"] != _NONE:
-        # eq. 9 sums psi(R^l) over every bias layer; a linear layer's ones-input is one value, and
-        # bilinear upsampling of a 1x1 map puts that value on every pixel (fc_bias=upsample);
-        # spread divides it over the pixels, so the map's total gains it once
-        size = (model.spec.height, model.spec.width)
-        scale = 1.0 if params["fc_bias"] == _UPSAMPLE else 1.0 / (size[0] * size[1])
-        for name in scalar:
-            maps[name] = (natives[name] * scale)[..., None, None].expand(
-                *natives[name].shape, *size
-            )
     column = [{c: j for j, c in enumerate(row) if c >= 0} for row in classes.tolist()]
-    parts = {"input": input_map, **maps}
-    full = input_map + sum(maps.values()) if maps else input_map
-
-    out, sample_info = [], []
+    # each output row is a combination of the U×L class maps (its own, minus the mean of its
+    # members): one coefficient matrix, applied to every part at its own grid; ψ is linear, so
+    # only these B centred maps are upsampled, not all U×L
+    coef = input_map.new_zeros(x.shape[0], classes.numel())
+    members_of = []
     for b in range(x.shape[0]):
         u, t = int(inverse[b]), int(targets[b])
         members = list(dict.fromkeys(found["top"][u] + [t]))
-        me = column[u][t]
-        picks = torch.tensor([column[u][c] for c in members], device=x.device)
+        members_of.append(members if params["center"] else [t])
+        width_l = classes.shape[1]
+        coef[b, u * width_l + column[u][t]] += 1.0
+        if params["center"]:
+            for c in members:
+                coef[b, u * width_l + column[u][c]] -= 1.0 / len(members)
 
-        def centred(values):
-            own = values[u, me]  # noqa: B023 - called within this iteration only
-            return own - values[u, picks].mean(dim=0) if params["center"] else own  # noqa: B023
+    def centred(values):
+        """B centred rows of U×L×… values."""
+        return (coef @ values.reshape(classes.numel(), -1)).view(x.shape[0], *values.shape[2:])
 
-        out.append(centred(full))
-        in_map = {name: float(centred(m).abs().sum()) for name, m in parts.items()}
-        native = {"input": in_map["input"]}  # each term at its own grid: |R⁰|, |Rˡ| before ψ
-        native.update({n: float(centred(v).abs().sum()) for n, v in natives.items()})
-        sample_info.append(
-            {
-                "classes": members if params["center"] else [t],
-                "shares": _fractions(native),
-                "map_shares": _fractions(in_map),
-                "layer_totals": {n: round(float(centred(v).sum()), 6) for n, v in natives.items()},
-            }
-        )
+    full = centred(input_map)
+    in_map = {"input": full.flatten(1).abs().sum(dim=1)}
+    native_mass = {"input": in_map["input"]}  # each term at its own grid: |R⁰|, |Rˡ| before ψ
+    layer_totals = {}
+    # eq. 9 sums psi(R^l) over every bias layer; a linear layer's ones-input is one value, and
+    # bilinear upsampling of a 1x1 map puts that value on every pixel (fc_bias=upsample);
+    # spread divides it over the pixels, so the map's total gains it once
+    scale = 1.0 if params["fc_bias"] == _UPSAMPLE else 1.0 / (size[0] * size[1])
+    for name, values in natives.items():
+        own = centred(values)
+        rows = own.reshape(x.shape[0], -1)
+        native_mass[name] = rows.abs().sum(dim=1)
+        layer_totals[name] = rows.sum(dim=1)
+        if name in scalar:
+            if params["fc_bias"] == _NONE:
+                continue
+            full = full + (own * scale)[:, None, None]
+            in_map[name] = (own * scale).abs() * (size[0] * size[1])
+        else:
+            mapped = _upsample(own, size)
+            full = full + mapped
+            in_map[name] = mapped.flatten(1).abs().sum(dim=1)
+    in_map_rows = {n: v.tolist() for n, v in in_map.items()}
+    native_rows = {n: v.tolist() for n, v in native_mass.items()}
+    total_rows = {n: v.tolist() for n, v in layer_totals.items()}
+    sample_info = [
+        {
+            "classes": members_of[b],
+            "shares": _fractions({n: v[b] for n, v in native_rows.items()}),
+            "map_shares": _fractions({n: v[b] for n, v in in_map_rows.items()}),
+            "layer_totals": {n: round(v[b], 6) for n, v in total_rows.items()},
+        }
+        for b in range(x.shape[0])
+    ]
     info = {
         "topk": k,
         "map_layers": [t.name for t in terms if t.mode != "scalar" or params["fc_bias"] != _NONE],
@@ -365,7 +430,7 @@ def _explain(request: xplain.ExplainRequest):
         "backward": backward,
         "classes_per_pass": int((classes >= 0).sum()),
     }
-    return xplain.Attribution(torch.stack(out), info=info, sample_info=sample_info)
+    return xplain.Attribution(full, info=info, sample_info=sample_info)
 
 
 # ----------------------------------------------------------------------------- registration
