@@ -145,3 +145,24 @@ def test_input_iba_stage3_passes_do_not_change_the_map(tiny_model):
     ).maps
     assert sizes[-3:] == [2, 2, 2]  # the last step's 2×3 copies in passes of two
     _close(small, large)
+
+
+def test_gpu_default_has_its_own_ceiling_and_no_tensor_cap(monkeypatch, tiny_model):
+    """The CPU ceilings (256 MB, 16 MB per activation) are about glibc; on CUDA only a quarter
+    of free device memory, at most DEFAULT_BUDGET_MB_CUDA, bounds a pass (3 Lite0 images per
+    kernel would leave a GPU idle)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(passes, "free_memory_mb", lambda device: 1e6)
+    assert passes.default_budget_mb(cuda) == passes.DEFAULT_BUDGET_MB_CUDA
+    monkeypatch.setattr(passes, "free_memory_mb", lambda device: 400.0)
+    assert passes.default_budget_mb(cuda) == 100.0
+    monkeypatch.setattr(passes, "free_memory_mb", lambda device: 1e6)
+
+    class OnCuda:  # the model's shapes, on a (pretended) GPU
+        device = cuda
+        _shapes = tiny_model._shapes
+
+    on_gpu = OnCuda()
+    cost = passes.image_cost_bytes(tiny_model)
+    assert passes.images_per_pass(on_gpu) == int(passes.DEFAULT_BUDGET_MB_CUDA * 2**20 // cost)
+    assert passes.images_per_pass(on_gpu) > passes.images_per_pass(tiny_model)

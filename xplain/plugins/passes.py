@@ -14,8 +14,12 @@ The rule (the same on CPU and CUDA): one image's forward activations, the float 
 node of the graph at batch 1 (known from shape propagation), is the cost of an image; a pass holds
 ``budget // cost`` images, at least one. The budget is the method's ``memory_budget_mb`` or, when
 that is 0, :func:`default_budget_mb`: a quarter of the device's free memory, at most
-:data:`DEFAULT_BUDGET_MB`, and then also no more images than keep the largest single activation
-of a pass within :data:`DEFAULT_TENSOR_MB`. An explicit ``internal_batch`` overrides all of it.
+:data:`DEFAULT_BUDGET_MB` on the CPU (:data:`DEFAULT_BUDGET_MB_CUDA` on a GPU), and on the CPU
+also no more images than keep the largest single activation of a pass within
+:data:`DEFAULT_TENSOR_MB`. The two CPU ceilings are about glibc's allocator (below); CUDA's
+caching allocator reuses its blocks whatever their size, and a GPU needs many images per kernel
+to be busy, so there only the free memory bounds a pass. An explicit ``internal_batch``
+overrides all of it.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ if TYPE_CHECKING:  # this module imports no torch: plugins declare pass_params()
 DEFAULT_TENSOR_MB = 16.0
 #: the default budget's ceiling: a pass of this many MB of activations (about 3 images of
 #: EfficientNet-Lite0 or 2 of ResNet-50 at 224×224, ~300 of a 64×64 CNN) is as fast per image
-#: as any larger one on a CPU; on a GPU a larger ``memory_budget_mb`` fills the device better
+#: as any larger one on a CPU (GPUs: :data:`DEFAULT_BUDGET_MB_CUDA`)
 DEFAULT_BUDGET_MB = 256.0
+#: the default budget's ceiling on a GPU (about 60 EfficientNet-Lite0 images at 224×224): enough
+#: images per kernel to fill a device, while a quarter of free memory still bounds small GPUs
+DEFAULT_BUDGET_MB_CUDA = 4096.0
 _MB = 1024 * 1024
 
 
@@ -63,11 +70,13 @@ def free_memory_mb(device: torch.device) -> float | None:
 
 
 def default_budget_mb(device: torch.device) -> float:
-    """A quarter of the free memory of ``device``, at most :data:`DEFAULT_BUDGET_MB`, at least 1."""
+    """A quarter of the free memory of ``device``, at least 1 MB, at most
+    :data:`DEFAULT_BUDGET_MB` on the CPU and :data:`DEFAULT_BUDGET_MB_CUDA` on a GPU."""
+    ceiling = DEFAULT_BUDGET_MB_CUDA if device.type == "cuda" else DEFAULT_BUDGET_MB
     free = free_memory_mb(device)
     if free is None:
         return DEFAULT_BUDGET_MB
-    return max(1.0, min(DEFAULT_BUDGET_MB, free / 4))
+    return max(1.0, min(ceiling, free / 4))
 
 
 def _activation_bytes(model: Model) -> tuple[int, int]:
@@ -110,6 +119,8 @@ def images_per_pass(model: Model, internal_batch: int = 0, memory_budget_mb: flo
     if memory_budget_mb and memory_budget_mb > 0:
         return max(1, int(memory_budget_mb * _MB // image_cost_bytes(model)))
     fit = int(default_budget_mb(model.device) * _MB // image_cost_bytes(model))
+    if model.device.type == "cuda":  # no glibc here: the caching allocator keeps its blocks
+        return max(1, fit)
     return max(1, min(fit, int(DEFAULT_TENSOR_MB * _MB // largest_activation_bytes(model))))
 
 
@@ -130,8 +141,8 @@ def pass_params(what: str) -> list[Param]:
             "float",
             0.0,
             "activation memory one pass may use when internal_batch is 0; 0 = a quarter of the "
-            f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB, with no single activation over "
-            f"{DEFAULT_TENSOR_MB:.0f} MB (raise it on a GPU)",
+            f"free memory, at most {DEFAULT_BUDGET_MB:.0f} MB with no single activation over "
+            f"{DEFAULT_TENSOR_MB:.0f} MB on the CPU, at most {DEFAULT_BUDGET_MB_CUDA:.0f} MB on a GPU",
             min=0.0,
             max=1e7,
         ),

@@ -27,8 +27,8 @@ _BUDGET = xplain.Param(
     "float",
     0.0,
     "activation memory one forward pass of perturbed images may use (xplain.images_per_pass, as "
-    "the many-pass methods); 0 = a quarter of the free memory, at most 256 MB, with no single "
-    "activation over 16 MB (raise it on a GPU). Never changes a score",
+    "the many-pass methods); 0 = a quarter of the free memory, at most 256 MB with no single "
+    "activation over 16 MB on the CPU, at most 4096 MB on a GPU. Never changes a score",
     min=0.0,
     max=1e7,
 )
