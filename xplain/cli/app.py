@@ -28,6 +28,7 @@ from rich.table import Table
 
 from ..errors import ExitCode, UsageError, XplainError
 from ..output.display import display_name
+from ..run.allocator import tune_allocator
 from ..untrusted import printable
 
 app = typer.Typer(
@@ -1411,6 +1412,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    tune_allocator()
     if (
         argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file()
     ):  # a sub-command of eval
