@@ -471,7 +471,7 @@ def score_batch(
 
     Pure with respect to the output folder (the caller writes), so a Ray worker can run it.
     ``guard`` checks the model after every method (:func:`check_model_unchanged`)."""
-    seed, batch_size, montage = plan.seed, plan.batch_size, plan.montage
+    seed, montage = plan.seed, plan.montage
     by_index = {j.index: j for j in batch}
     records: list[dict] = []
     maps_out: list[tuple[int, str, np.ndarray]] = []
@@ -523,7 +523,9 @@ def score_batch(
         box_labels_all.append(
             torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long)
         )
-    cache: dict = {}  # method-independent work shared by every method on this batch
+    state = _BatchState(
+        order, by_index, x_all, t_all, probs, preds, box_all, box_labels_all, plan, cache={}
+    )
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
         for row in [r for r in rows if order[r] in bad]:
@@ -535,26 +537,7 @@ def score_batch(
             )
         rows = [r for r in rows if order[r] not in bad]
         if rows:
-            lines, maps = _score_method(
-                model,
-                method,
-                mparams,
-                chosen_metrics,
-                rows,
-                order,
-                by_index,
-                x_all,
-                t_all,
-                probs,
-                preds,
-                box_all,
-                box_labels_all,
-                seed,
-                batch_size,
-                cache,
-                montage,
-                plan.timeout,
-            )
+            lines, maps = _score_method(model, method, mparams, chosen_metrics, rows, state)
             by_key = {by_index[order[r]].keys[method.name]: by_index[order[r]].sample for r in rows}
             checked = check_model_unchanged(guard, method.name, lines, by_key, mparams, seed)
             records += checked
@@ -563,26 +546,40 @@ def score_batch(
     return records, maps_out, views
 
 
+@dataclasses.dataclass(frozen=True)
+class _BatchState:
+    """What :func:`score_batch` computed once for a batch and every method's scoring reads:
+    the loaded rows (``order``: job indices by row), their inputs, targets, the model's
+    probabilities and predictions, boxes in input coordinates, the plan, and ``cache`` (metric
+    work shared by every method on this batch)."""
+
+    order: list[int]
+    by_index: dict[int, Job]
+    x_all: torch.Tensor
+    t_all: torch.Tensor
+    probs: torch.Tensor
+    preds: torch.Tensor
+    box_all: list[torch.Tensor | None]
+    box_labels_all: list[torch.Tensor | None]
+    plan: Plan
+    cache: dict
+
+
 def _score_method(
-    model,
+    model: Model,
     method: Method,
-    mparams,
+    mparams: dict,
     chosen_metrics,
-    rows,
-    order,
-    by_index,
-    x_all,
-    t_all,
-    probs,
-    preds,
-    box_all,
-    box_labels_all,
-    seed,
-    batch_size,
-    cache,
-    montage,
-    timeout=None,
-):
+    rows: list[int],
+    state: _BatchState,
+) -> tuple[list[dict], list[tuple[int, str, np.ndarray]]]:
+    """Run one method on ``rows`` of the batch and score its maps with every metric: one record
+    per row (error records when the method fails; NaN and ``metric_errors`` for a failing
+    metric), and the maps of the montage images."""
+    order, by_index, x_all, t_all = state.order, state.by_index, state.x_all, state.t_all
+    probs, preds, cache = state.probs, state.preds, state.cache
+    seed, batch_size, montage = state.plan.seed, state.plan.batch_size, state.plan.montage
+    timeout = state.plan.timeout
     sel = torch.tensor(rows, device=x_all.device)
     x, targets = x_all[sel], t_all[sel]
     jobs = [by_index[order[r]] for r in rows]
@@ -601,8 +598,8 @@ def _score_method(
         x=x,
         targets=targets,
         attribution=attribution,
-        boxes=[box_all[r] for r in rows],
-        box_labels=[box_labels_all[r] for r in rows],
+        boxes=[state.box_all[r] for r in rows],
+        box_labels=[state.box_labels_all[r] for r in rows],
         method=method,
         method_params=mparams,
         seed=seed,
