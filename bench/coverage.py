@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 EXPORTERS = ("dynamo", "classic")
@@ -158,43 +157,16 @@ def _build(entry: Entry):
 
 def _export(entry: Entry, exporter: str, path: Path, record: dict) -> None:
     """Export with a dynamic batch axis; on failure retry with a static batch of 1."""
-    import torch
+    from xplain.onnx.export import export_classifier
 
     module = _build(entry)
     errors = []
     for dynamic in (True, False):
-        # an example batch of 1 would be specialised (fixed) by torch.export; 2 keeps the axis free
-        x = torch.randn(2 if dynamic else 1, 3, entry.size, entry.size)
         started = time.perf_counter()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if exporter == "dynamo":
-                    shapes = (
-                        {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
-                    )
-                    torch.onnx.export(
-                        module,
-                        (x,),
-                        str(path),
-                        dynamo=True,
-                        input_names=["x"],
-                        output_names=["logits"],
-                        dynamic_shapes=shapes,
-                        verbose=False,
-                    )
-                else:
-                    axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-                    torch.onnx.export(
-                        module,
-                        (x,),
-                        str(path),
-                        dynamo=False,
-                        opset_version=CLASSIC_OPSET,
-                        input_names=["x"],
-                        output_names=["logits"],
-                        dynamic_axes=axes,
-                    )
+            export_classifier(
+                module, path, (3, entry.size, entry.size), exporter, dynamic, CLASSIC_OPSET
+            )
         except Exception as err:  # noqa: BLE001 - the exporter raises anything
             errors.append(("dynamic" if dynamic else "static") + " batch: " + _one_line(err))
             continue

@@ -27,6 +27,8 @@ import pytest
 import torch
 from torch import nn
 
+from xplain.onnx.export import export_classifier
+
 KINDS = ("vit", "swin", "swin_v2", "convnext", "maxvit", "deit", "convnext_v2")
 TIMM_KINDS = ("deit", "convnext_v2")
 EXPORTERS = ("dynamo", "classic")
@@ -122,36 +124,6 @@ def build_model(kind: str) -> nn.Module:
     return model.eval()
 
 
-def _export(model: nn.Module, path: Path, exporter: str, dynamic: bool) -> None:
-    x = torch.randn(
-        2 if dynamic else 1, 3, SIZE, SIZE
-    )  # a batch of 1 would be specialised by torch.export
-    if exporter == "dynamo":
-        shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=True,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_shapes=shapes,
-            verbose=False,
-        )
-    else:
-        axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes=axes,
-        )
-
-
 @cache
 def export_model(kind: str, exporter: str) -> str:
     """Path of ``kind`` exported by ``exporter`` (once per test session)."""
@@ -170,9 +142,9 @@ def export_model(kind: str, exporter: str) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                _export(model, path, exporter, dynamic=True)
+                export_classifier(model, path, (3, SIZE, SIZE), exporter, dynamic=True)
             except Exception:  # noqa: BLE001 - the exporter refuses a dynamic batch: as a user would, fix it
-                _export(model, path, exporter, dynamic=False)
+                export_classifier(model, path, (3, SIZE, SIZE), exporter, dynamic=False)
                 STATIC_BATCH.add((kind, exporter))
     finally:
         for log, level in zip(quiet, levels):

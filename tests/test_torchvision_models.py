@@ -21,13 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 
@@ -35,6 +33,8 @@ import xplain
 import xplain.run.api
 from xplain.cli.app import main as cli
 from xplain.graph.model import RECTIFIERS
+from xplain.onnx.export import export_classifier
+from xplain.run.bench_models import make_source
 
 pytestmark = pytest.mark.slow
 
@@ -73,57 +73,6 @@ class Case:
     seconds: dict
 
 
-def make_source(name: str, size: int) -> nn.Module:
-    """The torchvision model with random biases, BN affines and BN statistics that fit them."""
-    torch.manual_seed(0)
-    module = getattr(torchvision.models, name)(weights=None)
-    gen = torch.Generator().manual_seed(1)
-    norms = []
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.05)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.reset_running_stats()
-                m.momentum = None  # a cumulative average over the calibration batches
-                norms.append(m)
-        if norms:
-            module.train()
-            for _ in range(2):
-                module(torch.randn(8, 3, size, size, generator=gen))
-    return module.eval()
-
-
-def export(module: nn.Module, path: Path, size: int, exporter: str) -> None:
-    x = torch.randn(1, 3, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":  # torch's default exporter, as a user calls it
-            torch.onnx.export(
-                module,
-                (x,),
-                str(path),
-                dynamo=True,
-                input_names=["x"],
-                output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-                verbose=False,
-            )
-        else:
-            torch.onnx.export(
-                module,
-                (x,),
-                str(path),
-                dynamo=False,
-                opset_version=17,
-                input_names=["x"],
-                output_names=["logits"],
-                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            )
-
-
 @pytest.fixture(scope="module", params=[(n, e) for n in MODELS for e in EXPORTERS], ids="-".join)
 def case(request, tmp_path_factory):
     name, exporter = request.param
@@ -132,7 +81,9 @@ def case(request, tmp_path_factory):
     path = root / f"{name}.onnx"
     began = time.perf_counter()
     source = make_source(name, expect.size)
-    export(source, path, expect.size, exporter)
+    export_classifier(
+        source, path, (3, expect.size, expect.size), "dynamo" if exporter == "dynamo" else "classic"
+    )
     exported = time.perf_counter()
     model = xplain.load_model(path, device="cpu")
     loaded = time.perf_counter()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import nn
 
 from .errors import PluginError
 from .graph.model import Model
+from .onnx.export import export_classifier
 from .plugins.plugin_api import Attribution, Method, Metric
 from .plugins.registry import Registry, get_registry, validate_params
 from .run.api import load_model, run_method
@@ -98,25 +98,17 @@ def export_classic(
     module: nn.Module, path: Path, shape: Sequence[int], dynamic: bool = True, opset: int = 17
 ) -> Path:
     """Export with the TorchScript exporter (classic opset ≤ 17 graphs), input ``input``,
-    output ``logits``; ``dynamic`` makes the batch dimension dynamic."""
-    module.eval()
-    x = torch.randn(*shape)
-    kwargs: dict[str, Any] = (
-        {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic else {}
+    output ``logits``; ``dynamic`` makes the batch dimension dynamic (``shape`` includes it)."""
+    return export_classifier(
+        module,
+        path,
+        tuple(shape[1:]),
+        "classic",
+        dynamic,
+        opset,
+        input_name="input",
+        batch=shape[0],
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["logits"],
-            **kwargs,
-        )
-    return path
 
 
 _FOLDER: list[tempfile.TemporaryDirectory] = []  # lives as long as the process

@@ -11,13 +11,13 @@ batch axis and cached as ``~/.cache/xplain/bench-models/NAME-SIZE.onnx``.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..onnx.export import export_classifier
 
 SIZE = 224
 #: name -> what it is (``xplain bench --help`` and the README list these)
@@ -97,17 +97,6 @@ def bench_model_path(name: str, size: int = SIZE, root: Path | None = None) -> P
     root.mkdir(parents=True, exist_ok=True)
     module = make_source(name, size)
     tmp = path.with_suffix(".onnx.part")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.randn(1, 3, size, size),),
-            str(tmp),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    export_classifier(module, tmp, (3, size, size))
     tmp.replace(path)
     return path
