@@ -708,41 +708,18 @@ def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
     """The evidence of docs/input-iba.md in small: the weight-clipped critic hands the mask logits
     gradients of ~1e-7 after a few steps (noise for RMSProp), the gradient-penalty critic of order
     1; each record reports the critic-free distance to P(Z*) before and after stage 2."""
-    x = torch.cat([_image(shapes, "shapes_circle"), _image(shapes, "shapes_triangle")])
-    targets = torch.tensor([0, 2])
     method = get_registry().method("input-iba")
     grads = {}
     for critic in ("clip", "gp"):
         params = xplain.validate_params(
             method.params, {**FAST_GAN, "gan_critic": critic}, "input-iba"
         )
-        layer, _ = iba.resolve_layer(shapes, "", "input-iba", spatial=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            split, gens, mean, std, active, _, _ = iba._stats_and_gens(
-                shapes, x, params, 0, "input-iba", layer
-            )
-        cap, lam, r, _ = iba.feature_bottleneck(
-            split,
-            x,
-            targets,
-            mean,
-            std,
-            active,
-            gens,
-            beta=10.0,
-            steps=10,
-            lr=1.0,
-            copies=10,
-            initial_alpha=5.0,
-            sigma=1.0,
-        )
-        sampler = iba_input._target_sampler(r, lam, cap, mean, std, active, gens, params)
+        split, x, bits, sampler, gens = _gan_inputs(shapes, params)
         seen = {}
         iba_input.gan_stage(
             split,
             x,
-            iba.saliency_bits(cap, (64, 64)),
+            bits,
             sampler,
             gens,
             params,
@@ -751,8 +728,9 @@ def test_gan_stage_critic_gradients_and_recorded_distance(shapes):
         )
         grads[critic] = float(seen[2]["mask_grad"].max())
     assert grads["clip"] < 1e-4 < 1e-2 < grads["gp"], grads  # measured ~5e-7 and ~5
+    circle = _image(shapes, "shapes_circle")
     a = _quiet_explain(
-        shapes, x[:1], targets=[0], method="input-iba", params={**FAST_GAN, "input_steps": 2}
+        shapes, circle, targets=[0], method="input-iba", params={**FAST_GAN, "input_steps": 2}
     )
     before, after = a.sample_info[0]["gan_w2"]
     assert before > 0 and after > 0 and math.isfinite(before) and math.isfinite(after)
