@@ -545,23 +545,10 @@ def test_bit_like_classic_export_loads_and_verifies(tmp_path):
     """The classic exporter's graph of :class:`_BiTLike` (GroupNorm as Reshape → Instance-
     Normalization → Reshape(Shape) → Mul → Add, all untyped after the standardised kernel) used to
     fail in the head: "expected input[1, 1, 1, 1] to have 8 channels"."""
-    import warnings
-
     import xplain
+    from xplain.onnx.export import export_classifier
 
-    path = tmp_path / "bit.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _BiTLike().eval(),
-            (torch.randn(2, 3, 16, 16),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    path = export_classifier(_BiTLike(), tmp_path / "bit.onnx", (3, 16, 16))
     model = xplain.load_model(path, device="cpu")
     assert model.report.verified and model.report.batch_checked
     x = torch.randn(3, 3, 16, 16)

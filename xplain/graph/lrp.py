@@ -90,15 +90,10 @@ class _EpsilonScale(torch.autograd.Function):
         return _epsilon_scaled(g, z, ctx.eps), None
 
 
-class _EpsilonFromRelevance(torch.autograd.Function):
-    """Identity forward; backward divides the incoming relevance R by ``|z| + ε`` (the ε-rule's
-    ``c = R / (z + ε sign z)`` where only z > 0 carries relevance; 0 where the denominator is)."""
-
-    @staticmethod
-    def forward(ctx, z, eps):
-        ctx.save_for_backward(z)
-        ctx.eps = eps
-        return z.view_as(z)
+class _EpsilonFromRelevance(_EpsilonScale):
+    """Identity forward (the parent's); backward divides the incoming relevance R by ``|z| + ε``
+    (the ε-rule's ``c = R / (z + ε sign z)`` where only z > 0 carries relevance; 0 where the
+    denominator is)."""
 
     @staticmethod
     def backward(ctx, g):

@@ -19,7 +19,6 @@ environment variables is left alone, and elsewhere (musl, macOS, Windows) nothin
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -39,7 +38,7 @@ def tune_allocator() -> bool:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols: no ldconfig subprocess at start-up
         if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
             return False
         ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
