@@ -344,6 +344,15 @@ class Model:
             return torch.cat([self.graph(xi) for xi in x.split(1)])
         return self.graph(x)
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch with no autograd graph: the one entry point for forward-only work.
+
+        Perturbation metrics and black-box methods (occlusion, RISE, LIME, deletion, ...) call this
+        instead of ``model(x)`` so that the run's execution engine (eager torch today; onnxruntime
+        where it is faster, issue 21) can serve them without any plugin knowing which one ran."""
+        with torch.inference_mode():
+            return self(x)
+
     def example_input(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         shape = (batch, self.spec.channels, self.spec.height, self.spec.width)
