@@ -51,7 +51,7 @@ _LAZY = {
     "validate_params": ("xplain.plugins.registry", "validate_params"),
     "sample_generators": ("xplain.plugins.seeds", "sample_generators"),
     "Model": ("xplain.graph.model", "Model"),
-    "InputSpec": ("xplain.graph.spec", "InputSpec"),
+    "InputSpec": ("xplain.onnx.report", "InputSpec"),
     "RECTIFIERS": ("xplain.graph.nonlinear", "RECTIFIERS"),
     "load_state": ("xplain.graph.fitted", "load_state"),
     "apply_rules": ("xplain.graph.rules", "apply_rules"),

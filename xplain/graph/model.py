@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from ..onnx.report import InputSpec as InputSpec
+from ..onnx.report import LoadReport
 from .attention import Attention
 from .kinds import BATCHNORM
 from .kinds import batchnorm_affine as _bn_affine
@@ -30,8 +32,6 @@ from .nonlinear import RECTIFIERS as RECTIFIERS
 from .nonlinear import Activation
 from .requirements import REQUIREMENTS as REQUIREMENTS
 from .requirements import requirement_problem
-from .spec import InputSpec as InputSpec
-from .spec import LoadReport
 from .split import GraphSplit
 from .surgery import Surgery, Tap
 

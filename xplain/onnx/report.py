@@ -1,7 +1,8 @@
 """What the loader found: the model's input and the facts about loading it.
 
-Kept apart from :class:`~xplain.graph.model.Model` because the ONNX loader fills both before a
-model exists, and ``xplain inspect`` and every JSON record show them without graph knowledge.
+The ONNX stage fills both before a model exists, so they live here, and
+:class:`~xplain.graph.model.Model` (the next stage) holds them; ``xplain inspect`` and every
+JSON record show them without graph knowledge.
 """
 
 from __future__ import annotations
