@@ -8,6 +8,8 @@ that owns it.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import fx, nn
@@ -154,7 +156,8 @@ def test_knowledge_runs_shape_propagation_once(net):
 
 def test_surgery_restores_after_an_exception(net):
     nodes = {n.name: n for n in net.graph.nodes}
-    surgery = Surgery(net, nodes.__getitem__, lambda: torch.device("cpu"))
+    host = SimpleNamespace(graph=net, node=nodes.__getitem__, device=torch.device("cpu"))
+    surgery = Surgery(host)
     code, act = net.code, net.act1
     x = torch.randn(2, 3, 8, 8)
     before = net(x)

@@ -57,7 +57,7 @@ class Model:
         self._state_hidden = False  #: inside :meth:`without_fitted_state`
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
-        self._surgery = Surgery(graph, self.node, lambda: self.device)
+        self._surgery = Surgery(self)
 
     # ---------------------------------------------------------------- running
     @property
@@ -167,7 +167,7 @@ class Model:
     def _known(self) -> GraphKnowledge:
         """The analyses of the graph, each computed once (see :mod:`.knowledge`)."""
         spec = self.spec
-        return GraphKnowledge(self.graph, spec.height, spec.width, lambda: self.example_input(1))
+        return GraphKnowledge(self.graph, spec.height, spec.width, self.example_input)
 
     @property
     def _shapes(self) -> dict[str, tuple]:

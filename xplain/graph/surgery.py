@@ -12,37 +12,51 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import fx, nn
 
 
-class Surgery:
-    """The temporary changes to one ``fx.GraphModule``; ``node`` resolves a layer name to its
-    fx node (with the model's error for an unknown one), ``device`` is where modules go."""
+class _Host(Protocol):
+    """What :class:`Surgery` needs of a model."""
 
-    def __init__(
-        self,
-        graph: fx.GraphModule,
-        node: Callable[[str], fx.Node],
-        device: Callable[[], torch.device],
-    ):
-        self.graph = graph
-        self._node, self._device = node, device
+    graph: fx.GraphModule
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def node(self, name: str) -> fx.Node: ...
+
+
+class Surgery:
+    """The temporary changes to one model's graph. ``model`` gives the ``graph``, resolves a
+    layer name with ``node(name)`` (the model's error for an unknown one) and says where new
+    modules go (``device``); it is read on each use, never captured, so a copied or unpickled
+    model changes its own graph."""
+
+    def __init__(self, model: _Host):
+        self.model = model
         self._insert_ids = itertools.count()
         self._tapped: set[str] = (
             set()
         )  #: module targets a live tap hooks (they must not be swapped)
+
+    @property
+    def graph(self) -> fx.GraphModule:
+        return self.model.graph
+
+    def _node(self, name: str) -> fx.Node:
+        return self.model.node(name)
 
     @contextlib.contextmanager
     def swap_modules(self, replacements: dict[str, nn.Module]) -> Iterator[None]:
         """Temporarily replace the modules of the named nodes (forward must stay the same)."""
         saved: dict[str, nn.Module] = {}
         nodes = {n.name: n for n in self.graph.graph.nodes} if len(replacements) > 1 else {}
-        device = self._device()
+        device = self.model.device
         try:
             for name, new in replacements.items():
                 target = str((nodes[name] if name in nodes else self._node(name)).target)
@@ -67,7 +81,7 @@ class Surgery:
             for name, module in modules.items():
                 site = self._node(name)
                 target = f"xplain_inserted_{next(self._insert_ids)}"
-                self.graph.add_submodule(target, module.to(self._device()))
+                self.graph.add_submodule(target, module.to(self.model.device))
                 with graph.inserting_after(site):
                     new = graph.call_module(target, (site,))
                 site.replace_all_uses_with(new, delete_user_cb=partial(operator.is_not, new))
