@@ -891,7 +891,7 @@ def bench(
     weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
     registry = _registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
-    from ..run.bench import resolve_methods, resolve_metrics
+    from ..run.timing import resolve_methods, resolve_metrics
 
     chosen = [
         m.name for m in resolve_methods(names, registry)
@@ -906,7 +906,7 @@ def bench(
     )
     registry.resolve("metric", chosen_metrics, metric_params)
     if not model_path.exists():
-        from ..run.bench_models import BENCH_MODELS, bench_model_path
+        from ..run.reference_networks import BENCH_MODELS, bench_model_path
 
         if str(model_path) in BENCH_MODELS:
             with (
@@ -921,7 +921,7 @@ def bench(
     model.state_dir = state_dir
     import torch
 
-    from ..run.bench import bench as run_bench
+    from ..run.timing import bench as run_bench
 
     if images:
         from ..data.images import Preprocess
@@ -951,7 +951,7 @@ def bench(
             else None,
         )
     if chosen_metrics:
-        from ..run.bench import bench_metrics
+        from ..run.timing import bench_metrics
 
         report["metric_bench"] = bench_metrics(
             model,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..data.images import Geometry
 from ..errors import InputDataError
-from .fileio import atomic_write
+from ..fileio import atomic_write
 from .render import overlay_image, png_bytes
 
 __all__ = ["write_report", "report_html", "REPORT", "CSP"]

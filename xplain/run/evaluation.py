@@ -40,8 +40,8 @@ from ..data.datasets import Sample, class_names_of, output_exclusion, read_datas
 from ..data.images import Preprocess, load_image
 from ..data.pipeline import Prepared, default_workers, prefetch, to_device
 from ..errors import PluginError, UsageError, XplainError
+from ..fileio import atomic_write, save_npy, write_failed
 from ..graph.model import Model
-from ..output.fileio import atomic_write, save_npy, write_failed
 from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry
 from ..untrusted import path_text, printable, safe_stem

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, UsageError
-from ..output.fileio import atomic_write
+from ..fileio import atomic_write
 
 RUN = "run.json"
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")

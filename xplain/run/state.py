@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputDataError
-from ..output.fileio import atomic_write, write_json
+from ..fileio import atomic_write, write_json
 from ..untrusted import parse_json, require_regular_file
 
 #: the largest state file read (a fitted state is statistics or inverse networks, not a model zoo)
