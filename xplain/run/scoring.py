@@ -270,6 +270,3 @@ def _score_method(
         if index < montage:
             maps_out.append((index, method.name, maps[j].numpy()))
     return lines, maps_out
-
-
-# ----------------------------------------------------------------------------- summary

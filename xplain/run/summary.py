@@ -155,6 +155,3 @@ def write_summary(out: Path, summary: dict) -> None:
                 ]
             )
     atomic_write(out / "summary.csv", buf.getvalue().encode())
-
-
-# ----------------------------------------------------------------------------- plots
