@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..fileio import atomic_write, write_json
 from ..graph.fitted import (
     MAX_META_BYTES,
     MAX_STATE_BYTES,
@@ -17,7 +18,6 @@ from ..graph.fitted import (
     state_dir,
     state_paths,
 )
-from ..output.fileio import atomic_write, write_json
 
 __all__ = [
     "MAX_META_BYTES",
