@@ -16,9 +16,14 @@ from xplain.output.panel import DPI, PanelRow, panel_figure
 from xplain.run.explaining import _unique_stems, expand_images
 
 
+def _cells(fig):
+    """The figure's image cells (its colour-bar axes left out)."""
+    return [ax for ax in fig.axes if ax.get_label() != "colorbar"]
+
+
 def _grid(fig):
-    """Distinct (x0, y0) positions of the figure's axes, rounded: columns and rows of the grid."""
-    boxes = [ax.get_position() for ax in fig.axes]
+    """Distinct (x0, y0) positions of the figure's cells, rounded: columns and rows of the grid."""
+    boxes = [ax.get_position() for ax in _cells(fig)]
     return sorted({round(b.x0, 4) for b in boxes}), sorted(
         {round(b.y0, 4) for b in boxes}, reverse=True
     )
@@ -34,14 +39,17 @@ def test_panel_layout_and_titles():
         PanelRow(1, "$x$ <b>", 0.2, {m: rng.standard_normal((16, 16)) for m in methods[:2]}),
     ]
     fig = panel_figure(image, g, rows, methods, title="photo.png")
-    assert len(fig.axes) == 2 * (1 + len(methods))
+    cells = _cells(fig)
+    assert len(cells) == 2 * (1 + len(methods))
+    assert len(fig.axes) - len(cells) == 5  # one colour bar per drawn map
     cols, ys = _grid(fig)
     assert len(cols) == 1 + len(methods) and len(ys) == 2
-    titles = [[ax.get_title() for ax in fig.axes[r * 4 : (r + 1) * 4]] for r in range(2)]
+    titles = [[ax.get_title() for ax in cells[r * 4 : (r + 1) * 4]] for r in range(2)]
     assert titles[0] == ["tabby cat (3)\np = 0.700", "saliency", "tr-gbp", "input-iba"]
     assert titles[1][0] == "\\$x\\$ <b> (1)\np = 0.200"  # '$' escaped: never parsed as mathtext
     assert titles[1][3] == "input-iba\n(no map)"  # a method without a map leaves the cell empty
-    first_row = [ax for ax in fig.axes[:4]]
+    first_row = cells[:4]
+    assert all(ax.title.get_fontsize() >= 9 for ax in cells)  # legible at 100 % zoom
     assert all(len(ax.images) == 1 for ax in first_row)
     assert (
         first_row[1].images[0].get_array().shape[:2]
@@ -219,7 +227,9 @@ def test_folder_input_recursive_sorted_with_sub_folder_stems(
     assert len(err) == 1 and "no images" in err[0] and str(empty) in err[0]
 
 
-@pytest.mark.parametrize("flag", [["--colorbar"], ["--grey"], ["--percentile", "100"]])
+@pytest.mark.parametrize(
+    "flag", [["--colorbar"], ["--grey"], ["--colour-photo"], ["--percentile", "100"]]
+)
 def test_render_flags_reach_the_files(tiny_cnn_path, rgb_image, tmp_path, capsys, flag):
     out = tmp_path / "o"
     rec = _run(
@@ -239,6 +249,14 @@ def test_render_flags_reach_the_files(tiny_cnn_path, rgb_image, tmp_path, capsys
         capsys,
     )[0]
     assert rec["render"]["colorbar"] == ("--colorbar" in flag)
-    assert rec["render"]["grey"] == ("--grey" in flag)
+    assert rec["render"]["grey"] == {"--grey": True, "--colour-photo": False}.get(flag[0])
+    # saliency is non-negative: sequential, and the photo in colour unless --grey
+    assert rec["scheme"] == {
+        "signed": False,
+        "colormap": "inferno",
+        "grey_photo": flag == ["--grey"],
+    }
     heatmap = Image.open(rec["files"]["heatmap"])
     assert (heatmap.size != (16, 16)) == ("--colorbar" in flag)
+    overlay = Image.open(rec["files"]["overlay"])  # with --colorbar: a figure with its bar
+    assert (overlay.size != Image.open(rgb_image).size) == ("--colorbar" in flag)

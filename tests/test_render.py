@@ -156,22 +156,27 @@ def test_percentile_must_be_in_range(bad):
 
 def test_overlay_alpha_is_zero_where_the_map_is_zero(tmp_path):
     # A textured photo: where the map is 0 the overlay is the photo, bit for bit; elsewhere the
-    # colour's opacity is alpha * |v| / scale.
+    # colour's opacity is alpha * (|v| / scale) ** OVERLAY_GAMMA (1.5).
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     image = Image.fromarray(photo)
     g = Geometry((8, 8), (8, 8), (0, 0, 8, 8))
     m = np.zeros((8, 8))
     m[2, 3], m[5, 5], m[6, 1] = 1.0, -0.5, 0.25
-    out = np.asarray(overlay_image(image, m, g, alpha=0.8, percentile=MAX))
+    out = np.asarray(overlay_image(image, m, g, alpha=0.8, percentile=MAX, grey=False))
     zero = m == 0
     np.testing.assert_array_equal(out[zero], photo[zero])
     assert out[2, 3].tolist() == _blend(photo[2, 3], div(1.0)[:3], 0.8)
-    assert out[5, 5].tolist() == _blend(photo[5, 5], div(0.25)[:3], 0.4)
-    assert out[6, 1].tolist() == _blend(photo[6, 1], div(0.625)[:3], 0.2)
-    grey = np.asarray(overlay_image(image, m, g, grey=True))
-    lum = np.asarray(image.convert("L"))
-    np.testing.assert_array_equal(grey[zero], np.repeat(lum[..., None], 3, axis=2)[zero])
+    assert out[5, 5].tolist() == _blend(photo[5, 5], div(0.25)[:3], 0.8 * 0.5**1.5)
+    assert out[6, 1].tolist() == _blend(photo[6, 1], div(0.625)[:3], 0.8 * 0.25**1.5)
+    linear = np.asarray(overlay_image(image, m, g, alpha=0.8, percentile=MAX, grey=False, gamma=1))
+    assert linear[5, 5].tolist() == _blend(photo[5, 5], div(0.25)[:3], 0.4)
+    lum = np.repeat(np.asarray(image.convert("L"))[..., None], 3, axis=2)
+    for grey in (True, None):  # None: a signed map gets the greyscale photo by default
+        shown = np.asarray(overlay_image(image, m, g, grey=grey))
+        np.testing.assert_array_equal(shown[zero], lum[zero])
+    colour = np.asarray(overlay_image(image, np.abs(m), g))  # non-negative: the colour photo
+    np.testing.assert_array_equal(colour[zero], photo[zero])
 
 
 def test_overlay_inside_and_outside_crop(tmp_path):
@@ -180,7 +185,7 @@ def test_overlay_inside_and_outside_crop(tmp_path):
     g = Geometry(original_size=(4, 2), resized_size=(4, 2), crop_box=(1, 0, 3, 2))
     m = np.array([[-1.0, 1.0], [0.0, 0.5]])
     path = tmp_path / "o.png"
-    save_overlay(path, image, m, g, alpha=0.5, percentile=MAX)
+    save_overlay(path, image, m, g, alpha=0.5, percentile=MAX, grey=False)
     out = np.asarray(Image.open(path))
     assert out.shape == (2, 4, 3)
     assert out[:, 0].tolist() == [list(base)] * 2  # outside the crop: the plain image
@@ -188,7 +193,7 @@ def test_overlay_inside_and_outside_crop(tmp_path):
     assert out[0, 1].tolist() == _blend(base, div(0.0)[:3], 0.5)
     assert out[0, 2].tolist() == _blend(base, div(1.0)[:3], 0.5)
     assert out[1, 1].tolist() == list(base)  # zero: transparent
-    assert out[1, 2].tolist() == _blend(base, div(0.75)[:3], 0.25)
+    assert out[1, 2].tolist() == _blend(base, div(0.75)[:3], 0.5 * 0.5**1.5)
 
 
 def test_overlay_alpha_extremes(tmp_path):
@@ -212,7 +217,7 @@ def test_overlay_uses_model_map_normalisation(tmp_path):
         tmp_path / "o.png", image, np.array([[0.0, 0.0, 0.0, 4.0]]), g, alpha=1.0, percentile=MAX
     )
     out = np.asarray(Image.open(tmp_path / "o.png"))
-    assert out[0].tolist() == [[0, 0, 0], _blend((0, 0, 0), seq(3 / 7)[:3], 3 / 7)]
+    assert out[0].tolist() == [[0, 0, 0], _blend((0, 0, 0), seq(3 / 7)[:3], (3 / 7) ** 1.5)]
 
 
 def test_overlay_size_is_bounded(tmp_path):

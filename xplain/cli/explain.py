@@ -74,11 +74,14 @@ def explain(
         "--percentile",
         help="Display scale: this percentile of |map| gets full colour (100 = max).",
     ),
-    grey: bool = typer.Option(
-        False, "--grey", help="Show the photo in greyscale under the overlay's colours."
+    grey: bool | None = typer.Option(
+        None,
+        "--grey/--colour-photo",
+        help="Photo in greyscale (or in colour) under the overlay's colours; default: "
+        "greyscale under signed maps only, so red and blue read as the map's.",
     ),
     colorbar: bool = typer.Option(
-        False, "--colorbar", help="Heatmaps as a small figure with a colour bar and scale."
+        False, "--colorbar", help="Heatmaps and overlays as figures with a colour bar and scale."
     ),
     panel: bool | None = typer.Option(
         None,

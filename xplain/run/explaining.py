@@ -17,7 +17,14 @@ from ..fileio import atomic_group, save_npy, write_json
 from ..graph.model import Model
 from ..output import render as _render
 from ..output.panel import PanelRow, save_panel
-from ..output.render import RenderOptions, save_heatmap, save_overlay
+from ..output.render import (
+    RenderOptions,
+    grey_for,
+    save_heatmap,
+    save_overlay,
+    save_overlay_figure,
+)
+from ..output.schemes import Schemes
 from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
@@ -141,6 +148,8 @@ class _Job:
     seed: int
     batch_size: int
     timeout: float | None = None  #: seconds per method call (``api.time_limit``)
+    #: each method's colour scheme, decided once per call (``output.schemes``)
+    schemes: Schemes = dataclasses.field(default_factory=Schemes)
 
 
 @dataclasses.dataclass
@@ -288,8 +297,10 @@ def _items(job: _Job, batch: _Batch, resolved) -> list[_Item]:
 
 
 def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], batch: _Batch):
-    """Yield (record, map) for every item, running ``method`` on groups of ``batch_size``."""
+    """Yield (record, map) for every item, running ``method`` on groups of ``batch_size``; the
+    outputs are drawn once all of the batch's maps are known, in the method's one scheme."""
     device = job.model.device
+    done = []
     for offset in range(0, len(items), job.batch_size):
         group = items[offset : offset + job.batch_size]
         rows = torch.tensor([it.index - batch.start for it in group], device=device)
@@ -299,9 +310,11 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
             job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
         )
         seconds = (time.perf_counter() - began) / len(group)
-        maps = attribution.maps.detach().float().cpu().numpy()
+        done.append((group, attribution, attribution.maps.detach().float().cpu().numpy(), seconds))
+    signed = job.schemes.signed(method.name, [m for _, _, maps, _ in done for m in maps])
+    for group, attribution, maps, seconds in done:
         for j, item in enumerate(group):
-            record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name)
+            record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name, signed)
             record.update(seconds=round(seconds, 6), _index=item.index)
             yield record, maps[j]
 
@@ -333,6 +346,7 @@ def _write_panels(
             percentile=job.render.percentile,
             grey=job.render.grey,
             alpha=job.render.alpha,
+            signed=job.schemes.as_dict(),
         )
         for record in pending:
             if record["_index"] == i:
@@ -363,7 +377,14 @@ def _run_halving(model, method, x, targets, values, seed, timeout=None):
 
 
 def _write_outputs(
-    job: _Job, item: _Item, map_hw, attribution, j: int, batch: _Batch, method: str
+    job: _Job,
+    item: _Item,
+    map_hw,
+    attribution,
+    j: int,
+    batch: _Batch,
+    method: str,
+    signed: bool,
 ) -> dict:
     """Write one map's .npy, heatmap and overlay (and the method's extras); the record."""
     label = job.model.label(item.target)
@@ -378,12 +399,15 @@ def _write_outputs(
         "json": Path(f"{base}.json"),
     }
     save_npy(paths["npy"], map_hw)
-    save_heatmap(paths["heatmap"], map_hw, percentile=render.percentile, colorbar=render.colorbar)
-    save_overlay(
+    save_heatmap(
+        paths["heatmap"], map_hw, signed, percentile=render.percentile, colorbar=render.colorbar
+    )
+    (save_overlay_figure if render.colorbar else save_overlay)(
         paths["overlay"],
         original,
         map_hw,
         drawn,
+        signed,
         alpha=render.alpha,
         percentile=render.percentile,
         grey=render.grey,
@@ -403,4 +427,9 @@ def _write_outputs(
         "files": files,
         "geometry": geometry.to_dict(),
         "info": attribution.record_info(j),
+        "scheme": {
+            "signed": bool(signed),
+            "colormap": _render.SIGNED_CMAP if signed else _render.UNSIGNED_CMAP,
+            "grey_photo": grey_for(render.grey, signed),
+        },
     }
