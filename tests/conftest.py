@@ -79,3 +79,11 @@ def interrupt_on_call(monkeypatch, module, name: str, n: int = 2) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, interrupt)
+
+
+@pytest.fixture(autouse=True)
+def _own_verification_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty verification cache (``xplain.onnx.verified``), so a model verified
+    by one test is verified again by the next, as before the cache existed."""
+    monkeypatch.setenv("XPLAIN_CACHE_DIR", str(tmp_path_factory.mktemp("xplain-cache")))
+    monkeypatch.delenv("XPLAIN_VERIFY", raising=False)

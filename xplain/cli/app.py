@@ -105,6 +105,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors print one line and return their exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    from .aliases import canonical
+
+    argv = canonical(argv)  # old option spellings (--methods, explain --labels) still work
     tune_allocator()
     if (
         argv[:2] == ["eval", "summarize"] and not Path("summarize").is_file()

@@ -29,8 +29,12 @@ def bench(
     images: list[Path] | None = typer.Argument(
         None, metavar="[IMAGE...]", help="Images to explain (default: random inputs)."
     ),
-    methods: str = typer.Option(
-        ..., "--methods", "-m", help="Comma-separated methods to measure (see `xplain methods`)."
+    method: list[str] = typer.Option(
+        ...,
+        "--method",
+        "-m",
+        metavar="NAME[,NAME...]",
+        help="Methods to measure: a,b or repeated (see `xplain methods`).",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     batch_size: int | None = typer.Option(
@@ -73,7 +77,7 @@ def bench(
     ),
     metrics: str | None = typer.Option(
         None,
-        "--metrics",
+        "--metric",
         help="Also time these metrics (comma-separated) on the first method's maps.",
     ),
     metric_param: list[str] = typer.Option(
@@ -86,6 +90,7 @@ def bench(
     MODEL is an ONNX file, or one of the 224×224 benchmark networks by name (resnet50,
     efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
     weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
+    methods = ",".join(method)  # one vocabulary with explain
     registry = load_registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
     from ..run.timing import resolve_methods, resolve_metrics
@@ -97,7 +102,7 @@ def bench(
     registry.resolve("method", chosen, params)
     chosen_metrics = [m.name for m in resolve_metrics((metrics or "").split(","), registry)]
     if metric_param and not chosen_metrics:
-        raise UsageError("--metric-param without --metrics")
+        raise UsageError("--metric-param without --metric")
     metric_params = (
         scoped_params(metric_param, chosen_metrics, "--metric-param") if chosen_metrics else {}
     )

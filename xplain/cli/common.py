@@ -45,7 +45,9 @@ def parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
-def open_model(model_path: Path, device: str, labels: str | None = None, verify: bool = True):
+def open_model(
+    model_path: Path, device: str, labels: str | None = None, verify: bool | None = None
+):
     from ..run.api import load_model
 
     with (
@@ -71,7 +73,7 @@ def set_up(
     out_dir: Path | None = None,
     out_flag: str = "--out",
     state_dir: Path | None = None,
-    verify: bool = True,
+    verify: bool | None = None,
 ):
     """The one set-up of explain / eval / fit / bench, after their names and parameters were
     resolved with ``registry.resolve`` (so a typo fails before anything loads): the inputs

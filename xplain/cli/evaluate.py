@@ -33,8 +33,12 @@ def eval_command(
         metavar="DATA",
         help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes]).",
     ),
-    methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
-    metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
+    method: list[str] = typer.Option(
+        ..., "--method", "-m", metavar="NAME[,NAME...]", help="Methods: a,b or repeated, or 'all'."
+    ),
+    metric: list[str] = typer.Option(
+        ..., "--metric", metavar="NAME[,NAME...]", help="Metrics: a,b or repeated, or 'all'."
+    ),
     labels: Path | None = typer.Option(
         None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."
     ),
@@ -122,6 +126,7 @@ def eval_command(
 
     `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
     summary and reports images no shard has done."""
+    methods, metrics = ",".join(method), ",".join(metric)  # one vocabulary with explain
     registry = load_registry()
     method_names = names_or_all(methods, registry.methods, "method")
     metric_names = names_or_all(metrics, registry.metrics, "metric")
@@ -156,7 +161,7 @@ def eval_command(
         method_names = [n for n in method_names if n not in skipped]
         if skipped:
             err.print(
-                f"xplain: note: --methods all leaves out {', '.join(skipped)} (requirements this "
+                f"xplain: note: --method all leaves out {', '.join(skipped)} (requirements this "
                 "model does not meet; `xplain methods show NAME`)",
                 highlight=False,
                 markup=False,

@@ -65,7 +65,9 @@ def explain(
         None, help="Per-channel mean, comma-separated (after scaling to [0,1])."
     ),
     std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: str | None = typer.Option(None, help="Class names: a text/JSON file, or 'imagenet'."),
+    labels: str | None = typer.Option(
+        None, "--class-names", help="The model's class names: a text/JSON file, or 'imagenet'."
+    ),
     state_dir: Path | None = typer.Option(
         None, help="Where fitted state is looked up (see `xplain fit`)."
     ),
@@ -97,11 +99,11 @@ def explain(
         metavar="SECONDS",
         help="Stop a method call that runs longer (exit 4).",
     ),
-    verify: bool = typer.Option(
-        True,
+    verify: bool | None = typer.Option(
+        None,
         "--verify/--no-verify",
-        help="Check the conversion against onnxruntime at load (default). --no-verify "
-        "skips it for models already checked (`xplain inspect`): faster start-up.",
+        help="Check the conversion against onnxruntime at load (--verify: always; default: "
+        "unless this file was verified before, remembered in $XPLAIN_CACHE_DIR).",
     ),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,

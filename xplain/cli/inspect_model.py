@@ -47,9 +47,14 @@ def inspect(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="An ONNX classifier."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    verify: bool | None = typer.Option(
+        None,
+        "--verify/--no-verify",
+        help="Check the conversion against onnxruntime (default: unless remembered).",
+    ),
 ):
     """Show what xplain sees in a model: interface, ops, activations, bias and feature layers."""
-    model = open_model(model_path, device)
+    model = open_model(model_path, device, verify=verify)
     report = model.report
     default = model.default_feature_layer()
     bottleneck = model.bottleneck_layer()

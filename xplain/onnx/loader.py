@@ -394,7 +394,7 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
 def load_onnx(
     path,
     device="cpu",
-    verify: bool = True,
+    verify: bool | None = True,
     labels=None,
     sidecar: dict | None = None,
     max_pixels: int | None = None,
@@ -407,14 +407,21 @@ def load_onnx(
 
     ``build`` is a parameter so the ONNX stage never imports the graph stage after it.
     ``max_pixels`` bounds the declared input (H × W; see :func:`max_input_pixels`). Every failure
-    is a :class:`~xplain.errors.ModelError` with one line naming the file."""
+    is a :class:`~xplain.errors.ModelError` with one line naming the file.  ``verify=None``
+    verifies unless this file's digest was verified before (:mod:`xplain.onnx.verified`);
+    ``XPLAIN_VERIFY`` decides when ``verify`` is None."""
     import torch
 
     from .report import InputSpec, LoadReport
 
+    from . import verified
+
     path = Path(path)
     proto, digest, file_bytes = read_model(path)
     check_model(proto, path)
+    verify = verified.verify_mode(verify)
+    remembered = verified.recall(digest) if verify is None else None
+    verify = verify if verify is not None else remembered is None
     inp, out, in_shape, out_shape = _interface(proto, path, max_input_pixels(max_pixels))
     if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] < 1:
         raise ModelError(
@@ -523,4 +530,14 @@ def load_onnx(
         )
     if verify:
         _verify(model, original, path, input_name, output_name)
+        verified.remember(digest, report.max_abs_diff, report.max_rel_diff, report.batch_checked)
+    elif remembered is not None:  # verified before: same file (digest), same versions
+        report.verified = True
+        report.max_abs_diff = remembered["max_abs_diff"]
+        report.max_rel_diff = remembered["max_rel_diff"]
+        report.batch_checked = remembered["batch_checked"]
+        report.notes.append(
+            "verification remembered from an earlier load of this file "
+            "(same digest and versions; --verify checks again)"
+        )
     return model

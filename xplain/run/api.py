@@ -44,7 +44,7 @@ def load_model(
     path: str | Path,
     device: str | torch.device | None = "cpu",
     *,
-    verify: bool = True,
+    verify: bool | None = True,
     labels: list[str] | str | None = None,
     registry: Registry | None = None,
     max_input_pixels: int | None = None,
