@@ -44,3 +44,21 @@ def test_help_shows_the_new_spellings_only():
         assert "--method" in text and "--methods" not in text and "--metrics " not in text
     explain = runner.invoke(app, ["explain", "--help"]).output
     assert "--class-names" in re.sub(r"\x1b\[[0-9;]*m", "", explain)
+
+
+def test_library_warnings_stay_quiet_without_debug(capsys):
+    import warnings
+
+    from xplain.cli import app as app_module
+    from xplain.cli.quiet import from_library
+
+    torch_file = "/x/lib/python3.11/site-packages/torch/onnx/utils.py"
+    assert from_library(torch_file)
+    assert not from_library("/x/lib/python3.11/site-packages/my_plugin/m.py")
+    assert not from_library("/work/xplain/xplain/run/api.py")
+    app_module._warned.clear()
+    app_module._show_warning(UserWarning("internal"), UserWarning, torch_file, 1)
+    app_module._show_warning(UserWarning("yours"), UserWarning, "/work/plugins/p.py", 1)
+    err = capsys.readouterr().err
+    assert "internal" not in err and "xplain: warning: yours" in err
+    warnings.resetwarnings()

@@ -96,6 +96,10 @@ _warned: set[str] = set()
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """A warning is one line on stderr, like an error, not Python's two with the source line;
     each text once per run (a method warns per batch, the user needs it once)."""
+    from .quiet import from_library
+
+    if from_library(filename):  # torch, onnx2torch, onnxruntime…: only with --debug
+        return
     text = str(message)
     if text not in _warned:
         _warned.add(text)

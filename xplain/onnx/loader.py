@@ -412,9 +412,8 @@ def load_onnx(
     ``XPLAIN_VERIFY`` decides when ``verify`` is None."""
     import torch
 
-    from .report import InputSpec, LoadReport
-
     from . import verified
+    from .report import InputSpec, LoadReport
 
     path = Path(path)
     proto, digest, file_bytes = read_model(path)

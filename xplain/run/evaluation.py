@@ -334,7 +334,19 @@ def _score_all(
         kind=worker_kind,
     )
     for batch, prepared in zip(batches, stream):  # prefetch yields the batches in order
-        write(*score_batch(model, batch, prepared, plan.methods, plan.metrics, batch_plan, guard))
+        moved = [0.0]
+
+        def within(fraction: float, n: int = len(batch), moved=moved) -> None:
+            """The bar moves per stage of the batch (a method, a metric), not once per batch."""
+            moved[0] = min(float(n), moved[0] + fraction * n)
+            if progress is not None:
+                progress(handled + moved[0], total)
+
+        write(
+            *score_batch(
+                model, batch, prepared, plan.methods, plan.metrics, batch_plan, guard, within
+            )
+        )
         advance(len(batch))
 
 

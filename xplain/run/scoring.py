@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,12 +79,15 @@ def score_batch(
     chosen_metrics,
     plan: Plan,
     guard: ModelGuard | None = None,
+    step: Callable[[float], None] | None = None,
 ) -> tuple[list[dict], list[tuple[int, str, np.ndarray]], list[tuple[int, Sample, Any]]]:
     """Explain and score one batch: its result records, the maps of the first ``plan.montage``
     images (index, method, map) and what the model saw of them (index, sample, input array).
 
     Pure with respect to the output folder (the caller writes), so a Ray worker can run it.
-    ``guard`` checks the model after every method (:func:`check_model_unchanged`)."""
+    ``guard`` checks the model after every method (:func:`check_model_unchanged`). ``step(f)``
+    is told after each method and each metric that a fraction ``f`` of the batch is done, so a
+    progress bar moves within a batch (one method call covers the whole batch)."""
     seed, montage = plan.seed, plan.montage
     by_index = {j.index: j for j in batch}
     records: list[dict] = []
@@ -136,8 +140,19 @@ def score_batch(
         box_labels_all.append(
             torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long)
         )
+    stages = max(1, len(chosen_methods) * (1 + len(chosen_metrics)))
     state = _BatchState(
-        order, by_index, x_all, t_all, probs, preds, box_all, box_labels_all, plan, cache={}
+        order,
+        by_index,
+        x_all,
+        t_all,
+        probs,
+        preds,
+        box_all,
+        box_labels_all,
+        plan,
+        cache={},
+        step=(lambda: step(1.0 / stages)) if step is not None else None,
     )
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
@@ -176,6 +191,7 @@ class _BatchState:
     box_labels_all: list[torch.Tensor | None]
     plan: Plan
     cache: dict
+    step: Callable[[], None] | None = None  #: one stage (a method or a metric) of the batch done
 
 
 def _score_method(
@@ -200,6 +216,8 @@ def _score_method(
     started = time.perf_counter()
     try:
         attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
+        if state.step is not None:
+            state.step()
     except XplainError as e:
         return [
             _error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e))
@@ -242,6 +260,8 @@ def _score_method(
             )
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
+        if state.step is not None:
+            state.step()
     maps = attribution.maps.detach().float().cpu()
     lines, maps_out = [], []
     for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
