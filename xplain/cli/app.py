@@ -46,7 +46,15 @@ app.add_typer(catalogue.metrics_app, name="metrics")
 @app.callback()
 def _main(
     ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks for errors, and the libraries' warnings."
+    ),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="No progress bars or spinners (off anyway when not a terminal).",
+    ),
     strict_plugins: bool = typer.Option(
         False, "--strict-plugins", help="A broken plugin is an error, not a warning."
     ),
@@ -77,6 +85,7 @@ def _main(
     OPTIONS["strict"] = strict_plugins
     OPTIONS["blocked"] = tuple(no_plugin)
     OPTIONS["max_input_pixels"] = max_input_pixels
+    OPTIONS["quiet"] = quiet
 
 
 # the verbs, in the order `xplain --help` lists them

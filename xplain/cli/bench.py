@@ -20,6 +20,7 @@ from .common import (
     load_registry,
     open_model,
     scoped_params,
+    show_progress,
 )
 from .console import NoStatus, err, out
 
@@ -113,7 +114,7 @@ def bench(
         if str(model_path) in BENCH_MODELS:
             with (
                 err.status(f"exporting {model_path}…", spinner="dots")
-                if err.is_terminal
+                if show_progress()
                 else NoStatus()
             ):
                 model_path = bench_model_path(str(model_path), size)
@@ -135,7 +136,7 @@ def bench(
         x = loaded[torch.arange(n, device=loaded.device) % len(loaded)]
     else:
         x = model.example_input(batch_size or 8, seed=seed)
-    status = err.status("benchmarking…", spinner="dots") if err.is_terminal else NoStatus()
+    status = err.status("benchmarking…", spinner="dots") if show_progress() else NoStatus()
     with status:
         report = run_bench(
             model,
@@ -149,7 +150,7 @@ def bench(
             captum=captum,
             clock=clock,
             progress=(lambda msg: status.update(f"benchmarking {escape(msg)}…"))
-            if err.is_terminal
+            if show_progress()
             else None,
         )
     if chosen_metrics:

@@ -20,7 +20,17 @@ from .console import NoStatus, err
 
 #: the global options of the ``xplain`` callback (``--strict-plugins``, ``--no-plugin``,
 #: ``--max-input-pixels``), read by every verb
-OPTIONS: dict[str, Any] = {"strict": False, "blocked": (), "max_input_pixels": None}
+OPTIONS: dict[str, Any] = {
+    "strict": False,
+    "blocked": (),
+    "max_input_pixels": None,
+    "quiet": False,
+}
+
+
+def show_progress() -> bool:
+    """Progress bars and spinners: on a terminal, unless ``--quiet``."""
+    return bool(err.is_terminal and not OPTIONS["quiet"])
 
 
 def load_registry():
@@ -51,7 +61,7 @@ def open_model(
     from ..run.api import load_model
 
     with (
-        err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else NoStatus()
+        err.status(f"loading {model_path.name}…", spinner="dots") if show_progress() else NoStatus()
     ):
         return load_model(
             model_path,

@@ -22,6 +22,7 @@ from .common import (
     names_or_all,
     open_model,
     scoped_params,
+    show_progress,
 )
 from .console import err, out
 
@@ -195,7 +196,7 @@ def eval_command(
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not err.is_terminal,
+        disable=not show_progress(),
     )
     task = progress.add_task("eval", total=None)
     with progress:

@@ -18,8 +18,9 @@ from .common import (
     method_list,
     scoped_params,
     set_up,
+    show_progress,
 )
-from .console import err, out
+from .console import out
 
 
 def explain(
@@ -127,14 +128,9 @@ def explain(
     preprocess = Preprocess.for_model(
         model, preset=preset, resize=resize, mean=floats(mean, "--mean"), std=floats(std, "--std")
     )
-    progress_cb, progress = None, None
-    if len(images) > 1:
-        from rich.progress import Progress
+    from .progress import explain_progress
 
-        progress = Progress(console=err, transient=True)
-        task = progress.add_task(",".join(names), total=len(images))
-        progress.start()
-        progress_cb = lambda n: progress.advance(task, n)  # noqa: E731
+    progress, progress_cb, on_method = explain_progress(len(images), show_progress())
     try:
         records = explain_files(
             model,
@@ -148,14 +144,14 @@ def explain(
             seed=seed,
             batch_size=batch_size,
             progress=progress_cb,
+            on_method=on_method,
             render=render,
             panel=panel,
             stems=stems,
             timeout=timeout,
         )
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
     if as_json:
         print(json.dumps(records, indent=2))
         return

@@ -182,6 +182,7 @@ def explain_files(
     seed: int = 0,
     batch_size: int = 16,
     progress=None,
+    on_method=None,
     render: RenderOptions | None = None,
     panel: bool | None = None,
     stems: list[str] | None = None,
@@ -197,7 +198,10 @@ def explain_files(
     output file is written atomically, and a record's JSON file only after every picture of
     its image, so a JSON file on disk means the image is complete; the files of a batch land
     together or not at all (``fileio.atomic_group``: a full disk leaves no image half-written).
-    ``timeout`` bounds each method call (seconds, ``api.time_limit``)."""
+    ``timeout`` bounds each method call (seconds, ``api.time_limit``). ``progress(n)`` is told
+    after each batch how many images it held; ``on_method(name, first, count)`` before each
+    method runs on a batch (a progress display names what is running: a single InputIBA map
+    takes minutes)."""
     names = [methods] if isinstance(methods, str) else list(methods)
     if not names:
         raise UsageError("no methods given")
@@ -227,6 +231,8 @@ def explain_files(
         maps: dict[tuple[int, int, str], np.ndarray] = {}
         with atomic_group():  # every file of this batch, or none of them
             for method, values in chosen:
+                if on_method is not None:
+                    on_method(method.name, start, len(batch.originals))
                 for record, m in _explain_items(job, method, values, items, batch):
                     record.update(common, method=method.name, params=values)
                     pending.append(record)
