@@ -310,7 +310,7 @@ def test_bench_cli_metrics_table_and_errors(tiny_cnn_path, capsys):
         )
         == 2
     )
-    assert "--metrics" in _one_line_error(capsys)
+    assert "without --metric" in _one_line_error(capsys)
 
 
 def test_bench_model_names(capsys, tmp_path):

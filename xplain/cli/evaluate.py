@@ -168,6 +168,14 @@ def eval_command(
                 markup=False,
             )
     check_out_dir(out_dir, "--out")
+    from ..data.datasets import class_names_of
+    from ..run.box_source import choose_boxes
+
+    boxes, note = choose_boxes(  # type: ignore[assignment]  # a Path, or BESIDE
+        data, boxes, metric_names, registry, class_names_of(model), limit
+    )
+    if note:
+        err.print(note, highlight=False, markup=False)
     model.state_dir = state_dir
     from rich.progress import (
         BarColumn,

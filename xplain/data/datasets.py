@@ -405,6 +405,25 @@ def _class_folder_labels(
     return [resolved[p.parent.name] for p in images]
 
 
+#: ``read_dataset(boxes=BESIDE)``: each image's Pascal VOC XML beside it (``a.jpg`` → ``a.xml``)
+BESIDE = "beside"
+
+
+def voc_beside(path: Path) -> Path:
+    """Where an image's VOC annotation lies when it is kept beside the image."""
+    return path.with_suffix(".xml")
+
+
+def _voc_beside(s: Sample, class_names: list[str] | None) -> Sample:
+    xml = voc_beside(s.path)
+    if s.boxes is not None or not xml.is_file():
+        return s
+    try:
+        return dataclasses.replace(s, boxes=read_voc(xml, class_names))
+    except InputDataError as e:  # one bad annotation skips one image, not the run
+        return dataclasses.replace(s, error="; ".join(filter(None, [s.error, str(e)])))
+
+
 def read_dataset(
     data: Path,
     *,
@@ -421,7 +440,8 @@ def read_dataset(
     ``class_names`` or an integer index); or a CSV manifest with header ``path,label[,boxes]``
     (paths relative to the CSV, label by index or name, boxes a VOC XML or JSON file; rows
     keep the manifest's order). ``labels`` (CSV/TXT, image -> label) and ``boxes`` (a folder
-    of VOC XML with the image's stem, or one JSON file) override what the layout gives.
+    of VOC XML with the image's stem, one JSON file, or :data:`BESIDE`: each image's XML beside
+    it) override what the layout gives.
     ``limit`` keeps the first N samples. Images under ``exclude`` (see :func:`output_exclusion`)
     are skipped.
     """
@@ -460,7 +480,9 @@ def read_dataset(
     if labels is not None:
         table = read_labels_file(Path(labels), class_names)
         samples = [dataclasses.replace(s, label=_lookup(table, s.path, root)) for s in samples]
-    if boxes is not None:
+    if boxes == BESIDE:
+        samples = [_voc_beside(s, class_names) for s in samples]
+    elif boxes is not None:
         boxes = Path(boxes)
         if boxes.is_dir():
 
