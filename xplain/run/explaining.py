@@ -29,6 +29,7 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
 from .api import check_requirements, run_method
+from .out_folder import folder_for
 
 
 def versions() -> dict[str, str]:
@@ -214,6 +215,7 @@ def explain_files(
     panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
     stems = _unique_stems([p.stem for p in images]) if stems is None else stems
+    out_dir = folder_for(Path(out_dir), model.digest, model.report.path)  # never mix models
     job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout)
     records: list[dict] = []
     common = {
