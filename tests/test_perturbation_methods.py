@@ -11,6 +11,7 @@ identity for a linear score. Plus the bad-input paths: SLIC without scikit-image
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -23,7 +24,7 @@ import xplain.testing as xt
 from xplain_builtins.methods import rise as R
 from xplain_builtins.methods import surrogates as S
 
-from .conftest import export_classic
+from .conftest import REPO, export_classic
 
 REFERENCES = {"lime": "Lime", "kernel-shap": "KernelShap"}
 
@@ -44,21 +45,6 @@ def _params(name, **given):
     return xplain.validate_params(xplain.get_registry().method(name).params, given, name)
 
 
-class _Float64Fit:
-    """A Captum interpretable model that fits scikit-learn's estimator on Captum's own samples,
-    targets and weights in float64 (Captum hands its sklearn wrappers float32 arrays)."""
-
-    def __init__(self, make):
-        self.make, self.coef = make, None
-
-    def fit(self, train_data, **kwargs):
-        z, y, w = (t.double().numpy() for t in next(iter(train_data)))
-        self.coef = torch.from_numpy(self.make().fit(z, y, sample_weight=w).coef_).float()
-
-    def representation(self):
-        return self.coef[None]
-
-
 def _conditioning(z):
     """Smallest non-zero over largest singular value of Kernel SHAP's weighted centred design."""
     w = np.ones(len(z))
@@ -69,35 +55,14 @@ def _conditioning(z):
     return float(s[-1] / s[0])
 
 
-def _captum(name, model, x, target, segments, coalitions, baseline, alpha, float64=False):
-    """Captum's attribution for one image with our coalitions fed to its perturb_func; with
-    ``float64`` its default estimator is fitted in float64 on the data Captum collected."""
-    import captum.attr as ca
-    from captum._utils.models.linear_model import SkLearnLasso
-    from sklearn.linear_model import Lasso, LinearRegression
-
-    def ours(original_inp, **kwargs):
-        for row in coalitions:
-            yield row[None]
-
-    if name == "lime":
-        explainer = ca.Lime(model.graph, SkLearnLasso(alpha=alpha))
-        make = lambda: Lasso(alpha=alpha)
-    else:
-        explainer = ca.KernelShap(model.graph)
-        make = LinearRegression
-    if float64:
-        explainer.interpretable_model = _Float64Fit(make)
-    explainer.perturb_func = ours
-    mask = segments[None, None].expand(1, x.shape[0], *segments.shape)
-    out = explainer.attribute(
-        x[None].clone(),
-        target=int(target),
-        feature_mask=mask,
-        n_samples=len(coalitions),
-        baselines=baseline,
+def _bench():
+    """bench/perturbation_methods.py, whose Captum runner the bench and these tests share."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_pert", REPO / "bench" / "perturbation_methods.py"
     )
-    return out[0, 0]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -127,13 +92,15 @@ def test_surrogates_agree_with_captum(name, given, tiny_model):
     p = _params(name, **given)
     segments = S.segments_for(x, p)
     draw = S.lime_coalitions if name == "lime" else S.kernel_shap_coalitions
+    captum = _bench().captum_surrogate
     nonzero = 0
     for b, gen in enumerate(xplain.sample_generators(x, seed)):
         z = draw(p["n_samples"], int(segments[b].max()) + 1, gen)
-        args = (name, model, x[b], t[b], segments[b], z, p["baseline"], p.get("alpha"))
-        checks = [(_captum(*args, float64=True), 1e-5)]
+        args = (name, model, x[b : b + 1], t[b], segments[b], z)
+        given_ref = {"baseline": p["baseline"], "alpha": p.get("alpha", 0.01), "per_pass": 32}
+        checks = [(captum(*args, f64=True, **given_ref), 1e-5)]
         if name == "lime" or _conditioning(z) > 1e-3:
-            checks.append((_captum(*args), 1e-4))
+            checks.append((captum(*args, **given_ref), 1e-4))
         for ref, tol in checks:
             scale = float(ref.abs().max())
             assert float((result.maps[b] - ref).abs().max()) <= tol * max(scale, 1e-12)
