@@ -16,6 +16,7 @@ shared machine; all ratios of one table come from one run. ``--rise-masks`` defa
 (the paper's 4000 costs 10× more and changes no ratio).
 
     python bench/perturbation_methods.py [--models efficientnet_lite0 resnet50] [--repeats 2]
+        [--rise-masks 400] [--only lime kernel-shap lime-slic rise]
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def authors_rise(model, x, target, n, s, p, gen, per_pass):
     return (prob @ m.view(n, -1)).view(height, width) / (n * p)
 
 
-def bench_model(name: str, repeats: int, rise_masks: int) -> dict:
+def bench_model(name: str, repeats: int, rise_masks: int, only=()) -> dict:
     model = xplain.load_model(bench_model_path(name), device="cpu")
     x = photo(PHOTOS[name])
     target = int(model.infer(x).argmax())
@@ -177,6 +178,9 @@ def bench_model(name: str, repeats: int, rise_masks: int) -> dict:
         ("lime", {"segmentation": "slic"}, 25),
         ("rise", {"n_masks": rise_masks}, rise_masks),
     ):
+        label = "lime-slic" if params.get("segmentation") else method
+        if only and label not in only:
+            continue
         ours_s, result = cpu_time(lambda: xplain.explain(model, x, t, method, params), repeats)
         row = {
             "method": method,
@@ -232,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=["efficientnet_lite0", "resnet50"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rise-masks", type=int, default=400)
+    parser.add_argument("--only", nargs="*", default=[], help="lime kernel-shap lime-slic rise")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = {
         "load": os.getloadavg(),
         "torch": torch.__version__,
-        "models": [bench_model(m, args.repeats, args.rise_masks) for m in args.models],
+        "models": [bench_model(m, args.repeats, args.rise_masks, args.only) for m in args.models],
     }
     print(json.dumps(results, indent=1))
     if args.out:

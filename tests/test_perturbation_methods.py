@@ -118,7 +118,8 @@ def test_lasso_equals_scikit_learn():
         y = z @ (rng.normal(size=m) * (rng.random(m) < 0.3)) + 0.1 * rng.normal(size=n)
         w = rng.random(n) + 0.05
         ref = Lasso(alpha=alpha).fit(z, y, sample_weight=w).coef_
-        ours = S.lasso_cd(z, y, w, alpha=alpha)
+        ours, converged = S.lasso_cd(z, y, w, alpha=alpha)
+        assert converged
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9 * max(1.0, np.abs(ref).max()))
         assert (ref != 0).any()
 

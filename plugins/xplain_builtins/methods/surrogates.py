@@ -21,6 +21,7 @@ coefficients (see the tests); float64 is not.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -255,21 +256,27 @@ def _gap(xt, y, w, r, alpha):
 
 def lasso(
     z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float = 0.01, max_iter: int = 1000
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
     """Captum Lime's default surrogate, ``Lasso(alpha).fit(z, y, sample_weight=w).coef_``.
 
     scikit-learn's compiled coordinate descent when scikit-learn is installed (it is wherever
     Captum's Lime runs; on 25 coalitions of 196 segments it takes ~900 sweeps, 30 ms compiled
     against ~0.5 s for the Python port, which would rival the forward passes), else
-    :func:`lasso_cd`, the same algorithm in NumPy (equal to 1e-15, tested)."""
+    :func:`lasso_cd`, the same algorithm in NumPy (equal to 1e-15, tested). Returns the
+    coefficients and whether the duality gap met the tolerance within ``max_iter`` sweeps
+    (scikit-learn's ConvergenceWarning, which Captum shows, becomes that flag)."""
     try:
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import Lasso
     except ImportError:
         return lasso_cd(z, y, w, alpha=alpha, max_iter=max_iter)
-    fitted = Lasso(alpha=alpha, max_iter=max_iter).fit(
-        z.astype(np.float64), y.astype(np.float64), sample_weight=w.astype(np.float64)
-    )
-    return np.asarray(fitted.coef_, dtype=np.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        fitted = Lasso(alpha=alpha, max_iter=max_iter).fit(
+            z.astype(np.float64), y.astype(np.float64), sample_weight=w.astype(np.float64)
+        )
+    converged = not any(issubclass(c.category, ConvergenceWarning) for c in caught)
+    return np.asarray(fitted.coef_, dtype=np.float64), converged
 
 
 def lasso_cd(
@@ -279,7 +286,7 @@ def lasso_cd(
     alpha: float = 0.01,
     max_iter: int = 1000,
     tol: float = 1e-4,
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
     """scikit-learn ``Lasso(alpha).fit(z, y, sample_weight=w).coef_`` (Captum Lime's default
     ``SkLearnLasso(alpha=0.01)``) in NumPy, for installations without scikit-learn: minimises Σ w_i (y_i − b − z_i·c)² / (2 Σ w) + α ‖c‖₁.
 
@@ -299,7 +306,7 @@ def lasso_cd(
     tol_gap = tol * float(b @ b)
     gap, xta, dual_norm = _gap(xt, b, coef, r, l1)
     if gap <= tol_gap:
-        return coef
+        return coef, True
     active = _screen(xt, norm2, coef, r, xta, dual_norm, gap, l1, range(m))
     for sweep in range(max_iter):
         w_max = d_w_max = 0.0
@@ -317,9 +324,9 @@ def lasso_cd(
         if w_max == 0.0 or d_w_max / w_max <= tol or sweep == max_iter - 1:
             gap, xta, dual_norm = _gap(xt, b, coef, r, l1)
             if gap <= tol_gap:
-                break
+                return coef, True
             active = _screen(xt, norm2, coef, r, xta, dual_norm, gap, l1, active)
-    return coef
+    return coef, False
 
 
 # ----------------------------------------------------------------------------- the methods
@@ -350,12 +357,13 @@ def _explain(request: xplain.ExplainRequest, kind: str):
     outputs, weights = masked_outputs(
         model, x, targets, segments, coalitions, params["baseline"], per_pass, weigh
     )
-    maps = []
+    maps, facts = [], []
     for seg, z, y, sim in zip(segments, coalitions, outputs, weights):
+        fact: dict = {"segments": int(seg.max()) + 1}
         zn, yn = z.cpu().numpy(), y.cpu().numpy()
         if kind == "lime":
             assert sim is not None
-            coef = lasso(zn, yn, sim.cpu().numpy(), alpha=params["alpha"])
+            coef, fact["lasso_converged"] = lasso(zn, yn, sim.cpu().numpy(), alpha=params["alpha"])
         else:
             w = np.where(
                 (zn.sum(axis=1) == 0) | (zn.sum(axis=1) == zn.shape[1]),
@@ -364,10 +372,11 @@ def _explain(request: xplain.ExplainRequest, kind: str):
             )
             coef = least_squares(zn, yn, w)
         maps.append(_paint(coef, seg))
+        facts.append(fact)
     return xplain.Attribution(
         torch.stack(maps),
         info={"n_samples": params["n_samples"], "segmentation": params["segmentation"]},
-        sample_info=[{"segments": int(seg.max()) + 1} for seg in segments],
+        sample_info=facts,
     )
 
 
