@@ -164,8 +164,8 @@ def masked_outputs(
     image's weight ``weigh(x_b, perturbed)``.
 
     Images are kept where their segment is in the coalition and set to ``baseline`` elsewhere,
-    ``per_pass`` perturbed images per forward pass (``model.infer``), one reused buffer; the passes
-    walk image by image, so each holds the coalitions of one image (small images: several)."""
+    ``per_pass`` perturbed images per forward pass (``model.infer``); the passes walk image by
+    image, so each holds the coalitions of one image (small images: several)."""
     channels, height, width = x.shape[1:]
     fill = torch.tensor(baseline, device=x.device, dtype=x.dtype)
     outputs = [torch.empty(len(z), device=x.device, dtype=torch.float32) for z in coalitions]
@@ -174,12 +174,14 @@ def masked_outputs(
         for z in coalitions
     ]
     jobs = [(b, lo) for b, z in enumerate(coalitions) for lo in range(0, len(z), per_pass)]
-    buffer = x.new_empty(min(per_pass, max(len(z) for z in coalitions)), channels, height, width)
+    size = min(per_pass, sum(len(z) for z in coalitions))
+    # a fresh input per pass: measured faster than one reused buffer (see rise)
+    buffer = x.new_empty(size, channels, height, width)
     pending: list[tuple[int, int, int, int]] = []  # (image, first, count, offset in buffer)
     used = 0
 
     def flush():
-        nonlocal used, pending
+        nonlocal used, pending, buffer
         logits = model.infer(buffer[:used])
         for b, lo, k, at in pending:
             outputs[b][lo : lo + k] = logits[at : at + k, int(targets[b])].float()
@@ -187,6 +189,7 @@ def masked_outputs(
             if weigh is not None and w is not None:
                 w[lo : lo + k] = weigh(x[b], buffer[at : at + k])
         used, pending = 0, []
+        buffer = x.new_empty(size, channels, height, width)
 
     for b, lo in jobs:
         z = coalitions[b][lo : lo + per_pass]
