@@ -1,6 +1,6 @@
 """lime, kernel-shap and rise at 224×224: parity with the references and speed (issue 22).
 
-On the pretrained EfficientNet-Lite0 and a random-weight ResNet-50 (``xplain.run.bench_models``,
+On the pretrained EfficientNet-Lite0 and a random-weight ResNet-50 (``xplain.run.reference_networks``,
 nothing downloaded), one skimage photo per model:
 
 * parity: ``lime`` / ``kernel-shap`` against Captum's ``Lime`` / ``KernelShap`` (their default
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import xplain
-from xplain.run.bench_models import bench_model_path
+from xplain.run.reference_networks import bench_model_path
 from xplain_builtins.methods import rise as R
 from xplain_builtins.methods import surrogates as S
 
