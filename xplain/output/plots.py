@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,29 @@ def keep_view(
 
     pixels = np.rint(to_pixels(arr, preprocess) * 255.0).astype(np.uint8)
     atomic_write(out / "maps" / f"{index:05d}.image.png", png_bytes(Image.fromarray(pixels)))
-    facts = {"image": str(sample.path), "label": sample.label}
+    facts: dict[str, Any] = {"image": str(sample.path), "label": sample.label}
+    if boxes := _input_boxes(sample, preprocess):
+        facts["boxes"] = boxes  # in the model input's pixels, for the report to draw
     atomic_write(out / "maps" / f"{index:05d}.json", (json.dumps(facts) + "\n").encode())
+
+
+def _input_boxes(sample: Sample, preprocess: Preprocess) -> list[list[float]]:
+    """The sample's ground-truth boxes in model-input coordinates (empty ones dropped)."""
+    if not sample.boxes:
+        return []
+    from PIL import Image
+
+    try:
+        with Image.open(sample.path) as im:  # the header only: the size
+            geometry = preprocess.geometry(im.size)
+    except (OSError, ValueError):
+        return []
+    out = []
+    for b in sample.boxes[:64]:
+        x0, y0, x1, y1 = geometry.box_to_input(b.xmin, b.ymin, b.xmax, b.ymax)
+        if x1 > x0 and y1 > y0:
+            out.append([round(v, 2) for v in (x0, y0, x1, y1)])
+    return out
 
 
 def _png(fig) -> bytes:

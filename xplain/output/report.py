@@ -47,9 +47,10 @@ th:first-child,td:first-child{text-align:left}
 .settings td{text-align:left;white-space:normal}.best{font-weight:bold;color:#0a6b2d}
 .se{color:#888;font-size:.85em}.scroll{overflow-x:auto}
 figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;text-align:center}
-.cell img{width:160px;height:auto;image-rendering:pixelated}.cell figcaption{max-width:160px}
+.cell img{width:200px;height:auto;image-rendering:pixelated}.cell figcaption{max-width:200px}
 .curves img{width:440px;max-width:100%}.montage img{max-width:100%}.error{color:#b00}
-.scores{font-size:.75em;color:#444;text-align:left;white-space:normal}
+.scores{font-size:.95em;color:#222;text-align:left;white-space:normal;line-height:1.35}
+.scores span{display:block;font-variant-numeric:tabular-nums}
 """
 
 
@@ -194,7 +195,9 @@ def _score_text(record: dict | None) -> str:
         return '<div class="scores">not evaluated</div>'
     if "error" in record:
         return f'<div class="scores error">{_e(record["error"])}</div>'
-    items = ", ".join(f"{_e(k)} {_fmt(v)}" for k, v in (record.get("scores") or {}).items())
+    items = "".join(
+        f"<span>{_e(k)} <b>{_fmt(v)}</b></span>" for k, v in (record.get("scores") or {}).items()
+    )
     return f'<div class="scores">{items}</div>'
 
 
@@ -209,6 +212,38 @@ def _overlay_png(photo: Image.Image, path: Path) -> bytes | None:
     return png_bytes(overlay_image(photo, m, g))
 
 
+def _boxes_of(facts: dict, size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """The kept boxes (``maps/NNNNN.json`` is read back: untrusted), finite and inside the view."""
+    found = []
+    raw = facts.get("boxes")
+    for b in raw[:64] if isinstance(raw, list) else []:
+        if (
+            isinstance(b, list)
+            and len(b) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in b)
+        ):
+            x0, y0, x1, y1 = (float(v) for v in b)
+            if 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]:
+                found.append((x0, y0, x1, y1))
+    return found
+
+
+def _with_boxes(png: bytes | None, boxes: list) -> bytes | None:
+    """The picture with the ground-truth boxes drawn on it (green, 2 px on a 224-px view)."""
+    if png is None or not boxes:
+        return png
+    import io
+
+    from PIL import ImageDraw
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(max(img.size) / 112))
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 230, 64), width=width)
+    return png_bytes(img)
+
+
 def _image_row(out: Path, index: int, facts: dict, methods: list[str], records: dict) -> str:
     image = str(facts.get("image", ""))
     try:
@@ -221,11 +256,14 @@ def _image_row(out: Path, index: int, facts: dict, methods: list[str], records: 
     caption = f"{Path(image).name} · target {label}"
     if "probability" in first:
         caption += f" · p = {first['probability']:.3f}"
-    cells = [_cell(png_bytes(photo), caption)]
+    boxes = _boxes_of(facts, photo.size)
+    if boxes:
+        caption += f" · {len(boxes)} box{'es' if len(boxes) > 1 else ''}"
+    cells = [_cell(_with_boxes(png_bytes(photo), boxes), caption)]
     for m in methods:
         cells.append(
             _cell(
-                _overlay_png(photo, out / "maps" / f"{index:05d}.{m}.npy"),
+                _with_boxes(_overlay_png(photo, out / "maps" / f"{index:05d}.{m}.npy"), boxes),
                 m,
                 _score_text(records.get((image, m))),
             )
@@ -241,7 +279,8 @@ def _images(out: Path, summary: dict, records: dict) -> str:
         return ""
     return (
         f"<h2>Images</h2><p>The first {len(rows)} images: the model's input, then each method's "
-        "map over it (opacity ∝ |map|), with the image's scores.</p>" + "".join(rows)
+        "map over it (zero leaves the photo unchanged), the ground-truth boxes in green, and the "
+        "image's scores.</p>" + "".join(rows)
     )
 
 
