@@ -69,6 +69,8 @@ _LAZY = {
     "reduce_param": ("xplain.plugins.maps", "reduce_param"),
     "images_per_pass": ("xplain.plugins.passes", "images_per_pass"),
     "pass_params": ("xplain.plugins.passes", "pass_params"),
+    "report_progress": ("xplain.plugins.progress", "report_progress"),
+    "progress_to": ("xplain.plugins.progress", "progress_to"),
 }
 
 __all__ = [

@@ -128,28 +128,30 @@ def explain(
     preprocess = Preprocess.for_model(
         model, preset=preset, resize=resize, mean=floats(mean, "--mean"), std=floats(std, "--std")
     )
+    from ..plugins.progress import progress_to
     from .progress import explain_progress
 
-    progress, progress_cb, on_method = explain_progress(len(images), show_progress())
+    progress, progress_cb, on_method, within = explain_progress(len(images), show_progress())
     try:
-        records = explain_files(
-            model,
-            images,
-            names,
-            registry=registry,
-            out_dir=out_dir,
-            preprocess=preprocess,
-            target=target,
-            method_params=params,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress_cb,
-            on_method=on_method,
-            render=render,
-            panel=panel,
-            stems=stems,
-            timeout=timeout,
-        )
+        with progress_to(within if show_progress() else None):
+            records = explain_files(
+                model,
+                images,
+                names,
+                registry=registry,
+                out_dir=out_dir,
+                preprocess=preprocess,
+                target=target,
+                method_params=params,
+                seed=seed,
+                batch_size=batch_size,
+                progress=progress_cb,
+                on_method=on_method,
+                render=render,
+                panel=panel,
+                stems=stems,
+                timeout=timeout,
+            )
     finally:
         progress.stop()
     if as_json:

@@ -16,8 +16,9 @@ __all__ = ["explain_progress"]
 
 
 def explain_progress(n_images: int, enabled: bool):
-    """``(progress, on_images, on_method)``: a started rich ``Progress`` (disabled when not
-    ``enabled``), the callback counting finished images and the one naming the running method."""
+    """``(progress, on_images, on_method, within)``: a started rich ``Progress`` (disabled when
+    not ``enabled``), the callback counting finished images, the one naming the running method,
+    and the :func:`xplain.progress_to` listener showing the method's own steps."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -43,12 +44,17 @@ def explain_progress(n_images: int, enabled: bool):
     def on_images(n: int) -> None:
         progress.advance(task, n)
 
+    running = [""]
+
     def on_method(name: str, first: int, count: int) -> None:
         where = f"image {first + 1}" if count == 1 else f"images {first + 1}–{first + count}"
-        progress.update(task, description=f"{name} on {where}")
+        running[0] = f"{name} on {where}"
+        progress.update(task, description=running[0])
 
-    callbacks: tuple[Callable[[int], None], Callable[[str, int, int], None]] = (
-        on_images,
-        on_method,
-    )
+    def within(done: int, total: int, what: str) -> None:  # xplain.report_progress
+        progress.update(task, description=f"{running[0]} · {what} {done}/{total}")
+
+    callbacks: tuple[
+        Callable[[int], None], Callable[[str, int, int], None], Callable[[int, int, str], None]
+    ] = (on_images, on_method, within)
     return progress, *callbacks

@@ -153,6 +153,7 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
         )
         n = base.shape[0]
         for start in range(0, steps, points):
+            xplain.report_progress(start, steps, "integration steps")
             a, w = alphas_t[start : start + points], weights_t[start : start + points]
             k = a.numel()
             inputs = buffer[:k, :n]

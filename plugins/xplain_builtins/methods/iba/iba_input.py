@@ -229,6 +229,7 @@ def gan_stage(
         if wanted(0):
             report(0)
         for _epoch in range(params["gan_epochs"]):
+            xplain.report_progress(_epoch, params["gan_epochs"], "GAN epochs")
             order = torch.stack(
                 [torch.randperm(size, generator=g, device=x.device) for g in gens]
             )  # B×size
@@ -362,7 +363,8 @@ def input_bottleneck(
     image = torch.arange(b, device=x.device).repeat_interleave(copies)
     cap = None
     with torch.enable_grad():
-        for _ in range(steps):
+        for _step in range(steps):
+            xplain.report_progress(_step, steps, "input bottleneck steps")
             opt.zero_grad(set_to_none=True)
             lam = _iba.gaussian_smooth(torch.sigmoid(alpha), sigma)
             noise = torch.stack(

@@ -236,6 +236,7 @@ def _fit_conv(step, pairs, params, task):
     sst = sxx = None
     count = 0
     for epoch in range(params["epochs"]):
+        xplain.report_progress(epoch, params["epochs"], "fit epochs")
         total, elems = 0.0, 0
         for s, x in pairs():
             if weight is None:
