@@ -267,7 +267,7 @@ def test_eval_where_every_image_fails_exits_5(tmp_path, capsys):
             "--methods",
             "saliency",
             "--metrics",
-            "ebpg",
+            "deletion",  # a box metric without boxes now stops before any work (exit 2)
             "--device",
             "cpu",
             "--out",

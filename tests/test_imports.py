@@ -52,6 +52,10 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
         "explain_files writes each map's heatmap and overlay as it is computed, so memory "
         "stays one batch however many images are explained"
     ),
+    ("xplain.run.explaining", "xplain.output.schemes"): (
+        "explain_files draws each method's maps in one colour scheme per call, decided as the "
+        "maps are written (as above)"
+    ),
     ("xplain.run.explaining", "xplain.output.panel"): (
         "explain_files writes the side-by-side panel of an image with its maps, as above"
     ),
