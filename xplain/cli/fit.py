@@ -16,6 +16,7 @@ from .common import (
     load_registry,
     parse_params,
     set_up,
+    show_progress,
 )
 from .console import err, out
 
@@ -69,8 +70,6 @@ def fit(
     m = registry.method(method)
     if m.fit is None:
         raise UsageError(f"method {method!r} does not learn from data; nothing to fit")
-    from ..run.fitting import FitConsole, fit_method
-
     params = parse_params(param)
     from ..run.state import state_dir as resolve_state_dir
 
@@ -86,7 +85,52 @@ def fit(
         else "the state folder",
         state_dir=state_dir,
     )
-    path = fit_method(
+    from ..plugins.progress import progress_to
+    from .progress import explain_progress
+
+    bar, _, _, within = explain_progress(1, show_progress(), title=f"fitting {m.name}")
+    try:
+        with progress_to(within if show_progress() else None):
+            path = _fit(
+                model,
+                m,
+                data,
+                params,
+                state_dir,
+                batch_size,
+                preset,
+                resize,
+                mean,
+                std,
+                classes,
+                samples,
+                layer,
+                labels,
+            )
+    finally:
+        bar.stop()
+    out.print(f"saved {path}", markup=False, highlight=False)
+
+
+def _fit(
+    model,
+    m,
+    data,
+    params,
+    state_dir,
+    batch_size,
+    preset,
+    resize,
+    mean,
+    std,
+    classes,
+    samples,
+    layer,
+    labels,
+):
+    from ..run.fitting import FitConsole, fit_method
+
+    return fit_method(
         model,
         m,
         data,
@@ -103,4 +147,3 @@ def fit(
         labels=labels,
         console=FitConsole(err),
     )
-    out.print(f"saved {path}", markup=False, highlight=False)

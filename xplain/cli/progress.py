@@ -15,7 +15,7 @@ from .console import err
 __all__ = ["explain_progress"]
 
 
-def explain_progress(n_images: int, enabled: bool):
+def explain_progress(n_images: int, enabled: bool, title: str = "loading images"):
     """``(progress, on_images, on_method, within)``: a started rich ``Progress`` (disabled when
     not ``enabled``), the callback counting finished images, the one naming the running method,
     and the :func:`xplain.progress_to` listener showing the method's own steps."""
@@ -38,13 +38,13 @@ def explain_progress(n_images: int, enabled: bool):
         transient=True,
         disable=not enabled,
     )
-    task = progress.add_task("loading images", total=n_images)
+    task = progress.add_task(title, total=n_images)
     progress.start()
 
     def on_images(n: int) -> None:
         progress.advance(task, n)
 
-    running = [""]
+    running = [title]
 
     def on_method(name: str, first: int, count: int) -> None:
         where = f"image {first + 1}" if count == 1 else f"images {first + 1}–{first + count}"
