@@ -86,7 +86,9 @@ def test_report_is_escaped_embedded_and_built_from_dir_alone(run_dir, tmp_path):
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "href=" not in text and "url(" not in text and "://" not in text  # nothing to fetch
     assert f'content="{CSP}"' in page
-    per_image = re.findall(r'<div class="scores">deletion ([0-9.e-]+)</div>', page)
+    per_image = re.findall(
+        r'<div class="scores"><span>deletion <b>([0-9.e-]+)</b></span></div>', page
+    )
     assert len(per_image) == 3 * 2  # every image x method shows its own score
     scored = {(r["image"], r["method"]): r["scores"]["deletion"] for r in records}
     assert sorted(float(v) for v in per_image) == pytest.approx(sorted(scored.values()), rel=2e-3)
