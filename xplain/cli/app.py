@@ -1332,6 +1332,9 @@ def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
         raise InputDataError(
             f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data
         )
+    from ..run.guards import fail_if_invalid
+
+    fail_if_invalid(summary)  # a method/metric that changed the model or inputs: exit 4
 
 
 def summary_table(summary: dict) -> Table:
@@ -1464,4 +1467,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    from ..plugins.boundary import exit_process
+
+    exit_process(main())  # a plugin's leftover thread does not keep the process alive

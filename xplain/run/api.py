@@ -8,7 +8,9 @@ import json
 import math
 import re
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -134,6 +136,12 @@ class _MethodTimeout(BaseException):
     method's ``except Exception`` cannot swallow it)."""
 
 
+#: after the first stop, how often the stop is raised again (a plugin that swallowed it) and how
+#: long it may keep swallowing before the process is ended with exit 4
+TIMEOUT_REPEAT_S = 0.2
+TIMEOUT_GRACE_S = 5.0
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None, what: str):
     """Interrupt the block after ``seconds`` with a :class:`PluginError` (exit 4).
@@ -141,7 +149,12 @@ def time_limit(seconds: float | None, what: str):
     POSIX main thread only: a ``SIGALRM`` timer raises inside the running Python code, the way
     Ctrl-C does, so a method that loops forever stops at its next Python bytecode; a single
     long-running native call (one huge convolution) finishes first. Elsewhere (Windows, other
-    threads) the limit is not enforced. ``None`` or 0 = no limit."""
+    threads) the limit is not enforced. ``None`` or 0 = no limit.
+
+    A plugin that swallows the stop (``except BaseException`` around a sleep) gets it again
+    every :data:`TIMEOUT_REPEAT_S`; one still running :data:`TIMEOUT_GRACE_S` after the limit
+    ends the process with one line and exit 4 (files already written are complete). A block that
+    swallowed the stop and then returned normally is still a timeout: its result is not used."""
     usable = (
         seconds
         and hasattr(signal, "setitimer")
@@ -150,8 +163,23 @@ def time_limit(seconds: float | None, what: str):
     if not usable:
         yield
         return
+    fired: list[float] = []
+    message = f"{what} did not finish within --timeout {seconds:g} s; stopped"
 
     def expire(signum, frame):
+        now = time.monotonic()
+        fired.append(now)
+        if now - fired[0] > TIMEOUT_GRACE_S:
+            from ..plugins.boundary import hard_exit
+            from ..untrusted import printable
+
+            with contextlib.suppress(Exception):
+                sys.stderr.write(
+                    f"xplain: error: {printable(message)} (it ignored the stop; process ended)\n"
+                )
+                sys.stderr.flush()
+            hard_exit(int(PluginError.exit_code))
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REPEAT_S)
         raise _MethodTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -159,12 +187,16 @@ def time_limit(seconds: float | None, what: str):
     try:
         yield
     except _MethodTimeout:
-        raise PluginError(
-            f"{what} did not finish within --timeout {seconds:g} s; stopped"
-        ) from None
+        raise PluginError(message) from None
+    except Exception:
+        if fired:  # the plugin turned the stop into an error of its own
+            raise PluginError(message) from None
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the stop was swallowed and the block returned anyway
+        raise PluginError(message)
 
 
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -209,6 +241,27 @@ def _check_attribution(method: Method, attribution: Attribution, batch: int) -> 
         ) from None
 
 
+def _check_plain_tensor(method: Method, maps, x: torch.Tensor) -> None:
+    """Maps must be an ordinary dense tensor on the model's device: a tensor subclass can run
+    code on every later operation (``__torch_function__``), a meta tensor has no values, a
+    sparse one breaks every reader — each is the plugin's error, not exit 1 somewhere later."""
+    if not isinstance(maps, torch.Tensor):
+        return  # the shape check names the type
+    problem = None
+    if type(maps) is not torch.Tensor and not isinstance(maps, torch.nn.Parameter):
+        problem = f"a tensor subclass ({type(maps).__name__})"
+    elif maps.layout != torch.strided:
+        problem = f"a {str(maps.layout).replace('torch.', '')} tensor"
+    elif maps.device.type == "meta" or maps.device != x.device:
+        problem = f"a tensor on device {maps.device} (the input is on {x.device})"
+    elif maps.is_complex():
+        problem = f"a tensor of dtype {str(maps.dtype).replace('torch.', '')}"
+    if problem is not None:
+        raise PluginError(
+            f"method {method.name!r} returned maps as {problem}; expected a dense float tensor"
+        )
+
+
 def run_method(
     model: Model,
     method: Method,
@@ -236,12 +289,14 @@ def run_method(
     except torch.cuda.OutOfMemoryError:
         raise
     except SystemExit as err:
-        raise PluginError(f"method {method.name!r} called sys.exit({err.code!r})") from None
+        called = str(err) if type(err).__name__ == "PluginExit" else f"sys.exit({err.code!r})"
+        raise PluginError(f"method {method.name!r} called {called}") from None
     except Exception as err:  # noqa: BLE001 - a method's bug is reported, not a traceback
         raise PluginError(f"method {method.name!r} failed: {type(err).__name__}: {err}") from err
     attribution = result if isinstance(result, Attribution) else Attribution(maps=result)
     _check_attribution(method, attribution, x.shape[0])
     maps = attribution.maps
+    _check_plain_tensor(method, maps, x)
     expected = (x.shape[0], model.spec.height, model.spec.width)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__

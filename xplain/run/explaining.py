@@ -22,6 +22,7 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
 from .api import check_requirements, run_method
+from .guards import ModelGuard, check_unchanged
 
 
 def versions() -> dict[str, str]:
@@ -141,6 +142,7 @@ class _Job:
     seed: int
     batch_size: int
     timeout: float | None = None  #: seconds per method call (``api.time_limit``)
+    guard: ModelGuard | None = None  #: checked after every method call (nothing written if changed)
 
 
 @dataclasses.dataclass
@@ -201,7 +203,7 @@ def explain_files(
     panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
     stems = _unique_stems([p.stem for p in images]) if stems is None else stems
-    job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout)
+    job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout, ModelGuard(model))
     records: list[dict] = []
     common = {
         "model": {"path": path_text(model.report.path), "digest": model.digest},
@@ -298,6 +300,7 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
         attribution = _run_halving(
             job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
         )
+        check_unchanged(job.guard, f"method {method.name!r}")
         seconds = (time.perf_counter() - began) / len(group)
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
