@@ -18,6 +18,7 @@ change and restore it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -99,10 +100,10 @@ def restore_module_state(gm, saved: dict) -> None:
             continue
         current = _plain_attrs(module)
         for key in set(current) - set(attrs):
-            vars(module).pop(key, None)  # e.g. an instance ``forward`` put there by a plugin
+            module.__dict__.pop(key, None)  # e.g. an instance ``forward`` put there by a plugin
         for key, value in attrs.items():
             if current.get(key, _MISSING) is not value:
-                vars(module)[key] = value
+                module.__dict__[key] = value
     for cls, attrs in saved["classes"].items():
         current = dict(vars(cls))
         for key in set(current) - set(attrs):
@@ -110,10 +111,8 @@ def restore_module_state(gm, saved: dict) -> None:
                 delattr(cls, key)
         for key, value in attrs.items():
             if current.get(key, _MISSING) is not value and not key.startswith("__dict"):
-                try:
+                with contextlib.suppress(AttributeError, TypeError):  # read-only builtin slots
                     setattr(cls, key, value)
-                except (AttributeError, TypeError):  # read-only slots of builtin types
-                    pass
 
 
 def _namespaces() -> list[tuple[str, Any]]:
@@ -157,7 +156,5 @@ def restore_torch_functions(saved: dict[tuple[str, str], Any]) -> None:
         if now.get((label, name), _MISSING) is not value:
             setattr(spaces[label], name, value)
     for label, name in now.keys() - saved.keys():
-        try:
+        with contextlib.suppress(AttributeError, TypeError):  # builtin slots
             delattr(spaces[label], name)
-        except (AttributeError, TypeError):  # pragma: no cover - builtin slots
-            pass
