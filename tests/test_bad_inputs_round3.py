@@ -370,3 +370,215 @@ def test_a_plugin_cannot_keep_the_process_alive(tmp_path, model, kind):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert list((tmp_path / "out").rglob("*.json"))
     assert took < 60, took
+
+
+# ============================================================================== 25.1 memory and time that depend on values
+def _trigger(kind: str, factor: float = 40000.0):
+    """A classifier that is tiny on random verification inputs (their minimum is negative, so
+    the computed size is 1) and allocates ~(factor · min(x))² elements on an image whose every
+    preprocessed value is positive (a white photo): the size comes from the input's values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = factory.classifier()
+    g = model.graph
+    g.node[-1].output[0] = "y0"
+    consts = {
+        "k_factor": np.array(factor, np.float32),
+        "k_one": np.array(1.0, np.float32),
+        "k_zero": np.array(0.0, np.float32),
+        "k_shape1": np.array([1], np.int64),
+        "k_small": np.ones([1, 1], np.float32),
+        "k_fill": np.ones([1], np.float32),
+    }
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    nodes = [
+        helper.make_node("ReduceMin", ["x"], ["mn"], keepdims=0),
+        helper.make_node("Relu", ["mn"], ["mr"]),
+        helper.make_node("Mul", ["mr", "k_factor"], ["ms"]),
+        helper.make_node("Add", ["ms", "k_one"], ["mf"]),
+        helper.make_node("Cast", ["mf"], ["mi"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["mi", "k_shape1"], ["d"]),
+        helper.make_node("Concat", ["d", "d"], ["dd"], axis=0),
+    ]
+    if kind == "ConstantOfShape":
+        nodes.append(
+            helper.make_node(
+                "ConstantOfShape",
+                ["dd"],
+                ["big"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]),
+            )
+        )
+    elif kind == "Expand":
+        nodes.append(helper.make_node("Expand", ["k_fill", "dd"], ["big"]))
+    elif kind == "Tile":
+        nodes.append(helper.make_node("Tile", ["k_small", "dd"], ["big"]))
+    else:  # Range up to d² (float)
+        nodes += [
+            helper.make_node("Mul", ["mf", "mf"], ["sq"]),
+            helper.make_node("Range", ["k_zero", "sq", "k_one"], ["big"]),
+        ]
+    nodes += [
+        helper.make_node("ReduceSum", ["big"], ["bs"], keepdims=0),
+        helper.make_node("Mul", ["bs", "k_zero"], ["b0"]),
+        helper.make_node("Add", ["y0", "b0"], ["y"]),
+    ]
+    g.node.extend(nodes)
+    return model
+
+
+def _many_under_the_bound(count: int = 12, side: int = 7000):
+    """Each ConstantOfShape is 196 MB, under the 256 MiB per-tensor bound; ``Sum`` keeps all of
+    them alive at once (2.3 GB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = factory.classifier()
+    g = model.graph
+    g.node[-1].output[0] = "y0"
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([side, side], np.int64), "k_side"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "k_zero"),
+        ]
+    )
+    for k in range(count):
+        value = helper.make_tensor("v", TensorProto.FLOAT, [1], [float(k)])
+        g.node.append(helper.make_node("ConstantOfShape", ["k_side"], [f"c{k}"], value=value))
+    g.node.extend(
+        [
+            helper.make_node("Sum", [f"c{k}" for k in range(count)], ["s"]),
+            helper.make_node("ReduceSum", ["s"], ["ss"], keepdims=0),
+            helper.make_node("Mul", ["ss", "k_zero"], ["s0"]),
+            helper.make_node("Add", ["y0", "s0"], ["y"]),
+        ]
+    )
+    return model
+
+
+def _matmul_time_bomb(count: int = 300, side: int = 2000):
+    """Hundreds of chained side² MatMuls on a constant (≈ 4.8 TFLOP per forward)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = factory.classifier()
+    g = model.graph
+    g.node[-1].output[0] = "y0"
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([side, side], np.int64), "k_side"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "k_zero"),
+        ]
+    )
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1e-3])
+    g.node.append(helper.make_node("ConstantOfShape", ["k_side"], ["m0"], value=value))
+    for k in range(count):
+        g.node.append(helper.make_node("MatMul", [f"m{k}", "m0"], [f"m{k + 1}"]))
+    g.node.extend(
+        [
+            helper.make_node("ReduceSum", [f"m{count}"], ["ms"], keepdims=0),
+            helper.make_node("Mul", ["ms", "k_zero"], ["m_0"]),
+            helper.make_node("Add", ["y0", "m_0"], ["y"]),
+        ]
+    )
+    return model
+
+
+_LIMITED_CHILD = textwrap.dedent("""
+    import contextlib, io, json, os, resource, sys
+    from xplain.cli.app import main
+    main(["inspect", sys.argv[1]])  # warm up: lazy imports and thread pools exist now
+    def vm():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize"):
+                return int(line.split()[1]) * 1024
+    limit = vm() + int(sys.argv[2]) * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    results = []
+    for argv in json.loads(sys.argv[3]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(argv)
+        results.append([rc, err.getvalue()])
+    print(json.dumps(results))
+""")
+
+
+def _run_limited(tmp_path, model, runs, extra_mb=1500, env=None):
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED_CHILD, str(model), str(extra_mb), json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _one_line(rc, err, code, *fragments):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == code and len(lines) == 1 and lines[0].startswith("xplain: error: "), (rc, err)
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux")
+def test_value_dependent_shapes_are_bounded_when_they_run(tmp_path, model):
+    """Trigger models pass verification (random inputs stay small) and would allocate ~32 GB on a
+    white photo; in a process allowed 1.5 GB more than it holds, explain exits 3 with one line
+    naming the file and the node, and writes nothing."""
+    white = tmp_path / "white.png"
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(white)
+    runs, paths = [], []
+    for kind in ("ConstantOfShape", "Expand", "Tile", "Range"):
+        path = factory.save(_trigger(kind), tmp_path / f"trigger_{kind}.onnx")
+        paths.append(path)
+        runs.append(["inspect", str(path)])  # loads and verifies: the trigger is asleep
+        out = tmp_path / f"out_{kind}"
+        runs.append(["explain", str(path), str(white), "--out", str(out), "--device", "cpu"])
+    results = _run_limited(tmp_path, model, runs)
+    for k, kind in enumerate(("ConstantOfShape", "Expand", "Tile", "Range")):
+        (rc_load, err_load), (rc, err) = results[2 * k], results[2 * k + 1]
+        assert rc_load == 0, err_load
+        _one_line(rc, err, MODEL, str(paths[k]), kind, "input's values")
+        assert not list((tmp_path / f"out_{kind}").rglob("*.json"))
+
+
+_WATCHED_CHILD = textwrap.dedent("""
+    import resource, subprocess, sys
+    proc = subprocess.run([sys.executable, "-m", "xplain", *sys.argv[1:]], capture_output=True,
+                          text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(proc.returncode, peak)
+    sys.stderr.write(proc.stderr)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux")
+def test_many_tensors_under_the_bound_are_stopped_by_the_memory_watchdog(tmp_path):
+    """Twelve tensors of 196 MB each (every one under the static bound) alive at once: with
+    XPLAIN_MAX_MEMORY=1G the watchdog ends the process with exit 3 and one line naming the
+    file, at a peak below 2 GB."""
+    path = factory.save(_many_under_the_bound(), tmp_path / "many.onnx")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WATCHED_CHILD, "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XPLAIN_MAX_MEMORY": "1G", "OMP_NUM_THREADS": "1"},
+    )
+    rc, peak = map(int, proc.stdout.split())
+    _one_line(rc, proc.stderr, MODEL, str(path), "XPLAIN_MAX_MEMORY")
+    assert peak < 2 * 2**30, peak
+
+
+def test_a_matmul_time_bomb_is_refused_at_load(tmp_path, capsys):
+    path = factory.save(_matmul_time_bomb(), tmp_path / "bomb.onnx")
+    began = time.monotonic()
+    cli_error(capsys, ["inspect", path], MODEL, path, "TFLOP", "MatMul")
+    assert time.monotonic() - began < 60
+
+
+def test_xplain_max_memory_must_be_a_size(tmp_path, model, capsys, monkeypatch):
+    monkeypatch.setenv("XPLAIN_MAX_MEMORY", "lots")
+    cli_error(capsys, ["inspect", model], USAGE, "XPLAIN_MAX_MEMORY")

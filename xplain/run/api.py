@@ -59,8 +59,10 @@ def load_model(
     ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
     ``$XPLAIN_MAX_INPUT_PIXELS``)."""
     from ..data.images import load_labels, read_sidecar
+    from .memory import watch
 
     path = Path(path)
+    watch(path)  # the process-wide memory bound names this file from now on
     device = resolve_device(device)
     registry = registry or get_registry()
     options = {"device": device, "verify": verify, "max_input_pixels": max_input_pixels}
