@@ -582,3 +582,31 @@ def test_a_matmul_time_bomb_is_refused_at_load(tmp_path, capsys):
 def test_xplain_max_memory_must_be_a_size(tmp_path, model, capsys, monkeypatch):
     monkeypatch.setenv("XPLAIN_MAX_MEMORY", "lots")
     cli_error(capsys, ["inspect", model], USAGE, "XPLAIN_MAX_MEMORY")
+
+
+def _sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    """A file of ``size`` bytes that costs no disk: a hole, after ``head``."""
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(size)
+    return path
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux")
+def test_a_sparse_gigabyte_file_is_refused_without_reading_it(tmp_path, model):
+    """1.5 GB of zeros or of random-looking bytes as the model, and a 1.5 GB external data file
+    behind a 432-byte tensor: exit 3 with one line, in a process that may allocate only 300 MB
+    more (reading either file whole would need 1.5 GB)."""
+    size = 1536 * 2**20
+    rng = np.random.default_rng(0)
+    zeros = _sparse(tmp_path / "zeros.onnx", size)
+    noise = _sparse(tmp_path / "noise.onnx", size, rng.integers(0, 256, 4096, np.uint8).tobytes())
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    _sparse(folder / "weights.bin", size)
+    external = factory.save(factory.external_classifier("weights.bin"), folder / "ext.onnx")
+    runs = [["inspect", str(p)] for p in (zeros, noise, external)]
+    results = _run_limited(tmp_path, model, runs, extra_mb=300)
+    for (rc, err), path in zip(results, (zeros, noise, external)):
+        _one_line(rc, err, MODEL, str(path))
+    assert "needs 432" in results[2][1]
