@@ -610,3 +610,57 @@ def test_a_sparse_gigabyte_file_is_refused_without_reading_it(tmp_path, model):
     for (rc, err), path in zip(results, (zeros, noise, external)):
         _one_line(rc, err, MODEL, str(path))
     assert "needs 432" in results[2][1]
+
+
+# ============================================================================== 25.2 not a classifier
+def _head(kind: str):
+    """The tiny classifier with its logits ``y0`` turned into something that is not class scores."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = factory.classifier()
+    g = model.graph
+    g.node[-1].output[0] = "y0"
+    out = g.output[0]
+    if kind == "argmax":
+        g.node.append(helper.make_node("ArgMax", ["y0"], ["y"], axis=1, keepdims=1))
+        out.CopyFrom(factory.tensor_info("y", ["N", 1], TensorProto.INT64))
+    elif kind == "bool":
+        g.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "k_zero"))
+        g.node.append(helper.make_node("Greater", ["y0", "k_zero"], ["y"]))
+        out.CopyFrom(factory.tensor_info("y", ["N", 4], TensorProto.BOOL))
+    elif kind == "int-scores":
+        g.node.append(helper.make_node("Cast", ["y0"], ["y"], to=TensorProto.INT32))
+        out.CopyFrom(factory.tensor_info("y", ["N", 4], TensorProto.INT32))
+    elif kind == "dropout-training":
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(0.5, np.float32), "k_ratio"),
+                numpy_helper.from_array(np.array(True), "k_train"),
+            ]
+        )
+        g.node.append(helper.make_node("Dropout", ["y0", "k_ratio", "k_train"], ["y"]))
+    else:  # int64 initializers of ±2^62 cast into the logits
+        huge = np.array([2**62, -(2**62), 2**62, -(2**62)], np.int64)
+        g.initializer.append(numpy_helper.from_array(huge, "k_huge"))
+        g.node.extend(
+            [
+                helper.make_node("Cast", ["k_huge"], ["huge_f"], to=TensorProto.FLOAT),
+                helper.make_node("Add", ["y0", "huge_f"], ["y"]),
+            ]
+        )
+    return model
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("argmax", "int64"),
+        ("bool", "bool"),
+        ("int-scores", "int32"),
+        ("dropout-training", "not deterministic"),
+        ("huge-int-cast", "e+18"),
+    ],
+)
+def test_a_model_that_is_not_a_classifier_is_refused_at_load(tmp_path, capsys, kind, fragment):
+    path = factory.save(_head(kind), tmp_path / f"{kind}.onnx")
+    cli_error(capsys, ["inspect", path], MODEL, path, fragment)

@@ -257,6 +257,58 @@ def _check_compute(inferred, path, input_elements: int, node_names: dict | None)
         )
 
 
+#: the largest |score| a random verification input may give: float32 logits of a real classifier
+#: are below 10^4; 10^15 is an integer (±2^62) cast into the output, not a score
+MAX_ABS_SCORE = 1e15
+_RANDOM_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def _check_scores(proto, out, path) -> None:
+    """Refuse outputs that are not class scores: an integer or bool output (an ArgMax/Cast head,
+    a thresholded decision) and graphs whose output is random (Dropout with ``training_mode``
+    on, random-number ops) — every method would explain noise, every metric score it."""
+    import onnx
+
+    elem = out.type.tensor_type.elem_type
+    if elem not in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    ):
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "untyped"
+        raise ModelError(
+            f"output {printable(repr(out.name))} is {kind}, not float class scores (an ArgMax, "
+            "Cast or comparison at the end?); export the logits",
+            path=path,
+        )
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        random = node.op_type in _RANDOM_OPS
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            flag = inits.get(node.input[2])
+            if flag is None:
+                random = True  # computed at run time: cannot be shown to be off
+            else:
+                from onnx import numpy_helper
+
+                random = bool(np.asarray(numpy_helper.to_array(flag)).any())
+        if random:
+            what = "Dropout with training_mode on" if node.op_type == "Dropout" else node.op_type
+            raise ModelError(
+                f"the output is not deterministic: the graph has {what}, so the same image "
+                "gives different scores on every run; export the model in eval mode",
+                path=path,
+            )
+
+
 def _check_weights_finite(proto, path) -> None:
     """Name the first initializer with NaN/Inf values (verification would only report 'nan')."""
     from onnx import numpy_helper
@@ -436,6 +488,12 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
                 "non-finite weights or an overflowing graph",
                 path=path,
             )
+        if float(np.abs(ref).max()) > MAX_ABS_SCORE:
+            raise ModelError(
+                f"the output reaches {float(np.abs(ref).max()):.2g} on a random input (more than "
+                f"{MAX_ABS_SCORE:.0e}); not class scores (an integer cast into the logits?)",
+                path=path,
+            )
         diff = float(np.abs(got - ref).max())
         scale = max(1.0, float(np.abs(ref).max()))
         worst, worst_rel = max(worst, diff), max(worst_rel, diff / scale)
@@ -485,6 +543,7 @@ def load_onnx(
             f"output {printable(repr(out.name))} has {out_shape[1]} classes; not a classifier",
             path=path,
         )
+    _check_scores(proto, out, path)
     _check_weights_finite(proto, path)
     # what onnxruntime runs: the untouched file, or a copy with external data materialised
     original = (
