@@ -664,3 +664,83 @@ def _head(kind: str):
 def test_a_model_that_is_not_a_classifier_is_refused_at_load(tmp_path, capsys, kind, fragment):
     path = factory.save(_head(kind), tmp_path / f"{kind}.onnx")
     cli_error(capsys, ["inspect", path], MODEL, path, fragment)
+
+
+# ============================================================================== 25.4 boxes and labels
+def _voc(path: Path, xmin, ymin, xmax, ymax, head: str = "", name: str = "0") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"{head}<annotation><object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}"
+        f"</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object></annotation>"
+    )
+    return path
+
+
+_EXTERNAL_ENTITY = '<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]>\n'
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("external-entity", "DOCTYPE/ENTITY declaration is refused"),
+        ("dtd", "DOCTYPE/ENTITY declaration is refused"),
+        ("swapped", "xmax < xmin"),
+        ("infinity", "must be finite"),
+    ],
+)
+def test_bad_voc_boxes_are_never_scored(tmp_path, model, capsys, case, fragment):
+    """Documented rule: a bad annotation fails its image (the record says why, nothing is scored
+    on a wrong box); when every image failed the run exits 5 with one line naming the file."""
+    image = _image(tmp_path / "data" / "a.png")
+    xml = tmp_path / "boxes" / "a.xml"
+    if case == "external-entity":
+        _voc(xml, 1, 1, 5, 5, _EXTERNAL_ENTITY, name="&e;")
+    elif case == "dtd":
+        _voc(xml, 1, 1, 5, 5, '<!DOCTYPE annotation SYSTEM "http://example.com/a.dtd">')
+    elif case == "swapped":
+        _voc(xml, 8, 8, 2, 2)
+    else:
+        _voc(xml, 1, 1, "infinity", 5)
+    out = tmp_path / "out"
+    argv = [*_eval_args(model, image.parent, out, "gradient", "ebpg"), "--boxes", xml.parent]
+    cli_error(capsys, argv, INPUT, "nothing could be evaluated", str(xml), fragment)
+    (record,) = map(json.loads, (out / "results.jsonl").open())
+    assert "scores" not in record and fragment in record["error"]
+
+
+def test_an_image_listed_twice_with_different_labels_is_refused(tmp_path, model, capsys):
+    image = _image(tmp_path / "a.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{image.name},1\n./{image.name},2\n")
+    argv = _eval_args(model, manifest, tmp_path / "out", "gradient", "ebpg")
+    cli_error(capsys, argv, INPUT, str(manifest), "line 3", "again with label 2", "line 2")
+
+
+# ============================================================================== 27.4 huge manifests
+def test_a_huge_manifest_of_one_image_is_read_once_and_scored_once(tmp_path, model, capsys):
+    """200,000 rows of the same image: read in bounded memory, the duplicates named in one
+    warning, the image scored once; a second run resumes (nothing redone)."""
+    import tracemalloc
+
+    from xplain.data.datasets import read_dataset
+
+    image = _image(tmp_path / "a.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + f"{image.name},1\n" * 200_000)
+    tracemalloc.start()
+    with pytest.warns(
+        UserWarning, match=r"199999 duplicate row\(s\) skipped.*line 3 repeats line 2"
+    ):
+        samples = read_dataset(manifest)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(samples) == 1 and peak < 64 * 2**20, peak
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(_eval_args(model, manifest, out, "gradient", "ebpg")) == 0
+    err = capsys.readouterr().err
+    warnings_ = [line for line in err.splitlines() if "duplicate" in line]
+    assert len(warnings_) == 1 and "199999" in warnings_[0], err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    assert main(_eval_args(model, manifest, out, "gradient", "ebpg")) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
