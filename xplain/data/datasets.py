@@ -294,6 +294,24 @@ def read_labels_file(path: Path, class_names: list[str] | None) -> dict[str, int
 # the layouts
 
 
+def _check_repeat(
+    csv_path: Path, line_no: int, rel: str, text: str, first: tuple, class_names
+) -> None:
+    """A row naming an image listed before: the same label is a harmless repeat (skipped),
+    another label is an error — an image has one label, and which row wins would be arbitrary."""
+    line0, label0, text0 = first
+    try:
+        again = label0 if text == text0 else resolve_label(text, class_names) if text else None
+    except ValueError:
+        again = None
+    if again != label0:
+        raise InputDataError(
+            f"line {line_no} lists {printable(rel)} again with label {printable(text or 'none')} "
+            f"(line {line0}: label {'none' if label0 is None else label0}); an image has one label",
+            path=csv_path,
+        )
+
+
 def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample]:
     text = _read_text(csv_path, "manifest")
     reader = csv.reader(io.StringIO(text))
@@ -328,29 +346,10 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
 
             rel = cell("path")
             key = os.path.normpath(os.path.join(base_text, rel)) if rel else ""
-            if rel:
-                if key in first_line:  # the same image again: never scored twice
-                    line0, label0, text0 = first_line[key]
-                    text = cell("label")
-                    try:
-                        again = (
-                            label0
-                            if text == text0
-                            else resolve_label(text, class_names)
-                            if text
-                            else None
-                        )
-                    except ValueError:
-                        again = None
-                    if again != label0:
-                        raise InputDataError(
-                            f"line {line_no} lists {printable(rel)} again with label "
-                            f"{printable(text or 'none')} (line {line0}: label "
-                            f"{'none' if label0 is None else label0}); an image has one label",
-                            path=csv_path,
-                        )
-                    repeats.append((line_no, line0))
-                    continue
+            if rel and key in first_line:  # the same image again: never scored twice
+                _check_repeat(csv_path, line_no, rel, cell("label"), first_line[key], class_names)
+                repeats.append((line_no, first_line[key][0]))
+                continue
             path = base / rel if rel else base / f"<line {line_no}>"
             label: int | None = None
             boxes: tuple[Box, ...] | None = None
