@@ -744,3 +744,37 @@ def test_a_huge_manifest_of_one_image_is_read_once_and_scored_once(tmp_path, mod
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
     assert main(_eval_args(model, manifest, out, "gradient", "ebpg")) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+# ============================================================================== 25.5 images
+def _png_with_bad_crc(path: Path) -> Path:
+    """A PNG whose pixels decode but whose IDAT chunk's CRC is wrong (damaged in transit)."""
+    import struct
+
+    _image(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"IDAT")
+    (length,) = struct.unpack(">I", data[at - 4 : at])
+    data[at + 4 + length] ^= 0x01  # the first byte of the chunk's CRC
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_png_with_a_crc_error_is_refused(tmp_path, model, capsys):
+    image = _png_with_bad_crc(tmp_path / "img" / "damaged.png")
+    out = tmp_path / "out"
+    argv = ["explain", model, image, "--out", out, "--device", "cpu"]
+    cli_error(capsys, argv, INPUT, str(image), "corrupt or truncated image")
+    assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_out_equal_to_the_image_folder_does_not_explain_its_own_outputs(tmp_path, model):
+    folder = tmp_path / "photos"
+    _image(folder / "a.png")
+    argv = ["explain", str(model), str(folder), "--out", str(folder), "--device", "cpu"]
+    argv += ["--method", "gradient,saliency"]  # two methods: a panel too
+    assert main(argv) == 0
+    first = sorted(p.name for p in folder.iterdir())
+    assert "a.panel.png" in first and any(n.endswith(".heatmap.png") for n in first)
+    assert main(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == first  # nothing new: only a.png explained

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,26 @@ def _folder_images(folder: Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not _own_output(p)
     ]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+_OUTPUT_KINDS = (".heatmap.png", ".overlay.png")
+
+
+def _own_output(path: Path) -> bool:
+    """An earlier ``explain`` wrote this picture (``--out`` was the image folder): a heatmap or
+    overlay with its record ``BASE.json`` beside it, or a panel ``STEM.panel.png`` beside records
+    ``STEM.*.json``. Explaining it would explain xplain's own colours."""
+    name = path.name
+    for kind in _OUTPUT_KINDS:
+        if name.endswith(kind):
+            return path.with_name(name[: -len(kind)] + ".json").is_file()
+    if name.endswith(".panel.png"):
+        stem = name[: -len(".panel.png")]
+        return any(path.parent.glob(f"{glob_escape(stem)}.*.json"))
+    return False
 
 
 def _method_values(
