@@ -778,3 +778,84 @@ def test_out_equal_to_the_image_folder_does_not_explain_its_own_outputs(tmp_path
     assert "a.panel.png" in first and any(n.endswith(".heatmap.png") for n in first)
     assert main(argv) == 0
     assert sorted(p.name for p in folder.iterdir()) == first  # nothing new: only a.png explained
+
+
+# ============================================================================== 27.1 fitted state
+def _fitted(tmp_path, model) -> tuple[Path, Path, Path]:
+    """``xplain fit iba`` on three images; returns (state dir, metadata file, an image)."""
+    data = tmp_path / "fitdata"
+    for k in range(3):
+        _image(data / f"{k}.png")
+    state = tmp_path / "state"
+    assert (
+        main(["fit", "iba", str(model), str(data), "--state-dir", str(state), "--device", "cpu"])
+        == 0
+    )
+    (meta,) = state.glob("*/iba.json")
+    return state, meta, data / "0.png"
+
+
+def _reseal(meta: Path, **changes) -> None:
+    record = json.loads(meta.read_text())
+    record.update(changes)
+    meta.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("other-layer", "'mean' has shape [4, 8, 8], but layer 'n00002_globalaveragepool'"),
+        ("layer-shape", "shape [4, 1, 1], but the model's layer has shape [4, 8, 8]"),
+        ("unknown-layer", "which this model does not have"),
+        ("code", "which this model does not have"),
+        ("tensor-shape", "tensor 'mean' has shape [2]"),
+    ],
+)
+def test_fitted_state_that_does_not_match_the_model_is_refused(
+    tmp_path, model, capsys, case, fragment
+):
+    """Metadata naming another layer (or a layer of another shape), holding code, or tensors of
+    another shape with the checksum resealed: explain exits 5 naming the metadata file."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import save
+
+    state, meta, image = _fitted(tmp_path, model)
+    if case == "other-layer":
+        _reseal(meta, layer="n00002_globalaveragepool", layer_shape=[4, 1, 1])
+    elif case == "layer-shape":
+        _reseal(meta, layer_shape=[4, 1, 1])
+    elif case == "unknown-layer":
+        _reseal(meta, layer="n00099_conv")
+    elif case == "code":
+        _reseal(meta, layer="__import__('os').system('touch pwned')")
+    else:
+        tensors = meta.with_suffix(".safetensors")
+        payload = save(
+            {"mean": torch.zeros(2), "std": torch.ones(2), "active_fraction": torch.ones(2)}
+        )
+        tensors.write_bytes(payload)
+        _reseal(meta, tensors_sha256=hashlib.sha256(payload).hexdigest())
+    argv = ["explain", model, image, "--method", "iba", "--state-dir", state, "--device", "cpu"]
+    cli_error(capsys, [*argv, "--out", tmp_path / "out"], INPUT, str(meta), fragment)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_fit_never_writes_through_a_symlinked_state_folder(tmp_path, model, capsys):
+    state, meta, image = _fitted(tmp_path, model)
+    folder = meta.parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    folder.symlink_to(elsewhere)  # or to /etc: the same refusal, nothing is opened there
+    argv = ["fit", "iba", model, image.parent, "--state-dir", state, "--device", "cpu"]
+    cli_error(capsys, argv, INPUT, str(folder), "symbolic link")
+    assert not list(elsewhere.iterdir())
+    explain = ["explain", model, image, "--method", "iba", "--state-dir", state, "--device", "cpu"]
+    cli_error(capsys, [*explain, "--out", tmp_path / "out"], INPUT, str(folder), "symbolic link")
+    folder.unlink()
+    folder.symlink_to("/etc")
+    cli_error(capsys, argv, INPUT, str(folder), "symbolic link")

@@ -374,7 +374,7 @@ class Model:
             found = None
         elif self.preloaded_state and method in self.preloaded_state:
             tensors, meta = self.preloaded_state[method]
-            return {k: v.to(self.device) for k, v in tensors.items()}, dict(meta)
+            found = {k: v.to(self.device) for k, v in tensors.items()}, dict(meta)
         else:
             found = load_state(self.digest, method, root=self.state_dir, device=self.device)
         if found is None:
@@ -383,6 +383,9 @@ class Model:
                 path=self.report.path,
                 hint=f"run `xplain fit {method} {self.report.path} DATA` first",
             )
+        from ..run.state import check_state_matches, state_paths  # layer and shape match (exit 5)
+
+        check_state_matches(self, *found, state_paths(self.digest, method, self.state_dir)[1])
         return found
 
     @property

@@ -30,7 +30,7 @@ from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
 from .api import check_requirements
 from .batching import iter_batches as load_batches
-from .state import save_state
+from .state import check_state_folder, save_state
 
 
 def iter_batches(
@@ -155,6 +155,7 @@ def fit_method(
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
     check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
+    check_state_folder(model.digest, method.name, state_dir)  # never write through a link
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]

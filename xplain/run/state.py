@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputDataError
 from ..output.fileio import atomic_write, write_json
-from ..untrusted import parse_json, require_regular_file
+from ..untrusted import parse_json, printable, require_regular_file
 
 #: the largest state file read (a fitted state is statistics or inverse networks, not a model zoo)
 MAX_STATE_BYTES = 4 * 2**30
@@ -53,11 +53,84 @@ def state_paths(digest: str, method: str, root=None) -> tuple[Path, Path]:
     return folder / f"{method}.safetensors", folder / f"{method}.json"
 
 
+def _check_folder(folder: Path, error) -> None:
+    """The ``<digest>`` folder must be a real folder inside the state root: a symbolic link there
+    (to another model's folder, to ``/etc``) would make ``fit`` write, and ``explain`` read,
+    somewhere else. The root itself may be a link (a cache on another disk)."""
+    if folder.is_symlink():
+        try:
+            target = printable(os.readlink(folder))
+        except OSError:
+            target = "?"
+        raise error(
+            f"the fitted-state folder is a symbolic link (to {target}); refused: state is "
+            "written and read only inside the state root",
+            path=folder,
+        )
+    if folder.exists() and not folder.is_dir():
+        raise error("the fitted-state folder is not a folder", path=folder)
+    for name in (p for p in folder.iterdir()) if folder.is_dir() else ():
+        if name.is_symlink() and name.suffix in (".json", ".safetensors"):
+            raise error("a fitted-state file is a symbolic link; refused", path=name)
+
+
+def check_state_folder(digest: str, method: str, root=None) -> None:
+    """Before a fit starts: refuse a ``<digest>`` folder that is a symbolic link (exit 5)."""
+    _check_folder(state_paths(digest, method, root)[0].parent, InputDataError)
+
+
+#: state tensors that hold per-feature statistics of ``meta["layer"]``: their shape must be the
+#: layer's per-sample shape (IBA and InputIBA write them)
+LAYER_TENSORS = ("mean", "std", "active_fraction")
+
+
+def check_state_matches(model, tensors: dict, meta: dict, meta_path: Path) -> None:
+    """Fitted state must describe *this* model: a ``layer`` it names must exist in the graph, a
+    ``layer_shape`` must be that layer's shape, and the per-feature statistics must have it.
+    Metadata edited to name another layer (its checksum resealed) is refused here (exit 5), not
+    broadcast into a wrong map or a RuntimeError deep inside a method."""
+    from ..errors import XplainError
+
+    layer = meta.get("layer")
+    if layer is None:
+        return
+    if not isinstance(layer, str) or not layer or len(layer) > 1000:
+        raise InputDataError("fitted state metadata has a malformed 'layer'", path=meta_path)
+    try:
+        node = model.node(layer)
+        shape = [int(d) for d in model.shape(node.name)[1:]]
+    except (XplainError, KeyError, TypeError, ValueError):
+        raise InputDataError(
+            f"fitted state is for layer {printable(repr(layer[:80]))}, which this model does not "
+            "have",
+            path=meta_path,
+            hint="refit with `xplain fit`",
+        ) from None
+    declared = meta.get("layer_shape")
+    if declared is not None and declared != shape:
+        raise InputDataError(
+            f"fitted state is for layer {printable(repr(layer))} of shape "
+            f"{printable(str(declared)[:80])}, but the model's layer has shape {shape}",
+            path=meta_path,
+            hint="refit with `xplain fit`",
+        )
+    for name in LAYER_TENSORS:
+        t = tensors.get(name) if isinstance(tensors, dict) else None
+        if t is not None and list(t.shape) != shape:
+            raise InputDataError(
+                f"fitted state tensor {name!r} has shape {list(t.shape)}, but layer "
+                f"{printable(repr(layer))} has shape {shape}",
+                path=meta_path,
+                hint="refit with `xplain fit`",
+            )
+
+
 def save_state(digest: str, method: str, tensors: dict, meta: dict, root=None) -> Path:
     """Write tensors (safetensors) and metadata (JSON), each atomically."""
     from safetensors.torch import save
 
     tensor_path, meta_path = state_paths(digest, method, root)
+    _check_folder(tensor_path.parent, InputDataError)
     payload = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     record = {
         "model_digest": digest,
@@ -76,6 +149,7 @@ def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict,
     from safetensors.torch import load
 
     tensor_path, meta_path = state_paths(digest, method, root)
+    _check_folder(tensor_path.parent, InputDataError)
     if not (tensor_path.exists() or tensor_path.is_symlink()) or not (
         meta_path.exists() or meta_path.is_symlink()
     ):
