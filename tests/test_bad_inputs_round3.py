@@ -859,3 +859,91 @@ def test_fit_never_writes_through_a_symlinked_state_folder(tmp_path, model, caps
     folder.unlink()
     folder.symlink_to("/etc")
     cli_error(capsys, argv, INPUT, str(folder), "symbolic link")
+
+
+# ============================================================================== 27.2 the Python API
+@pytest.fixture()
+def loaded(model):
+    return xplain.load_model(model)
+
+
+def _x(n=2, c=3, h=8, w=8):
+    import torch
+
+    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "fragment"),
+    [
+        ("rank3", xplain.UsageError, "3-D"),
+        ("size", xplain.UsageError, "wrong size"),
+        ("channels", xplain.UsageError, "wrong channels"),
+        ("int-dtype", xplain.UsageError, "dtype int64"),
+        ("list", xplain.UsageError, "got list"),
+        ("nan", xplain.InputDataError, "non-finite"),
+        ("empty", xplain.UsageError, "empty batch"),
+        ("target-range", xplain.UsageError, "target 4 out of range 0..3"),
+        ("target-negative", xplain.UsageError, "target -1 out of range"),
+        ("target-float", xplain.UsageError, "targets must be integers, got 1.5"),
+        ("target-float-tensor", xplain.UsageError, "tensor of float32"),
+        ("target-length", xplain.UsageError, "3 targets for a batch of 2"),
+        ("unknown-method", xplain.UsageError, "no-such-method"),
+        ("param-type", xplain.UsageError, "steps"),
+        ("param-bound", xplain.UsageError, "steps"),
+        ("params-not-dict", xplain.UsageError, "params must be a dict"),
+        ("seed-negative", xplain.UsageError, "seed must be in 0..4294967295"),
+        ("seed-huge", xplain.UsageError, "seed must be in 0..4294967295"),
+        ("seed-float", xplain.UsageError, "seed must be an integer"),
+    ],
+)
+def test_python_api_mistakes_are_xplain_errors(loaded, case, error, fragment):
+    import torch
+
+    x, kw = _x(), {}
+    if case == "rank3":
+        x = x[0]
+    elif case == "size":
+        x = _x(h=9)
+    elif case == "channels":
+        x = _x(c=1)
+    elif case == "int-dtype":
+        x = torch.zeros(2, 3, 8, 8, dtype=torch.int64)
+    elif case == "list":
+        x = x.tolist()
+    elif case == "nan":
+        x[0, 0, 0, 0] = float("nan")
+    elif case == "empty":
+        x = x[:0]
+    elif case.startswith("target"):
+        kw["targets"] = {
+            "target-range": [0, 4],
+            "target-negative": [-1, 0],
+            "target-float": [1.5, 0],
+            "target-float-tensor": torch.tensor([1.0, 0.0]),
+            "target-length": [0, 1, 2],
+        }[case]
+    elif case == "unknown-method":
+        kw["method"] = "no-such-method"
+    elif case.startswith("param"):
+        kw["method"] = "integrated-gradients"
+        kw["params"] = {
+            "param-type": {"steps": [1, 2]},
+            "param-bound": {"steps": 10**9},
+            "params-not-dict": ["steps", 3],
+        }[case]
+    else:
+        kw["seed"] = {"seed-negative": -1, "seed-huge": 2**70, "seed-float": 1.5}[case]
+    with pytest.raises(error) as info:
+        xplain.explain(loaded, x, **kw)
+    line = str(info.value)
+    assert fragment in line and "\n" not in line, line
+
+
+def test_python_api_converts_numpy_and_float64(loaded):
+    """The documented conversions: a NumPy array and a float64 tensor give the float32 maps."""
+    x = _x()
+    ref = xplain.explain(loaded, x, targets=[0, 1], method="gradient").maps
+    for given in (x.numpy(), x.double(), x.double().numpy()):
+        got = xplain.explain(loaded, given, targets=np.array([0, 1]), method="gradient").maps
+        assert got.dtype == ref.dtype and bool((got == ref).all())

@@ -320,17 +320,27 @@ def explain(
     seed: int = 0,
     registry: Registry | None = None,
 ) -> Attribution:
-    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1)."""
+    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
+
+    Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
+    converted to float32, everything else that is wrong is an :class:`XplainError` with the
+    CLI's line), and the model is checked after the method (a method that changed it raises
+    :class:`PluginError` after the model was restored)."""
+    from .api_inputs import check_batch, check_params, check_seed, check_targets
+    from .guards import ModelGuard, check_unchanged
+
+    seed = check_seed(seed)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
-    values = validate_params(method.params, params or {}, f"method {method.name!r}")
-    x = x.to(model.device, torch.float32)
-    if targets is None:
+    elif not isinstance(method, Method):
+        raise UsageError(f"method must be a name or an xplain.Method, got {type(method).__name__}")
+    values = validate_params(method.params, check_params(params), f"method {method.name!r}")
+    x = check_batch(model, x)
+    chosen = check_targets(model, targets, x.shape[0])
+    if chosen is None:
         with torch.no_grad():
-            targets = model(x).argmax(dim=1)
-    targets = torch.as_tensor(targets, device=model.device).long().reshape(-1)
-    if targets.numel() != x.shape[0]:
-        raise UsageError(f"{targets.numel()} targets for a batch of {x.shape[0]}")
-    if ((targets < 0) | (targets >= model.num_classes)).any():
-        raise UsageError(f"target out of range 0..{model.num_classes - 1}")
-    return run_method(model, method, x, targets, values, seed)
+            chosen = model(x).argmax(dim=1)
+    guard = ModelGuard(model)
+    attribution = run_method(model, method, x, chosen, values, seed)
+    check_unchanged(guard, f"method {method.name!r}")
+    return attribution
