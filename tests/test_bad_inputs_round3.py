@@ -947,3 +947,22 @@ def test_python_api_converts_numpy_and_float64(loaded):
     for given in (x.numpy(), x.double(), x.double().numpy()):
         got = xplain.explain(loaded, given, targets=np.array([0, 1]), method="gradient").maps
         assert got.dtype == ref.dtype and bool((got == ref).all())
+
+
+# ============================================================================== 27.3 long paths
+@pytest.mark.parametrize("kind", ["5000-characters", "300-byte-name"])
+@pytest.mark.parametrize("verb", ["explain", "eval"])
+def test_an_out_path_too_long_for_the_system_is_one_line(tmp_path, model, capsys, kind, verb):
+    image = _image(tmp_path / "img" / "a.png")
+    out = (
+        tmp_path.joinpath(*["d" * 200] * 25)
+        if kind == "5000-characters"
+        else tmp_path / ("x" * 300)
+    )
+    argv = (
+        ["explain", model, image, "--out", out, "--device", "cpu"]
+        if verb == "explain"
+        else _eval_args(model, image.parent, out, "gradient", "ebpg")
+    )
+    line = cli_error(capsys, argv, USAGE, "--out", "limit of")
+    assert len(line) < 300  # the path is shown shortened
