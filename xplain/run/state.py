@@ -42,6 +42,10 @@ class StateDict(dict):
 
 def state_dir(override: str | os.PathLike | None = None) -> Path:
     if override:
+        from ..errors import UsageError
+        from ..untrusted import check_path_length
+
+        check_path_length(override, UsageError, "--state-dir")
         return Path(override)
     if os.environ.get("XPLAIN_STATE_DIR"):
         return Path(os.environ["XPLAIN_STATE_DIR"])
