@@ -32,7 +32,12 @@ class PluginExit(SystemExit):
         return f"os._exit({self.code!r})"
 
 
+_PID = os.getpid()
+
+
 def _refuse_exit(code: int = 0) -> None:
+    if os.getpid() != _PID:  # a forked child (a plugin's multiprocessing pool) ends as usual
+        _ORIGINAL_EXIT(code)
     raise PluginExit(code)
 
 
