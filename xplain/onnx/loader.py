@@ -617,7 +617,7 @@ def load_onnx(
         raise ModelError("conversion produced shared modules (duplicate node names)", path=path)
     gm.eval()
     gm.requires_grad_(False)
-    from ..run.memory import install_shape_checks
+    from .shape_checks import install_shape_checks
 
     # shapes computed from the input's values are bounded when they are about to be allocated
     install_shape_checks(
