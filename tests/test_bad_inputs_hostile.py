@@ -501,7 +501,8 @@ def test_state_pair_from_two_fits_is_refused(tmp_path, model, image, capsys):
         load_state(digest, "iba", root=tmp_path)
     assert str(tensors) in str(info.value)
     # a state lacking a tensor a method needs names the file, not "KeyError: 'std'"
-    save_state(digest, "iba", {"mean": torch.zeros(4)}, {"layer": layer}, root=tmp_path)
+    # (the mean has the layer's shape: a state of another shape is refused before, issue 27)
+    save_state(digest, "iba", {"mean": torch.zeros(4, 8, 8)}, {"layer": layer}, root=tmp_path)
     line = cli_error(
         capsys,
         _explain(model, [image], tmp_path / "out", "--method", "iba", "--state-dir", tmp_path),
