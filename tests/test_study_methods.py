@@ -5,6 +5,7 @@ graph with the same inputs, baselines and random draws, and against identities
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from unittest import mock
 
@@ -17,9 +18,23 @@ from torch import nn
 import xplain
 from xplain.run.api import run_method
 
-from .conftest import export_classic
+from .conftest import REPO, export_classic
 
 TOL = 1e-4
+
+
+def _parity_module():
+    """bench/study_methods_parity.py: the reference-library calls the bench runs at full size."""
+    spec = importlib.util.spec_from_file_location(
+        "study_methods_parity", REPO / "bench" / "study_methods_parity.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PARITY = _parity_module()
 
 
 def rel(ours, ref) -> float:
@@ -48,16 +63,8 @@ def captum_gradient_shap(model, x, targets, refset, n, stdevs, draws):
     """Captum's GradientShap with its random draws (baseline indices, α, noise) replaced by ours."""
     from captum.attr import GradientShap
 
-    index, alpha, noise = draws
-
-    def normal(mean, std):
-        return noise.reshape(std.shape) if noise is not None else torch.zeros_like(std)
-
-    with (
-        mock.patch("numpy.random.choice", lambda size, k: index.flatten().numpy()),
-        mock.patch("numpy.random.uniform", lambda lo, hi, k: alpha.flatten().numpy()),
-        mock.patch("torch.normal", normal),
-    ):
+    first, second, third = PARITY.captum_draws(*draws)
+    with first, second, third:
         attr = GradientShap(model.graph).attribute(
             x, baselines=refset, n_samples=n, stdevs=stdevs, target=targets
         )
@@ -134,14 +141,7 @@ def test_bad_baselines_file_is_one_line(tiny_model, tmp_path, content, problem):
 
 
 # ----------------------------------------------------------------------------- deeplift
-def captum_deeplift(model, x, targets, baselines, cls="DeepLift"):
-    """Captum's DeepLift/DeepLiftShap with nn.ReLU6 added to its rule table (Captum hooks only
-    nn.ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus and would keep ReLU6's plain gradient)."""
-    import captum.attr as ca
-    import captum.attr._core.deep_lift as cdl
-
-    with mock.patch.dict(cdl.SUPPORTED_NON_LINEAR, {nn.ReLU6: cdl.nonlinear}):
-        return getattr(ca, cls)(model.graph).attribute(x, baselines=baselines, target=targets)
+captum_deeplift = PARITY.captum_deeplift  # nn.ReLU6 added to Captum's rule table
 
 
 def test_deeplift_equals_captum_on_relu_relu6_maxpool_network(tiny_model):
@@ -218,25 +218,8 @@ def test_deeplift_refuses_models_without_rectifiers(tiny_transformer):
 
 # ----------------------------------------------------------------------------- CAM variants
 def grad_cam_reference(cls, model, layer_name, x, targets, reshape=None):
-    """pytorch-grad-cam's CAM before its min-max scaling (ReLU(Σ w_k A_k) at the layer),
-    upsampled as xplain's grad-cam does (bilinear, align_corners=False)."""
-    import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    module = model.graph.get_submodule(str(model.node(layer_name).target))
-    with getattr(pgc, cls)(model.graph, [module], reshape_transform=reshape) as cam:
-        cam.batch_size = 5
-        # the converted graph's parameters are frozen: the input carries the autograd graph
-        outputs = cam.activations_and_grads(x.clone().requires_grad_(cam.uses_gradients))
-        goals = [ClassifierOutputTarget(int(t)) for t in targets]
-        if cam.uses_gradients:
-            sum(g(o) for g, o in zip(goals, outputs)).backward()
-        acts = cam.activations_and_grads.activations[0].numpy()
-        grads = cam.activations_and_grads.gradients[0].numpy() if cam.uses_gradients else None
-        with mock.patch("tqdm.tqdm", lambda it, **kw: it):
-            low = np.maximum(cam.get_cam_image(x, module, goals, acts, grads), 0)
-    size = (model.spec.height, model.spec.width)
-    return F.interpolate(torch.from_numpy(low)[:, None], size=size, mode="bilinear")[:, 0]
+    """pytorch-grad-cam's CAM before its min-max scaling, upsampled as xplain's grad-cam."""
+    return PARITY.grad_cam_reference(cls, model, layer_name, x, targets, reshape)[0]
 
 
 def _token_reshape(layout):
