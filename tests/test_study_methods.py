@@ -314,3 +314,21 @@ def test_attention_refuses_cnn(tiny_model):
     with pytest.raises(xplain.UsageError) as info:
         xplain.check_requirements(tiny_model, method)
     assert info.value.exit_code == 2 and "attention" in str(info.value)
+
+
+def test_attention_on_windowed_swin_equals_hand_computation(tmp_path):
+    """Swin-like shifted windows, no class token: the last block's head-mean window attention
+    placed on the 8×8 grid (the model's own geometry), its mean row, upsampled."""
+    from .test_transformers import _swin_full
+    from .tiny_transformers import TinySwinLike
+
+    module = TinySwinLike()
+    model = xplain.load_model(export_classic(module, tmp_path / "swin.onnx", (1, 3, 32, 32)))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        module(x)
+    row = _swin_full(module.attn[-1].detach(), len(module.attn) - 1).mean(dim=1)
+    want = F.interpolate(row.reshape(2, 1, 8, 8), size=(32, 32), mode="bilinear")[:, 0]
+    got = explain(model, "attention", x, [0, 1])
+    assert got.info["windowed"] and got.info["prefix_tokens"] == 0
+    assert rel(got.maps, want) <= 1e-5
