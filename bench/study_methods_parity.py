@@ -11,11 +11,12 @@ draws (Captum's numpy/torch draws replaced by ours), ours / reference time and o
   plus a forward+backward), and the summation-to-delta gap of both, also with maxpool=rescale;
 * deeplift-shap vs Captum DeepLiftShap (a 4-member reference set);
 * grad-cam-plus-plus and score-cam vs pytorch-grad-cam (its CAM before min-max scaling, upsampled
-  as grad-cam; score-cam's ideal: the K masked forwards through Model.infer). ResNet-50's
-  score-cam runs at layer1's output (256 channels) so the CPU run stays short; Lite0 at the
-  default layer (1280 channels).
+  as grad-cam; score-cam's ideal: the K masked forwards through Model.infer). ``--score-channels
+  K`` runs score-cam at the first feature layer with K channels instead of the default layer
+  (2048 channels on ResNet-50: a forward per channel), to keep a CPU run short.
 
-    python bench/study_methods_parity.py [--models resnet50 efficientnet_lite0] [--json OUT]
+    OMP_NUM_THREADS=1 python bench/study_methods_parity.py [--models resnet50 efficientnet_lite0]
+        [--images 1] [--score-channels K] [--json OUT]
 
 Nothing is downloaded (the networks come from xplain's bench models). Wall-clock times on a
 shared CPU: compare only ratios from one run (the load is printed).
@@ -100,7 +101,7 @@ def captum_draws(index, alpha, noise):
     )
 
 
-def bench_expected_gradients(model, x, targets, refs_path, refs, n=8, stdevs=0.1):
+def bench_expected_gradients(model, x, targets, refs_path, refs, n=4, stdevs=0.1):
     from captum.attr import GradientShap
 
     from xplain_builtins.methods.expected_gradients import expected_gradients_draws
@@ -239,25 +240,39 @@ def bench_cam(model, x, targets, name, cls, layer=""):
     return row
 
 
-def run(name: str) -> dict:
+def run(name: str, images: int = 1, score_channels: int = 64) -> dict:
     model = xplain.load_model(bench_model_path(name), device="cpu")
-    x = photos()
+    x = photos()[:images]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
     refs = 0.5 * torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(0))
     folder = tempfile.mkdtemp(prefix="xplain-parity-")
     refs_path = os.path.join(folder, "refs.npy")
     np.save(refs_path, refs.numpy())
-    rows = {
-        "expected-gradients": bench_expected_gradients(model, x, targets, refs_path, refs),
-        "deeplift": bench_deeplift(model, x, targets),
-        "deeplift-shap": bench_deeplift_shap(model, x, targets, refs_path, refs),
-        "grad-cam-plus-plus": bench_cam(model, x, targets, "grad-cam-plus-plus", "GradCAMPlusPlus"),
-    }
-    layer = ""
-    if name == "resnet50":  # 256 channels instead of 2048: the CPU run stays short
-        layer = next(f.name for f in model.feature_layers() if f.spatial_shape[0] == 256)
-    rows["score-cam"] = bench_cam(model, x[:1], targets[:1], "score-cam", "ScoreCAM", layer)
+    rows: dict = {}
+    jobs = [
+        (
+            "expected-gradients",
+            lambda: bench_expected_gradients(model, x, targets, refs_path, refs),
+        ),
+        ("deeplift", lambda: bench_deeplift(model, x, targets)),
+        ("deeplift-shap", lambda: bench_deeplift_shap(model, x, targets, refs_path, refs)),
+        (
+            "grad-cam-plus-plus",
+            lambda: bench_cam(model, x, targets, "grad-cam-plus-plus", "GradCAMPlusPlus"),
+        ),
+    ]
+    layer = (
+        ""  # score-cam costs a forward per channel: a layer with few, so the CPU run stays short
+    )
+    if score_channels:
+        layer = next(f.name for f in model.feature_layers() if f.spatial_shape[0] == score_channels)
+    jobs.append(
+        ("score-cam", lambda: bench_cam(model, x[:1], targets[:1], "score-cam", "ScoreCAM", layer))
+    )
+    for method, job in jobs:
+        rows[method] = job()
+        print(f"  {method}: {rows[method]}", flush=True)
     return rows
 
 
@@ -265,11 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["resnet50", "efficientnet_lite0"])
     parser.add_argument("--json", default="")
+    parser.add_argument("--images", type=int, default=1, help="photos per batch (1 or 2)")
+    parser.add_argument(
+        "--score-channels",
+        type=int,
+        default=0,
+        help="run score-cam at the first feature layer with this many channels (0: the default "
+        "layer, 2048 channels on ResNet-50, 1280 on Lite0)",
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     report = {"load_before": os.getloadavg(), "threads": torch.get_num_threads(), "models": {}}
     for name in args.models:
-        report["models"][name] = rows = run(name)
+        report["models"][name] = rows = run(name, args.images, args.score_channels)
         print(f"## {name}")
         for method, row in rows.items():
             ratios = f"ours/ref {row['ours_s'] / row['ref_s']:.2f}"

@@ -116,7 +116,8 @@ def test_expected_gradients_converges_to_integrated_gradients(tiny_model):
     "content, problem",
     [
         (None, "or an existing .npy file"),
-        ("pickle", "not a .npy array"),
+        ("pickle", "pickled Python objects"),
+        ("text", "no NumPy header"),
         ("shape", "of shape 2×3×8×8"),
         ("nan", "NaN"),
         ("dir", "not a regular file"),
@@ -132,6 +133,8 @@ def test_bad_baselines_file_is_one_line(tiny_model, tmp_path, content, problem):
         np.save(path, np.full((1, 3, 16, 16), np.nan, np.float32))
     elif content == "dir":
         path.mkdir()
+    elif content == "text":
+        path.write_text("x\n")
     for name in ("expected-gradients", "deeplift-shap"):
         with pytest.raises(xplain.InputDataError) as info:
             explain(tiny_model, name, tiny_model.example_input(1), [0], baselines=str(path))

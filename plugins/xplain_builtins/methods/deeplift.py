@@ -110,7 +110,7 @@ def _explain_deeplift_shap(request: xplain.ExplainRequest):
     import torch
 
     refs, shared = references.reference_sets(
-        x, params["baselines"], params["blur_sigma"], request.seed
+        x, params["baselines"], params["blur_sigma"], request.seed, "deeplift-shap"
     )
     per_pass = _pairs_per_pass(model, params)
     total = torch.zeros_like(x)
@@ -167,7 +167,14 @@ def register_methods(register):
                     "the reference input x'",
                     choices=("zeros", "blur", "uniform"),
                 ),
-                references.params()[1],
+                xplain.Param(
+                    "blur_sigma",
+                    "float",
+                    5.0,
+                    "Gaussian σ in pixels for baseline=blur",
+                    min=0.0,
+                    max=100,
+                ),
                 *_rule_params(),
                 xplain.reduce_param(),
                 *passes,

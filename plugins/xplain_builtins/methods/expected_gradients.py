@@ -53,7 +53,9 @@ def _explain(request: xplain.ExplainRequest):
     import torch
 
     n, stdevs = params["n_samples"], params["stdevs"]
-    refs, shared = references.reference_sets(x, params["baselines"], params["blur_sigma"], seed)
+    refs, shared = references.reference_sets(
+        x, params["baselines"], params["blur_sigma"], seed, "expected-gradients"
+    )
     sizes = [references.set_of(refs, shared, b).shape[0] for b in range(x.shape[0])]
     per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
     total = torch.zeros_like(x)

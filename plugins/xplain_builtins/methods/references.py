@@ -51,13 +51,13 @@ def params(default: str = "zeros") -> list:
     ]
 
 
-def _load_file(path: str, x):
+def _load_file(path: str, x, method: str):
     """The N×C×H×W reference inputs stored in ``path`` (a ``.npy`` file), on x's device/dtype."""
     import numpy as np
     import torch
 
     def bad(message):
-        return xplain.InputDataError(message, path=path, hint="see `xplain methods show NAME`")
+        return xplain.InputDataError(message, path=path, hint=f"see `xplain methods show {method}`")
 
     try:
         st = os.stat(path)
@@ -68,9 +68,16 @@ def _load_file(path: str, x):
     if st.st_size > MAX_FILE_BYTES:
         raise bad(f"baselines file is larger than {MAX_FILE_BYTES >> 20} MB")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise bad(f"baselines file is not a .npy array ({str(err).splitlines()[0][:80]})") from None
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise bad("baselines file is not a .npy array (no NumPy header)")
+            fh.seek(0)
+            array = np.load(fh, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise bad(
+            "baselines file is not a .npy array of numbers (damaged, or pickled Python objects, "
+            "which are never loaded)"
+        ) from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise bad("baselines file does not hold a numeric array")
     want = tuple(x.shape[1:])
@@ -87,7 +94,7 @@ def _load_file(path: str, x):
     return refs
 
 
-def reference_sets(x, kind: str, blur_sigma: float, seed: int):
+def reference_sets(x, kind: str, blur_sigma: float, seed: int, method: str):
     """``(refs, shared)``: ``shared`` True → one N×C×H×W set for every image; False → a B×C×H×W
     tensor, image b's set being ``refs[b:b+1]``."""
     from .gradients import integrated_gradients_baseline
@@ -98,7 +105,7 @@ def reference_sets(x, kind: str, blur_sigma: float, seed: int):
         return integrated_gradients_baseline(x.detach(), kind, blur_sigma, seed), False
     if kind == "batch":
         return x.detach(), True
-    return _load_file(kind, x), True
+    return _load_file(kind, x, method), True
 
 
 def set_of(refs, shared: bool, b: int):
