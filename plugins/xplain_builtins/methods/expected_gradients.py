@@ -70,7 +70,7 @@ def _explain(request: xplain.ExplainRequest):
             noisy = noisy + torch.stack([e for *_, e in pending])
         alpha = torch.stack([a for _, _, a, _ in pending]).view(-1, *([1] * (x.dim() - 1)))
         diff = noisy - base
-        point = base + alpha * diff
+        point = alpha * noisy + (1 - alpha) * base  # Captum's rounding: α·x̃ + (1 − α)·x'
         with torch.enable_grad():
             point = point.detach().requires_grad_(True)
             logits = model(point)
