@@ -41,7 +41,7 @@ from torch import nn
 
 import xplain
 from xplain.run.api import run_method
-from xplain.run.bench_models import bench_model_path
+from xplain.run.reference_networks import bench_model_path
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

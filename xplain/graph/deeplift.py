@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from .kinds import unwrap
-from .model import Activation, Model
+from .model import Model
+from .nonlinear import Activation
 from .rules import _clamp_rule, apply_rules
 
 #: Captum's threshold below which a unit counts as unchanged (plain gradient there)
