@@ -318,6 +318,9 @@ class Model:
         self._state_hidden = False  #: inside :meth:`without_fitted_state`
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
+        #: the forward engine of :meth:`infer` (:class:`xplain.run.engine.ForwardEngine`; None: torch)
+        self.engine: Any = None
+        self._modifications = 0  #: live swap_modules / insert_after contexts
 
     # ---------------------------------------------------------------- running
     @property
@@ -349,9 +352,17 @@ class Model:
 
         Perturbation metrics and black-box methods (occlusion, RISE, LIME, deletion, ...) call this
         instead of ``model(x)`` so that the run's execution engine (eager torch today; onnxruntime
-        where it is faster, issue 21) can serve them without any plugin knowing which one ran."""
-        with torch.inference_mode():
-            return self(x)
+        where it is faster) can serve them without any plugin knowing which one ran. onnxruntime
+        serves only an unmodified graph (:attr:`graph_modified`); see :mod:`xplain.run.engine`."""
+        from ..run.engine import forward
+
+        return forward(self, x)
+
+    @property
+    def graph_modified(self) -> bool:
+        """True while a swap_modules / insert_after / tap context is live: only the torch graph
+        then computes what the method asked for."""
+        return self._modifications > 0 or bool(self._tapped)
 
     def example_input(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -1120,6 +1131,7 @@ class Model:
         saved: dict[str, nn.Module] = {}
         nodes = {n.name: n for n in self.graph.graph.nodes} if len(replacements) > 1 else {}
         device = self.device
+        self._modifications += 1
         try:
             for name, new in replacements.items():
                 target = str((nodes[name] if name in nodes else self.node(name)).target)
@@ -1132,6 +1144,7 @@ class Model:
                 _set_submodule(self.graph, target, new.to(device))
             yield
         finally:
+            self._modifications -= 1
             for target, old in saved.items():
                 _set_submodule(self.graph, target, old)
 
@@ -1140,6 +1153,7 @@ class Model:
         """Temporarily route each named node's output through a module (e.g. a bottleneck)."""
         graph = self.graph.graph
         inserted: list[tuple[fx.Node, fx.Node, str]] = []
+        self._modifications += 1
         try:
             for name, module in modules.items():
                 site = self.node(name)
@@ -1152,6 +1166,7 @@ class Model:
             self.graph.recompile()
             yield
         finally:
+            self._modifications -= 1
             for site, new, target in reversed(inserted):
                 new.replace_all_uses_with(site)
                 graph.erase_node(new)
