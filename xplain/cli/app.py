@@ -30,6 +30,7 @@ from ..errors import ExitCode, UsageError, XplainError
 from ..output.display import display_name
 from ..run.allocator import tune_allocator
 from ..untrusted import printable
+from .engine_option import engine_option
 
 app = typer.Typer(
     name="xplain",
@@ -76,7 +77,12 @@ class SafeConsole(Console):
 # emoji off and markup escaped: model names, paths and plugin errors are untrusted text
 out = SafeConsole(soft_wrap=True, emoji=False)
 err = SafeConsole(stderr=True, soft_wrap=True, emoji=False)
-_options: dict[str, Any] = {"strict": False, "blocked": (), "max_input_pixels": None}
+_options: dict[str, Any] = {
+    "strict": False,
+    "blocked": (),
+    "max_input_pixels": None,
+    "engine": "auto",  # set by the verbs with --engine
+}
 
 
 def _registry():
@@ -306,6 +312,7 @@ def _load(model_path: Path, device: str, labels: str | None = None, verify: bool
             verify=verify,
             registry=_registry(),
             max_input_pixels=_options["max_input_pixels"],
+            engine=_options["engine"],
         )
 
 
@@ -605,9 +612,11 @@ def explain(
         help="Check the conversion against onnxruntime at load (default). --no-verify "
         "skips it for models already checked (`xplain inspect`): faster start-up.",
     ),
+    engine: str = engine_option(),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
+    _options["engine"] = engine
     registry = _registry()
     names = _method_list(method)
     registry.resolve("method", names)  # fail fast on an unknown method, before loading the model
@@ -883,12 +892,14 @@ def bench(
         [], "--metric-param", metavar="METRIC.KEY=VALUE", help="Metric parameter (repeatable)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = engine_option(),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
 
     MODEL is an ONNX file, or one of the 224×224 benchmark networks by name (resnet50,
     efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
     weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
+    _options["engine"] = engine
     registry = _registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
     from ..run.bench import resolve_methods, resolve_metrics
@@ -1155,12 +1166,14 @@ def eval_command(
         min=0.0,
         help="GPUs per Ray worker (0.5: two workers share a GPU).",
     ),
+    engine: str = engine_option(),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
     report.html.
 
     `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
     summary and reports images no shard has done."""
+    _options["engine"] = engine
     registry = _registry()
     method_names = _names(methods, registry.methods, "method")
     metric_names = _names(metrics, registry.metrics, "metric")

@@ -48,6 +48,7 @@ def load_model(
     labels: list[str] | str | None = None,
     registry: Registry | None = None,
     max_input_pixels: int | None = None,
+    engine: str = "auto",
 ) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
@@ -55,8 +56,14 @@ def load_model(
     loader (:mod:`xplain.onnx.hooks`, ``trylast``) answers when none did. ``labels``: a list, a
     file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any).
     ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
-    ``$XPLAIN_MAX_INPUT_PIXELS``)."""
+    ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what :meth:`Model.infer` runs on — ``auto``
+    (onnxruntime where it can, else torch), ``torch`` or ``onnxruntime`` (a usage error when it
+    cannot serve this model); see :mod:`xplain.run.engine`."""
     from ..data.images import load_labels, read_sidecar
+    from .engine import ENGINES, configure
+
+    if engine not in ENGINES:  # before the work of loading
+        raise UsageError(f"unknown engine {engine!r}", hint="use auto, torch or onnxruntime")
 
     path = Path(path)
     device = resolve_device(device)
@@ -91,6 +98,7 @@ def load_model(
                 f"{len(names)} labels given for {model.num_classes} classes ({where})", path=path
             )
         model.labels = names
+    configure(model, engine)
     return model
 
 
@@ -262,8 +270,13 @@ def explain(
     params: dict | None = None,
     seed: int = 0,
     registry: Registry | None = None,
+    engine: str | None = None,
 ) -> Attribution:
-    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1)."""
+    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
+    ``engine`` (auto, torch, onnxruntime; None: the model's) sets what forward-only work runs on."""
+    from .engine import configure
+
+    configure(model, engine)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
     values = validate_params(method.params, params or {}, f"method {method.name!r}")

@@ -46,6 +46,9 @@ from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry
 from ..untrusted import path_text, printable, safe_stem
 from .api import check_requirements, run_method
+from .engine import configure as configure_engine
+from .engine import describe as describe_engine
+from .engine import engines_between, forward_counts
 from .guards import ModelGuard, lock_output
 from .shards import Shard, data_root, image_key, lock_results, missing_report, result_key, write_run
 from .shards import digest as _digest
@@ -190,6 +193,7 @@ def evaluate(
     worker_kind: str = "thread",
     shard: Shard | None = None,
     ray: dict | None = None,
+    engine: str | None = None,
 ) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
@@ -211,6 +215,7 @@ def evaluate(
     the batches on Ray actors (see :mod:`xplain.run.ray_engine`); this process stays the only writer.
     """
     registry = registry or get_registry()
+    configure_engine(model, engine)  # auto, torch or onnxruntime for forward-only work; None: keep
     if not methods:
         raise UsageError("no methods to evaluate")
     chosen_methods = _resolve(methods, "method", registry, method_params)
@@ -264,6 +269,7 @@ def evaluate(
                 "preprocess": preprocess.to_dict(),
                 "montage": montage,
                 "images": images,
+                "engine": describe_engine(model),
             },
         )
 
@@ -584,7 +590,7 @@ def _score_method(
     x, targets = x_all[sel], t_all[sel]
     jobs = [by_index[order[r]] for r in rows]
     samples = [j.sample for j in jobs]
-    started = time.perf_counter()
+    started, forwards = time.perf_counter(), forward_counts(model)
     try:
         attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
@@ -630,6 +636,7 @@ def _score_method(
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
             scores[metric.name] = torch.full((len(rows),), float("nan"))
     maps = attribution.maps.detach().float().cpu()
+    engine = engines_between(forwards, forward_counts(model))  # who served model.infer
     lines, maps_out = [], []
     for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
         index = order[r]
@@ -646,6 +653,7 @@ def _score_method(
             "prediction": int(preds[r]),
             "probability": _finite(float(probs[r, t])),
             "seconds": seconds,
+            "engine": engine,
             "scores": {n: _finite(float(v[j])) for n, v in scores.items()},
             "curves": {n: [_finite(float(c)) for c in v[j]] for n, v in curves.items()},
         }

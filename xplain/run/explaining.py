@@ -22,6 +22,7 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
 from .api import check_requirements, run_method
+from .engine import engines_between, forward_counts
 
 
 def versions() -> dict[str, str]:
@@ -294,15 +295,16 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
         group = items[offset : offset + job.batch_size]
         rows = torch.tensor([it.index - batch.start for it in group], device=device)
         targets = torch.tensor([it.target for it in group], device=device)
-        began = time.perf_counter()
+        began, forwards = time.perf_counter(), forward_counts(job.model)
         attribution = _run_halving(
             job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
         )
         seconds = (time.perf_counter() - began) / len(group)
+        engine = engines_between(forwards, forward_counts(job.model))  # who served model.infer
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
             record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name)
-            record.update(seconds=round(seconds, 6), _index=item.index)
+            record.update(seconds=round(seconds, 6), engine=engine, _index=item.index)
             yield record, maps[j]
 
 
