@@ -30,7 +30,7 @@ from ..errors import ExitCode, UsageError, XplainError
 from ..output.display import display_name
 from ..run.allocator import tune_allocator
 from ..untrusted import printable
-from .engine_option import engine_option
+from .engine_option import engine_line, engine_option
 
 app = typer.Typer(
     name="xplain",
@@ -977,6 +977,9 @@ def bench(
             seed=seed,
             clock=clock,
         )
+    from ..run.bench_engines import compare_engines
+
+    report["engines"] = compare_engines(model, x, repeats, warmup, clock)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -988,6 +991,7 @@ def bench(
         f"  forward {per_image:.3g} s/image  clock {report['clock']}",
         highlight=False,
     )
+    out.print(engine_line(report["engines"]), highlight=False, markup=False)
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
         table.add_column(

@@ -79,7 +79,7 @@ class OnnxRuntimeEngine:
     Session options (the ones an onnxruntime user would expect, measured in ``docs/engines.md``):
     ``ORT_ENABLE_ALL`` graph optimisation; ``intra_op_num_threads`` = torch's thread count (so
     ``--threads``/``torch.set_num_threads`` governs both engines), one inter-op thread, sequential
-    execution; intra-op threads do not spin between runs (xplain does torch work between passes,
+    execution, deterministic kernels; intra-op threads do not spin between runs (xplain does torch work between passes,
     and the CPU is often shared); the CPU memory arena is on, but grows by what is requested
     (``kSameAsRequested``) instead of doubling, and memory patterns are off: forward-only work
     feeds a few different batch shapes (the last chunk is smaller), for which a pattern per shape
@@ -89,7 +89,12 @@ class OnnxRuntimeEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, graph: bytes, device: torch.device, threads: int):
+    def __init__(
+        self, graph: bytes, device: torch.device, threads: int, arena: str = "kSameAsRequested"
+    ):
+        """``arena``: ``kSameAsRequested`` (the default), ``kNextPowerOfTwo`` (onnxruntime's
+        default) or ``off`` (no CPU arena) — the alternatives ``bench/engines.py --parts rss``
+        measures."""
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 4
@@ -98,6 +103,7 @@ class OnnxRuntimeEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.enable_mem_pattern = False
+        options.use_deterministic_compute = True  # seeded runs repeat byte for byte (CUDA too)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device
         self.threads = threads
@@ -111,7 +117,9 @@ class OnnxRuntimeEngine:
             providers: list = [("CUDAExecutionProvider", cuda)]
             self.provider = "CUDAExecutionProvider"
         else:
-            providers = [("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})]
+            options.enable_cpu_mem_arena = arena != "off"
+            cpu = {"arena_extend_strategy": arena} if arena != "off" else {}
+            providers = [("CPUExecutionProvider", cpu)]
             self.provider = "CPUExecutionProvider"
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
@@ -122,7 +130,7 @@ class OnnxRuntimeEngine:
             "graph_optimization_level": "ORT_ENABLE_ALL",
             "intra_op_num_threads": options.intra_op_num_threads,
             "inter_op_num_threads": 1,
-            "arena_extend_strategy": "kSameAsRequested",
+            "arena_extend_strategy": arena,
             "enable_mem_pattern": False,
             "allow_spinning": False,
             "io_binding": device.type == "cuda",
@@ -168,7 +176,8 @@ class ForwardEngine:
     requested: str = "auto"
     graph: bytes | None = None
     unavailable: str = "the model was not loaded from an ONNX file by xplain's loader"
-    served: Counter = dataclasses.field(default_factory=Counter)
+    served: Counter = dataclasses.field(default_factory=Counter)  #: infer calls per engine
+    images: Counter = dataclasses.field(default_factory=Counter)  #: images forwarded per engine
     self_check: float | None = None  #: max relative difference of the first onnxruntime output
     _session: OnnxRuntimeEngine | None = None
     _key: tuple | None = None  #: (device, threads) the session was made for
@@ -267,6 +276,7 @@ def forward(model: Any, x: torch.Tensor) -> torch.Tensor:
             runner = session
     if engine is not None:
         engine.served[runner.name] += 1
+        engine.images[runner.name] += x.shape[0]
     return runner.run(model, x)
 
 
@@ -290,6 +300,12 @@ def forward_counts(model: Any) -> Counter:
     """How many ``infer`` calls each engine has served on this model so far (a copy)."""
     engine: ForwardEngine | None = getattr(model, "engine", None)
     return Counter(engine.served) if engine is not None else Counter()
+
+
+def forward_images(model: Any) -> Counter:
+    """How many images each engine has forwarded through ``infer`` on this model (a copy)."""
+    engine: ForwardEngine | None = getattr(model, "engine", None)
+    return Counter(engine.images) if engine is not None else Counter()
 
 
 def engines_between(before: Counter, after: Counter) -> str:
