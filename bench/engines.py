@@ -66,10 +66,13 @@ def timed(fn) -> float:
     now = CLOCK["clock"]
     start = now()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return now() - start
 
 
 def rel(a, b) -> float:
+    a, b = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in (a, b))
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
@@ -114,11 +117,12 @@ def part_deletion(ort_model, torch_model, b: int = 2) -> dict:
     x, t, maps = _inputs(torch_model, b)
     params = {"step": str(STEP)}
     steps = H * W // STEP + 1  # forwards per image, ours
-    X, Y, A = x.numpy(), t.numpy(), maps[:, None].numpy()
+    X, Y, A = x.cpu().numpy(), t.cpu().numpy(), maps[:, None].cpu().numpy()
+    device = str(x.device)
     pf = quantus.PixelFlipping(features_in_step=STEP, perturb_baseline=0.0, disable_warnings=True)
 
     def quantus_curve():
-        return np.array(pf(model=torch_model.graph, x_batch=X, y_batch=Y, a_batch=A, device="cpu"))
+        return np.array(pf(model=torch_model.graph, x_batch=X, y_batch=Y, a_batch=A, device=device))
 
     results: dict = {}
     fns = {
@@ -134,7 +138,7 @@ def part_deletion(ort_model, torch_model, b: int = 2) -> dict:
     secs = {k: timed(fn) for k, fn in fns.items()}  # one interleaved round
     q = results["quantus"]
     q_forwards = q.shape[-1] + 1  # its curve has one point per step; +1: the unperturbed pass
-    ours = {k: results[k]["deletion-curve"].numpy() for k in ("ort", "torch")}
+    ours = {k: results[k]["deletion-curve"].cpu().numpy() for k in ("ort", "torch")}
     row = {
         "ours_onnxruntime_ms_per_forward": 1000 * secs["ours_onnxruntime"] / (b * steps),
         "ours_torch_ms_per_forward": 1000 * secs["ours_torch"] / (b * steps),
@@ -313,6 +317,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (rss parts: cpu only)")
     a = ap.parse_args()
     CLOCK["clock"] = time.process_time if a.clock == "cpu" else time.perf_counter
     out = a.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="xplain-engines-"))
@@ -330,8 +335,8 @@ def main() -> None:
     report["onnxruntime"] = onnxruntime.__version__
     for name in [m for m in a.models.split(",") if m]:
         path = bench_model_path(name)
-        ort_model = xplain.load_model(path, engine="onnxruntime")
-        torch_model = xplain.load_model(path, engine="torch")
+        ort_model = xplain.load_model(path, a.device, engine="onnxruntime")
+        torch_model = xplain.load_model(path, a.device, engine="torch")
         for threads in [int(t) for t in a.threads.split(",") if t]:
             torch.set_num_threads(threads)
             log(f"== {name}, {threads} thread(s); {load()}")
@@ -345,10 +350,10 @@ def main() -> None:
             run["engine"] = describe(ort_model)
             report["runs"][f"{name}/{threads}"] = run
             (out / "engines.json").write_text(json.dumps(report, indent=2, default=str))
-        if "rss" in parts and name == "efficientnet_lite0":
+        if "rss" in parts and name == "efficientnet_lite0" and a.device == "cpu":
             log(f"== {name}: onnxruntime RSS per arena setting")
             report["rss"] = part_rss(ort_model)
-    if "eval-rss" in parts:
+    if "eval-rss" in parts and a.device == "cpu":
         report["eval_rss"] = part_eval_rss(out)
     (out / "engines.json").write_text(json.dumps(report, indent=2, default=str))
     log(f"wrote {out / 'engines.json'}")

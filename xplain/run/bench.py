@@ -616,6 +616,7 @@ def bench_metrics(
     def forward():  # the engine forward-only work runs on (see xplain.run.engine)
         return model.infer(x)
 
+    forward()  # builds the engine's session (its self-check runs torch) before anything is counted
     counted = [0]
     handle = model.graph.register_forward_pre_hook(
         lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0])
