@@ -123,7 +123,7 @@ def main() -> None:
                 + " ".join(f"{v:.1f}" for v in os.getloadavg())
             )
         except Exception as err:  # noqa: BLE001 - a failed compile is a result too
-            row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            row["error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:600]}"
             log(f"{name}: compile failed: {row['error']}")
         report["rows"][name] = row
         (out / "compile.json").write_text(json.dumps(report, indent=2))
