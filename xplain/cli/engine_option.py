@@ -5,6 +5,8 @@ written once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 ENGINE_HELP = (
@@ -13,7 +15,7 @@ ENGINE_HELP = (
 )
 
 
-def engine_option() -> typer.models.OptionInfo:
+def engine_option() -> Any:
     """A fresh ``--engine`` option (default auto)."""
     return typer.Option("auto", "--engine", metavar="auto|torch|onnxruntime", help=ENGINE_HELP)
 

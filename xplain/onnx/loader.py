@@ -445,7 +445,8 @@ def load_onnx(
         report.notes.append(note)
     if note := passes.fold_constants(work):
         report.notes.append(note)
-    engine_graph = _engine_graph(work, output_index, inp)  # before the passes written for onnx2torch
+    # the graph onnxruntime will run: before the passes written for onnx2torch
+    engine_graph = _engine_graph(work, output_index, inp)
     stash = passes.detach_weights(work)
     work, note = passes.normalize_opset(work)
     if note:

@@ -248,13 +248,13 @@ class ForwardEngine:
         self._session, self._key = session, key
         return session
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str) -> OnnxRuntimeEngine | None:
         self._failed = reason
         self._session = None
         if self.requested == "onnxruntime":
             raise UsageError(f"--engine onnxruntime: {reason}")
         warnings.warn(f"{reason}; forward-only work runs on torch", stacklevel=4)
-        return None
+        return None  # typed like session(): callers return it
 
 
 _TORCH = TorchEngine()
