@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import xplain
-from xplain.run.bench_models import bench_model_path
+from xplain.run.reference_networks import bench_model_path
 
 PARAMS = {
     "gradient": {},

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import xplain
-from xplain.run.bench_models import bench_model_path
+from xplain.run.reference_networks import bench_model_path
 from xplain.run.engine import OnnxRuntimeEngine, describe
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ def compare_engines(
     """``{requested, forward, torch_seconds_per_image, onnxruntime_seconds_per_image,
     ratio_onnxruntime_to_torch, logits_max_rel_diff, ...describe(model)}``; the onnxruntime
     entries are None when forward-only work runs on torch (``onnxruntime_unavailable`` says why)."""
-    from .bench import _rounds
+    from .timing import _rounds
 
     eager = TorchEngine()
     fns = {"torch": lambda: eager.run(model, x)}
