@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 import xplain
-from xplain.run.reference_networks import bench_model_path
 from xplain.run.engine import OnnxRuntimeEngine, describe
+from xplain.run.reference_networks import bench_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -234,7 +234,7 @@ def part_rss(model, batches: int = 600) -> dict:
     per_pass = min(8, xplain.images_per_pass(model, 0, 0.0))
     full, rest = model.example_input(per_pass, seed=2), model.example_input(1, seed=3)
     rows = {}
-    for arena in ("kSameAsRequested", "kNextPowerOfTwo", "off"):
+    for arena in ("on", "off"):
         engine = OnnxRuntimeEngine(
             model.engine.graph, torch.device("cpu"), torch.get_num_threads(), arena
         )

@@ -80,8 +80,8 @@ class OnnxRuntimeEngine:
     ``ORT_ENABLE_ALL`` graph optimisation; ``intra_op_num_threads`` = torch's thread count (so
     ``--threads``/``torch.set_num_threads`` governs both engines), one inter-op thread, sequential
     execution, deterministic kernels; intra-op threads do not spin between runs (xplain does torch work between passes,
-    and the CPU is often shared); the CPU memory arena is on, but grows by what is requested
-    (``kSameAsRequested``) instead of doubling, and memory patterns are off: forward-only work
+    and the CPU is often shared); the CPU memory arena is on (CUDA's grows by what is requested,
+    ``kSameAsRequested``, instead of doubling), and memory patterns are off: forward-only work
     feeds a few different batch shapes (the last chunk is smaller), for which a pattern per shape
     only costs memory. RSS stays flat over thousands of batches (measured, ``docs/engines.md``).
     On CUDA the inputs and outputs are bound to torch's tensors (IO binding: no host copies) and
@@ -89,12 +89,9 @@ class OnnxRuntimeEngine:
 
     name = "onnxruntime"
 
-    def __init__(
-        self, graph: bytes, device: torch.device, threads: int, arena: str = "kSameAsRequested"
-    ):
-        """``arena``: ``kSameAsRequested`` (the default), ``kNextPowerOfTwo`` (onnxruntime's
-        default) or ``off`` (no CPU arena) — the alternatives ``bench/engines.py --parts rss``
-        measures."""
+    def __init__(self, graph: bytes, device: torch.device, threads: int, arena: str = "on"):
+        """``arena``: ``on`` (the default) or ``off`` (no CPU arena: every tensor from malloc) —
+        the alternatives ``bench/engines.py --parts rss`` measures."""
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 4
@@ -117,9 +114,10 @@ class OnnxRuntimeEngine:
             providers: list = [("CUDAExecutionProvider", cuda)]
             self.provider = "CUDAExecutionProvider"
         else:
+            # the CPU provider takes no arena options (an extend strategy passed to it is
+            # dropped: get_provider_options() shows {}); on or off is the choice there is
             options.enable_cpu_mem_arena = arena != "off"
-            cpu = {"arena_extend_strategy": arena} if arena != "off" else {}
-            providers = [("CPUExecutionProvider", cpu)]
+            providers = ["CPUExecutionProvider"]
             self.provider = "CPUExecutionProvider"
         self.session = ort.InferenceSession(graph, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
@@ -130,7 +128,8 @@ class OnnxRuntimeEngine:
             "graph_optimization_level": "ORT_ENABLE_ALL",
             "intra_op_num_threads": options.intra_op_num_threads,
             "inter_op_num_threads": 1,
-            "arena_extend_strategy": arena,
+            "cpu_mem_arena": arena != "off",
+            "cuda_arena_extend_strategy": "kSameAsRequested" if device.type == "cuda" else None,
             "enable_mem_pattern": False,
             "allow_spinning": False,
             "io_binding": device.type == "cuda",
