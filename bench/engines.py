@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import xplain
-from xplain.run.engine import OnnxRuntimeEngine, describe
+from xplain.onnx.engine import OnnxRuntimeEngine, describe
 from xplain.run.reference_networks import bench_model_path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import torch
 
 import xplain
 from xplain.cli.app import main
-from xplain.run.engine import describe, forward_counts
+from xplain.onnx.engine import describe, forward_counts
 
 from .conftest import SAMPLES, export_classic
 

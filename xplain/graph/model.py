@@ -59,7 +59,7 @@ class Model:
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
         self._surgery = Surgery(self)
-        #: the forward engine of :meth:`infer` (:class:`xplain.run.engine.ForwardEngine`; None: torch)
+        #: the forward engine of :meth:`infer` (:class:`xplain.onnx.engine.ForwardEngine`; None: torch)
         self.engine: Any = None
 
     # ---------------------------------------------------------------- running
@@ -93,8 +93,8 @@ class Model:
         Perturbation metrics and black-box methods (occlusion, RISE, LIME, deletion, ...) call this
         instead of ``model(x)`` so that the run's execution engine (eager torch, or onnxruntime
         where it runs the file) can serve them without any plugin knowing which one ran. onnxruntime
-        serves only an unmodified graph (:attr:`graph_modified`); see :mod:`xplain.run.engine`."""
-        from ..run.engine import forward
+        serves only an unmodified graph (:attr:`graph_modified`); see :mod:`xplain.onnx.engine`."""
+        from ..onnx.engine import forward
 
         return forward(self, x)
 

@@ -48,7 +48,7 @@ class Surgery:
     @property
     def modified(self) -> bool:
         """True while a swap, an insert or a tap is live: the graph is not the file's then, so
-        forward-only work must run it on torch (:mod:`xplain.run.engine`)."""
+        forward-only work must run it on torch (:mod:`xplain.onnx.engine`)."""
         return self._live > 0 or bool(self._tapped)
 
     @property

@@ -545,7 +545,7 @@ def _engine_graph(work, output_index: int, inp) -> tuple[bytes, str | None] | st
 def _forward_engine(graph: tuple[bytes, str | None] | str, stripped: str | None):
     """The engine state for :meth:`Model.infer`: the onnxruntime graph when its softmax edit is
     the one made to the torch graph, else the reason forward-only work stays on torch."""
-    from ..run.engine import ForwardEngine
+    from .engine import ForwardEngine
 
     if isinstance(graph, str):
         return ForwardEngine(unavailable=graph)

@@ -1,6 +1,6 @@
 """The ONNX graph onnxruntime runs for forward-only work: the loader's graph, logits out.
 
-The forward engine (:mod:`xplain.run.engine`) must compute what the converted torch graph
+The forward engine (:mod:`xplain.onnx.engine`) must compute what the converted torch graph
 computes. It starts from the loader's graph after names are sanitised, unused optional outputs
 dropped and constants folded, at the file's own opset: the graph onnxruntime verified the
 conversion against, modulo renaming. Not the opset-normalised graph onnx2torch converts: that one

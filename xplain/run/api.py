@@ -58,9 +58,9 @@ def load_model(
     ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
     ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what :meth:`Model.infer` runs on — ``auto``
     (onnxruntime where it can, else torch), ``torch`` or ``onnxruntime`` (a usage error when it
-    cannot serve this model); see :mod:`xplain.run.engine`."""
+    cannot serve this model); see :mod:`xplain.onnx.engine`."""
     from ..data.images import load_labels, read_sidecar
-    from .engine import ENGINES, configure
+    from ..onnx.engine import ENGINES, configure
 
     if engine not in ENGINES:  # before the work of loading
         raise UsageError(f"unknown engine {engine!r}", hint="use auto, torch or onnxruntime")
@@ -258,7 +258,7 @@ def explain(
 ) -> Attribution:
     """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
     ``engine`` (auto, torch, onnxruntime; None: the model's) sets what forward-only work runs on."""
-    from .engine import configure
+    from ..onnx.engine import configure
 
     configure(model, engine)
     if isinstance(method, str):

@@ -1,7 +1,7 @@
 """``xplain bench``'s engine comparison: one forward pass on eager torch and on the model's engine.
 
 Forward-only work (occlusion, the perturbation metrics) runs on the engine ``--engine`` chose
-(:mod:`xplain.run.engine`); this measures what that buys on the benchmarked batch, in the same
+(:mod:`xplain.onnx.engine`); this measures what that buys on the benchmarked batch, in the same
 interleaved rounds as the rest of ``xplain bench``, and how far apart the two engines' logits are.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .engine import TorchEngine, describe
+from ..onnx.engine import TorchEngine, describe
 
 
 def compare_engines(

@@ -46,12 +46,12 @@ from ..data.pipeline import default_workers, prefetch
 from ..errors import InputDataError, UsageError
 from ..fileio import save_npy, write_failed
 from ..graph.model import Model
+from ..onnx.engine import configure as configure_engine
+from ..onnx.engine import describe as describe_engine
 from ..output.plots import keep_view, write_plots
 from ..output.report import write_report
 from ..plugins.registry import Registry, get_registry, validate_params
 from ..untrusted import path_text
-from .engine import configure as configure_engine
-from .engine import describe as describe_engine
 from .guards import ModelGuard, lock_output
 from .planning import Job, Plan, RunPlan, Selection, batches_of, plan_run
 from .records import RESULTS, append_records, read_results, repair_tail
@@ -115,7 +115,7 @@ def evaluate(
     merges the shards). ``ray``: ``{"address": ..., "workers": N, "gpus_per_worker": F}`` runs
     the batches on Ray actors (see :mod:`xplain.run.ray_engine`); this process stays the only writer.
     ``engine``: what forward-only work runs on (auto, torch, onnxruntime; None: the model's, see
-    :mod:`xplain.run.engine`); records say which served it, ``run.json`` the settings.
+    :mod:`xplain.onnx.engine`); records say which served it, ``run.json`` the settings.
     """
     registry = registry or get_registry()
     configure_engine(model, engine)

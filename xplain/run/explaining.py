@@ -15,6 +15,7 @@ from ..data.images import Preprocess, load_image, resolve_target
 from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..fileio import atomic_group, save_npy, write_json
 from ..graph.model import Model
+from ..onnx.engine import engines_between, forward_counts
 from ..output import render as _render
 from ..output.panel import PanelRow, save_panel
 from ..output.render import RenderOptions, save_heatmap, save_overlay
@@ -22,7 +23,6 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
 from .api import check_requirements, run_method
-from .engine import engines_between, forward_counts
 
 
 def versions() -> dict[str, str]:

@@ -21,10 +21,10 @@ from ..data.datasets import Sample
 from ..data.pipeline import Prepared, to_device
 from ..errors import PluginError, XplainError
 from ..graph.model import Model
+from ..onnx.engine import engines_between, forward_counts
 from ..plugins.plugin_api import Method, MetricContext
 from ..untrusted import path_text, printable
 from .api import run_method
-from .engine import engines_between, forward_counts
 from .guards import ModelGuard
 from .planning import Job, Plan
 from .records import finite_or_none

@@ -44,11 +44,11 @@ import torch
 
 from ..errors import PluginError, UsageError
 from ..graph.model import Model
+from ..onnx.engine import forward_images
 from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry, validate_params
 from .api import run_method
 from .captum_counterparts import CAPTUM_ADAPTERS, captum_counterpart, installed_captum_version
-from .engine import forward_images
 
 try:
     import resource
@@ -349,7 +349,7 @@ def bench_metrics(
         explain=lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed),
     )
 
-    def forward():  # the engine forward-only work runs on (see xplain.run.engine)
+    def forward():  # the engine forward-only work runs on (see xplain.onnx.engine)
         return model.infer(x)
 
     forward()  # builds the engine's session (its self-check runs torch) before anything is counted

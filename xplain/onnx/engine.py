@@ -1,5 +1,8 @@
 """Forward engines: who computes ``Model.infer(x)`` — eager torch or onnxruntime.
 
+It lives in the ONNX stage: the loader (which must not import the later stages) builds the
+engine state, and it knows models only by duck typing (``graph``, ``spec``, ``graph_modified``).
+
 Forward-only work (occlusion, deletion/insertion, pixel-flipping, sensitivity-n, RISE, LIME, …)
 asks ``model.infer(x)`` for logits and never says which library computes them. The model arrives as
 ONNX, and onnxruntime runs many graphs several times faster than eager torch on the CPU
