@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from .common import (
+    OPTIONS,
     check_out_dir,
     input_error,
     load_registry,
@@ -24,6 +25,7 @@ from .common import (
     scoped_params,
 )
 from .console import err, out
+from .engine_option import engine_option
 
 
 def eval_command(
@@ -116,12 +118,14 @@ def eval_command(
         min=0.0,
         help="GPUs per Ray worker (0.5: two workers share a GPU).",
     ),
+    engine: str = engine_option(),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
     report.html.
 
     `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
     summary and reports images no shard has done."""
+    OPTIONS["engine"] = engine
     registry = load_registry()
     method_names = names_or_all(methods, registry.methods, "method")
     metric_names = names_or_all(metrics, registry.metrics, "metric")
