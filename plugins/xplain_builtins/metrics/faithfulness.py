@@ -51,7 +51,8 @@ def _chunk(context, x):
 def _forward_scores(model, batch, targets, kind):
     import torch
 
-    logits = model(batch).float()
+    infer = getattr(model, "infer", None)  # the forward-only entry point (engine of issue 21)
+    logits = (infer(batch) if infer is not None else model(batch)).float()
     scores = torch.softmax(logits, dim=1) if kind == "prob" else logits
     return scores.gather(1, targets[:, None])[:, 0]
 
