@@ -456,6 +456,18 @@ def test_metric_contract(name, tiny_model):
         "monotonicity-correlation": {"features_in_step": 128, "nr_samples": 3},
         "infidelity": {"perturb_patch_sizes": "8", "baseline": "uniform", "n_perturb_samples": 2},
         "region-perturbation": {"regions_evaluation": 8, "order": "random"},
+        "continuity": {"nr_steps": 4},
+        **{
+            n: {"nr_samples": 3}
+            for n in (
+                "max-sensitivity",
+                "avg-sensitivity",
+                "local-lipschitz",
+                "relative-input-stability",
+                "relative-output-stability",
+                "relative-representation-stability",
+            )
+        },
     }.get(name, {})
     xt.check_metric(REG.metric(name), tiny_model, params=small, registry=REG)
 
