@@ -457,6 +457,7 @@ def test_metric_contract(name, tiny_model):
         "infidelity": {"perturb_patch_sizes": "8", "baseline": "uniform", "n_perturb_samples": 2},
         "region-perturbation": {"regions_evaluation": 8, "order": "random"},
         "continuity": {"nr_steps": 4},
+        "mprt": {"layers": 2},
         **{
             n: {"nr_samples": 3}
             for n in (
