@@ -224,3 +224,73 @@ def test_hand_cases_on_a_linear_model():
     )
     top = torch.sort(exact.flatten(1), dim=1, descending=True).values[:, :5].cumsum(1)
     np.testing.assert_allclose(rp["region-perturbation-curve"], top.numpy(), rtol=1e-5)
+
+
+def test_region_perturbation_uniform_baseline_equals_quantus_with_the_same_draws(
+    shapes, monkeypatch
+):
+    """LATEC's setting: a U(0, 1) value per image and removed patch (Quantus draws one per
+    removal call)."""
+    from xplain_builtins.metrics.quantus_family import baseline_values
+
+    model, x, t, a = shapes
+    gens = xplain.sample_generators(x, 0)
+    draws = baseline_values(x, "uniform", gens, 64).double().numpy()  # B×patches
+    calls = iter(range(64))
+    monkeypatch.setattr(np.random, "uniform", lambda *args, **kw: draws[:, next(calls)])
+    q = np.array(
+        _q(
+            "RegionPerturbation",
+            model,
+            x,
+            t,
+            a,
+            patch_size=8,
+            regions_evaluation=12,
+            perturb_baseline="uniform",
+        )
+    )
+    monkeypatch.undo()
+    ours = score(
+        "region-perturbation",
+        model,
+        x,
+        t,
+        a,
+        params={"patch_size": 8, "regions_evaluation": 12, "baseline": "uniform"},
+    )
+    np.testing.assert_allclose(ours["region-perturbation-curve"], q, atol=1e-5)
+
+
+def test_infidelity_noise_equals_captum_with_the_same_noise(digits):
+    """perturbation=noise is Captum's infidelity with x' = x - N(0, σ²) (as LATEC runs it)."""
+    from captum.metrics import infidelity
+    from xplain_builtins.metrics.robustness import draw_noise
+
+    model, x, t, a = digits
+    k = 4
+    noise = draw_noise(x, 0, k, "normal", 0.0, 0.005)  # K×B×C×H×W
+    calls = iter(range(k))
+
+    def perturb(inputs):
+        i = noise[next(calls)]
+        return i, inputs - i
+
+    want = infidelity(
+        model.graph,
+        perturb,
+        x,
+        a[:, None].expand_as(x),
+        target=t,
+        n_perturb_samples=k,
+        max_examples_per_batch=len(x),
+    )
+    ours = score(
+        "infidelity",
+        model,
+        x,
+        t,
+        a,
+        params={"perturbation": "noise", "noise_std": 0.005, "n_perturb_samples": k},
+    )
+    np.testing.assert_allclose(ours["infidelity"], want.detach().numpy(), rtol=1e-4)

@@ -33,7 +33,7 @@ from .quantus_family import (
 def perturbed_scores(context, per_image, mask_of, value_of, softmax):
     """B×T target scores of perturbed images: image (s, k), k < ``per_image``, is ``x[s]`` with
     the pixels of ``mask_of(s, k0, k1)`` ((k1-k0)×H×W bool) set to ``value_of(s, k0, k1)``
-    ((k1-k0)×V values, V = 1 or C)."""
+    ((k1-k0)×V values, V = 1 or C, or a (k1-k0)×1×H×W value map)."""
     import torch
 
     x, targets = context.x, context.targets
@@ -45,7 +45,8 @@ def perturbed_scores(context, per_image, mask_of, value_of, softmax):
             s, k0 = divmod(pos, per_image)
             k1 = min(per_image, k0 + (stop - pos))
             m = mask_of(s, k0, k1).view(k1 - k0, 1, h, w)
-            v = value_of(s, k0, k1).to(x.dtype).view(k1 - k0, -1, 1, 1)
+            v = value_of(s, k0, k1).to(x.dtype)
+            v = v.view(k1 - k0, -1, 1, 1) if v.dim() == 2 else v  # per image, or a value map
             torch.where(m, v, x[s], out=out[pos - start : pos - start + k1 - k0])
             pos += k1 - k0
 
@@ -234,7 +235,17 @@ def _cumulative_patches(context, ranks, ids, regions, kind):
 
         return pixel_rank[s][None, :] <= torch.arange(k0, k1, device=ids.device)[:, None]
 
-    value_of = constant_values(context, kind)
+    if kind == "uniform":  # one U(0, 1) value per image and patch (Quantus: per removal call)
+
+        gens = xplain.sample_generators(context.x, int(context.seed))
+        draws = baseline_values(context.x, "uniform", gens, ranks.shape[1])  # B×P, removal order
+        h, w = context.x.shape[2:]
+        value_map = draws.gather(1, pixel_rank).view(-1, 1, 1, h, w)
+
+        def value_of(s, k0, k1):
+            return value_map[s].expand(k1 - k0, 1, h, w)
+    else:
+        value_of = constant_values(context, kind)
     return perturbed_scores(context, regions, mask_of, value_of, context.params["softmax"])
 
 
@@ -287,6 +298,8 @@ def _infidelity(context: xplain.MetricContext):
     a = pixel_map(context, p["absolute"])
     y = clean_scores(context, p["softmax"])
     kind = p["baseline"]
+    if p["perturbation"] == "noise":
+        return {"infidelity": _infidelity_noise(context, a, y)}
     repeats = int(p["n_perturb_samples"]) if kind == "uniform" else 1
     losses = []
     for size in [int(v) for v in str(p["perturb_patch_sizes"]).split(",") if v.strip()]:
@@ -308,6 +321,39 @@ def _infidelity(context: xplain.MetricContext):
         deltas = (y[:, None] - pert).double().view(b, repeats, count)
         losses.append(((deltas - a_sums) ** 2).mean(2).mean(1))
     return {"infidelity": torch.stack(losses, 1).mean(1).float()}
+
+
+def _infidelity_noise(context, a, y):
+    """Yeh et al.'s Gaussian perturbation (Captum's infidelity, as LATEC runs it): I ~ N(0,
+    noise_std²) on every element, x' = x - I, mean over n_perturb_samples of (sum(a · I) -
+    (f(x) - f(x')))², with the map broadcast over the channels."""
+    import torch
+
+    p = context.params
+    x = context.x
+    b = x.shape[0]
+    draws = int(p["n_perturb_samples"])
+    from .robustness import draw_noise
+
+    noise = draw_noise(x, context.seed, draws, "normal", 0.0, float(p["noise_std"]))  # K×B×C×H×W
+    a_sums = (noise.double() * a.double().view(1, b, 1, *x.shape[2:])).flatten(2).sum(2)  # K×B
+
+    def fill(start, stop, out):  # image s*K + k: x[s] - noise k
+        for pos in range(start, stop):
+            s, k = divmod(pos, draws)
+            torch.sub(x[s], noise[k, s].to(x.dtype), out=out[pos - start])
+
+    pert = _score_perturbed(
+        context.model,
+        fill,
+        b * draws,
+        lambda idx: context.targets[idx // draws],
+        _chunk(context, x),
+        x,
+        "prob" if p["softmax"] else "logit",
+    ).view(b, draws)
+    deltas = (y[:, None] - pert).double()
+    return ((a_sums.T - deltas) ** 2).mean(1).float()
 
 
 # ----------------------------------------------------------------------------- IROF
@@ -536,15 +582,32 @@ def register_metrics(register):
             "k-th perturbation removes k patches), which is not the paper's perturbation "
             "distribution; a single patch agrees exactly. With baseline=uniform "
             "n_perturb_samples (10) draws are averaged; deterministic baselines need one (Quantus "
-            "repeats identical passes). Lower is better; 0 for the exact attribution of a "
-            "linear model." + _PIXELS,
+            "repeats identical passes). perturbation=noise is Yeh et al.'s Gaussian "
+            "perturbation as Captum's infidelity (and LATEC) computes it: x' = x - I, I ~ N(0, "
+            "noise_std^2) (0.005) on every element, n_perturb_samples draws, error (sum(a · I) - "
+            "(f(x) - f(x')))^2 with the map broadcast over the channels. Lower is better; 0 for "
+            "the exact attribution of a linear model." + _PIXELS,
             score=_infidelity,
             higher_is_better=False,
             params=[
                 xplain.Param("perturb_patch_sizes", "str", "4", "patch sizes, comma-separated"),
                 xplain.Param(
-                    "n_perturb_samples", "int", 10, "draws (uniform baseline)", min=1, max=10000
+                    "n_perturb_samples",
+                    "int",
+                    10,
+                    "draws (uniform baseline, or noise)",
+                    min=1,
+                    max=10000,
                 ),
+                xplain.Param(
+                    "perturbation",
+                    "str",
+                    "patch",
+                    "patch: square removal (Quantus); noise: x - N(0, noise_std^2) (Yeh et al., "
+                    "Captum, LATEC)",
+                    choices=("patch", "noise"),
+                ),
+                xplain.Param("noise_std", "float", 0.005, "std of the noise", min=0.0),
                 baseline_param("black"),
                 _softmax(False),
                 _ABS,
