@@ -265,6 +265,7 @@ def test_region_perturbation_uniform_baseline_equals_quantus_with_the_same_draws
 def test_infidelity_noise_equals_captum_with_the_same_noise(digits):
     """perturbation=noise is Captum's infidelity with x' = x - N(0, σ²) (as LATEC runs it)."""
     from captum.metrics import infidelity
+
     from xplain_builtins.metrics.robustness import draw_noise
 
     model, x, t, a = digits
