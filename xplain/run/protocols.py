@@ -376,7 +376,7 @@ def markdown(result: dict) -> str:
 
 
 def write(out: Path, result: dict) -> None:
-    from ..output.fileio import atomic_write
+    from ..fileio import atomic_write
 
     atomic_write(out / "protocol.json", json.dumps(result, indent=2, allow_nan=True).encode())
     atomic_write(out / "protocol.md", markdown(result).encode())
@@ -406,7 +406,7 @@ def merged(protocol_params: dict, given: dict) -> dict:
 
 def write_plan(out: Path, protocol: Protocol, refused) -> None:
     """OUT/protocol-plan.json: what ``finish`` needs after the run (and after the shards)."""
-    from ..output.fileio import atomic_write
+    from ..fileio import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     plan = {
@@ -435,7 +435,7 @@ def finish(out: Path, registry: Registry) -> dict | None:
     """Aggregate every results file of OUT by the run's protocol (None without one); writes
     OUT/protocol.json and OUT/protocol.md."""
     from ..untrusted import parse_json
-    from .evaluation import read_results
+    from .records import read_results
 
     plan_path = Path(out) / PLAN
     if not plan_path.is_file():
