@@ -34,10 +34,8 @@ QUIET = {"disable_warnings": True}
 
 
 def lite0():
-    try:
-        from xplain.run.bench_models import bench_model_path
-    except ImportError:  # the bench modules moved (issue 20)
-        from xplain.bench.models import bench_model_path  # type: ignore[no-redef]
+    from xplain.run.reference_networks import bench_model_path
+
     return xplain.load_model(bench_model_path("efficientnet_lite0"), device="cpu")
 
 

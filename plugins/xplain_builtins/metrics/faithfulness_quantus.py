@@ -46,7 +46,7 @@ def perturbed_scores(context, per_image, mask_of, value_of, softmax):
             k1 = min(per_image, k0 + (stop - pos))
             m = mask_of(s, k0, k1).view(k1 - k0, 1, h, w)
             v = value_of(s, k0, k1).to(x.dtype)
-            v = v.view(k1 - k0, -1, 1, 1) if v.dim() == 2 else v  # per image, or a value map
+            v = v.view(k1 - k0, -1, 1, 1) if v.dim() < 4 else v  # per image, or a value map
             torch.where(m, v, x[s], out=out[pos - start : pos - start + k1 - k0])
             pos += k1 - k0
 
