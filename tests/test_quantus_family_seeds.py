@@ -11,7 +11,7 @@ from .quantus_family_common import digits_batch, gradient, score
 
 CASES = [
     ("faithfulness-correlation", {"nr_runs": 6, "subset_size": 30}),
-    ("monotonicity-correlation", {"features_in_step": 196, "nr_samples": 2}),
+    ("monotonicity-correlation", {"features_in_step": 49, "nr_samples": 2}),
     ("road", {"percentages": "30,60,90", "score": "probability"}),
     ("max-sensitivity", {"nr_samples": 2}),
     ("random-logit", {}),
