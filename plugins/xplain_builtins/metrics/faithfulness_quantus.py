@@ -366,7 +366,7 @@ def slic_segments(x, n_segments, compactness):
         from skimage.segmentation import slic
     except ImportError:
         raise xplain.UsageError(
-            "metric 'irof' needs scikit-image for its SLIC superpixels (pip install scikit-image)"
+            "metric 'irof' needs scikit-image for its SLIC superpixels (pip install 'xplain[segments]')"
         ) from None
     out = []
     for img in x.detach().cpu().double().numpy():
