@@ -236,7 +236,6 @@ def _cumulative_patches(context, ranks, ids, regions, kind):
         return pixel_rank[s][None, :] <= torch.arange(k0, k1, device=ids.device)[:, None]
 
     if kind == "uniform":  # one U(0, 1) value per image and patch (Quantus: per removal call)
-
         gens = xplain.sample_generators(context.x, int(context.seed))
         draws = baseline_values(context.x, "uniform", gens, ranks.shape[1])  # B×P, removal order
         h, w = context.x.shape[2:]
