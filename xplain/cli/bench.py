@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from .common import (
+    OPTIONS,
     check_images,
     load_registry,
     open_model,
@@ -23,6 +24,7 @@ from .common import (
     show_progress,
 )
 from .console import NoStatus, err, out
+from .engine_option import engine_line, engine_option
 
 
 def bench(
@@ -85,6 +87,7 @@ def bench(
         [], "--metric-param", metavar="METRIC.KEY=VALUE", help="Metric parameter (repeatable)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = engine_option(),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
 
@@ -92,6 +95,7 @@ def bench(
     efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
     weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
     methods = ",".join(method)  # one vocabulary with explain
+    OPTIONS["engine"] = engine
     registry = load_registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
     from ..run.timing import resolve_methods, resolve_metrics
@@ -169,6 +173,9 @@ def bench(
             seed=seed,
             clock=clock,
         )
+    from ..run.bench_engines import compare_engines
+
+    report["engines"] = compare_engines(model, x, repeats, warmup, clock)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -180,6 +187,7 @@ def bench(
         f"  forward {per_image:.3g} s/image  clock {report['clock']}",
         highlight=False,
     )
+    out.print(engine_line(report["engines"]), highlight=False, markup=False)
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
         table.add_column(

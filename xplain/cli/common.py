@@ -25,6 +25,7 @@ OPTIONS: dict[str, Any] = {
     "blocked": (),
     "max_input_pixels": None,
     "quiet": False,
+    "engine": "auto",  # set by the verbs with --engine (explain, eval, bench)
 }
 
 
@@ -70,6 +71,7 @@ def open_model(
             verify=verify,
             registry=load_registry(),
             max_input_pixels=OPTIONS["max_input_pixels"],
+            engine=OPTIONS["engine"],
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from .common import (
+    OPTIONS,
     check_images,
     floats,
     load_registry,
@@ -21,6 +22,7 @@ from .common import (
     show_progress,
 )
 from .console import out
+from .engine_option import engine_option
 
 
 def explain(
@@ -106,9 +108,11 @@ def explain(
         help="Check the conversion against onnxruntime at load (--verify: always; default: "
         "unless this file was verified before, remembered in $XPLAIN_CACHE_DIR).",
     ),
+    engine: str = engine_option(),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
+    OPTIONS["engine"] = engine
     registry = load_registry()
     names = method_list(method)
     registry.resolve("method", names)  # fail fast on an unknown method, before loading the model
