@@ -135,9 +135,9 @@ def zennit_graph(graph: nn.Module) -> nn.Module:
         new: nn.Module | None = None
         if isinstance(module, OnnxBinaryMathOperation) and module.math_op_function is torch.add:
             new = _AddAsSum()
-        elif isinstance(module, (OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)):
-            new = _MeanAsAvgPool(module)
-        elif (
+        elif isinstance(
+            module, (OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)
+        ) or (
             isinstance(module, OnnxReduceStaticAxes)
             and module.operation_type == "ReduceMean"
             and sorted(int(a) % 4 for a in module._axes or ()) == [2, 3]

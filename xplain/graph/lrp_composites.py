@@ -112,9 +112,7 @@ def _bias_view(layer: nn.Module, like: torch.Tensor) -> torch.Tensor | None:
     return bias.detach().reshape(shape)
 
 
-def _plus(t: torch.Tensor | None, extra: torch.Tensor | None) -> torch.Tensor | None:
-    if t is None:
-        return None
+def _plus(t: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
     return t if extra is None else t + extra
 
 
@@ -299,7 +297,8 @@ def batchnorm_merges(model: Model) -> dict[str, nn.Module]:
         layer = unwrap(folded)
         weight = cast(torch.Tensor, layer.weight).detach()
         shape = (-1,) + (1,) * (weight.dim() - 1)
-        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(shift)
+        own = cast("torch.Tensor | None", layer.bias)
+        bias = own.detach() if own is not None else torch.zeros_like(shift)
         layer.weight = nn.Parameter(weight * scale.reshape(shape), requires_grad=False)
         layer.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
         out[src.name] = folded
