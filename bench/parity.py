@@ -266,12 +266,14 @@ def rows_for(name: str, net: nn.Module, model, x, targets, steps: int):
             (g,) = torch.autograd.grad(module(xg).gather(1, targets[:, None]).sum(), xg)
         return (x * g).sum(1)
 
-    yield row("floor: input-x-gradient", "torch", ours("input-x-gradient"), input_x_gradient)
+    floor = row("floor: input-x-gradient", "torch", ours("input-x-gradient"), input_x_gradient)
+    yield floor
+    exact = floor[2] == 0.0  # the export is exact: the references on its graph add nothing
     if name in ("vgg16", "resnet50"):
         for method_row, (method, params) in LRP_ROWS.items():
             ref = (lambda r: lambda m: zennit_lrp(m, x, targets, r))(method_row)
             got = ours(method, params)
-            on_graph = compare(got, ref(zennit_graph(graph)))[0]
+            on_graph = None if exact else compare(got, ref(zennit_graph(graph)))[0]
             yield (method_row, "zennit 0.5.1", *compare(got, ref(net)), on_graph)
     if name in ("resnet50", "efficientnet_lite0"):
         for rule in IG_RULES:

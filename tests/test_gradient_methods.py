@@ -117,17 +117,7 @@ def test_gradient_and_input_x_gradient_match_finite_differences(model):
 
 
 # ----------------------------------------------------------------------------- integrated gradients
-@pytest.mark.parametrize(
-    "rule",
-    [
-        "gausslegendre",
-        "trapezoid",
-        "riemann_trapezoid",
-        "riemann_right",
-        "riemann_left",
-        "riemann_middle",
-    ],
-)
+@pytest.mark.parametrize("rule", G._IG_RULES)
 def test_integrated_gradients_agrees_with_captum(model, rule):
     from captum.attr import IntegratedGradients
 
