@@ -42,7 +42,9 @@ def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
         first = xplain.first_weight_layer(model)
         if first is None:
             raise xplain.UsageError("LRP with a first-layer rule needs a conv or linear layer")
-        source = model.node(first).args[0].name  # the first layer's input (x, or x flattened/padded)
+        source = (
+            model.node(first).args[0].name
+        )  # the first layer's input (x, or x flattened/padded)
         with (
             xplain.apply_rules(model, rules((first,))),
             model.tap([source]) as tap_in,
