@@ -1,4 +1,5 @@
-"""``lrp-epsilon`` and ``lrp-zplus``: layer-wise relevance propagation on the converted graph."""
+"""``lrp-epsilon``, ``lrp-zplus`` and ``lrp`` (zennit's composites): layer-wise relevance
+propagation on the converted graph."""
 
 import xplain
 
@@ -14,7 +15,7 @@ def _attribution(relevance):
 
 def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
     """x · c under the chooser ``rules(skip)``, the BatchNorms merged first (``batchnorm``);
-    with ``first_rule(module, a_in, R_z1) -> R_in`` the first conv/linear layer is skipped by
+    with ``first_rule(module, a_in, R_z1, x) -> R_in`` the first conv/linear layer is skipped by
     the chooser and its own rule maps the relevance at its output (tapped) to its input."""
     model, x, targets, params = request.model, request.x, request.targets, request.params
     import dataclasses
@@ -42,9 +43,8 @@ def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
         first = xplain.first_weight_layer(model)
         if first is None:
             raise xplain.UsageError("LRP with a first-layer rule needs a conv or linear layer")
-        source = (
-            model.node(first).args[0].name
-        )  # the first layer's input (x, or x flattened/padded)
+        # the first layer's input (x, or x flattened/padded)
+        source = model.node(first).args[0].name
         with (
             xplain.apply_rules(model, rules((first,))),
             model.tap([source]) as tap_in,
@@ -59,7 +59,7 @@ def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
                 tap.activations[first].detach(),
                 tap.gradients[first],
             )
-            relevance = first_rule(model.module(first), a_in.detach(), z1 * c1)
+            relevance = first_rule(model.module(first), a_in.detach(), z1 * c1, x)
             if a_in is not xg:  # route relevance back through flatten/reshape to the pixels
                 (relevance,) = torch.autograd.grad(a_in, xg, relevance)
         return relevance
@@ -68,9 +68,9 @@ def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
 def _zbox(eps):
     """The zᴮ-rule with bounds l, h = the sample's own minimum and maximum input value."""
 
-    def rule(module, a_in, relevance):
+    def rule(module, a_in, relevance, x):
         shape = (-1,) + (1,) * (a_in.dim() - 1)
-        flat = a_in.flatten(1)
+        flat = x.flatten(1)
         low = flat.min(dim=1).values.reshape(shape).expand_as(a_in)
         high = flat.max(dim=1).values.reshape(shape).expand_as(a_in)
         return xplain.zbox_relevance(module, a_in, relevance, low, high, eps)
@@ -111,7 +111,7 @@ def _explain_composite(request: xplain.ExplainRequest):
         first_rule = _zbox(stab)
     elif first == "flat":
 
-        def first_rule(module, a_in, relevance):
+        def first_rule(module, a_in, relevance, x):
             return xplain.flat_relevance(module, a_in, relevance, stab)
 
     return _attribution(_relevance(request, rules, first_rule))
