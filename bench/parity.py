@@ -3,6 +3,7 @@ torch module, same input tensor and targets, one row per method × reference × 
 
     .venv/bin/python bench/parity.py [--models vgg16,resnet50,efficientnet_lite0,deit_tiny]
         [--exporters classic,dynamo] [--images 1] [--size 224] [--steps 16] [--markdown FILE]
+    .venv/bin/python bench/parity.py --combine RUN.md [RUN.md ...] [--markdown FILE]
 
 Columns: ``rel`` = max |xplain − reference| / max |reference| over the maps (B×H×W, channels
 summed), ``corr`` = Pearson correlation of the flattened maps. ``floor`` rows compare the
@@ -312,7 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", help="only merge these runs' --markdown files"
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        text = combine(args.combine)
+        if args.markdown:
+            args.markdown.write_text(text)
+        print(text, end="")
+        return 0
     import xplain
     from xplain.onnx.export import export_classifier
 
@@ -341,16 +351,54 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     if args.markdown:
-        lines = [
-            "| network | exporter | xplain method | reference | max rel diff | correlation "
-            "| max rel diff, reference on xplain's graph |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {e} | `{m}` | {r} | {rel:.1e} | {c:.6f} | {_fmt(g)} |"
-            for n, e, m, r, rel, c, g in table
-        ]
-        args.markdown.write_text("\n".join(lines) + "\n")
+        args.markdown.write_text(markdown(table))
+    return 0
+
+
+def markdown(table: list[tuple]) -> str:
+    """The rows as a Markdown table, preceded by a summary: per method × reference the worst
+    rel diff and correlation over the networks and exporters (on xplain's graph: a row without
+    that run, where the export is exact, counts with its rel diff against the source)."""
+    summary: dict[tuple[str, str], list] = {}
+    for n, _, m, r, rel, c, g in table:
+        entry = summary.setdefault((m, r), [0.0, 1.0, 0.0, set()])
+        entry[0], entry[1] = max(entry[0], rel), min(entry[1], c)
+        entry[2] = max(entry[2], rel if g is None else g)
+        entry[3].add(n)
+    lines = [
+        "| xplain method | reference | networks | worst rel diff | worst correlation "
+        "| worst rel diff, reference on xplain's graph |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{m}` | {r} | {', '.join(sorted(nets))} | {rel:.1e} | {c:.6f} | {_fmt(g)} |"
+        for (m, r), (rel, c, g, nets) in summary.items()
+    ]
+    lines += [
+        "",
+        "| network | exporter | xplain method | reference | max rel diff | correlation "
+        "| max rel diff, reference on xplain's graph |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {e} | `{m}` | {r} | {rel:.1e} | {c:.6f} | {_fmt(g)} |"
+        for n, e, m, r, rel, c, g in table
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def combine(paths: list[Path]) -> str:
+    """:func:`markdown` of the rows of several runs' ``--markdown`` files (runs split by
+    network or exporter to use more cores), in the given order."""
+    table = []
+    for path in paths:
+        rows = path.read_text().split("\n\n")[-1].splitlines()[2:]
+        for line in rows:
+            n, e, m, r, rel, c, g = (cell.strip() for cell in line.strip("|").split("|"))
+            table.append(
+                (n, e, m.strip("`"), r, float(rel), float(c), None if g == "n/a" else float(g))
+            )
+    return markdown(table)
     return 0
 
 
