@@ -141,7 +141,7 @@ def zennit_graph(graph: nn.Module) -> nn.Module:
         ) or (
             isinstance(module, OnnxReduceStaticAxes)
             and module.operation_type == "ReduceMean"
-            and sorted(int(a) % 4 for a in module._axes or ()) == [2, 3]
+            and sorted(int(a) % 4 for a in getattr(module, "axes", None) or ()) == [2, 3]
         ):
             new = _MeanAsAvgPool(module)
         if new is not None:
@@ -174,7 +174,10 @@ def gradcam_reference(module: nn.Module, layer: nn.Module, x, targets, reshape=N
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with GradCAM(model=module, target_layers=[layer], reshape_transform=reshape) as cam:
+    with (
+        GradCAM(model=module, target_layers=[layer], reshape_transform=reshape) as cam,
+        torch.enable_grad(),
+    ):
         out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     return torch.from_numpy(out)
 
@@ -183,7 +186,7 @@ def fullgrad_reference(module: nn.Module, x, targets):
     from pytorch_grad_cam import FullGrad
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with FullGrad(model=module, target_layers=[]) as cam:
+    with FullGrad(model=module, target_layers=[]) as cam, torch.enable_grad():
         out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     return torch.from_numpy(out)
 
@@ -239,12 +242,14 @@ def _gradcam_layer(name: str, net: nn.Module):
 
 
 # ----------------------------------------------------------------------------- the bench
-def rows_for(name: str, net: nn.Module, model, x, targets, steps: int):
+def rows_for(name: str, net: nn.Module, model, x, targets, steps: int, only: str = ""):
     """Yield (method, reference, rel, corr, rel on xplain's graph) for one network and export.
 
     The last column runs the reference on xplain's converted graph (``model.graph``, a torch
     module) instead of the source module: the same float32 network, so it isolates the
-    algorithm from the export's own rounding (None where the reference cannot run on it)."""
+    algorithm from the export's own rounding (None where the reference cannot run on it).
+    ``only``: comma-separated words; the rows whose method contains none are skipped (the
+    floor row always runs)."""
     import xplain
 
     graph = model.graph
@@ -270,18 +275,24 @@ def rows_for(name: str, net: nn.Module, model, x, targets, steps: int):
     floor = row("floor: input-x-gradient", "torch", ours("input-x-gradient"), input_x_gradient)
     yield floor
     exact = floor[2] == 0.0  # the export is exact: the references on its graph add nothing
+
+    def want(method_row: str) -> bool:
+        return not only or any(w in method_row for w in only.split(","))
+
     if name in ("vgg16", "resnet50"):
         for method_row, (method, params) in LRP_ROWS.items():
+            if not want(method_row):
+                continue
             ref = (lambda r: lambda m: zennit_lrp(m, x, targets, r))(method_row)
             got = ours(method, params)
             on_graph = None if exact else compare(got, ref(zennit_graph(graph)))[0]
             yield (method_row, "zennit 0.5.1", *compare(got, ref(net)), on_graph)
     if name in ("resnet50", "efficientnet_lite0"):
-        for rule in IG_RULES:
+        for rule in IG_RULES if want("integrated-gradients") else ():
             got = ours("integrated-gradients", {"steps": steps, "method": rule})
             ref = (lambda r: lambda m: captum_ig(m, x, targets, steps, r))(rule)
             yield row(f"integrated-gradients {rule} n={steps}", "captum", got, ref)
-    if name != "deit_tiny":
+    if name != "deit_tiny" and want("fullgrad"):
         got = ours("fullgrad", {"postprocess": "pytorch-grad-cam"})
         yield row(
             "fullgrad postprocess=pytorch-grad-cam",
@@ -290,7 +301,7 @@ def rows_for(name: str, net: nn.Module, model, x, targets, steps: int):
             lambda m: fullgrad_reference(m, x, targets),
         )
     layer, reshape = _gradcam_layer(name, net)
-    if layer is not None:
+    if layer is not None and want("grad-cam"):
         got = ours("grad-cam", {"normalise": "pytorch-grad-cam"})
         default = model.default_feature_layer().name
 
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument("--only", default="", help="comma-separated words: only these rows")
     parser.add_argument(
         "--combine", type=Path, nargs="+", help="only merge these runs' --markdown files"
     )
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 model = xplain.load_model(path, device="cpu")
                 for method, ref, rel, corr, rel_graph in rows_for(
-                    name, net, model, x, targets, args.steps
+                    name, net, model, x, targets, args.steps, args.only
                 ):
                     table.append((name, exporter, method, ref, rel, corr, rel_graph))
                     print(
@@ -390,8 +402,21 @@ def markdown(table: list[tuple]) -> str:
 def combine(paths: list[Path]) -> str:
     """:func:`markdown` of the rows of several runs' ``--markdown`` files (runs split by
     network or exporter to use more cores), in the given order."""
+    import re
+
+    printed = re.compile(
+        r"^(\S+)\s+(\S+)\s+(.+?)\s{2,}(\S.*?)\s+rel\s+(\S+)\s+corr\s+(\S+)\s+on-graph\s+(\S+)$"
+    )
     table = []
     for path in paths:
+        if path.suffix == ".log":  # the lines a run printed
+            for line in path.read_text().splitlines():
+                hit = printed.match(line)
+                if hit:
+                    n, e, m, r, rel, c, g = hit.groups()
+                    g_value = None if g == "n/a" else float(g)
+                    table.append((n, e, m, r, float(rel), float(c), g_value))
+            continue
         rows = path.read_text().split("\n\n")[-1].splitlines()[2:]
         for line in rows:
             n, e, m, r, rel, c, g = (cell.strip() for cell in line.strip("|").split("|"))
