@@ -21,6 +21,7 @@ on tiny networks at 16×16. zennit is 0.5.1 here (1.0 needs Python ≥ 3.11.11).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 import time
@@ -349,8 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 targets = net(x).argmax(1)
             for exporter in args.exporters.split(","):
+                # torch.export names the dynamic axis by the forward's own argument name
+                arg = next(iter(inspect.signature(net.forward).parameters))
                 path = export_classifier(
-                    net, Path(tmp) / f"{name}-{exporter}.onnx", (3, size, size), exporter
+                    net,
+                    Path(tmp) / f"{name}-{exporter}.onnx",
+                    (3, size, size),
+                    exporter,
+                    input_name=arg,
                 )
                 model = xplain.load_model(path, device="cpu")
                 for method, ref, rel, corr, rel_graph in rows_for(
