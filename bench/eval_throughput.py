@@ -56,7 +56,7 @@ def export(name: str, out: Path) -> Path:
     import torchvision
 
     if name == "efficientnet_lite0":  # pretrained, built and cached by `xplain bench` itself
-        from xplain.run.bench_models import bench_model_path
+        from xplain.run.reference_networks import bench_model_path
 
         return bench_model_path(name)
     path = out / f"{name}.onnx"

@@ -1,6 +1,6 @@
 """Export the 224×224 benchmark networks (issue 14) into ``bench/models/`` (gitignored).
 
-A thin shell over :mod:`xplain.run.bench_models` (what ``xplain bench NAME`` uses, cached under
+A thin shell over :mod:`xplain.run.reference_networks` (what ``xplain bench NAME`` uses, cached under
 ``~/.cache/xplain/bench-models``): ``resnet50`` and ``efficientnet_b0`` are torchvision
 architectures with random weights and calibrated BatchNorm statistics, ``efficientnet_lite0`` the
 ImageNet-trained network the ``bench`` extra ships. Nothing is downloaded.
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xplain.run.bench_models import BENCH_MODELS, SIZE, bench_model_path
+from xplain.run.reference_networks import BENCH_MODELS, SIZE, bench_model_path
 
 ROOT = Path(__file__).resolve().parent / "models"
 

@@ -155,21 +155,21 @@ def test_eval_unusable_manifest(tmp_path, capsys, text, problem):
 
 
 def test_eval_ctrl_c_exits_130_with_results_intact(tmp_path, capsys, monkeypatch):
-    import xplain.run.evaluation as evaluation
+    import xplain.run.scoring as scoring
 
     data = tmp_path / "images"
     data.mkdir()
     for k in range(4):
         shutil.copy(IMAGE, data / f"{k}.png")
-    real = evaluation._score_method
-    interrupt_on_call(monkeypatch, evaluation, "_score_method")
+    real = scoring._score_method
+    interrupt_on_call(monkeypatch, scoring, "_score_method")
     out = tmp_path / "out"
     assert _eval(data, out, "--batch-size", "2") == xplain.ExitCode.INTERRUPTED
     assert capsys.readouterr().err.strip().splitlines() == ["xplain: interrupted"]
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all("scores" in json.loads(line) for line in lines)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
-    monkeypatch.setattr(evaluation, "_score_method", real)
+    monkeypatch.setattr(scoring, "_score_method", real)
     assert _eval(data, out, "--batch-size", "2") == 0  # resumes: the two done images are skipped
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len({json.loads(line)["image"] for line in lines}) == 4

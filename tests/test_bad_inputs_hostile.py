@@ -598,7 +598,7 @@ def test_out_inside_class_folder_data_is_not_read_as_data(tmp_path, model):
 
 
 def test_non_finite_json_and_weights(tmp_path, capsys):
-    from xplain.output.fileio import write_json
+    from xplain.fileio import write_json
 
     write_json(tmp_path / "r.json", {"probability": float("nan"), "x": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"probability": None, "x": [None, 1.0]}
@@ -788,7 +788,7 @@ def test_damaged_results_lines_are_skipped_and_reported(tmp_path, model, image, 
 def test_disk_full_leaves_all_files_of_an_image_or_none(tmp_path, model, monkeypatch, capsys):
     import errno
 
-    from xplain.output import fileio
+    from xplain import fileio
 
     images = [_image(tmp_path / "i" / "a.png"), _image(tmp_path / "i" / "b.png")]
     real_add = fileio._Group.add

@@ -1,4 +1,4 @@
-"""``xplain bench`` and ``xplain.run.bench``: output shape, errors, and the Captum mapping.
+"""``xplain bench`` and ``xplain.run.timing``: output shape, errors, and the Captum mapping.
 
 No timing assertions here: speed goals are measured with ``xplain bench`` (bench/README.md),
 never asserted in timed tests.
@@ -15,7 +15,8 @@ from torch import nn
 
 import xplain
 from xplain.cli.app import main
-from xplain.run.bench import CAPTUM_ADAPTERS, bench, captum_counterpart
+from xplain.run.captum_counterparts import CAPTUM_ADAPTERS, captum_counterpart
+from xplain.run.timing import bench
 
 from .conftest import REPO, export_classic
 
@@ -216,7 +217,7 @@ def test_captum_counterpart_computes_our_map(relu_model, name, params):
 
 def test_stage_split_per_image_and_per_forward():
     from xplain.plugins.plugin_api import Attribution
-    from xplain.run.bench import _stages
+    from xplain.run.timing import _stages
 
     got = _stages(
         Attribution(maps=None, info={"stage_seconds": {"feature": 0.4, "gan": 2.0}}),
@@ -233,7 +234,7 @@ def test_stage_split_per_image_and_per_forward():
 # ----------------------------------------------------------------------------- metric timing mode
 def test_bench_metrics_counts_the_images_a_metric_forwards(tiny_model):
     """deletion with step = 16 px on a 16×16 input: 16 + 1 curve points, each one forwarded image."""
-    from xplain.run.bench import bench_metrics
+    from xplain.run.timing import bench_metrics
 
     x = tiny_model.example_input(2, seed=4)
     h, w = x.shape[2:]
@@ -313,7 +314,7 @@ def test_bench_cli_metrics_table_and_errors(tiny_cnn_path, capsys):
 
 
 def test_bench_model_names(capsys, tmp_path):
-    from xplain.run.bench_models import bench_model_path
+    from xplain.run.reference_networks import bench_model_path
 
     with pytest.raises(xplain.UsageError, match="unknown benchmark network"):
         bench_model_path("vgg99", root=tmp_path)

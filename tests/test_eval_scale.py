@@ -258,11 +258,11 @@ def test_ray_two_workers_give_the_single_process_records_through_a_driver_and_a_
         configure_logging=False,
     )
     try:
-        real = evaluation._append
-        interrupt_on_call(monkeypatch, evaluation, "_append", n=3)
+        real = evaluation.append_records
+        interrupt_on_call(monkeypatch, evaluation, "append_records", n=3)
         with pytest.raises(KeyboardInterrupt):
             xplain.evaluate(model, val, methods=[saliency, "random"], **common)
-        monkeypatch.setattr(evaluation, "_append", real)
+        monkeypatch.setattr(evaluation, "append_records", real)
         partial = _records(out / "results.jsonl")
         assert 0 < len(partial) < 200
         xplain.evaluate(model, val, methods=[saliency, flaky, "random"], **common)

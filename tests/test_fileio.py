@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import xplain
-from xplain.output import fileio
-from xplain.output.fileio import append_line, atomic_open, atomic_write, save_npy, write_json
+from xplain import fileio
+from xplain.fileio import append_line, atomic_open, atomic_write, save_npy, write_json
 
 
 def _names(folder):

@@ -656,7 +656,7 @@ def test_state_metadata_not_an_object_is_rejected(tmp_path, text):
 
 # ============================================================================== .npy outputs
 def test_save_npy_refuses_object_arrays(tmp_path):
-    from xplain.output.fileio import save_npy
+    from xplain.fileio import save_npy
 
     target = tmp_path / "map.npy"
     with pytest.raises(ValueError, match="allow_pickle=False"):
@@ -665,7 +665,7 @@ def test_save_npy_refuses_object_arrays(tmp_path):
 
 
 def test_save_npy_output_loads_without_pickle(tmp_path):
-    from xplain.output.fileio import save_npy
+    from xplain.fileio import save_npy
 
     target = tmp_path / "map"  # no suffix: written at exactly this path
     array = np.random.default_rng(0).random((8, 8)).astype(np.float32)

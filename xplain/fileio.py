@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..untrusted import path_text
+from .errors import UsageError
+from .untrusted import path_text
 
 __all__ = [
     "atomic_write",
