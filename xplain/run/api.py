@@ -7,7 +7,9 @@ import json
 import math
 import re
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -57,8 +59,10 @@ def load_model(
     ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
     ``$XPLAIN_MAX_INPUT_PIXELS``)."""
     from ..data.images import load_labels, read_sidecar
+    from .memory import watch
 
     path = Path(path)
+    watch(path)  # the process-wide memory bound names this file from now on
     device = resolve_device(device)
     registry = registry or get_registry()
     options = {"device": device, "verify": verify, "max_input_pixels": max_input_pixels}
@@ -118,6 +122,12 @@ class _MethodTimeout(BaseException):
     method's ``except Exception`` cannot swallow it)."""
 
 
+#: after the first stop, how often the stop is raised again (a plugin that swallowed it) and how
+#: long it may keep swallowing before the process is ended with exit 4
+TIMEOUT_REPEAT_S = 0.2
+TIMEOUT_GRACE_S = 5.0
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None, what: str):
     """Interrupt the block after ``seconds`` with a :class:`PluginError` (exit 4).
@@ -125,7 +135,12 @@ def time_limit(seconds: float | None, what: str):
     POSIX main thread only: a ``SIGALRM`` timer raises inside the running Python code, the way
     Ctrl-C does, so a method that loops forever stops at its next Python bytecode; a single
     long-running native call (one huge convolution) finishes first. Elsewhere (Windows, other
-    threads) the limit is not enforced. ``None`` or 0 = no limit."""
+    threads) the limit is not enforced. ``None`` or 0 = no limit.
+
+    A plugin that swallows the stop (``except BaseException`` around a sleep) gets it again
+    every :data:`TIMEOUT_REPEAT_S`; one still running :data:`TIMEOUT_GRACE_S` after the limit
+    ends the process with one line and exit 4 (files already written are complete). A block that
+    swallowed the stop and then returned normally is still a timeout: its result is not used."""
     usable = (
         seconds
         and hasattr(signal, "setitimer")
@@ -134,8 +149,23 @@ def time_limit(seconds: float | None, what: str):
     if not usable:
         yield
         return
+    fired: list[float] = []
+    message = f"{what} did not finish within --timeout {seconds:g} s; stopped"
 
     def expire(signum, frame):
+        now = time.monotonic()
+        fired.append(now)
+        if now - fired[0] > TIMEOUT_GRACE_S:
+            from ..plugins.boundary import hard_exit
+            from ..untrusted import printable
+
+            with contextlib.suppress(Exception):
+                sys.stderr.write(
+                    f"xplain: error: {printable(message)} (it ignored the stop; process ended)\n"
+                )
+                sys.stderr.flush()
+            hard_exit(int(PluginError.exit_code))
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REPEAT_S)
         raise _MethodTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -143,12 +173,16 @@ def time_limit(seconds: float | None, what: str):
     try:
         yield
     except _MethodTimeout:
-        raise PluginError(
-            f"{what} did not finish within --timeout {seconds:g} s; stopped"
-        ) from None
+        raise PluginError(message) from None
+    except Exception:
+        if fired:  # the plugin turned the stop into an error of its own
+            raise PluginError(message) from None
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the stop was swallowed and the block returned anyway
+        raise PluginError(message)
 
 
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -193,6 +227,27 @@ def _check_attribution(method: Method, attribution: Attribution, batch: int) -> 
         ) from None
 
 
+def _check_plain_tensor(method: Method, maps, x: torch.Tensor) -> None:
+    """Maps must be an ordinary dense tensor on the model's device: a tensor subclass can run
+    code on every later operation (``__torch_function__``), a meta tensor has no values, a
+    sparse one breaks every reader — each is the plugin's error, not exit 1 somewhere later."""
+    if not isinstance(maps, torch.Tensor):
+        return  # the shape check names the type
+    problem = None
+    if type(maps) is not torch.Tensor and not isinstance(maps, torch.nn.Parameter):
+        problem = f"a tensor subclass ({type(maps).__name__})"
+    elif maps.layout != torch.strided:
+        problem = f"a {str(maps.layout).replace('torch.', '')} tensor"
+    elif maps.device.type == "meta" or maps.device != x.device:
+        problem = f"a tensor on device {maps.device} (the input is on {x.device})"
+    elif maps.is_complex():
+        problem = f"a tensor of dtype {str(maps.dtype).replace('torch.', '')}"
+    if problem is not None:
+        raise PluginError(
+            f"method {method.name!r} returned maps as {problem}; expected a dense float tensor"
+        )
+
+
 def run_method(
     model: Model,
     method: Method,
@@ -220,12 +275,14 @@ def run_method(
     except torch.cuda.OutOfMemoryError:
         raise
     except SystemExit as err:
-        raise PluginError(f"method {method.name!r} called sys.exit({err.code!r})") from None
+        called = str(err) if type(err).__name__ == "PluginExit" else f"sys.exit({err.code!r})"
+        raise PluginError(f"method {method.name!r} called {called}") from None
     except Exception as err:  # noqa: BLE001 - a method's bug is reported, not a traceback
         raise PluginError(f"method {method.name!r} failed: {type(err).__name__}: {err}") from err
     attribution = result if isinstance(result, Attribution) else Attribution(maps=result)
     _check_attribution(method, attribution, x.shape[0])
     maps = attribution.maps
+    _check_plain_tensor(method, maps, x)
     expected = (x.shape[0], model.spec.height, model.spec.width)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
@@ -247,17 +304,27 @@ def explain(
     seed: int = 0,
     registry: Registry | None = None,
 ) -> Attribution:
-    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1)."""
+    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
+
+    Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
+    converted to float32, everything else that is wrong is an :class:`XplainError` with the
+    CLI's line), and the model is checked after the method (a method that changed it raises
+    :class:`PluginError` after the model was restored)."""
+    from .api_inputs import check_batch, check_params, check_seed, check_targets
+    from .guards import ModelGuard, check_unchanged
+
+    seed = check_seed(seed)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
-    values = validate_params(method.params, params or {}, f"method {method.name!r}")
-    x = x.to(model.device, torch.float32)
-    if targets is None:
+    elif not isinstance(method, Method):
+        raise UsageError(f"method must be a name or an xplain.Method, got {type(method).__name__}")
+    values = validate_params(method.params, check_params(params), f"method {method.name!r}")
+    x = check_batch(model, x)
+    chosen = check_targets(model, targets, x.shape[0])
+    if chosen is None:
         with torch.no_grad():
-            targets = model(x).argmax(dim=1)
-    targets = torch.as_tensor(targets, device=model.device).long().reshape(-1)
-    if targets.numel() != x.shape[0]:
-        raise UsageError(f"{targets.numel()} targets for a batch of {x.shape[0]}")
-    if ((targets < 0) | (targets >= model.num_classes)).any():
-        raise UsageError(f"target out of range 0..{model.num_classes - 1}")
-    return run_method(model, method, x, targets, values, seed)
+            chosen = model(x).argmax(dim=1)
+    guard = ModelGuard(model)
+    attribution = run_method(model, method, x, chosen, values, seed)
+    check_unchanged(guard, f"method {method.name!r}")
+    return attribution
