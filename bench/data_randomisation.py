@@ -136,7 +136,9 @@ def main() -> None:
     for name, extra in METHODS.items():
         method = reg.method(name)
         params = xplain.validate_params(method.params, extra, name)
-        maps = {k: run_method(m, method, xte, yte, params, 0).maps.float() for k, m in models.items()}
+        maps = {
+            k: run_method(m, method, xte, yte, params, 0).maps.float() for k, m in models.items()
+        }
         t, r = maps["true"], maps["random"]
         result["methods"][name] = {
             "spearman-abs": spearman(t.abs(), r.abs()).tolist(),
@@ -147,7 +149,10 @@ def main() -> None:
     (a.out / "data-randomisation.json").write_text(json.dumps(result, indent=1))
     rows = ["| method | Spearman |map| | Spearman signed | SSIM |", "|---|---|---|---|"]
     for name, r in result["methods"].items():
-        cells = [f"{np.mean(r[k]):.2f} ± {np.std(r[k]):.2f}" for k in ("spearman-abs", "spearman-signed", "ssim")]
+        cells = [
+            f"{np.mean(r[k]):.2f} ± {np.std(r[k]):.2f}"
+            for k in ("spearman-abs", "spearman-signed", "ssim")
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     print(json.dumps({k: v for k, v in result.items() if k != "methods"}))
     print("\n".join(rows))
