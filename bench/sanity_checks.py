@@ -221,7 +221,7 @@ def figures(out: Path) -> None:
         # map grid: methods × (orig + every other block), first photo, |map| min-max per cell
         pick = list(range(0, len(blocks) + 1, 3))
         fig, axes = plt.subplots(
-            len(methods), len(pick), figsize=(1.3 * len(pick), 1.3 * len(methods))
+            len(methods), len(pick), figsize=(1.3 * len(pick), 1.3 * len(methods)), squeeze=False
         )
         for i, name in enumerate(methods):
             maps = np.load(out / f"maps-{net}-{name}.npy")[:, 0]
@@ -238,14 +238,21 @@ def figures(out: Path) -> None:
         fig.tight_layout()
         fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=110)
         plt.close(fig)
+        half = len(blocks) // 2
         for name, r in methods.items():
-            cells = []
             for m in measures:
-                c = np.array(r["curves"][m], dtype=float)[:, 1:]
-                cells.append(f"{np.nanmean(c):.2f} / {np.nanmean(c[:, -1]):.2f}")
-            rows.append(f"| {net} | {name} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
-        header = "| net | method | " + " | ".join(f"{m} mean / all" for m in measures) + " | s |"
-    table = "\n".join([header, "|" + "---|" * (len(measures) + 3), *rows])
+                c = np.array(r["curves"][m], dtype=float)
+                cells = [f"{np.nanmean(c[:, k]):.2f}" for k in (1, 2, half, len(blocks))]
+                cells.append(f"{np.nanmin(c[:, -1]):.2f}..{np.nanmax(c[:, -1]):.2f}")
+                cells.append(f"{np.nanmean(c[:, 1:]):.2f}")
+                rows.append(
+                    f"| {net} | {name} | {m} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
+                )
+        header = (
+            "| net | method | measure | fc | + head | + top half (to "
+            f"{blocks[half - 1].split('/')[-1]}) | all | all: min..max | mean over steps | s |"
+        )
+    table = "\n".join([header, "|" + "---|" * 10, *rows])
     (out / "sanity-table.md").write_text(table + "\n")
     print(table)
 
