@@ -50,6 +50,7 @@ def load_model(
     labels: list[str] | str | None = None,
     registry: Registry | None = None,
     max_input_pixels: int | None = None,
+    engine: str = "auto",
 ) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
@@ -57,9 +58,15 @@ def load_model(
     loader (:mod:`xplain.plugins.onnx_loader`, ``trylast``) answers when none did. ``labels``: a list, a
     file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any).
     ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
-    ``$XPLAIN_MAX_INPUT_PIXELS``)."""
+    ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what :meth:`Model.infer` runs on — ``auto``
+    (onnxruntime where it can, else torch), ``torch`` or ``onnxruntime`` (a usage error when it
+    cannot serve this model); see :mod:`xplain.onnx.engine`."""
     from ..data.images import load_labels, read_sidecar
+    from ..onnx.engine import ENGINES, configure
     from .memory import watch
+
+    if engine not in ENGINES:  # before the work of loading
+        raise UsageError(f"unknown engine {engine!r}", hint="use auto, torch or onnxruntime")
 
     path = Path(path)
     watch(path)  # the process-wide memory bound names this file from now on
@@ -95,6 +102,7 @@ def load_model(
                 f"{len(names)} labels given for {model.num_classes} classes ({where})", path=path
             )
         model.labels = names
+    configure(model, engine)
     return model
 
 
@@ -303,17 +311,21 @@ def explain(
     params: dict | None = None,
     seed: int = 0,
     registry: Registry | None = None,
+    engine: str | None = None,
 ) -> Attribution:
     """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
 
     Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
     converted to float32, everything else that is wrong is an :class:`XplainError` with the
     CLI's line), and the model is checked after the method (a method that changed it raises
-    :class:`PluginError` after the model was restored)."""
+    :class:`PluginError` after the model was restored). ``engine`` (auto, torch, onnxruntime;
+    None: the model's) sets what forward-only work runs on."""
+    from ..onnx.engine import configure
     from .api_inputs import check_batch, check_params, check_seed, check_targets
     from .guards import ModelGuard, check_unchanged
 
     seed = check_seed(seed)
+    configure(model, engine)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
     elif not isinstance(method, Method):

@@ -37,6 +37,23 @@ def _layer_shape(model, name):
         ) from None
 
 
+def _minmax(t):
+    """pytorch-grad-cam's ``scale_cam_image`` normalisation of each B×C map over its H×W:
+    ``(t − min) / (1e-7 + max(t − min))`` (its absolute 1e-7)."""
+    t = t - t.amin(dim=(-2, -1), keepdim=True)
+    return t / (1e-7 + t.amax(dim=(-2, -1), keepdim=True))
+
+
+def _resize(t, size):
+    """Bilinear with half-pixel centres (align_corners=False): OpenCV's ``cv2.resize``
+    (INTER_LINEAR) when enlarging, which pytorch-grad-cam uses."""
+    import torch.nn.functional as F
+
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
 # ----------------------------------------------------------------------------- grad-cam
 def _gradcam_layer(model, requested):
     """The feature layer (:class:`xplain.FeatureLayer`: name, layout, reshape to B×C×h×w)."""
@@ -121,6 +138,8 @@ def _explain_gradcam(request: xplain.ExplainRequest):
         cam = (weights * acts).sum(dim=1, keepdim=True)
         if params["relu"]:
             cam = F.relu(cam)
+        if params["normalise"] == "pytorch-grad-cam":  # min-max, resize, min-max again
+            return _minmax(_resize(_minmax(cam), size))[:, 0], {}
         cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
         return cam[:, 0], {}
 
@@ -172,8 +191,16 @@ def _bias_parts(model, layer):
     return [(layer.layer, own), (layer.node, bias - own)]
 
 
+def _per_channel_summed(t, size):
+    """pytorch-grad-cam's FullGrad post-processing of one term: |t|, min-max over H×W of each
+    channel separately, resized to ``size``, summed over channels: B×1×H×W. (Resizing is linear
+    per channel, so the channels are summed first.)"""
+    return _resize(_minmax(t.abs()).sum(dim=1, keepdim=True), size)
+
+
 def _explain_fullgrad(request: xplain.ExplainRequest):
     model, x, targets = request.model, request.x, request.targets
+    grad_cam = request.params["postprocess"] == "pytorch-grad-cam"
     import torch
     import torch.nn.functional as F
 
@@ -197,7 +224,10 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
         input_grad = grads[0] if grads[0] is not None else torch.zeros_like(xg)
         node_grad = {nodes[i]: g for i, g in zip(live, grads[1:])}
         input_term = input_grad * x
-        maps = _postprocess_summed(input_term)[:, 0]
+        if grad_cam:
+            maps = _per_channel_summed(input_term, size)[:, 0]
+        else:
+            maps = _postprocess_summed(input_term)[:, 0]
         totals = input_term.flatten(1).sum(dim=1)
         input_total = totals.clone()
         terms = {}
@@ -211,7 +241,9 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
                 per_sample = term.flatten(1).sum(dim=1)
                 terms[label] = per_sample.tolist()
                 totals = totals + per_sample
-                if term.dim() == 4:
+                if term.dim() == 4 and grad_cam:
+                    maps = maps + _per_channel_summed(term, size)[:, 0]
+                elif term.dim() == 4:
                     # resizing is linear per channel, so summing the channels first is the same
                     # map as the reference's resize-then-sum, at 1/C of the cost
                     summed = _postprocess_summed(term, inplace=True)
@@ -221,6 +253,8 @@ def _explain_fullgrad(request: xplain.ExplainRequest):
                             :, 0
                         ]
                     )
+        if grad_cam:  # its final scale_cam_image
+            maps = _minmax(maps[:, None])[:, 0]
         return maps, {
             "logit": score.tolist(),
             "input_term": input_total.tolist(),
@@ -270,7 +304,10 @@ def register_methods(register):
                 "not part of the map. The default on class-token models (ViT, DeiT) is the tokens "
                 "entering the last block after its first LayerNorm (pytorch-grad-cam's "
                 "blocks[-1].norm1), since after the last block only the class token reaches the logits. "
-                "Not normalised (rendering decides colours). info records the layer, its C×h×w grid "
+                "Not normalised (rendering decides colours); normalise=pytorch-grad-cam gives "
+                "pytorch-grad-cam's GradCAM number instead: the ReLU'd map min-max scaled at the layer's "
+                "resolution ((m − min) / (1e-7 + max − min)), resized bilinearly (OpenCV's half-pixel "
+                "grid = align_corners=False) and min-max scaled again (docs/parity.md). info records the layer, its C×h×w grid "
                 "shape and layout. A graph fixed at batch 1 runs one forward/backward per sample."
             ),
             explain=_explain_gradcam,
@@ -280,6 +317,13 @@ def register_methods(register):
                 ),
                 xplain.Param(
                     "relu", "bool", True, "apply ReLU to the weighted sum (positive evidence only)"
+                ),
+                xplain.Param(
+                    "normalise",
+                    "str",
+                    "none",
+                    "none: the map as computed; pytorch-grad-cam: its min-max scaling (for its numbers)",
+                    choices=("none", "pytorch-grad-cam"),
                 ),
             ],
             capabilities=xplain.Capabilities(needs_gradients=True),
@@ -312,9 +356,22 @@ def register_methods(register):
                 "BatchNorm contributes two maps (conv bias, BN shift), as the reference's separate "
                 "hooks do. Deviation: constant adds on spatial maps (which the reference's module "
                 "hooks cannot see) are bias terms and enter the map too. A graph fixed at batch 1 "
-                "runs one forward/backward per sample. No parameters."
+                "runs one forward/backward per sample. postprocess=pytorch-grad-cam gives "
+                "pytorch-grad-cam's FullGrad number instead: each term's |t| min-max scaled per "
+                "channel over H×W ((t − min) / (1e-7 + max − min)), resized with align_corners=False "
+                "(OpenCV's grid), summed over channels and terms, and the sum min-max scaled to [0, 1] "
+                "(the idiap reference normalises each term over C×H×W at once; docs/parity.md)."
             ),
             explain=_explain_fullgrad,
+            params=[
+                xplain.Param(
+                    "postprocess",
+                    "str",
+                    "fullgrad-saliency",
+                    "fullgrad-saliency: the authors' code (idiap); pytorch-grad-cam: its FullGrad",
+                    choices=("fullgrad-saliency", "pytorch-grad-cam"),
+                )
+            ],
             capabilities=xplain.Capabilities(needs_gradients=True),
         )
     )

@@ -45,6 +45,7 @@ def _explain_input_x_gradient(request: xplain.ExplainRequest):
 # ----------------------------------------------------------------------------- integrated gradients
 _IG_RULES = (
     "gausslegendre",
+    "trapezoid",
     "riemann_trapezoid",
     "riemann_right",
     "riemann_left",
@@ -53,8 +54,8 @@ _IG_RULES = (
 
 
 def _quadrature(rule, steps):
-    """(weights, alphas) on [0, 1]: Captum's ``approximation_parameters`` nodes and weights,
-    except riemann_trapezoid, whose weights are corrected to sum to 1."""
+    """(weights, alphas) on [0, 1]: Captum's ``approximation_parameters`` nodes and weights for
+    Captum's names, and ``trapezoid``: the trapezoid rule itself (weights summing to 1)."""
     import torch
 
     if rule == "gausslegendre":
@@ -65,11 +66,13 @@ def _quadrature(rule, steps):
     if steps < 2:
         raise xplain.UsageError(f"integrated-gradients: {rule} needs steps >= 2")
     weights = [1 / steps] * steps
-    if rule == "riemann_trapezoid":
-        # The trapezoid rule on `steps` equally spaced nodes 0 … 1: spacing 1/(steps − 1), half
-        # weight at both ends, weights summing to 1. Captum uses 1/steps here (weights summing to
-        # 1 − 1/steps), i.e. its map is ours × (steps − 1)/steps; we deviate on purpose.
-        weights = [1 / (steps - 1)] * steps
+    if rule in ("trapezoid", "riemann_trapezoid"):
+        # The trapezoid rule on `steps` equally spaced nodes 0 … 1 has spacing 1/(steps − 1),
+        # half weight at both ends, weights summing to 1. Captum's riemann_trapezoid weights the
+        # same nodes by 1/steps (summing to 1 − 1/steps): its name gives its number, `trapezoid`
+        # the rule's.
+        if rule == "trapezoid":
+            weights = [1 / (steps - 1)] * steps
         weights[0] /= 2
         weights[-1] /= 2
         alphas = torch.linspace(0, 1, steps)
@@ -280,12 +283,15 @@ def register_methods(register):
                 "all images share each forward/backward pass, `internal_batch` images per pass or, by "
                 "default, as many as fit in `memory_budget_mb` (xplain.images_per_pass: one image's "
                 "activations at a time, a quarter of free memory, at most 256 MB; fewer images than the "
-                "batch: the batch is split). `method` is Captum's quadrature: gausslegendre (default, as Captum), "
-                "riemann_trapezoid, riemann_right, riemann_left, riemann_middle, with Captum's nodes and "
-                "weights, so the map equals Captum's IntegratedGradients (same baseline, n_steps, method) "
-                "summed over channels — except riemann_trapezoid: Captum weights its nodes 0, 1/(n−1), …, 1 "
-                "by 1/n (halved at the ends), so its weights sum to 1 − 1/n and its map is too small by "
-                "that factor; xplain uses the trapezoid rule's 1/(n−1), so ours = Captum's × n/(n−1). "
+                "batch: the batch is split). `method` is the quadrature: Captum's gausslegendre (the default, as "
+                "Captum's: n Gauss-Legendre nodes integrate polynomials of degree 2n−1 exactly, the "
+                "smallest error per gradient evaluation on smooth paths), riemann_trapezoid, riemann_right, "
+                "riemann_left, riemann_middle, with Captum's nodes and weights, so the map equals Captum's "
+                "IntegratedGradients (same baseline, n_steps, method) summed over channels (docs/parity.md: "
+                "≤ the float32 floor of the export on ResNet-50 and EfficientNet-Lite0). Captum's "
+                "riemann_trapezoid weights its nodes 0, 1/(n−1), …, 1 by 1/n (halved at the ends), so its "
+                "weights sum to 1 − 1/n and its map is short of completeness by that factor; `trapezoid` "
+                "is the trapezoid rule itself (weights 1/(n−1), halved at the ends: Captum's × n/(n−1)). "
                 "Completeness: the map sums to f(x) − f(x') up to the quadrature error, which shrinks "
                 "with `steps`. Baselines: zeros = 0 in the model's preprocessed input "
                 "space (Captum's default); blur = the image blurred by a separable Gaussian of "

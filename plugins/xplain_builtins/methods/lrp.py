@@ -1,87 +1,139 @@
-"""``lrp-epsilon`` and ``lrp-zplus``: layer-wise relevance propagation on the converted graph."""
+"""``lrp-epsilon``, ``lrp-zplus`` and ``lrp`` (zennit's composites): layer-wise relevance
+propagation on the converted graph."""
 
 import xplain
 
 
-def _explain_epsilon(request: xplain.ExplainRequest):
-    model, x, targets, params = request.model, request.x, request.targets, request.params
-    import torch
-
-    with (
-        xplain.apply_rules(model, xplain.lrp_rules("epsilon", params["epsilon"])),
-        torch.enable_grad(),
-    ):
-        xg = x.detach().clone().requires_grad_(True)
-        logits = model(xg)
-        (c,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xg)
-    relevance = xg.detach() * c
+def _attribution(relevance):
+    sums = relevance.flatten(1).sum(1).tolist()
     return xplain.Attribution(
         relevance.sum(dim=1),
-        info={"relevance_sum": relevance.flatten(1).sum(1).tolist()},
-        sample_info=[{"relevance_sum": v} for v in relevance.flatten(1).sum(1).tolist()],
+        info={"relevance_sum": sums},
+        sample_info=[{"relevance_sum": v} for v in sums],
     )
 
 
-def _explain_zplus(request: xplain.ExplainRequest):
+def _relevance(request: xplain.ExplainRequest, rules, first_rule=None):
+    """x · c under the chooser ``rules(skip)``, the BatchNorms merged first (``batchnorm``);
+    with ``first_rule(module, a_in, R_z1, x) -> R_in`` the first conv/linear layer is skipped by
+    the chooser and its own rule maps the relevance at its output (tapped) to its input."""
     model, x, targets, params = request.model, request.x, request.targets, request.params
     import dataclasses
 
     import torch
 
-    if (
-        model.spec.fixed_batch and x.shape[0] > 1
-    ):  # taps below must see each graph call's whole batch
+    if first_rule is not None and model.spec.fixed_batch and x.shape[0] > 1:
+        # taps below must see each graph call's whole batch
         parts = [
-            _explain_zplus(dataclasses.replace(request, x=x[i : i + 1], targets=targets[i : i + 1]))
+            _relevance(
+                dataclasses.replace(request, x=x[i : i + 1], targets=targets[i : i + 1]),
+                rules,
+                first_rule,
+            )
             for i in range(x.shape[0])
         ]
-        return xplain.Attribution(
-            torch.cat([p.maps for p in parts]),
-            info={"relevance_sum": [v for p in parts for v in p.info["relevance_sum"]]},
-            sample_info=[i for p in parts for i in p.sample_info],
-        )
+        return torch.cat(parts)
+    with xplain.merge_batchnorm(model, params["batchnorm"] == "merge"):
+        if first_rule is None:
+            with xplain.apply_rules(model, rules(())), torch.enable_grad():
+                xg = x.detach().clone().requires_grad_(True)
+                logits = model(xg)
+                (c,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xg)
+            return xg.detach() * c
+        first = xplain.first_weight_layer(model)
+        if first is None:
+            raise xplain.UsageError("LRP with a first-layer rule needs a conv or linear layer")
+        # the first layer's input (x, or x flattened/padded)
+        source = model.node(first).args[0].name
+        with (
+            xplain.apply_rules(model, rules((first,))),
+            model.tap([source]) as tap_in,
+            model.tap([first], leaf=True) as tap,  # the backward stops at the first layer's output
+            torch.enable_grad(),
+        ):
+            xg = x.detach().clone().requires_grad_(True)
+            logits = model(xg)
+            logits.gather(1, targets[:, None]).sum().backward(retain_graph=True)
+            a_in, z1, c1 = (
+                tap_in.activations[source],
+                tap.activations[first].detach(),
+                tap.gradients[first],
+            )
+            relevance = first_rule(model.module(first), a_in.detach(), z1 * c1, x)
+            if a_in is not xg:  # route relevance back through flatten/reshape to the pixels
+                (relevance,) = torch.autograd.grad(a_in, xg, relevance)
+        return relevance
 
-    first = xplain.first_weight_layer(model)
-    if first is None:
-        raise xplain.UsageError("lrp-zplus needs a conv or linear layer")
-    source = model.node(first).args[0].name  # the first layer's input (x, or x flattened/padded)
-    chooser = xplain.lrp_rules("zplus", params["epsilon"], skip=(first,))
-    with (
-        xplain.apply_rules(model, chooser),
-        model.tap([source]) as tap_in,
-        model.tap([first], leaf=True) as tap,  # the backward stops at the first layer's output
-        torch.enable_grad(),
-    ):
-        xg = x.detach().clone().requires_grad_(True)
-        logits = model(xg)
-        logits.gather(1, targets[:, None]).sum().backward(retain_graph=True)
-        a_in, z1, c1 = (
-            tap_in.activations[source],
-            tap.activations[first].detach(),
-            tap.gradients[first],
-        )
-        # zB at the first layer: R_z1 = z1 * c1, bounds = the sample's own input range
-        flat = x.flatten(1)
+
+def _zbox(eps):
+    """The zᴮ-rule with bounds l, h = the sample's own minimum and maximum input value."""
+
+    def rule(module, a_in, relevance, x):
         shape = (-1,) + (1,) * (a_in.dim() - 1)
+        flat = x.flatten(1)
         low = flat.min(dim=1).values.reshape(shape).expand_as(a_in)
         high = flat.max(dim=1).values.reshape(shape).expand_as(a_in)
-        relevance = xplain.zbox_relevance(model.module(first), a_in.detach(), z1 * c1, low, high)
-        if a_in is not xg:  # route relevance back through flatten/reshape to the pixels
-            (relevance,) = torch.autograd.grad(a_in, xg, relevance)
-    return xplain.Attribution(
-        relevance.sum(dim=1),
-        info={"relevance_sum": relevance.flatten(1).sum(1).tolist()},
-        sample_info=[{"relevance_sum": v} for v in relevance.flatten(1).sum(1).tolist()],
+        return xplain.zbox_relevance(module, a_in, relevance, low, high, eps)
+
+    return rule
+
+
+def _explain_epsilon(request: xplain.ExplainRequest):
+    eps = request.params["epsilon"]
+    return _attribution(_relevance(request, lambda skip: xplain.lrp_rules("epsilon", eps, skip)))
+
+
+def _explain_zplus(request: xplain.ExplainRequest):
+    eps = request.params["epsilon"]
+    if request.params["bias"] == "positive":  # zennit's ZPlus: b⁺ in the denominator, x⁻ with W⁻
+        return _attribution(
+            _relevance(
+                request,
+                lambda skip: xplain.lrp_layer_rules("zplus", "zplus", eps, eps, skip=skip),
+                _zbox(eps),
+            )
+        )
+    return _attribution(
+        _relevance(request, lambda skip: xplain.lrp_rules("zplus", eps, skip), _zbox(1e-9))
     )
+
+
+def _explain_composite(request: xplain.ExplainRequest):
+    params = request.params
+    conv, first = xplain.lrp_composites[params["composite"]]
+    eps, stab, gamma = params["epsilon"], params["stabilizer"], params["gamma"]
+
+    def rules(skip):
+        return xplain.lrp_layer_rules(conv, "epsilon", eps, stab, gamma, skip=skip)
+
+    first_rule = None
+    if first == "zbox":
+        first_rule = _zbox(stab)
+    elif first == "flat":
+
+        def first_rule(module, a_in, relevance, x):
+            return xplain.flat_relevance(module, a_in, relevance, stab)
+
+    return _attribution(_relevance(request, rules, first_rule))
 
 
 _EPS = xplain.Param(
     "epsilon", "float", 1e-6, "stabiliser ε added to denominators (sign-matched)", min=0.0
 )
+_BATCHNORM = xplain.Param(
+    "batchnorm",
+    "str",
+    "merge",
+    "merge: fold each BatchNorm into the conv/linear layer before it (zennit's "
+    "SequentialMergeBatchNorm); epsilon: the ε-rule on the BatchNorm itself",
+    choices=("merge", "epsilon"),
+)
 _COMMON = (
     "Rules are graph rules on the converted model (xplain.graph.lrp): rectifiers of every kind pass "
     "relevance unchanged; max-pooling is winner-take-all; average/global pooling, BatchNorm (its own "
-    "elementwise rule, not folded) and adds use the ε-rule, so a residual add splits relevance in "
+    "elementwise rule with batchnorm=epsilon; by default a BatchNorm after a conv/linear layer is folded into it "
+    "first, as zennit's SequentialMergeBatchNorm canonizer does and as both ONNX exporters already "
+    "do in eval mode, so both exports give the same map) and adds use the ε-rule, so a residual add splits relevance in "
     "proportion to its inputs. Bias relevance is absorbed, so the map sums to the target logit "
     "only on bias-free networks (info.relevance_sum reports the sum). Signed map, channels summed."
 )
@@ -115,7 +167,7 @@ def register_methods(register):
                 + _TRANSFORMER
             ),
             explain=_explain_epsilon,
-            params=[_EPS],
+            params=[_EPS, _BATCHNORM],
             capabilities=xplain.Capabilities(
                 needs_gradients=True,
                 requires=("lrp-rules",),
@@ -132,13 +184,86 @@ def register_methods(register):
                 "R_i = Σ_j a_i w⁺_ij / Σ_i a_i w⁺_ij R_j (deep Taylor for ReLU inputs); the first layer "
                 "uses the zᴮ-rule with bounds l, h = the sample's own minimum and maximum input value "
                 "(the preprocessed pixel range; a choice — the paper uses the data's bounds). "
+                "`bias`: the default z⁺ denominator Σ_i a_i w⁺_ij has no bias (Montavon et al.'s "
+                "deep Taylor z⁺-rule; relevance is conserved layer by layer); bias=positive gives "
+                "zennit's ZPlus instead, R_i = (x⁺_i w⁺_ij + x⁻_i w⁻_ij) / (Σ_i x⁺_i w⁺_ij + "
+                "b⁺_j + Σ_i x⁻_i w⁻_ij) R_j, whose b⁺ absorbs relevance (zennit's number: "
+                "docs/parity.md; zᴮ then uses ε as its stabiliser, as zennit's ZBox). "
                 + _COMMON
                 + " Rectifier networks only: the z⁺-rule assumes non-negative layer inputs (deep Taylor for "
                 "ReLU), which GELU/SiLU/LayerNorm outputs are not; such models are refused before running "
                 "(exit 2, one line) — use lrp-epsilon, which has the transformer rules."
             ),
             explain=_explain_zplus,
-            params=[_EPS],
+            params=[
+                _EPS,
+                xplain.Param(
+                    "bias",
+                    "str",
+                    "none",
+                    "none: deep-Taylor z⁺ without bias terms (conserves relevance); positive: "
+                    "zennit's ZPlus (b⁺ in the denominator, negative inputs with W⁻)",
+                    choices=("none", "positive"),
+                ),
+                _BATCHNORM,
+            ],
+            capabilities=xplain.Capabilities(
+                needs_gradients=True,
+                requires=("rectifiers",),
+                alternatives=("lrp-epsilon", "gradient", "integrated-gradients", "grad-cam"),
+            ),
+        )
+    )
+    register(
+        xplain.Method(
+            name="lrp",
+            summary="LRP with one of zennit's composites (EpsilonPlusFlat, EpsilonGammaBox, …)",
+            description=(
+                "One forward and one backward pass. zennit's layer-map composites on the converted "
+                "graph (xplain.graph.lrp_composites), with zennit 0.5's rules term by term: "
+                "convolutions get the composite's rule, fully connected layers the ε-rule "
+                "(`epsilon`), adds and average pooling zennit's Norm (the ε-rule with "
+                "`stabilizer`), activations pass relevance unchanged, BatchNorm is folded into the "
+                "layer before it (`batchnorm`). `composite`: epsilon-plus (convs: z⁺ with b⁺ in "
+                "the denominator, negative inputs with W⁻), epsilon-plus-flat (the same, the first "
+                "layer flat: equal shares of each output's relevance to its receptive field), "
+                "epsilon-gamma-box (convs: γ-rule with `gamma`, weights W + γW± paired with inputs "
+                "of each sign, positive and negative outputs separately; first layer zᴮ with "
+                "bounds = the sample's own minimum and maximum input value — pass the same bounds "
+                "to zennit's ZBox to compare), epsilon-alpha2-beta1 (convs: αβ with α=2, β=1, the "
+                "first layer included), epsilon-alpha2-beta1-flat. The residual add needs no "
+                "canonizer: zennit's ResNetCanonizer makes it a Sum with the Norm rule, which is "
+                "what the add gets here. zennit starts from the one-hot output; xplain from the "
+                "target logit, so zennit's map × the logit is xplain's (docs/parity.md). "
+                "Signed map, channels summed; info.relevance_sum is its sum. Rectifier networks "
+                "(the rules assume ReLU-type activations between layers)."
+            ),
+            explain=_explain_composite,
+            params=[
+                xplain.Param(
+                    "composite",
+                    "str",
+                    "epsilon-plus-flat",
+                    "zennit's composite",
+                    choices=(
+                        "epsilon-plus",
+                        "epsilon-plus-flat",
+                        "epsilon-gamma-box",
+                        "epsilon-alpha2-beta1",
+                        "epsilon-alpha2-beta1-flat",
+                    ),
+                ),
+                xplain.Param("epsilon", "float", 1e-6, "ε of the ε-rule (linear layers)", min=0.0),
+                xplain.Param(
+                    "stabilizer",
+                    "float",
+                    1e-6,
+                    "stabiliser of the other rules (sign-matched, as zennit's)",
+                    min=0.0,
+                ),
+                xplain.Param("gamma", "float", 0.25, "γ of epsilon-gamma-box", min=0.0),
+                _BATCHNORM,
+            ],
             capabilities=xplain.Capabilities(
                 needs_gradients=True,
                 requires=("rectifiers",),
