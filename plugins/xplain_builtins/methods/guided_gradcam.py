@@ -18,7 +18,9 @@ def _explain(request: xplain.ExplainRequest):
     import torch
 
     cam = _explain_gradcam(
-        dataclasses.replace(request, params={"layer": params["layer"], "relu": True})
+        dataclasses.replace(
+            request, params={"layer": params["layer"], "relu": True, "normalise": "none"}
+        )
     )
     with (
         xplain.apply_rules(model, xplain.rectifier_rules("guided")) as swapped,
