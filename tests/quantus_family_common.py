@@ -49,7 +49,7 @@ def gradient(net, x, targets):
 def digits_batch():
     """digits_cnn (1×28×28) on the four shipped digit images: one channel, so a Quantus
     'feature' (one array element) is one pixel."""
-    model = xplain.load_model(SAMPLES / "digits_cnn.onnx", device="cpu")
+    model = xplain.load_model(SAMPLES / "digits_cnn.onnx", device="cpu", engine="torch")
     pre = Preprocess.from_options((1, 28, 28), sidecar=model.sidecar)
     x = torch.stack(
         [

@@ -38,7 +38,7 @@ def _relu_cnn():
 @pytest.fixture(scope="module")
 def relu_model(tmp_path_factory):
     path = export_classic(_relu_cnn(), tmp_path_factory.mktemp("gm") / "relu.onnx", (2, 3, 16, 16))
-    return xplain.load_model(path)
+    return xplain.load_model(path, engine="torch")  # Captum runs the torch graph
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def linear_model(tmp_path_factory):
         net[1].weight[1] = torch.arange(9.0) - 4
         net[1].bias.copy_(torch.tensor([0.5, -1.0]))
     path = export_classic(net, tmp_path_factory.mktemp("lin") / "linear.onnx", (2, 1, 3, 3))
-    return xplain.load_model(path)
+    return xplain.load_model(path, engine="torch")  # Captum runs the torch graph
 
 
 @pytest.fixture(params=["tiny", "relu"])

@@ -69,7 +69,13 @@ def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
         tiny_model,
         lambda: (
             xplain.explain(
-                tiny_model, x, t, method, {**params, "memory_budget_mb": one}, seed=3
+                tiny_model,
+                x,
+                t,
+                method,
+                {**params, "memory_budget_mb": one},
+                seed=3,
+                engine="torch",
             ).maps
         ),
     )
@@ -77,7 +83,13 @@ def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
         tiny_model,
         lambda: (
             xplain.explain(
-                tiny_model, x, t, method, {**params, "memory_budget_mb": 1e6}, seed=3
+                tiny_model,
+                x,
+                t,
+                method,
+                {**params, "memory_budget_mb": 1e6},
+                seed=3,
+                engine="torch",
             ).maps
         ),
     )
