@@ -154,6 +154,9 @@ class Capabilities:
     requires: tuple[str, ...] = ()
     #: methods worth trying instead, named in that refusal
     alternatives: tuple[str, ...] = ()
+    #: the method compares the input with a reference input and reads
+    #: :attr:`ExplainRequest.baselines` (a tensor like ``x``) when one is given
+    takes_baselines: bool = False
 
 
 @dataclasses.dataclass
@@ -191,6 +194,9 @@ class ExplainRequest:
     targets: torch.Tensor
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    #: a reference input (B×C×H×W like ``x``) given by the caller (``xplain.explain(...,
+    #: baselines=)``); only methods with ``Capabilities(takes_baselines=True)`` receive one
+    baselines: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
