@@ -51,7 +51,7 @@ def open_model(model_path: Path, device: str, labels: str | None = None, verify:
     with (
         err.status(f"loading {model_path.name}…", spinner="dots") if err.is_terminal else NoStatus()
     ):
-        return load_model(
+        model = load_model(
             model_path,
             device=device,
             labels=labels,
@@ -59,6 +59,13 @@ def open_model(model_path: Path, device: str, labels: str | None = None, verify:
             registry=load_registry(),
             max_input_pixels=OPTIONS["max_input_pixels"],
         )
+    if (model.labels_source or "").startswith("imagenet (default"):
+        err.print(
+            f"labels: ImageNet class names ({model.num_classes} outputs, no sidecar or --labels; "
+            "--labels none turns this off)",
+            highlight=False,
+        )
+    return model
 
 
 def set_up(

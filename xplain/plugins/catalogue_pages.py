@@ -13,12 +13,16 @@ import re
 from .plugin_api import Method, Metric, Param
 from .registry import Registry
 
-_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
+_SPECIAL = re.compile(r"([\\*_{}\[\]<>|#])")
 
 
 def _text(value: object) -> str:
-    """Plain help text made inert for Markdown (help is prose, not markup)."""
-    return _SPECIAL.sub(r"\\\1", str(value))
+    """Help text made inert for Markdown, except `code` spans (help is prose that quotes
+    parameter names in backticks, as the terminal shows them)."""
+    parts = str(value).split("`")
+    if len(parts) % 2 == 0:  # an unmatched backtick: no code spans at all
+        return _SPECIAL.sub(r"\\\1", str(value)).replace("`", "\\`")
+    return "`".join(part if i % 2 else _SPECIAL.sub(r"\\\1", part) for i, part in enumerate(parts))
 
 
 def _params(params: list[Param]) -> list[str]:

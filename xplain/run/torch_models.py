@@ -9,6 +9,7 @@ export fails here with one line, not deep inside a method.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import weakref
 from pathlib import Path
@@ -39,6 +40,17 @@ def _shape(example_input: Any) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
+def _arg_name(module: torch.nn.Module) -> str:
+    """The name of ``forward``'s first argument: torch.export keys dynamic shapes by it
+    (``nn.Sequential`` calls it ``input``, most models ``x``)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return "x"
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return named[0].name if named else "x"
+
+
 def export_module(
     module: torch.nn.Module,
     example_input: Any,
@@ -62,7 +74,7 @@ def export_module(
         for name in order:
             path = Path(folder.name) / f"{type(module).__name__}.{name}.onnx"
             try:
-                export_classifier(module, path, shape, exporter=name)
+                export_classifier(module, path, shape, exporter=name, input_name=_arg_name(module))
             except Exception as err:  # noqa: BLE001 - an exporter's failure is reported in one line
                 problems.append(f"{name}: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
                 continue
