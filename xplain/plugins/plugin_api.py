@@ -144,6 +144,10 @@ class Param:
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
+    """What a method needs and does, declared by its plugin: gradients, a fit step, randomness,
+    several targets per pass, the network properties it requires (checked before it runs) and
+    whether it takes a caller's baseline tensor."""
+
     needs_gradients: bool = True
     needs_fitting: bool = False
     stochastic: bool = False
