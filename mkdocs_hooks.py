@@ -44,9 +44,7 @@ def on_files(files: Files, config: Any) -> Files:
     nav = config.get("nav")
     if nav:
         listed = _nav_pages(nav)
-        extra = sorted(
-            f.src_uri for f in files.documentation_pages() if f.src_uri not in listed
-        )
+        extra = sorted(f.src_uri for f in files.documentation_pages() if f.src_uri not in listed)
         if extra:
             nav.append({"More": extra})
     return files

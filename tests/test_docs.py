@@ -75,7 +75,9 @@ def test_strict_catches_a_broken_link_and_lists_pages_outside_nav(tmp_path):
     home = (tmp_path / "site" / "index.html").read_text()
     assert "More" in home and "added-later" in home
     # an API page naming an object without a docstring fails the strict build
-    (tmp_path / "nodoc_module.py").write_text('def documented():\n    """Yes."""\n\n\ndef bare():\n    pass\n')
+    (tmp_path / "nodoc_module.py").write_text(
+        'def documented():\n    """Yes."""\n\n\ndef bare():\n    pass\n'
+    )
     (docs / "added-later.md").write_text("# API\n\n::: nodoc_module.documented\n")
     assert _build(config, tmp_path / "site", cwd=tmp_path).returncode == 0
     (docs / "added-later.md").write_text("# API\n\n::: nodoc_module.bare\n")

@@ -35,7 +35,9 @@ def test_explain_a_path_equals_the_cli(tiny_cnn_path, rgb_image, tmp_path, capsy
         a = np.asarray(Image.open(record["files"][kind]))
         b = np.asarray(Image.open(saved[0]["files"][kind]))
         assert np.array_equal(a, b), kind
-    assert np.array_equal(np.asarray(result.overlay()), np.asarray(Image.open(record["files"]["overlay"])))
+    assert np.array_equal(
+        np.asarray(result.overlay()), np.asarray(Image.open(record["files"]["overlay"]))
+    )
     assert saved[0]["geometry"] == record["geometry"]
     # a PIL image explains the same; the panel is a figure with the photo and one overlay
     again = xplain.explain(model, Image.open(rgb_image), method="saliency")
@@ -45,13 +47,15 @@ def test_explain_a_path_equals_the_cli(tiny_cnn_path, rgb_image, tmp_path, capsy
 
 def test_preprocess_follows_the_cli_rules(tiny_model, rgb_image):
     x, geometry = tiny_model.preprocess(rgb_image, preset="unit", resize=20)
-    array, expected = Preprocess.for_model(tiny_model, preset="unit", resize=20)(load_image(rgb_image))
+    array, expected = Preprocess.for_model(tiny_model, preset="unit", resize=20)(
+        load_image(rgb_image)
+    )
     assert x.shape == (1, 3, 16, 16) and x.device == tiny_model.device
     np.testing.assert_array_equal(x[0].numpy(), array)
     assert geometry == expected and geometry.resized_size == (20, 26)
     # the default for a 16-pixel 3-channel input is the unit preset: pixels in [0, 1]
     x, _ = tiny_model.preprocess(load_image(rgb_image))
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     with pytest.raises(xplain.UsageError):
         tiny_model.preprocess(42)
 
@@ -163,7 +167,10 @@ def test_imagenet_names_by_default(tmp_path, rgb_image, capsys):
     assert wider.labels[:2] == ["background", "tench"]
     assert xplain.load_model(_classifier(tmp_path, 7), verify=False).labels is None
     out = tmp_path / "out"
-    assert main(["explain", str(path), str(rgb_image), "--out", str(out), "--no-verify", "--json"]) == 0
+    assert (
+        main(["explain", str(path), str(rgb_image), "--out", str(out), "--no-verify", "--json"])
+        == 0
+    )
     captured = capsys.readouterr()
     record = json.loads(captured.out)[0]
     assert record["target_label"] == model.labels[record["target"]]

@@ -65,7 +65,9 @@ def explain(
         None, help="Per-channel mean, comma-separated (after scaling to [0,1])."
     ),
     std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
-    labels: str | None = typer.Option(None, help="Class names: a text/JSON file, 'imagenet' or 'none' (default: the sidecar's; "
+    labels: str | None = typer.Option(
+        None,
+        help="Class names: a text/JSON file, 'imagenet' or 'none' (default: the sidecar's; "
         "ImageNet's for 1000 outputs).",
     ),
     state_dir: Path | None = typer.Option(

@@ -58,5 +58,8 @@ def default_labels(num_classes: int) -> tuple[list[str], str] | None:
     if num_classes == 1000:
         return imagenet_labels(), "imagenet (default for 1000 classes)"
     if num_classes == 1001:
-        return ["background", *imagenet_labels()], "imagenet (default for 1001 classes, 0 = background)"
+        return [
+            "background",
+            *imagenet_labels(),
+        ], "imagenet (default for 1001 classes, 0 = background)"
     return None

@@ -106,7 +106,10 @@ class Explanation(Attribution):
         )
 
     def save(
-        self, folder: str | os.PathLike[str], render: RenderOptions | None = None, panel: bool = False
+        self,
+        folder: str | os.PathLike[str],
+        render: RenderOptions | None = None,
+        panel: bool = False,
     ) -> list[dict]:
         """Write what ``xplain explain`` writes into ``folder``, with its code and names: per
         image ``NAME.METHOD.TARGET.{heatmap.png,overlay.png,npy,json}`` (and the method's
@@ -159,14 +162,18 @@ class Explanation(Attribution):
         return records
 
 
-def _inputs(model: Model, inputs: Any, preprocess: dict) -> tuple[torch.Tensor, list, list, list]:
+def _inputs(
+    model: Model, inputs: Any, preprocess: dict
+) -> tuple[torch.Tensor, list | None, list, list]:
     """(x, photos or None, geometries, names) for a tensor, a path, a PIL image or a list."""
     if isinstance(inputs, torch.Tensor):
         x = inputs[None] if inputs.dim() == 3 else inputs
         if x.dim() != 4:
             raise UsageError(f"expected a tensor B×C×H×W or C×H×W, got shape {tuple(inputs.shape)}")
         return x.to(model.device, torch.float32), None, [], []
-    items = list(inputs) if isinstance(inputs, Sequence) and not isinstance(inputs, str) else [inputs]
+    items = (
+        list(inputs) if isinstance(inputs, Sequence) and not isinstance(inputs, str) else [inputs]
+    )
     if not items:
         raise UsageError("no images given")
     xs, photos, geometries, names = [], [], [], []
@@ -215,7 +222,7 @@ def explain(
             example = example_input if example_input is not None else inputs
             model = api.load_model(model, example if isinstance(example, torch.Tensor) else None)
         else:
-            model = api.load_model(model)
+            model = api.load_model(Path(model))
     registry = registry or get_registry()
     chosen = registry.method(method) if isinstance(method, str) else method
     options = {"preset": preset, "resize": resize, "mean": mean, "std": std}

@@ -33,7 +33,10 @@ def _params(params: list[Param]) -> list[str]:
         meaning = _text(p.help)
         if p.choices:
             meaning += " (one of: " + ", ".join(f"`{c}`" for c in p.choices) + ")"
-        bounds = [f"≥ {p.min:g}" if p.min is not None else "", f"≤ {p.max:g}" if p.max is not None else ""]
+        bounds = [
+            f"≥ {p.min:g}" if p.min is not None else "",
+            f"≤ {p.max:g}" if p.max is not None else "",
+        ]
         if any(bounds):
             meaning += " (" + ", ".join(b for b in bounds if b) + ")"
         rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {meaning} |")

@@ -370,7 +370,9 @@ def score(
         m = m.sum(dim=1)
     expected = (x.shape[0], x.shape[2], x.shape[3])
     if tuple(m.shape) != expected:
-        raise UsageError(f"maps of shape {tuple(m.shape)} for inputs {tuple(x.shape)}; expected {expected}")
+        raise UsageError(
+            f"maps of shape {tuple(m.shape)} for inputs {tuple(x.shape)}; expected {expected}"
+        )
     if "method" in chosen.needs and method is not None:
         run = registry.method(method) if isinstance(method, str) else method
         values = validate_params(run.params, method_params or {}, f"method {run.name!r}")
@@ -380,5 +382,7 @@ def score(
             explain=lambda xx, tt: run_method(model, run, xx, tt, values, seed),
         )
     with torch.no_grad() if not chosen.needs else contextlib.nullcontext():
-        result = chosen.compute(model, x, targets, Attribution(maps=m), params=params or {}, seed=seed, **context)
+        result = chosen.compute(
+            model, x, targets, Attribution(maps=m), params=params or {}, seed=seed, **context
+        )
     return {k: torch.as_tensor(v).detach().float().cpu() for k, v in dict(result).items()}

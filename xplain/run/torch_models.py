@@ -85,10 +85,14 @@ def export_module(
                     raise
                 problems.append(f"{name}: {err.message}")
                 continue
-            model.report.producer = f"{model.report.producer} (torch module {type(module).__name__}, {name} exporter)"
+            model.report.producer = (
+                f"{model.report.producer} (torch module {type(module).__name__}, {name} exporter)"
+            )
             weakref.finalize(model, folder.cleanup)
             return model
     finally:
         module.train(was_training)
     folder.cleanup()
-    raise ModelError(f"could not export the torch module {type(module).__name__} to ONNX: " + "; ".join(problems))
+    raise ModelError(
+        f"could not export the torch module {type(module).__name__} to ONNX: " + "; ".join(problems)
+    )
