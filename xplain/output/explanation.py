@@ -45,7 +45,7 @@ class Explanation(Attribution):
     params: dict = dataclasses.field(default_factory=dict)
     x: torch.Tensor | None = None
     targets: torch.Tensor | None = None
-    probabilities: list[float] = dataclasses.field(default_factory=list)
+    _probs: list[float] | None = dataclasses.field(default=None, repr=False)
     images: list[Image.Image] | None = None
     geometries: list[Geometry] = dataclasses.field(default_factory=list)
     names: list[str] = dataclasses.field(default_factory=list)
@@ -53,6 +53,17 @@ class Explanation(Attribution):
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
+
+    @property
+    def probabilities(self) -> list[float]:
+        """The model's probability of each image's target (softmax of the logits), computed on
+        first use so that explaining costs no forward pass beyond the method's own."""
+        if self._probs is None:
+            assert self.model is not None and self.x is not None and self.targets is not None
+            with torch.no_grad():
+                probs = torch.softmax(self.model(self.x).float(), dim=1)
+            self._probs = [float(probs[i, int(t)]) for i, t in enumerate(self.targets)]
+        return self._probs
 
     def _photo(self, i: int) -> tuple[Image.Image, Geometry]:
         if self.images is not None:
@@ -230,8 +241,6 @@ def explain(
     resolved = api.resolve_targets(model, x, targets)
     result = api.explain(model, x, resolved, chosen, params, seed, registry, baselines=baselines)
     values = api.validate_params(chosen.params, params or {}, f"method {chosen.name!r}")
-    with torch.no_grad():
-        probs = torch.softmax(model(x).float(), dim=1)
     return Explanation(
         maps=result.maps,
         extras=result.extras,
@@ -242,7 +251,6 @@ def explain(
         params=values,
         x=x,
         targets=resolved,
-        probabilities=[float(probs[i, int(t)]) for i, t in enumerate(resolved)],
         images=photos,
         geometries=geometries,
         names=names,
