@@ -8,6 +8,8 @@ gives us is untrusted. These small functions are the single place each rule live
   (U+0080–U+009F, e.g. the 8-bit CSI U+009B), bidirectional overrides and lone surrogates (from
   undecodable file names) become visible ``\\x1b`` / ``\\u202e`` escapes, so no CSI, OSC (OSC 52
   writes the clipboard) or cursor movement ever reaches the terminal.
+* :func:`display_name` — an untrusted *name* (an ONNX node name) quoted for a terminal, cut when
+  long, printable non-ASCII letters kept.
 * :func:`path_text` — a file name as text that can always be encoded (non-UTF-8 bytes escaped).
 * :func:`safe_stem` — a file-name component for outputs (no separators, no controls).
 * :func:`require_regular_file` — FIFOs, devices (``/dev/zero``) and sockets are refused *before*
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,29 @@ def printable(text: object, keep_newlines: bool = False) -> str:
     all rendered as ``\\x..`` text. Printable Unicode (accents, CJK, emoji) is kept.
     ``keep_newlines`` keeps LF and TAB (multi-line text such as a plugin's description)."""
     return (_UNSAFE_BUT_LINES if keep_newlines else _UNSAFE).sub(_escape, str(text))
+
+
+def display_name(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a terminal: control and other non-printable characters escaped, long
+    names cut. ONNX names are untrusted file content (an escape sequence must not reach the
+    terminal); printable non-ASCII letters are kept."""
+    out = []
+    for char in text:
+        if char == "'" or char == "\\":
+            out.append("\\" + char)
+        elif unicodedata.category(char)[0] in ("C", "Z") and char != " ":
+            code = ord(char)
+            out.append(
+                f"\\x{code:02x}"
+                if code < 0x100
+                else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            )
+        else:
+            out.append(char)
+    shown = "".join(out)
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return f"'{shown}'"
 
 
 def path_text(path: object) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputDataError
 from ..untrusted import parse_json, require_regular_file
-from .images import match_label
+from .targets import match_label
 
 if TYPE_CHECKING:  # the data layer itself needs no torch
     from ..graph.model import Model

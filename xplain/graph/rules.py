@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .kinds import direct_layer, input_gradient, prefix_modules, unwrap
-from .model import Activation, Model
+from .model import Model
+from .nonlinear import Activation
 
 GUIDED = "guided"
 DECONVNET = "deconvnet"
@@ -355,7 +356,7 @@ def rectifier_rules(mode: str) -> Chooser:
 
 
 def _activation_of(model: Model, name: str) -> Activation | None:
-    for act in model._activations:  # the cached list (activations() copies it)
+    for act in model._known.nonlinear.activations:  # the cached list (activations() copies it)
         if act.name == name:
             return act
     return None

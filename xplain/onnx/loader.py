@@ -1,4 +1,4 @@
-"""The ONNX front door: file -> verified :class:`~xplain.graph.model.Model`.
+"""The ONNX front door: file -> converted, verified graph, handed to the next stage as a model.
 
 A pipeline of small passes (see ARCHITECTURE.md, "Loading arbitrary ONNX classifiers"):
 read safely -> check -> classify the interface -> sanitise names -> fold constants ->
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -396,14 +398,19 @@ def load_onnx(
     labels=None,
     sidecar: dict | None = None,
     max_pixels: int | None = None,
-):
-    """Load an ONNX classifier file as a :class:`~xplain.graph.model.Model` on ``device``.
+    *,
+    build: Callable[..., Any],
+) -> Any:
+    """Load an ONNX classifier file as a model on ``device``: ``build(graph, spec, report,
+    labels=, sidecar=)`` makes it from the converted graph (the loader hook passes
+    :class:`~xplain.graph.model.Model`), and the loader verifies what it built.
 
+    ``build`` is a parameter so the ONNX stage never imports the graph stage after it.
     ``max_pixels`` bounds the declared input (H × W; see :func:`max_input_pixels`). Every failure
     is a :class:`~xplain.errors.ModelError` with one line naming the file."""
     import torch
 
-    from ..graph.model import InputSpec, LoadReport, Model
+    from .report import InputSpec, LoadReport
 
     path = Path(path)
     proto, digest, file_bytes = read_model(path)
@@ -496,7 +503,7 @@ def load_onnx(
         fixed_batch=in_shape[0] == 1,
         num_classes=num_classes or 0,
     )
-    model = Model(gm, spec, report, labels=labels, sidecar=sidecar).to(torch.device(device))
+    model = build(gm, spec, report, labels=labels, sidecar=sidecar).to(torch.device(device))
     if not num_classes:  # output size not declared: find it with one forward pass
         try:
             with torch.no_grad():

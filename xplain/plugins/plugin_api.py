@@ -211,7 +211,7 @@ class ExplainRequest:
     def generators(self) -> list[torch.Generator]:
         """One random generator per sample, seeded by ``seed`` and the sample's values
         (:func:`xplain.sample_generators`), so batching never changes a stochastic map."""
-        from ..run.api import sample_generators
+        from .seeds import sample_generators
 
         return sample_generators(self.x, self.seed)
 
@@ -477,8 +477,6 @@ class Metric(_Lazy):
     ) -> Mapping[str, Any]:
         """Score outside ``xplain eval`` (notebooks, tests): ``context`` sets
         :class:`MetricContext` fields; ``params`` are validated and defaults filled in."""
-        from .registry import validate_params
-
         params = validate_params(
             self.params, context.pop("params", None) or {}, f"metric {self.name!r}"
         )
@@ -487,3 +485,26 @@ class Metric(_Lazy):
                 model=model, x=x, targets=targets, attribution=attribution, params=params, **context
             )
         )
+
+
+def validate_params(declared, given: Mapping[str, object], owner: str) -> dict[str, object]:
+    """Defaults overlaid with ``given`` (strings from ``--param`` or Python values), typed.
+
+    An unknown key is a usage error that lists the valid ones. Lives beside :class:`Param` (whose
+    ``parse`` it calls) so ``Metric.compute`` need not import the registry."""
+    from ..errors import UsageError
+
+    by_name = {p.name: p for p in declared}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        valid = ", ".join(sorted(by_name)) or "none"
+        raise UsageError(
+            f"{owner} has no parameter {', '.join(map(repr, unknown))}", hint=f"valid: {valid}"
+        )
+    values = {p.name: p.default for p in declared}
+    for key, raw in given.items():
+        try:
+            values[key] = by_name[key].parse(raw)
+        except ValueError as err:
+            raise UsageError(f"{owner}: {err}") from None
+    return values

@@ -19,8 +19,9 @@ from typing import Any
 import pluggy
 
 from ..errors import PluginError, UsageError
-from ..onnx import hooks as onnx_hooks  # torch-free: the loader itself is imported on first use
+from . import onnx_loader  # torch-free: the loader itself is imported on first use
 from .plugin_api import PROJECT, Method, Metric, XplainHookSpecs
+from .plugin_api import validate_params as validate_params
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 CORE_LOADER = "xplain-onnx"  #: pluggy name of the built-in ONNX loader (never an entry-point name)
@@ -50,7 +51,7 @@ class Registry:
         self.blocked = set(blocked)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(XplainHookSpecs)
-        self.pm.register(onnx_hooks, name=CORE_LOADER)
+        self.pm.register(onnx_loader, name=CORE_LOADER)
         self.plugins: dict[str, PluginInfo] = {}
         self.methods: dict[str, Method] = {}
         self.metrics: dict[str, Metric] = {}
@@ -232,26 +233,6 @@ def _lookup(store: dict, name: str, label: str, command: str):
         f"did you mean {', '.join(close)}? " if close else ""
     ) + f"installed: {', '.join(sorted(store)) or 'none'} (see `{command}`)"
     raise UsageError(f"unknown {label} {name!r}", hint=hint)
-
-
-def validate_params(declared, given: Mapping[str, object], owner: str) -> dict[str, object]:
-    """Defaults overlaid with ``given`` (strings from ``--param`` or Python values), typed.
-
-    An unknown key is a usage error that lists the valid ones."""
-    by_name = {p.name: p for p in declared}
-    unknown = sorted(set(given) - set(by_name))
-    if unknown:
-        valid = ", ".join(sorted(by_name)) or "none"
-        raise UsageError(
-            f"{owner} has no parameter {', '.join(map(repr, unknown))}", hint=f"valid: {valid}"
-        )
-    values = {p.name: p.default for p in declared}
-    for key, raw in given.items():
-        try:
-            values[key] = by_name[key].parse(raw)
-        except ValueError as err:
-            raise UsageError(f"{owner}: {err}") from None
-    return values
 
 
 _cache: dict[tuple, Registry] = {}

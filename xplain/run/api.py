@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -17,6 +16,7 @@ from ..errors import ModelError, PluginError, UsageError, XplainError
 from ..graph.model import Model
 from ..plugins.plugin_api import Attribution, ExplainRequest, Method
 from ..plugins.registry import Registry, get_registry, validate_params
+from ..plugins.seeds import sample_generators as sample_generators
 
 
 def resolve_device(spec: str | torch.device | None) -> torch.device:
@@ -58,7 +58,7 @@ def load_model(
     torch's default exporter, the classic one when it fails) and loaded through the same
     hardened loader as a file (:mod:`xplain.run.torch_models`). For a file, plugins
     implementing the ``load_model`` hook are asked first (other formats); the ONNX loader
-    (:mod:`xplain.onnx.hooks`, ``trylast``) answers when none did. ``labels``: a list, a file
+    (:mod:`xplain.plugins.onnx_loader`, ``trylast``) answers when none did. ``labels``: a list, a file
     path, ``"imagenet"``, ``"none"`` (no names) or None: the sidecar ``MODEL.json``'s labels,
     else the ImageNet names for a model of 1,000 outputs (1,001: "background" first), as
     ``model.labels_source`` says. ``max_input_pixels`` raises the bound on the model's declared
@@ -126,22 +126,6 @@ def load_model(
     elif (found := default_labels(model.num_classes)) is not None:
         model.labels, model.labels_source = found
     return model
-
-
-def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """One generator per sample, seeded from the run seed and the sample's bytes.
-
-    The noise a stochastic method draws for an image then depends only on the seed and the
-    image — not on its position in the batch — so batching never changes a map."""
-    gens = []
-    for sample in x.detach():
-        h = hashlib.blake2b(
-            sample.float().cpu().numpy().tobytes(), digest_size=8, key=str(int(seed)).encode()
-        )
-        gens.append(
-            torch.Generator(device=x.device).manual_seed(int.from_bytes(h.digest(), "little") >> 1)
-        )
-    return gens
 
 
 def check_requirements(model: Model, method: Method) -> None:

@@ -1,56 +1,33 @@
-"""Fitted state of methods that learn from data, saved with safetensors (never pickle).
+"""Saving the fitted state of methods that learn from data, with safetensors (never pickle).
 
-State lives in ``<state dir>/<model digest[:16]>/<method>.safetensors`` with a JSON
-metadata file beside it; the state dir is ``--state-dir``, ``$XPLAIN_STATE_DIR`` or
-``~/.cache/xplain/state``. The model digest in the metadata must match when loading.
-
-The two files are one unit: the metadata holds the sha256 of the tensor file, written after it.
-A fit killed between the two renames leaves new tensors beside old metadata; the digest no longer
-matches and loading refuses instead of silently mixing two fits.
+The write side of ``xplain fit``; where state lives, and reading it back with its checks, is
+:mod:`xplain.graph.fitted` (the model looks its state up itself), re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from ..errors import InputDataError
 from ..fileio import atomic_write, write_json
-from ..untrusted import parse_json, require_regular_file
+from ..graph.fitted import (
+    MAX_META_BYTES,
+    MAX_STATE_BYTES,
+    StateDict,
+    load_state,
+    state_dir,
+    state_paths,
+)
 
-#: the largest state file read (a fitted state is statistics or inverse networks, not a model zoo)
-MAX_STATE_BYTES = 4 * 2**30
-MAX_META_BYTES = 64 * 2**20
-
-
-class StateDict(dict):
-    """A state's tensors or metadata: a key a method expects but the file lacks is an
-    :class:`InputDataError` naming the file (not ``KeyError: 'std'`` from inside a method)."""
-
-    def __init__(self, data: dict, path: Path, what: str):
-        super().__init__(data)
-        self.path, self.what = path, what
-
-    def __missing__(self, key):
-        raise InputDataError(
-            f"fitted state has no {self.what} {key!r} (damaged, or fitted by another version)",
-            path=self.path,
-            hint="refit with `xplain fit`",
-        )
-
-
-def state_dir(override: str | os.PathLike | None = None) -> Path:
-    if override:
-        return Path(override)
-    if os.environ.get("XPLAIN_STATE_DIR"):
-        return Path(os.environ["XPLAIN_STATE_DIR"])
-    return Path.home() / ".cache" / "xplain" / "state"
-
-
-def state_paths(digest: str, method: str, root=None) -> tuple[Path, Path]:
-    folder = state_dir(root) / digest[:16]
-    return folder / f"{method}.safetensors", folder / f"{method}.json"
+__all__ = [
+    "MAX_META_BYTES",
+    "MAX_STATE_BYTES",
+    "StateDict",
+    "load_state",
+    "save_state",
+    "state_dir",
+    "state_paths",
+]
 
 
 def save_state(digest: str, method: str, tensors: dict, meta: dict, root=None) -> Path:
@@ -68,50 +45,3 @@ def save_state(digest: str, method: str, tensors: dict, meta: dict, root=None) -
     atomic_write(tensor_path, payload)
     write_json(meta_path, record)
     return tensor_path
-
-
-def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict, dict] | None:
-    """The saved ``(tensors, meta)`` for this model and method, or None if never fitted."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    tensor_path, meta_path = state_paths(digest, method, root)
-    if not (tensor_path.exists() or tensor_path.is_symlink()) or not (
-        meta_path.exists() or meta_path.is_symlink()
-    ):
-        return None
-    # FIFOs and devices (/dev/zero) are refused before opening: one would block, the other never end
-    meta_size = require_regular_file(meta_path, InputDataError, "fitted state metadata")
-    size = require_regular_file(tensor_path, InputDataError, "fitted state")
-    if size > MAX_STATE_BYTES or meta_size > MAX_META_BYTES:
-        raise InputDataError("fitted state is larger than the 4 GiB limit", path=tensor_path)
-    try:
-        meta = parse_json(
-            meta_path.read_bytes(), meta_path, InputDataError, "fitted state metadata"
-        )
-    except OSError as err:
-        raise InputDataError(
-            f"fitted state is unreadable: {err.strerror}", path=meta_path
-        ) from None
-    except InputDataError as err:
-        raise InputDataError(f"fitted state is unreadable: {err.message}", path=meta_path) from None
-    if not isinstance(meta, dict):
-        raise InputDataError("fitted state metadata is not a JSON object", path=meta_path)
-    if meta.get("model_digest") != digest:
-        raise InputDataError("fitted state belongs to another model", path=meta_path)
-    try:
-        payload = tensor_path.read_bytes()
-        tensors = load(payload)
-    except (OSError, ValueError, SafetensorError) as err:
-        raise InputDataError(f"fitted state is unreadable: {err}", path=tensor_path) from None
-    if meta.get("tensors_sha256") != hashlib.sha256(payload).hexdigest():
-        raise InputDataError(
-            "fitted state tensors and metadata do not belong together (a fit interrupted "
-            f"between writing {tensor_path.name} and {meta_path.name}?)",
-            path=tensor_path,
-            hint="refit with `xplain fit`",
-        )
-    return (
-        StateDict({k: v.to(device) for k, v in tensors.items()}, tensor_path, "tensor"),
-        StateDict(meta, meta_path, "metadata key"),
-    )
