@@ -13,7 +13,7 @@ from .untrusted import printable
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes, documented in the README."""
+    """Process exit codes, documented in docs/exit-codes.md."""
 
     OK = 0
     FAILURE = 1  #: an unexpected internal error (a bug: please report it)
