@@ -9,6 +9,7 @@ export fails here with one line, not deep inside a method.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import tempfile
 import weakref
@@ -61,12 +62,16 @@ def export_module(
     """Export ``module`` (in eval mode) to ONNX with a dynamic batch axis and load the file with
     ``load(path)`` (the hardened loader). ``exporter``: "dynamo" or "classic"; None tries torch's
     default exporter first and the classic one when it fails (models that torch.export cannot
-    trace, e.g. data-dependent Python control flow). The file lives in a temporary folder that
+    trace, e.g. data-dependent Python control flow). A module on a GPU is exported from a CPU
+    copy; the Model lands on the device ``load`` asks for. The file lives in a temporary folder that
     is removed when the returned Model is garbage-collected (the run records name it)."""
     shape = _shape(example_input)
     if exporter is not None and exporter not in EXPORTERS:
         raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
     order = (exporter,) if exporter else DEFAULT_EXPORTERS
+    on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
+    if not on_cpu:  # the exporters trace with a CPU example: export a CPU copy, leave the module
+        module = copy.deepcopy(module).cpu()
     folder = tempfile.TemporaryDirectory(prefix="xplain-export-")
     problems = []
     was_training = module.training
