@@ -36,10 +36,11 @@ def test_shipped_manifest_labels_and_voc_boxes():
 
 
 def test_manifest_bad_rows_are_recorded_not_fatal(tmp_path):
-    _png(tmp_path / "a.png")
+    for name in ("a.png", "b.png", "c.png"):  # one image per row: a repeat is its own rule
+        _png(tmp_path / name)
     (tmp_path / "a.xml").write_text("<annotation></annotation>")
     (tmp_path / "m.csv").write_text(
-        "path,label,boxes\na.png,2,a.xml\nmissing.png,circle,\na.png,dog,\na.png,,\n"
+        "path,label,boxes\na.png,2,a.xml\nmissing.png,circle,\nb.png,dog,\nc.png,,\n"
     )
     a, missing, dog, unlabelled = read_dataset(tmp_path / "m.csv", class_names=SHAPES)
     assert (a.label, a.boxes, a.error) == (2, (), None)  # annotated but empty -> ()

@@ -18,6 +18,9 @@ gives us is untrusted. These small functions are the single place each rule live
   Python's 4300-digit limit (ValueError) and NaN/Infinity literals into one-line errors.
 * :func:`confined_file` — a relative location resolved inside a folder (no absolute path, no
   ``..``, no symbolic link on the way), as external data and sidecar labels must be.
+* :func:`check_path_length` — a path longer than the system allows (``PATH_MAX``, 4096 bytes on
+  Linux) or with a component above ``NAME_MAX`` (255 bytes) is one line, shown shortened,
+  before ``stat`` or ``mkdir`` fail with ``ENAMETOOLONG`` somewhere inside.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "require_regular_file",
     "parse_json",
     "confined_file",
+    "check_path_length",
 ]
 
 # C0 (0x00-0x1f), DEL, C1 (0x80-0x9f), bidi embeddings/overrides/isolates, line/paragraph
@@ -211,3 +215,34 @@ def confined_file(
 
     require_regular_file(candidate, named, what)
     return candidate
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return int(os.pathconf("/", name))
+    except (OSError, ValueError, AttributeError):  # Windows, exotic file systems
+        return default
+
+
+def shorten(text: str, keep: int = 60) -> str:
+    """A long untrusted string for a one-line message: its start, an ellipsis, its length."""
+    text = printable(path_text(text))
+    return text if len(text) <= keep else f"{text[:keep]}… ({len(text)} characters)"
+
+
+def check_path_length(path: str | os.PathLike, error: Callable[..., Exception], what: str) -> None:
+    """Refuse ``path`` when it, or one of its components, is longer than the file system takes."""
+    raw = os.fsencode(path)
+    path_max, name_max = _limit("PC_PATH_MAX", 4096), _limit("PC_NAME_MAX", 255)
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if len(raw) >= path_max:
+        raise error(
+            f"{what} is {len(raw)} bytes long, more than the system's limit of {path_max - 1}",
+            path=shorten(os.fsdecode(raw)),
+        )
+    if longest > name_max:
+        raise error(
+            f"{what} has a name of {longest} bytes, more than the file system's limit of "
+            f"{name_max}",
+            path=shorten(os.fsdecode(raw)),
+        )

@@ -157,4 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    from ..plugins.boundary import exit_process
+
+    exit_process(main())  # a plugin's leftover thread does not keep the process alive

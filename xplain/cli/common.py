@@ -144,6 +144,9 @@ def check_out_dir(folder: Path, flag: str) -> None:
 
     The folder itself is created by the first file written, so a run that fails on its input
     leaves nothing behind, not even an empty folder."""
+    from ..untrusted import check_path_length
+
+    check_path_length(folder, UsageError, flag)  # 5,000 characters: one line, not ENAMETOOLONG
     if folder.is_symlink() and not folder.exists():
         raise UsageError(
             f"{flag} is a dangling symbolic link (to {os.readlink(folder)!r})", path=folder

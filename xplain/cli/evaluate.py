@@ -292,6 +292,9 @@ def _fail_if_nothing_evaluated(summary: dict, data: Path) -> None:
         raise InputDataError(
             f"nothing could be evaluated: {errors} error(s), e.g. {example}", path=data
         )
+    from ..run.guards import fail_if_invalid
+
+    fail_if_invalid(summary)  # a method/metric that changed the model or inputs: exit 4
 
 
 def summary_table(summary: dict) -> Table:

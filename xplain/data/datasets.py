@@ -23,13 +23,14 @@ import csv
 import dataclasses
 import functools
 import io
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputDataError
-from ..untrusted import parse_json, require_regular_file
+from ..untrusted import parse_json, path_text, printable, require_regular_file
 from .targets import match_label
 
 if TYPE_CHECKING:  # the data layer itself needs no torch
@@ -293,6 +294,24 @@ def read_labels_file(path: Path, class_names: list[str] | None) -> dict[str, int
 # the layouts
 
 
+def _check_repeat(
+    csv_path: Path, line_no: int, rel: str, text: str, first: tuple, class_names
+) -> None:
+    """A row naming an image listed before: the same label is a harmless repeat (skipped),
+    another label is an error — an image has one label, and which row wins would be arbitrary."""
+    line0, label0, text0 = first
+    try:
+        again = label0 if text == text0 else resolve_label(text, class_names) if text else None
+    except ValueError:
+        again = None
+    if again != label0:
+        raise InputDataError(
+            f"line {line_no} lists {printable(rel)} again with label {printable(text or 'none')} "
+            f"(line {line0}: label {'none' if label0 is None else label0}); an image has one label",
+            path=csv_path,
+        )
+
+
 def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample]:
     text = _read_text(csv_path, "manifest")
     reader = csv.reader(io.StringIO(text))
@@ -311,6 +330,11 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
     }
     base = csv_path.parent
     samples = []
+    base_text = str(base)
+    first_line: dict[
+        str, tuple[int, int | None, str]
+    ] = {}  # image -> (line, label) of its first row
+    repeats: list[tuple[int, int]] = []  # (line, first line) of rows dropped as duplicates
     try:
         for line_no, row in enumerate(reader, 2):
             if not row or not any(c.strip() for c in row):
@@ -321,6 +345,11 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
                 return row[i].strip() if i is not None and i < len(row) else ""
 
             rel = cell("path")
+            key = os.path.normpath(os.path.join(base_text, rel)) if rel else ""
+            if rel and key in first_line:  # the same image again: never scored twice
+                _check_repeat(csv_path, line_no, rel, cell("label"), first_line[key], class_names)
+                repeats.append((line_no, first_line[key][0]))
+                continue
             path = base / rel if rel else base / f"<line {line_no}>"
             label: int | None = None
             boxes: tuple[Box, ...] | None = None
@@ -342,8 +371,19 @@ def _read_manifest(csv_path: Path, class_names: list[str] | None) -> list[Sample
                 except InputDataError as e:
                     errors.append(f"line {line_no}: {e}")
             samples.append(Sample(path, label, boxes, "; ".join(errors) or None))
+            if rel:
+                first_line[key] = (line_no, label, cell("label"))
     except csv.Error as e:
         raise InputDataError(f"invalid CSV: {e}", path=csv_path) from None
+    if repeats:
+        import warnings
+
+        line, line0 = repeats[0]
+        warnings.warn(
+            f"{path_text(csv_path)}: {len(repeats)} duplicate row(s) skipped, each image is "
+            f"scored once (first: line {line} repeats line {line0})",
+            stacklevel=3,
+        )
     if not samples:
         raise InputDataError("the manifest lists no images", path=csv_path)
     return samples

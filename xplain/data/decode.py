@@ -74,6 +74,7 @@ def load_image(path: PathLike) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x the limit; make that an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            _verify_checksums(p)
             with Image.open(p) as img:  # checks the header's size against the limit
                 img.load()
                 return normalise_mode(_exif_upright(img))
@@ -93,6 +94,19 @@ def load_image(path: PathLike) -> Image.Image:
     except _DECODE_ERRORS as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputDataError(f"corrupt or truncated image ({detail})", path=path) from e
+
+
+def _verify_checksums(p: Path) -> None:
+    """PNG (and APNG) chunks carry a CRC that Pillow checks only in ``verify()``, not when it
+    decodes; a PNG whose pixels were damaged in transit would be explained as if it were whole
+    (``pngcheck`` refuses it). One ``verify()`` pass reads the chunks without decoding them.
+    Truncated images are never completed (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off)."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    with Image.open(p) as img:
+        if img.format == "PNG":
+            img.verify()
 
 
 def _exif_upright(img: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputDataError
-from ..untrusted import parse_json, require_regular_file
+from ..untrusted import parse_json, printable, require_regular_file
 
 if TYPE_CHECKING:
     from .model import Model
@@ -47,6 +47,10 @@ class StateDict(dict):
 
 def state_dir(override: str | os.PathLike | None = None) -> Path:
     if override:
+        from ..errors import UsageError
+        from ..untrusted import check_path_length
+
+        check_path_length(override, UsageError, "--state-dir")
         return Path(override)
     if os.environ.get("XPLAIN_STATE_DIR"):
         return Path(os.environ["XPLAIN_STATE_DIR"])
@@ -58,12 +62,82 @@ def state_paths(digest: str, method: str, root=None) -> tuple[Path, Path]:
     return folder / f"{method}.safetensors", folder / f"{method}.json"
 
 
+def _check_folder(folder: Path, error) -> None:
+    """The ``<digest>`` folder must be a real folder inside the state root: a symbolic link there
+    (to another model's folder, to ``/etc``) would make ``fit`` write, and ``explain`` read,
+    somewhere else. The root itself may be a link (a cache on another disk)."""
+    if folder.is_symlink():
+        try:
+            target = printable(os.readlink(folder))
+        except OSError:
+            target = "?"
+        raise error(
+            f"the fitted-state folder is a symbolic link (to {target}); refused: state is "
+            "written and read only inside the state root",
+            path=folder,
+        )
+    if folder.exists() and not folder.is_dir():
+        raise error("the fitted-state folder is not a folder", path=folder)
+
+
+def check_state_folder(digest: str, method: str, root=None) -> None:
+    """Before a fit starts: refuse a ``<digest>`` folder that is a symbolic link (exit 5)."""
+    _check_folder(state_paths(digest, method, root)[0].parent, InputDataError)
+
+
+#: state tensors that hold per-feature statistics of ``meta["layer"]``: their shape must be the
+#: layer's per-sample shape (IBA and InputIBA write them)
+LAYER_TENSORS = ("mean", "std", "active_fraction")
+
+
+def check_state_matches(model, tensors: dict, meta: dict, meta_path: Path) -> None:
+    """Fitted state must describe *this* model: a ``layer`` it names must exist in the graph, a
+    ``layer_shape`` must be that layer's shape, and the per-feature statistics must have it.
+    Metadata edited to name another layer (its checksum resealed) is refused here (exit 5), not
+    broadcast into a wrong map or a RuntimeError deep inside a method."""
+    from ..errors import XplainError
+
+    layer = meta.get("layer")
+    if layer is None:
+        return
+    if not isinstance(layer, str) or not layer or len(layer) > 1000:
+        raise InputDataError("fitted state metadata has a malformed 'layer'", path=meta_path)
+    try:
+        node = model.node(layer)
+        shape = [int(d) for d in model.shape(node.name)[1:]]
+    except (XplainError, KeyError, TypeError, ValueError):
+        raise InputDataError(
+            f"fitted state is for layer {printable(repr(layer[:80]))}, which this model does not "
+            "have",
+            path=meta_path,
+            hint="refit with `xplain fit`",
+        ) from None
+    declared = meta.get("layer_shape")
+    if declared is not None and declared != shape:
+        raise InputDataError(
+            f"fitted state is for layer {printable(repr(layer))} of shape "
+            f"{printable(str(declared)[:80])}, but the model's layer has shape {shape}",
+            path=meta_path,
+            hint="refit with `xplain fit`",
+        )
+    for name in LAYER_TENSORS:
+        t = tensors.get(name) if isinstance(tensors, dict) else None
+        if t is not None and list(t.shape) != shape:
+            raise InputDataError(
+                f"fitted state tensor {name!r} has shape {list(t.shape)}, but layer "
+                f"{printable(repr(layer))} has shape {shape}",
+                path=meta_path,
+                hint="refit with `xplain fit`",
+            )
+
+
 def load_state(digest: str, method: str, root=None, device="cpu") -> tuple[dict, dict] | None:
     """The saved ``(tensors, meta)`` for this model and method, or None if never fitted."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     tensor_path, meta_path = state_paths(digest, method, root)
+    _check_folder(tensor_path.parent, InputDataError)
     if not (tensor_path.exists() or tensor_path.is_symlink()) or not (
         meta_path.exists() or meta_path.is_symlink()
     ):
@@ -112,7 +186,7 @@ def lookup_state(model: Model, method: str) -> tuple[dict, dict]:
         found = None
     elif model.preloaded_state and method in model.preloaded_state:
         tensors, meta = model.preloaded_state[method]
-        return {k: v.to(model.device) for k, v in tensors.items()}, dict(meta)
+        found = {k: v.to(model.device) for k, v in tensors.items()}, dict(meta)
     else:
         found = load_state(model.digest, method, root=model.state_dir, device=model.device)
     if found is None:
@@ -121,4 +195,7 @@ def lookup_state(model: Model, method: str) -> tuple[dict, dict]:
             path=model.report.path,
             hint=f"run `xplain fit {method} {model.report.path} DATA` first",
         )
+    check_state_matches(  # layer and shape match (exit 5)
+        model, *found, state_paths(model.digest, method, model.state_dir)[1]
+    )
     return found

@@ -28,6 +28,11 @@ MAX_EXTERNAL_BYTES = 16 * 2**30
 MAX_EXTERNAL_REUSE = 64 * 2**20
 
 
+#: bytes per element of the fixed-size ONNX tensor types (string and packed 4-bit types are not
+#: checked against their external length)
+_ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
 def _all_tensors(graph) -> Iterator:
     """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
     import onnx
@@ -148,6 +153,17 @@ def _load_external(model, model_path: Path, digest) -> int:
                 f"tensor {name}: external range {offset}+{length} exceeds {file.name} ({size} bytes)",
                 path=model_path,
             )
+        item = _ITEM_BYTES.get(tensor.data_type)
+        if item is not None:
+            need = item
+            for d in tensor.dims:
+                need *= int(d)
+            if need != length:  # checked before a byte is read: a 3 GB file for a [4] tensor
+                raise ModelError(
+                    f"tensor {name}: external data holds {length} bytes but its shape "
+                    f"{printable(list(tensor.dims)[:8])} needs {need}",
+                    path=model_path,
+                )
         plan.append((tensor, file, offset, length))
     if not plan:
         return 0
@@ -187,6 +203,64 @@ def _load_external(model, model_path: Path, digest) -> int:
     return len(plan)
 
 
+def _varint(chunk: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(chunk) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = chunk[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _scan_model_fields(path: Path, size: int) -> str | None:
+    """Walk the top-level fields of a ModelProto without reading the file: a problem, or None.
+
+    Only each field's tag and length are read (20 bytes per field, seeking over the payloads),
+    so a 1.9 GB file of zeros or of random bytes is refused after a few reads instead of being
+    read whole (and held twice, as bytes and as the parsed message) before protobuf says no.
+    Field numbers and wire types come from ``onnx.ModelProto``'s own descriptor."""
+    import onnx
+
+    wire = {}
+    for field in onnx.ModelProto.DESCRIPTOR.fields:
+        wire[field.number] = 2 if field.type in (9, 11, 12) else 0  # string/message/bytes: LEN
+    try:
+        with open(path, "rb") as fh:
+            pos, seen_graph, fields = 0, False, 0
+            while pos < size:
+                fields += 1
+                if fields > 100_000:
+                    return "more than 100,000 top-level fields"
+                fh.seek(pos)
+                chunk = fh.read(20)
+                tag, used = _varint(chunk, 0)
+                number, kind = tag >> 3, tag & 7
+                if number == 0 or (number in wire and wire[number] != kind) or kind in (3, 4, 6, 7):
+                    return (
+                        f"byte {pos}: field {number} wire type {kind} is not part of an ONNX model"
+                    )
+                length = 0
+                if kind == 0:
+                    _, used = _varint(chunk, used)
+                elif kind in (1, 5):
+                    length = 8 if kind == 1 else 4
+                else:
+                    length, used = _varint(chunk, used)
+                pos += used + length
+                seen_graph = seen_graph or number == 7
+                if pos > size:
+                    return f"a field of {length} bytes runs past the end"
+            return None if seen_graph else "no graph"
+    except ValueError as err:  # a truncated varint
+        return str(err)
+    except OSError:
+        return None  # the read below reports it
+
+
 def read_model(path: str | os.PathLike):
     """Parse ``path`` into a fully materialised ``onnx.ModelProto``, its sha256 digest, and the
     file's bytes when they are the whole model (no external data) — onnxruntime can take those
@@ -197,7 +271,13 @@ def read_model(path: str | os.PathLike):
     from google.protobuf.message import DecodeError
 
     path = Path(path)
-    _check_path(path)
+    size = _check_path(path)
+    if size > 2**20 and (problem := _scan_model_fields(path, size)) is not None:
+        raise ModelError(
+            f"not an ONNX model, or the file is truncated ({problem}); refused without reading "
+            f"its {size} bytes",
+            path=path,
+        )
     try:
         data = path.read_bytes()
     except OSError as err:

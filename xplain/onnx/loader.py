@@ -32,6 +32,11 @@ DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
 #: more than this many bytes, or more than VERIFY_TENSOR_FACTOR × the verification input's bytes
 MIN_VERIFY_TENSOR_BYTES = 256 * 2**20
 VERIFY_TENSOR_FACTOR = 16
+#: a forward of the verification batch may cost at most max(MIN_VERIFY_FLOPS, VERIFY_FLOPS_PER_INPUT ×
+#: the input's elements) multiply-adds ×2 (MatMul, Gemm, Conv from inferred shapes): ViT-H/14 costs
+#: ~0.4e12 at 224², a graph of hundreds of chained 2000² MatMuls on a constant ~1e13
+MIN_VERIFY_FLOPS = 10**12
+VERIFY_FLOPS_PER_INPUT = 4 * 10**6
 
 
 def max_input_pixels(override: int | None = None) -> int:
@@ -158,6 +163,7 @@ def _check_tensor_sizes(work, path, input_bytes: int, node_names: dict | None = 
     except Exception:  # noqa: BLE001 - inference failing proves nothing either way
         return
     producer = {out: node for node in inferred.graph.node for out in node.output}
+    _check_compute(inferred, path, input_bytes // 4, node_names)
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
         tensor = info.type.tensor_type
         if not tensor.HasField("shape"):
@@ -184,6 +190,123 @@ def _check_tensor_sizes(work, path, input_bytes: int, node_names: dict | None = 
                 f"{printable(where)} would hold {count} elements {dims} "
                 f"({count * itemsize / 2**20:.0f} MiB) during verification, more than "
                 f"{limit / 2**20:.0f} MiB; refused",
+                path=path,
+            )
+
+
+def _shapes(inferred) -> dict[str, list[int]]:
+    """Known shapes of every value (unknown dims 1, the symbolic batch 2), initializers too."""
+    out: dict[str, list[int]] = {}
+    for info in (
+        list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    ):
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            out[info.name] = [
+                d.dim_value if d.HasField("dim_value") else (2 if d.dim_param else 1)
+                for d in tensor.shape.dim
+            ]
+    for init in inferred.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def _node_flops(node, shapes: dict[str, list[int]]) -> int:
+    """2 × multiply-adds of a MatMul / Gemm / Conv / ConvTranspose node (0 when shapes unknown)."""
+    out = shapes.get(node.output[0]) if node.output else None
+    ins = [shapes.get(name) for name in node.input]
+    if out is None or not ins or ins[0] is None:
+        return 0
+    numel = int(np.prod(out, dtype=object)) if out else 1
+    if node.op_type == "MatMul" and ins[0]:
+        return 2 * numel * int(ins[0][-1])
+    if node.op_type == "Gemm" and len(ins[0]) == 2:
+        trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+        return 2 * numel * int(ins[0][0] if trans_a else ins[0][1])
+    if node.op_type in ("Conv", "ConvTranspose") and len(ins) > 1 and ins[1]:
+        per = int(np.prod(ins[1][1:], dtype=object))
+        if node.op_type == "ConvTranspose":
+            return 2 * int(np.prod(ins[0], dtype=object)) * per
+        return 2 * numel * per
+    return 0
+
+
+def _check_compute(inferred, path, input_elements: int, node_names: dict | None) -> None:
+    """Refuse a graph whose verification forward would cost more than the compute bound: a time
+    bomb (hundreds of chained 2000² MatMuls on a constant) would otherwise run for minutes in
+    onnxruntime and torch before --timeout could apply to anything."""
+    limit = max(MIN_VERIFY_FLOPS, VERIFY_FLOPS_PER_INPUT * input_elements)
+    shapes = _shapes(inferred)
+    total, heaviest, heaviest_node = 0, 0, None
+    for node in inferred.graph.node:
+        flops = _node_flops(node, shapes)
+        total += flops
+        if flops > heaviest:
+            heaviest, heaviest_node = flops, node
+    if total > limit:
+        name = (node_names or {}).get(heaviest_node.name) if heaviest_node else None
+        node = (
+            f"{heaviest_node.op_type} node {printable(repr(name))}"
+            if heaviest_node and name
+            else f"an unnamed {heaviest_node.op_type} node"
+            if heaviest_node
+            else "?"
+        )
+        raise ModelError(
+            f"one forward of the verification batch would cost {total / 1e12:.1f} TFLOP (largest: "
+            f"{node}), more than the bound of {limit / 1e12:.1f} TFLOP; refused",
+            path=path,
+        )
+
+
+#: the largest |score| a random verification input may give: float32 logits of a real classifier
+#: are below 10^4; 10^15 is an integer (±2^62) cast into the output, not a score
+MAX_ABS_SCORE = 1e15
+_RANDOM_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def _check_scores(proto, out, path) -> None:
+    """Refuse outputs that are not class scores: an integer or bool output (an ArgMax/Cast head,
+    a thresholded decision) and graphs whose output is random (Dropout with ``training_mode``
+    on, random-number ops) — every method would explain noise, every metric score it."""
+    import onnx
+
+    elem = out.type.tensor_type.elem_type
+    if elem not in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    ):
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "untyped"
+        raise ModelError(
+            f"output {printable(repr(out.name))} is {kind}, not float class scores (an ArgMax, "
+            "Cast or comparison at the end?); export the logits",
+            path=path,
+        )
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        random = node.op_type in _RANDOM_OPS
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            flag = inits.get(node.input[2])
+            if flag is None:
+                random = True  # computed at run time: cannot be shown to be off
+            else:
+                from onnx import numpy_helper
+
+                random = bool(np.asarray(numpy_helper.to_array(flag)).any())
+        if random:
+            what = "Dropout with training_mode on" if node.op_type == "Dropout" else node.op_type
+            raise ModelError(
+                f"the output is not deterministic: the graph has {what}, so the same image "
+                "gives different scores on every run; export the model in eval mode",
                 path=path,
             )
 
@@ -367,6 +490,12 @@ def _verify(model, original, path, input_name: str, output_name: str) -> None:
                 "non-finite weights or an overflowing graph",
                 path=path,
             )
+        if float(np.abs(ref).max()) > MAX_ABS_SCORE:
+            raise ModelError(
+                f"the output reaches {float(np.abs(ref).max()):.2g} on a random input (more than "
+                f"{MAX_ABS_SCORE:.0e}); not class scores (an integer cast into the logits?)",
+                path=path,
+            )
         diff = float(np.abs(got - ref).max())
         scale = max(1.0, float(np.abs(ref).max()))
         worst, worst_rel = max(worst, diff), max(worst_rel, diff / scale)
@@ -421,6 +550,7 @@ def load_onnx(
             f"output {printable(repr(out.name))} has {out_shape[1]} classes; not a classifier",
             path=path,
         )
+    _check_scores(proto, out, path)
     _check_weights_finite(proto, path)
     # what onnxruntime runs: the untouched file, or a copy with external data materialised
     original = (
@@ -487,6 +617,12 @@ def load_onnx(
         raise ModelError("conversion produced shared modules (duplicate node names)", path=path)
     gm.eval()
     gm.requires_grad_(False)
+    from .shape_checks import install_shape_checks
+
+    # shapes computed from the input's values are bounded when they are about to be allocated
+    install_shape_checks(
+        gm, path, in_shape[1] * in_shape[2] * in_shape[3] * 4, report.original_names
+    )
     _select_output(gm, output_index, output_count)
     report.softmax_stripped = _strip_softmax(gm)
     if converted := _matmul_to_linear(gm):

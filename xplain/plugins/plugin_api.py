@@ -418,8 +418,12 @@ class Method(_Lazy):
         return {p.name: p for p in self.params}[name]
 
     def run(self, request: ExplainRequest) -> Any:
-        """Call the implementation (imported on first use) with ``request``."""
-        return self._resolve(self.explain, "explain", f"method {self.name!r}")(request)
+        """Call the implementation (imported on first use) with ``request``; ``os._exit`` inside
+        it raises :class:`~xplain.plugins.boundary.PluginExit` (a ``SystemExit``)."""
+        from .boundary import no_process_exit
+
+        with no_process_exit():
+            return self._resolve(self.explain, "explain", f"method {self.name!r}")(request)
 
     def fit_fn(self) -> FitFn | None:
         """The fit callable, imported on first use; None when the method learns nothing."""
@@ -464,8 +468,12 @@ class Metric(_Lazy):
         return bool(self.directions.get(key, self.higher_is_better))
 
     def run(self, context: MetricContext) -> Mapping[str, Any]:
-        """Call the implementation (imported on first use) with ``context``."""
-        return self._resolve(self.score, "score", f"metric {self.name!r}")(context)
+        """Call the implementation (imported on first use) with ``context``; ``os._exit`` inside
+        it raises :class:`~xplain.plugins.boundary.PluginExit` (a ``SystemExit``)."""
+        from .boundary import no_process_exit
+
+        with no_process_exit():
+            return self._resolve(self.score, "score", f"metric {self.name!r}")(context)
 
     def compute(
         self,

@@ -7,7 +7,9 @@ import json
 import math
 import re
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -65,6 +67,7 @@ def load_model(
     input size (default 1024², or ``$XPLAIN_MAX_INPUT_PIXELS``)."""
     from ..data.images import load_labels, read_sidecar
     from ..data.preprocessing import NO_LABELS, default_labels
+    from .memory import watch
 
     if isinstance(example_input, (str, torch.device)) and not isinstance(path, torch.nn.Module):
         device, example_input = example_input, None  # the pre-module signature: (path, device)
@@ -88,6 +91,7 @@ def load_model(
     if example_input is not None:
         raise UsageError("example_input is for torch modules; a model file has its own input")
     path = Path(path)
+    watch(path)  # the process-wide memory bound names this file from now on
     device = resolve_device(device)
     registry = registry or get_registry()
     options = {"device": device, "verify": verify, "max_input_pixels": max_input_pixels}
@@ -152,6 +156,12 @@ class _MethodTimeout(BaseException):
     method's ``except Exception`` cannot swallow it)."""
 
 
+#: after the first stop, how often the stop is raised again (a plugin that swallowed it) and how
+#: long it may keep swallowing before the process is ended with exit 4
+TIMEOUT_REPEAT_S = 0.2
+TIMEOUT_GRACE_S = 5.0
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None, what: str):
     """Interrupt the block after ``seconds`` with a :class:`PluginError` (exit 4).
@@ -159,7 +169,12 @@ def time_limit(seconds: float | None, what: str):
     POSIX main thread only: a ``SIGALRM`` timer raises inside the running Python code, the way
     Ctrl-C does, so a method that loops forever stops at its next Python bytecode; a single
     long-running native call (one huge convolution) finishes first. Elsewhere (Windows, other
-    threads) the limit is not enforced. ``None`` or 0 = no limit."""
+    threads) the limit is not enforced. ``None`` or 0 = no limit.
+
+    A plugin that swallows the stop (``except BaseException`` around a sleep) gets it again
+    every :data:`TIMEOUT_REPEAT_S`; one still running :data:`TIMEOUT_GRACE_S` after the limit
+    ends the process with one line and exit 4 (files already written are complete). A block that
+    swallowed the stop and then returned normally is still a timeout: its result is not used."""
     usable = (
         seconds
         and hasattr(signal, "setitimer")
@@ -168,8 +183,23 @@ def time_limit(seconds: float | None, what: str):
     if not usable:
         yield
         return
+    fired: list[float] = []
+    message = f"{what} did not finish within --timeout {seconds:g} s; stopped"
 
     def expire(signum, frame):
+        now = time.monotonic()
+        fired.append(now)
+        if now - fired[0] > TIMEOUT_GRACE_S:
+            from ..plugins.boundary import hard_exit
+            from ..untrusted import printable
+
+            with contextlib.suppress(Exception):
+                sys.stderr.write(
+                    f"xplain: error: {printable(message)} (it ignored the stop; process ended)\n"
+                )
+                sys.stderr.flush()
+            hard_exit(int(PluginError.exit_code))
+        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_REPEAT_S)
         raise _MethodTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -177,12 +207,16 @@ def time_limit(seconds: float | None, what: str):
     try:
         yield
     except _MethodTimeout:
-        raise PluginError(
-            f"{what} did not finish within --timeout {seconds:g} s; stopped"
-        ) from None
+        raise PluginError(message) from None
+    except Exception:
+        if fired:  # the plugin turned the stop into an error of its own
+            raise PluginError(message) from None
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the stop was swallowed and the block returned anyway
+        raise PluginError(message)
 
 
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -227,6 +261,27 @@ def _check_attribution(method: Method, attribution: Attribution, batch: int) -> 
         ) from None
 
 
+def _check_plain_tensor(method: Method, maps, x: torch.Tensor) -> None:
+    """Maps must be an ordinary dense tensor on the model's device: a tensor subclass can run
+    code on every later operation (``__torch_function__``), a meta tensor has no values, a
+    sparse one breaks every reader — each is the plugin's error, not exit 1 somewhere later."""
+    if not isinstance(maps, torch.Tensor):
+        return  # the shape check names the type
+    problem = None
+    if type(maps) is not torch.Tensor and not isinstance(maps, torch.nn.Parameter):
+        problem = f"a tensor subclass ({type(maps).__name__})"
+    elif maps.layout != torch.strided:
+        problem = f"a {str(maps.layout).replace('torch.', '')} tensor"
+    elif maps.device.type == "meta" or maps.device != x.device:
+        problem = f"a tensor on device {maps.device} (the input is on {x.device})"
+    elif maps.is_complex():
+        problem = f"a tensor of dtype {str(maps.dtype).replace('torch.', '')}"
+    if problem is not None:
+        raise PluginError(
+            f"method {method.name!r} returned maps as {problem}; expected a dense float tensor"
+        )
+
+
 def run_method(
     model: Model,
     method: Method,
@@ -255,12 +310,14 @@ def run_method(
     except torch.cuda.OutOfMemoryError:
         raise
     except SystemExit as err:
-        raise PluginError(f"method {method.name!r} called sys.exit({err.code!r})") from None
+        called = str(err) if type(err).__name__ == "PluginExit" else f"sys.exit({err.code!r})"
+        raise PluginError(f"method {method.name!r} called {called}") from None
     except Exception as err:  # noqa: BLE001 - a method's bug is reported, not a traceback
         raise PluginError(f"method {method.name!r} failed: {type(err).__name__}: {err}") from err
     attribution = result if isinstance(result, Attribution) else Attribution(maps=result)
     _check_attribution(method, attribution, x.shape[0])
     maps = attribution.maps
+    _check_plain_tensor(method, maps, x)
     expected = (x.shape[0], model.spec.height, model.spec.width)
     if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != expected:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
@@ -286,31 +343,54 @@ def explain(
     """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets``: None (the top-1 class),
     one int for every image (Captum's ``target=3``) or one per image. ``baselines``: a
     reference input (B×C×H×W or C×H×W, broadcast) for methods that compare with one
-    (``Capabilities.takes_baselines``, e.g. integrated-gradients)."""
+    (``Capabilities.takes_baselines``, e.g. integrated-gradients).
+
+    Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
+    converted to float32, everything else that is wrong is an :class:`XplainError` with the
+    CLI's line), and the model is checked after the method (a method that changed it raises
+    :class:`PluginError` after the model was restored)."""
+    from .api_inputs import check_batch, check_params, check_seed
+    from .guards import ModelGuard, check_unchanged
+
+    seed = check_seed(seed)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
-    values = validate_params(method.params, params or {}, f"method {method.name!r}")
-    x = x.to(model.device, torch.float32)
-    targets = resolve_targets(model, x, targets)
+    elif not isinstance(method, Method):
+        raise UsageError(f"method must be a name or an xplain.Method, got {type(method).__name__}")
+    values = validate_params(method.params, check_params(params), f"method {method.name!r}")
+    x = check_batch(model, x)
+    chosen = resolve_targets(model, x, targets)
     if baselines is not None:
         baselines = _baselines(method, baselines, x)
-    return run_method(model, method, x, targets, values, seed, baselines=baselines)
+    guard = ModelGuard(model)
+    attribution = run_method(model, method, x, chosen, values, seed, baselines=baselines)
+    check_unchanged(guard, f"method {method.name!r}")
+    return attribution
 
 
 def resolve_targets(model: Model, x: torch.Tensor, targets) -> torch.Tensor:
     """``targets`` as a long tensor (B,) on the model's device: None = each image's top-1 class,
-    an int (or a 0-d tensor) = that class for every image, else one per image."""
-    if targets is None:
+    one integer (an int or a 0-d integer tensor/array) = that class for every image (Captum's
+    ``target=3``), else one per image (checked by :func:`~xplain.run.api_inputs.check_targets`)."""
+    import numbers
+
+    import numpy as np
+
+    from .api_inputs import check_targets
+
+    batch = x.shape[0]
+    if targets is not None and batch > 1:
+        if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+            targets = [targets] * batch
+        elif isinstance(targets, torch.Tensor) and targets.dim() == 0:
+            targets = targets.reshape(1).repeat(batch)
+        elif isinstance(targets, np.ndarray) and targets.ndim == 0:
+            targets = np.repeat(targets.reshape(1), batch)
+    chosen = check_targets(model, targets, batch)
+    if chosen is None:
         with torch.no_grad():
-            targets = model(x).argmax(dim=1)
-    targets = torch.as_tensor(targets, device=model.device).long().reshape(-1)
-    if targets.numel() == 1 and x.shape[0] > 1:
-        targets = targets.expand(x.shape[0]).clone()
-    if targets.numel() != x.shape[0]:
-        raise UsageError(f"{targets.numel()} targets for a batch of {x.shape[0]}")
-    if ((targets < 0) | (targets >= model.num_classes)).any():
-        raise UsageError(f"target out of range 0..{model.num_classes - 1}")
-    return targets
+            chosen = model(x).argmax(dim=1)
+    return chosen
 
 
 def _baselines(method: Method, baselines, x: torch.Tensor) -> torch.Tensor:
@@ -347,7 +427,9 @@ def score(
     (``boxes``, ``box_labels``, ``batch_size``)."""
     registry = registry or get_registry()
     chosen = registry.metric(metric)
-    x = torch.as_tensor(x).to(model.device, torch.float32)
+    from .api_inputs import check_batch
+
+    x = check_batch(model, x)
     targets = resolve_targets(model, x, targets)
     m = torch.as_tensor(maps).detach().to(model.device, torch.float32)
     if m.dim() == 4:

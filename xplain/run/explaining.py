@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, validate_params
 from ..untrusted import path_text, safe_stem
 from .api import check_requirements, run_method
+from .guards import ModelGuard, check_unchanged
 
 
 def versions() -> dict[str, str]:
@@ -100,8 +102,26 @@ def _folder_images(folder: Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not _own_output(p)
     ]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+_OUTPUT_KINDS = (".heatmap.png", ".overlay.png")
+
+
+def _own_output(path: Path) -> bool:
+    """An earlier ``explain`` wrote this picture (``--out`` was the image folder): a heatmap or
+    overlay with its record ``BASE.json`` beside it, or a panel ``STEM.panel.png`` beside records
+    ``STEM.*.json``. Explaining it would explain xplain's own colours."""
+    name = path.name
+    for kind in _OUTPUT_KINDS:
+        if name.endswith(kind):
+            return path.with_name(name[: -len(kind)] + ".json").is_file()
+    if name.endswith(".panel.png"):
+        stem = name[: -len(".panel.png")]
+        return any(path.parent.glob(f"{glob_escape(stem)}.*.json"))
+    return False
 
 
 def _method_values(
@@ -141,6 +161,7 @@ class _Job:
     seed: int
     batch_size: int
     timeout: float | None = None  #: seconds per method call (``api.time_limit``)
+    guard: ModelGuard | None = None  #: checked after every method call (nothing written if changed)
 
 
 @dataclasses.dataclass
@@ -201,7 +222,7 @@ def explain_files(
     panel = len(chosen) > 1 if panel is None else panel
     resolved = resolve_target(target, model.labels, model.num_classes)
     stems = _unique_stems([p.stem for p in images]) if stems is None else stems
-    job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout)
+    job = _Job(model, images, stems, out_dir, render, seed, batch_size, timeout, ModelGuard(model))
     records: list[dict] = []
     common = {
         "model": {"path": path_text(model.report.path), "digest": model.digest},
@@ -299,6 +320,7 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
         attribution = _run_halving(
             job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
         )
+        check_unchanged(job.guard, f"method {method.name!r}")
         seconds = (time.perf_counter() - began) / len(group)
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):

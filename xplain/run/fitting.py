@@ -30,7 +30,7 @@ from ..plugins.plugin_api import Method
 from ..plugins.registry import validate_params
 from .api import check_requirements
 from .batching import iter_batches as load_batches
-from .state import save_state
+from .state import check_state_folder, save_state
 
 
 def iter_batches(
@@ -155,6 +155,7 @@ def fit_method(
         params["classes"] = ",".join(map(str, wanted))
     values = validate_params(method.params, params, f"method {method.name!r}")
     check_requirements(model, method)  # e.g. mip-in on a GELU model: refused before reading data
+    check_state_folder(model.digest, method.name, state_dir)  # never write through a link
     rows = read_dataset(Path(data), class_names=class_names, labels=labels)
     found = [s for s in rows if s.error is None]
     bad = [s.error for s in rows if s.error is not None]
@@ -199,7 +200,10 @@ def fit_method(
     if fit is None:
         raise UsageError(f"method {method.name!r} learns nothing from data (it has no fit step)")
     try:
-        result = fit(model, batches, values, fit_console)
+        from ..plugins.boundary import no_process_exit
+
+        with no_process_exit():  # os._exit inside fit is the plugin's failure too
+            result = fit(model, batches, values, fit_console)
     except InputDataError as e:  # a method's complaint about the data names DATA
         if e.path is None:
             e.path = str(data)
@@ -207,9 +211,8 @@ def fit_method(
     except XplainError:
         raise
     except SystemExit as e:  # the plugin boundary: sys.exit() inside fit is the plugin's failure
-        raise PluginError(
-            f"method {method.name!r} called sys.exit({e.code!r}) while fitting"
-        ) from None
+        called = str(e) if type(e).__name__ == "PluginExit" else f"sys.exit({e.code!r})"
+        raise PluginError(f"method {method.name!r} called {called} while fitting") from None
     except Exception as e:  # noqa: BLE001 - a fit's bug is the plugin's failure, not a traceback
         raise PluginError(
             f"method {method.name!r} failed while fitting: {type(e).__name__}: {e}"

@@ -5,8 +5,11 @@ Small functions with one job each, so other run drivers (sharded or distributed 
 * :func:`lock_output` — an exclusive ``fcntl.flock`` on the ``OUT`` folder itself for the whole run, so a
   second concurrent run on the same ``--out`` refuses with one line instead of duplicating every line
   of ``results.jsonl``. The lock dies with the process (no stale lock after ``kill -9``).
-* :class:`ModelGuard` — a fingerprint of the graph (generated code, module tree, hooks) and of every
-  parameter and buffer, taken before the methods run and checked after each one. A buggy method that
+* :class:`ModelGuard` — a fingerprint of the graph (generated code, module tree, hooks), of every
+  parameter and buffer, of every module's plain attributes (train mode, Conv strides, an instance
+  ``forward``) and module classes, and of the identity of torch's functions (``torch.relu``,
+  ``F.relu``, ``Tensor.relu`` …; :mod:`xplain.run.integrity`), taken before the methods run and
+  checked after each one. A buggy method that
   leaves a hook on the graph or edits weights in place would otherwise corrupt the scores of every
   method after it (and resume would keep them); the guard names it, and :meth:`ModelGuard.restore`
   puts the graph and weights back.
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UsageError
+from . import integrity
 
 try:  # POSIX
     import fcntl
@@ -83,6 +87,7 @@ def model_fingerprint(model) -> str:
         t = tensor.detach()
         h.update(str((t.dtype, tuple(t.shape), t.requires_grad)).encode())
         h.update(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    h.update(integrity.module_state_text(gm).encode())
     return h.hexdigest()
 
 
@@ -100,10 +105,23 @@ class ModelGuard:
             for name, t in list(gm.named_parameters()) + list(gm.named_buffers())
         }
         self.requires_grad = {name: p.requires_grad for name, p in gm.named_parameters()}
+        self.attributes = integrity.module_state(gm)
+        self.functions = integrity.torch_functions()
         self.fingerprint = model_fingerprint(model)
 
     def changed(self) -> bool:
-        return model_fingerprint(self.model) != self.fingerprint
+        """True when the graph, its weights or attributes, or one of torch's functions changed."""
+        return model_fingerprint(self.model) != self.fingerprint or bool(
+            integrity.changed_torch_functions(self.functions)
+        )
+
+    def what_changed(self) -> str:
+        """A few words for the message: which torch functions were replaced, else "the model"."""
+        names = integrity.changed_torch_functions(self.functions)
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            return f"torch's functions ({shown})"
+        return "the model's graph, weights or module attributes"
 
     def restore(self) -> bool:
         """Put modules, hooks, graph and tensor values back; True when the fingerprint matches again."""
@@ -130,8 +148,10 @@ class ModelGuard:
                 if current is not None:
                     current.clear()
                     current.update(saved)
+        integrity.restore_torch_functions(self.functions)
         gm.graph = copy.deepcopy(self.graph)
         gm.recompile()
+        integrity.restore_module_state(gm, self.attributes)
         with torch.no_grad():
             for name, tensor in list(gm.named_parameters()) + list(gm.named_buffers()):
                 saved = self.tensors.get(name)
@@ -140,3 +160,80 @@ class ModelGuard:
             for name, p in gm.named_parameters():
                 p.requires_grad_(self.requires_grad.get(name, False))
         return not self.changed()
+
+
+class InputWatch:
+    """What a metric is handed — the batch ``x``, the maps and extras — and the model, checked
+    after the metric ran: a metric that edits one of them in place would change every later
+    metric's score (and the saved maps). :meth:`check` restores them and names what changed."""
+
+    def __init__(self, guard: ModelGuard | None, x, attribution):
+        self.guard, self.x, self.attribution = guard, x, attribution
+        self.saved_x = x.detach().clone()
+        self.saved_maps = attribution.maps.detach().clone()
+        self.saved_extras = {k: v.detach().clone() for k, v in attribution.extras.items()}
+        self.extras = dict(attribution.extras)
+
+    def check(self) -> str | None:
+        """None when nothing changed; else restore everything and return a few words."""
+        import torch
+
+        changed = []
+        if not torch.equal(self.x, self.saved_x):
+            changed.append("the input batch x")
+            with torch.no_grad():
+                self.x.copy_(self.saved_x)
+        maps = self.attribution.maps
+        if maps.shape != self.saved_maps.shape or not torch.equal(maps, self.saved_maps):
+            changed.append("the maps")
+        if self.attribution.extras.keys() != self.saved_extras.keys() or any(
+            self.attribution.extras[k] is not self.extras[k] or not torch.equal(self.extras[k], v)
+            for k, v in self.saved_extras.items()
+        ):
+            changed.append("the extras")
+        if set(changed) - {"the input batch x"}:
+            self.attribution.maps = self.saved_maps.clone()
+            self.attribution.extras = {k: v.clone() for k, v in self.saved_extras.items()}
+            self.extras = dict(self.attribution.extras)
+        if self.guard is not None and self.guard.changed():
+            changed.append(self.guard.what_changed())
+            if not self.guard.restore():
+                from ..errors import PluginError
+
+                raise PluginError(
+                    f"a metric changed {self.guard.what_changed()} and it could not be restored; "
+                    "stopping so no later score is computed on a corrupted model"
+                )
+        return " and ".join(changed) if changed else None
+
+
+def check_unchanged(guard: ModelGuard | None, what: str) -> None:
+    """After one plugin call outside eval (``explain``, the Python API): a change to the model
+    or to torch's functions is restored and reported as a :class:`PluginError` (exit 4), so no
+    result computed on a changed model is written."""
+    from ..errors import PluginError
+
+    if guard is None or not guard.changed():
+        return
+    changed = guard.what_changed()
+    restored = guard.restore()
+    raise PluginError(
+        f"{what} changed {changed} (weights edited in place, a hook left behind, train mode, a "
+        "replaced forward or torch function); "
+        + ("the model was restored and nothing of it was written" if restored else "stopped")
+    )
+
+
+def fail_if_invalid(summary: dict) -> None:
+    """End of ``eval``: methods or metrics whose results were discarded because they changed the
+    model, the inputs or torch (named in ``summary["invalid"]``) make the run exit 4."""
+    from ..errors import PluginError
+
+    invalid = summary.get("invalid") or {}
+    if invalid:
+        first = next(iter(invalid.items()))
+        raise PluginError(
+            f"results of {', '.join(sorted(invalid))} are invalid and were not scored: "
+            f"{first[0]}: {first[1]}",
+            path=summary.get("out"),
+        )

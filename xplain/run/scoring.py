@@ -24,7 +24,7 @@ from ..graph.model import Model
 from ..plugins.plugin_api import Method, MetricContext
 from ..untrusted import path_text, printable
 from .api import run_method
-from .guards import ModelGuard
+from .guards import InputWatch, ModelGuard
 from .planning import Job, Plan
 from .records import finite_or_none
 
@@ -61,11 +61,15 @@ def check_model_unchanged(
             "restored; stopping so no later score is computed on a corrupted model"
         )
     message = (
-        f"method {method_name!r} changed the model's graph or weights (a hook left behind or weights "
-        "edited in place); its results are discarded and the model was restored"
+        f"method {method_name!r} changed the model ({guard.what_changed()}: a hook left behind, "
+        "weights edited in place, train mode, a replaced forward or torch function); its results "
+        "are discarded and the model was restored"
     )
     return [
-        _error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message)
+        {
+            **_error_record(r["key"], samples_by_key[r["key"]], method_name, params, seed, message),
+            "invalid": True,
+        }
         for r in lines
     ]
 
@@ -137,7 +141,7 @@ def score_batch(
             torch.tensor([-1 if b.label is None else b.label for b in s.boxes], dtype=torch.long)
         )
     state = _BatchState(
-        order, by_index, x_all, t_all, probs, preds, box_all, box_labels_all, plan, cache={}
+        order, by_index, x_all, t_all, probs, preds, box_all, box_labels_all, plan, {}, guard
     )
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
@@ -176,6 +180,7 @@ class _BatchState:
     box_labels_all: list[torch.Tensor | None]
     plan: Plan
     cache: dict
+    guard: ModelGuard | None = None  #: checks the model after every metric too
 
 
 def _score_method(
@@ -205,6 +210,8 @@ def _score_method(
             _error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e))
             for j in jobs
         ], []
+    if state.guard is not None and state.guard.changed():  # no metric sees a changed model
+        return [{"key": j.keys[method.name]} for j in jobs], []  # score_batch fails these
     seconds = (time.perf_counter() - started) / len(rows)
     context = MetricContext(
         model=model,
@@ -224,24 +231,34 @@ def _score_method(
     curves: dict[str, torch.Tensor] = {}
     curve_x: dict[str, list] = {}
     metric_errors: dict[str, str] = {}
+    invalid: dict[str, str] = {}
     for metric, params in chosen_metrics:
+        watch = InputWatch(state.guard, x, attribution)  # a metric editing x/maps/weights
+        got: dict[str, torch.Tensor] = {}
         try:
             with torch.no_grad() if not metric.needs else contextlib.nullcontext():
                 res = metric.run(dataclasses.replace(context, params=params))
-            for name, value in dict(res).items():
-                value = torch.as_tensor(value).detach().float().cpu()
-                if name.endswith("@x"):
-                    curve_x[name[:-2]] = value.reshape(-1).tolist()
-                elif value.ndim == 2 or name in metric.curves:
-                    curves[name] = value.reshape(len(rows), -1)
-                else:
-                    scores[name] = value.reshape(len(rows))
+            got = {n: torch.as_tensor(v).detach().float().cpu() for n, v in dict(res).items()}
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
             detail = (
                 f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else " ".join(str(e).split())
             )
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
+        if (changed := watch.check()) is not None:
+            invalid[metric.name] = metric_errors[metric.name] = (
+                f"metric {metric.name!r} changed {changed} in place; its scores are discarded "
+                "and the inputs and model were restored"
+            )
+            got = {}
+        if metric.name in metric_errors:
             scores[metric.name] = torch.full((len(rows),), float("nan"))
+        for name, value in got.items():
+            if name.endswith("@x"):
+                curve_x[name[:-2]] = value.reshape(-1).tolist()
+            elif value.ndim == 2 or name in metric.curves:
+                curves[name] = value.reshape(len(rows), -1)
+            else:
+                scores[name] = value.reshape(len(rows))
     maps = attribution.maps.detach().float().cpu()
     lines, maps_out = [], []
     for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
@@ -266,6 +283,8 @@ def _score_method(
             record["curve_x"] = curve_x
         if metric_errors:
             record["metric_errors"] = metric_errors
+        if invalid:
+            record["invalid"] = invalid
         lines.append(record)
         if index < montage:
             maps_out.append((index, method.name, maps[j].numpy()))

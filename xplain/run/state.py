@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..errors import InputDataError
 from ..fileio import atomic_write, write_json
 from ..graph.fitted import (
     MAX_META_BYTES,
     MAX_STATE_BYTES,
     StateDict,
+    _check_folder,
+    check_state_folder,
+    check_state_matches,
     load_state,
     state_dir,
     state_paths,
@@ -23,6 +27,8 @@ __all__ = [
     "MAX_META_BYTES",
     "MAX_STATE_BYTES",
     "StateDict",
+    "check_state_folder",
+    "check_state_matches",
     "load_state",
     "save_state",
     "state_dir",
@@ -35,6 +41,7 @@ def save_state(digest: str, method: str, tensors: dict, meta: dict, root=None) -
     from safetensors.torch import save
 
     tensor_path, meta_path = state_paths(digest, method, root)
+    _check_folder(tensor_path.parent, InputDataError)
     payload = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     record = {
         "model_digest": digest,

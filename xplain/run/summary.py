@@ -37,6 +37,7 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
     curve_xs: dict[str, list] = {}
     errors = {m.name: 0 for m, _ in chosen_methods}
     error_examples: dict[str, str] = {}
+    invalid: dict[str, str] = {}  # method or metric -> why its results were discarded
     seen = set()
     files = [results] if isinstance(results, Path) else list(results)
     for record in (r for path in files for r in read_results(path)):
@@ -48,6 +49,11 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
             continue
         seen.add(record["key"])
         name = record["method"]
+        if record.get("invalid") is True:
+            invalid.setdefault(name, record.get("error", ""))
+        elif isinstance(record.get("invalid"), dict):
+            for metric_name, why in record["invalid"].items():
+                invalid.setdefault(str(metric_name), str(why))
         if "error" in record:
             errors[name] += 1
             error_examples.setdefault(name, record["error"])
@@ -123,6 +129,7 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
         "best": best,
         "errors": errors,
         "error_examples": error_examples,
+        "invalid": invalid,
         "curves": curves,
     }
 
