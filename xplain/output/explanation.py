@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -27,6 +28,7 @@ from ..plugins.plugin_api import Attribution, Method
 from ..plugins.registry import Registry, get_registry
 from ..run import api
 from ..run import explaining as files
+from ..run.api_inputs import check_batch
 from ..untrusted import path_text
 from .panel import PanelRow, panel_figure
 from .render import RenderOptions, overlay_image
@@ -177,11 +179,8 @@ def _inputs(
     model: Model, inputs: Any, preprocess: dict
 ) -> tuple[torch.Tensor, list | None, list, list]:
     """(x, photos or None, geometries, names) for a tensor, a path, a PIL image or a list."""
-    if isinstance(inputs, torch.Tensor):
-        x = inputs[None] if inputs.dim() == 3 else inputs
-        if x.dim() != 4:
-            raise UsageError(f"expected a tensor B×C×H×W or C×H×W, got shape {tuple(inputs.shape)}")
-        return x.to(model.device, torch.float32), None, [], []
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):  # checked as xplain.run.api.explain does
+        return check_batch(model, inputs), None, [], []
     items = (
         list(inputs) if isinstance(inputs, Sequence) and not isinstance(inputs, str) else [inputs]
     )
@@ -219,7 +218,7 @@ def explain(
 
     ``model``: a :class:`~xplain.Model`, a model file, or a ``torch.nn.Module`` (exported
     through the front door, :func:`xplain.load_model`; ``example_input`` defaults to ``inputs``
-    when that is a tensor). ``inputs``: a preprocessed tensor (B×C×H×W or C×H×W), an image path,
+    when that is a tensor). ``inputs``: a preprocessed batch (a B×C×H×W tensor or array), an image path,
     a PIL image, or a list of paths/images (preprocessed by :meth:`~xplain.Model.preprocess`
     with ``preset``/``resize``/``mean``/``std``, the CLI's rules). ``targets`` (or Captum's
     ``target``): None = top-1, one int for all images, or one per image. ``baselines``: a
