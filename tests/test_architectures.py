@@ -922,7 +922,7 @@ def test_tap_restores_graph(resnet):
     with pytest.raises(Boom):
         with resnet.tap(names):
             raise Boom
-    assert resnet.graph.code == code and hooks() == 0 and not resnet._tapped
+    assert resnet.graph.code == code and hooks() == 0 and not resnet._surgery._tapped
     with torch.no_grad():
         assert torch.equal(resnet(x), before)
     assert not any(n.startswith("xplain_inserted") for n, _ in resnet.graph.named_children())

@@ -22,6 +22,8 @@ from .conftest import REPO, export_classic
 
 #: the methods bench/README.md and issue 3 name as having a Captum counterpart
 DOCUMENTED = {
+    "deeplift",
+    "expected-gradients",
     "saliency",
     "gradient",
     "input-x-gradient",
@@ -196,6 +198,7 @@ def relu_model(tmp_path_factory):
         ("deconvnet", {}),
         ("grad-cam", {}),
         ("occlusion", {"patch": 4, "stride": 2}),
+        ("deeplift", {}),
     ],
 )
 def test_captum_counterpart_computes_our_map(relu_model, name, params):

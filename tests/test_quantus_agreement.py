@@ -83,6 +83,10 @@ class Wrapped:
     def __call__(self, x):
         return self.net(x)
 
+    def infer(self, x):
+        with torch.inference_mode():
+            return self.net(x)
+
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")

@@ -64,6 +64,7 @@ _LAZY = {
     "RectifierRule": ("xplain.graph.rules", "RectifierRule"),
     "batched_backward": ("xplain.graph.rules", "batched_backward"),
     "unbatched": ("xplain.graph.rules", "unbatched"),
+    "deeplift_multipliers": ("xplain.graph.deeplift", "deeplift_multipliers"),
     "lrp_rules": ("xplain.graph.lrp", "lrp_rules"),
     "composite": ("xplain.graph.composites", "composite"),
     "composites": ("xplain.graph.composites", "composites"),

@@ -16,12 +16,14 @@ from rich.table import Table
 
 from ..errors import UsageError
 from .common import (
+    OPTIONS,
     check_images,
     load_registry,
     open_model,
     scoped_params,
 )
 from .console import NoStatus, err, out
+from .engine_option import engine_line, engine_option
 
 
 def bench(
@@ -80,12 +82,14 @@ def bench(
         [], "--metric-param", metavar="METRIC.KEY=VALUE", help="Metric parameter (repeatable)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = engine_option(),
 ):
     """Measure methods: seconds per image, × one forward pass, peak memory, and Captum's time.
 
     MODEL is an ONNX file, or one of the 224×224 benchmark networks by name (resnet50,
     efficientnet_b0: torchvision architectures with random weights; efficientnet_lite0: ImageNet
     weights from the `bench` extra), exported once to ~/.cache/xplain/bench-models."""
+    OPTIONS["engine"] = engine
     registry = load_registry()
     names = [n.strip() for n in methods.split(",") if n.strip()]
     from ..run.timing import resolve_methods, resolve_metrics
@@ -163,6 +167,9 @@ def bench(
             seed=seed,
             clock=clock,
         )
+    from ..run.bench_engines import compare_engines
+
+    report["engines"] = compare_engines(model, x, repeats, warmup, clock)
     report["model"] = str(model_path)
     report["images"] = [str(p) for p in images] or None
     if as_json:
@@ -174,6 +181,7 @@ def bench(
         f"  forward {per_image:.3g} s/image  clock {report['clock']}",
         highlight=False,
     )
+    out.print(engine_line(report["engines"]), highlight=False, markup=False)
     table = Table(box=None)
     for col in ("method", "s/image", "×forward", "peak mem (MB)", "captum s/image", "ours/captum"):
         table.add_column(

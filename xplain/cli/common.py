@@ -20,7 +20,12 @@ from .console import NoStatus, err
 
 #: the global options of the ``xplain`` callback (``--strict-plugins``, ``--no-plugin``,
 #: ``--max-input-pixels``), read by every verb
-OPTIONS: dict[str, Any] = {"strict": False, "blocked": (), "max_input_pixels": None}
+OPTIONS: dict[str, Any] = {
+    "strict": False,
+    "blocked": (),
+    "max_input_pixels": None,
+    "engine": "auto",  # set by the verbs with --engine (explain, eval, bench)
+}
 
 
 def load_registry():
@@ -58,6 +63,7 @@ def open_model(model_path: Path, device: str, labels: str | None = None, verify:
             verify=verify,
             registry=load_registry(),
             max_input_pixels=OPTIONS["max_input_pixels"],
+            engine=OPTIONS["engine"],
         )
     if (model.labels_source or "").startswith("imagenet (default"):
         err.print(

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from .common import (
+    OPTIONS,
     check_out_dir,
     input_error,
     load_registry,
@@ -24,6 +25,7 @@ from .common import (
     scoped_params,
 )
 from .console import err, out
+from .engine_option import engine_option
 
 
 def eval_command(
@@ -33,8 +35,15 @@ def eval_command(
         metavar="DATA",
         help="A folder of images, class sub-folders, or a CSV manifest (path,label[,boxes]).",
     ),
-    methods: str = typer.Option(..., "--methods", "-m", help="Comma-separated methods, or 'all'."),
-    metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics, or 'all'."),
+    methods: str = typer.Option("", "--methods", "-m", help="Comma-separated methods, or 'all'."),
+    metrics: str = typer.Option("", "--metrics", help="Comma-separated metrics, or 'all'."),
+    protocol: str | None = typer.Option(
+        None,
+        "--protocol",
+        metavar="latec|FILE",
+        help="A published protocol's methods, metrics and settings, ranked as it ranks them "
+        "(DIR/protocol.md); instead of --methods/--metrics.",
+    ),
     labels: Path | None = typer.Option(
         None, "--labels", help="Image labels: CSV (path,label) or TXT (image label)."
     ),
@@ -116,19 +125,32 @@ def eval_command(
         min=0.0,
         help="GPUs per Ray worker (0.5: two workers share a GPU).",
     ),
+    engine: str = engine_option(),
 ):
     """Evaluate methods with metrics on a data set: results.jsonl, summary.json/.csv, a table, plots and
     report.html.
 
     `xplain eval summarize DIR` merges the results files of DIR (the shards of a run) into the
     summary and reports images no shard has done."""
+    OPTIONS["engine"] = engine
     registry = load_registry()
-    method_names = names_or_all(methods, registry.methods, "method")
-    metric_names = names_or_all(metrics, registry.metrics, "metric")
+    chosen_protocol = None
+    if protocol is not None:  # issue 23: the protocol names the methods, metrics and settings
+        from ..run import protocols
+
+        chosen_protocol, method_names, metric_names, proto_mp, proto_xp = protocols.cli_plan(
+            protocol, methods, metrics, registry
+        )
+    else:
+        method_names = names_or_all(methods, registry.methods, "method")
+        metric_names = names_or_all(metrics, registry.metrics, "metric")
     registry.resolve("method", method_names)  # fail fast on a bad name, then on bad parameters
     registry.resolve("metric", metric_names)
     method_params = scoped_params(param, method_names, "--param")
     metric_params = scoped_params(metric_param, metric_names, "--metric-param")
+    if chosen_protocol is not None:
+        method_params = protocols.merged(proto_mp, method_params)
+        metric_params = protocols.merged(proto_xp, metric_params)
     from ..plugins.registry import validate_params
 
     for n in method_names:
@@ -163,6 +185,13 @@ def eval_command(
             )
     check_out_dir(out_dir, "--out")
     model.state_dir = state_dir
+    if chosen_protocol is not None:  # methods the model cannot run are named, the rest scored
+        applicable, refused = protocols.split_applicable(chosen_protocol, model, registry)
+        if not applicable:
+            raise UsageError(f"protocol {chosen_protocol.name}: no method applies to this model")
+        method_names = [str(e.plugin) for e in applicable]
+        method_params = {n: method_params[n] for n in method_names}
+        protocols.write_plan(out_dir, chosen_protocol, refused)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -220,10 +249,17 @@ def eval_command(
             timeout=timeout,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    ranked = None
+    if chosen_protocol is not None and "shard" not in summary:
+        ranked = protocols.finish(out_dir, registry)
+        summary["protocol"] = ranked
     if as_json:
         print(json.dumps(summary, indent=2))
         _fail_if_nothing_evaluated(summary, data)
         return
+    if ranked is not None:
+        for line in protocols.ranking_lines(ranked):
+            out.print(escape(line), highlight=False)
     matrix = summary_table(summary)
     width = 22 + sum(max(len(k) + 2, 7) + 1 for k in summary["scores"])
     out.print(matrix if width <= out.width else ranking_table(summary))
@@ -270,9 +306,16 @@ def eval_summarize_command(
     from ..run.evaluation import summarize
 
     summary = summarize(out_dir, plots=plots, registry=load_registry())
+    from ..run.protocols import finish, ranking_lines
+
+    ranked = finish(out_dir, load_registry())  # a --protocol run: its ranking over all shards
+    if ranked is not None:
+        summary["protocol"] = ranked
     if as_json:
         print(json.dumps(summary, indent=2))
         return
+    for line in ranking_lines(ranked) if ranked is not None else []:
+        out.print(escape(line), highlight=False)
     out.print(summary_table(summary))
     _print_missing(summary)
     out.print(

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from .common import (
+    OPTIONS,
     check_images,
     floats,
     load_registry,
@@ -20,6 +21,7 @@ from .common import (
     set_up,
 )
 from .console import err, out
+from .engine_option import engine_option
 
 
 def explain(
@@ -104,9 +106,11 @@ def explain(
         help="Check the conversion against onnxruntime at load (default). --no-verify "
         "skips it for models already checked (`xplain inspect`): faster start-up.",
     ),
+    engine: str = engine_option(),
 ):
     """Explain IMAGE(s) with one or more methods: heatmap, overlay, raw .npy and a JSON record each,
     and a side-by-side panel per image when several methods are given."""
+    OPTIONS["engine"] = engine
     registry = load_registry()
     names = method_list(method)
     registry.resolve("method", names)  # fail fast on an unknown method, before loading the model

@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -60,6 +61,8 @@ class Model:
         #: method -> (tensors, meta) read once by a driver and shipped (Ray workers): used instead of the disk
         self.preloaded_state: dict | None = None
         self._surgery = Surgery(self)
+        #: the forward engine of :meth:`infer` (:class:`xplain.onnx.engine.ForwardEngine`; None: torch)
+        self.engine: Any = None
 
     # ---------------------------------------------------------------- running
     @property
@@ -90,10 +93,18 @@ class Model:
         """Logits for a batch with no autograd graph: the one entry point for forward-only work.
 
         Perturbation metrics and black-box methods (occlusion, RISE, LIME, deletion, ...) call this
-        instead of ``model(x)`` so that the run's execution engine (eager torch today; onnxruntime
-        where it is faster, issue 21) can serve them without any plugin knowing which one ran."""
-        with torch.inference_mode():
-            return self(x)
+        instead of ``model(x)`` so that the run's execution engine (eager torch, or onnxruntime
+        where it runs the file) can serve them without any plugin knowing which one ran. onnxruntime
+        serves only an unmodified graph (:attr:`graph_modified`); see :mod:`xplain.onnx.engine`."""
+        from ..onnx.engine import forward
+
+        return forward(self, x)
+
+    @property
+    def graph_modified(self) -> bool:
+        """True while a swap_modules / insert_after / tap context is live: only the torch graph
+        then computes what the method asked for."""
+        return self._surgery.modified
 
     def example_input(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)

@@ -43,6 +43,13 @@ class Surgery:
         self._tapped: set[str] = (
             set()
         )  #: module targets a live tap hooks (they must not be swapped)
+        self._live = 0  #: swap_modules / insert_after contexts now open
+
+    @property
+    def modified(self) -> bool:
+        """True while a swap, an insert or a tap is live: the graph is not the file's then, so
+        forward-only work must run it on torch (:mod:`xplain.onnx.engine`)."""
+        return self._live > 0 or bool(self._tapped)
 
     @property
     def graph(self) -> fx.GraphModule:
@@ -57,6 +64,7 @@ class Surgery:
         saved: dict[str, nn.Module] = {}
         nodes = {n.name: n for n in self.graph.graph.nodes} if len(replacements) > 1 else {}
         device = self.model.device
+        self._live += 1
         try:
             for name, new in replacements.items():
                 target = str((nodes[name] if name in nodes else self._node(name)).target)
@@ -69,6 +77,7 @@ class Surgery:
                 set_submodule(self.graph, target, new.to(device))
             yield
         finally:
+            self._live -= 1
             for target, old in saved.items():
                 set_submodule(self.graph, target, old)
 
@@ -77,6 +86,7 @@ class Surgery:
         """Temporarily route each named node's output through a module (e.g. a bottleneck)."""
         graph = self.graph.graph
         inserted: list[tuple[fx.Node, fx.Node, str]] = []
+        self._live += 1
         try:
             for name, module in modules.items():
                 site = self._node(name)
@@ -89,6 +99,7 @@ class Surgery:
             self.graph.recompile()
             yield
         finally:
+            self._live -= 1
             for site, new, target in reversed(inserted):
                 new.replace_all_uses_with(site)
                 graph.erase_node(new)

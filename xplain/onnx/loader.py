@@ -21,6 +21,7 @@ from ..untrusted import printable
 from . import passes
 from .converters import convert, unsupported_ops, xplain_converted_ops
 from .io import check_model, read_model
+from .logits_graph import logits_graph
 
 #: passes the converted graph must satisfy: max |torch - onnxruntime| <= TOL * max(1, max |ort|)
 VERIFY_TOL = 1e-4
@@ -581,6 +582,8 @@ def load_onnx(
         report.notes.append(note)
     if note := passes.fold_constants(work):
         report.notes.append(note)
+    # the graph onnxruntime will run: before the passes written for onnx2torch
+    engine_graph = _engine_graph(work, output_index, inp)
     stash = passes.detach_weights(work)
     work, note = passes.normalize_opset(work)
     if note:
@@ -659,4 +662,33 @@ def load_onnx(
         )
     if verify:
         _verify(model, original, path, input_name, output_name)
+    model.engine = _forward_engine(engine_graph, report.softmax_stripped)
     return model
+
+
+def _engine_graph(work, output_index: int, inp) -> tuple[bytes, str | None] | str:
+    """The logits graph onnxruntime will run (see :mod:`.logits_graph`), or why there is none."""
+    import onnx
+
+    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return "the model's input is not float32"
+    try:
+        return logits_graph(work, output_index)
+    except Exception as err:  # noqa: BLE001 - e.g. a graph over protobuf's 2 GiB
+        return f"the graph cannot be serialised for onnxruntime ({type(err).__name__})"
+
+
+def _forward_engine(graph: tuple[bytes, str | None] | str, stripped: str | None):
+    """The engine state for :meth:`Model.infer`: the onnxruntime graph when its softmax edit is
+    the one made to the torch graph, else the reason forward-only work stays on torch."""
+    from .engine import ForwardEngine
+
+    if isinstance(graph, str):
+        return ForwardEngine(unavailable=graph)
+    data, kind = graph
+    if kind != stripped:
+        return ForwardEngine(
+            unavailable=f"the torch graph's stripped softmax ({stripped}) and the ONNX graph's "
+            f"({kind}) differ"
+        )
+    return ForwardEngine(graph=data, unavailable="")

@@ -52,6 +52,7 @@ def load_model(
     registry: Registry | None = None,
     max_input_pixels: int | None = None,
     exporter: str | None = None,
+    engine: str = "auto",
 ) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
@@ -64,10 +65,16 @@ def load_model(
     path, ``"imagenet"``, ``"none"`` (no names) or None: the sidecar ``MODEL.json``'s labels,
     else the ImageNet names for a model of 1,000 outputs (1,001: "background" first), as
     ``model.labels_source`` says. ``max_input_pixels`` raises the bound on the model's declared
-    input size (default 1024², or ``$XPLAIN_MAX_INPUT_PIXELS``)."""
+    input size (default 1024², or ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what
+    :meth:`Model.infer` runs on — ``auto`` (onnxruntime where it can, else torch), ``torch`` or
+    ``onnxruntime`` (a usage error when it cannot serve this model); see :mod:`xplain.onnx.engine`."""
     from ..data.images import load_labels, read_sidecar
     from ..data.preprocessing import NO_LABELS, default_labels
+    from ..onnx.engine import ENGINES, configure
     from .memory import watch
+
+    if engine not in ENGINES:  # before the work of loading
+        raise UsageError(f"unknown engine {engine!r}", hint="use auto, torch or onnxruntime")
 
     if isinstance(example_input, (str, torch.device)) and not isinstance(path, torch.nn.Module):
         device, example_input = example_input, None  # the pre-module signature: (path, device)
@@ -86,6 +93,7 @@ def load_model(
                 labels=labels,
                 registry=registry,
                 max_input_pixels=max_input_pixels,
+                engine=engine,
             ),
         )
     if example_input is not None:
@@ -129,6 +137,7 @@ def load_model(
         model.labels_source = "given" if labels is not None else "sidecar"
     elif (found := default_labels(model.num_classes)) is not None:
         model.labels, model.labels_source = found
+    configure(model, engine)
     return model
 
 
@@ -339,6 +348,7 @@ def explain(
     seed: int = 0,
     registry: Registry | None = None,
     baselines: torch.Tensor | None = None,
+    engine: str | None = None,
 ) -> Attribution:
     """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets``: None (the top-1 class),
     one int for every image (Captum's ``target=3``) or one per image. ``baselines``: a
@@ -348,11 +358,14 @@ def explain(
     Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
     converted to float32, everything else that is wrong is an :class:`XplainError` with the
     CLI's line), and the model is checked after the method (a method that changed it raises
-    :class:`PluginError` after the model was restored)."""
+    :class:`PluginError` after the model was restored). ``engine`` (auto, torch, onnxruntime;
+    None: the model's) sets what forward-only work runs on."""
+    from ..onnx.engine import configure
     from .api_inputs import check_batch, check_params, check_seed
     from .guards import ModelGuard, check_unchanged
 
     seed = check_seed(seed)
+    configure(model, engine)
     if isinstance(method, str):
         method = (registry or get_registry()).method(method)
     elif not isinstance(method, Method):

@@ -201,6 +201,53 @@ def _lrp_epsilon(ca, net, model, params, x) -> Iterator[CaptumFn]:
                     delattr(m, attr)
 
 
+@contextlib.contextmanager
+def _relu6_rescaled() -> Iterator[None]:
+    """Captum's DeepLift table with nn.ReLU6 added (its own ``nonlinear`` rule): Captum keeps a
+    ReLU6's plain gradient otherwise, while ours rescales every rectifier kind."""
+    import captum.attr._core.deep_lift as cdl
+
+    had = nn.ReLU6 in cdl.SUPPORTED_NON_LINEAR
+    cdl.SUPPORTED_NON_LINEAR.setdefault(nn.ReLU6, cdl.nonlinear)
+    try:
+        yield
+    finally:
+        if not had:
+            del cdl.SUPPORTED_NON_LINEAR[nn.ReLU6]
+
+
+@contextlib.contextmanager
+def _deeplift(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    # a blur/uniform baseline is timed against a zero one (the same passes)
+    dl = ca.DeepLift(net, eps=float(_param(params, ("eps",), 1e-10)))
+    with _relu6_rescaled():
+        yield lambda x, t: reduce_channels(
+            dl.attribute(x, baselines=torch.zeros_like(x), target=t), params.get("reduce", "sum")
+        )
+
+
+@contextlib.contextmanager
+def _gradient_shap(ca, net, model, params, x) -> Iterator[CaptumFn]:
+    # stochastic: timed, not compared; a reference set other than zeros is timed as the batch
+    gs = ca.GradientShap(net)
+    zeros = _param(params, ("baselines",), "zeros") == "zeros"
+
+    def run(x, t):
+        refs = torch.zeros_like(x[:1]) if zeros else x.detach()
+        return reduce_channels(
+            gs.attribute(
+                x,
+                baselines=refs,
+                n_samples=int(_param(params, ("n_samples",), 5)),
+                stdevs=float(_param(params, ("stdevs",), 0.0)),
+                target=t,
+            ),
+            params.get("reduce", "sum"),
+        )
+
+    yield run
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptumCounterpart:
     """How Captum runs a method that declares ``Method(reference=...)``: ``description`` says
@@ -245,6 +292,10 @@ CAPTUM_ADAPTERS: dict[str, CaptumCounterpart] = {
             "captum.attr.Occlusion", "Occlusion(patch, stride, perturbations_per_eval)", _occlusion
         ),
         CaptumCounterpart("captum.attr.LRP(EpsilonRule)", "LRP(EpsilonRule)", _lrp_epsilon),
+        CaptumCounterpart("captum.attr.DeepLift", "DeepLift, ReLU6 in its rule table", _deeplift),
+        CaptumCounterpart(
+            "captum.attr.GradientShap", "GradientShap(n_samples, stdevs)", _gradient_shap
+        ),
     )
 }
 

@@ -46,6 +46,8 @@ from ..data.pipeline import default_workers, prefetch
 from ..errors import InputDataError, UsageError
 from ..fileio import save_npy, write_failed
 from ..graph.model import Model
+from ..onnx.engine import configure as configure_engine
+from ..onnx.engine import describe as describe_engine
 from ..output.plots import keep_view, write_plots
 from ..output.report import write_report
 from ..plugins.registry import Registry, get_registry, validate_params
@@ -92,6 +94,7 @@ def evaluate(
     worker_kind: str = "thread",
     shard: Shard | None = None,
     ray: dict | None = None,
+    engine: str | None = None,
 ) -> dict:
     """Evaluate ``methods`` with ``metrics`` on ``data``; returns the summary (also written to disk).
 
@@ -111,8 +114,11 @@ def evaluate(
     the summary of a sharded run covers its shard and is not written (``xplain eval summarize``
     merges the shards). ``ray``: ``{"address": ..., "workers": N, "gpus_per_worker": F}`` runs
     the batches on Ray actors (see :mod:`xplain.run.ray_engine`); this process stays the only writer.
+    ``engine``: what forward-only work runs on (auto, torch, onnxruntime; None: the model's, see
+    :mod:`xplain.onnx.engine`); records say which served it, ``run.json`` the settings.
     """
     registry = registry or get_registry()
+    configure_engine(model, engine)
     preprocess = preprocess or Preprocess.for_model(model)
     selection = Selection(methods, metrics, method_params, metric_params)
     plan = plan_run(model, selection, registry, seed=int(seed), preprocess=preprocess)
@@ -250,6 +256,7 @@ def _run_record(
         "preprocess": preprocess.to_dict(),
         "montage": montage,
         "images": images,
+        "engine": describe_engine(model),
     }
 
 

@@ -16,6 +16,7 @@ from ..data.images import Preprocess, load_image, resolve_target
 from ..errors import InputDataError, PluginError, UsageError, XplainError
 from ..fileio import atomic_group, save_npy, write_json
 from ..graph.model import Model
+from ..onnx.engine import engines_between, forward_counts
 from ..output import render as _render
 from ..output.panel import PanelRow, save_panel
 from ..output.render import RenderOptions, save_heatmap, save_overlay
@@ -316,16 +317,17 @@ def _explain_items(job: _Job, method: Method, values: dict, items: list[_Item], 
         group = items[offset : offset + job.batch_size]
         rows = torch.tensor([it.index - batch.start for it in group], device=device)
         targets = torch.tensor([it.target for it in group], device=device)
-        began = time.perf_counter()
+        began, forwards = time.perf_counter(), forward_counts(job.model)
         attribution = _run_halving(
             job.model, method, batch.x[rows], targets, values, job.seed, job.timeout
         )
         check_unchanged(job.guard, f"method {method.name!r}")
         seconds = (time.perf_counter() - began) / len(group)
+        engine = engines_between(forwards, forward_counts(job.model))  # who served model.infer
         maps = attribution.maps.detach().float().cpu().numpy()
         for j, item in enumerate(group):
             record = _write_outputs(job, item, maps[j], attribution, j, batch, method.name)
-            record.update(seconds=round(seconds, 6), _index=item.index)
+            record.update(seconds=round(seconds, 6), engine=engine, _index=item.index)
             yield record, maps[j]
 
 

@@ -21,6 +21,7 @@ from ..data.datasets import Sample
 from ..data.pipeline import Prepared, to_device
 from ..errors import PluginError, XplainError
 from ..graph.model import Model
+from ..onnx.engine import engines_between, forward_counts
 from ..plugins.plugin_api import Method, MetricContext
 from ..untrusted import path_text, printable
 from .api import run_method
@@ -202,7 +203,7 @@ def _score_method(
     x, targets = x_all[sel], t_all[sel]
     jobs = [by_index[order[r]] for r in rows]
     samples = [j.sample for j in jobs]
-    started = time.perf_counter()
+    started, forwards = time.perf_counter(), forward_counts(model)
     try:
         attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
@@ -260,6 +261,7 @@ def _score_method(
             else:
                 scores[name] = value.reshape(len(rows))
     maps = attribution.maps.detach().float().cpu()
+    engine = engines_between(forwards, forward_counts(model))  # who served model.infer
     lines, maps_out = [], []
     for j, (r, job, s) in enumerate(zip(rows, jobs, samples)):
         index = order[r]
@@ -276,6 +278,7 @@ def _score_method(
             "prediction": int(preds[r]),
             "probability": finite_or_none(float(probs[r, t])),
             "seconds": seconds,
+            "engine": engine,
             "scores": {n: finite_or_none(float(v[j])) for n, v in scores.items()},
             "curves": {n: [finite_or_none(float(c)) for c in v[j]] for n, v in curves.items()},
         }

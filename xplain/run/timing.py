@@ -44,6 +44,7 @@ import torch
 
 from ..errors import PluginError, UsageError
 from ..graph.model import Model
+from ..onnx.engine import forward_images
 from ..plugins.plugin_api import Method, MetricContext
 from ..plugins.registry import Registry, get_registry, validate_params
 from .api import run_method
@@ -302,8 +303,9 @@ def bench_metrics(
 
     The maps are computed once, untimed. Each metric is called as ``xplain eval`` calls it (same
     context keys, no-grad unless it needs the method; localisation metrics get one central box
-    per image), in rounds interleaved with a forward pass of the batch. A forward hook counts the
-    images the metric sends through the model, so the report says what the metric costs per
+    per image), in rounds interleaved with a forward pass of the batch (``model.infer``: the run's
+    engine, as the metrics' own passes). A forward hook (torch) and the engine's counts
+    (onnxruntime) count the images the metric sends through the model, so the report says what the metric costs per
     image it evaluates: ``seconds_per_image`` (per explained image), ``forward_images`` (images
     forwarded per explained image), ``seconds_per_step`` (per forwarded image) and
     ``ratio_to_forward`` (that ÷ one forward per image: 1.0 is the physical limit of a metric that
@@ -347,10 +349,10 @@ def bench_metrics(
         explain=lambda xx, tt: run_method(model, the_method, xx, tt, mparams, seed),
     )
 
-    def forward():
-        with torch.no_grad():
-            return model(x)
+    def forward():  # the engine forward-only work runs on (see xplain.onnx.engine)
+        return model.infer(x)
 
+    forward()  # builds the engine's session (its self-check runs torch) before anything is counted
     counted = [0]
     handle = model.graph.register_forward_pre_hook(
         lambda _m, args: counted.__setitem__(0, counted[0] + args[0].shape[0])
@@ -367,9 +369,9 @@ def bench_metrics(
                 with torch.no_grad() if not metric.needs else contextlib.nullcontext():
                     return metric.run(call)
 
-            counted[0] = 0
-            score()
-            images = counted[0]
+            counted[0], served = 0, forward_images(model)["onnxruntime"]
+            score()  # the hook counts torch's forwards, the engine onnxruntime's
+            images = counted[0] + forward_images(model)["onnxruntime"] - served
             times, _ = _rounds(
                 {"forward": forward, "metric": score}, device, repeats, warmup, clock
             )

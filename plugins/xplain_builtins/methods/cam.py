@@ -78,9 +78,37 @@ def _from_input(model, name):
     return False
 
 
+def layer_signal(model, layer, x, targets, gradients=True, method="grad-cam"):
+    """The layer's activations and (with ``gradients``) the target logit's gradient there, both
+    B×C×h×w (tokens/channels-last as maps, prefix tokens left out); grads None without."""
+    import torch
+
+    name = layer.name
+    # the tap makes the layer's output a leaf: the network below it runs as inference (no
+    # saved tensors, no input copy), the backward starts at the logit and stops at the layer
+    with (
+        model.tap([name], gradients=False, leaf=gradients) as tap,
+        torch.set_grad_enabled(gradients),
+    ):
+        logits = model(x.detach())
+        acts = tap.activations[name]
+        if not (
+            isinstance(acts, torch.Tensor) and acts.is_floating_point() and _from_input(model, name)
+        ):
+            raise xplain.UsageError(f"{method} layer {name!r} carries no signal from the input")
+        if not gradients:
+            return layer.to_spatial(acts.detach()), None
+        (grads,) = torch.autograd.grad(
+            logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True
+        )
+    if grads is None:
+        raise xplain.UsageError(f"{method} layer {name!r} does not reach the model's output")
+    # tokens/channels-last as B×C×h×w; prefix tokens (class, distillation) are left out
+    return layer.to_spatial(acts.detach()), layer.to_spatial(grads)
+
+
 def _explain_gradcam(request: xplain.ExplainRequest):
     model, x, targets, params = request.model, request.x, request.targets, request.params
-    import torch
     import torch.nn.functional as F
 
     layer = _gradcam_layer(model, params["layer"])
@@ -88,24 +116,7 @@ def _explain_gradcam(request: xplain.ExplainRequest):
     size = (model.spec.height, model.spec.width)
 
     def run(x, targets):
-        # the tap makes the layer's output a leaf: the network below it runs as inference (no
-        # saved tensors, no input copy), the backward starts at the logit and stops at the layer
-        with model.tap([name], gradients=False, leaf=True) as tap, torch.enable_grad():
-            logits = model(x.detach())
-            acts = tap.activations[name]
-            if not (
-                isinstance(acts, torch.Tensor)
-                and acts.is_floating_point()
-                and _from_input(model, name)
-            ):
-                raise xplain.UsageError(f"grad-cam layer {name!r} carries no signal from the input")
-            (grads,) = torch.autograd.grad(
-                logits.gather(1, targets[:, None]).sum(), acts, allow_unused=True
-            )
-        if grads is None:
-            raise xplain.UsageError(f"grad-cam layer {name!r} does not reach the model's output")
-        # tokens/channels-last as B×C×h×w; prefix tokens (class, distillation) are left out
-        acts, grads = layer.to_spatial(acts.detach()), layer.to_spatial(grads)
+        acts, grads = layer_signal(model, layer, x, targets)
         weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: spatial mean of d logit / d A_k
         cam = (weights * acts).sum(dim=1, keepdim=True)
         if params["relu"]:

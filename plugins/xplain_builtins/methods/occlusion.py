@@ -55,7 +55,7 @@ def _explain(request: xplain.ExplainRequest):
     buffer = x.new_empty(min(per_group, len(windows)), group, channels, height, width)  # reused
     with torch.no_grad():
         x = x.detach()
-        reference = model(x).gather(1, targets[:, None])[:, 0]  # B
+        reference = model.infer(x).gather(1, targets[:, None])[:, 0]  # B
         for lo in range(0, batch, group):
             xs, ts = x[lo : lo + group], targets[lo : lo + group]
             n = xs.shape[0]
@@ -64,7 +64,7 @@ def _explain(request: xplain.ExplainRequest):
                 k = mask.shape[0]
                 occluded = buffer[:k, :n]
                 torch.where(mask[:, None, None], fill, xs[None], out=occluded)  # k×n×C×H×W
-                logits = model(occluded.reshape(k * n, channels, height, width))
+                logits = model.infer(occluded.reshape(k * n, channels, height, width))
                 drop = reference[None, lo : lo + n] - logits.gather(1, ts.repeat(k)[:, None]).view(
                     k, n
                 )

@@ -51,7 +51,7 @@ def _chunk(context, x):
 def _forward_scores(model, batch, targets, kind):
     import torch
 
-    logits = model(batch).float()
+    logits = model.infer(batch).float()  # the run's forward engine (torch or onnxruntime)
     scores = torch.softmax(logits, dim=1) if kind == "prob" else logits
     return scores.gather(1, targets[:, None])[:, 0]
 
@@ -291,7 +291,7 @@ def _sensitivity_n(context: xplain.MetricContext):
         masks = _subset_masks(n_pix, tuple(ns), subsets, seed, x.device)
         total = masks.shape[0]
         with torch.inference_mode():
-            clean = model(x).float().gather(1, targets[:, None])[:, 0]
+            clean = model.infer(x).float().gather(1, targets[:, None])[:, 0]
 
         def fill(start, stop, out):  # image s*total + k: sample s with subset k set to zero
             pos = start
