@@ -209,6 +209,7 @@ def explain(
     target: Any = None,
     baselines: torch.Tensor | None = None,
     example_input: torch.Tensor | None = None,
+    engine: str | None = None,
     preset: str | None = None,
     resize: int | None = None,
     mean: float | tuple[float, ...] | None = None,
@@ -222,7 +223,8 @@ def explain(
     a PIL image, or a list of paths/images (preprocessed by :meth:`~xplain.Model.preprocess`
     with ``preset``/``resize``/``mean``/``std``, the CLI's rules). ``targets`` (or Captum's
     ``target``): None = top-1, one int for all images, or one per image. ``baselines``: a
-    reference input for methods that take one (integrated-gradients)."""
+    reference input for methods that take one (integrated-gradients). ``engine``: what
+    forward-only work runs on (auto, torch, onnxruntime; None: the model's)."""
     if target is not None:
         if targets is not None:
             raise UsageError("give targets or target, not both")
@@ -238,7 +240,9 @@ def explain(
     options = {"preset": preset, "resize": resize, "mean": mean, "std": std}
     x, photos, geometries, names = _inputs(model, inputs, options)
     resolved = api.resolve_targets(model, x, targets)
-    result = api.explain(model, x, resolved, chosen, params, seed, registry, baselines=baselines)
+    result = api.explain(
+        model, x, resolved, chosen, params, seed, registry, baselines=baselines, engine=engine
+    )
     values = api.validate_params(chosen.params, params or {}, f"method {chosen.name!r}")
     return Explanation(
         maps=result.maps,
