@@ -13,7 +13,7 @@ address-space limit, so one crash, hang or out-of-memory cannot stop the run. Re
 stage by stage to ``OUT/records/MODEL__EXPORTER.json``; a rerun skips pairs already recorded
 (``--retry-failed`` reruns the ones that did not load/verify or ran out of time, reusing the
 exported file kept for them). ``OUT/coverage.json`` holds every record and ``OUT/coverage.md``
-the table that goes into the README ("## Model coverage").
+the table that goes into docs/coverage.md (`--readme docs/coverage.md`).
 
     OMP_NUM_THREADS=2 nohup python bench/coverage.py --out bench/coverage &
     python bench/coverage.py --families vit,swin --retry-failed
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         "--readme",
         type=Path,
         default=None,
-        help="also put the table into this README, between the coverage markers",
+        help="also put the table into this page (docs/coverage.md), between the coverage markers",
     )
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "EXPORTER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

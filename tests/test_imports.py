@@ -56,6 +56,10 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
         "explain_files draws each method's maps in one colour scheme per call, decided as the "
         "maps are written (as above)"
     ),
+    ("xplain.graph.model", "xplain.data.preprocessing"): (
+        "Model.preprocess is the public way to turn a photo into the model's input (issue 26): "
+        "a lazy import of the image pipeline, which itself reads only the model's spec and sidecar"
+    ),
     ("xplain.run.explaining", "xplain.output.panel"): (
         "explain_files writes the side-by-side panel of an image with its maps, as above"
     ),

@@ -41,7 +41,12 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a
 
 _LAZY = {
     "load_model": ("xplain.run.api", "load_model"),
-    "explain": ("xplain.run.api", "explain"),
+    "explain": ("xplain.output.explanation", "explain"),
+    "Explanation": ("xplain.output.explanation", "Explanation"),
+    "RenderOptions": ("xplain.output.render", "RenderOptions"),
+    "score": ("xplain.run.api", "score"),
+    "load_image": ("xplain.data.images", "load_image"),
+    "Geometry": ("xplain.data.images", "Geometry"),
     "check_requirements": ("xplain.run.api", "check_requirements"),
     "Layout": ("xplain.graph.layouts", "Layout"),
     "FeatureLayer": ("xplain.graph.layers", "FeatureLayer"),

@@ -13,7 +13,7 @@ from .untrusted import printable
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes, documented in the README."""
+    """Process exit codes, documented in docs/exit-codes.md."""
 
     OK = 0
     FAILURE = 1  #: an unexpected internal error (a bug: please report it)
@@ -43,10 +43,14 @@ class XplainError(Exception):
 
 
 class UsageError(XplainError):
+    """A wrong option, parameter or call: exit 2."""
+
     exit_code = ExitCode.USAGE
 
 
 class ModelError(XplainError):
+    """A model file that cannot be read, converted or verified: exit 3."""
+
     exit_code = ExitCode.MODEL
 
 
@@ -60,8 +64,12 @@ class UnsupportedOpsError(ModelError):
 
 
 class PluginError(XplainError):
+    """A plugin that failed, misbehaved or broke the contract: exit 4."""
+
     exit_code = ExitCode.PLUGIN
 
 
 class InputDataError(XplainError):
+    """An image, data set, label or box file that cannot be used: exit 5."""
+
     exit_code = ExitCode.INPUT

@@ -64,7 +64,7 @@ def open_model(
     with (
         err.status(f"loading {model_path.name}…", spinner="dots") if show_progress() else NoStatus()
     ):
-        return load_model(
+        model = load_model(
             model_path,
             device=device,
             labels=labels,
@@ -73,6 +73,13 @@ def open_model(
             max_input_pixels=OPTIONS["max_input_pixels"],
             engine=OPTIONS["engine"],
         )
+    if (model.labels_source or "").startswith("imagenet (default"):
+        err.print(
+            f"labels: ImageNet class names ({model.num_classes} outputs, no sidecar or --labels; "
+            "--labels none turns this off)",
+            highlight=False,
+        )
+    return model
 
 
 def set_up(

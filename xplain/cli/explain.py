@@ -69,7 +69,10 @@ def explain(
     ),
     std: str | None = typer.Option(None, help="Per-channel std, comma-separated."),
     labels: str | None = typer.Option(
-        None, "--class-names", help="The model's class names: a text/JSON file, or 'imagenet'."
+        None,
+        "--class-names",
+        help="Class names: a text/JSON file, 'imagenet' or 'none' (default: the sidecar's; "
+        "ImageNet's for 1000 outputs).",
     ),
     state_dir: Path | None = typer.Option(
         None, help="Where fitted state is looked up (see `xplain fit`)."

@@ -8,7 +8,7 @@ it), and yields the batches in order, so results do not depend on the number of 
 
 Threads are the default: Pillow releases the GIL while it decodes and resamples, and threads
 need no pickling of images back to the parent. Measured on this project's 2-core machine
-(``bench/eval_throughput.py --pipeline``): see the README's evaluation section for the numbers
+(``bench/eval_throughput.py --pipeline``): see docs/evaluation.md for the numbers
 that chose it. ``kind="process"`` is offered for decoders that hold the GIL.
 """
 

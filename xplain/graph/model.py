@@ -52,6 +52,8 @@ class Model:
         self.spec = spec
         self.report = report
         self.labels = labels
+        #: where ``labels`` came from: "sidecar", "given", "imagenet (default for 1000 classes)"…
+        self.labels_source: str | None = "given" if labels else None
         self.sidecar = sidecar or {}
         #: where fitted state is looked up (None: the default state dir)
         self.state_dir: str | Path | None = None
@@ -113,6 +115,15 @@ class Model:
         if self.labels and 0 <= index < len(self.labels):
             return self.labels[index]
         return None
+
+    def preprocess(self, image, **options):
+        """``image`` (a path or a PIL image) as this model's input: ``(x, geometry)``, ``x`` a
+        1×C×H×W float32 tensor on the model's device, ``geometry`` the resize and crop (to draw a
+        map back onto the photo). The CLI's rules: ``options`` (preset, resize, mean, std) over
+        the sidecar over the preset chosen by input size (:mod:`xplain.data.preprocessing`)."""
+        from ..data.preprocessing import preprocess_image  # a later stage: the image pipeline
+
+        return preprocess_image(self, image, **options)
 
     # ---------------------------------------------------------------- fitted state
     def fitted_state(self, method: str) -> tuple[dict, dict]:

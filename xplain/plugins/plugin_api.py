@@ -144,6 +144,10 @@ class Param:
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
+    """What a method needs and does, declared by its plugin: gradients, a fit step, randomness,
+    several targets per pass, the network properties it requires (checked before it runs) and
+    whether it takes a caller's baseline tensor."""
+
     needs_gradients: bool = True
     needs_fitting: bool = False
     stochastic: bool = False
@@ -154,6 +158,9 @@ class Capabilities:
     requires: tuple[str, ...] = ()
     #: methods worth trying instead, named in that refusal
     alternatives: tuple[str, ...] = ()
+    #: the method compares the input with a reference input and reads
+    #: :attr:`ExplainRequest.baselines` (a tensor like ``x``) when one is given
+    takes_baselines: bool = False
 
 
 @dataclasses.dataclass
@@ -191,6 +198,9 @@ class ExplainRequest:
     targets: torch.Tensor
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    #: a reference input (B×C×H×W like ``x``) given by the caller (``xplain.explain(...,
+    #: baselines=)``); only methods with ``Capabilities(takes_baselines=True)`` receive one
+    baselines: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:

@@ -43,31 +43,61 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | torch.nn.Module,
+    example_input: torch.Tensor | None = None,
     device: str | torch.device | None = "cpu",
     *,
     verify: bool | None = True,
     labels: list[str] | str | None = None,
     registry: Registry | None = None,
     max_input_pixels: int | None = None,
+    exporter: str | None = None,
     engine: str = "auto",
 ) -> Model:
     """Load a classifier as a verified :class:`~xplain.Model`.
 
-    Plugins implementing the ``load_model`` hook are asked first (other formats); the ONNX
-    loader (:mod:`xplain.plugins.onnx_loader`, ``trylast``) answers when none did. ``labels``: a list, a
-    file path, ``"imagenet"`` or None (the sidecar ``MODEL.json``'s labels, if any).
-    ``max_input_pixels`` raises the bound on the model's declared input size (default 1024², or
-    ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what :meth:`Model.infer` runs on — ``auto``
-    (onnxruntime where it can, else torch), ``torch`` or ``onnxruntime`` (a usage error when it
-    cannot serve this model); see :mod:`xplain.onnx.engine`."""
+    ``path`` is a model file or a ``torch.nn.Module``. A module is exported to ONNX with
+    ``example_input``'s shape (C×H×W or B×C×H×W; ``exporter`` "dynamo" or "classic", default:
+    torch's default exporter, the classic one when it fails) and loaded through the same
+    hardened loader as a file (:mod:`xplain.run.torch_models`). For a file, plugins
+    implementing the ``load_model`` hook are asked first (other formats); the ONNX loader
+    (:mod:`xplain.plugins.onnx_loader`, ``trylast``) answers when none did. ``labels``: a list, a file
+    path, ``"imagenet"``, ``"none"`` (no names) or None: the sidecar ``MODEL.json``'s labels,
+    else the ImageNet names for a model of 1,000 outputs (1,001: "background" first), as
+    ``model.labels_source`` says. ``max_input_pixels`` raises the bound on the model's declared
+    input size (default 1024², or ``$XPLAIN_MAX_INPUT_PIXELS``). ``engine``: what
+    :meth:`Model.infer` runs on — ``auto`` (onnxruntime where it can, else torch), ``torch`` or
+    ``onnxruntime`` (a usage error when it cannot serve this model); see :mod:`xplain.onnx.engine`."""
     from ..data.images import load_labels, read_sidecar
+    from ..data.preprocessing import NO_LABELS, default_labels
     from ..onnx.engine import ENGINES, configure
     from .memory import watch
 
     if engine not in ENGINES:  # before the work of loading
         raise UsageError(f"unknown engine {engine!r}", hint="use auto, torch or onnxruntime")
 
+    if isinstance(example_input, (str, torch.device)) and not isinstance(path, torch.nn.Module):
+        device, example_input = example_input, None  # the pre-module signature: (path, device)
+    if isinstance(path, torch.nn.Module):
+        from .torch_models import export_module
+
+        module = path
+        return export_module(
+            module,
+            example_input,
+            exporter=exporter,
+            load=lambda file: load_model(
+                file,
+                device=device,
+                verify=verify,
+                labels=labels,
+                registry=registry,
+                max_input_pixels=max_input_pixels,
+                engine=engine,
+            ),
+        )
+    if example_input is not None:
+        raise UsageError("example_input is for torch modules; a model file has its own input")
     path = Path(path)
     watch(path)  # the process-wide memory bound names this file from now on
     device = resolve_device(device)
@@ -94,7 +124,9 @@ def load_model(
     sidecar = read_sidecar(path)
     model.sidecar = sidecar
     spec = labels if labels is not None else sidecar.get("labels")
-    if spec is not None:
+    if isinstance(spec, str) and spec.lower() == NO_LABELS:
+        model.labels, model.labels_source = None, None
+    elif spec is not None:
         names = load_labels(spec, base_dir=path.parent)
         if len(names) != model.num_classes:
             where = spec if isinstance(spec, str) else "labels"
@@ -102,6 +134,9 @@ def load_model(
                 f"{len(names)} labels given for {model.num_classes} classes ({where})", path=path
             )
         model.labels = names
+        model.labels_source = "given" if labels is not None else "sidecar"
+    elif (found := default_labels(model.num_classes)) is not None:
+        model.labels, model.labels_source = found
     configure(model, engine)
     return model
 
@@ -264,6 +299,7 @@ def run_method(
     params: dict,
     seed: int = 0,
     timeout: float | None = None,
+    baselines: torch.Tensor | None = None,
 ) -> Attribution:
     """Call a method under the output contract: float32 maps B×H×W, finite, same device.
 
@@ -277,7 +313,7 @@ def run_method(
     torch.manual_seed(seed)
     try:
         with time_limit(timeout, f"method {method.name!r}"):
-            result = method.run(ExplainRequest(model, x, targets, params, seed))
+            result = method.run(ExplainRequest(model, x, targets, params, seed, baselines))
     except XplainError:
         raise
     except torch.cuda.OutOfMemoryError:
@@ -311,9 +347,13 @@ def explain(
     params: dict | None = None,
     seed: int = 0,
     registry: Registry | None = None,
+    baselines: torch.Tensor | None = None,
     engine: str | None = None,
 ) -> Attribution:
-    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets`` (ints; default top-1).
+    """Explain a preprocessed batch ``x`` (B×C×H×W) for ``targets``: None (the top-1 class),
+    one int for every image (Captum's ``target=3``) or one per image. ``baselines``: a
+    reference input (B×C×H×W or C×H×W, broadcast) for methods that compare with one
+    (``Capabilities.takes_baselines``, e.g. integrated-gradients).
 
     Every argument is checked first (:mod:`xplain.run.api_inputs`: NumPy and float64 batches are
     converted to float32, everything else that is wrong is an :class:`XplainError` with the
@@ -321,7 +361,7 @@ def explain(
     :class:`PluginError` after the model was restored). ``engine`` (auto, torch, onnxruntime;
     None: the model's) sets what forward-only work runs on."""
     from ..onnx.engine import configure
-    from .api_inputs import check_batch, check_params, check_seed, check_targets
+    from .api_inputs import check_batch, check_params, check_seed
     from .guards import ModelGuard, check_unchanged
 
     seed = check_seed(seed)
@@ -332,11 +372,96 @@ def explain(
         raise UsageError(f"method must be a name or an xplain.Method, got {type(method).__name__}")
     values = validate_params(method.params, check_params(params), f"method {method.name!r}")
     x = check_batch(model, x)
-    chosen = check_targets(model, targets, x.shape[0])
+    chosen = resolve_targets(model, x, targets)
+    if baselines is not None:
+        baselines = _baselines(method, baselines, x)
+    guard = ModelGuard(model)
+    attribution = run_method(model, method, x, chosen, values, seed, baselines=baselines)
+    check_unchanged(guard, f"method {method.name!r}")
+    return attribution
+
+
+def resolve_targets(model: Model, x: torch.Tensor, targets) -> torch.Tensor:
+    """``targets`` as a long tensor (B,) on the model's device: None = each image's top-1 class,
+    one integer (an int or a 0-d integer tensor/array) = that class for every image (Captum's
+    ``target=3``), else one per image (checked by :func:`~xplain.run.api_inputs.check_targets`)."""
+    import numbers
+
+    import numpy as np
+
+    from .api_inputs import check_targets
+
+    batch = x.shape[0]
+    if targets is not None and batch > 1:
+        if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+            targets = [targets] * batch
+        elif isinstance(targets, torch.Tensor) and targets.dim() == 0:
+            targets = targets.reshape(1).repeat(batch)
+        elif isinstance(targets, np.ndarray) and targets.ndim == 0:
+            targets = np.repeat(targets.reshape(1), batch)
+    chosen = check_targets(model, targets, batch)
     if chosen is None:
         with torch.no_grad():
             chosen = model(x).argmax(dim=1)
-    guard = ModelGuard(model)
-    attribution = run_method(model, method, x, chosen, values, seed)
-    check_unchanged(guard, f"method {method.name!r}")
-    return attribution
+    return chosen
+
+
+def _baselines(method: Method, baselines, x: torch.Tensor) -> torch.Tensor:
+    if not getattr(method.capabilities, "takes_baselines", False):
+        raise UsageError(f"method {method.name!r} takes no baseline tensor")
+    b = torch.as_tensor(baselines).to(x.device, x.dtype)
+    try:
+        return b.expand_as(x).contiguous()
+    except RuntimeError:
+        raise UsageError(
+            f"baselines of shape {tuple(b.shape)} do not fit the input {tuple(x.shape)}"
+        ) from None
+
+
+def score(
+    metric: str,
+    model: Model,
+    x: torch.Tensor,
+    targets,
+    maps: torch.Tensor,
+    *,
+    params: dict | None = None,
+    method: str | Method | None = None,
+    method_params: dict | None = None,
+    seed: int = 0,
+    registry: Registry | None = None,
+    **context,
+) -> dict[str, torch.Tensor]:
+    """Score attribution ``maps`` (B×H×W, or B×1×H×W / B×C×H×W summed over channels) computed
+    anywhere — Captum, Quantus' ``a_batch``, a custom method — with ``metric`` on the
+    preprocessed batch ``x`` for ``targets`` (as in :func:`explain`). Returns the metric's
+    per-image scores (and curves) as CPU tensors. Metrics that re-run a method (sanity,
+    robustness) need ``method``; ``context`` sets other :class:`~xplain.MetricContext` fields
+    (``boxes``, ``box_labels``, ``batch_size``)."""
+    registry = registry or get_registry()
+    chosen = registry.metric(metric)
+    from .api_inputs import check_batch
+
+    x = check_batch(model, x)
+    targets = resolve_targets(model, x, targets)
+    m = torch.as_tensor(maps).detach().to(model.device, torch.float32)
+    if m.dim() == 4:
+        m = m.sum(dim=1)
+    expected = (x.shape[0], x.shape[2], x.shape[3])
+    if tuple(m.shape) != expected:
+        raise UsageError(
+            f"maps of shape {tuple(m.shape)} for inputs {tuple(x.shape)}; expected {expected}"
+        )
+    if "method" in chosen.needs and method is not None:
+        run = registry.method(method) if isinstance(method, str) else method
+        values = validate_params(run.params, method_params or {}, f"method {run.name!r}")
+        context.update(
+            method=run,
+            method_params=values,
+            explain=lambda xx, tt: run_method(model, run, xx, tt, values, seed),
+        )
+    with torch.no_grad() if not chosen.needs else contextlib.nullcontext():
+        result = chosen.compute(
+            model, x, targets, Attribution(maps=m), params=params or {}, seed=seed, **context
+        )
+    return {k: torch.as_tensor(v).detach().float().cpu() for k, v in dict(result).items()}

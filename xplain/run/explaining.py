@@ -245,6 +245,7 @@ def explain_files(
         "seed": seed,
         "device": str(model.device),
         "preprocess": preprocess.to_dict(),
+        "labels": model.labels_source,  # e.g. "imagenet (default for 1000 classes)"
         "render": render.to_dict(),
         "versions": versions(),
     }

@@ -136,7 +136,11 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
 
     steps = params["steps"]
     weights, alphas = _quadrature(params["method"], steps)
-    baseline = integrated_gradients_baseline(x, params["baseline"], params["blur_sigma"], seed)
+    baseline = (  # a caller's tensor (xplain.explain(..., baselines=)) wins over the parameter
+        request.baselines
+        if request.baselines is not None
+        else integrated_gradients_baseline(x, params["baseline"], params["blur_sigma"], seed)
+    )
     delta = x - baseline
     batch = x.shape[0]
     per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
@@ -170,7 +174,7 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
         info={
             "steps": steps,
             "method": params["method"],
-            "baseline": params["baseline"],
+            "baseline": "tensor" if request.baselines is not None else params["baseline"],
             "images_per_pass": group * min(points, steps),
         },
     )
@@ -298,7 +302,8 @@ def register_methods(register):
                 "space (Captum's default); blur = the image blurred by a separable Gaussian of "
                 "`blur_sigma` pixels (truncated at 4σ, replicated borders); uniform = uniform noise "
                 "between the image's min and max value, drawn per image from the run's seed and the image "
-                "(one draw, not an average over draws). Captum takes baselines as tensors; blur and uniform are xplain's."
+                "(one draw, not an average over draws). Captum takes baselines as tensors; blur and uniform are xplain's; "
+                "a tensor given as `xplain.explain(..., baselines=T)` replaces `baseline` (Captum's use)."
             ),
             explain=_explain_integrated_gradients,
             params=[
@@ -335,7 +340,7 @@ def register_methods(register):
                 *_pass_params("interpolation points"),
                 xplain.reduce_param(),
             ],
-            capabilities=xplain.Capabilities(needs_gradients=True),
+            capabilities=xplain.Capabilities(needs_gradients=True, takes_baselines=True),
         )
     )
     register(
