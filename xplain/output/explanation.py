@@ -161,9 +161,14 @@ class Explanation(Attribution):
         ]
         records: list[dict] = []
         maps = self.maps.detach().float().cpu().numpy()
+        from .render import is_signed
+
+        signed = any(is_signed(m) for m in maps)  # one scheme for the method's maps, as the CLI
         with atomic_group():
             for j, item in enumerate(items):
-                record = files._write_outputs(job, item, maps[j], self, j, batch, self.method)
+                record = files._write_outputs(
+                    job, item, maps[j], self, j, batch, self.method, signed
+                )
                 record.update(common, _index=item.index)
                 records.append(record)
             if panel:
