@@ -342,6 +342,7 @@ def test_occlusion_agrees_with_captum(model, patch, stride, baseline, batch):
         t,
         "occlusion",
         {"patch": patch, "stride": stride, "baseline": baseline, "batch": batch},
+        engine="torch",  # Captum runs the torch graph
     )
     p, s = result.info["patch"], result.info["stride"]
     assert (p, s) == ((patch, stride) if patch else (2, 1))  # auto on 16×16: patch 2, stride 1
