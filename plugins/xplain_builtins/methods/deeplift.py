@@ -11,7 +11,7 @@ the DeepLIFT maps over the set).
 import xplain
 
 from . import references
-from .gradients import integrated_gradients_baseline
+from .gradients import baseline_params, integrated_gradients_baseline
 
 _CAPS = xplain.Capabilities(
     needs_gradients=True,
@@ -160,21 +160,7 @@ def register_methods(register):
             ),
             explain=_explain_deeplift,
             params=[
-                xplain.Param(
-                    "baseline",
-                    "str",
-                    "zeros",
-                    "the reference input x'",
-                    choices=("zeros", "blur", "uniform"),
-                ),
-                xplain.Param(
-                    "blur_sigma",
-                    "float",
-                    5.0,
-                    "Gaussian σ in pixels for baseline=blur",
-                    min=0.0,
-                    max=100,
-                ),
+                *baseline_params(),
                 *_rule_params(),
                 xplain.reduce_param(),
                 *passes,

@@ -106,6 +106,23 @@ def gaussian_blur(x, sigma):
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
+def baseline_params() -> list:
+    """The ``baseline`` / ``blur_sigma`` parameters of the methods that take one reference input
+    (integrated gradients, DeepLIFT): one definition, so their choices and bounds cannot drift."""
+    return [
+        xplain.Param(
+            "baseline",
+            "str",
+            "zeros",
+            "the reference input x'",
+            choices=("zeros", "blur", "uniform"),
+        ),
+        xplain.Param(
+            "blur_sigma", "float", 5.0, "Gaussian σ in pixels for baseline=blur", min=0.0, max=100
+        ),
+    ]
+
+
 def integrated_gradients_baseline(x, kind="zeros", blur_sigma=5.0, seed=0):
     """The baseline ``integrated-gradients`` uses for ``x`` (B×C×H×W).
 
@@ -315,21 +332,7 @@ def register_methods(register):
                     min=1,
                     max=1000,
                 ),
-                xplain.Param(
-                    "baseline",
-                    "str",
-                    "zeros",
-                    "the reference input x'",
-                    choices=("zeros", "blur", "uniform"),
-                ),
-                xplain.Param(
-                    "blur_sigma",
-                    "float",
-                    5.0,
-                    "Gaussian σ in pixels for baseline=blur",
-                    min=0.0,
-                    max=100,
-                ),
+                *baseline_params(),
                 xplain.Param(
                     "method",
                     "str",

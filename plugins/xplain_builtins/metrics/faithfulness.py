@@ -51,14 +51,9 @@ def _chunk(context, x):
 def _forward_scores(model, batch, targets, kind):
     import torch
 
-    infer = getattr(
-        model, "infer", None
-    )  # the run's forward engine; plain callables run as they are
-    if infer is not None:
-        logits = infer(batch).float()
-    else:
-        with torch.inference_mode():
-            logits = model(batch).float()
+    from .quantus_family import logits as forward
+
+    logits = forward(model, batch)  # the run's forward engine; plain callables run as they are
     scores = torch.softmax(logits, dim=1) if kind == "prob" else logits
     return scores.gather(1, targets[:, None])[:, 0]
 

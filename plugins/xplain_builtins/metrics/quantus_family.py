@@ -70,19 +70,25 @@ def baseline_values(x, kind: str, gens=None, draws: int = 1):
     return value[:, None].expand(b, draws)
 
 
-def infer_scores(model, batch, targets, softmax: bool):
-    """Target scores of a batch through ``model.infer`` (the forward-only entry point; plain
-    callables without it run under inference mode): softmax probability or logit."""
+def logits(model, batch):
+    """float32 logits through ``model.infer`` (the forward-only entry point, served by the run's
+    engine); plain callables without it (a torch module handed to ``xplain.score``) run under
+    inference mode."""
     import torch
 
     infer = getattr(model, "infer", None)
     if infer is not None:
-        logits = infer(batch)
-    else:
-        with torch.inference_mode():
-            logits = model(batch)
-    logits = logits.float()
-    scores = torch.softmax(logits, dim=1) if softmax else logits
+        return infer(batch).float()
+    with torch.inference_mode():
+        return model(batch).float()
+
+
+def infer_scores(model, batch, targets, softmax: bool):
+    """Target scores of a batch (see :func:`logits`): softmax probability or logit."""
+    import torch
+
+    out = logits(model, batch)
+    scores = torch.softmax(out, dim=1) if softmax else out
     return scores.gather(1, targets[:, None].to(scores.device))[:, 0]
 
 

@@ -13,6 +13,7 @@ independent of the batch); the agreement tests hand the same noise to Quantus.
 
 import xplain
 
+from .quantus_family import logits as _logits
 from .quantus_family import prepared
 
 
@@ -58,16 +59,6 @@ def reexplained(context, perturbed):
         maps.append(att.maps.to(context.x.device).float().view(n, b, *att.maps.shape[1:]))
         tops.append(_logits(context.model, xs).argmax(1).view(n, b))
     return torch.cat(maps), torch.cat(tops)
-
-
-def _logits(model, x):
-    import torch
-
-    infer = getattr(model, "infer", None)
-    if infer is not None:
-        return infer(x).float()
-    with torch.inference_mode():
-        return model(x).float()
 
 
 def _reduce(values, changed, nan_when_changed, how):
