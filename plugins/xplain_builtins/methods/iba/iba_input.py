@@ -86,13 +86,25 @@ class GroupedCritic:
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
             if self.batch_norm:
                 h = F.batch_norm(h, None, None, gw, gb, training=True)
-            h = F.leaky_relu(h, 0.2)
+            h = _leaky_relu(h)
         h = h.reshape(n, b, -1).transpose(0, 1)  # B×N×flat
         for i, (w, bias) in enumerate(zip(self.lin_w, self.lin_b)):
             h = torch.baddbmm(bias[:, None, :], h, w)
             if i < 2:
-                h = F.leaky_relu(h, 0.2)
+                h = _leaky_relu(h)
         return h[..., 0]
+
+
+def _leaky_relu(h):
+    """LeakyReLU(0.2) as ``h`` times a constant slope (1 or 0.2, no graph): the same values and
+    first derivatives as ``F.leaky_relu``, bit for bit. The difference is the gradient penalty's
+    double backward: autograd's derivative of ``leaky_relu_backward`` with respect to its input is
+    a tensor of zeros, which it then sends back through the whole critic forward (weight and input
+    gradients of zeros, ≈ 2 critic passes per penalty); with a constant slope that path does not
+    exist (docs/input-iba.md, "Speed")."""
+    import torch
+
+    return h * torch.where(h > 0, h.new_ones(()), h.new_full((), 0.2))
 
 
 # ----------------------------------------------------------------------------- stage 2
