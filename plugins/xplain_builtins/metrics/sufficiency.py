@@ -19,17 +19,17 @@ DISTANCES = ("seuclidean", "euclidean", "cosine")
 def distance_matrix(a, kind: str):
     """N×N distances between the rows of ``a`` (N×P, float64), as SciPy's ``cdist``.
 
-    ``seuclidean`` divides each feature's squared difference by its sample variance over the N
-    rows (SciPy's default ``V``). A feature with zero variance (the same value in every map: a
+    ``seuclidean`` divides each feature's squared difference by its variance: SciPy's default
+    ``V``, the sample variance of the stacked ``XA`` and ``XB`` (here the N rows twice, so
+    2·SS / (2N - 1)). A feature with zero variance (the same value in every map: a
     border every map leaves at 0) is skipped — SciPy divides 0 by 0 there and every distance
     becomes NaN, so Quantus scores every image 0; the skipped feature adds nothing to any
     distance, which is the limit the definition has."""
     import torch
 
     if kind == "seuclidean":
-        if a.shape[0] < 2:
-            return torch.zeros(a.shape[0], a.shape[0], dtype=a.dtype, device=a.device)
-        var = a.var(0, unbiased=True)
+        n = a.shape[0]
+        var = 2.0 * ((a - a.mean(0)) ** 2).sum(0) / max(1, 2 * n - 1)
         keep = var > 0
         a = a[:, keep] / var[keep].sqrt()
     if kind == "cosine":
