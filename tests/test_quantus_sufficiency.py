@@ -26,9 +26,7 @@ def test_sufficiency_equals_quantus(threshold):
     x, t = x.repeat(2, 1, 1, 1)[:7], t.repeat(2)[:7]  # 7 images: some share a class
     x = x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
     maps = _maps(7)
-    ours = score(
-        "sufficiency", model, x, t, maps, params={"threshold": threshold}
-    )["sufficiency"]
+    ours = score("sufficiency", model, x, t, maps, params={"threshold": threshold})["sufficiency"]
     X, Y = as_np(x, t)
     q = quantus.Sufficiency(threshold=threshold, **Q)(
         model=model.graph, x_batch=X, y_batch=Y, a_batch=maps[:, None].numpy(), device="cpu"

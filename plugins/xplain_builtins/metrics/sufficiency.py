@@ -104,12 +104,20 @@ def register_metrics(register):
             score=_sufficiency,
             scope="dataset",
             params=[
-                xplain.Param("threshold", "float", 0.6, "distance (÷ the largest) that counts as close", min=0.0),
+                xplain.Param(
+                    "threshold",
+                    "float",
+                    0.6,
+                    "distance (÷ the largest) that counts as close",
+                    min=0.0,
+                ),
                 xplain.Param(
                     "distance", "str", "seuclidean", "distance between maps", choices=DISTANCES
                 ),
                 xplain.Param("absolute", "bool", True, "compare |maps| (Quantus' abs)"),
-                xplain.Param("normalise", "bool", False, "divide each map by its max |value| first"),
+                xplain.Param(
+                    "normalise", "bool", False, "divide each map by its max |value| first"
+                ),
                 xplain.Param(
                     "group",
                     "int",
