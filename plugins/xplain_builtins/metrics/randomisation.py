@@ -11,7 +11,7 @@ own ``reset_parameters()`` under ``torch.manual_seed(seed + 1)`` (run inside
 
 import xplain
 
-from .properties import _randomised_copy, _stateful, spearman, weight_layers
+from .properties import _randomised_copy, _stateful, centred_ranks, spearman, weight_layers
 from .quantus_family import prepared
 from .robustness import _EXPLAIN_BATCH
 
@@ -156,7 +156,8 @@ def _correlation_walk(context, name, p, explain, prep, reference=None):
         return {name: nan, f"{name}-last": nan}
     maps = [prep(m) for m in _walk(context, layers, explain, hide)]
     ref = maps[0] if reference is None else reference
-    r = torch.stack([spearman(ref, m).to(x.device) for m in maps], 1)
+    ranks = centred_ranks(ref)  # ranked once, compared with every step
+    r = torch.stack([spearman(ref, m, ranks).to(x.device) for m in maps], 1)
     steps = torch.arange(len(layers) + 1, dtype=torch.float32, device=x.device)
     return {
         name: r[:, 1:].mean(1),
