@@ -32,8 +32,9 @@ OUT = REPO / "docs" / "img" / "gallery"
 PHOTOS = ("chelsea", "astronaut", "coffee")
 METHODS = (
     "saliency,gradient,input-x-gradient,integrated-gradients,smoothgrad,guided-backprop,"
-    "deconvnet,tr-gbp,lrp-epsilon,lrp-zplus,grad-cam,fullgrad,random"
+    "deconvnet,tr-gbp,lrp-epsilon,lrp-zplus,grad-cam,fullgrad,mip-in,random"
 )
+STATE = readme_pictures.CACHE / "gallery-state"  #: where the MIP-IN fit is kept
 
 
 def photo(name: str) -> Path:
@@ -45,6 +46,30 @@ def photo(name: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
     return path
+
+
+def fit_images() -> Path:
+    """What MIP-IN is fitted on: each photo, its four 85 % crops, and the mirror images of all
+    five (30 images); the same augmentation ``readme_pictures.photos`` uses for chelsea."""
+    from PIL import Image, ImageOps
+
+    folder = readme_pictures.CACHE / "gallery-fit"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        img = Image.open(photo(name)).convert("RGB")
+        w, h = img.size
+        boxes = [
+            (0, 0, w, h),
+            (0, 0, int(w * 0.85), h),
+            (int(w * 0.15), 0, w, h),
+            (0, 0, w, int(h * 0.85)),
+            (0, int(h * 0.15), w, h),
+        ]
+        for i, box in enumerate(boxes):
+            crop = img.crop(box)
+            crop.save(folder / f"{name}-crop{i}.png")
+            ImageOps.mirror(crop).save(folder / f"{name}-crop{i}-flip.png")
+    return folder
 
 
 def legibility(folder: Path) -> None:
@@ -89,10 +114,14 @@ def main() -> None:
         methods = sys.argv[sys.argv.index("--methods") + 1]
     model = readme_pictures.export_model()
     OUT.mkdir(parents=True, exist_ok=True)
+    if "mip-in" in methods.split(","):
+        fit = ["fit", "mip-in", model, fit_images(), "--state-dir", STATE, "--device", "cpu"]
+        readme_pictures.run(fit)
     for name in PHOTOS:
         out = readme_pictures.CACHE / "gallery" / name
         readme_pictures.run(
             ["explain", model, photo(name), "--method", methods, "--out", out, "--device", "cpu"]
+            + ["--state-dir", STATE]
         )
         shutil.copy(out / f"{name}.panel.png", OUT / f"{name}.panel.png")
         legibility(out)
