@@ -113,6 +113,20 @@ def test_forward_default_keeps_the_cpu_tensor_ceiling(chain):
     assert xplain.images_per_forward_pass(chain) == max(1, min(fit, cap))
 
 
+def test_forward_sizing_on_a_gpu_is_bounded_by_the_budget_alone(monkeypatch, chain):
+    monkeypatch.setattr(passes, "free_memory_mb", lambda device: 1e6)
+
+    class OnCuda:  # the chain's graph knowledge, on a (pretended) GPU
+        device = torch.device("cuda")
+        _shapes = chain._shapes
+        _known = chain._known
+
+    on_gpu = OnCuda()
+    budget = passes.DEFAULT_BUDGET_MB_CUDA * 2**20
+    assert xplain.images_per_forward_pass(on_gpu) == int(budget // (3 * ACT))
+    assert xplain.images_per_forward_pass(on_gpu) > 5 * xplain.images_per_pass(on_gpu)
+
+
 def _pass_sizes(model, fn):
     seen: list[int] = []
     handle = model.graph.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))

@@ -160,11 +160,16 @@ def images_per_pass(model: Model, internal_batch: int = 0, memory_budget_mb: flo
     """Images per forward/backward pass: ``internal_batch`` when positive, else as many as fit
     in ``memory_budget_mb`` at :func:`image_cost_bytes` each; with neither, as many as fit in
     :func:`default_budget_mb` with no activation over :data:`DEFAULT_TENSOR_MB`. At least 1."""
+    return _images(model, internal_batch, memory_budget_mb, image_cost_bytes)
+
+
+def _images(model: Model, internal_batch: int, memory_budget_mb: float, cost) -> int:
+    """The sizing rule of both helpers, with ``cost(model)`` the bytes of one image."""
     if internal_batch and internal_batch > 0:
         return int(internal_batch)
     if memory_budget_mb and memory_budget_mb > 0:
-        return max(1, int(memory_budget_mb * _MB // image_cost_bytes(model)))
-    fit = int(default_budget_mb(model.device) * _MB // image_cost_bytes(model))
+        return max(1, int(memory_budget_mb * _MB // cost(model)))
+    fit = int(default_budget_mb(model.device) * _MB // cost(model))
     if model.device.type == "cuda":  # no glibc here: the caching allocator keeps its blocks
         return max(1, fit)
     return max(1, min(fit, int(DEFAULT_TENSOR_MB * _MB // largest_activation_bytes(model))))
@@ -176,17 +181,9 @@ def images_per_forward_pass(
     """Images per forward-only pass (``Model.infer``, no backward follows): ``internal_batch``
     when positive, else as many as fit in ``memory_budget_mb`` at :func:`forward_peak_bytes`
     each; with neither, as many as fit in :func:`default_budget_mb` with, on the CPU, no
-    activation over :data:`DEFAULT_TENSOR_MB` (as :func:`images_per_pass`). At least 1. Never changes a map or a score:
-    only how the same images are split into passes."""
-    if internal_batch and internal_batch > 0:
-        return int(internal_batch)
-    cost = forward_peak_bytes(model)
-    if memory_budget_mb and memory_budget_mb > 0:
-        return max(1, int(memory_budget_mb * _MB // cost))
-    fit = int(default_budget_mb(model.device) * _MB // cost)
-    if model.device.type == "cuda":
-        return max(1, fit)
-    return max(1, min(fit, int(DEFAULT_TENSOR_MB * _MB // largest_activation_bytes(model))))
+    activation over :data:`DEFAULT_TENSOR_MB` (as :func:`images_per_pass`). At least 1. Never
+    changes a map or a score: only how the same images are split into passes."""
+    return _images(model, internal_batch, memory_budget_mb, forward_peak_bytes)
 
 
 def pass_params(what: str, forward_only: bool = False) -> list[Param]:

@@ -7,10 +7,10 @@ Cost: one forward pass per perturbed image is the floor, and these metrics stay 
 on EfficientNet-Lite0 at 224x224: the forward is > 98 % of a deletion call; ranking the map and
 writing the perturbed images are below 1 %). Perturbed images are written into one reused buffer
 on the model's device (``torch.where`` with ``out=``, never a fresh B×C×H×W tensor per step) and
-scored under ``torch.inference_mode`` in forward passes sized like the many-pass methods' passes
-(:func:`xplain.images_per_forward_pass` with the metric's ``memory_budget_mb``, the same rule on CPU and
-CUDA): on a CPU, 16 images of 224x224 per forward spill the caches and make the kernel zero fresh
-pages for every pass, 1.8x the cost per image of 3 (Lite0), and 64 cost more.
+scored under ``torch.inference_mode`` in forward passes sized like the forward-only methods'
+passes (:func:`xplain.images_per_forward_pass` with the metric's ``memory_budget_mb``, the same
+rule on CPU and CUDA): on a CPU, 16 images of 224x224 per forward spill the caches and make the
+kernel zero fresh pages for every pass, 1.8x the cost per image of 3 (Lite0), and 64 cost more.
 ``context.forward_batch`` overrides the size. Sensitivity-n's random subsets depend only on the
 image size, the subset sizes and the seed, so they are drawn once per process (6.6 s at its
 defaults at 224x224), not once per batch.
