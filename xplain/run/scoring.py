@@ -252,7 +252,13 @@ def _score_method(
     curve_x: dict[str, list] = {}
     metric_errors: dict[str, str] = {}
     invalid: dict[str, str] = {}
+    keep_all = False  # a dataset-scope metric: keep every map for the dataset stage
     for metric, params in chosen_metrics:
+        if metric.scope == "dataset":  # scored after the batches (xplain.run.dataset_stage)
+            keep_all = True
+            if state.step is not None:
+                state.step()
+            continue
         watch = InputWatch(state.guard, x, attribution)  # a metric editing x/maps/weights
         got: dict[str, torch.Tensor] = {}
         try:
@@ -310,6 +316,6 @@ def _score_method(
         if invalid:
             record["invalid"] = invalid
         lines.append(record)
-        if index < montage:
+        if index < montage or keep_all:
             maps_out.append((index, method.name, maps[j].numpy()))
     return lines, maps_out
