@@ -111,7 +111,9 @@ def _explain(request: xplain.ExplainRequest):
             f"rise grid s={cells} is finer than the {x.shape[-2]}×{x.shape[-1]} input",
             hint=f"use --param s=N with N <= {min(x.shape[-2:])}",
         )
-    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(
+        model, params["internal_batch"], params["memory_budget_mb"]
+    )
     chunk = max(DRAW_BLOCK, per_pass // DRAW_BLOCK * DRAW_BLOCK)  # masks made at once
     channels, height, width = x.shape[1:]
     maps = torch.zeros((x.shape[0], height, width), device=x.device, dtype=x.dtype)
@@ -198,7 +200,7 @@ def register_methods(register):
                     "the score f: the target's softmax probability (paper) or its logit",
                     choices=("probability", "logit"),
                 ),
-                *xplain.pass_params("masked images"),
+                *xplain.pass_params("masked images", forward_only=True),
             ],
             capabilities=xplain.Capabilities(needs_gradients=False, stochastic=True),
         )

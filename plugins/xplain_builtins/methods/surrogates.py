@@ -357,7 +357,9 @@ def _explain(request: xplain.ExplainRequest, kind: str):
     segments = segments_for(x, params)
     draw = lime_coalitions if kind == "lime" else kernel_shap_coalitions
     coalitions = list(_draws(request, segments, draw))
-    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(
+        model, params["internal_batch"], params["memory_budget_mb"]
+    )
     width = params.get("kernel_width", 1.0)
     weigh = (lambda xb, pert: lime_similarity(xb, pert, width)) if kind == "lime" else None
     outputs, weights = masked_outputs(
