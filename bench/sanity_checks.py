@@ -217,7 +217,8 @@ def figures(out: Path) -> None:
         res = json.loads(path.read_text())
         net, blocks, methods = res["net"], res["blocks"], res["methods"]
         measures = list(next(iter(methods.values()))["curves"])
-        fig, axes = plt.subplots(1, len(measures), figsize=(4.4 * len(measures), 4.6), sharey=True)
+        fig, grid = plt.subplots(2, 2, figsize=(11, 8.4), sharey=True)
+        axes = grid.ravel()
         steps = np.arange(len(blocks) + 1)
         for ax, m in zip(axes, measures):
             for name in sorted(methods, key=list(METHODS).index):
@@ -242,33 +243,40 @@ def figures(out: Path) -> None:
                 ["orig"] + [b.split("/")[-1] for b in blocks], rotation=90, fontsize=6
             )
             ax.axhline(0, color="grey", lw=0.5)
-        axes[0].set_ylabel("similarity to the trained model's map")
+        for ax in grid[:, 0]:
+            ax.set_ylabel("similarity to the trained model's map")
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=5)
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
         fig.suptitle(
             f"EfficientNet-{net.title()}: cascading randomisation from the logits down "
             f"({len(res['photos'])} photos; band = min..max)"
         )
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         fig.savefig(IMG / f"sanity-{net}.png", dpi=100)
         plt.close(fig)
-        # map grid: methods × (orig + every other block), first photo, |map| min-max per cell
-        pick = list(range(0, len(blocks) + 1, 3))
+        # map grid: the photo, then methods × (orig, fc, head, then evenly to all), first photo;
+        # |map| scaled to its 99th percentile per cell (Adebayo et al.'s visualisation)
+        n = len(blocks)
+        pick = sorted({0, 1, 2, *np.linspace(2, n, 6).round().astype(int).tolist()})
+        _, rgb = batch(res["photos"][:1], res["size"])
+        order = sorted(methods, key=list(METHODS).index)
         fig, axes = plt.subplots(
-            len(methods), len(pick), figsize=(1.3 * len(pick), 1.3 * len(methods)), squeeze=False
+            len(order), len(pick) + 1, figsize=(1.3 * (len(pick) + 1), 1.3 * len(order))
         )
-        for i, name in enumerate(sorted(methods, key=list(METHODS).index)):
+        axes = np.atleast_2d(axes)
+        for i, name in enumerate(order):
             maps = np.load(out / f"maps-{net}-{name}.npy")[:, 0]
-            for j, k in enumerate(pick):
+            axes[i, 0].imshow(rgb[0])
+            for j, k in enumerate(pick, start=1):
                 ax = axes[i, j]
                 m = np.abs(maps[k])
-                ax.imshow(m / max(m.max(), 1e-30), cmap="gray")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j == 0:
-                    ax.set_ylabel(name, fontsize=6)
+                ax.imshow(np.clip(m / max(np.percentile(m, 99), 1e-30), 0, 1), cmap="gray")
                 if i == 0:
                     ax.set_title("orig" if k == 0 else blocks[k - 1].split("/")[-1], fontsize=6)
+            axes[i, 0].set_ylabel(name, fontsize=6)
+        for ax in axes.ravel():
+            ax.set_xticks([])
+            ax.set_yticks([])
         fig.tight_layout()
         fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=110)
         plt.close(fig)
@@ -294,9 +302,8 @@ def figures(out: Path) -> None:
             f"{blocks[half - 1].split('/')[-1]}) | all | all: min..max | mean over steps | s |"
         )
         short_header = (
-            "| net | method | Spearman \\|map\\|: fc | + head | + top half (to "
-            f"{blocks[half - 1].split('/')[-1]}) | all | mean over the "
-            f"{len(blocks)} steps: " + " | ".join(measures) + " |"
+            "| net | method | Spearman \\|map\\|: fc | + head | + top half | all | "
+            "mean over the steps: " + " | ".join(measures) + " |"
         )
     table = "\n".join([header, "|" + "---|" * 10, *rows])
     (out / "sanity-table.md").write_text(table + "\n")
