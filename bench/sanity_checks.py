@@ -278,7 +278,7 @@ def figures(out: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
-        fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=110)
+        fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=80)
         plt.close(fig)
         half = len(blocks) // 2
         for name in sorted(methods, key=list(METHODS).index):
