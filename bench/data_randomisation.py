@@ -7,7 +7,7 @@ the labels permuted (it then memorises them; each run stops at 99 % training acc
 whose maps for the same test images and the same target class stay alike under both models does not depend on the relation between data and labels. Nothing is
 downloaded; training takes a few minutes on the CPU.
 
-    .venv/bin/python bench/data_randomisation.py OUT    # OUT/data-randomisation.json + table
+    .venv/bin/python bench/data_randomisation.py OUT    # OUT/data-randomisation.json, table, figure
 """
 
 from __future__ import annotations
@@ -99,12 +99,46 @@ def _train(x, y, epochs, target=0.99):
     return net, acc, done
 
 
+def figure(out: Path) -> None:
+    """docs/img/data-randomisation.png: |map| under the true-label and the random-label model for
+    two test images, one row per method (each map scaled to its 99th percentile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = np.load(out / "data-random-images.npy")
+    names = [n for n in METHODS if (out / f"data-random-{n}.npy").exists()]
+    fig, axes = plt.subplots(len(names), 6, figsize=(6.6, 1.15 * len(names)), squeeze=False)
+    for i, name in enumerate(names):
+        maps = np.load(out / f"data-random-{name}.npy")
+        for j, k in enumerate((0, 1)):
+            axes[i, 3 * j].imshow(images[k])
+            for c, (which, title) in enumerate(((0, "true labels"), (1, "random labels"))):
+                m = np.abs(maps[which, k])
+                ax = axes[i, 3 * j + 1 + c]
+                ax.imshow(np.clip(m / max(np.percentile(m, 99), 1e-30), 0, 1), cmap="gray")
+                if i == 0:
+                    ax.set_title(title, fontsize=6)
+        axes[i, 0].set_ylabel(name, fontsize=6)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "img" / "data-randomisation.png", dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("out", type=Path)
+    p.add_argument("--figure", action="store_true", help="only redraw the figure from OUT")
     p.add_argument("--epochs-true", type=int, default=30, help="at most (stops at 99 %%)")
     p.add_argument("--epochs-random", type=int, default=300, help="at most (stops at 99 %%)")
     a = p.parse_args()
+    if a.figure:
+        figure(a.out)
+        return
     import torch
 
     import xplain
@@ -164,6 +198,8 @@ def main() -> None:
         }
         print(f"{name}: {result['methods'][name]['seconds']} s", flush=True)
         np.save(a.out / f"data-random-{name}.npy", np.stack([t[:4].numpy(), r[:4].numpy()]))
+    shown = (xte[:4] * 0.25 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.save(a.out / "data-random-images.npy", shown)
     (a.out / "data-randomisation.json").write_text(json.dumps(result, indent=1))
     rows = [
         "| method | Spearman \\|map\\| | Spearman signed | SSIM | HOG |",
@@ -178,6 +214,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "methods"}))
     print("\n".join(rows))
     (a.out / "data-randomisation.md").write_text("\n".join(rows) + "\n")
+    figure(a.out)
 
 
 if __name__ == "__main__":
