@@ -294,7 +294,7 @@ def figures(out: Path) -> None:
             # the page's table: Spearman |map| per step (mean ± std over photos), means of all
             c = np.array(r["curves"]["spearman-abs"], dtype=float)
             cells = [f"{np.mean(c[:, k]):.2f} ± {np.std(c[:, k]):.2f}" for k in (1, 2, half)]
-            cells += [f"{np.mean(c[:, -1]):.2f}"]
+            cells += [f"{np.mean(c[:, -1]):.2f}", f"{np.median(c[:, 1 : half + 1]):.2f}"]
             cells += [f"{np.nanmean(np.array(r['curves'][m])[:, 1:]):.2f}" for m in measures]
             short.append(f"| {net} | {_label(name, r['params'])} | " + " | ".join(cells) + " |")
         header = (
@@ -303,11 +303,12 @@ def figures(out: Path) -> None:
         )
         short_header = (
             "| net | method | Spearman \\|map\\|: fc | + head | + top half | all | "
+            "median over the top-half steps | "
             "mean over the steps: " + " | ".join(measures) + " |"
         )
     table = "\n".join([header, "|" + "---|" * 10, *rows])
     (out / "sanity-table.md").write_text(table + "\n")
-    compact = "\n".join([short_header, "|" + "---|" * (6 + len(measures)), *short])
+    compact = "\n".join([short_header, "|" + "---|" * (7 + len(measures)), *short])
     (out / "sanity-table-short.md").write_text(compact + "\n")
     print(table)
     print(compact)
