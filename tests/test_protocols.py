@@ -23,7 +23,9 @@ def test_latec_ships_its_17_methods_and_20_metrics_none_silently_dropped():
     assert len(p.methods) == 17 and len(p.metrics) == 20
     assert all(bool(e.plugin) != bool(e.missing) for e in (*p.methods, *p.metrics))
     assert {e.name for e in p.methods if e.missing} >= {"scorecam", "gradcamplusplus", "deeplift"}
-    assert [e.name for e in p.metrics if e.missing] == ["sufficiency"]
+    assert [e.name for e in p.metrics if e.missing] == []
+    suff = next(e for e in p.metrics if e.name == "sufficiency")
+    assert suff.plugin == "sufficiency" and suff.params == {"threshold": 0.9, "group": 2}
     crit = {c: [e.name for e in p.metrics if e.criterion == c] for c in p.criteria}
     assert [len(crit[c]) for c in ("faithfulness", "robustness", "complexity")] == [11, 6, 3]
     ig = next(e for e in p.methods if e.name == "integratedgradients")

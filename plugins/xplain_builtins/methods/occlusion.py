@@ -69,6 +69,8 @@ def _explain(request: xplain.ExplainRequest):
                     k, n
                 )
                 total[lo : lo + n] += torch.einsum("kb,khw->bhw", drop, mask.to(x.dtype))
+                done = lo * len(windows) + n * (start + k)
+                xplain.report_progress(done, batch * len(windows), "occluded images")
     return xplain.Attribution(
         total / counts, info={"patch": patch, "stride": stride, "occlusions": len(windows)}
     )

@@ -131,6 +131,8 @@ def _explain(request: xplain.ExplainRequest):
                 else:
                     score = logits[:, target].float()
                 maps[b] += torch.tensordot(score.to(x.dtype), m, dims=1)
+                done = b * n_masks + start + lo + m.shape[0]
+                xplain.report_progress(done, x.shape[0] * n_masks, "masked images")
     return xplain.Attribution(
         maps / (n_masks * p),
         info={"n_masks": n_masks, "s": cells, "p": p, "output": params["output"]},

@@ -95,6 +95,7 @@ def _score_perturbed(model, fill, count, targets_of, chunk, like, kind="prob"):
                 torch.cuda.empty_cache()
                 continue
             start = stop
+            xplain.report_progress(stop, count, "perturbed images")
     return result
 
 
