@@ -280,7 +280,7 @@ def _score_method(
         if metric.scope == "dataset":  # scored after the batches (xplain.run.dataset_stage)
             keep_all = True
             if state.step is not None:
-                state.step()
+                state.step(1.0)  # its stage of this batch is done (nothing to score yet)
             continue
         watch = InputWatch(state.guard, x, attribution)  # a metric editing x/maps/weights
         got: dict[str, torch.Tensor] = {}
