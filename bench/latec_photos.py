@@ -3,6 +3,8 @@
     .venv/bin/python bench/latec_photos.py prepare OUT      # model, photos, reference set
     nice -n 15 .venv/bin/python bench/latec_photos.py run OUT [--images 3] [--skip score-cam]
     .venv/bin/python bench/latec_photos.py report OUT [--workers 8]   # tables + estimate
+    flock /tmp/xplain-timing.lock env OMP_NUM_THREADS=1 \
+        .venv/bin/python bench/latec_photos.py speed OUT  # ROAD: LU vs CG; IROF; forward
 
 ``prepare``: the ImageNet-pretrained EfficientNet-Lite0 exported to ONNX with its preprocessing
 sidecar (``bench/real_photos.py``), scikit-image photos squared and resized to 224×224 with their
@@ -196,18 +198,71 @@ def report(out: Path, workers: int) -> str:
     return result
 
 
+def speed(out: Path, rounds: int) -> None:
+    """ROAD at LATEC's settings with the sparse-LU imputation against the conjugate-gradient one
+    (interleaved rounds, CPU clock, same image and map: the input gradient of chelsea), IROF,
+    and one forward, in one process; prints CPU seconds per image and the ROAD values."""
+    import statistics
+
+    import torch
+
+    import xplain
+    from xplain.data.images import Preprocess, load_image
+    from xplain_builtins.metrics import road
+
+    torch.set_num_threads(1)
+    model = xplain.load_model(out / "model" / "efficientnet_lite0.onnx", device="cpu")
+    pre = Preprocess.from_options((3, 224, 224), sidecar=model.sidecar)
+    x = torch.from_numpy(pre(load_image(out / "photos" / "chelsea.png"))[0])[None]
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model.graph(xg)[0, int(t)], xg)
+    maps = xplain.Attribution(g.sum(1).detach(), {})
+    registry = xplain.get_registry()
+
+    def score(name, params):
+        return registry.metric(name).compute(
+            model, x, t, maps, params=params, seed=0, cache={}, batch_size=1
+        )
+
+    direct = road.impute
+    results: dict[str, list[float]] = {"road-lu": [], "road-cg": [], "irof": [], "forward": []}
+    values = {}
+    load0 = os.getloadavg()[0]
+    for _ in range(rounds):
+        for key in results:
+            road.impute = road.impute_cg if key == "road-cg" else direct
+            began = time.process_time()
+            if key == "forward":
+                model.infer(x)
+            else:
+                name = "irof" if key == "irof" else "road"
+                got = score(name, {"baseline": "mean"} if key == "irof" else {"noise": 0.1})
+                values[key] = float(got[name][0])
+            results[key].append(time.process_time() - began)
+    road.impute = direct
+    for key, v in results.items():
+        print(f"{key}: {statistics.median(v):.2f} CPU s per image (median of {rounds})")
+    print(f"values: {values}")
+    print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("prepare", "run", "report"))
+    ap.add_argument("what", choices=("prepare", "run", "report", "speed"))
     ap.add_argument("out", type=Path)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--skip", default="score-cam")
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if args.what == "prepare":
         prepare(args.out)
     elif args.what == "run":
         run(args.out, args.images, [s for s in args.skip.split(",") if s])
+    elif args.what == "speed":
+        speed(args.out, args.rounds)
     else:
         print(report(args.out, args.workers))
 
