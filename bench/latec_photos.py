@@ -198,9 +198,10 @@ def report(out: Path, workers: int) -> str:
     return result
 
 
-def speed(out: Path, rounds: int) -> None:
+def speed(out: Path, rounds: int, method: str = "gradient") -> None:
     """ROAD at LATEC's settings with the sparse-LU imputation against the conjugate-gradient one
-    (interleaved rounds, CPU clock, same image and map: the input gradient of chelsea), IROF,
+    (interleaved rounds, CPU clock, same image and map: the input gradient of chelsea, or
+    ``--map METHOD``'s map), IROF,
     and one forward, in one process; prints CPU seconds per image and the ROAD values."""
     import statistics
 
@@ -216,10 +217,17 @@ def speed(out: Path, rounds: int) -> None:
     x = torch.from_numpy(pre(load_image(out / "photos" / "chelsea.png"))[0])[None]
     with torch.no_grad():
         t = model(x).argmax(1)
-    xg = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(model.graph(xg)[0, int(t)], xg)
-    maps = xplain.Attribution(g.sum(1).detach(), {})
     registry = xplain.get_registry()
+    if method == "gradient":
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.graph(xg)[0, int(t)], xg)
+        maps = xplain.Attribution(g.sum(1).detach(), {})
+    else:  # a smooth map (grad-cam): blob-shaped masks, the slow case for CG
+        from xplain.plugins.registry import validate_params
+        from xplain.run.api import run_method
+
+        chosen = registry.method(method)
+        maps = run_method(model, chosen, x, t, validate_params(chosen.params, {}, method), 0)
 
     def score(name, params):
         return registry.metric(name).compute(
@@ -256,13 +264,14 @@ def main() -> None:
     ap.add_argument("--skip", default="score-cam")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--map", default="gradient")
     args = ap.parse_args()
     if args.what == "prepare":
         prepare(args.out)
     elif args.what == "run":
         run(args.out, args.images, [s for s in args.skip.split(",") if s])
     elif args.what == "speed":
-        speed(args.out, args.rounds)
+        speed(args.out, args.rounds, args.map)
     else:
         print(report(args.out, args.workers))
 
