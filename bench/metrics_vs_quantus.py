@@ -10,13 +10,18 @@ the ratio Quantus / xplain measured in the same run, and the largest difference 
 (or why the values differ by definition: Quantus perturbs single channel elements on RGB, and its
 IROF and ROAD fail on every RGB input). Settings are reduced from the defaults where a default
 would take minutes per image on a CPU (listed in the table). Quantus gets one image per call for
-metrics whose scores depend on the batch through its per-batch normalisation.
+metrics whose scores depend on the batch through its per-batch normalisation. Quantus' seed
+for the MPRT family is xplain's ``--seed`` (0: both reset layers under torch.manual_seed(1)).
+Faithfulness-Estimate and Monotonicity-Correlation get the same ``features_in_step`` on both
+sides: Quantus counts channel elements (3× the steps on RGB) and refuses a step that does not
+divide H·W, so it cannot be given xplain's number of steps.
 Writes ``OUT/metrics_vs_quantus.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -82,7 +87,7 @@ CASES = [
         "faithfulness-estimate",
         "FaithfulnessEstimate",
         {"features_in_step": 1568},
-        {"features_in_step": 1568 * 3},
+        {"features_in_step": 1568},
         "",
         False,
     ),
@@ -90,7 +95,7 @@ CASES = [
         "monotonicity-correlation",
         "MonotonicityCorrelation",
         {"features_in_step": 3136, "nr_samples": 4},
-        {"features_in_step": 3136 * 3, "nr_samples": 4},
+        {"features_in_step": 3136, "nr_samples": 4},
         "",
         False,
     ),
@@ -148,11 +153,24 @@ CASES = [
         True,
     ),
     ("random-logit", "RandomLogit", {}, {"num_classes": 1000}, "method", True),
+    ("sufficiency", "Sufficiency", {}, {}, "", False),
+    ("mprt", "MPRT", {}, {"return_last_correlation": True, "seed": 0}, "method", False),
+    (
+        "smooth-mprt",
+        "SmoothMPRT",
+        {"nr_samples": 2},
+        {"nr_samples": 2, "return_last_correlation": True, "seed": 0},
+        "method",
+        False,
+    ),
+    ("efficient-mprt", "EfficientMPRT", {}, {"seed": 0}, "method", False),
 ]
+KEY = {"mprt": "mprt-last", "smooth-mprt": "smooth-mprt-last"}  # compared with Quantus' value
 DIFFERS = {
     "faithfulness-correlation": "by definition on RGB (Quantus: random channel elements)",
-    "faithfulness-estimate": "by definition on RGB (Quantus: channel elements)",
-    "monotonicity-correlation": "by definition on RGB (Quantus: channel elements) and its draws",
+    "faithfulness-estimate": "by definition on RGB (Quantus: channel elements, 3x the steps)",
+    "monotonicity-correlation": "by definition on RGB (Quantus: channel elements, 3x the steps)"
+    " and its draws",
     "road": "Quantus fails on RGB",
     "irof": "Quantus fails on RGB",
     "random-logit": "different random class draws",
@@ -161,7 +179,19 @@ DIFFERS = {
     "local-lipschitz": "different noise draws",
     "relative-input-stability": "different noise draws",
     "relative-output-stability": "different noise draws",
+    "smooth-mprt": "different noise draws (Quantus draws afresh per model)",
 }
+
+
+@contextlib.contextmanager
+def _quantus_explain(quantus, fn):
+    """SmoothMPRT calls ``quantus.explain`` (not explain_func): the same gradient there."""
+    real = quantus.explain
+    quantus.explain = fn
+    try:
+        yield
+    finally:
+        quantus.explain = real
 
 
 def main() -> None:
@@ -216,13 +246,13 @@ def main() -> None:
                     box_labels=[None] * len(x),
                     explain=explain,
                     batch_size=len(x),
-                )[name]
+                )[KEY.get(name, name)]
                 .detach()
                 .numpy()
             )
 
         def run_quantus(cls=cls, q_kw=q_kw, per_image=per_image, X=X, Y=Y, A=A, call=call):
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quantus_explain(quantus, q_explain):
                 warnings.simplefilter("ignore")
                 parts = (
                     [slice(i, i + 1) for i in range(len(x))] if per_image else [slice(0, len(x))]

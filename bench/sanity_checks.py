@@ -41,14 +41,14 @@ MEASURES = "ssim,spearman-abs,spearman-signed,hog"
 #: docs/sanity-checks.md): each map is re-run once per randomised block
 METHODS = {
     "gradient": {},
-    "integrated-gradients": {"steps": 16},
-    "smoothgrad": {"samples": 16},
+    "integrated-gradients": {},
+    "smoothgrad": {},
     "guided-backprop": {},
     "guided-grad-cam": {},
     "grad-cam": {},
     "tr-gbp": {},
     "lrp-epsilon": {},
-    "iba": {"fallback_copies": 8, "batch_size": 4},
+    "iba": {},
 }
 
 
@@ -107,7 +107,15 @@ def batch(names: list[str], size: int):
     return (x - 127) / 128, rgb
 
 
-def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size: int) -> None:
+def run(
+    out: Path,
+    nets: list[str],
+    photos: list[str],
+    methods: list[str],
+    size: int,
+    layers: int = 0,
+    overrides: dict | None = None,
+) -> None:
     import torch
 
     import xplain
@@ -119,7 +127,7 @@ def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size:
     reg = xplain.get_registry()
     metric = reg.metric("sanity")
     params = xplain.validate_params(
-        metric.params, {"similarity": MEASURES, "block_depth": 1}, "sanity"
+        metric.params, {"similarity": MEASURES, "block_depth": 1, "layers": layers}, "sanity"
     )
     x, _ = batch(photos, size)
     for net in nets:
@@ -127,6 +135,10 @@ def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size:
         with torch.no_grad():
             targets = model(x).argmax(1)
         blocks = layer_blocks(model, list(reversed(weight_layers(model))), 1)
+        if layers:
+            blocks = blocks[:layers]
+        tag = f"-{layers}blocks" if layers else ""
+        path = out / f"sanity-{net}{tag}.json"
         result = {
             "net": net,
             "photos": photos,
@@ -135,9 +147,14 @@ def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size:
             "size": size,
             "methods": {},
         }
+        if path.exists():  # a later run adds methods to an earlier one on the same photos
+            old = json.loads(path.read_text())
+            if all(old[k] == result[k] for k in ("photos", "blocks", "size")):
+                result["methods"] = old["methods"]
         for name in methods:
             method = reg.method(name)
-            mparams = xplain.validate_params(method.params, METHODS.get(name, {}), name)
+            given = {**METHODS.get(name, {}), **(overrides or {}).get(name, {})}
+            mparams = xplain.validate_params(method.params, given, name)
             maps: list[np.ndarray] = []
 
             def explain(xx, tt, method=method, mparams=mparams, maps=maps):
@@ -160,7 +177,7 @@ def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size:
             )
             secs = time.perf_counter() - start
             result["methods"][name] = {
-                "params": METHODS.get(name, {}),
+                "params": given,
                 "seconds": round(secs, 1),
                 "curves": {
                     k[len("sanity-") : -len("-curve")]: v.tolist()
@@ -170,9 +187,19 @@ def run(out: Path, nets: list[str], photos: list[str], methods: list[str], size:
             }
             # maps[0] is the method's own map; with fitted state hidden the metric re-runs the
             # reference, so the last len(blocks) + 1 maps are reference + one per block
-            np.save(out / f"maps-{net}-{name}.npy", np.stack(maps[-(len(blocks) + 1) :]))
+            np.save(out / f"maps-{net}{tag}-{name}.npy", np.stack(maps[-(len(blocks) + 1) :]))
             print(f"{net} {name}: {secs:.0f} s", flush=True)
-            (out / f"sanity-{net}.json").write_text(json.dumps(result, indent=1))
+            path.write_text(json.dumps(result, indent=1))
+
+
+#: one colour per method, the same in every network's figure
+COLOURS = dict(zip(METHODS, ("C0", "C1", "C2", "C3", "C5", "C4", "C6", "C7", "C8")))
+
+
+def _label(name: str, params: dict) -> str:
+    """The legend entry: the method and any parameter this page changed from its default."""
+    given = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{name} ({given})" if given else name
 
 
 def figures(out: Path) -> None:
@@ -184,62 +211,78 @@ def figures(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     IMG.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[str] = []
+    short: list[str] = []
     for path in sorted(out.glob("sanity-lite*.json")):
         res = json.loads(path.read_text())
         net, blocks, methods = res["net"], res["blocks"], res["methods"]
         measures = list(next(iter(methods.values()))["curves"])
-        fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 4), sharey=True)
+        fig, grid = plt.subplots(2, 2, figsize=(11, 8.4), sharey=True)
+        axes = grid.ravel()
         steps = np.arange(len(blocks) + 1)
         for ax, m in zip(axes, measures):
-            for name, r in methods.items():
+            for name in sorted(methods, key=list(METHODS).index):
+                r = methods[name]
                 c = np.array(r["curves"][m], dtype=float)
                 mu = np.nanmean(c, 0)
+                colour = COLOURS.get(name, "black")
                 ax.plot(
                     steps,
                     mu,
                     marker=".",
-                    label=name,
-                    lw=2 if "gbp" in name or "guided" in name else 1,
+                    color=colour,
+                    label=_label(name, r["params"]),
+                    lw=2.2 if name in ("guided-backprop", "tr-gbp") else 1,
                 )
-                ax.fill_between(steps, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.12)
+                ax.fill_between(
+                    steps, np.nanmin(c, 0), np.nanmax(c, 0), color=colour, alpha=0.1, lw=0
+                )
             ax.set_title(m)
             ax.set_xticks(steps)
             ax.set_xticklabels(
                 ["orig"] + [b.split("/")[-1] for b in blocks], rotation=90, fontsize=6
             )
             ax.axhline(0, color="grey", lw=0.5)
-        axes[0].set_ylabel("similarity to the trained model's map")
-        axes[-1].legend(fontsize=7, loc="lower left")
+        for ax in grid[:, 0]:
+            ax.set_ylabel("similarity to the trained model's map")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
         fig.suptitle(
             f"EfficientNet-{net.title()}: cascading randomisation from the logits down "
             f"({len(res['photos'])} photos; band = min..max)"
         )
-        fig.tight_layout()
-        fig.savefig(IMG / f"sanity-{net}.png", dpi=110)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fig.savefig(IMG / f"sanity-{net}.png", dpi=100)
         plt.close(fig)
-        # map grid: methods × (orig + every other block), first photo, |map| min-max per cell
-        pick = list(range(0, len(blocks) + 1, 3))
+        # map grid: the photo, then methods × (orig, fc, head, then evenly to all), first photo;
+        # |map| scaled to its 99th percentile per cell (Adebayo et al.'s visualisation)
+        n = len(blocks)
+        pick = sorted({0, 1, 2, *np.linspace(2, n, 6).round().astype(int).tolist()})
+        _, rgb = batch(res["photos"][:1], res["size"])
+        order = sorted(methods, key=list(METHODS).index)
         fig, axes = plt.subplots(
-            len(methods), len(pick), figsize=(1.3 * len(pick), 1.3 * len(methods)), squeeze=False
+            len(order), len(pick) + 1, figsize=(1.3 * (len(pick) + 1), 1.3 * len(order))
         )
-        for i, name in enumerate(methods):
+        axes = np.atleast_2d(axes)
+        for i, name in enumerate(order):
             maps = np.load(out / f"maps-{net}-{name}.npy")[:, 0]
-            for j, k in enumerate(pick):
+            axes[i, 0].imshow(rgb[0])
+            for j, k in enumerate(pick, start=1):
                 ax = axes[i, j]
                 m = np.abs(maps[k])
-                ax.imshow(m / max(m.max(), 1e-30), cmap="gray")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j == 0:
-                    ax.set_ylabel(name, fontsize=6)
+                ax.imshow(np.clip(m / max(np.percentile(m, 99), 1e-30), 0, 1), cmap="gray")
                 if i == 0:
                     ax.set_title("orig" if k == 0 else blocks[k - 1].split("/")[-1], fontsize=6)
+            axes[i, 0].set_ylabel(name, fontsize=6)
+        for ax in axes.ravel():
+            ax.set_xticks([])
+            ax.set_yticks([])
         fig.tight_layout()
-        fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=110)
+        fig.savefig(IMG / f"sanity-{net}-maps.png", dpi=80)
         plt.close(fig)
         half = len(blocks) // 2
-        for name, r in methods.items():
+        for name in sorted(methods, key=list(METHODS).index):
+            r = methods[name]
             for m in measures:
                 c = np.array(r["curves"][m], dtype=float)
                 cells = [f"{np.nanmean(c[:, k]):.2f}" for k in (1, 2, half, len(blocks))]
@@ -248,13 +291,27 @@ def figures(out: Path) -> None:
                 rows.append(
                     f"| {net} | {name} | {m} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
                 )
+            # the page's table: Spearman |map| per step (mean ± std over photos), means of all
+            c = np.array(r["curves"]["spearman-abs"], dtype=float)
+            cells = [f"{np.mean(c[:, k]):.2f} ± {np.std(c[:, k]):.2f}" for k in (1, 2, half)]
+            cells += [f"{np.mean(c[:, -1]):.2f}", f"{np.median(c[:, 1 : half + 1]):.2f}"]
+            cells += [f"{np.nanmean(np.array(r['curves'][m])[:, 1:]):.2f}" for m in measures]
+            short.append(f"| {net} | {_label(name, r['params'])} | " + " | ".join(cells) + " |")
         header = (
             "| net | method | measure | fc | + head | + top half (to "
             f"{blocks[half - 1].split('/')[-1]}) | all | all: min..max | mean over steps | s |"
         )
+        short_header = (
+            "| net | method | Spearman \\|map\\|: fc | + head | + top half | all | "
+            "median over the top-half steps | "
+            "mean over the steps: " + " | ".join(measures) + " |"
+        )
     table = "\n".join([header, "|" + "---|" * 10, *rows])
     (out / "sanity-table.md").write_text(table + "\n")
+    compact = "\n".join([short_header, "|" + "---|" * (7 + len(measures)), *short])
+    (out / "sanity-table-short.md").write_text(compact + "\n")
     print(table)
+    print(compact)
 
 
 def main() -> None:
@@ -266,10 +323,31 @@ def main() -> None:
     p.add_argument("--nets", default="lite0,lite1,lite2")
     p.add_argument("--photos", default=",".join(PHOTOS))
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--size", type=int, default=112, help="input side (the CPU budget: 112)")
+    p.add_argument("--size", type=int, default=224, help="input side")
+    p.add_argument("--layers", type=int, default=0, help="randomise this many blocks (0 = all)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.PARAM=VALUE",
+        help="override a method parameter (repeatable), e.g. smoothgrad.samples=20",
+    )
     a = p.parse_args()
     if a.what == "run":
-        run(a.out, a.nets.split(","), a.photos.split(","), a.methods.split(","), a.size)
+        overrides: dict[str, dict[str, str]] = {}
+        for item in a.set:
+            key, value = item.split("=", 1)
+            method, param = key.split(".", 1)
+            overrides.setdefault(method, {})[param] = value
+        run(
+            a.out,
+            a.nets.split(","),
+            a.photos.split(","),
+            a.methods.split(","),
+            a.size,
+            a.layers,
+            overrides,
+        )
     else:
         figures(a.out)
 

@@ -16,7 +16,7 @@ draws (Captum's numpy/torch draws replaced by ours), ours / reference time and o
   (2048 channels on ResNet-50: a forward per channel), to keep a CPU run short.
 
     OMP_NUM_THREADS=1 python bench/study_methods_parity.py [--models resnet50 efficientnet_lite0]
-        [--images 1] [--score-channels K] [--json OUT]
+        [--images 1] [--score-channels K] [--json OUT] [--only score-cam] [--engine torch]
 
 Nothing is downloaded (the networks come from xplain's bench models). On a
 shared CPU: run single-threaded with the CPU-time clock (the default) and compare only ratios
@@ -239,7 +239,7 @@ def bench_cam(model, x, targets, name, cls, layer=""):
     }
     if name == "score-cam":
         k = got.info["layer_shape"][0]
-        per_pass = xplain.images_per_pass(model)
+        per_pass = xplain.images_per_forward_pass(model)
         masked = x.repeat_interleave(k, dim=0)
 
         def ideal():
@@ -249,11 +249,19 @@ def bench_cam(model, x, targets, name, cls, layer=""):
 
         _, row["ideal_s"] = timed(ideal)
         row["ideal"] = f"{x.shape[0]} + {masked.shape[0]} forwards (Model.infer)"
+        # the sizing before images_per_forward_pass: passes as if a backward followed
+        old = xplain.images_per_pass(model)
+        _, row["ours_backward_sizing_s"] = timed(
+            lambda: ours(model, name, x, targets, batch=old, **params)
+        )
+        row["per_pass"] = {"forward": per_pass, "backward_sizing": old}
     return row
 
 
-def run(name: str, images: int = 1, score_channels: int = 64) -> dict:
-    model = xplain.load_model(bench_model_path(name), device="cpu")
+def run(
+    name: str, images: int = 1, score_channels: int = 64, only=(), engine: str = "auto"
+) -> dict:
+    model = xplain.load_model(bench_model_path(name), device="cpu", engine=engine)
     x = photos()[:images]
     with torch.no_grad():
         targets = model(x).argmax(dim=1)
@@ -284,6 +292,8 @@ def run(name: str, images: int = 1, score_channels: int = 64) -> dict:
         ("score-cam", lambda: bench_cam(model, x[:1], targets[:1], "score-cam", "ScoreCAM", layer))
     )
     for method, job in jobs:
+        if only and method not in only:
+            continue
         rows[method] = job()
         print(f"  {method}: {rows[method]}", flush=True)
     return rows
@@ -308,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run score-cam at the first feature layer with this many channels (0: the default "
         "layer, 2048 channels on ResNet-50, 1280 on Lite0)",
     )
+    parser.add_argument("--only", nargs="*", default=[], help="run only these methods")
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime"),
+        help="the forward engine of Model.infer (score-cam's masked forwards); torch: the same "
+        "eager forwards as the reference",
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     global REPEATS, CLOCK
@@ -320,16 +338,25 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     for name in args.models:
-        report["models"][name] = rows = run(name, args.images, args.score_channels)
+        report["models"][name] = rows = run(
+            name, args.images, args.score_channels, args.only, args.engine
+        )
         print(f"## {name}")
         for method, row in rows.items():
             ratios = f"ours/ref {row['ours_s'] / row['ref_s']:.2f}"
+            if "ours_backward_sizing_s" in row:
+                ratios += (
+                    f", backward-sized passes {row['ours_backward_sizing_s'] / row['ref_s']:.2f}"
+                    f" of ref ({row['per_pass']})"
+                )
             if "ideal_s" in row:
                 ratios += f", ours/ideal {row['ours_s'] / row['ideal_s']:.2f} ({row['ideal']})"
             print(
                 f"{method:20s} rel diff {row['rel_diff']:.2e}  {ratios}  "
                 f"[{row['ours_s']:.2f}s vs {row['ref_s']:.2f}s]"
             )
+        if "deeplift" not in rows:
+            continue
         dl = rows["deeplift"]
         print(
             f"deeplift Σmap − Δf: ours {dl['sum_gap_ours']:.2e}, ours maxpool=rescale "

@@ -23,6 +23,8 @@ from .conftest import REPO, export_classic
 #: the methods bench/README.md and issue 3 name as having a Captum counterpart
 DOCUMENTED = {
     "deeplift",
+    "lime",
+    "kernel-shap",
     "expected-gradients",
     "saliency",
     "gradient",
@@ -346,3 +348,32 @@ def test_bench_cpu_clock(tiny_model):
             warmup=0,
             clock="sundial",
         )
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel-shap"])
+def test_captum_surrogate_counterpart_uses_our_segments_target_and_baseline(relu_model, name):
+    """Captum draws its own coalitions (timed, not compared map for map), but it must see our
+    grid as its feature mask, our targets and baseline: its map is constant on each 4×4 cell, and
+    Kernel SHAP's coefficients (both ours and Captum's) sum to f(x) − f(baseline)."""
+    pytest.importorskip("captum")
+    pytest.importorskip("sklearn")
+    registry = xplain.get_registry()
+    if name not in registry.methods:
+        pytest.skip(f"method {name} is not installed")
+    params = {"cell": 4, "n_samples": 40, "baseline": 0.5}
+    values = xplain.validate_params(registry.method(name).params, params, name)
+    x = relu_model.example_input(2, seed=7)
+    targets = torch.tensor([1, 3])
+    with captum_counterpart(name, relu_model, values, x) as captum_fn:
+        ref = captum_fn(x.clone(), targets).detach()
+    assert ref.shape == (2, 16, 16)
+    cells = ref.reshape(2, 4, 4, 4, 4)  # image, cell row, row in cell, cell column, column in cell
+    assert torch.equal(cells, cells[:, :, :1, :, :1].expand_as(cells))
+    assert ref.abs().max() > 0
+    if name == "kernel-shap":
+        with torch.no_grad():
+            full = relu_model(x).gather(1, targets[:, None])[:, 0]
+            empty = relu_model(torch.full_like(x, 0.5)).gather(1, targets[:, None])[:, 0]
+        ours = xplain.explain(relu_model, x, targets, name, params=params).maps
+        for got in (ref, ours):
+            torch.testing.assert_close(got.sum(dim=(1, 2)) / 16, full - empty, rtol=1e-3, atol=1e-3)

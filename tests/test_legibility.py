@@ -74,3 +74,52 @@ def test_panel_rows_of_one_method_share_the_scheme():
     bars = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
     assert len(bars) == 2
     assert {ax.get_gid() for ax in bars} == {"RdBu_r"}
+
+
+def test_signed_speckle_stays_visible_at_panel_cell_size():
+    # a signed pixel-level map (both signs next to each other, as gradient / IG / LRP-ε give)
+    # shown at a panel cell of 240 px for a 451x300 photo (Lite0's 224 crop of its 385x256
+    # resize): plain shrinking averages the signs away and the strongest 1 % of the cell is
+    # faint; the panel's peak pooling keeps each block's strongest value and colours it.
+    from xplain.output.panel import CELL_INCHES, DPI
+    from xplain.output.render import display_block, peak_pool
+
+    image = _photo((451, 300))
+    g = Geometry((451, 300), (385, 256), (80, 16, 304, 240))
+    rng = np.random.default_rng(0)
+    m = rng.normal(0, 0.1, (224, 224)) * rng.choice([-1.0, 1.0], (224, 224))
+    peaks = rng.choice(224 * 224, 500, replace=False)
+    m.flat[peaks] = rng.choice([-1.0, 1.0], 500)
+    cell = round(CELL_INCHES * DPI)
+    pool = display_block(g, cell)
+    assert pool == 2
+    plain = overlay_legibility(image, m, g, signed=True, max_side=cell)
+    pooled = overlay_legibility(image, m, g, signed=True, max_side=cell, pool=pool)
+    assert plain.strongest_coloured < 0.5 < 0.9 <= pooled.strongest_coloured
+    assert pooled.outside_unchanged == 1.0
+    # the pooling keeps the value of largest |v| per block, sign included, and the shape
+    block = np.array([[0.2, -0.9], [0.5, 0.1]])
+    assert (peak_pool(block, 2) == -0.9).all() and peak_pool(m, 1) is not None
+    assert peak_pool(m, 3).shape == m.shape
+
+
+def test_the_panel_pools_signed_maps_for_its_cells():
+    # the same speckle map drawn in a panel: the cell's overlay has clearly coloured pixels
+    # at the strongest values; without pooling (monkeypatched to 1) it has far fewer
+    import xplain.output.panel as panel
+
+    image = _photo((451, 300))
+    g = Geometry((451, 300), (385, 256), (80, 16, 304, 240))
+    rng = np.random.default_rng(1)
+    m = rng.normal(0, 0.1, (224, 224)) * rng.choice([-1.0, 1.0], (224, 224))
+    m.flat[rng.choice(224 * 224, 500, replace=False)] = rng.choice([-1.0, 1.0], 500)
+    row = PanelRow(target=3, label="x", probability=0.5, maps={"gradient": m})
+    calls = []
+    real = panel.overlay_image
+    panel_overlay = lambda *a, **k: calls.append(k["pool"]) or real(*a, **k)  # noqa: E731
+    try:
+        panel.overlay_image = panel_overlay
+        panel_figure(image, g, [row], ["gradient"])
+    finally:
+        panel.overlay_image = real
+    assert calls == [2]

@@ -461,6 +461,8 @@ def test_metric_contract(name, tiny_model):
         "region-perturbation": {"regions_evaluation": 8, "order": "random"},
         "continuity": {"nr_steps": 4},
         "mprt": {"layers": 2},
+        "smooth-mprt": {"layers": 2, "nr_samples": 3},
+        "efficient-mprt": {"layers": 2},
         "road": {"percentages": "10,50,90", "lerf": True},
         **{
             n: {"nr_samples": 3}

@@ -64,7 +64,9 @@ def test_default_budget_is_a_quarter_of_free_memory_capped(monkeypatch):
 def test_budget_changes_the_passes_not_the_map(tiny_model, method, params):
     x = tiny_model.example_input(3, seed=21)
     t = torch.tensor([0, 2, 1])
-    one = passes.image_cost_bytes(tiny_model) / 2**20  # MB of one image
+    forward_only = method == "occlusion"  # sized by one forward's live activations
+    cost = passes.forward_peak_bytes if forward_only else passes.image_cost_bytes
+    one = cost(tiny_model) / 2**20  # MB of one image
     small, small_passes = _pass_sizes(
         tiny_model,
         lambda: (

@@ -31,7 +31,9 @@ def test_latec_ships_its_17_methods_and_20_metrics_none_silently_dropped():
     eg = next(e for e in p.methods if e.name == "expectedgradients")
     assert eg.params == {"n_samples": 40, "stdevs": 0.001, "baselines": "batch"}
     assert next(e for e in p.methods if e.name == "deeplift").params["eps"] == 1e-9
-    assert [e.name for e in p.metrics if e.missing] == ["sufficiency"]
+    assert [e.name for e in p.metrics if e.missing] == []
+    suff = next(e for e in p.metrics if e.name == "sufficiency")
+    assert suff.plugin == "sufficiency" and suff.params == {"threshold": 0.9, "group": 2}
     crit = {c: [e.name for e in p.metrics if e.criterion == c] for c in p.criteria}
     assert [len(crit[c]) for c in ("faithfulness", "robustness", "complexity")] == [11, 6, 3]
     ig = next(e for e in p.methods if e.name == "integratedgradients")

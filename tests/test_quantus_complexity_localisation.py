@@ -189,3 +189,19 @@ def test_localisation_hand_cases():
     )
     no_box = score("pointing-game", None, x, t, m, boxes=[None], box_labels=[None])
     assert math.isnan(float(no_box["pointing-game"][0]))
+
+
+def test_top_set_is_the_head_of_a_stable_descending_sort():
+    """The selection behind relevance-rank-accuracy / top-k-intersection picks exactly the
+    first k pixels of a stable descending sort, ties included (by hand: [1, 3, 3, 2, 3], k = 2
+    → the first two 3s)."""
+    from xplain_builtins.metrics.localisation_quantus import top_set
+
+    a = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    assert top_set(a, [2]).tolist() == [[False, True, True, False, False]]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 7, (3, 200), generator=g).float()  # many ties
+    for k in (1, 13, 57, 200):
+        order = torch.argsort(a, dim=1, descending=True, stable=True)[:, :k]
+        want = torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True)
+        assert torch.equal(top_set(a, [k] * 3), want)

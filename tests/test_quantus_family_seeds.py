@@ -15,6 +15,8 @@ CASES = [
     ("road", {"percentages": "30,60,90", "score": "probability"}),
     ("max-sensitivity", {"nr_samples": 2}),
     ("random-logit", {}),
+    ("smooth-mprt", {"nr_samples": 3, "layers": 2}),
+    ("efficient-mprt", {"layers": 2}),
 ]
 
 

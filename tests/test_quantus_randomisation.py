@@ -122,3 +122,89 @@ def test_randomisation_hand_cases(digits):
     m = score("mprt", model, x, t, pattern, explain=fixed, params={"layers": 2})
     np.testing.assert_allclose(m["mprt-curve"], 1.0, atol=1e-6)
     assert m["mprt-curve"].shape == (4, 3)
+
+
+def _q_explain(model, inputs, targets, **kw):
+    return gradient(model, torch.as_tensor(inputs).float(), targets).numpy()
+
+
+def test_smooth_mprt_equals_quantus_with_the_same_noise(digits, monkeypatch):
+    """Quantus' SmoothMPRT (bottom up) with xplain's noise handed to it through np.random.randn
+    (the same draws for every model) and its quantus.explain replaced by the same gradient."""
+    from xplain_builtins.metrics.properties import weight_layers
+    from xplain_builtins.metrics.robustness import draw_noise
+
+    model, x, t = digits
+    nr = 4
+    params = {"nr_samples": nr, "noise_magnitude": 0.2}
+    ours = score(
+        "smooth-mprt",
+        model,
+        x,
+        t,
+        gradient(model.graph, x, t),
+        explain=_explain(model.graph),
+        seed=42,
+        params=params,
+    )
+    z = draw_noise(x, 42, nr - 1, "normal", 0.0, 1.0).double().numpy()
+    calls = {"n": 0}
+
+    def randn(*shape):
+        calls["n"] += 1
+        return z[(calls["n"] - 1) % (nr - 1)].reshape(shape)
+
+    monkeypatch.setattr(np.random, "randn", randn)
+    monkeypatch.setattr(quantus, "explain", _q_explain)
+    X, Y = as_np(x, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantus.SmoothMPRT(seed=42, nr_samples=nr, noise_magnitude=0.2, **Q)(
+            model=model.graph, x_batch=X, y_batch=Y, explain_func=_q_explain, device="cpu"
+        )
+    monkeypatch.undo()
+    layers = weight_layers(model)
+    assert list(q) == ["original"] + layers
+    assert calls["n"] == (nr - 1) * (len(layers) + 2)  # a_batch, original, each layer
+    for k, name in enumerate(["original"] + layers):
+        np.testing.assert_allclose(ours["smooth-mprt-curve"][:, k], q[name], atol=1e-5)
+    np.testing.assert_allclose(ours["smooth-mprt-curve"][:, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(ours["smooth-mprt"], np.mean([q[n] for n in layers], 0), atol=1e-5)
+    assert (ours["smooth-mprt"] < 0.9).all()
+
+
+def test_efficient_mprt_equals_quantus(digits):
+    model, x, t = digits
+    ours = score(
+        "efficient-mprt",
+        model,
+        x,
+        t,
+        gradient(model.graph, x, t),
+        explain=_explain(model.graph),
+        seed=42,
+    )
+    X, Y = as_np(x, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantus.EfficientMPRT(seed=42, **Q)(
+            model=model.graph,
+            x_batch=X,
+            y_batch=Y,
+            a_batch=gradient(model.graph, x, t)[:, None].numpy(),
+            explain_func=_q_explain,
+            device="cpu",
+        )
+    np.testing.assert_allclose(ours["efficient-mprt"], q, rtol=1e-5)
+    assert (ours["efficient-mprt"] != 0).all()
+
+
+def test_efficient_mprt_hand_case():
+    """Entropy of a histogram by hand: values 0, 0, 1, 1 in 2 bins → ln 2; 0, 1, 2, 3 in 4 bins
+    → ln 4; a constant map → one bin → 0."""
+    from xplain_builtins.metrics.randomisation import discrete_entropy
+
+    maps = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0]])
+    got = discrete_entropy(maps, 2).tolist()
+    assert got[0] == pytest.approx(np.log(2)) and got[2] == 0.0
+    assert discrete_entropy(maps[1:2], 4).item() == pytest.approx(np.log(4))

@@ -78,6 +78,7 @@ _LAZY = {
     "reduce_channels": ("xplain.plugins.maps", "reduce_channels"),
     "reduce_param": ("xplain.plugins.maps", "reduce_param"),
     "images_per_pass": ("xplain.plugins.passes", "images_per_pass"),
+    "images_per_forward_pass": ("xplain.plugins.passes", "images_per_forward_pass"),
     "pass_params": ("xplain.plugins.passes", "pass_params"),
     "report_progress": ("xplain.plugins.progress", "report_progress"),
     "progress_to": ("xplain.plugins.progress", "progress_to"),

@@ -384,7 +384,8 @@ def check_metric(
 ) -> None:
     """The metric contract: a non-empty dict whose headline key is the metric's name; per-sample
     ``(B,)`` scores (``B×T`` only for declared curves), finite or NaN (never ±inf); a batch of 3
-    scores as three batches of 1; the model's graph and weights untouched.
+    scores as three batches of 1 (a ``scope="dataset"`` metric: the scores of the batch permuted
+    are the scores permuted); the model's graph and weights untouched.
 
     The maps come from ``method`` (default ``saliency``); every sample has one box."""
     reg = registry or get_registry()
@@ -428,7 +429,16 @@ def check_metric(
             f"{who}: {key!r} has shape {tuple(value.shape)}; expected (B,) or a declared curve (B, T)"
         )
         assert not torch.isinf(value).any(), f"{who}: {key!r} holds infinite values"
-    parts = [run(slice(i, i + 1)) for i in range(3)]
+    if metric.scope == "dataset":  # scored across the images: equivariant, not separable
+        order = [2, 0, 1]
+        x, targets = x[order], targets[order]
+        attribution = Attribution(attribution.maps[order], {})
+        boxes = [boxes[i] for i in order]
+        parts = [{k: torch.as_tensor(v)[[1, 2, 0]] for k, v in run(slice(0, 3)).items()}]
+        what = "of the batch permuted differs from the permuted scores"
+    else:
+        parts = [dict(run(slice(i, i + 1))) for i in range(3)]
+        what = "of a batch of 3 differs from 3 batches of 1"
     for key, value in full.items():
         if not key.endswith("@x"):
             joined = torch.cat([torch.as_tensor(p[key]) for p in parts])
@@ -437,7 +447,7 @@ def check_metric(
                 joined,
                 1e-4,
                 1e-5,
-                f"{who}: {key!r} of a batch of 3 differs from 3 batches of 1",
+                f"{who}: {key!r} {what}",
             )
     assert model.graph.code == code, f"{who} left the graph changed"
     assert all(torch.equal(state[k], v) for k, v in model.graph.state_dict().items()), (

@@ -6,6 +6,7 @@ Why a module of its own: one verb per module; the work is :func:`xplain.run.fitt
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -88,62 +89,65 @@ def fit(
     from ..plugins.progress import progress_to
     from .progress import explain_progress
 
-    bar, _, _, within = explain_progress(1, show_progress(), title=f"fitting {m.name}")
-    try:
-        with progress_to(within if show_progress() else None):
-            path = _fit(
-                model,
-                m,
-                data,
-                params,
-                state_dir,
-                batch_size,
-                preset,
-                resize,
-                mean,
-                std,
-                classes,
-                samples,
-                layer,
-                labels,
-            )
-    finally:
-        bar.stop()
-    out.print(f"saved {path}", markup=False, highlight=False)
-
-
-def _fit(
-    model,
-    m,
-    data,
-    params,
-    state_dir,
-    batch_size,
-    preset,
-    resize,
-    mean,
-    std,
-    classes,
-    samples,
-    layer,
-    labels,
-):
-    from ..run.fitting import FitConsole, fit_method
-
-    return fit_method(
-        model,
-        m,
-        data,
+    request = FitRequest(
+        data=data,
         params=params,
         state_dir=state_dir,
         batch_size=batch_size,
         preset=preset,
         resize=resize,
-        mean=floats(mean, "--mean"),
-        std=floats(std, "--std"),
+        mean=mean,
+        std=std,
         classes=classes,
         samples=samples,
         layer=layer,
         labels=labels,
+    )
+    bar, _, _, within = explain_progress(1, show_progress(), title=f"fitting {m.name}")
+    try:
+        with progress_to(within if show_progress() else None):
+            path = _fit(model, m, request)
+    finally:
+        bar.stop()
+    out.print(f"saved {path}", markup=False, highlight=False)
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What ``xplain fit`` was asked for, beside the model and the method (the options as given:
+    ``mean``/``std`` still comma-separated text)."""
+
+    data: Path
+    params: dict
+    state_dir: Path | None
+    batch_size: int
+    preset: str | None
+    resize: int | None
+    mean: str | None
+    std: str | None
+    classes: str | None
+    samples: int | None
+    layer: str | None
+    labels: Path | None
+
+
+def _fit(model, m, request: FitRequest):
+    from ..run.fitting import FitConsole, fit_method
+
+    return fit_method(
+        model,
+        m,
+        request.data,
+        params=request.params,
+        state_dir=request.state_dir,
+        batch_size=request.batch_size,
+        preset=request.preset,
+        resize=request.resize,
+        mean=floats(request.mean, "--mean"),
+        std=floats(request.std, "--std"),
+        classes=request.classes,
+        samples=request.samples,
+        layer=request.layer,
+        labels=request.labels,
         console=FitConsole(err),
     )

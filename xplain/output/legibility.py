@@ -65,8 +65,12 @@ def overlay_legibility(
     **options,
 ) -> Legibility:
     """Draw :func:`render.overlay_image` (``options`` passed on) and measure it: the crop's
-    unchanged share, the strongest 1 % of the map's magnitude (inside the crop) coloured
-    clearly, and the share of pixels outside the crop left as they are."""
+    unchanged share, the strongest 1 % of the drawn map's magnitude (inside the crop) coloured
+    clearly, and the share of pixels outside the crop left as they are.
+
+    With ``max_side`` at a panel cell's size this measures the cell: averaging a signed speckle
+    map down leaves its strongest drawn pixels faint against the map's own colour scale, which
+    ``pool=render.display_block(...)`` (the panel's choice) prevents."""
     m = np.asarray(map_hw, np.float32)
     if signed is None:
         signed = render.is_signed(m)
@@ -74,7 +78,8 @@ def overlay_legibility(
     size = (overlay.shape[1], overlay.shape[0])
     grey = render.grey_for(options.get("grey"), bool(signed))
     base = np.asarray(render._base(image, size, grey).astype(np.uint8))
-    drawn = dataclasses.replace(geometry, original_size=size).to_original(m)
+    shown = render.peak_pool(m, options.get("pool", 1))  # what overlay_image draws
+    drawn = dataclasses.replace(geometry, original_size=size).to_original(shown)
     crop = np.isfinite(drawn)
     magnitude = np.abs(np.where(crop, drawn, 0.0)) if signed else np.where(crop, drawn, 0.0)
     cut = np.quantile(magnitude[crop], 1.0 - STRONGEST) if crop.any() else np.inf

@@ -28,6 +28,7 @@ from .render import (
     OVERLAY_ALPHA,
     add_colorbar,
     bounded_size,
+    display_block,
     display_scale,
     is_signed,
     overlay_image,
@@ -103,6 +104,8 @@ def panel_figure(
     if title:
         fig.suptitle(plain_text(title), fontsize=TITLE_PT + 1, y=1 - 0.08 / fig_h, va="top")
     side = max(64, round(max(cell_w, cell_h) * DPI * 1.5))
+    # a cell shows fewer pixels than the map has: keep each block's peak, not its average
+    pool = display_block(geometry, max(cell_w, cell_h) * DPI)
     thumb = image.convert("RGB").resize(
         bounded_size(image.size, side), Image.Resampling.BILINEAR, reducing_gap=3.0
     )
@@ -132,6 +135,7 @@ def panel_figure(
                         percentile=percentile,
                         grey=grey,
                         max_side=side,
+                        pool=pool,
                     )
                 )
             )

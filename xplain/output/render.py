@@ -309,6 +309,39 @@ def grey_for(grey: bool | None, signed: bool) -> bool:
     return bool(signed) if grey is None else bool(grey)
 
 
+def peak_pool(map_hw: np.ndarray, block: int) -> np.ndarray:
+    """Each ``block`` × ``block`` block of the map replaced by its value of largest |v| (sign
+    kept), same shape; ``block`` ≤ 1 returns the map.
+
+    Shrinking a map averages its pixels: a signed, pixel-level map (gradient, integrated
+    gradients, LRP-ε) is speckle of both signs, and its average over a few pixels is near zero,
+    so at panel-cell size the strongest evidence vanishes.  After this pooling a block is one
+    value, which shrinking by up to ``block`` keeps.  NaN counts as 0 when choosing."""
+    m = np.asarray(map_hw, dtype=np.float32)
+    k = int(block)
+    if k <= 1 or m.ndim != 2:
+        return m
+    h, w = m.shape
+    padded = np.pad(m, ((0, -h % k), (0, -w % k)), mode="edge")
+    ph, pw = padded.shape
+    blocks = (
+        padded.reshape(ph // k, k, pw // k, k).transpose(0, 2, 1, 3).reshape(ph // k, pw // k, -1)
+    )
+    pick = np.nan_to_num(np.abs(blocks), nan=0.0, posinf=np.inf).argmax(axis=-1)
+    peaks = np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]
+    return np.repeat(np.repeat(peaks, k, axis=0), k, axis=1)[:h, :w]
+
+
+def display_block(geometry: Geometry, shown_side: float) -> int:
+    """How many map pixels fall on one shown pixel (rounded, ≥ 1) when the photo's long side is
+    shown at ``shown_side`` pixels: the ``pool`` for :func:`overlay_image` in a panel cell."""
+    rw, rh = geometry.resized_size
+    ow, oh = geometry.original_size
+    per_original = max(rw / max(ow, 1), rh / max(oh, 1))  # map (= resized) px per photo px
+    shown_per_original = shown_side / max(ow, oh, 1)
+    return max(1, round(per_original / max(shown_per_original, 1e-9)))
+
+
 def overlay_image(
     image: Image.Image,
     map_hw: np.ndarray,
@@ -319,6 +352,8 @@ def overlay_image(
     grey: bool | None = None,
     max_side: int = OVERLAY_MAX_SIDE,
     gamma: float = OVERLAY_GAMMA,
+    *,
+    pool: int = 1,
 ) -> Image.Image:
     """The map, drawn back through the resize and crop, blended onto the photo (RGB image).
 
@@ -327,7 +362,9 @@ def overlay_image(
     0, ``alpha`` at the scale and beyond.  Pixels outside the crop (NaN after
     :meth:`Geometry.to_original`) show the plain photo.  ``grey=None`` shows the photo in
     greyscale under signed maps (:func:`grey_for`).  The output has the photo's size, or its
-    size shrunk to ``max_side``.
+    size shrunk to ``max_side``.  ``pool`` > 1 draws :func:`peak_pool` of the map (blocks of
+    ``pool`` × ``pool`` map pixels; the colour scale stays the unpooled map's): what a panel
+    cell does when it shows the map at fewer pixels than the map has.
     """
     alpha = _check_alpha(alpha)
     if tuple(image.size) != tuple(geometry.original_size):
@@ -341,7 +378,7 @@ def overlay_image(
     signed = bool(signed)
     s = display_scale(m, signed, percentile)
     size = bounded_size((image.size[0], image.size[1]), int(max_side))
-    drawn = dataclasses.replace(geometry, original_size=size).to_original(m)
+    drawn = dataclasses.replace(geometry, original_size=size).to_original(peak_pool(m, pool))
     t = _unit(drawn, signed, s)
     colours = _rgba(t, signed)
     strength = np.abs(np.nan_to_num(t, nan=0.0)) ** np.float32(gamma)

@@ -227,7 +227,9 @@ class MetricContext:
     :class:`Method` that made the maps, ``method_params`` its parameters and ``explain(x,
     targets)`` re-runs it (metrics that need more maps declare ``needs=("method",)``);
     ``batch_size`` images per batch, ``forward_batch`` perturbed images per forward pass, and
-    ``cache`` a dict shared by all methods on the same batch (method-independent work)."""
+    ``cache`` a dict shared by all methods on the same batch (method-independent work);
+    ``predictions`` the model's classes for ``x`` (filled in for a ``scope="dataset"`` metric,
+    whose ``x`` eval does not keep: there ``x`` is empty and ``attribution`` holds every map)."""
 
     model: Model
     x: torch.Tensor
@@ -243,6 +245,7 @@ class MetricContext:
     batch_size: int | None = None
     forward_batch: int | None = None
     cache: dict = dataclasses.field(default_factory=dict)
+    predictions: torch.Tensor | None = None
 
     def reexplain(self, x: torch.Tensor, targets: torch.Tensor) -> Attribution:
         """Run the method under evaluation again (same parameters and seed)."""
@@ -443,7 +446,11 @@ class Metric(_Lazy):
     A metric may also return curves: a tensor ``B×T`` under a key listed in ``curves`` (key ->
     x-axis label); the x values are ``linspace(0, 1, T)`` unless the dict also holds a ``T``
     tensor under ``key + "@x"``. ``directions`` overrides ``higher_is_better`` for single keys
-    (a metric returning MoRF and LeRF needs both directions)."""
+    (a metric returning MoRF and LeRF needs both directions).
+
+    ``scope="dataset"``: the score of an image depends on the other images (e.g. sufficiency);
+    eval then calls ``score`` once per method after every batch, on the maps and predictions of
+    all the images scored (see docs/plugin-contract.md)."""
 
     name: str
     summary: str
@@ -455,9 +462,12 @@ class Metric(_Lazy):
     plugin: str = ""
     curves: dict = dataclasses.field(default_factory=dict)  #: curve key -> x-axis label
     directions: dict = dataclasses.field(default_factory=dict)  #: score key -> higher_is_better
+    scope: str = "sample"  #: "sample" (per image) or "dataset" (scored across the images)
 
     def __post_init__(self) -> None:
         owner = f"metric {self.name!r}"
+        if self.scope not in ("sample", "dataset"):
+            raise ValueError(f"{owner}: scope must be 'sample' or 'dataset', not {self.scope!r}")
         self._check(self.score, "score", owner)
         if not isinstance(self.score, str):
             self.__dict__.setdefault("_resolved", {})["score"] = _adapt(

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import UsageError
 from ..graph.model import Model
 from ..plugins.maps import reduce_channels
-from ..plugins.passes import images_per_pass
+from ..plugins.passes import images_per_forward_pass, images_per_pass
 from ..plugins.plugin_api import Method
 from ..plugins.registry import Registry, get_registry
 
@@ -51,11 +51,13 @@ def _param(params: dict, names: tuple[str, ...], default: Any) -> Any:
     return default
 
 
-def _per_pass(model: Model, params: dict, key: str = "internal_batch") -> int:
-    """Images per pass our method uses (its explicit count, else its memory budget's)."""
-    return images_per_pass(
-        model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0)
-    )
+def _per_pass(
+    model: Model, params: dict, key: str = "internal_batch", forward_only: bool = False
+) -> int:
+    """Images per pass our method uses (its explicit count, else its memory budget's, sized as
+    :func:`images_per_forward_pass` for forward-only methods)."""
+    size = images_per_forward_pass if forward_only else images_per_pass
+    return size(model, int(params.get(key) or 0), float(params.get("memory_budget_mb") or 0.0))
 
 
 @contextlib.contextmanager
@@ -162,7 +164,7 @@ def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
     stride = int(_param(params, ("stride",), 0)) or max(1, patch // 2)
     fill = float(_param(params, ("baseline",), 0.0))
     # ours counts occluded images (of all batch images) per pass; Captum counts windows per pass
-    per_eval = max(1, _per_pass(model, params, "batch") // x.shape[0])
+    per_eval = max(1, _per_pass(model, params, "batch", forward_only=True) // x.shape[0])
     occ = ca.Occlusion(net)
     yield lambda x, t: occ.attribute(
         x,
@@ -172,6 +174,49 @@ def _occlusion(ca, net, model, params, x) -> Iterator[CaptumFn]:
         target=t,
         perturbations_per_eval=per_eval,
     )[:, 0]
+
+
+def _grid_mask(model: Model, params: dict) -> torch.Tensor:
+    """lime / kernel-shap's grid segments as Captum's feature mask (1×1×H×W, broadcast over the
+    channels): squares of ``cell`` pixels (0: round(min(H, W)/14)), row-major ids."""
+    if _param(params, ("segmentation",), "grid") != "grid":
+        raise UsageError("the Captum column of lime/kernel-shap runs the grid segmentation only")
+    height, width = model.spec.height, model.spec.width
+    cell = int(_param(params, ("cell",), 0)) or max(1, round(min(height, width) / 14))
+    rows = torch.arange(height, device=model.device) // cell
+    cols = torch.arange(width, device=model.device) // cell
+    return (rows[:, None] * -(-width // cell) + cols[None, :])[None, None]
+
+
+def _surrogate(kind: str):
+    """Captum's Lime (SkLearnLasso(alpha), cosine kernel of ``kernel_width``) or KernelShap
+    with our segments as the feature mask, ``n_samples`` coalitions per image and our
+    forward-only pass size as ``perturbations_per_eval``; Captum draws its own coalitions, so the
+    maps are timed, not compared (the coalition-for-coalition parity is bench/perturbation_methods.py)."""
+
+    @contextlib.contextmanager
+    def build(ca, net, model, params, x) -> Iterator[CaptumFn]:
+        if kind == "lime":
+            from captum._utils.models.linear_model import SkLearnLasso
+            from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+            width = float(_param(params, ("kernel_width",), 1.0))
+            algo = ca.Lime(
+                net,
+                interpretable_model=SkLearnLasso(alpha=float(_param(params, ("alpha",), 0.01))),
+                similarity_func=get_exp_kernel_similarity_function("cosine", width),
+            )
+        else:
+            algo = ca.KernelShap(net)
+        mask = _grid_mask(model, params)
+        kwargs = {
+            "n_samples": int(_param(params, ("n_samples",), 25)),
+            "baselines": float(_param(params, ("baseline",), 0.0)),
+            "perturbations_per_eval": _per_pass(model, params, forward_only=True),
+        }
+        yield lambda x, t: algo.attribute(x, target=t, feature_mask=mask, **kwargs)[:, 0]
+
+    return build
 
 
 @contextlib.contextmanager
@@ -295,6 +340,16 @@ CAPTUM_ADAPTERS: dict[str, CaptumCounterpart] = {
         CaptumCounterpart("captum.attr.DeepLift", "DeepLift, ReLU6 in its rule table", _deeplift),
         CaptumCounterpart(
             "captum.attr.GradientShap", "GradientShap(n_samples, stdevs)", _gradient_shap
+        ),
+        CaptumCounterpart(
+            "captum.attr.Lime",
+            "Lime(SkLearnLasso(alpha), cosine kernel, n_samples, perturbations_per_eval), grid mask",
+            _surrogate("lime"),
+        ),
+        CaptumCounterpart(
+            "captum.attr.KernelShap",
+            "KernelShap(n_samples, perturbations_per_eval), grid mask",
+            _surrogate("kernel-shap"),
         ),
     )
 }

@@ -52,6 +52,7 @@ from ..output.plots import keep_view, write_plots
 from ..output.report import write_report
 from ..plugins.registry import Registry, get_registry, validate_params
 from ..untrusted import path_text
+from .dataset_stage import score_dataset
 from .guards import ModelGuard, lock_output
 from .planning import Job, Plan, RunPlan, Selection, batches_of, plan_run
 from .records import RESULTS, append_records, read_results, repair_tail
@@ -165,7 +166,14 @@ def evaluate(
             worker_kind=worker_kind,
             preprocess=preprocess,
         )
-        summary = summarise(results, wanted, plan.methods, plan.metrics)
+        extra = None  # dataset-scope metrics: over every image, after the batches
+        if shard.count == 1:  # a shard's are scored by `eval summarize` over the merged shards
+            extra = score_dataset(
+                out, plan.methods, plan.metrics, plan.configs, images, [results], seed, model
+            )
+        summary = summarise(results, wanted, plan.methods, plan.metrics, extra)
+        if extra and extra["errors"]:
+            summary["dataset_errors"] = extra["errors"]
         summary.update(
             {
                 "model": str(model.report.path),
@@ -206,7 +214,10 @@ def summarize(out: Path, *, plots: bool = True, registry=None) -> dict[str, Any]
     configs, images = run["configs"], run["images"]
     wanted = {result_key(configs[m.name], img) for m, _ in methods for img in images}
     files = result_files(out)
-    summary = summarise(files, wanted, methods, metrics)
+    extra = score_dataset(out, methods, metrics, configs, images, files, run.get("seed", 0))
+    summary = summarise(files, wanted, methods, metrics, extra)
+    if extra and extra["errors"]:
+        summary["dataset_errors"] = extra["errors"]
     summary.update(
         {
             "model": run.get("model", ""),

@@ -435,6 +435,7 @@ def finish(out: Path, registry: Registry) -> dict | None:
     """Aggregate every results file of OUT by the run's protocol (None without one); writes
     OUT/protocol.json and OUT/protocol.md."""
     from ..untrusted import parse_json
+    from .dataset_stage import overlay, read_dataset_scores
     from .records import read_results
 
     plan_path = Path(out) / PLAN
@@ -454,6 +455,7 @@ def finish(out: Path, registry: Registry) -> dict | None:
     records: list[dict] = []
     for path in sorted(Path(out).glob("results*.jsonl")):
         records.extend(read_results(path))
+    records = list(overlay(records, read_dataset_scores(Path(out))))
     result = aggregate(records, protocol, registry, refused)
     write(Path(out), result)
     return result

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ..errors import PluginError, XplainError
 from ..graph.model import Model
 from ..onnx.engine import engines_between, forward_counts
 from ..plugins.plugin_api import Method, MetricContext
+from ..plugins.progress import progress_to
 from ..untrusted import path_text, printable
 from .api import run_method
 from .guards import InputWatch, ModelGuard
@@ -158,7 +159,7 @@ def score_batch(
         plan,
         {},
         guard,
-        step=(lambda: step(1.0 / stages)) if step is not None else None,
+        step=(lambda f: step(f / stages)) if step is not None else None,
     )
     for method, mparams in chosen_methods:
         rows = [row for row, i in enumerate(order) if method.name in by_index[i].keys]
@@ -198,7 +199,30 @@ class _BatchState:
     plan: Plan
     cache: dict
     guard: ModelGuard | None = None  #: checks the model after every metric too
-    step: Callable[[], None] | None = None  #: one stage (a method or a metric) of the batch done
+    #: ``step(f)``: a fraction ``f`` of one stage (a method or a metric) of the batch is done
+    step: Callable[[float], None] | None = None
+
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[None]:
+        """One stage: what its plugin reports through ``xplain.report_progress`` (image-steps
+        of its passes) moves the bar within the stage; the rest when it ends (or fails)."""
+        step = self.step
+        if step is None:
+            yield
+            return
+        reached = [0.0]
+
+        def listener(done: int, total: int, what: str) -> None:  # noqa: ARG001 - the hook's
+            f = min(1.0, done / total) if total > 0 else 0.0
+            if f > reached[0]:  # a plugin's second loop starting at 0 does not move it back
+                step(f - reached[0])
+                reached[0] = f
+
+        try:
+            with progress_to(listener):
+                yield
+        finally:
+            step(1.0 - reached[0])
 
 
 def _score_method(
@@ -223,9 +247,8 @@ def _score_method(
     started, forwards = time.perf_counter(), forward_counts(model)
     cpu_started = time.process_time()
     try:
-        attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
-        if state.step is not None:
-            state.step()
+        with state.stage():
+            attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
     except XplainError as e:
         return [
             _error_record(j.keys[method.name], j.sample, method.name, mparams, seed, str(e))
@@ -256,12 +279,21 @@ def _score_method(
     invalid: dict[str, str] = {}
     # per metric and image: wall and process CPU seconds (the protocol's cost table reads them)
     metric_seconds: dict[str, list[float]] = {}
+    keep_all = False  # a dataset-scope metric: keep every map for the dataset stage
     for metric, params in chosen_metrics:
+        if metric.scope == "dataset":  # scored after the batches (xplain.run.dataset_stage)
+            keep_all = True
+            if state.step is not None:
+                state.step(1.0)  # its stage of this batch is done (nothing to score yet)
+            continue
         watch = InputWatch(state.guard, x, attribution)  # a metric editing x/maps/weights
         got: dict[str, torch.Tensor] = {}
         metric_began, metric_cpu = time.perf_counter(), time.process_time()
         try:
-            with torch.no_grad() if not metric.needs else contextlib.nullcontext():
+            with (
+                state.stage(),
+                torch.no_grad() if not metric.needs else contextlib.nullcontext(),
+            ):
                 res = metric.run(dataclasses.replace(context, params=params))
             got = {n: torch.as_tensor(v).detach().float().cpu() for n, v in dict(res).items()}
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a failing metric is recorded, the run goes on
@@ -288,8 +320,6 @@ def _score_method(
                 curves[name] = value.reshape(len(rows), -1)
             else:
                 scores[name] = value.reshape(len(rows))
-        if state.step is not None:
-            state.step()
     maps = attribution.maps.detach().float().cpu()
     engine = engines_between(forwards, forward_counts(model))  # who served model.infer
     lines, maps_out = [], []
@@ -321,6 +351,6 @@ def _score_method(
         if invalid:
             record["invalid"] = invalid
         lines.append(record)
-        if index < montage:
+        if index < montage or keep_all:
             maps_out.append((index, method.name, maps[j].numpy()))
     return lines, maps_out

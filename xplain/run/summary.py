@@ -18,14 +18,22 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_write
+from .dataset_stage import overlay
 from .records import finite_or_none, read_results
 
 
-def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chosen_metrics) -> dict:
+def summarise(
+    results: Path | list[Path],
+    wanted: set[str],
+    chosen_methods,
+    chosen_metrics,
+    extra: dict | None = None,
+) -> dict:
     """Mean, standard error (sample std / sqrt n) and count of every score, per method.
 
     ``results``: one results file or several (the shards of a run; a key found twice counts once).
-    NaN scores (not applicable) are left out of mean and count and counted under ``nan``."""
+    NaN scores (not applicable) are left out of mean and count and counted under ``nan``.
+    ``extra``: the dataset stage's scores (:func:`xplain.run.dataset_stage.score_dataset`)."""
     direction: dict[str, bool] = {}
     curve_labels: dict[str, str] = {}
     for metric, _ in chosen_metrics:
@@ -40,7 +48,7 @@ def summarise(results: Path | list[Path], wanted: set[str], chosen_methods, chos
     invalid: dict[str, str] = {}  # method or metric -> why its results were discarded
     seen = set()
     files = [results] if isinstance(results, Path) else list(results)
-    for record in (r for path in files for r in read_results(path)):
+    for record in overlay((r for path in files for r in read_results(path)), extra):
         if (
             record["key"] not in wanted
             or record["key"] in seen

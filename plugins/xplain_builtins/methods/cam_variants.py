@@ -97,7 +97,7 @@ def _explain_score_cam(request: xplain.ExplainRequest):
 
     layer = _gradcam_layer(model, params["layer"])
     size = (model.spec.height, model.spec.width)
-    per_pass = xplain.images_per_pass(model, params["batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(model, params["batch"], params["memory_budget_mb"])
 
     def run(x, targets):
         acts, _ = layer_signal(model, layer, x, targets, gradients=False, method="score-cam")
@@ -170,11 +170,11 @@ def register_methods(register):
                     "int",
                     0,
                     "masked images per forward pass; 0 = as many as fit in memory_budget_mb "
-                    "(xplain.images_per_pass). Never changes the map",
+                    "(xplain.images_per_forward_pass). Never changes the map",
                     min=0,
                     max=4096,
                 ),
-                xplain.pass_params("")[1],
+                xplain.pass_params("", forward_only=True)[1],
             ],
             capabilities=xplain.Capabilities(needs_gradients=False),
         )

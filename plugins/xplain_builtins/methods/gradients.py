@@ -177,7 +177,6 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
         )
         n = base.shape[0]
         for start in range(0, steps, points):
-            xplain.report_progress(start, steps, "integration steps")
             a, w = alphas_t[start : start + points], weights_t[start : start + points]
             k = a.numel()
             inputs = buffer[:k, :n]
@@ -186,6 +185,8 @@ def _explain_integrated_gradients(request: xplain.ExplainRequest):
                 model, inputs.reshape(k * n, *x.shape[1:]), tgt.repeat(k), fresh=True
             ).view(k, n, *x.shape[1:])
             total[lo : lo + n] += torch.tensordot(w, grads, dims=1)  # Σ_k w_k ∇f(point_k)
+            # image-steps, so a bar over images moves per image (eval) and per pass (explain)
+            xplain.report_progress(lo * steps + n * (start + k), batch * steps, "image-steps")
     return xplain.Attribution(
         xplain.reduce_channels(total * delta, params["reduce"]),
         info={
@@ -233,6 +234,7 @@ def _explain_smoothgrad(request: xplain.ExplainRequest):
     stream = _noise_stream(x, seed, samples, params["noise"])
     per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
     pending = []
+    done = [0]
 
     def flush():
         idx = torch.tensor([b for b, _ in pending], device=x.device)
@@ -241,6 +243,8 @@ def _explain_smoothgrad(request: xplain.ExplainRequest):
         if params["square"]:
             grads = grads * grads
         total.index_add_(0, idx, grads)
+        done[0] += len(pending)
+        xplain.report_progress(done[0], x.shape[0] * samples, "noisy samples")
         pending.clear()
 
     for item in stream:

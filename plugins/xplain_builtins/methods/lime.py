@@ -54,7 +54,7 @@ def _segment_params() -> list[xplain.Param]:
             min=1,
             max=100_000,
         ),
-        *xplain.pass_params("perturbed images"),
+        *xplain.pass_params("perturbed images", forward_only=True),
     ]
 
 

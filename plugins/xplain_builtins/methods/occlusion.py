@@ -48,7 +48,7 @@ def _explain(request: xplain.ExplainRequest):
         masks[i, top : top + patch, left : left + patch] = True
     counts = masks.sum(dim=0).to(x.dtype)  # windows covering each pixel (never 0: stride <= patch)
     fill = torch.tensor(params["baseline"], device=x.device, dtype=x.dtype)
-    per_pass = xplain.images_per_pass(model, params["batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(model, params["batch"], params["memory_budget_mb"])
     group = min(batch, per_pass)  # images per pass; all of them when they fit
     per_group = max(1, per_pass // group)  # windows per pass
     total = torch.zeros((batch, height, width), device=x.device, dtype=x.dtype)
@@ -69,6 +69,8 @@ def _explain(request: xplain.ExplainRequest):
                     k, n
                 )
                 total[lo : lo + n] += torch.einsum("kb,khw->bhw", drop, mask.to(x.dtype))
+                done = lo * len(windows) + n * (start + k)
+                xplain.report_progress(done, batch * len(windows), "occluded images")
     return xplain.Attribution(
         total / counts, info={"patch": patch, "stride": stride, "occlusions": len(windows)}
     )
@@ -128,11 +130,11 @@ def register_methods(register):
                     "int",
                     0,
                     "occluded images per forward pass; 0 = as many as fit in "
-                    "memory_budget_mb (xplain.images_per_pass). Never changes the map",
+                    "memory_budget_mb (xplain.images_per_forward_pass). Never changes the map",
                     min=0,
                     max=4096,
                 ),
-                xplain.pass_params("")[1],
+                xplain.pass_params("", forward_only=True)[1],
             ],
             capabilities=xplain.Capabilities(needs_gradients=False),
         )

@@ -111,7 +111,9 @@ def _explain(request: xplain.ExplainRequest):
             f"rise grid s={cells} is finer than the {x.shape[-2]}×{x.shape[-1]} input",
             hint=f"use --param s=N with N <= {min(x.shape[-2:])}",
         )
-    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(
+        model, params["internal_batch"], params["memory_budget_mb"]
+    )
     chunk = max(DRAW_BLOCK, per_pass // DRAW_BLOCK * DRAW_BLOCK)  # masks made at once
     channels, height, width = x.shape[1:]
     maps = torch.zeros((x.shape[0], height, width), device=x.device, dtype=x.dtype)
@@ -131,6 +133,8 @@ def _explain(request: xplain.ExplainRequest):
                 else:
                     score = logits[:, target].float()
                 maps[b] += torch.tensordot(score.to(x.dtype), m, dims=1)
+                done = b * n_masks + start + lo + m.shape[0]
+                xplain.report_progress(done, x.shape[0] * n_masks, "masked images")
     return xplain.Attribution(
         maps / (n_masks * p),
         info={"n_masks": n_masks, "s": cells, "p": p, "output": params["output"]},
@@ -196,7 +200,7 @@ def register_methods(register):
                     "the score f: the target's softmax probability (paper) or its logit",
                     choices=("probability", "logit"),
                 ),
-                *xplain.pass_params("masked images"),
+                *xplain.pass_params("masked images", forward_only=True),
             ],
             capabilities=xplain.Capabilities(needs_gradients=False, stochastic=True),
         )

@@ -174,20 +174,23 @@ def masked_outputs(
         for z in coalitions
     ]
     jobs = [(b, lo) for b, z in enumerate(coalitions) for lo in range(0, len(z), per_pass)]
-    size = min(per_pass, sum(len(z) for z in coalitions))
+    total = sum(len(z) for z in coalitions)
+    size = min(per_pass, total)
     # a fresh input per pass: measured faster than one reused buffer (see rise)
     buffer = x.new_empty(size, channels, height, width)
     pending: list[tuple[int, int, int, int]] = []  # (image, first, count, offset in buffer)
-    used = 0
+    used = done = 0
 
     def flush():
-        nonlocal used, pending, buffer
+        nonlocal used, pending, buffer, done
         logits = model.infer(buffer[:used])
         for b, lo, k, at in pending:
             outputs[b][lo : lo + k] = logits[at : at + k, int(targets[b])].float()
             w = weights[b]
             if weigh is not None and w is not None:
                 w[lo : lo + k] = weigh(x[b], buffer[at : at + k])
+        done += used
+        xplain.report_progress(done, total, "coalitions")
         used, pending = 0, []
         buffer = x.new_empty(size, channels, height, width)
 
@@ -354,7 +357,9 @@ def _explain(request: xplain.ExplainRequest, kind: str):
     segments = segments_for(x, params)
     draw = lime_coalitions if kind == "lime" else kernel_shap_coalitions
     coalitions = list(_draws(request, segments, draw))
-    per_pass = xplain.images_per_pass(model, params["internal_batch"], params["memory_budget_mb"])
+    per_pass = xplain.images_per_forward_pass(
+        model, params["internal_batch"], params["memory_budget_mb"]
+    )
     width = params.get("kernel_width", 1.0)
     weigh = (lambda xb, pert: lime_similarity(xb, pert, width)) if kind == "lime" else None
     outputs, weights = masked_outputs(

@@ -7,10 +7,10 @@ Cost: one forward pass per perturbed image is the floor, and these metrics stay 
 on EfficientNet-Lite0 at 224x224: the forward is > 98 % of a deletion call; ranking the map and
 writing the perturbed images are below 1 %). Perturbed images are written into one reused buffer
 on the model's device (``torch.where`` with ``out=``, never a fresh B×C×H×W tensor per step) and
-scored under ``torch.inference_mode`` in forward passes sized like the many-pass methods' passes
-(:func:`xplain.images_per_pass` with the metric's ``memory_budget_mb``, the same rule on CPU and
-CUDA): on a CPU, 16 images of 224x224 per forward spill the caches and make the kernel zero fresh
-pages for every pass, 1.8x the cost per image of 3 (Lite0), and 64 cost more.
+scored under ``torch.inference_mode`` in forward passes sized like the forward-only methods'
+passes (:func:`xplain.images_per_forward_pass` with the metric's ``memory_budget_mb``, the same
+rule on CPU and CUDA): on a CPU, 16 images of 224x224 per forward spill the caches and make the
+kernel zero fresh pages for every pass, 1.8x the cost per image of 3 (Lite0), and 64 cost more.
 ``context.forward_batch`` overrides the size. Sensitivity-n's random subsets depend only on the
 image size, the subset sizes and the seed, so they are drawn once per process (6.6 s at its
 defaults at 224x224), not once per batch.
@@ -26,9 +26,10 @@ _BUDGET = xplain.Param(
     "memory_budget_mb",
     "float",
     0.0,
-    "activation memory one forward pass of perturbed images may use (xplain.images_per_pass, as "
-    "the many-pass methods); 0 = a quarter of the free memory, at most 256 MB with no single "
-    "activation over 16 MB on the CPU, at most 4096 MB on a GPU. Never changes a score",
+    "activation memory one forward pass of perturbed images may use (the images whose live "
+    "activations, a forward's peak, fit: xplain.images_per_forward_pass, as the forward-only "
+    "methods); 0 = a quarter of the free memory, at most 256 MB with no single activation over "
+    "16 MB on the CPU, at most 4096 MB on a GPU. Never changes a score",
     min=0.0,
     max=1e7,
 )
@@ -36,13 +37,14 @@ _BUDGET = xplain.Param(
 
 def _chunk(context, x):
     """Perturbed images per forward pass: the context's ``forward_batch``, else as many as fit
-    the metric's ``memory_budget_mb`` at one image's activations (``xplain.images_per_pass``)."""
+    the metric's ``memory_budget_mb`` at one image's forward peak
+    (``xplain.images_per_forward_pass``)."""
     given = context.forward_batch
     if given:
         return int(given)
     budget = float(context.params.get("memory_budget_mb", 0.0) or 0.0)
     try:
-        return xplain.images_per_pass(context.model, 0, budget)
+        return xplain.images_per_forward_pass(context.model, 0, budget)
     except AttributeError:  # a model-like without xplain.Model's shape propagation
         per_image = max(1, x[0].numel() * x.element_size())
         return max(1, min(_FALLBACK_MAX_CHUNK, _FALLBACK_INPUT_BYTES // per_image))
@@ -95,6 +97,7 @@ def _score_perturbed(model, fill, count, targets_of, chunk, like, kind="prob"):
                 torch.cuda.empty_cache()
                 continue
             start = stop
+            xplain.report_progress(stop, count, "perturbed images")
     return result
 
 

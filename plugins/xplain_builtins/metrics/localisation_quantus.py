@@ -3,8 +3,9 @@
 
 The region is the union of the target class's boxes rasterised as in :mod:`.localisation`
 (a pixel counts when its centre is inside); Quantus takes the same region as a binary mask.
-A sample without a box scores NaN (Quantus: NaN for an empty mask). Rankings sort with a
-stable sort (ties keep pixel order; Quantus' ``np.argsort`` quicksort orders ties arbitrarily,
+A sample without a box scores NaN (Quantus: NaN for an empty mask). Rankings select the top
+pixels as a stable sort would (ties keep pixel order; :func:`top_set` finds them by selection,
+without sorting; Quantus' ``np.argsort`` quicksort orders ties arbitrarily,
 so the two agree on maps without ties). Every metric is computed for the whole batch at once.
 """
 
@@ -40,25 +41,37 @@ def _relevance_mass_accuracy(context: xplain.MetricContext):
     return {"relevance-mass-accuracy": nan_where((inside / total).float(), valid & (total != 0))}
 
 
-def _top_hits(a, roi):
-    """hits[:, k-1] = how many of the k highest-ranked pixels lie in the region."""
+def top_set(a, k):
+    """B×P mask of each row's ``k[i]`` highest values, ties broken by pixel order (the first
+    ``k`` of a stable descending sort) — found by selection (``kthvalue``, O(P)) instead of a
+    full sort: the k-th largest value ``v``, every pixel above it and the first pixels equal
+    to it that complete ``k``."""
     import torch
 
-    order = torch.argsort(a, dim=1, descending=True, stable=True)
-    return roi.gather(1, order).cumsum(1)
+    b, p = a.shape
+    out = torch.zeros_like(a, dtype=torch.bool)
+    for i in range(b):
+        ki = min(int(k[i]), p)
+        if ki <= 0:
+            continue
+        v = torch.kthvalue(a[i], p - ki + 1).values
+        above, tie = a[i] > v, a[i] == v
+        need = ki - int(above.sum())
+        out[i] = above | (tie & (tie.cumsum(0) <= need))
+    return out
 
 
 def _relevance_rank_accuracy(context: xplain.MetricContext):
     a, roi, valid = _inputs(context)
     n = roi.sum(1)
-    hits = _top_hits(a, roi).gather(1, (n - 1).clamp_min(0)[:, None])[:, 0]
+    hits = (top_set(a, n) & roi).sum(1)
     return {"relevance-rank-accuracy": nan_where(hits.float() / n.clamp_min(1).float(), valid)}
 
 
 def _top_k_intersection(context: xplain.MetricContext):
     a, roi, valid = _inputs(context)
     k = min(int(context.params["k"]), a.shape[1])
-    tki = _top_hits(a, roi)[:, k - 1].float() / k
+    tki = (top_set(a, [k] * a.shape[0]) & roi).sum(1).float() / k
     if context.params["concept_influence"]:
         tki = tki * a.shape[1] / roi.sum(1).clamp_min(1).float()
     return {"top-k-intersection": nan_where(tki, valid)}

@@ -52,19 +52,25 @@ def _average_ranks(v):
     return ranks
 
 
-def spearman(a, b):
-    """Spearman rank correlation per sample of B×... tensors (ties averaged; 0 if a map is constant)."""
+def centred_ranks(a):
+    """B×N float64: each row's average ranks, centred and scaled to unit length (a zero row
+    for a constant map), so that Spearman's ρ of two maps is the dot product of theirs."""
     import torch
 
-    out = []
-    for x, y in zip(a.flatten(1), b.flatten(1)):
-        rx, ry = _average_ranks(x), _average_ranks(y)
-        rx, ry = rx - rx.mean(), ry - ry.mean()
-        d = rx.norm() * ry.norm()
-        out.append(
-            (rx @ ry / d) if d > 0 else torch.zeros((), dtype=torch.float64, device=a.device)
-        )
-    return torch.stack(out).float()
+    rows = []
+    for x in a.flatten(1):
+        r = _average_ranks(x)
+        r = r - r.mean()
+        n = r.norm()
+        rows.append(r / n if n > 0 else torch.zeros_like(r))
+    return torch.stack(rows)
+
+
+def spearman(a, b, ranks_a=None):
+    """Spearman rank correlation per sample of B×... tensors (ties averaged; 0 if a map is
+    constant). ``ranks_a``: :func:`centred_ranks` of ``a``, when it is compared many times."""
+    ra = centred_ranks(a) if ranks_a is None else ranks_a
+    return (ra * centred_ranks(b).to(ra.device)).sum(1).float()
 
 
 def _unit(maps):

@@ -11,8 +11,9 @@ own ``reset_parameters()`` under ``torch.manual_seed(seed + 1)`` (run inside
 
 import xplain
 
-from .properties import _randomised_copy, _stateful, spearman, weight_layers
+from .properties import _randomised_copy, _stateful, centred_ranks, spearman, weight_layers
 from .quantus_family import prepared
+from .robustness import _EXPLAIN_BATCH
 
 
 # ----------------------------------------------------------------------------- random logit
@@ -91,48 +92,174 @@ def reset_copy(model, name, seed):
     return module
 
 
-def _mprt(context: xplain.MetricContext):
+def _fitted_state(context):
+    """How to hide state fitted on the trained model while re-explaining a randomised one
+    (``sanity``'s rule): a context manager factory, or None when the method cannot run
+    without its state (the metric is then NaN)."""
     import contextlib
 
-    import torch
-
     model, x, targets = context.model, context.x, context.targets
-    p = context.params
-    seed = int(context.seed)
-    layers = list(reversed(weight_layers(model)))  # top down, cumulative (Quantus' default)
+    if not _stateful(context):
+        return contextlib.nullcontext
+    try:
+        with model.without_fitted_state():
+            context.reexplain(x[:1], targets[:1])
+    except xplain.InputDataError as err:
+        if "no fitted state" not in err.message:
+            raise
+        return None
+    return model.without_fitted_state
+
+
+def _layer_order(model, p):
+    """The layers to re-initialise, in order (``layer_order``), at most ``layers`` of them."""
+    layers = weight_layers(model)
+    if p["layer_order"] == "top_down":
+        layers = layers[::-1]
     if int(p["layers"]) > 0:
         layers = layers[: int(p["layers"])]
-    prep = lambda m: prepared(m.to(x.device), True, bool(p["absolute"]))  # noqa: E731
-    ref = prep(context.attribution.maps)
-    hide = contextlib.nullcontext
-    nan = torch.full((x.shape[0],), float("nan"), device=x.device)
-    if _stateful(context):  # state fitted on the trained model: re-estimated per model or N/A
-        try:
-            with model.without_fitted_state():
-                context.reexplain(x[:1], targets[:1])
-            hide = model.without_fitted_state
-        except xplain.InputDataError as err:
-            if "no fitted state" not in err.message:
-                raise
-            return {"mprt": nan, "mprt-last": nan}
-    with hide():
-        again = prep(context.reexplain(x, targets).maps)
-    curve = [spearman(ref, again).to(x.device)]
+    return layers
+
+
+def _randomised(model, layers, seed, only_last=False):
+    """(layer, swaps) per step of the cumulative walk: the first k layers re-initialised as
+    Quantus does (:func:`reset_copy`); ``only_last``: the last step alone (Quantus'
+    skip_layers)."""
     swapped = {}
-    for name in layers:
+    for i, name in enumerate(layers):
         swapped[name] = reset_copy(model, name, seed)
-        with model.swap_modules(dict(swapped)), hide():  # restored on exit, also after an error
-            maps = prep(context.reexplain(x, targets).maps)
-        curve.append(spearman(ref, maps).to(x.device))
-    if not layers:
-        return {"mprt": nan, "mprt-last": nan}
-    r = torch.stack(curve, 1)
+        if not only_last or i == len(layers) - 1:
+            yield name, dict(swapped)
+
+
+def _walk(context, layers, explain, hide, only_last=False):
+    """Maps of ``explain()`` on the trained model (state hidden), then after each step."""
+    model = context.model
+    with hide():
+        maps = [explain()]
+    for _, swaps in _randomised(model, layers, int(context.seed), only_last):
+        with model.swap_modules(swaps), hide():  # restored on exit, also after an error
+            maps.append(explain())
+    return maps
+
+
+def _correlation_walk(context, name, p, explain, prep, reference=None):
+    """mprt / smooth-mprt: Spearman of each step's prepared map with the reference (default:
+    the trained model's re-explained map, step 0)."""
+    import torch
+
+    x = context.x
+    nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+    layers = _layer_order(context.model, p)
+    hide = _fitted_state(context)
+    if hide is None or not layers:
+        return {name: nan, f"{name}-last": nan}
+    maps = [prep(m) for m in _walk(context, layers, explain, hide)]
+    ref = maps[0] if reference is None else reference
+    ranks = centred_ranks(ref)  # ranked once, compared with every step
+    r = torch.stack([spearman(ref, m, ranks).to(x.device) for m in maps], 1)
     steps = torch.arange(len(layers) + 1, dtype=torch.float32, device=x.device)
     return {
-        "mprt": r[:, 1:].mean(1),
-        "mprt-last": r[:, -1],
-        "mprt-curve": r,
-        "mprt-curve@x": steps,
+        name: r[:, 1:].mean(1),
+        f"{name}-last": r[:, -1],
+        f"{name}-curve": r,
+        f"{name}-curve@x": steps,
+    }
+
+
+def _mprt(context: xplain.MetricContext):
+    x, targets = context.x, context.targets
+    p = {"layer_order": "top_down", **context.params}  # top down, cumulative (Quantus' default)
+    prep = lambda m: prepared(m.to(x.device), True, bool(p["absolute"]))  # noqa: E731
+    return _correlation_walk(
+        context,
+        "mprt",
+        p,
+        lambda: context.reexplain(x, targets).maps,
+        prep,
+        reference=prep(context.attribution.maps),
+    )
+
+
+# ----------------------------------------------------------------------------- smooth MPRT
+def smooth_noise(x, seed, nr_samples, magnitude):
+    """(nr_samples - 1)×B×C×H×W Gaussian noise, std = magnitude × (max - min) of each image
+    (Quantus' SmoothMPRT), one draw per image and sample from the image's generator; the same
+    noise is reused for every model of the walk (Quantus draws afresh for each)."""
+    from .robustness import draw_noise
+
+    span = x.flatten(1).amax(1) - x.flatten(1).amin(1)
+    std = (magnitude * span).view(1, -1, *([1] * (x.dim() - 1)))
+    return draw_noise(x, seed, max(0, nr_samples - 1), "normal", 0.0, 1.0) * std
+
+
+def smooth_maps(context, x, targets, noise):
+    """SmoothGrad-style mean map: the method on x + each noise draw and on x itself (Quantus'
+    last sample is noise-free), summed in Quantus' order, divided by the number of samples."""
+    import torch
+
+    from .robustness import per_call
+
+    b = x.shape[0]
+    copies = [x + n for n in noise] + [x]
+    step = per_call(context, b)
+    total = None
+    for k0 in range(0, len(copies), step):
+        chunk = copies[k0 : k0 + step]
+        maps = context.reexplain(torch.cat(chunk), targets.repeat(len(chunk))).maps
+        for j in range(len(chunk)):
+            part = maps[j * b : (j + 1) * b].to(x.device).float() / len(copies)
+            total = part if total is None else total + part
+    return total
+
+
+def _smooth_mprt(context: xplain.MetricContext):
+    x, targets = context.x, context.targets
+    p = context.params
+    noise = smooth_noise(x, context.seed, int(p["nr_samples"]), float(p["noise_magnitude"]))
+    prep = lambda m: prepared(m.to(x.device), True, bool(p["absolute"]))  # noqa: E731
+    return _correlation_walk(
+        context, "smooth-mprt", p, lambda: smooth_maps(context, x, targets, noise), prep
+    )
+
+
+# ----------------------------------------------------------------------------- efficient MPRT
+def discrete_entropy(maps, n_bins: int):
+    """Quantus' discrete_entropy per map: Shannon entropy (nats) of the histogram of the map's
+    values in ``n_bins`` equal-width bins over [min, max] (NumPy's histogram, SciPy's entropy)."""
+    import numpy as np
+    import torch
+
+    out = []
+    for m in maps.detach().float().cpu().flatten(1).numpy():
+        h, _ = np.histogram(m, bins=n_bins)
+        q = h[h > 0] / h.sum()
+        out.append(float(-(q * np.log(q)).sum()))
+    return torch.tensor(out, dtype=torch.float32, device=maps.device)
+
+
+def _efficient_mprt(context: xplain.MetricContext):
+    import torch
+
+    x, targets = context.x, context.targets
+    p = context.params
+    nan = torch.full((x.shape[0],), float("nan"), device=x.device)
+    layers = _layer_order(context.model, p)
+    hide = _fitted_state(context)
+    if hide is None or not layers:
+        return {"efficient-mprt": nan}
+
+    def explain():
+        return prepared(context.reexplain(x, targets).maps.to(x.device), False, bool(p["absolute"]))
+
+    before, after = _walk(context, layers, explain, hide, only_last=True)
+    h0 = discrete_entropy(before, int(p["n_bins"]))
+    h1 = discrete_entropy(after, int(p["n_bins"])).to(h0.device)
+    rise = (h1 - h0) / h0
+    return {
+        "efficient-mprt": torch.where(torch.isfinite(rise), rise, nan.to(rise.device)),
+        "efficient-mprt-entropy": h0,
+        "efficient-mprt-entropy-random": h1,
     }
 
 
@@ -187,4 +314,81 @@ def register_metrics(register):
             ],
             curves={"mprt-curve": "layers randomised from the top"},
         )
+    )
+    register(
+        xplain.Metric(
+            name="smooth-mprt",
+            summary="MPRT on SmoothGrad-denoised maps (Hedström et al. 2023; Quantus SmoothMPRT): mean Spearman to the original (lower is better)",
+            description="Hedström et al. 2023 ('Sanity checks revisited'), as Quantus 0.6's "
+            "SmoothMPRT: MPRT where every map (the trained model's and each randomised model's) "
+            "is the mean of the method's maps on nr_samples copies of the image, nr_samples - 1 "
+            "with Gaussian noise of std noise_magnitude × (max - min of the image) and the last "
+            "one noise-free. Layers are re-initialised bottom up (input first; Quantus' default "
+            "layer_order for this metric), cumulatively, as mprt does (reset_parameters() under "
+            "torch.manual_seed(seed + 1)); maps compared as |maps| by Spearman. smooth-mprt = "
+            "mean over the randomised layers, smooth-mprt-last = after the last, "
+            "smooth-mprt-curve = step 0 then each layer. The reference is the smoothed map of "
+            "the trained model (Quantus without a_batch; step 0 is then 1 for a deterministic "
+            "method). Noise: one draw per image and sample from the image's generator (--seed), "
+            "the same draws for every model of the walk (Quantus draws afresh for each, so its "
+            "step 0 is below 1). Quantus' normalise (by the second moment) cannot change a rank "
+            "correlation and is not applied. Costs nr_samples × (layers + 1) re-explanations: "
+            "limit layers for large networks; explain_batch copies per call of the method.",
+            score=_smooth_mprt,
+            higher_is_better=False,
+            needs=("method",),
+            directions={"smooth-mprt-last": False},
+            params=[
+                xplain.Param(
+                    "layers", "int", 0, "randomise at most this many layers (0 = all)", min=0
+                ),
+                _ORDER("bottom_up"),
+                xplain.Param("nr_samples", "int", 50, "maps averaged per image", min=1),
+                xplain.Param(
+                    "noise_magnitude", "float", 0.1, "noise std ÷ the image's range", min=0.0
+                ),
+                xplain.Param("absolute", "bool", True, "compare |maps| (Quantus' abs)"),
+                _EXPLAIN_BATCH,
+            ],
+            curves={"smooth-mprt-curve": "layers randomised from the input"},
+        )
+    )
+    register(
+        xplain.Metric(
+            name="efficient-mprt",
+            summary="relative rise of the map's histogram entropy when every layer is randomised (Hedström et al. 2023; Quantus EfficientMPRT; higher is better)",
+            description="Hedström et al. 2023 ('Sanity checks revisited'), as Quantus 0.6's "
+            "EfficientMPRT (eMPRT): the method is re-run on the trained model and on the model "
+            "with every layer re-initialised (cumulatively, bottom up, as mprt: "
+            "reset_parameters() under torch.manual_seed(seed + 1); Quantus' skip_layers=true "
+            "scores the last step only), and the score is (H(random) - H(trained)) / H(trained), "
+            "H = the discrete entropy (nats) of the map's values in n_bins equal-width bins "
+            "(Quantus' discrete_entropy, n_bins 100: its find_n_bins falls back to 100 without "
+            "a rule). A map that stays structured after randomisation scores near 0; one that "
+            "turns to noise scores high. Signed maps by default (Quantus' abs=false; "
+            "normalising cannot change a histogram's entropy). Also efficient-mprt-entropy and "
+            "efficient-mprt-entropy-random. NaN when the trained map's entropy is 0 (constant "
+            "map). layers limits the randomised layers (0 = all). Two re-explanations per image.",
+            score=_efficient_mprt,
+            needs=("method",),
+            directions={"efficient-mprt-entropy": False, "efficient-mprt-entropy-random": True},
+            params=[
+                xplain.Param(
+                    "layers", "int", 0, "randomise at most this many layers (0 = all)", min=0
+                ),
+                _ORDER("bottom_up"),
+                xplain.Param("n_bins", "int", 100, "histogram bins", min=1, max=100000),
+                xplain.Param("absolute", "bool", False, "histogram of |maps| (Quantus' abs)"),
+            ],
+        )
+    )
+
+
+def _ORDER(default):  # noqa: N802 - a Param factory
+    return xplain.Param(
+        "layer_order",
+        "str",
+        default,
+        "bottom_up: from the input; top_down: from the logits (cumulative either way)",
+        choices=("bottom_up", "top_down"),
     )

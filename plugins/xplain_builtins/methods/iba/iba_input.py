@@ -86,13 +86,25 @@ class GroupedCritic:
             h = F.conv2d(h, w, bias, stride=s, padding=p, groups=b)
             if self.batch_norm:
                 h = F.batch_norm(h, None, None, gw, gb, training=True)
-            h = F.leaky_relu(h, 0.2)
+            h = _leaky_relu(h)
         h = h.reshape(n, b, -1).transpose(0, 1)  # B×N×flat
         for i, (w, bias) in enumerate(zip(self.lin_w, self.lin_b)):
             h = torch.baddbmm(bias[:, None, :], h, w)
             if i < 2:
-                h = F.leaky_relu(h, 0.2)
+                h = _leaky_relu(h)
         return h[..., 0]
+
+
+def _leaky_relu(h):
+    """LeakyReLU(0.2) as ``h`` times a constant slope (1 or 0.2, no graph): the same values and
+    first derivatives as ``F.leaky_relu``, bit for bit. The difference is the gradient penalty's
+    double backward: autograd's derivative of ``leaky_relu_backward`` with respect to its input is
+    a tensor of zeros, which it then sends back through the whole critic forward (weight and input
+    gradients of zeros, ≈ 2 critic passes per penalty); with a constant slope that path does not
+    exist (docs/input-iba.md, "Speed")."""
+    import torch
+
+    return h * torch.where(h > 0, h.new_ones(()), h.new_full((), 0.2))
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -424,13 +436,14 @@ def _explain_input_iba(request: xplain.ExplainRequest):
 
     layer, shape = _iba.resolve_layer(model, params["layer"], "input-iba", spatial=False)
     size = (model.spec.height, model.spec.width)
-    times = {}
-    t0 = time.perf_counter()
+    times, cpu = {}, {}  # wall-clock and process CPU seconds per stage
+    t0, c0 = time.perf_counter(), time.process_time()
     split, gens, mean, std, active, info, state, capacity, lam, r = _iba.stage_one(
         model, x, targets, params, seed, "input-iba", layer, params["feat_sigma"]
     )
     feat_map = _iba.saliency_bits(_iba.spatial(split.feature, capacity), size)
     times["feature"] = time.perf_counter() - t0
+    cpu["feature"] = time.process_time() - c0
     extras = {"feature_map": feat_map}
     info.update(layer=layer, layer_shape=list(shape[1:]))
     per_image = [
@@ -439,7 +452,7 @@ def _explain_input_iba(request: xplain.ExplainRequest):
     ]
     maps = feat_map
     if params["return"] != "feature":
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         sampler = _target_sampler(r, lam, capacity, mean, std, active, gens, params)
         w2 = {}
 
@@ -459,13 +472,14 @@ def _explain_input_iba(request: xplain.ExplainRequest):
             per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]),
         )
         times["gan"] = time.perf_counter() - t1
+        cpu["gan"] = time.process_time() - c1
         info.update(counts)
         for row, start, end in zip(per_image, w2[0], w2[params["gan_epochs"]]):
             row["gan_w2"] = [round(start, 4), round(end, 4)]  # before / after stage 2 (marginal_w2)
         extras["gan_mask"] = prior.mean(dim=1)
         maps = extras["gan_mask"]
         if params["return"] == "input":
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             in_mean, in_std = _input_noise(x, params, state, info)
             mask, _, _ = input_bottleneck(
                 model,
@@ -484,8 +498,10 @@ def _explain_input_iba(request: xplain.ExplainRequest):
                 per_pass=xplain.images_per_pass(model, 0, params["memory_budget_mb"]),
             )
             times["input"] = time.perf_counter() - t2
+            cpu["input"] = time.process_time() - c2
             maps = mask.mean(dim=1)
     info["stage_seconds"] = {k: round(v, 4) for k, v in times.items()}
+    info["stage_cpu_seconds"] = {k: round(v, 4) for k, v in cpu.items()}
     if params["return"] != "feature":
         info["map_range"] = "unit"  # a mask in [0, 1]: EHR reads it as it is (InputIBA's EHR)
     info["stage1_map"] = "extras: feature_map (bits per pixel, B×H×W)"
@@ -499,7 +515,7 @@ _DESCRIPTION = (
     "Cost (docs/input-iba.md, measured on shapes_cnn): the paper's 20 GAN epochs are ~95% of the "
     "work, ~29,000 forward passes per image; gan_epochs=0 (λ_G stays σ(stage-1 bits)) costs ~1/17 of "
     "that and gan_epochs=2 ~1/6, at insertion/deletion/EBPG within the seed spread of the default "
-    "there (not checked on ImageNet). Use -p gan_epochs=0 when speed matters. "
+    "there (not checked on ImageNet). On EfficientNet-Lite0 at 224×224 one map at the defaults is ≈ 15 CPU-minutes on one thread, 79% of it the critic steps (bench/input_iba_speed.py). Use -p gan_epochs=0 when speed matters. "
     "Stage 1 is the `iba` feature bottleneck at `layer` (beta=10, steps=10, lr=1, batch_size=10 noise "
     "copies, initial_alpha=5, feat_sigma=1; same statistics, fitted with `xplain fit iba`, or estimated "
     "per image with a warning) → Z* = λ*R + (1−λ*)ε. Stage 2 (section 3.3) learns per image a generator: an "
@@ -524,7 +540,7 @@ _DESCRIPTION = (
     "smooth(sigmoid(α)) (input_sigma=1), α from 5, Adam lr input_lr=1, input_steps=60, batch_size copies (as many per pass as fit in memory_budget_mb, see integrated-gradients; the pass size never changes the map). The "
     "map is sigmoid(α*) averaged over channels (the unsmoothed mask, as the reference), in [0,1]; "
     "return=gan gives λ_G, return=feature the stage-1 map (bits; stages 2–3 are skipped). Extras: "
-    "feature_map and gan_mask; info: stage_seconds. Deviations: the paper gives one GAN learning rate "
+    "feature_map and gan_mask; info: stage_seconds (wall) and stage_cpu_seconds (process CPU). Deviations: the paper gives one GAN learning rate "
     "(5e-5); applied to the generator it would leave λ_G at its start, so it is the critic's (as in the "
     "released config) and the generator uses the released code's rates (gen_mask_lr=0.003, gen_mean_lr=0.1, "
     "gen_scale_lr=0.05). β_feat=10 is the paper's (the released config uses 20). The paper does not say how "
