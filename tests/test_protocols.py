@@ -22,7 +22,15 @@ def test_latec_ships_its_17_methods_and_20_metrics_none_silently_dropped():
     assert "latec" in P.known_protocols()
     assert len(p.methods) == 17 and len(p.metrics) == 20
     assert all(bool(e.plugin) != bool(e.missing) for e in (*p.methods, *p.metrics))
-    assert {e.name for e in p.methods if e.missing} >= {"scorecam", "gradcamplusplus", "deeplift"}
+    # every LATEC method has an xplain plugin now, with LATEC's released hyperparameters
+    assert not [e.name for e in p.methods if e.missing]
+    plugins = {e.name: e.plugin for e in p.methods}
+    assert (
+        plugins["scorecam"] == "score-cam" and plugins["attentionlrp"] == "transformer-attribution"
+    )
+    eg = next(e for e in p.methods if e.name == "expectedgradients")
+    assert eg.params == {"n_samples": 40, "stdevs": 0.001, "baselines": "batch"}
+    assert next(e for e in p.methods if e.name == "deeplift").params["eps"] == 1e-9
     assert [e.name for e in p.metrics if e.missing] == []
     suff = next(e for e in p.metrics if e.name == "sufficiency")
     assert suff.plugin == "sufficiency" and suff.params == {"threshold": 0.9, "group": 2}
@@ -175,6 +183,13 @@ def test_cli_protocol_run_names_what_it_cannot_run_and_ranks_the_rest(
     assert r["missing_metrics"] == {"sufficiency": "per batch"}
     assert "1 not applicable to this model: attention-rollout" in result.output
     assert (out / "protocol.md").read_text().startswith("# Protocol small")
+    # each record times its method and every metric it ran (wall, CPU seconds per image)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    scored = [r for r in records if r.get("scores")]
+    assert scored and all(r["cpu_seconds"] >= 0 for r in scored)
+    for r in scored:
+        assert set(r["metric_seconds"]) == {"sparseness", "deletion"}
+        assert all(len(v) == 2 and min(v) >= 0 for v in r["metric_seconds"].values())
     # summarize recomputes the ranking from the results files
     again = CliRunner().invoke(app, ["eval-summarize", str(out), "--no-plots"])
     assert again.exit_code == 0 and "protocol small" in again.output

@@ -14,13 +14,14 @@ from quantus.functions import perturb_func as qpf  # noqa: E402
 from .quantus_family_common import Q, as_np, digits_batch, gradient, score, untie  # noqa: E402
 
 
-def test_imputation_equals_quantus_spsolve_on_rgb():
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_imputation_equals_quantus_spsolve_on_rgb(solver):
     from xplain_builtins.metrics.road import impute
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 12, 10, generator=g)
     removed = torch.rand(2, 12, 10, generator=g) < torch.tensor([0.3, 0.9]).view(2, 1, 1)
-    ours = impute(x, removed)
+    ours = impute(x, removed, solver=solver)
     for i in range(2):
         idx = np.flatnonzero(removed[i].numpy().reshape(-1))
         q = qpf.noisy_linear_imputation(arr=x[i].double().numpy(), indices=idx, noise=0.0)
@@ -68,3 +69,29 @@ def test_road_hand_cases():
     # a linear ramp is harmonic for the stencil: its interior is reproduced from its border
     ramp = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 1, 6, 6).contiguous()
     torch.testing.assert_close(impute(ramp, removed), ramp)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.02, 0.3, 0.9, 0.99, 1.0])
+def test_direct_factorisation_equals_conjugate_gradients(fraction):
+    """The CPU path (one sparse LU per image and mask, all channels) and the device path
+    (batched CG to 1e-10) solve the same system: equal to float32 rounding, on scattered and on
+    blob-shaped masks, and both the ``auto`` choice on the CPU; nothing removed / everything
+    removed are the edge cases (identity / CG's zero answer)."""
+    pytest.importorskip("scipy")
+    from xplain_builtins.metrics.road import impute, impute_cg, impute_direct
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 20, 17, generator=g)
+    scattered = torch.rand(20, 17, generator=g)
+    blob = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 17, generator=g), 7, 1, 3)[0, 0]
+    removed = torch.stack(
+        [
+            v.flatten().argsort().argsort().view(20, 17) < int(fraction * 340)
+            for v in (scattered, blob)
+        ]
+    )
+    direct, cg = impute_direct(x, removed), impute_cg(x, removed)
+    torch.testing.assert_close(direct, cg, atol=2e-6, rtol=0)
+    assert torch.equal(impute(x, removed), direct)
+    kept = ~removed[:, None].expand_as(x)
+    assert torch.equal(direct[kept], x[kept])

@@ -245,6 +245,7 @@ def _score_method(
     jobs = [by_index[order[r]] for r in rows]
     samples = [j.sample for j in jobs]
     started, forwards = time.perf_counter(), forward_counts(model)
+    cpu_started = time.process_time()
     try:
         with state.stage():
             attribution = run_method(model, method, x, targets, mparams, seed, timeout=timeout)
@@ -256,6 +257,7 @@ def _score_method(
     if state.guard is not None and state.guard.changed():  # no metric sees a changed model
         return [{"key": j.keys[method.name]} for j in jobs], []  # score_batch fails these
     seconds = (time.perf_counter() - started) / len(rows)
+    cpu_seconds = (time.process_time() - cpu_started) / len(rows)
     context = MetricContext(
         model=model,
         x=x,
@@ -275,6 +277,8 @@ def _score_method(
     curve_x: dict[str, list] = {}
     metric_errors: dict[str, str] = {}
     invalid: dict[str, str] = {}
+    # per metric and image: wall and process CPU seconds (the protocol's cost table reads them)
+    metric_seconds: dict[str, list[float]] = {}
     keep_all = False  # a dataset-scope metric: keep every map for the dataset stage
     for metric, params in chosen_metrics:
         if metric.scope == "dataset":  # scored after the batches (xplain.run.dataset_stage)
@@ -284,6 +288,7 @@ def _score_method(
             continue
         watch = InputWatch(state.guard, x, attribution)  # a metric editing x/maps/weights
         got: dict[str, torch.Tensor] = {}
+        metric_began, metric_cpu = time.perf_counter(), time.process_time()
         try:
             with (
                 state.stage(),
@@ -296,6 +301,10 @@ def _score_method(
                 f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else " ".join(str(e).split())
             )
             metric_errors[metric.name] = printable(f"{type(e).__name__}: {detail}")
+        metric_seconds[metric.name] = [
+            round((time.perf_counter() - metric_began) / len(rows), 6),
+            round((time.process_time() - metric_cpu) / len(rows), 6),
+        ]
         if (changed := watch.check()) is not None:
             invalid[metric.name] = metric_errors[metric.name] = (
                 f"metric {metric.name!r} changed {changed} in place; its scores are discarded "
@@ -329,6 +338,8 @@ def _score_method(
             "prediction": int(preds[r]),
             "probability": finite_or_none(float(probs[r, t])),
             "seconds": seconds,
+            "cpu_seconds": round(cpu_seconds, 6),
+            "metric_seconds": metric_seconds,
             "engine": engine,
             "scores": {n: finite_or_none(float(v[j])) for n, v in scores.items()},
             "curves": {n: [finite_or_none(float(c)) for c in v[j]] for n, v in curves.items()},

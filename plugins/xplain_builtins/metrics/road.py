@@ -4,11 +4,14 @@ The top p % of pixels (by the map) are not set to a constant, which leaks the ma
 the model (the paper's point), but *imputed*: each removed pixel takes the weighted mean of its
 8 neighbours (1/6 direct, 1/12 diagonal; removed neighbours are unknowns too), a sparse linear
 system per image, mask and channel, plus N(0, noise²) (0.01). Quantus solves it with SciPy's
-``spsolve`` on the CPU, one image and percentage at a time; here the system is solved
-matrix-free on the device by conjugate gradients (the operator is a 3×3 stencil, symmetric and
-positive definite whenever a pixel is known) for all images, percentages and channels of a batch
-at once, to 1e-10 relative residual in float64. The scored forwards go through ``model.infer``
-in passes sized by the memory budget.
+``spsolve`` once per channel. Here, on the CPU with SciPy installed, the system is factorised
+once per image and mask (SuperLU, minimum-degree ordering on AᵀA + A, no pivoting: the matrix
+is symmetric and diagonally dominant) and the factor solves all channels; elsewhere (a GPU, or
+no SciPy) it is solved matrix-free on the device by conjugate gradients (the operator is a 3×3
+stencil, symmetric and positive definite whenever a pixel is known) for all images and channels
+at once, to 1e-10 relative residual in float64. The two agree to float32 rounding (tested); the
+factorisation is 3-4× faster on a CPU at 224×224 (ROAD's 50 masks: the CG solves were ~90 % of
+its time). The scored forwards go through ``model.infer`` in passes sized by the memory budget.
 """
 
 import xplain
@@ -29,12 +32,86 @@ def _stencil(like):
     return k.view(1, 1, 3, 3)
 
 
-def impute(x, removed, tol=1e-10, max_iter=0):
+def impute(x, removed, solver="auto"):
     """Noisy-linear imputation without the noise: ``x`` N×C×H×W, ``removed`` N×H×W bool.
 
     Solves, for every removed pixel i and channel, s_i v_i - sum_{j removed} w_ij v_j =
     sum_{j kept} w_ij x_j (w = the stencil, s_i = the sum of the weights of i's neighbours
-    inside the image), by batched conjugate gradients in float64."""
+    inside the image), in float64. ``solver``: ``direct`` (SciPy's sparse LU, CPU), ``cg``
+    (batched conjugate gradients on the device) or ``auto`` (direct for CPU tensors when SciPy
+    is installed, else cg)."""
+    if solver == "auto":
+        solver = "direct" if x.device.type == "cpu" and _have_scipy() else "cg"
+    return impute_direct(x, removed) if solver == "direct" else impute_cg(x, removed)
+
+
+def _have_scipy():
+    try:
+        import scipy.sparse.linalg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+
+def impute_direct(x, removed):
+    """:func:`impute` by one sparse LU factorisation per image and mask (SciPy, CPU)."""
+    import numpy as np
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spl
+    import torch
+
+    n, c, h, w = x.shape
+    out = x.detach().double().cpu().numpy().copy()
+    masks = removed.cpu().numpy()
+    for s in range(n):
+        rm = masks[s]
+        ii, jj = np.nonzero(rm)
+        count = len(ii)
+        if count == 0:
+            continue
+        if count == h * w:  # nothing known: the (consistent, singular) system's CG answer, 0
+            out[s] = 0.0
+            continue
+        index = np.full((h, w), -1, dtype=np.int64)
+        index[ii, jj] = np.arange(count)
+        diag = np.zeros(count)
+        rows, cols, vals = [], [], []
+        rhs = np.zeros((count, c))
+        flat = out[s].reshape(c, h * w)
+        for dy, dx in _NEIGHBOURS:
+            weight = _DIAGONAL if dy and dx else _DIRECT
+            ni, nj = ii + dy, jj + dx
+            inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
+            diag[inside] += weight
+            src, ni, nj = np.nonzero(inside)[0], ni[inside], nj[inside]
+            unknown = rm[ni, nj]
+            rows.append(src[unknown])
+            cols.append(index[ni[unknown], nj[unknown]])
+            vals.append(np.full(int(unknown.sum()), -weight))
+            known = ~unknown
+            np.add.at(rhs, src[known], weight * flat[:, ni[known] * w + nj[known]].T)
+        rows.append(np.arange(count))
+        cols.append(np.arange(count))
+        vals.append(diag)
+        a = sp.csc_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(count, count),
+        )
+        lu = spl.splu(
+            a,
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
+        out[s][:, ii, jj] = lu.solve(rhs).T
+    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+
+
+def impute_cg(x, removed, tol=1e-10, max_iter=0):
+    """:func:`impute` by batched conjugate gradients in float64 on the tensors' device."""
     import torch
     import torch.nn.functional as F
 
