@@ -277,6 +277,28 @@ def test_deletion_curve_is_pixel_flipping(digits):
     assert np.ptp(pf, axis=1).min() > 0.1  # the curves really move
 
 
+def test_pixel_flipping_is_quantus_pixel_flipping_black_baseline(digits):
+    """`pixel-flipping` equals Quantus PixelFlipping with its default 'black' baseline (the
+    image's minimum) where that minimum is not 0 (shifted images), and differs from `deletion`
+    there; with `baseline=zero` it is `deletion`."""
+    model, x, t = digits
+    x = x - 0.7  # every image's minimum is now -0.7, not 0
+    m = _untie(_saliency(model.graph, x, t))
+    X, Y = _np(x, t)
+    r = _score("pixel-flipping", model, x, t, m, params={"step": 28})
+    pf = np.array(
+        quantus.PixelFlipping(features_in_step=28, **Q)(
+            model=model.graph, x_batch=X, y_batch=Y, a_batch=m[:, None].numpy(), device="cpu"
+        )
+    )
+    assert r["pixel-flipping-curve"].shape == (4, 29)
+    np.testing.assert_allclose(r["pixel-flipping-curve"][:, 1:], pf, atol=1e-6)
+    d = _score("deletion", model, x, t, m, params={"step": 28})
+    assert np.abs(d["deletion-curve"] - r["pixel-flipping-curve"]).max() > 1e-2
+    z = _score("pixel-flipping", model, x, t, m, params={"step": 28, "baseline": "zero"})
+    np.testing.assert_allclose(z["pixel-flipping"], d["deletion"], atol=0)
+
+
 def test_sensitivity_n_differs_from_quantus_by_definition():
     """Linear model, zero baseline, attribution = w·x: every subset's logit drop equals its
     attribution sum, so xplain's Sensitivity-n (random subsets, correlation per image) is exactly 1.

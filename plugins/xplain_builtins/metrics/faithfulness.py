@@ -161,7 +161,11 @@ def _step(params, h, w):
     return int(params["step"]) if int(params["step"]) > 0 else w
 
 
-def _deletion_insertion(kind):
+def _deletion_insertion(kind, key=None):
+    """Deletion (zeros in), insertion (blurred copy out) or, with ``key="pixel-flipping"``,
+    Quantus' PixelFlipping: deletion towards the ``baseline`` parameter."""
+    key = key or kind
+
     def score(context: xplain.MetricContext):
         model, x, targets, attribution = (
             context.model,
@@ -179,10 +183,12 @@ def _deletion_insertion(kind):
         ranks = _ranks(attribution.maps.reshape(b, n).to(x.device))
         if kind == "deletion":
             base, other = x, torch.zeros_like(x)
+            if params.get("baseline", "zero") == "black":  # Quantus: the image's minimum
+                other = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x).contiguous()
         else:
             base, other = gaussian_blur(x, int(params["blur_size"]), float(params["blur_sigma"])), x
         curve = _perturbation_curve(model, base, other, ranks, counts, targets, _chunk(context, x))
-        return {kind: auc(curve), f"{kind}-curve": curve}
+        return {key: auc(curve), f"{key}-curve": curve}
 
     return score
 
@@ -364,6 +370,35 @@ def register_metrics(register):
             params=[step, _BUDGET],
             higher_is_better=False,
             curves={"deletion-curve": "fraction of pixels deleted"},
+        )
+    )
+    register(
+        xplain.Metric(
+            name="pixel-flipping",
+            summary="Quantus PixelFlipping (Bach et al. 2015) AUC: target probability as top pixels "
+            "are set to the image's minimum (lower is better)",
+            description="Bach et al. 2015, as Quantus 0.6 PixelFlipping with "
+            "return_auc_per_sample: the most relevant pixels (all channels) are replaced, "
+            "cumulatively, by the baseline — `black` (Quantus' default: the image's minimum over "
+            "all channels and pixels) or `zero` (then it equals `deletion`). Its own metric, not an "
+            "alias of deletion, so that a protocol (LATEC) can score both with their own settings. "
+            "Deviation: Quantus' default features_in_step is 1 (H*W forwards per image); here "
+            "`step` 0 = the image width (224 at 224x224, LATEC's setting); `-p step=1` gives "
+            "Quantus' default. " + _DEL_INS_COMMON,
+            score=_deletion_insertion("deletion", key="pixel-flipping"),
+            params=[
+                step,
+                xplain.Param(
+                    "baseline",
+                    "str",
+                    "black",
+                    "value deleted pixels take: black = the image's minimum (Quantus), zero",
+                    choices=("black", "zero"),
+                ),
+                _BUDGET,
+            ],
+            higher_is_better=False,
+            curves={"pixel-flipping-curve": "fraction of pixels flipped"},
         )
     )
     register(
