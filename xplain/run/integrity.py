@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 from typing import Any
 
 _MISSING = object()
@@ -141,10 +142,32 @@ def torch_functions() -> dict[tuple[str, str], Any]:
     return out
 
 
+#: Functions torch itself re-binds when a submodule is first imported: ``import torch._dynamo``
+#: (which torch.optim, torch.compile and torchvision import lazily, so the first optimiser step of
+#: a method may do it) replaces ``torch.manual_seed`` by a ``torch._disable_dynamo`` wrapper whose
+#: ``__wrapped__`` is the original. Only these names, only that exact wrapper, are not a change.
+_TORCH_REBINDS = {("torch", "manual_seed"): "torch._dynamo"}
+
+
+def _same(key: tuple[str, str], saved: Any, now: Any) -> bool:
+    if now is saved:
+        return True
+    module = _TORCH_REBINDS.get(key)
+    return (
+        module is not None
+        and module in sys.modules
+        and getattr(now, "__wrapped__", None) is saved
+        and getattr(now, "__module__", None) == getattr(saved, "__module__", None)
+    )
+
+
 def changed_torch_functions(saved: dict[tuple[str, str], Any]) -> list[str]:
-    """The names whose object is no longer the one saved (or that appeared since)."""
+    """The names whose object is no longer the one saved (or that appeared since); torch's own
+    lazy re-binding (:data:`_TORCH_REBINDS`) is not a change."""
     now = torch_functions()
-    changed = [f"{s}.{n}" for (s, n), v in saved.items() if now.get((s, n), _MISSING) is not v]
+    changed = [
+        f"{s}.{n}" for (s, n), v in saved.items() if not _same((s, n), v, now.get((s, n), _MISSING))
+    ]
     changed += [f"{s}.{n}" for (s, n) in now.keys() - saved.keys()]
     return sorted(changed)
 
@@ -153,7 +176,7 @@ def restore_torch_functions(saved: dict[tuple[str, str], Any]) -> None:
     spaces = dict(_namespaces())
     now = torch_functions()
     for (label, name), value in saved.items():
-        if now.get((label, name), _MISSING) is not value:
+        if not _same((label, name), value, now.get((label, name), _MISSING)):
             setattr(spaces[label], name, value)
     for label, name in now.keys() - saved.keys():
         with contextlib.suppress(AttributeError, TypeError):  # builtin slots
