@@ -307,9 +307,7 @@ def register_metrics(register):
             needs=("method",),
             directions={"mprt-last": False},
             params=[
-                xplain.Param(
-                    "layers", "int", 0, "randomise at most this many layers (0 = all)", min=0
-                ),
+                _LAYERS,
                 xplain.Param("absolute", "bool", True, "compare |maps| (Quantus' abs)"),
             ],
             curves={"mprt-curve": "layers randomised from the top"},
@@ -339,9 +337,7 @@ def register_metrics(register):
             needs=("method",),
             directions={"smooth-mprt-last": False},
             params=[
-                xplain.Param(
-                    "layers", "int", 0, "randomise at most this many layers (0 = all)", min=0
-                ),
+                _LAYERS,
                 _ORDER("bottom_up"),
                 xplain.Param("nr_samples", "int", 50, "maps averaged per image", min=1),
                 xplain.Param(
@@ -373,15 +369,16 @@ def register_metrics(register):
             needs=("method",),
             directions={"efficient-mprt-entropy": False, "efficient-mprt-entropy-random": True},
             params=[
-                xplain.Param(
-                    "layers", "int", 0, "randomise at most this many layers (0 = all)", min=0
-                ),
+                _LAYERS,
                 _ORDER("bottom_up"),
                 xplain.Param("n_bins", "int", 100, "histogram bins", min=1, max=100000),
                 xplain.Param("absolute", "bool", False, "histogram of |maps| (Quantus' abs)"),
             ],
         )
     )
+
+
+_LAYERS = xplain.Param("layers", "int", 0, "randomise at most this many layers (0 = all)", min=0)
 
 
 def _ORDER(default):  # noqa: N802 - a Param factory
