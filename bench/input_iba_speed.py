@@ -82,8 +82,10 @@ def parts(model, x):
     mask = torch.zeros_like(x, requires_grad=True)
     rows = {}
 
-    def critic(bn):
-        return iba_input.GroupedCritic(1, c, h, w, gens, "cpu", torch.float32, batch_norm=bn)
+    def critic(bn, amp=None):
+        return iba_input.GroupedCritic(
+            1, c, h, w, gens, "cpu", torch.float32, batch_norm=bn, amp=amp
+        )
 
     def forward():
         with torch.no_grad():
@@ -98,6 +100,7 @@ def parts(model, x):
         print(f"{name:62s} {t:8.4f} s  {t / fwd:6.2f} x forward", flush=True)
 
     gp, clip = critic(False), critic(True)
+    amp = iba_input.critic_amp("auto", x)  # what the default critic_precision picks here
 
     def critic_forward():
         with torch.no_grad():
@@ -117,6 +120,20 @@ def parts(model, x):
     def generator_critic():
         f = fake[0].clone().requires_grad_(True)
         (-gp(f[None]).mean(1).sum()).backward(inputs=[f])
+
+    low_critics = (critic(False, amp), critic(True, amp)) if amp is not None else None
+
+    def low_precision(fn):  # the same part with the default critic (bfloat16 where native)
+        def run():
+            nonlocal gp, clip
+            saved = gp, clip
+            gp, clip = low_critics
+            try:
+                fn()
+            finally:
+                gp, clip = saved
+
+        return run
 
     def prefix_forward():
         with torch.no_grad():
@@ -140,6 +157,11 @@ def parts(model, x):
         iba_input._leaky_relu = original
     per("critic step, clip (per sample)", clip_step, n)
     per("generator step's critic forward + backward (per sample)", generator_critic, n)
+    if amp is not None:
+        per("critic forward, bfloat16 (per sample)", low_precision(critic_forward), n)
+        per("critic step, gp, bfloat16 (per sample)", low_precision(gp_step), n)
+        per("critic step, clip, bfloat16 (per sample)", low_precision(clip_step), n)
+        per("generator step's critic, bfloat16 (per sample)", low_precision(generator_critic), n)
     per("prefix forward, no graph (per sample)", prefix_forward, 8, 3)
     per("prefix forward + backward to the mask (per sample)", prefix_backward, 8, 3)
     per("stage 3: full forward + backward to the mask (per copy)", full_backward, 8, 3)
@@ -153,15 +175,28 @@ def parts(model, x):
     former = epoch + 200 * (
         t["critic step, gp, former F.leaky_relu (per sample)"] - t["critic step, gp (per sample)"]
     )
+    low = epoch
+    if amp is not None:
+        low += 200 * (
+            t["critic step, gp, bfloat16 (per sample)"] - t["critic step, gp (per sample)"]
+        ) + 64 * (
+            t["generator step's critic, bfloat16 (per sample)"]
+            - t["generator step's critic forward + backward (per sample)"]
+        )
     stage3 = 600 * t["stage 3: full forward + backward to the mask (per copy)"]
     out = {
         "forward_s": fwd,
         "parts": {k: {"s": v[0], "x_forward": v[1]} for k, v in rows.items()},
-        "predicted_map_s": {"gan": 20 * epoch, "input": stage3, "gan_former": 20 * former},
+        "predicted_map_s": {
+            "gan_float32": 20 * epoch,
+            "gan_default": 20 * low,
+            "input": stage3,
+            "gan_former": 20 * former,
+        },
     }
     print(
-        f"predicted per map: GAN {20 * epoch:.0f} s (former {20 * former:.0f} s), "
-        f"stage 3 {stage3:.0f} s"
+        f"predicted per map: GAN {20 * low:.0f} s at the default critic precision "
+        f"(float32 {20 * epoch:.0f} s, former {20 * former:.0f} s), stage 3 {stage3:.0f} s"
     )
     return out
 

@@ -17,6 +17,29 @@ from . import iba as _iba
 RETURNS = ("input", "gan", "feature")
 GAN_TARGETS = ("paper", "reference")
 INPUT_NOISE = ("data", "standard")
+CRITIC_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def critic_amp(choice, x):
+    """The critic's autocast dtype for ``critic_precision`` (None: no autocast).
+
+    Why bfloat16 by default where it is native: the critic's convolutions are ≈ 79 % of a map
+    on a 224×224 network and arithmetic-bound, and bfloat16 runs them ≈ 2× faster on such CPUs
+    (docs/input-iba.md, "Critic precision"); the GAN stage is chaotic in the last bits anyway
+    (thread counts and pass sizes change them), and the change it makes to λ_G and to the map is
+    smaller than a change of seed (tests/test_iba.py). Float64 runs (the tests' exact checks)
+    and devices without native bfloat16 stay in their own precision unless asked."""
+    import torch
+
+    if choice == "float32" or x.dtype != torch.float32:
+        return None
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if x.device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if x.device.type == "cpu":
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
 
 
 # ----------------------------------------------------------------------------- critic
@@ -30,10 +53,15 @@ class GroupedCritic:
     1×1 map, e.g. a fully connected layer's features), so any layer works. Initialised like
     PyTorch's defaults, from each image's own generator."""
 
-    def __init__(self, images, channels, height, width, gens, device, dtype, batch_norm=True):
+    def __init__(
+        self, images, channels, height, width, gens, device, dtype, batch_norm=True, amp=None
+    ):
         import torch
 
         self.b = images
+        #: autocast dtype of the critic's convolutions and matrix products (None: ``dtype``); the
+        #: parameters, their gradients, RMSProp's state and the scores stay in ``dtype``
+        self.amp = amp
         self.batch_norm = batch_norm  # WGAN-GP's penalty is per sample: no batch statistics there
         kw = {"device": device, "dtype": dtype}
         c = channels
@@ -75,6 +103,14 @@ class GroupedCritic:
 
     def __call__(self, feats):
         """``feats``: B×N×C×h×w → scores B×N."""
+        import torch
+
+        if self.amp is not None:
+            with torch.autocast(feats.device.type, dtype=self.amp):
+                return self._scores(feats).to(feats.dtype)
+        return self._scores(feats)
+
+    def _scores(self, feats):
         import torch
         import torch.nn.functional as F
 
@@ -173,7 +209,8 @@ def gan_stage(
 
     shape = feats(probe[None]).shape
     gp = params["gan_critic"] == "gp"
-    critic = GroupedCritic(b, shape[2], *shape[3:], gens, **kw, batch_norm=not gp)
+    amp = critic_amp(params.get("critic_precision", "float32"), x)
+    critic = GroupedCritic(b, shape[2], *shape[3:], gens, **kw, batch_norm=not gp, amp=amp)
     mask_logit = feat_map[:, None].expand(b, cin, *feat_map.shape[1:]).clone().requires_grad_(True)
     noise_mean = torch.zeros((b, cin, 1, 1), **kw).requires_grad_(True)
     noise_scale = torch.ones((b, cin, 1, 1), **kw).requires_grad_(True)
@@ -285,6 +322,7 @@ def gan_stage(
     return torch.sigmoid(mask_logit.detach()), {
         "critic_steps": critic_steps,
         "generator_steps": gen_steps,
+        "critic_precision": "float32" if amp is None else str(amp).removeprefix("torch."),
     }
 
 
@@ -515,7 +553,7 @@ _DESCRIPTION = (
     "Cost (docs/input-iba.md, measured on shapes_cnn): the paper's 20 GAN epochs are ~95% of the "
     "work, ~29,000 forward passes per image; gan_epochs=0 (λ_G stays σ(stage-1 bits)) costs ~1/17 of "
     "that and gan_epochs=2 ~1/6, at insertion/deletion/EBPG within the seed spread of the default "
-    "there (not checked on ImageNet). On EfficientNet-Lite0 at 224×224 one map at the defaults is ≈ 15 CPU-minutes on one thread, 79% of it the critic steps (bench/input_iba_speed.py). Use -p gan_epochs=0 when speed matters. "
+    "there (not checked on ImageNet). On EfficientNet-Lite0 at 224×224 one map at the defaults takes 489 CPU s on one thread with the bfloat16 critic (≈ 835 s with critic_precision=float32), ~70% of it the critic steps (bench/input_iba_speed.py). Use -p gan_epochs=0 when speed matters. "
     "Stage 1 is the `iba` feature bottleneck at `layer` (beta=10, steps=10, lr=1, batch_size=10 noise "
     "copies, initial_alpha=5, feat_sigma=1; same statistics, fitted with `xplain fit iba`, or estimated "
     "per image with a warning) → Z* = λ*R + (1−λ*)ε. Stage 2 (section 3.3) learns per image a generator: an "
@@ -527,7 +565,11 @@ _DESCRIPTION = (
     "gan_batch=32, RMSProp, critic lr gan_lr=5e-5, a generator step every critic_iter=5 critic batches. "
     "Critic: gan_critic=gp (default, a deviation): WGAN-GP, penalty gp_weight=10 on (|grad D|−1)² at "
     "interpolates, no batch norm, no clipping; gan_critic=clip: the paper's and released code's weight "
-    "clipping (weight_clip=0.01) with batch norm. Measured (docs/input-iba.md): the clipped critic's output "
+    "clipping (weight_clip=0.01) with batch norm. critic_precision=auto (default) runs the critic's "
+    "convolutions and matrix products in bfloat16 autocast where the device has native bfloat16 "
+    "(≈ 2× faster critic steps; parameters, optimiser and scores stay float32; it moves λ_G by ~1/13 and "
+    "the map by ~1/70 of a change of seed, and a batch then equals one-at-a-time to 3e-4 of the range in "
+    "mean instead of 1e-4 at most); float32 elsewhere or when asked. Measured (docs/input-iba.md): the clipped critic's output "
     "and gradients are ~1e-5..1e-7, so its generator steps are noise and the features end further from "
     "P(Z*) than they started; with gp they end closer (marginal W2 to P(Z*) ×0.3–0.7 on shapes). Each record "
     "has gan_w2 = [before, after] stage 2: the critic-free distance of the generated features to P(Z*) "
@@ -631,6 +673,15 @@ def input_iba_method():
             choices=("clip", "gp"),
         ),
         P("gp_weight", "float", 10.0, "weight of the gradient penalty (gan_critic=gp)", min=0),
+        P(
+            "critic_precision",
+            "str",
+            "auto",
+            "arithmetic of the critic's convolutions and matrix products: float32, or bfloat16 "
+            "autocast (parameters, optimiser and scores stay float32); auto = bfloat16 where the "
+            "device computes it natively (CPUs with AVX512-BF16/AMX, CUDA with bf16), else float32",
+            choices=CRITIC_PRECISIONS,
+        ),
         P(
             "critic_iter",
             "int",
