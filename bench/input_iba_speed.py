@@ -17,6 +17,8 @@ gan_epochs, stage 3 × 60 / input_steps; ``--gan-dataset 64`` shrinks an epoch t
 batches for a quicker batch-size comparison (then the scaled figure is not the defaults'; the two gradient-free probe passes of ``gan_w2`` are
 scaled with the epochs, so the GAN figure is a slight over-estimate).
 ``full``: one map at the defaults, wall-clock and CPU time.
+``--critic-precision float32`` (``batches``, ``full``) runs the critic as before the bfloat16
+default (``auto``: bfloat16 where the CPU has it natively).
 All use one thread (``torch.set_num_threads(1)``) and CPU time (``time.process_time``).
 """
 
@@ -201,11 +203,11 @@ def parts(model, x):
     return out
 
 
-def batches(model, x, sizes, epochs, steps, dataset=None):
+def batches(model, x, sizes, epochs, steps, dataset=None, precision="auto"):
     out = {}
     for b in sizes:
         xb = x.expand(b, -1, -1, -1).contiguous()
-        params = {"gan_epochs": epochs, "input_steps": steps}
+        params = {"gan_epochs": epochs, "input_steps": steps, "critic_precision": precision}
         if dataset:  # fewer GAN samples per epoch: then the scaled figure is not the defaults'
             params["gan_dataset"] = dataset
         began = time.process_time()
@@ -230,10 +232,12 @@ def batches(model, x, sizes, epochs, steps, dataset=None):
     return out
 
 
-def full(model, x):
+def full(model, x, precision="auto"):
     wall, began = time.perf_counter(), time.process_time()
-    a = xplain.explain(model, x, method="input-iba", seed=0)
+    params = {"critic_precision": precision}
+    a = xplain.explain(model, x, method="input-iba", params=params, seed=0)
     return {
+        "critic_precision": a.info.get("critic_precision"),
         "wall_s": round(time.perf_counter() - wall, 1),
         "cpu_s": round(time.process_time() - began, 1),
         "stage_cpu_s": a.info["stage_cpu_seconds"],
@@ -248,6 +252,7 @@ def main() -> None:
     ap.add_argument("--gan-epochs", type=int, default=1)
     ap.add_argument("--input-steps", type=int, default=6)
     ap.add_argument("--gan-dataset", type=int, default=0, help="0: the default (200)")
+    ap.add_argument("--critic-precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     model, x = setup()
@@ -255,9 +260,17 @@ def main() -> None:
         out = parts(model, x)
     elif args.what == "batches":
         sizes = [int(s) for s in args.batches.split(",")]
-        out = batches(model, x, sizes, args.gan_epochs, args.input_steps, args.gan_dataset)
+        out = batches(
+            model,
+            x,
+            sizes,
+            args.gan_epochs,
+            args.input_steps,
+            args.gan_dataset,
+            args.critic_precision,
+        )
     else:
-        out = full(model, x)
+        out = full(model, x, args.critic_precision)
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
