@@ -23,8 +23,8 @@ CRITIC_PRECISIONS = ("auto", "float32", "bfloat16")
 def critic_amp(choice, x):
     """The critic's autocast dtype for ``critic_precision`` (None: no autocast).
 
-    Why bfloat16 by default where it is native: the critic's convolutions are ≈ 79 % of a map
-    on a 224×224 network and arithmetic-bound, and bfloat16 runs them ≈ 2× faster on such CPUs
+    Why bfloat16 by default where it is native: in float32 the critic's convolutions are ≈ 79 %
+    of a map on a 224×224 network and arithmetic-bound, and bfloat16 runs them ≈ 2× faster on such CPUs
     (docs/input-iba.md, "Critic precision"); the GAN stage is chaotic in the last bits anyway
     (thread counts and pass sizes change them), and the change it makes to λ_G and to the map is
     smaller than a change of seed (tests/test_iba.py). Float64 runs (the tests' exact checks)
