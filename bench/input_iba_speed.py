@@ -17,8 +17,8 @@ gan_epochs, stage 3 × 60 / input_steps; ``--gan-dataset 64`` shrinks an epoch t
 batches for a quicker batch-size comparison (then the scaled figure is not the defaults'; the two gradient-free probe passes of ``gan_w2`` are
 scaled with the epochs, so the GAN figure is a slight over-estimate).
 ``full``: one map at the defaults, wall-clock and CPU time.
-``--critic-precision float32`` (``batches``, ``full``) runs the critic as before the bfloat16
-default (``auto``: bfloat16 where the CPU has it natively).
+``--critic-precision`` (``batches``, ``full``): ``auto`` here by default (bfloat16 where the CPU
+has it natively); the method's own default is ``float32``.
 All use one thread (``torch.set_num_threads(1)``) and CPU time (``time.process_time``).
 """
 
@@ -102,7 +102,7 @@ def parts(model, x):
         print(f"{name:62s} {t:8.4f} s  {t / fwd:6.2f} x forward", flush=True)
 
     gp, clip = critic(False), critic(True)
-    amp = iba_input.critic_amp("auto", x)  # what the default critic_precision picks here
+    amp = iba_input.critic_amp("auto", x)  # what critic_precision=auto picks here
 
     def critic_forward():
         with torch.no_grad():
@@ -197,7 +197,7 @@ def parts(model, x):
         },
     }
     print(
-        f"predicted per map: GAN {20 * low:.0f} s at the default critic precision "
+        f"predicted per map: GAN {20 * low:.0f} s with critic_precision=auto "
         f"(float32 {20 * epoch:.0f} s, former {20 * former:.0f} s), stage 3 {stage3:.0f} s"
     )
     return out

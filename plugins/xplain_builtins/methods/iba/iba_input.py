@@ -23,7 +23,9 @@ CRITIC_PRECISIONS = ("auto", "float32", "bfloat16")
 def critic_amp(choice, x):
     """The critic's autocast dtype for ``critic_precision`` (None: no autocast).
 
-    Why bfloat16 by default where it is native: in float32 the critic's convolutions are ≈ 79 %
+    Why bfloat16 where it is native (``auto``, opt-in; the default stays float32 because a bfloat16
+    critic keeps a batch equal to one image at a time only to 3e-4 of the range in mean, looser than
+    the method contract's 1e-4): in float32 the critic's convolutions are ≈ 79 %
     of a map on a 224×224 network and arithmetic-bound, and bfloat16 runs them ≈ 2× faster on such CPUs
     (docs/input-iba.md, "Critic precision"); the GAN stage is chaotic in the last bits anyway
     (thread counts and pass sizes change them), and the change it makes to λ_G and to the map is
@@ -553,7 +555,7 @@ _DESCRIPTION = (
     "Cost (docs/input-iba.md, measured on shapes_cnn): the paper's 20 GAN epochs are ~95% of the "
     "work, ~29,000 forward passes per image; gan_epochs=0 (λ_G stays σ(stage-1 bits)) costs ~1/17 of "
     "that and gan_epochs=2 ~1/6, at insertion/deletion/EBPG within the seed spread of the default "
-    "there (not checked on ImageNet). On EfficientNet-Lite0 at 224×224 one map at the defaults takes 489 CPU s on one thread with the bfloat16 critic (≈ 835 s with critic_precision=float32), ~70% of it the critic steps (bench/input_iba_speed.py). Use -p gan_epochs=0 when speed matters. "
+    "there (not checked on ImageNet). On EfficientNet-Lite0 at 224×224 one map at the defaults takes ≈ 835 CPU s on one thread (489 s with -p critic_precision=auto, the bfloat16 critic), ~70% of it the critic steps (bench/input_iba_speed.py). Use -p gan_epochs=0 when speed matters. "
     "Stage 1 is the `iba` feature bottleneck at `layer` (beta=10, steps=10, lr=1, batch_size=10 noise "
     "copies, initial_alpha=5, feat_sigma=1; same statistics, fitted with `xplain fit iba`, or estimated "
     "per image with a warning) → Z* = λ*R + (1−λ*)ε. Stage 2 (section 3.3) learns per image a generator: an "
@@ -565,7 +567,8 @@ _DESCRIPTION = (
     "gan_batch=32, RMSProp, critic lr gan_lr=5e-5, a generator step every critic_iter=5 critic batches. "
     "Critic: gan_critic=gp (default, a deviation): WGAN-GP, penalty gp_weight=10 on (|grad D|−1)² at "
     "interpolates, no batch norm, no clipping; gan_critic=clip: the paper's and released code's weight "
-    "clipping (weight_clip=0.01) with batch norm. critic_precision=auto (default) runs the critic's "
+    "clipping (weight_clip=0.01) with batch norm. critic_precision=auto (opt-in; default float32, which keeps "
+    "a batch equal to one image at a time to 1e-4, the contract's tolerance) runs the critic's "
     "convolutions and matrix products in bfloat16 autocast where the device has native bfloat16 "
     "(≈ 2× faster critic steps; parameters, optimiser and scores stay float32; it moves λ_G by ~1/13 and "
     "the map by ~1/70 of a change of seed, and a batch then equals one-at-a-time to 3e-4 of the range in "
@@ -676,7 +679,7 @@ def input_iba_method():
         P(
             "critic_precision",
             "str",
-            "auto",
+            "float32",
             "arithmetic of the critic's convolutions and matrix products: float32, or bfloat16 "
             "autocast (parameters, optimiser and scores stay float32); auto = bfloat16 where the "
             "device computes it natively (CPUs with AVX512-BF16/AMX, CUDA with bf16), else float32",
